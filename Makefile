@@ -1,0 +1,41 @@
+# CityGate — `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test chaos bench lint install system-deps clean
+
+$(PY):
+	$(PYTHON) -c 'import sys; sys.exit("CityGate needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+system-deps:
+	bash scripts/ensure-system-deps.sh
+
+demo: $(STAMP)
+	$(VENV)/bin/citygate demo $(DEMO_ARGS)
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+chaos: $(STAMP) system-deps
+	$(PY) -m pytest -m "hil" $(PYTEST_ARGS)
+
+bench: $(STAMP) system-deps
+	$(PY) -m bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

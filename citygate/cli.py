@@ -1,0 +1,229 @@
+"""The `citygate` command line: one entry point for the gateway, collector, simulators and demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB = "sqlite:///citygate-hub.sqlite"
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("pymodbus", "amqtt", "transitions", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """Parse HOST:PORT."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def unit_list(text: str) -> list[int]:
+    """Parse "1-10,12" into unit ids."""
+    units: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            units.extend(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a unit list like 1-10,12") from None
+    if not units or min(units) < 1 or max(units) > 247:
+        raise argparse.ArgumentTypeError("unit ids are 1..247")
+    return units
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
+    """Run `main(stop)` with SIGINT/SIGTERM setting `stop`; return the exit code."""
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+    return 0
+
+
+# --- subcommands ----------------------------------------------------------------------------------
+
+def cmd_edge_check(args: argparse.Namespace) -> int:
+    """Validate a gateway config and explain what it will do."""
+    from edge.config import ConfigError, explain, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config NOT valid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for key, msg in exc.problems:
+            print(f"  {exc.path}: {key}: {msg}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: valid")
+    for line in explain(cfg):
+        print(f"  {line}")
+    return 0
+
+
+def cmd_edge_run(args: argparse.Namespace) -> int:
+    """Run the gateway agent."""
+    from edge.agent import Agent
+    from edge.config import ConfigError, load_config
+
+    _setup_logging(args.verbose)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+
+    async def main(stop: asyncio.Event) -> None:
+        await Agent(cfg).run(stop)
+
+    return run_until_signal(main)
+
+
+def cmd_collector_run(args: argparse.Namespace) -> int:
+    """Run the collector (ingest + API)."""
+    from collector.service import run_collector
+
+    _setup_logging(args.verbose)
+    host, port = args.http
+    password = os.environ.get("CITYGATE_MQTT_PASSWORD")
+    asyncio.run(run_collector(args.db, args.broker, host, port, client_id=args.client_id,
+                              username=args.username, password=password))
+    return 0
+
+
+def cmd_sim_elevators(args: argparse.Namespace) -> int:
+    """Serve simulated lift controllers over Modbus TCP and/or RTU."""
+    from devices.sim.elevator import make_bank, serve_rtu, serve_tcp
+    from devices.sim.ptylink import PtyLink
+
+    _setup_logging(args.verbose)
+    if not args.tcp and not args.rtu:
+        print("give --tcp HOST:PORT and/or --rtu PATH", file=sys.stderr)
+        return 2
+
+    async def main(stop: asyncio.Event) -> None:
+        tasks = []
+        link = None
+        if args.tcp:
+            bank = make_bank(args.units, args.profile, static=args.static, seed=args.seed)
+            tasks.append(asyncio.create_task(serve_tcp(bank, *args.tcp)))
+            logging.info("simulating %d lifts on modbus-tcp %s:%d", len(args.units), *args.tcp)
+        if args.rtu:
+            link = PtyLink().open()
+            link.link(args.rtu, end="b")
+            bank = make_bank(args.units, args.profile, static=args.static, seed=args.seed)
+            tasks.append(asyncio.create_task(serve_rtu(bank, link.a_path, args.baud)))
+            logging.info("simulating %d lifts on modbus-rtu, gateway end: %s",
+                         len(args.units), args.rtu)
+        await stop.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if link is not None:
+            link.close()
+
+    return run_until_signal(main)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the simulated city end to end."""
+    from citygate.demo import run_demo
+
+    _setup_logging(args.verbose)
+    return run_demo(args)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    """Run the embedded broker in the foreground."""
+    from citygate.embedded_broker import serve
+
+    _setup_logging(args.verbose)
+    asyncio.run(serve(args.port))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    p = argparse.ArgumentParser(prog="citygate", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the simulated city end to end")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--http", type=host_port, default=("127.0.0.1", 8080),
+                      help="where the collector serves its API (default 127.0.0.1:8080)")
+    demo.add_argument("--data-dir", type=Path, help="where state goes (default: a temp dir)")
+    demo.add_argument("--elevators", type=int, default=6, help="lifts per gateway (default 6)")
+    demo.set_defaults(func=cmd_demo)
+
+    edge = sub.add_parser("edge", help="the gateway agent").add_subparsers(dest="edge_cmd",
+                                                                         required=True)
+    run = edge.add_parser("run", help="run the gateway agent")
+    run.add_argument("--config", required=True, type=Path)
+    run.set_defaults(func=cmd_edge_run)
+    check = edge.add_parser("check", help="validate a gateway config and explain it")
+    check.add_argument("--config", required=True, type=Path)
+    check.set_defaults(func=cmd_edge_check)
+
+    coll = sub.add_parser("collector", help="the collector").add_subparsers(dest="coll_cmd",
+                                                                           required=True)
+    crun = coll.add_parser("run", help="run ingest and the API")
+    crun.add_argument("--db", default=DEFAULT_DB,
+                      help="sqlite:///PATH (default) or postgresql://USER@HOST:PORT/DB")
+    crun.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    crun.add_argument("--http", type=host_port, default=("127.0.0.1", 8080))
+    crun.add_argument("--client-id", default="citygate-collector",
+                      help="fixed MQTT client id of the persistent session")
+    crun.add_argument("--username", help="MQTT user (password from CITYGATE_MQTT_PASSWORD)")
+    crun.set_defaults(func=cmd_collector_run)
+
+    sim = sub.add_parser("sim", help="device simulators").add_subparsers(dest="sim_cmd",
+                                                                        required=True)
+    el = sim.add_parser("elevators", help="simulated lift controllers over Modbus")
+    el.add_argument("--tcp", type=host_port, help="serve Modbus TCP on HOST:PORT")
+    el.add_argument("--rtu", help="serve Modbus RTU on a pseudo-terminal linked at PATH")
+    el.add_argument("--baud", type=int, default=9600)
+    el.add_argument("--units", type=unit_list, default=unit_list("1-4"),
+                    help="unit ids, e.g. 1-10 (default 1-4)")
+    el.add_argument("--profile", default="elevator-gbt24476")
+    el.add_argument("--static", action="store_true", help="hold every lift still")
+    el.add_argument("--seed", type=int)
+    el.set_defaults(func=cmd_sim_elevators)
+
+    br = sub.add_parser("broker", help="embedded MQTT broker (when Mosquitto is not installed)")
+    br.add_argument("--port", type=int, default=1883)
+    br.set_defaults(func=cmd_broker)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `citygate` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        code = 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

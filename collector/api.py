@@ -1,0 +1,228 @@
+"""Public REST API of the data hub (FastAPI): models here are what integrators receive."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from collector.store import Store, typed_value
+from devices.contract import DEVICE_ID_RE
+from devices.quantities import QUANTITIES
+
+STATIC = Path(__file__).parent / "static"
+
+
+def iso(ms: int | None) -> str | None:
+    """Epoch milliseconds as an ISO 8601 UTC string with milliseconds."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+def parse_time(text: str | None, name: str) -> int | None:
+    """Parse an ISO 8601 time or epoch milliseconds from a query parameter."""
+    if text is None or text == "":
+        return None
+    if text.isdigit():
+        return int(text)
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise HTTPException(422, f"{name}: {text!r} is not an ISO 8601 time or epoch ms") \
+            from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+# --- public models ------------------------------------------------------------------------------
+
+class HealthOut(BaseModel):
+    """Collector health: database, broker link and ingest counters."""
+
+    status: str
+    database: str
+    ingest: dict[str, Any]
+    counts: dict[str, int]
+
+
+class GatewayOut(BaseModel):
+    """A gateway and its state."""
+
+    id: str
+    state: str = Field(description="online, offline or unknown (from the retained state topic)")
+    state_reason: str
+    state_since: str | None
+    last_seen: str | None
+    version: str
+    last_seq: int | None
+    device_count: int
+    health: dict[str, Any] | None
+
+
+class DeviceOut(BaseModel):
+    """A field device."""
+
+    id: str
+    kind: str
+    profile: str
+    gateway: str
+    last_seen: str | None
+
+
+class LatestValue(BaseModel):
+    """The latest value of one quantity."""
+
+    value: Any
+    unit: str
+    observed_at: str
+    quality: str
+
+
+class LatestOut(BaseModel):
+    """Latest value per quantity of a device."""
+
+    device: str
+    quantities: dict[str, LatestValue]
+
+
+class ReadingOut(BaseModel):
+    """One stored value."""
+
+    quantity: str
+    value: Any
+    unit: str
+    observed_at: str
+    quality: str
+    replayed: bool
+
+
+class ReadingsOut(BaseModel):
+    """A page of readings in time order."""
+
+    device: str
+    readings: list[ReadingOut]
+    truncated: bool
+
+
+# --- dependencies -------------------------------------------------------------------------------
+
+def get_store(request: Request) -> Store:
+    """The store attached to the app."""
+    store: Store = request.app.state.store
+    return store
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+router = APIRouter(prefix="/api/v1")
+
+
+def _device_out(d: dict[str, Any]) -> DeviceOut:
+    return DeviceOut(id=d["device_id"], kind=d["kind"], profile=d["profile"],
+                     gateway=d["gateway_id"], last_seen=iso(d["last_seen"]))
+
+
+def _require_device(store: Store, device_id: str) -> dict[str, Any]:
+    if not DEVICE_ID_RE.match(device_id):
+        raise HTTPException(422, "device id has characters a device id cannot have")
+    dev = store.device(device_id)
+    if dev is None:
+        raise HTTPException(404, f"no device {device_id!r}")
+    return dev
+
+
+@router.get("/health")
+def health(request: Request, store: StoreDep) -> HealthOut:
+    """Is the collector working: database reachable, broker connected, ingest counters."""
+    ingest = request.app.state.ingest_stats()
+    try:
+        counts = store.counts()
+        db = "ok"
+    except Exception as exc:  # report, never crash the health check
+        counts, db = {}, f"error: {type(exc).__name__}"
+    ok = db == "ok" and ingest.get("broker_connected", True)
+    return HealthOut(status="ok" if ok else "degraded", database=db, ingest=ingest,
+                     counts=counts)
+
+
+@router.get("/gateways")
+def gateways(store: StoreDep) -> list[GatewayOut]:
+    """Every gateway with its online state, last sequence number and latest health."""
+    return [
+        GatewayOut(id=g["gateway_id"], state=g["state"], state_reason=g["state_reason"],
+                   state_since=iso(g["state_ts"]), last_seen=iso(g["last_seen"]),
+                   version=g["version"], last_seq=g["last_seq"],
+                   device_count=g["device_count"],
+                   health=orjson.loads(g["health"]) if g["health"] else None)
+        for g in store.gateways()
+    ]
+
+
+@router.get("/devices")
+def devices(store: StoreDep, kind: str | None = None,
+            gateway: str | None = None) -> list[DeviceOut]:
+    """Every field device: id, kind, gateway and when it last reported."""
+    return [_device_out(d) for d in store.devices(kind=kind, gateway=gateway)]
+
+
+@router.get("/devices/{device_id}/latest")
+def latest(device_id: str, store: StoreDep) -> LatestOut:
+    """Latest value and observation time of every quantity of a device."""
+    _require_device(store, device_id)
+    out = {}
+    for row in store.latest(device_id):
+        q = QUANTITIES.get(row["quantity"])
+        out[row["quantity"]] = LatestValue(
+            value=typed_value(row["quantity"], row["value"], row["vtext"]),
+            unit=q.unit if q else "", observed_at=iso(row["ts"]) or "",
+            quality=row["quality"])
+    return LatestOut(device=device_id, quantities=out)
+
+
+@router.get("/devices/{device_id}/readings")
+def readings(
+    device_id: str, store: StoreDep,
+    quantity: str | None = None,
+    since: Annotated[str | None, Query(description="ISO 8601 or epoch ms, inclusive")] = None,
+    until: Annotated[str | None, Query(description="ISO 8601 or epoch ms, exclusive")] = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+) -> ReadingsOut:
+    """Stored readings of a device in observation-time order."""
+    _require_device(store, device_id)
+    if quantity is not None and quantity not in QUANTITIES:
+        raise HTTPException(422, f"unknown quantity {quantity!r}")
+    rows = store.readings(device_id, quantity, parse_time(since, "since"),
+                          parse_time(until, "until"), limit + 1)
+    out = [
+        ReadingOut(quantity=r["quantity"],
+                   value=typed_value(r["quantity"], r["value"], r["vtext"]),
+                   unit=QUANTITIES[r["quantity"]].unit if r["quantity"] in QUANTITIES else "",
+                   observed_at=iso(r["ts"]) or "", quality=r["quality"],
+                   replayed=bool(r["replay"]))
+        for r in rows[:limit]
+    ]
+    return ReadingsOut(device=device_id, readings=out, truncated=len(rows) > limit)
+
+
+def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
+    """Build the collector's web app around a store."""
+    app = FastAPI(title="CityGate data hub", version="1",
+                  description="Normalised data from the city's field equipment. "
+                              "Times are ISO 8601 UTC; values use the canonical units of "
+                              "docs/data-model.md.")
+    app.state.store = store
+    app.state.ingest_stats = ingest_stats or (lambda: {})
+    app.include_router(router)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def status_page() -> str:
+        return (STATIC / "status.html").read_text(encoding="utf-8")
+
+    return app

@@ -1,0 +1,110 @@
+"""The data hub schema (one definition for SQLite and PostgreSQL), as SQLAlchemy Core tables.
+
+Times are epoch milliseconds (BIGINT) everywhere: portable, compact and fast to compare.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# An auto-incrementing 64-bit key that is also SQLite's rowid.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+schema_migrations = sa.Table(
+    "schema_migrations", metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("applied_at", sa.BigInteger, nullable=False),
+)
+
+gateways = sa.Table(
+    "gateways", metadata,
+    sa.Column("gateway_id", sa.Text, primary_key=True),
+    sa.Column("state", sa.Text, nullable=False, server_default="unknown"),
+    sa.Column("state_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("state_ts", sa.BigInteger),
+    sa.Column("last_seen", sa.BigInteger),
+    sa.Column("version", sa.Text, nullable=False, server_default=""),
+    sa.Column("boot", sa.Text, nullable=False, server_default=""),
+    sa.Column("last_seq", sa.BigInteger),
+    sa.Column("health", sa.Text),  # the last health message, JSON
+    sa.Column("health_ts", sa.BigInteger),
+)
+
+devices = sa.Table(
+    "devices", metadata,
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("gateway_id", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False, server_default="unknown"),
+    sa.Column("profile", sa.Text, nullable=False, server_default=""),
+    sa.Column("first_seen", sa.BigInteger),
+    sa.Column("last_seen", sa.BigInteger),
+)
+
+# One row per accepted MQTT message: the (gateway, seq) key makes re-delivery harmless.
+batches = sa.Table(
+    "batches", metadata,
+    sa.Column("gateway_id", sa.Text, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("sent", sa.BigInteger, nullable=False),
+    sa.Column("received", sa.BigInteger, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("replay", sa.Boolean, nullable=False),
+)
+
+readings = sa.Table(
+    "readings", metadata,
+    sa.Column("device_id", sa.Text, nullable=False),
+    sa.Column("quantity", sa.Text, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("value", sa.Float(precision=53)),
+    sa.Column("vtext", sa.Text),
+    sa.Column("quality", sa.Text, nullable=False),
+    sa.Column("gateway_id", sa.Text, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("replay", sa.Boolean, nullable=False),
+    sa.Index("readings_by_device", "device_id", "quantity", "ts"),
+)
+
+latest = sa.Table(
+    "latest", metadata,
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("quantity", sa.Text, primary_key=True),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("value", sa.Float(precision=53)),
+    sa.Column("vtext", sa.Text),
+    sa.Column("quality", sa.Text, nullable=False),
+    sa.Column("gateway_id", sa.Text, nullable=False),
+)
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.Text, nullable=False),
+    sa.Column("gateway_id", sa.Text, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("severity", sa.Text, nullable=False),
+    sa.Column("code", sa.Integer),
+    sa.Column("evidence", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("message", sa.Text, nullable=False, server_default=""),
+    sa.Column("received", sa.BigInteger, nullable=False),
+    sa.Index("events_by_device", "device_id", "ts"),
+    sa.Index("events_by_kind", "kind", "ts"),
+)
+
+# Faults currently raised, per device and kind (the raise/clear pairs folded).
+active_faults = sa.Table(
+    "active_faults", metadata,
+    sa.Column("device_id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("since", sa.BigInteger, nullable=False),
+    sa.Column("severity", sa.Text, nullable=False),
+    sa.Column("code", sa.Integer),
+    sa.Column("evidence", sa.Text, nullable=False, server_default="{}"),
+)

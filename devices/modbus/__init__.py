@@ -1,0 +1,1 @@
+"""Modbus register maps: sans-IO codec and read planner."""

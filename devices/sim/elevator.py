@@ -1,0 +1,221 @@
+"""Lift controller simulator: a motion model per unit id, served as Modbus registers.
+
+The model is pure (state advanced by `advance(now)`); `serve_tcp` / `serve_rtu` put many
+units behind one pymodbus endpoint, and every read refreshes the registers from the model,
+so what the gateway reads is what the model holds at that instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from devices.model import Value
+from devices.modbus.codec import Table
+from devices.profiles import Profile, load_profile
+from devices.sim.registers import encode_registers, register_span
+
+FLOOR_TIME = 2.5  # seconds per floor at rated speed
+RATED_SPEED = 1.0  # m/s
+
+
+def idle_values(unit: int) -> dict[str, Value]:
+    """A deterministic parked state for a unit (used by static simulations and tests)."""
+    return {
+        "service_mode": 1,
+        "car_running": False,
+        "direction": 0,
+        "floor": 1 + unit % 17,
+        "door_zone": True,
+        "door_closed": unit % 2 == 0,
+        "passenger_present": unit % 3 == 0,
+        "fault_code": 0,
+        "trip_count": 10_000 + unit * 137,
+        "running_hours": 1234.5 + unit,
+        "speed": 0.0,
+        "power_supply": 0,
+        "door_lock": unit % 2 == 0,
+        "safety_circuit": True,
+        "alarm_button": False,
+        "machine_room_temp": 21.5 + unit % 5,
+        "load_percent": 0.0 if unit % 3 else 12.5,
+        "brake_open": False,
+        "door_cycles": 20_000 + unit * 311,
+        "overload": False,
+    }
+
+
+@dataclass
+class ElevatorModel:
+    """One lift: phases of doors open, doors closed, travel; or frozen when `static`."""
+
+    unit: int
+    floors: int = 18
+    static: bool = False
+    seed: int | None = None
+    values: dict[str, Value] = field(default_factory=dict)
+    overrides: dict[str, Value] = field(default_factory=dict)  # scenario-forced values
+    _phase: str = "doors_open"
+    _until: float = 0.0
+    _target: int = 1
+    _rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed if self.seed is not None else self.unit)
+        if not self.values:
+            self.values = idle_values(self.unit)
+
+    def snapshot(self, now: float) -> dict[str, Value]:
+        """Advance the model to `now` and return the values a controller would show."""
+        if not self.static:
+            self.advance(now)
+        return {**self.values, **self.overrides}
+
+    def advance(self, now: float) -> None:
+        """Run the motion model's phases up to `now`."""
+        guard = 0
+        while now >= self._until and guard < 100:
+            guard += 1
+            self._next_phase(now if self._until == 0.0 else self._until)
+        if self._phase == "moving":
+            self._move(now)
+
+    def _next_phase(self, t: float) -> None:
+        v = self.values
+        if self._phase == "doors_open":
+            self._phase, self._until = "doors_closed", t + 1.0
+            v.update(door_closed=True, door_lock=True)
+            v["door_cycles"] = int(v["door_cycles"] or 0) + 1
+        elif self._phase == "doors_closed":
+            self._start_trip(t)
+        elif self._phase == "moving":
+            self._arrive(t)
+        else:  # idle with doors closed, or just arrived
+            self._phase, self._until = "doors_open", t + self._rng.uniform(3, 8)
+            v.update(door_closed=False, door_lock=False,
+                     passenger_present=self._rng.random() < 0.6)
+
+    def _start_trip(self, t: float) -> None:
+        v = self.values
+        floor = int(v["floor"] or 1)
+        if self._rng.random() < 0.25:
+            self._phase, self._until = "idle", t + self._rng.uniform(5, 20)
+            v["passenger_present"] = False
+            return
+        target = floor
+        while target == floor:
+            target = self._rng.randint(1, self.floors)
+        self._target, self._start, self._from = target, t, floor
+        self._phase, self._until = "moving", t + abs(target - floor) * FLOOR_TIME
+        v.update(car_running=True, brake_open=True, direction=1 if target > floor else 2)
+
+    def _move(self, now: float) -> None:
+        v = self.values
+        travelled = (now - self._start) / FLOOR_TIME
+        step = 1 if self._target > self._from else -1
+        v["floor"] = self._from + step * int(travelled)
+        frac = travelled - int(travelled)
+        v["door_zone"] = frac < 0.1 or frac > 0.9
+        v["speed"] = RATED_SPEED
+
+    def _arrive(self, t: float) -> None:
+        v = self.values
+        v.update(floor=self._target, car_running=False, brake_open=False, direction=0,
+                 speed=0.0, door_zone=True)
+        v["trip_count"] = int(v["trip_count"] or 0) + 1
+        v["running_hours"] = round(float(v["running_hours"] or 0.0) + 0.1, 1)
+        self._phase, self._until = "arrived", t + 0.5
+
+
+@dataclass
+class ElevatorBank:
+    """Many lifts behind one Modbus endpoint, keyed by unit id."""
+
+    profile: Profile
+    models: dict[int, ElevatorModel]
+    clock: Callable[[], float] = field(default_factory=lambda: asyncio.get_running_loop().time)
+    reads: int = 0
+
+    def registers(self, unit: int, table: Table, now: float) -> dict[int, int]:
+        """Encoded registers of one table of one unit at `now`."""
+        return encode_registers(self.profile, self.models[unit].snapshot(now)).get(table, {})
+
+    async def on_access(self, unit: int, function_code: int, start_address: int,
+                        address: int, count: int, current: list[int],
+                        set_values: Any) -> Any:
+        """pymodbus action hook: refresh the block from the model before it is answered."""
+        del address, count, set_values
+        table = {3: Table.HOLDING, 4: Table.INPUT}.get(function_code)
+        if table is None:
+            return None
+        self.reads += 1
+        for addr, word in self.registers(unit, table, self.clock()).items():
+            i = addr - start_address
+            if 0 <= i < len(current):
+                current[i] = word
+        return None
+
+    def sim_devices(self) -> list[Any]:
+        """pymodbus SimDevice objects for every unit."""
+        from pymodbus.simulator import DataType, SimData, SimDevice
+
+        def block(table: Table) -> list[SimData]:
+            first, count = register_span(self.profile, table)
+            if count == 0:
+                return [SimData(address=0, count=1, values=0, datatype=DataType.REGISTERS)]
+            return [SimData(address=first, count=count, values=0, datatype=DataType.REGISTERS)]
+
+        bits = [SimData(address=0, count=16, values=False, datatype=DataType.BITS)]
+        return [
+            SimDevice(
+                id=unit,
+                simdata=(list(bits), list(bits), block(Table.HOLDING), block(Table.INPUT)),
+                action=partial(self.on_access, unit),
+            )
+            for unit in sorted(self.models)
+        ]
+
+
+def make_bank(units: list[int], profile: str = "elevator-gbt24476", *, static: bool = False,
+              floors: int = 18, seed: int | None = None) -> ElevatorBank:
+    """Build a bank of simulated lifts."""
+    models = {
+        u: ElevatorModel(u, floors=floors, static=static,
+                         seed=None if seed is None else seed + u)
+        for u in units
+    }
+    return ElevatorBank(load_profile(profile), models)
+
+
+async def serve_tcp(bank: ElevatorBank, host: str, port: int,
+                    started: asyncio.Event | None = None) -> None:
+    """Serve the bank over Modbus TCP until cancelled."""
+    from pymodbus.server import ModbusTcpServer
+
+    server = ModbusTcpServer(bank.sim_devices(), address=(host, port))
+    await _serve(server, started)
+
+
+async def serve_rtu(bank: ElevatorBank, port: str, baudrate: int = 9600,
+                    started: asyncio.Event | None = None) -> None:
+    """Serve the bank over Modbus RTU on a serial port (or a pseudo-terminal) until cancelled."""
+    from pymodbus.server import ModbusSerialServer
+
+    server = ModbusSerialServer(bank.sim_devices(), port=port, baudrate=baudrate)
+    await _serve(server, started)
+
+
+async def _serve(server: Any, started: asyncio.Event | None) -> None:
+    await server.serve_forever(background=True)
+    if started is not None:
+        started.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await server.shutdown()

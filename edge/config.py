@@ -1,0 +1,240 @@
+"""Gateway configuration: one typed TOML schema, validated with errors that name file, key and fix."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE
+from devices.durations import parse_duration, parse_size
+from devices.profiles import ProfileError, load_profile
+
+SCHEMA_VERSION = 1
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+
+
+class ConfigError(ValueError):
+    """A gateway config that cannot be used; each problem names the file, key and a fix."""
+
+    def __init__(self, path: str, problems: list[tuple[str, str]]) -> None:
+        self.path = path
+        self.problems = problems
+        lines = [f"{path}: {key}: {msg}" for key, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Model):
+    """Identity of this gateway."""
+
+    id: str = Field(pattern=GATEWAY_ID_RE.pattern)
+    site: str = ""
+    data_dir: Path = Path("/var/lib/citygate")
+
+
+class UplinkSection(_Model):
+    """MQTT uplink to the collector."""
+
+    brokers: list[str] = Field(default_factory=lambda: ["mqtt://127.0.0.1:1883"], min_length=1)
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    keepalive: Duration = 30.0
+    connect_timeout: Duration = 10.0
+    reconnect_min: Duration = 1.0
+    reconnect_max: Duration = 120.0
+    boot_delay_max: Duration = 0.0  # random delay after boot, so a city does not reconnect at once
+    max_inflight: int = Field(default=16, ge=1, le=1000)
+    health_interval: Duration = 60.0
+    wait_for_collector: bool = False  # hold data while the collector's retained state is offline
+
+    @field_validator("brokers")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("mqtt://", "mqtts://")) or url.count(":") != 2:
+                raise ValueError(
+                    f"{url!r} is not a broker URL; write mqtt://HOST:PORT or mqtts://HOST:PORT"
+                )
+        return urls
+
+
+class OutboxSection(_Model):
+    """Durable store-and-forward buffer."""
+
+    path: Path | None = None  # default: <data_dir>/outbox.sqlite
+    durability_window: Duration = 0.2  # group commit: readings wait at most this long on disk
+    synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+    max_batch: int = Field(default=500, ge=1, le=10_000)  # readings per MQTT message
+    max_bytes: Size = 256 * 1024 * 1024
+    max_age: Duration = 30 * 86400.0
+
+
+class ModbusTcpBus(_Model):
+    """A Modbus TCP endpoint (one connection per endpoint, requests in series)."""
+
+    name: str
+    type: Literal["modbus-tcp"]
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+
+
+class ModbusRtuBus(_Model):
+    """An RS-485 line speaking Modbus RTU; the bus is the only owner of its serial port."""
+
+    name: str
+    type: Literal["modbus-rtu"]
+    port: str
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+
+
+Bus = Annotated[ModbusTcpBus | ModbusRtuBus, Field(discriminator="type")]
+
+
+class DeviceSection(_Model):
+    """A field device on one of the buses."""
+
+    id: str = Field(pattern=DEVICE_ID_RE.pattern)
+    bus: str
+    profile: str
+    unit: int = Field(default=1, ge=0, le=247)
+    poll: Duration = Field(default=1.0, gt=0)
+    heartbeat: Duration | None = None  # default: the profile's
+    response_timeout: Duration | None = None  # default: the profile's
+    retries: int | None = Field(default=None, ge=0, le=5)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        try:
+            load_profile(name)
+        except ProfileError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
+
+class GatewayConfig(_Model):
+    """The whole gateway config file."""
+
+    schema_version: Literal[1] = 1
+    gateway: GatewaySection
+    uplink: UplinkSection = Field(default_factory=UplinkSection)
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
+    buses: list[Bus] = Field(default_factory=list)
+    devices: list[DeviceSection] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> GatewayConfig:
+        names = [b.name for b in self.buses]
+        _no_duplicates(names, "buses", "name")
+        ports = [b.port for b in self.buses if isinstance(b, ModbusRtuBus)]
+        _no_duplicates(ports, "buses", "port", "a serial port has exactly one owner")
+        _no_duplicates([d.id for d in self.devices], "devices", "id")
+        seen: set[tuple[str, int]] = set()
+        for i, d in enumerate(self.devices):
+            if d.bus not in names:
+                raise ValueError(
+                    f"devices[{i}].bus: no bus named {d.bus!r}; defined buses: {names or 'none'}"
+                )
+            if (d.bus, d.unit) in seen:
+                raise ValueError(
+                    f"devices[{i}].unit: unit {d.unit} is used twice on bus {d.bus!r}"
+                )
+            seen.add((d.bus, d.unit))
+        return self
+
+    @property
+    def outbox_path(self) -> Path:
+        """Where the outbox file lives."""
+        return self.outbox.path or self.gateway.data_dir / "outbox.sqlite"
+
+    def bus(self, name: str) -> ModbusTcpBus | ModbusRtuBus:
+        """Return the bus of this name."""
+        return next(b for b in self.buses if b.name == name)
+
+
+def _no_duplicates(values: list[Any], section: str, key: str, why: str = "") -> None:
+    seen: set[Any] = set()
+    for i, v in enumerate(values):
+        if v in seen:
+            hint = f" ({why})" if why else ""
+            raise ValueError(f"{section}[{i}].{key}: {v!r} appears twice{hint}")
+        seen.add(v)
+
+
+_HINTS = {
+    "missing": "add this key",
+    "extra_forbidden": "unknown key: check its spelling or remove it",
+    "literal_error": "use one of the allowed values",
+    "string_pattern_mismatch": "use lower-case letters, digits, '-' and '_'",
+}
+
+
+def parse_config(text: str, path: str = "<config>") -> GatewayConfig:
+    """Validate a config document; raise ConfigError listing every problem."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [("(syntax)", f"{exc} — this is not valid TOML")]) from None
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, [_problem(e) for e in exc.errors()]) from None
+
+
+def _problem(err: Any) -> tuple[str, str]:
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if msg.startswith(("devices[", "buses[")):  # cross-field checks name their own key
+        key, _, msg = msg.partition(": ")
+    hint = _HINTS.get(err["type"])
+    return key, f"{msg} — {hint}" if hint else msg
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a gateway config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), [("(file)", f"cannot read: {exc.strerror}")]) from None
+    return parse_config(text, str(p))
+
+
+def explain(config: GatewayConfig) -> list[str]:
+    """Describe in plain words what a valid config will do."""
+    lines = [f"gateway {config.gateway.id} (site {config.gateway.site or '-'}),"
+             f" data in {config.gateway.data_dir}",
+             f"uplink: {', '.join(config.uplink.brokers)}",
+             f"outbox: {config.outbox_path}, group commit every "
+             f"{config.outbox.durability_window * 1000:.0f} ms"]
+    for bus in config.buses:
+        devs = [d for d in config.devices if d.bus == bus.name]
+        where = (f"{bus.host}:{bus.port}" if isinstance(bus, ModbusTcpBus)
+                 else f"{bus.port} {bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}")
+        lines.append(f"bus {bus.name}: {bus.type} at {where}, {len(devs)} device(s)")
+        for d in devs:
+            prof = load_profile(d.profile)
+            lines.append(f"  {d.id}: unit {d.unit}, {prof.name} ({len(prof.points)} points),"
+                         f" every {d.poll:g}s")
+    return lines
