@@ -1,0 +1,42 @@
+"""Collector configuration file (TOML): each feature validates its own section."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CollectorConfigError(ValueError):
+    """A collector config that cannot be used; the message names the file and key."""
+
+
+class CollectorConfig(BaseModel):
+    """Top level of collector.toml; feature sections stay raw until their feature reads them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = 1
+    public_url: str = Field(default="http://127.0.0.1:8080",
+                            description="base URL used in deep links sent to crews")
+    notify: dict[str, Any] = Field(default_factory=dict)  # push channels (collector.notify)
+    alarms: dict[str, Any] = Field(default_factory=dict)  # rules, routing, rosters
+    sites: dict[str, Any] = Field(default_factory=dict)  # site metadata and thresholds
+
+
+def load_collector_config(path: str | Path | None) -> CollectorConfig:
+    """Read collector.toml, or return the defaults when no file is given."""
+    if path is None:
+        return CollectorConfig()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        return CollectorConfig.model_validate(data)
+    except OSError as exc:
+        raise CollectorConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CollectorConfigError(f"{p}: not valid TOML: {exc}") from None
+    except ValueError as exc:
+        raise CollectorConfigError(f"{p}: {exc}") from None

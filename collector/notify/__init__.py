@@ -1,0 +1,1 @@
+"""Push notifications to maintenance crews: channels, a durable queue, rate limits, digests."""
