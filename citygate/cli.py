@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--http", type=host_port, default=("127.0.0.1", 8080),
                       help="where the collector serves its API (default 127.0.0.1:8080)")
-    demo.add_argument("--data-dir", type=Path, help="where state goes (default: a temp dir)")
+    demo.add_argument("--data-dir", type=Path, help="where state and logs go (default: ./var/demo, replaced on each run)")
     demo.add_argument("--elevators", type=int, default=6, help="lifts per gateway (default 6)")
     demo.set_defaults(func=cmd_demo)
 

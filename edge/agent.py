@@ -14,9 +14,10 @@ import orjson
 from devices import contract
 from devices.contract import ClockInfo
 from devices.model import Event, Reading
-from edge.bus import ModbusBus, mono_ms, now_ms
+from edge.bus import mono_ms, now_ms
 from edge.config import GatewayConfig
 from edge.outbox import Outbox
+from edge.sources import Source, build_source
 from edge.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,9 @@ class Agent:
                              on_ack=self._on_ack, on_command=self._on_command,
                              password=password if password is not None else self._password(),
                              inventory=self._inventory())
-        self.buses = [ModbusBus(b, [d for d in cfg.devices if d.bus == b.name], self.submit)
-                      for b in cfg.buses]
+        self.buses: list[Source] = [
+            build_source(b, [d for d in cfg.devices if d.bus == b.name], self.submit)
+            for b in cfg.buses]
         self._urgent = asyncio.Event()
         self._wake = asyncio.Event()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq, for this connection
@@ -84,7 +86,8 @@ class Agent:
                     tg.create_task(self._writer(), name="outbox-writer"),
                     tg.create_task(self._forwarder(), name="forwarder"),
                     tg.create_task(self._health(), name="health"),
-                    *(tg.create_task(b.run(), name=f"bus-{b.cfg.name}") for b in self.buses),
+                    *(tg.create_task(b.run(), name=f"bus-{c.name}")
+                      for b, c in zip(self.buses, self.cfg.buses, strict=True)),
                 ]
                 self.started.set()
                 await (stop.wait() if stop is not None else asyncio.Event().wait())
@@ -168,8 +171,7 @@ class Agent:
         for bus in self.buses:
             for k, v in bus.counters.items():
                 counters[f"bus_{k}"] = counters.get(f"bus_{k}", 0) + v
-            for d in bus.devices:
-                devices[d.cfg.id] = {"online": d.health.online, **d.health.counters}
+            devices.update(bus.device_health() if hasattr(bus, "device_health") else {})
         return {"v": contract.VERSION, "gateway": self.gateway, "sent": now_ms(),
                 "uptime_s": round(time.monotonic(), 1), "counters": counters,
                 "devices": devices}

@@ -76,6 +76,10 @@ class ModbusBus:
         self.link: ModbusLink | None = None
         self.progress = time.monotonic()  # last time the loop made progress (watchdog)
 
+    def device_health(self) -> dict[str, dict[str, object]]:
+        """Per-device online state and counters for the health message."""
+        return {d.cfg.id: {"online": d.health.online, **d.health.counters} for d in self.devices}
+
     def _make_link(self) -> ModbusLink:
         if isinstance(self.cfg, ModbusTcpBus):
             return ModbusLink.tcp(self.cfg.host, self.cfg.port)

@@ -108,7 +108,57 @@ class ModbusRtuBus(_Model):
     stopbits: Literal[1, 2] = 1
 
 
-Bus = Annotated[ModbusTcpBus | ModbusRtuBus, Field(discriminator="type")]
+class SerialSettings(_Model):
+    """Serial line settings shared by every serial bus type."""
+
+    port: str
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+
+
+class Hj212SerialBus(SerialSettings):
+    """An RS-232/RS-485 line on which an environmental data logger sends HJ 212 frames."""
+
+    name: str
+    type: Literal["hj212-serial"]
+
+
+class Hj212TcpBus(_Model):
+    """A TCP listener accepting HJ 212 uploads from existing data loggers."""
+
+    name: str
+    type: Literal["hj212-tcp"]
+    host: str = "0.0.0.0"  # noqa: S104 - loggers on the site network connect in
+    port: int = Field(default=9212, ge=1, le=65535)
+
+
+class ParkingSerialBus(SerialSettings):
+    """A parking-sensor concentrator on a serial line (docs/protocols/parking-serial.md)."""
+
+    name: str
+    type: Literal["parking-serial"]
+    device_prefix: str = "pk-"  # device id = prefix + sensor id
+
+
+class CoapBus(_Model):
+    """A CoAP endpoint receiving reports from IP / NB-IoT parking nodes."""
+
+    name: str
+    type: Literal["coap"]
+    host: str = "::"
+    port: int = Field(default=5683, ge=1, le=65535)
+    device_prefix: str = "pk-"
+    heartbeat: Duration = 1800.0  # heartbeat period handed back to nodes
+
+
+MODBUS_BUS_TYPES = ("modbus-tcp", "modbus-rtu")
+Bus = Annotated[
+    ModbusTcpBus | ModbusRtuBus | Hj212SerialBus | Hj212TcpBus | ParkingSerialBus | CoapBus,
+    Field(discriminator="type"),
+]
+SerialBus = ModbusRtuBus | Hj212SerialBus | ParkingSerialBus
 
 
 class DeviceSection(_Model):
@@ -117,7 +167,8 @@ class DeviceSection(_Model):
     id: str = Field(pattern=DEVICE_ID_RE.pattern)
     bus: str
     profile: str
-    unit: int = Field(default=1, ge=0, le=247)
+    unit: int = Field(default=1, ge=0, le=247)  # Modbus unit id
+    mn: str | None = None  # HJ 212 device code (MN) of an environmental station
     poll: Duration = Field(default=1.0, gt=0)
     heartbeat: Duration | None = None  # default: the profile's
     response_timeout: Duration | None = None  # default: the profile's
@@ -147,7 +198,7 @@ class GatewayConfig(_Model):
     def _cross_checks(self) -> GatewayConfig:
         names = [b.name for b in self.buses]
         _no_duplicates(names, "buses", "name")
-        ports = [b.port for b in self.buses if isinstance(b, ModbusRtuBus)]
+        ports = [b.port for b in self.buses if isinstance(b, SerialSettings | ModbusRtuBus)]
         _no_duplicates(ports, "buses", "port", "a serial port has exactly one owner")
         _no_duplicates([d.id for d in self.devices], "devices", "id")
         seen: set[tuple[str, int]] = set()
@@ -156,6 +207,8 @@ class GatewayConfig(_Model):
                 raise ValueError(
                     f"devices[{i}].bus: no bus named {d.bus!r}; defined buses: {names or 'none'}"
                 )
+            if self.bus(d.bus).type not in MODBUS_BUS_TYPES:
+                continue
             if (d.bus, d.unit) in seen:
                 raise ValueError(
                     f"devices[{i}].unit: unit {d.unit} is used twice on bus {d.bus!r}"
@@ -168,7 +221,7 @@ class GatewayConfig(_Model):
         """Where the outbox file lives."""
         return self.outbox.path or self.gateway.data_dir / "outbox.sqlite"
 
-    def bus(self, name: str) -> ModbusTcpBus | ModbusRtuBus:
+    def bus(self, name: str) -> Any:
         """Return the bus of this name."""
         return next(b for b in self.buses if b.name == name)
 
@@ -230,11 +283,14 @@ def explain(config: GatewayConfig) -> list[str]:
              f"{config.outbox.durability_window * 1000:.0f} ms"]
     for bus in config.buses:
         devs = [d for d in config.devices if d.bus == bus.name]
-        where = (f"{bus.host}:{bus.port}" if isinstance(bus, ModbusTcpBus)
-                 else f"{bus.port} {bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}")
+        where = (f"{bus.port} {bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}"
+                 if isinstance(bus, SerialSettings | ModbusRtuBus) else f"{bus.host}:{bus.port}")
         lines.append(f"bus {bus.name}: {bus.type} at {where}, {len(devs)} device(s)")
         for d in devs:
             prof = load_profile(d.profile)
-            lines.append(f"  {d.id}: unit {d.unit}, {prof.name} ({len(prof.points)} points),"
-                         f" every {d.poll:g}s")
+            if bus.type in MODBUS_BUS_TYPES:
+                lines.append(f"  {d.id}: unit {d.unit}, {prof.name} ({len(prof.points)} points),"
+                             f" every {d.poll:g}s")
+            else:
+                lines.append(f"  {d.id}: {prof.name}" + (f", MN {d.mn}" if d.mn else ""))
     return lines

@@ -1,0 +1,203 @@
+"""The city rig: real processes (broker, simulators, gateways, collector) on one machine.
+
+Used by `citygate demo`, the hardware-in-the-loop tests and the benchmarks, so all three run
+the same processes the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from citygate.broker import mosquitto_binary, mosquitto_config
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.1) -> Any:
+    """Poll `condition` until it returns something truthy (returned), or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def http_json(url: str, timeout: float = 5.0, *, method: str = "GET", body: Any = None,
+              token: str | None = None) -> Any:
+    """Call a JSON endpoint and return the decoded answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - local URLs
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+        return json.loads(resp.read() or b"null")
+
+
+def citygate(*args: str) -> list[str]:
+    """argv running a citygate subcommand with this interpreter."""
+    return [sys.executable, "-m", "citygate.cli", *args]
+
+
+@dataclass
+class Proc:
+    """A child process whose output goes to a log file."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None
+
+    def start(self) -> Proc:
+        """Start (or restart) the process."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
+        env = {**os.environ, **(self.env or {})}
+        self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
+        out.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; return the exit code."""
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+    def kill9(self) -> None:
+        """SIGKILL at once, as a power cut or the OOM killer would."""
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+    def tail(self, lines: int = 30) -> str:
+        """The last lines of the process log (for failure messages)."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Broker:
+    """A private MQTT broker on a free port: Mosquitto when installed, else embedded amqtt."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    extra_config: str = ""
+    proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        """mqtt://127.0.0.1:PORT"""
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def kind(self) -> str:
+        """Which broker runs."""
+        return "mosquitto" if mosquitto_binary() else "embedded amqtt"
+
+    def start(self, timeout: float = 15.0) -> Broker:
+        """Start the broker and wait until it accepts connections."""
+        binary = mosquitto_binary()
+        if binary:
+            conf = mosquitto_config(self.port, self.data_dir, extra=self.extra_config)
+            argv = [binary, "-c", str(conf)]
+        else:
+            argv = [sys.executable, "-m", "citygate.embedded_broker", str(self.port)]
+        self.proc = Proc("broker", argv, self.data_dir / "broker.log").start()
+        wait_for(lambda: port_open(self.port) or not self.proc or not self.proc.alive, timeout,
+                 f"the MQTT broker on port {self.port}")
+        if not self.proc.alive:
+            raise RuntimeError(f"broker exited:\n{self.proc.tail()}")
+        return self
+
+    def stop(self) -> None:
+        """Stop the broker (its persistence file is kept for a restart)."""
+        if self.proc is not None:
+            self.proc.stop()
+            wait_for(lambda: not port_open(self.port), 10, "the broker port to close")
+
+    def restart(self) -> None:
+        """Stop and start again on the same port."""
+        self.stop()
+        self.start()
+
+
+def gateway_toml(gateway: str, data_dir: Path, broker_url: str, bus: str,
+                 devices: list[tuple[str, int]], *, poll: str = "1s",
+                 profile: str = "elevator-gbt24476", extra: str = "") -> str:
+    """A gateway config with one bus named line1 holding `devices` as (id, unit) pairs."""
+    lines = [
+        "schema_version = 1",
+        "[gateway]", f'id = "{gateway}"', 'site = "demo-district"', f'data_dir = "{data_dir}"',
+        "[uplink]", f'brokers = ["{broker_url}"]', 'health_interval = "10s"',
+        'reconnect_min = "0.5s"', 'reconnect_max = "5s"',
+        "[outbox]", 'durability_window = "200ms"',
+        extra,
+        bus,
+    ]
+    for dev_id, unit in devices:
+        lines += ["[[devices]]", f'id = "{dev_id}"', 'bus = "line1"', f'profile = "{profile}"',
+                  f"unit = {unit}", f'poll = "{poll}"']
+    return "\n".join(lines) + "\n"
+
+
+def tcp_bus(port: int, host: str = "127.0.0.1") -> str:
+    """A [[buses]] table for Modbus TCP."""
+    return f'[[buses]]\nname = "line1"\ntype = "modbus-tcp"\nhost = "{host}"\nport = {port}'
+
+
+def rtu_bus(path: Path | str, baudrate: int = 9600) -> str:
+    """A [[buses]] table for Modbus RTU on a serial port."""
+    return f'[[buses]]\nname = "line1"\ntype = "modbus-rtu"\nport = "{path}"\nbaudrate = {baudrate}'
+
+
+def collector_health(base: str) -> dict[str, Any] | None:
+    """The collector's health document, or None while it is not answering."""
+    with contextlib.suppress(OSError, ValueError, urllib.error.URLError):
+        health: dict[str, Any] = http_json(f"{base}/api/v1/health", timeout=2)
+        return health
+    return None

@@ -1,0 +1,76 @@
+"""Fixtures for hardware-in-the-loop tests: private brokers, real processes, serial lines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from citygate.rig import Broker, Proc, citygate, collector_health, free_port, wait_for
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A private MQTT broker on a free port, stopped after the test."""
+    b = Broker(tmp_path / "broker").start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+class Procs:
+    """Processes started by a test, stopped at its end (with their logs on failure)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.all: list[Proc] = []
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        """Start `citygate <args>` with output in <tmp>/logs/<name>.log."""
+        proc = Proc(name, citygate(*args), self.root / "logs" / f"{name}.log", env=env).start()
+        self.all.append(proc)
+        return proc
+
+    def collector(self, broker: Broker, db: str | None = None, name: str = "collector",
+                  *extra: str) -> tuple[Proc, str]:
+        """Start a collector and wait until its API answers; return it and its base URL."""
+        port = free_port()
+        db = db or f"sqlite:///{self.root / 'hub.sqlite'}"
+        proc = self.start(name, "collector", "run", "--db", db, "--broker", broker.url,
+                          "--http", f"127.0.0.1:{port}", *extra)
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: collector_health(base) or not proc.alive, 30, "the collector API")
+        assert proc.alive, proc.tail()
+        return proc, base
+
+    def stop_all(self) -> None:
+        """Stop every process, newest first."""
+        for p in reversed(self.all):
+            p.stop()
+
+    def logs(self) -> str:
+        """Tails of every process log."""
+        return "\n".join(f"--- {p.name} ---\n{p.tail()}" for p in self.all)
+
+
+@pytest.fixture
+def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Procs]:
+    """Start processes; they are stopped after the test and their logs printed if it failed."""
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.stop_all()
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(p.logs())
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Keep each phase's report on the test item, so fixtures can see failures."""
+    rep = yield
+    setattr(item, "rep_" + rep.when, rep)
+    return rep

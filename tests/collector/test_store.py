@@ -1,0 +1,112 @@
+"""The data hub store, on SQLite and PostgreSQL: idempotent ingest, latest state, queries."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from collector import schema
+from collector.migrations import MIGRATIONS, migrate
+from collector.store import Accepted, Store
+from devices.contract import DataEnvelope, EventsEnvelope
+
+
+def data(gw: str, seq: int, readings: list[dict], replay: bool = False) -> Accepted:
+    env = DataEnvelope.model_validate(
+        {"v": 1, "gateway": gw, "seq": seq, "sent": 1_700_000_000_000, "replay": replay,
+         "readings": readings})
+    return Accepted(gw, env, 1_700_000_000_500)
+
+
+def events(gw: str, seq: int, evs: list[dict]) -> Accepted:
+    env = EventsEnvelope.model_validate(
+        {"v": 1, "gateway": gw, "seq": seq, "sent": 1_700_000_000_000, "events": evs})
+    return Accepted(gw, env, 1_700_000_000_500)
+
+
+def reading(dev: str, ts: int, **values: object) -> dict:
+    return {"device": dev, "ts": ts, "values": values}
+
+
+def test_ingest_is_idempotent_on_gateway_and_seq(store: Store) -> None:
+    batch = [data("gw1", 1, [reading("l1", 1000, floor=3, door_closed=True)]),
+             data("gw1", 2, [reading("l1", 2000, floor=4)])]
+    first = store.ingest(batch)
+    again = store.ingest(batch + [data("gw2", 1, [reading("l2", 1000, floor=1)])])
+    assert (first.messages, first.duplicates, first.readings) == (2, 0, 3)
+    assert (again.messages, again.duplicates, again.readings) == (1, 2, 1)
+    assert store.counts()["readings"] == 4
+    assert store.counts()["batches"] == 3
+
+
+def test_same_seq_from_another_gateway_is_not_a_duplicate(store: Store) -> None:
+    r = store.ingest([data("gw1", 7, [reading("a", 1, floor=1)]),
+                      data("gw2", 7, [reading("b", 1, floor=1)])])
+    assert r.messages == 2 and r.duplicates == 0
+
+
+def test_latest_keeps_the_newest_observation_even_when_older_arrives_later(store: Store) -> None:
+    store.ingest([data("gw1", 1, [reading("l1", 5000, floor=9, speed=1.5)])])
+    store.ingest([data("gw1", 2, [reading("l1", 1000, floor=2)], replay=True)])
+    latest = {r["quantity"]: r for r in store.latest("l1")}
+    assert latest["floor"]["value"] == 9.0 and latest["floor"]["ts"] == 5000
+    hist = store.readings("l1", "floor", None, None, 100)
+    assert [(h["ts"], h["value"], bool(h["replay"])) for h in hist] == \
+        [(1000, 2.0, True), (5000, 9.0, False)]
+
+
+def test_readings_query_filters_by_quantity_and_time(store: Store) -> None:
+    store.ingest([data("gw1", i, [reading("l1", i * 1000, floor=i, trip_count=100 + i)])
+                  for i in range(1, 11)])
+    rows = store.readings("l1", "floor", 3000, 6000, 100)
+    assert [r["ts"] for r in rows] == [3000, 4000, 5000]
+    assert len(store.readings("l1", None, None, None, 5)) == 5
+    assert store.readings("nobody", None, None, None, 5) == []
+
+
+def test_unknown_quantities_and_missing_values_are_dropped_and_counted(store: Store) -> None:
+    r = store.ingest([data("gw1", 1, [reading("l1", 1, floor=1, wattage=7, speed=None)])])
+    assert r.readings == 1
+    assert r.dropped_values == {"unknown_quantity": 1}
+
+
+def test_text_values_are_kept_as_text(store: Store) -> None:
+    store.ingest([data("gw1", 1, [reading("l1", 1, floor=1)])])
+    store.ingest([data("gw1", 2, [{"device": "l1", "ts": 2, "values": {"floor": "B2"}}])])
+    latest = {r["quantity"]: r for r in store.latest("l1")}
+    assert latest["floor"]["vtext"] == "B2" and latest["floor"]["value"] is None
+
+
+def test_events_fold_into_active_faults(store: Store) -> None:
+    ev = {"device": "l1", "kind": "trapped_passenger", "severity": "critical",
+          "evidence": {"floor": 3}}
+    store.ingest([events("gw1", 1, [{**ev, "ts": 1000, "action": "raise"}])])
+    with store.engine.connect() as conn:
+        active = conn.execute(sa.select(schema.active_faults)).mappings().all()
+    assert [(a["device_id"], a["kind"], a["since"]) for a in active] == \
+        [("l1", "trapped_passenger", 1000)]
+    store.ingest([events("gw1", 2, [{**ev, "ts": 5000, "action": "clear"}])])
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(schema.active_faults)).first() is None
+        assert conn.scalar(sa.select(sa.func.count()).select_from(schema.events)) == 2
+
+
+def test_gateway_state_inventory_and_last_seq(store: Store) -> None:
+    store.record_state("gw1", "online", 123, "", "0.1.0", "boot-1",
+                       {"l1": {"kind": "elevator", "profile": "elevator-gbt24476"}})
+    store.ingest([data("gw1", 41, [reading("l1", 1, floor=1)]),
+                  data("gw1", 40, [reading("l1", 1, floor=1)])])
+    store.record_state("gw1", "offline", 456, "lost", "0.1.0", "boot-1", {})
+    gw = store.gateways()[0]
+    assert (gw["gateway_id"], gw["state"], gw["state_reason"], gw["last_seq"],
+            gw["device_count"]) == ("gw1", "offline", "lost", 41, 1)
+    dev = store.device("l1")
+    assert dev is not None and (dev["kind"], dev["gateway_id"]) == ("elevator", "gw1")
+    store.record_health("gw1", {"counters": {"outbox_messages": 3}})
+    assert '"outbox_messages":3' in (store.gateways()[0]["health"] or "")
+
+
+def test_migrations_are_recorded_and_not_applied_twice(store: Store) -> None:
+    assert migrate(store.engine) == []
+    with store.engine.connect() as conn:
+        versions = list(conn.scalars(sa.select(schema.schema_migrations.c.version)))
+    assert sorted(versions) == sorted(v for v, _, _ in MIGRATIONS)
