@@ -31,7 +31,7 @@ chaos: $(STAMP) system-deps
 	$(PY) -m pytest -m "hil" $(PYTEST_ARGS)
 
 bench: $(STAMP) system-deps
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -41,7 +41,8 @@ def mosquitto_config(port: int, data_dir: Path, *, extra: str = "") -> Path:
     return conf
 
 
-def start_broker(port: int, data_dir: Path, *, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+def start_broker(port: int, data_dir: Path, *,
+                 log_file: Path | None = None) -> subprocess.Popen[bytes]:
     """Start a private broker process on 127.0.0.1:`port`."""
     binary = mosquitto_binary()
     out = open(log_file or data_dir / "broker.out", "ab")  # noqa: SIM115 - owned by the child

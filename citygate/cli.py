@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DB = "sqlite:///citygate-hub.sqlite"
+log = logging.getLogger("citygate")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -126,13 +127,13 @@ def cmd_sim_elevators(args: argparse.Namespace) -> int:
         if args.tcp:
             bank = make_bank(args.units, args.profile, static=args.static, seed=args.seed)
             tasks.append(asyncio.create_task(serve_tcp(bank, *args.tcp)))
-            logging.info("simulating %d lifts on modbus-tcp %s:%d", len(args.units), *args.tcp)
+            log.info("simulating %d lifts on modbus-tcp %s:%d", len(args.units), *args.tcp)
         if args.rtu:
             link = PtyLink().open()
             link.link(args.rtu, end="b")
             bank = make_bank(args.units, args.profile, static=args.static, seed=args.seed)
             tasks.append(asyncio.create_task(serve_rtu(bank, link.a_path, args.baud)))
-            logging.info("simulating %d lifts on modbus-rtu, gateway end: %s",
+            log.info("simulating %d lifts on modbus-rtu, gateway end: %s",
                          len(args.units), args.rtu)
         await stop.wait()
         for t in tasks:
@@ -171,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, help="stop after this many seconds")
     demo.add_argument("--http", type=host_port, default=("127.0.0.1", 8080),
                       help="where the collector serves its API (default 127.0.0.1:8080)")
-    demo.add_argument("--data-dir", type=Path, help="where state and logs go (default: ./var/demo, replaced on each run)")
+    demo.add_argument("--data-dir", type=Path,
+                      help="where state and logs go (default: ./var/demo, replaced each run)")
     demo.add_argument("--elevators", type=int, default=6, help="lifts per gateway (default 6)")
     demo.set_defaults(func=cmd_demo)
 

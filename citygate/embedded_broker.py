@@ -1,4 +1,7 @@
-"""Embedded MQTT broker (amqtt) for machines without Mosquitto: `python -m citygate.embedded_broker PORT`."""
+"""Embedded MQTT broker (amqtt) for machines without Mosquitto.
+
+Run as `python -m citygate.embedded_broker PORT`.
+"""
 
 from __future__ import annotations
 

@@ -218,7 +218,7 @@ def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
                               "Times are ISO 8601 UTC; values use the canonical units of "
                               "docs/data-model.md.")
     app.state.store = store
-    app.state.ingest_stats = ingest_stats or (lambda: {})
+    app.state.ingest_stats = ingest_stats or (dict)
     app.include_router(router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -92,7 +92,7 @@ class Ingest:
                              clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
         if self.username:
             client.username_pw_set(self.username, self.password)
-        client.reconnect_delay_set(0.5, 10)
+        client.reconnect_delay_set(1, 10)
         client.max_inflight_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect

@@ -28,7 +28,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
     server = uvicorn.Server(config)
     ingest.start()
     log.info("collector: API on http://%s:%d, broker %s, database %s", host, port, broker_url,
-             db_url.split("@")[-1])
+             db_url.rsplit("@", maxsplit=1)[-1])
     try:
         await server.serve(sockets=[sock] if sock else None)
     finally:

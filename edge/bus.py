@@ -9,9 +9,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from devices.model import Action, Event, Reading, Severity, Value
 from devices.modbus import codec
 from devices.modbus.planner import ReadBlock, plan_reads
+from devices.model import Action, Event, Reading, Severity, Value
 from devices.profiles import Profile, load_profile
 from edge.config import DeviceSection, ModbusRtuBus, ModbusTcpBus
 from edge.health import DeviceHealth

@@ -1,4 +1,4 @@
-"""Gateway configuration: one typed TOML schema, validated with errors that name file, key and fix."""
+"""Gateway configuration: one typed TOML schema; errors name the file, the key and the fix."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ class Hj212TcpBus(_Model):
 
     name: str
     type: Literal["hj212-tcp"]
-    host: str = "0.0.0.0"  # noqa: S104 - loggers on the site network connect in
+    host: str = "0.0.0.0"
     port: int = Field(default=9212, ge=1, le=65535)
 
 
@@ -197,21 +197,25 @@ class GatewayConfig(_Model):
     @model_validator(mode="after")
     def _cross_checks(self) -> GatewayConfig:
         names = [b.name for b in self.buses]
-        _no_duplicates(names, "buses", "name")
+        _no_duplicates(names, "buses", "name", fix="give each bus its own name")
         ports = [b.port for b in self.buses if isinstance(b, SerialSettings | ModbusRtuBus)]
-        _no_duplicates(ports, "buses", "port", "a serial port has exactly one owner")
-        _no_duplicates([d.id for d in self.devices], "devices", "id")
+        _no_duplicates(ports, "buses", "port", "a serial port has exactly one owner",
+                       fix="give each bus its own port, or put the devices on one bus")
+        _no_duplicates([d.id for d in self.devices], "devices", "id",
+                       fix="give each device its own id")
         seen: set[tuple[str, int]] = set()
         for i, d in enumerate(self.devices):
             if d.bus not in names:
                 raise ValueError(
                     f"devices[{i}].bus: no bus named {d.bus!r}; defined buses: {names or 'none'}"
+                    " — use one of them or add a [[buses]] entry"
                 )
             if self.bus(d.bus).type not in MODBUS_BUS_TYPES:
                 continue
             if (d.bus, d.unit) in seen:
                 raise ValueError(
                     f"devices[{i}].unit: unit {d.unit} is used twice on bus {d.bus!r}"
+                    " — give each device on a bus its own unit address"
                 )
             seen.add((d.bus, d.unit))
         return self
@@ -226,12 +230,14 @@ class GatewayConfig(_Model):
         return next(b for b in self.buses if b.name == name)
 
 
-def _no_duplicates(values: list[Any], section: str, key: str, why: str = "") -> None:
+def _no_duplicates(
+    values: list[Any], section: str, key: str, why: str = "", *, fix: str
+) -> None:
     seen: set[Any] = set()
     for i, v in enumerate(values):
         if v in seen:
             hint = f" ({why})" if why else ""
-            raise ValueError(f"{section}[{i}].{key}: {v!r} appears twice{hint}")
+            raise ValueError(f"{section}[{i}].{key}: {v!r} appears twice{hint} — {fix}")
         seen.add(v)
 
 

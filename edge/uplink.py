@@ -34,6 +34,11 @@ def full_jitter(attempt: int, base: float, cap: float, rng: random.Random = _rng
     return rng.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
 
 
+def _resolve(fut: asyncio.Future[int], value: int) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Broker:
     """One broker endpoint."""
@@ -191,7 +196,7 @@ class Uplink:
         code = rc.value if hasattr(rc, "value") else int(rc)
         fut = self._pending_connack
         if fut is not None:
-            self._call(lambda: fut.done() or fut.set_result(code))
+            self._call(_resolve, fut, code)
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
         if client is self._client:

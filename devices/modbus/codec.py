@@ -70,6 +70,7 @@ _WORDS = {
 _STRUCT = {
     DataType.U16: ">H", DataType.I16: ">h", DataType.U32: ">I", DataType.I32: ">i",
     DataType.U64: ">Q", DataType.I64: ">q", DataType.F32: ">f", DataType.F64: ">d",
+    DataType.BOOL: ">H",  # a bool bit field inside a register
 }
 
 
@@ -127,7 +128,7 @@ def decode_raw(point: Point, regs: Sequence[int]) -> int | float:
     """Decode the raw number (before bit field, enum, scale) from the point's registers."""
     if len(regs) != point.count:
         raise CodecError(f"{point.quantity}: expected {point.count} registers, got {len(regs)}")
-    if point.table.is_bits or point.type is DataType.BOOL and point.bits is None:
+    if point.table.is_bits or (point.type is DataType.BOOL and point.bits is None):
         return 1 if regs[0] else 0
     value: int | float = struct.unpack(_STRUCT[point.type], _to_bytes(regs, point.order))[0]
     return value
@@ -156,9 +157,12 @@ def _canonical(point: Point, raw: int | float) -> Value:
         return q.code_for(label) if q.kind is ValueKind.ENUM else _label_value(q, label)
     if q.kind is ValueKind.BOOL:
         return bool(raw)
-    value = raw * point.scale + point.offset
+    if isinstance(raw, int) and point.scale == 1 and point.offset == 0:
+        value: int | float = raw  # exact: 64-bit counters do not survive a float detour
+    else:
+        value = raw * point.scale + point.offset
     if q.kind in (ValueKind.INTEGER, ValueKind.ENUM):
-        return int(round(value))
+        return round(value)
     return float(value)
 
 
@@ -170,8 +174,10 @@ def _label_value(q: Quantity, label: str) -> Value:
 
 def encode(point: Point, value: Value) -> list[int]:
     """Encode a canonical value into the point's registers (used by simulators and tests)."""
+    if point.bits is not None:
+        return [bit_field_registers([point], {point.quantity: value})]
     raw = _raw_from_canonical(point, value)
-    if point.table.is_bits or point.type is DataType.BOOL and point.bits is None:
+    if point.table.is_bits or (point.type is DataType.BOOL and point.bits is None):
         return [1 if raw else 0]
     fmt = _STRUCT[point.type]
     if point.type in (DataType.F32, DataType.F64):
@@ -197,8 +203,10 @@ def _raw_from_canonical(point: Point, value: Value) -> int | float:
         return 1 if value else 0
     if isinstance(value, str):
         raise CodecError(f"{point.quantity}: cannot encode text {value!r}")
-    raw = (float(value) - point.offset) / point.scale
-    return raw if point.type in (DataType.F32, DataType.F64) else int(round(raw))
+    if isinstance(value, int) and point.scale == 1 and point.offset == 0:
+        return value  # exact, as in _canonical
+    scaled = (float(value) - point.offset) / point.scale
+    return scaled if point.type in (DataType.F32, DataType.F64) else round(scaled)
 
 
 def bit_field_registers(points: Sequence[Point], values: dict[str, Value]) -> int:

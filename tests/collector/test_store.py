@@ -31,7 +31,7 @@ def test_ingest_is_idempotent_on_gateway_and_seq(store: Store) -> None:
     batch = [data("gw1", 1, [reading("l1", 1000, floor=3, door_closed=True)]),
              data("gw1", 2, [reading("l1", 2000, floor=4)])]
     first = store.ingest(batch)
-    again = store.ingest(batch + [data("gw2", 1, [reading("l2", 1000, floor=1)])])
+    again = store.ingest([*batch, data("gw2", 1, [reading("l2", 1000, floor=1)])])
     assert (first.messages, first.duplicates, first.readings) == (2, 0, 3)
     assert (again.messages, again.duplicates, again.readings) == (1, 2, 1)
     assert store.counts()["readings"] == 4
