@@ -44,6 +44,7 @@ class IngestStats:
     events: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     dropped_values: Counter[str] = field(default_factory=Counter)
+    time_corrected: Counter[str] = field(default_factory=Counter)
     store_errors: int = 0
     connected: bool = False
     last_commit_ms: float = 0.0
@@ -54,6 +55,7 @@ class IngestStats:
             "received": self.received, "stored_messages": self.stored_messages,
             "duplicates": self.duplicates, "readings": self.readings, "events": self.events,
             "rejected": dict(self.rejected), "dropped_values": dict(self.dropped_values),
+            "time_corrected": dict(self.time_corrected),
             "store_errors": self.store_errors, "broker_connected": self.connected,
             "last_commit_ms": round(self.last_commit_ms, 2),
         }
@@ -93,6 +95,9 @@ class Ingest:
         if self.username:
             client.username_pw_set(self.username, self.password)
         client.reconnect_delay_set(1, 10)
+        client.will_set(contract.collector_state_topic(self.client_id),
+                        contract.collector_state_payload(self.client_id, "offline", now_ms()),
+                        qos=1, retain=True)
         client.max_inflight_messages_set(1000)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -109,6 +114,11 @@ class Ingest:
         client, self._client = self._client, None
         if client is not None:
             self.stats.connected = False
+            with contextlib.suppress(Exception):
+                client.publish(contract.collector_state_topic(self.client_id),
+                               contract.collector_state_payload(self.client_id, "offline",
+                                                                now_ms()),
+                               qos=1, retain=True).wait_for_publish(2)
             with contextlib.suppress(Exception):
                 client.disconnect()
             client.loop_stop()
@@ -127,6 +137,9 @@ class Ingest:
         log.info("collector connected to %s:%d (session present: %s)", self.host, self.port,
                  getattr(flags, "session_present", "?"))
         client.subscribe([(t, contract.QOS) for t in contract.subscriptions()])
+        client.publish(contract.collector_state_topic(self.client_id),
+                       contract.collector_state_payload(self.client_id, "online", now_ms()),
+                       qos=1, retain=True)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if self.stats.connected:
@@ -212,6 +225,7 @@ class Ingest:
             self.stats.readings += result.readings
             self.stats.events += result.events
             self.stats.dropped_values.update(result.dropped_values)
+            self.stats.time_corrected.update(result.time_corrected)
             self.on_stored(accepted)
             break
         client = self._client

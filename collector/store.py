@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from collector import schema
 from collector.migrations import migrate
-from devices.contract import DataEnvelope, EventsEnvelope
+from devices.contract import ClockInfo, DataEnvelope, EventsEnvelope
 from devices.quantities import QUANTITIES, ValueKind
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,38 @@ class IngestResult:
     readings: int = 0
     events: int = 0
     dropped_values: dict[str, int] = field(default_factory=dict)
+    time_corrected: dict[str, int] = field(default_factory=dict)  # how times were placed
 
 
 def now_ms() -> int:
     """Wall-clock epoch milliseconds."""
     return int(time.time() * 1000)
+
+
+MAX_SKEW_MS = 120_000  # a "synced" gateway further off than this is treated as unsynced
+MAX_FUTURE_MS = 60_000
+EARLIEST_MS = 946_684_800_000  # 2000-01-01
+
+
+def place_in_time(ts: int, mono: int | None, clock: ClockInfo, sent: int,
+                  received: int) -> tuple[int, str]:
+    """Observation time on the collector's clock, and how it was obtained.
+
+    A synchronised gateway's time is kept. Otherwise, within one boot the monotonic clock
+    gives the exact age of the reading at sending; across a reboot only the send/receive
+    offset is left. Nothing is ever placed before 2000 or in the future.
+    """
+    skew = received - sent
+    if clock.synced and abs(skew) <= MAX_SKEW_MS:
+        how, placed = "gateway", ts
+    elif mono is not None and clock.mono is not None and clock.boot and (
+            clock.sent_boot in ("", clock.boot)):
+        how, placed = "monotonic", received - max(0, clock.mono - mono)
+    else:
+        how, placed = "offset", ts + skew
+    if placed < EARLIEST_MS or placed > received + MAX_FUTURE_MS:
+        return received, "clamped"
+    return placed, how
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -137,12 +164,14 @@ class Store:
         for a in fresh:
             env = a.envelope
             if isinstance(env, EventsEnvelope):
-                events.extend(
-                    (e.device, a.gateway, env.seq, e.ts, e.kind, e.action, e.severity, e.code,
-                     orjson.dumps(e.evidence).decode(), e.message, a.received)
-                    for e in env.events)
+                for e in env.events:
+                    ts = self._placed(e.ts, e.mono, env, a.received, result)
+                    events.append((e.device, a.gateway, env.seq, ts, e.kind, e.action,
+                                   e.severity, e.code, orjson.dumps(e.evidence).decode(),
+                                   e.message, a.received))
                 continue
             for r in env.readings:
+                ts = self._placed(r.ts, r.mono, env, a.received, result)
                 for q, v in r.values.items():
                     if v is None:
                         continue
@@ -151,9 +180,17 @@ class Store:
                             result.dropped_values.get("unknown_quantity", 0) + 1
                         continue
                     num, text = (None, v) if isinstance(v, str) else (float(v), None)
-                    rows.append((r.device, q, r.ts, num, text, r.q, a.gateway, env.seq,
+                    rows.append((r.device, q, ts, num, text, r.q, a.gateway, env.seq,
                                  env.replay))
         return rows, events
+
+    @staticmethod
+    def _placed(ts: int, mono: int | None, env: DataEnvelope | EventsEnvelope, received: int,
+                result: IngestResult) -> int:
+        placed, how = place_in_time(ts, mono, env.clock, env.sent, received)
+        if how != "gateway":
+            result.time_corrected[how] = result.time_corrected.get(how, 0) + 1
+        return placed
 
     def _insert_readings(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -204,10 +241,10 @@ class Store:
         for a in fresh:
             env = a.envelope
             items = env.readings if isinstance(env, DataEnvelope) else env.events
-            for it in items:
+            for it in items:  # "last seen" is when the hub heard of the device
                 prev = seen.get(it.device)
-                if prev is None or it.ts > prev[1]:
-                    seen[it.device] = (a.gateway, it.ts)
+                if prev is None or a.received > prev[1]:
+                    seen[it.device] = (a.gateway, a.received)
             last = gws.get(a.gateway, (0, 0))
             gws[a.gateway] = (max(last[0], env.seq), max(last[1], a.received))
         cur.executemany(self._sql(

@@ -19,7 +19,7 @@ from devices.model import Event, Reading
 
 VERSION = 1
 ROOT = f"citygate/v{VERSION}"
-COLLECTOR_STATE_TOPIC = f"{ROOT}/_collector/state"
+COLLECTOR_STATE_FILTER = f"{ROOT}/_collector/+/state"  # retained, one topic per collector
 GATEWAY_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 QOS = 1
@@ -44,6 +44,16 @@ def topic(gateway: str, channel: str, name: str | None = None) -> str:
         raise ContractError("bad_gateway_id", f"{gateway!r} is not a valid gateway id")
     base = f"{ROOT}/{gateway}/{channel}"
     return f"{base}/{name}" if name else base
+
+
+def collector_state_topic(collector_id: str) -> str:
+    """Retained online/offline state of one collector (its last will says offline)."""
+    return f"{ROOT}/_collector/{collector_id}/state"
+
+
+def collector_state_payload(collector_id: str, state: str, ts: int) -> bytes:
+    """The collector's state message."""
+    return orjson.dumps({"v": VERSION, "collector": collector_id, "state": state, "ts": ts})
 
 
 def subscriptions() -> list[str]:
@@ -101,11 +111,12 @@ class WireEvent(_Strict):
 
 
 class ClockInfo(_Strict):
-    """What the gateway knows of its clock when it sends."""
+    """What the gateway knew of its clock when it observed, and its clock when it sends."""
 
-    synced: bool = True
-    boot: str = ""  # boot id: mono values compare only within one boot
-    mono: int | None = None  # monotonic ms at send time
+    synced: bool = True  # was the wall clock synchronised when these readings were taken
+    boot: str = ""  # boot id when the readings were taken: `mono` values are of that boot
+    mono: int | None = None  # monotonic ms at send time, of boot `sent_boot`
+    sent_boot: str = ""  # boot id at send time (empty: same as `boot`)
 
 
 class _Envelope(_Strict):

@@ -1,10 +1,12 @@
-"""The gateway agent: buses feed the outbox, the forwarder drains it to the broker."""
+"""The gateway agent: sources feed the outbox, the forwarder drains it to the broker."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,15 +17,17 @@ from devices import contract
 from devices.contract import ClockInfo
 from devices.model import Event, Reading
 from edge.bus import mono_ms, now_ms
+from edge.clock import clock_synced
 from edge.config import GatewayConfig
-from edge.outbox import Outbox
+from edge.outbox import Outbox, Pending, Quota
+from edge.pacing import TokenBucket
 from edge.sources import Source, build_source
 from edge.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
-REPLAY_AFTER = 30.0  # seconds: a message older than this when sent is marked as replayed
+DISK_CHECK_INTERVAL = 10.0  # seconds between free-space checks of the data directory
 
 
 def boot_id() -> str:
@@ -34,15 +38,27 @@ def boot_id() -> str:
         return ""
 
 
+def free_disk_bytes(path: Path) -> int | None:
+    """Bytes available to this user on the file system holding `path`."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 class Agent:
-    """One gateway: its buses, its outbox and its uplink, run as one task group."""
+    """One gateway: its sources, its outbox and its uplink, run as one task group."""
 
     def __init__(self, cfg: GatewayConfig, *, password: str | None = None) -> None:
         self.cfg = cfg
         self.gateway = cfg.gateway.id
         self.boot = boot_id()
-        self.outbox = Outbox(cfg.outbox_path, synchronous=cfg.outbox.synchronous,
-                             max_batch=cfg.outbox.max_batch)
+        ob = cfg.outbox
+        self.outbox = Outbox(cfg.outbox_path, synchronous=ob.synchronous, max_batch=ob.max_batch,
+                             quota=Quota(ob.max_bytes, int(ob.max_age * 1000), ob.min_free_disk))
+        self.outbox.owner = self.gateway
+        self.outbox.boot = self.boot
         self.uplink = Uplink(self.gateway, cfg.uplink, version=VERSION, boot=self.boot,
                              on_ack=self._on_ack, on_command=self._on_command,
                              password=password if password is not None else self._password(),
@@ -50,10 +66,12 @@ class Agent:
         self.buses: list[Source] = [
             build_source(b, [d for d in cfg.devices if d.bus == b.name], self.submit)
             for b in cfg.buses]
+        self.backlog = TokenBucket(rate=ob.backlog_rate, burst=max(ob.backlog_rate, ob.max_batch))
         self._urgent = asyncio.Event()
         self._wake = asyncio.Event()
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq, for this connection
         self._generation = -1
+        self._write_failures = 0
         self.started = asyncio.Event()
 
     def _inventory(self) -> dict[str, dict[str, str]]:
@@ -69,16 +87,17 @@ class Agent:
         return Path(pf).read_text(encoding="utf-8").strip()
 
     def submit(self, items: Sequence[Reading | Event]) -> None:
-        """Accept readings/events from a bus; events are committed and sent at once."""
+        """Accept readings/events from a source; events are committed and sent at once."""
         if not items:
             return
         self.outbox.add(items)
-        if self.outbox.has_urgent:
+        if self.outbox.has_urgent or not self.cfg.outbox.durability_window:
             self._urgent.set()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); everything is closed on exit."""
         self.outbox.open()
+        self._check_clock()
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [
@@ -94,19 +113,55 @@ class Agent:
                 for t in tasks:
                     t.cancel()
         finally:
-            self.outbox.close()
+            with contextlib.suppress(sqlite3.Error):
+                self.outbox.close()
+
+    def _check_clock(self) -> bool:
+        synced = clock_synced(self.cfg.gateway.clock)
+        if synced != self.outbox.synced or not synced:
+            if synced != self.outbox.synced:
+                log.log(logging.INFO if synced else logging.WARNING,
+                        "wall clock is %s", "synchronised" if synced else
+                        "NOT synchronised: the collector will place readings on its clock")
+            self.outbox.synced = synced
+        return synced
+
+    # --- outbox writer --------------------------------------------------------------------------
 
     async def _writer(self) -> None:
         window = self.cfg.outbox.durability_window
+        next_disk_check = 0.0
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), window)
+                    await asyncio.wait_for(self._urgent.wait(), window or None)
                 self._urgent.clear()
-                if self.outbox.commit():
-                    self._wake.set()
+                now = time.monotonic()
+                if now >= next_disk_check:
+                    next_disk_check = now + DISK_CHECK_INTERVAL
+                    self._check_clock()
+                    self.outbox.enforce_quota(free_disk_bytes(self.outbox.path.parent))
+                self._commit()
         finally:
-            self.outbox.commit()
+            with contextlib.suppress(sqlite3.Error):
+                self.outbox.commit()
+
+    def _commit(self) -> None:
+        try:
+            wrote = self.outbox.commit()
+        except sqlite3.OperationalError as exc:  # disk full, I/O error: keep rows in memory
+            self._write_failures += 1
+            if self._write_failures == 1:
+                log.error("outbox write failed (%s); evicting old telemetry and retrying", exc)
+            self.outbox.enforce_quota(free_bytes=0)
+            return
+        if self._write_failures:
+            log.info("outbox writes work again after %d failures", self._write_failures)
+            self._write_failures = 0
+        if wrote:
+            self._wake.set()
+
+    # --- forwarder --------------------------------------------------------------------------------
 
     async def _forwarder(self) -> None:
         up = self.uplink
@@ -120,25 +175,33 @@ class Agent:
                 self._generation = up.counters["connects"]
                 self._inflight.clear()  # that connection's messages are re-sent from the outbox
             self._wake.clear()
-            self._send_some()
+            pause = self._send_some()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 1.0)
+                await asyncio.wait_for(self._wake.wait(), pause)
 
-    def _send_some(self) -> None:
+    def _send_some(self) -> float:
+        """Publish what fits in the in-flight window; return how long to wait at most."""
         room = self.cfg.uplink.max_inflight - len(self._inflight)
         if room <= 0:
-            return
+            return 1.0
         busy = set(self._inflight.values())
         now = now_ms()
-        clock = ClockInfo(synced=True, boot=self.boot, mono=mono_ms())
-        for msg in self.outbox.next_messages(room, busy):
-            payload = contract.envelope(self.gateway, msg.channel, msg.seq, now, msg.body,
-                                        clock=clock,
-                                        replay=(now - msg.created) > REPLAY_AFTER * 1000)
-            mid = self.uplink.publish(contract.topic(self.gateway, msg.channel), payload)
+        live_after = now - int(self.cfg.outbox.live_window * 1000)
+        for msg in self.outbox.next_messages(room, busy, live_after=live_after):
+            backlog = msg.channel == contract.DATA and msg.created < live_after
+            if backlog and not self.backlog.take(msg.n, time.monotonic()):
+                return min(1.0, self.backlog.wait_time(msg.n))
+            mid = self.uplink.publish(contract.topic(self.gateway, msg.channel),
+                                      self._payload(msg, now, backlog))
             if mid is None:
-                return
+                return 1.0
             self._inflight[mid] = msg.seq
+        return 1.0
+
+    def _payload(self, msg: Pending, now: int, backlog: bool) -> bytes:
+        clock = ClockInfo(synced=msg.synced, boot=msg.boot, mono=mono_ms(), sent_boot=self.boot)
+        return contract.envelope(self.gateway, msg.channel, msg.seq, now, msg.body,
+                                 clock=clock, replay=backlog)
 
     def _on_ack(self, mid: int) -> None:
         seq = self._inflight.pop(mid, None)
@@ -148,6 +211,8 @@ class Agent:
 
     def _on_command(self, name: str, payload: bytes) -> None:
         log.info("command %r received (%d bytes); no handler", name, len(payload))
+
+    # --- health -----------------------------------------------------------------------------------
 
     async def _health(self) -> None:
         while True:
@@ -161,8 +226,11 @@ class Agent:
         stats = self.outbox.stats()
         counters["outbox_messages"] = stats["messages"]
         counters["outbox_readings"] = stats["readings"]
+        counters["outbox_bytes"] = stats["bytes"]
         oldest = stats["oldest_created"]
         counters["outbox_oldest_age_s"] = (now_ms() - oldest) / 1000 if oldest else 0.0
+        counters["clock_synced"] = int(self.outbox.synced)
+        counters["outbox_write_failures"] = self._write_failures
         for k, v in self.outbox.counters.items():
             counters[f"outbox_{k}"] = v
         for k, v in self.uplink.counters.items():

@@ -46,6 +46,9 @@ class GatewaySection(_Model):
     id: str = Field(pattern=GATEWAY_ID_RE.pattern)
     site: str = ""
     data_dir: Path = Path("/var/lib/citygate")
+    # "auto": trust the wall clock only when plausible and kernel-synchronised; "trust"; or
+    # "untrusted": the collector places readings on its own clock via monotonic time.
+    clock: Literal["auto", "trust", "untrusted"] = "auto"
 
 
 class UplinkSection(_Model):
@@ -63,7 +66,7 @@ class UplinkSection(_Model):
     boot_delay_max: Duration = 0.0  # random delay after boot, so a city does not reconnect at once
     max_inflight: int = Field(default=16, ge=1, le=1000)
     health_interval: Duration = 60.0
-    wait_for_collector: bool = False  # hold data while the collector's retained state is offline
+    wait_for_collector: bool = True  # hold data while every collector's retained state is offline
 
     @field_validator("brokers")
     @classmethod
@@ -83,8 +86,20 @@ class OutboxSection(_Model):
     durability_window: Duration = 0.2  # group commit: readings wait at most this long on disk
     synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     max_batch: int = Field(default=500, ge=1, le=10_000)  # readings per MQTT message
-    max_bytes: Size = 256 * 1024 * 1024
-    max_age: Duration = 30 * 86400.0
+    max_bytes: Size = 256 * 1024 * 1024  # oldest telemetry is evicted beyond this
+    max_age: Duration = 30 * 86400.0  # ... and beyond this age (events are never evicted)
+    min_free_disk: Size = 64 * 1024 * 1024  # never fill the disk below this
+    live_window: Duration = 10.0  # data younger than this is live; older is backlog
+    backlog_rate: float = Field(default=2000.0, gt=0)  # backlog readings/s while draining
+
+
+class LoggingSection(_Model):
+    """Where the agent logs: stderr (journald under systemd) or a size-capped file."""
+
+    file: Path | None = None
+    max_bytes: Size = 5 * 1024 * 1024
+    backups: int = Field(default=2, ge=0, le=20)
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
 class ModbusTcpBus(_Model):
@@ -191,6 +206,7 @@ class GatewayConfig(_Model):
     gateway: GatewaySection
     uplink: UplinkSection = Field(default_factory=UplinkSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
     buses: list[Bus] = Field(default_factory=list)
     devices: list[DeviceSection] = Field(default_factory=list)
 

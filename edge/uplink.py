@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
+import orjson
 import paho.mqtt.client as mqtt
 
 from devices import contract
@@ -71,7 +72,8 @@ class Uplink:
         self.brokers = [Broker.parse(u) for u in cfg.brokers]
         self.inventory = inventory or {}
         self.connected = asyncio.Event()
-        self.collector_online = True  # until a retained collector state says otherwise
+        self.collectors: dict[str, bool] = {}  # collector id -> online, from retained states
+        self.collector_online = True  # until retained collector states say all are offline
         self.collector_changed = asyncio.Event()
         self.broker: Broker | None = None
         self.counters = {"connects": 0, "connect_failures": 0, "disconnects": 0,
@@ -127,7 +129,7 @@ class Uplink:
         log.info("uplink connected to %s:%d", broker.host, broker.port)
         client.publish(self._state_topic, self._state("online"), qos=1, retain=True)
         client.subscribe([(contract.topic(self.gateway, contract.CMD) + "/+", 1),
-                          (contract.COLLECTOR_STATE_TOPIC, 1)])
+                          (contract.COLLECTOR_STATE_FILTER, 1)])
         self.connected.set()
         return True
 
@@ -216,14 +218,26 @@ class Uplink:
         self.on_ack(mid)
 
     def _received(self, topic_name: str, payload: bytes) -> None:
-        if topic_name == contract.COLLECTOR_STATE_TOPIC:
-            online = b'"online"' in payload or not payload
-            if online != self.collector_online:
-                log.info("collector is %s", "online" if online else "offline")
-                self.collector_online = online
-                self.collector_changed.set()
+        if "/_collector/" in topic_name:
+            self._collector_state(topic_name.split("/")[-2], payload)
             return
         self.on_command(topic_name.rsplit("/", 1)[-1], payload)
+
+    def _collector_state(self, collector: str, payload: bytes) -> None:
+        try:
+            state = orjson.loads(payload).get("state") if payload else None
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if state is None:
+            self.collectors.pop(collector, None)  # retained state cleared
+        else:
+            self.collectors[collector] = state == "online"
+        online = any(self.collectors.values()) or not self.collectors
+        if online != self.collector_online:
+            log.info("collectors are %s", "online" if online else
+                     "all offline: buffering in the outbox until one returns")
+            self.collector_online = online
+            self.collector_changed.set()
 
     def publish(self, topic_name: str, payload: bytes, *, retain: bool = False) -> int | None:
         """Publish at QoS 1 and return the message id whose PUBACK will be reported, or None."""

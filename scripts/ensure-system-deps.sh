@@ -5,6 +5,7 @@ set -euo pipefail
 
 want=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || want+=(mosquitto)
+command -v faketime >/dev/null 2>&1 || want+=(faketime)  # clock tests run gateways on a wrong clock
 for pkg in "$@"; do want+=("$pkg"); done
 
 if [ ${#want[@]} -eq 0 ]; then

@@ -23,8 +23,12 @@ def events(gw: str, seq: int, evs: list[dict]) -> Accepted:
     return Accepted(gw, env, 1_700_000_000_500)
 
 
+T0 = 1_700_000_000_000  # readings are observed around this time, sent at T0, received +0.5 s
+
+
 def reading(dev: str, ts: int, **values: object) -> dict:
-    return {"device": dev, "ts": ts, "values": values}
+    """A reading observed `ts` ms before the message was sent (the store keeps `ts` as sent)."""
+    return {"device": dev, "ts": T0 - 100_000 + ts, "values": values}
 
 
 def test_ingest_is_idempotent_on_gateway_and_seq(store: Store) -> None:
@@ -48,17 +52,19 @@ def test_latest_keeps_the_newest_observation_even_when_older_arrives_later(store
     store.ingest([data("gw1", 1, [reading("l1", 5000, floor=9, speed=1.5)])])
     store.ingest([data("gw1", 2, [reading("l1", 1000, floor=2)], replay=True)])
     latest = {r["quantity"]: r for r in store.latest("l1")}
-    assert latest["floor"]["value"] == 9.0 and latest["floor"]["ts"] == 5000
+    assert latest["floor"]["value"] == 9.0
+    assert latest["floor"]["ts"] == T0 - 100_000 + 5000
     hist = store.readings("l1", "floor", None, None, 100)
-    assert [(h["ts"], h["value"], bool(h["replay"])) for h in hist] == \
+    assert [(h["ts"] - T0 + 100_000, h["value"], bool(h["replay"])) for h in hist] == \
         [(1000, 2.0, True), (5000, 9.0, False)]
 
 
 def test_readings_query_filters_by_quantity_and_time(store: Store) -> None:
     store.ingest([data("gw1", i, [reading("l1", i * 1000, floor=i, trip_count=100 + i)])
                   for i in range(1, 11)])
-    rows = store.readings("l1", "floor", 3000, 6000, 100)
-    assert [r["ts"] for r in rows] == [3000, 4000, 5000]
+    base = T0 - 100_000
+    rows = store.readings("l1", "floor", base + 3000, base + 6000, 100)
+    assert [r["ts"] - base for r in rows] == [3000, 4000, 5000]
     assert len(store.readings("l1", None, None, None, 5)) == 5
     assert store.readings("nobody", None, None, None, 5) == []
 
@@ -71,7 +77,7 @@ def test_unknown_quantities_and_missing_values_are_dropped_and_counted(store: St
 
 def test_text_values_are_kept_as_text(store: Store) -> None:
     store.ingest([data("gw1", 1, [reading("l1", 1, floor=1)])])
-    store.ingest([data("gw1", 2, [{"device": "l1", "ts": 2, "values": {"floor": "B2"}}])])
+    store.ingest([data("gw1", 2, [reading("l1", 2, floor="B2")])])
     latest = {r["quantity"]: r for r in store.latest("l1")}
     assert latest["floor"]["vtext"] == "B2" and latest["floor"]["value"] is None
 
@@ -79,12 +85,12 @@ def test_text_values_are_kept_as_text(store: Store) -> None:
 def test_events_fold_into_active_faults(store: Store) -> None:
     ev = {"device": "l1", "kind": "trapped_passenger", "severity": "critical",
           "evidence": {"floor": 3}}
-    store.ingest([events("gw1", 1, [{**ev, "ts": 1000, "action": "raise"}])])
+    store.ingest([events("gw1", 1, [{**ev, "ts": T0 - 5000, "action": "raise"}])])
     with store.engine.connect() as conn:
         active = conn.execute(sa.select(schema.active_faults)).mappings().all()
     assert [(a["device_id"], a["kind"], a["since"]) for a in active] == \
-        [("l1", "trapped_passenger", 1000)]
-    store.ingest([events("gw1", 2, [{**ev, "ts": 5000, "action": "clear"}])])
+        [("l1", "trapped_passenger", T0 - 5000)]
+    store.ingest([events("gw1", 2, [{**ev, "ts": T0 - 1000, "action": "clear"}])])
     with store.engine.connect() as conn:
         assert conn.execute(sa.select(schema.active_faults)).first() is None
         assert conn.scalar(sa.select(sa.func.count()).select_from(schema.events)) == 2
@@ -103,6 +109,29 @@ def test_gateway_state_inventory_and_last_seq(store: Store) -> None:
     assert dev is not None and (dev["kind"], dev["gateway_id"]) == ("elevator", "gw1")
     store.record_health("gw1", {"counters": {"outbox_messages": 3}})
     assert '"outbox_messages":3' in (store.gateways()[0]["health"] or "")
+
+
+def test_unsynced_gateway_times_are_placed_on_the_collector_clock(store: Store) -> None:
+    # The gateway booted in 1970 without a real-time clock and says it is not synchronised.
+    env = DataEnvelope.model_validate({
+        "v": 1, "gateway": "gw1", "seq": 1, "sent": 86_400_000,
+        "clock": {"synced": False, "boot": "b1", "sent_boot": "b1", "mono": 50_000},
+        "readings": [{"device": "l1", "ts": 86_390_000, "mono": 40_000, "values": {"floor": 1}},
+                     {"device": "l2", "ts": 86_399_000, "values": {"floor": 2}}]})
+    result = store.ingest([Accepted("gw1", env, T0)])
+    assert result.time_corrected == {"monotonic": 1, "offset": 1}
+    latest = {r["device_id"]: r["ts"] for d in ("l1", "l2") for r in store.latest(d)}
+    assert latest == {"l1": T0 - 10_000, "l2": T0 - 1000}
+
+
+def test_times_are_never_stored_before_2000_or_in_the_future(store: Store) -> None:
+    env = DataEnvelope.model_validate({
+        "v": 1, "gateway": "gw1", "seq": 1, "sent": T0,
+        "readings": [{"device": "l1", "ts": 5, "values": {"floor": 1}},
+                     {"device": "l2", "ts": T0 + 86_400_000, "values": {"floor": 2}}]})
+    result = store.ingest([Accepted("gw1", env, T0 + 10)])
+    assert result.time_corrected == {"clamped": 2}
+    assert {r["ts"] for d in ("l1", "l2") for r in store.latest(d)} == {T0 + 10}
 
 
 def test_migrations_are_recorded_and_not_applied_twice(store: Store) -> None:
