@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test chaos bench lint install system-deps clean
+.PHONY: demo test chaos cluster-demo bench lint install system-deps clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("CityGate needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -24,11 +24,16 @@ system-deps:
 demo: $(STAMP)
 	$(VENV)/bin/citygate demo $(DEMO_ARGS)
 
+# Browser tests run in their own process: Playwright keeps an event loop in the main thread.
 test: $(STAMP) system-deps
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "browser" -p no:cacheprovider $(PYTEST_ARGS)
 
 chaos: $(STAMP) system-deps
-	$(PY) -m pytest -m "hil" $(PYTEST_ARGS)
+	CHAOS_FULL=1 $(PY) -m pytest -m "hil" $(PYTEST_ARGS)
+
+cluster-demo: $(STAMP) system-deps
+	$(VENV)/bin/citygate cluster-demo $(DEMO_ARGS)
 
 bench: $(STAMP) system-deps
 	$(PY) -m bench $(BENCH)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 MOSQUITTO_PATHS = ("mosquitto", "/usr/sbin/mosquitto")
@@ -19,13 +21,45 @@ def mosquitto_binary() -> str | None:
     return None
 
 
-def mosquitto_config(port: int, data_dir: Path, *, extra: str = "") -> Path:
-    """Write a mosquitto.conf for a private broker on 127.0.0.1:`port`."""
+@dataclass(frozen=True, slots=True)
+class BrokerSecurity:
+    """Optional auth (password and ACL files) and a TLS listener for a private Mosquitto."""
+
+    password_file: Path | None = None
+    acl_file: Path | None = None
+    tls_port: int | None = None
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    pid_file: Path | None = None  # so the registry can SIGHUP it after changing the files
+
+    def config_lines(self) -> str:
+        """mosquitto.conf lines for these settings (global options first, then the listener)."""
+        lines = ["per_listener_settings false", "allow_anonymous false",
+                 # the auth files are 0600: keep running as the user who owns them
+                 f"user {getpass.getuser()}"]
+        if self.password_file:
+            lines.append(f"password_file {self.password_file}")
+        if self.acl_file:
+            lines.append(f"acl_file {self.acl_file}")
+        if self.pid_file:
+            lines.append(f"pid_file {self.pid_file}")
+        if self.tls_port:
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {self.cafile}",
+                      f"certfile {self.certfile}", f"keyfile {self.keyfile}",
+                      "tls_version tlsv1.2"]
+        return "\n".join(lines) + "\n"
+
+
+def mosquitto_config(port: int, data_dir: Path, *, extra: str = "",
+                     security: BrokerSecurity | None = None) -> Path:
+    """Write a mosquitto.conf for a private broker on 127.0.0.1:`port` (anonymous by default)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
+        (security.config_lines() if security else "")
+        + f"listener {port} 127.0.0.1\n"
+        + ("" if security else "allow_anonymous true\n") +
         "persistence true\n"
         f"persistence_location {data_dir}/\n"
         "autosave_interval 5\n"

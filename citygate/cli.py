@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -16,12 +17,20 @@ DEFAULT_DB = "sqlite:///citygate-hub.sqlite"
 log = logging.getLogger("citygate")
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(verbose: bool = False, cfg: Any = None) -> None:
+    """Log to stderr (journald under systemd), or to a size-capped file when configured."""
+    fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    level = logging.DEBUG if verbose else getattr(logging, getattr(cfg, "level", "INFO"))
+    if cfg is not None and cfg.file is not None:
+        from logging.handlers import RotatingFileHandler
+
+        Path(cfg.file).parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = RotatingFileHandler(cfg.file, maxBytes=cfg.max_bytes,
+                                                       backupCount=cfg.backups)
+        handler.setFormatter(logging.Formatter(fmt))
+        logging.basicConfig(level=level, handlers=[handler])
+    else:
+        logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
     for noisy in ("pymodbus", "amqtt", "transitions", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -83,31 +92,53 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
 
 def cmd_edge_run(args: argparse.Namespace) -> int:
     """Run the gateway agent."""
-    from edge.agent import Agent
     from edge.config import ConfigError, load_config
+    from edge.managed import run_managed
 
-    _setup_logging(args.verbose)
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    _setup_logging(args.verbose, cfg.logging)
 
     async def main(stop: asyncio.Event) -> None:
-        await Agent(cfg).run(stop)
+        # The supervised agent also answers remote configuration and echo commands.
+        await run_managed(args.config, stop)
 
     return run_until_signal(main)
 
 
 def cmd_collector_run(args: argparse.Namespace) -> int:
     """Run the collector (ingest + API)."""
+    from collector.config import CollectorConfigError, load_collector_config
     from collector.service import run_collector
 
     _setup_logging(args.verbose)
     host, port = args.http
     password = os.environ.get("CITYGATE_MQTT_PASSWORD")
-    asyncio.run(run_collector(args.db, args.broker, host, port, client_id=args.client_id,
-                              username=args.username, password=password))
+    make_ingest = None
+    if args.ingest == "nats":
+        from collector.ingest_nats import NatsIngest
+        from collector.store import Store
+
+        if not args.nats:
+            print("--ingest nats needs --nats nats://HOST:PORT[,...]", file=sys.stderr)
+            return 2
+
+        def make_ingest(store: Store, on_stored: Any, on_state: Any) -> NatsIngest:
+            return NatsIngest(store, args.nats, mqtt_urls=args.broker.split(","),
+                              client_id=args.client_id, username=args.username,
+                              password=password, on_stored=on_stored, on_state=on_state)
+    try:
+        config = load_collector_config(args.config)
+    except CollectorConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    asyncio.run(run_collector(args.db, args.broker.split(",")[0], host, port,
+                              client_id=args.client_id, username=args.username,
+                              password=password, make_ingest=make_ingest, config=config,
+                              config_source=str(args.config or "defaults")))
     return 0
 
 
@@ -115,23 +146,45 @@ def cmd_sim_elevators(args: argparse.Namespace) -> int:
     """Serve simulated lift controllers over Modbus TCP and/or RTU."""
     from devices.sim.elevator import make_bank, serve_rtu, serve_tcp
     from devices.sim.ptylink import PtyLink
+    from devices.sim.scenarios import ScenarioError, ScenarioSchedule
 
     _setup_logging(args.verbose)
     if not args.tcp and not args.rtu:
         print("give --tcp HOST:PORT and/or --rtu PATH", file=sys.stderr)
         return 2
+    try:
+        ScenarioSchedule.parse(args.scenario or [])
+    except ScenarioError as exc:
+        print(f"--scenario: {exc}", file=sys.stderr)
+        return 2
+
+    count_log = None
+    resume: dict[int, int] = {}
+    if args.count_reads:  # carry on counting where a previous run of the log stopped
+        with contextlib.suppress(OSError):
+            for line in Path(args.count_reads).read_text().splitlines():
+                _, unit, value = line.split()
+                resume[int(unit)] = int(value)
+        count_log = open(args.count_reads, "a")  # noqa: SIM115 - closed when serving ends
 
     async def main(stop: asyncio.Event) -> None:
         tasks = []
         link = None
+        schedule = ScenarioSchedule.parse(args.scenario) if args.scenario else None
         if args.tcp:
             bank = make_bank(args.units, args.profile, static=args.static, seed=args.seed)
+            bank.count_log, bank.schedule = count_log, schedule
+            for unit, value in resume.items():
+                if unit in bank.models:
+                    bank.models[unit].values["trip_count"] = value
             tasks.append(asyncio.create_task(serve_tcp(bank, *args.tcp)))
             log.info("simulating %d lifts on modbus-tcp %s:%d", len(args.units), *args.tcp)
         if args.rtu:
             link = PtyLink().open()
             link.link(args.rtu, end="b")
             bank = make_bank(args.units, args.profile, static=args.static, seed=args.seed)
+            bank.count_log = count_log
+            bank.schedule = ScenarioSchedule.parse(args.scenario) if args.scenario else None
             tasks.append(asyncio.create_task(serve_rtu(bank, link.a_path, args.baud)))
             log.info("simulating %d lifts on modbus-rtu, gateway end: %s",
                          len(args.units), args.rtu)
@@ -141,8 +194,17 @@ def cmd_sim_elevators(args: argparse.Namespace) -> int:
         await asyncio.gather(*tasks, return_exceptions=True)
         if link is not None:
             link.close()
+        if count_log is not None:
+            count_log.close()
 
     return run_until_signal(main)
+
+
+def cmd_sim_environment(args: argparse.Namespace) -> int:
+    """Run a simulated environmental station (HJ 212 over a serial line or TCP)."""
+    from devices.sim.environment import main as environment_main
+
+    return environment_main(args.args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -175,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", type=Path,
                       help="where state and logs go (default: ./var/demo, replaced each run)")
     demo.add_argument("--elevators", type=int, default=6, help="lifts per gateway (default 6)")
+    demo.add_argument("--scenario", action="append", metavar="NAME@SECONDS[:unit=N][:for=S]",
+                      help="inject a lift fault scenario (repeatable), e.g. "
+                           "trapped_passenger@20:unit=2:for=90")
     demo.set_defaults(func=cmd_demo)
 
     edge = sub.add_parser("edge", help="the gateway agent").add_subparsers(dest="edge_cmd",
@@ -193,9 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sqlite:///PATH (default) or postgresql://USER@HOST:PORT/DB")
     crun.add_argument("--broker", default="mqtt://127.0.0.1:1883")
     crun.add_argument("--http", type=host_port, default=("127.0.0.1", 8080))
+    crun.add_argument("--config", type=Path, help="collector.toml (push channels, alarms, "
+                      "sites); defaults apply without it")
     crun.add_argument("--client-id", default="citygate-collector",
                       help="fixed MQTT client id of the persistent session")
     crun.add_argument("--username", help="MQTT user (password from CITYGATE_MQTT_PASSWORD)")
+    crun.add_argument("--ingest", choices=("mqtt", "nats"), default="mqtt",
+                      help="mqtt: subscribe at --broker (default); nats: pull from the shared "
+                           "JetStream consumer of a NATS cluster (--broker then lists the "
+                           "nodes' MQTT URLs, comma-separated, for retained states)")
+    crun.add_argument("--nats", help="NATS URLs of the cluster nodes, comma-separated")
     crun.set_defaults(func=cmd_collector_run)
 
     sim = sub.add_parser("sim", help="device simulators").add_subparsers(dest="sim_cmd",
@@ -209,16 +281,51 @@ def build_parser() -> argparse.ArgumentParser:
     el.add_argument("--profile", default="elevator-gbt24476")
     el.add_argument("--static", action="store_true", help="hold every lift still")
     el.add_argument("--seed", type=int)
+    el.add_argument("--scenario", action="append", metavar="NAME@SECONDS[:unit=N][:for=S]",
+                    help="play a fault scenario (repeatable), e.g. trapped_passenger@20:unit=3"
+                         ":for=120; names: see docs/elevators.md")
+    el.add_argument("--count-reads", metavar="LOG",
+                    help="chaos-test mode: every read bumps the trip counter, logged to LOG")
     el.set_defaults(func=cmd_sim_elevators)
+
+    sim.add_parser("parking", add_help=False,
+                   help="parking sensors: a concentrator on a serial line and CoAP nodes "
+                        "(see `citygate sim parking --help`)")
+    env = sim.add_parser("environment", add_help=False,
+                         help="simulated dust / boiler station sending HJ 212 "
+                              "(see `citygate sim environment --help`)")
+    env.add_argument("args", nargs=argparse.REMAINDER)
+    env.set_defaults(func=cmd_sim_environment)
 
     br = sub.add_parser("broker", help="embedded MQTT broker (when Mosquitto is not installed)")
     br.add_argument("--port", type=int, default=1883)
     br.set_defaults(func=cmd_broker)
+
+    from citygate.decode import add_parser as add_decode_parser
+
+    add_decode_parser(sub)  # `citygate decode hj212 [FILE|-] [--serial PORT --baud N]`
+
+    from provisioning.cli import add_parser as add_provision_parser
+
+    add_provision_parser(sub)  # `citygate provision ...`: the technician's tool
+
+    from citygate.cluster_demo import add_parser as add_cluster_demo_parser
+
+    add_cluster_demo_parser(sub)  # `citygate cluster-demo`: 3 NATS nodes, 2 collectors
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `citygate` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["sim", "environment"]:  # its own parser, options and --help included
+        from devices.sim.environment import main as environment_main
+
+        return environment_main(argv[2:])
+    if argv[:2] == ["sim", "parking"]:
+        from devices.sim.parking import main as parking_main
+
+        return parking_main(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from citygate import rig
 from citygate.rig import (
     Broker,
     Proc,
@@ -23,6 +25,9 @@ from citygate.rig import (
     wait_for,
 )
 
+# Installation facts of the simulated lifts (devices/sim/elevator.py): 18 floors at 1 m/s.
+LIFT_RULES = "top_floor = 18, bottom_floor = 1, rated_speed = 1.0"
+
 
 @dataclass
 class City:
@@ -32,9 +37,9 @@ class City:
     procs: list[Proc] = field(default_factory=list)
     broker: Broker | None = None
 
-    def start(self, name: str, argv: list[str]) -> Proc:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         """Start a process whose output goes to logs/<name>.log."""
-        proc = Proc(name, argv, self.data_dir / "logs" / f"{name}.log").start()
+        proc = Proc(name, argv, self.data_dir / "logs" / f"{name}.log", env=env).start()
         self.procs.append(proc)
         return proc
 
@@ -80,8 +85,9 @@ def _run(city: City, args: argparse.Namespace) -> int:
     print(f"  broker      {broker.url} ({broker.kind})")
 
     modbus_port = free_port()
+    scenarios = [a for s in args.scenario or [] for a in ("--scenario", s)]
     city.start("sim-tcp", citygate("sim", "elevators", "--tcp", f"127.0.0.1:{modbus_port}",
-                                   "--units", f"1-{n}"))
+                                   "--units", f"1-{n}", *scenarios))
     tty = d / "ttyLIFTS"
     city.start("sim-rtu", citygate("sim", "elevators", "--rtu", str(tty), "--units", f"1-{n}",
                                    "--seed", "7"))
@@ -89,23 +95,31 @@ def _run(city: City, args: argparse.Namespace) -> int:
     wait_for(tty.exists, 15, "the Modbus RTU simulator's serial line")
 
     base = f"http://{host}:{http_port}"
+    admin = "cg_" + secrets.token_urlsafe(32)
+    rig.DEFAULT_TOKEN = admin  # this process's own API calls
     city.start("collector", citygate("collector", "run", "--db", f"sqlite:///{d / 'hub.sqlite'}",
-                                     "--broker", broker.url, "--http", f"{host}:{http_port}"))
+                                     "--broker", broker.url, "--http", f"{host}:{http_port}"),
+               env={"CITYGATE_ADMIN_TOKEN": admin})
     wait_for(lambda: collector_health(base), 30, f"the collector at {base}")
+    reader = http_json(f"{base}/api/v1/tokens", method="POST",
+                       body={"name": "demo-viewer", "role": "reader"})["token"]
+    (d / "viewer-token").write_text(reader + "\n")
 
     for gw, bus, prefix in (("gw-tcp-01", tcp_bus(modbus_port), "lift-t"),
                             ("gw-rtu-01", rtu_bus(tty), "lift-r")):
         cfg = d / f"{gw}.toml"
         cfg.write_text(gateway_toml(gw, d / gw, broker.url, bus,
-                                    [(f"{prefix}{u:02d}", u) for u in range(1, n + 1)]))
+                                    [(f"{prefix}{u:02d}", u) for u in range(1, n + 1)],
+                                    device_rules=LIFT_RULES))
         city.start(gw, citygate("edge", "run", "--config", str(cfg)))
 
     print(f"  simulators  modbus-tcp 127.0.0.1:{modbus_port} and modbus-rtu {tty}, "
           f"{n} lifts each")
     print("  gateways    gw-tcp-01 (Modbus TCP), gw-rtu-01 (Modbus RTU over a serial line)")
-    print(f"  collector   {base}/   (live status)")
-    print(f"              {base}/docs   (API)")
-    print(f"              {base}/api/v1/devices")
+    print(f"  collector   {base}/?token={reader}   (live status)")
+    print(f"              {base}/docs   (API; send 'Authorization: Bearer <token>')")
+    print(f"              curl -H 'Authorization: Bearer {reader}' {base}/api/v1/devices")
+    print(f"  tokens      viewer (reader): {d / 'viewer-token'}; admin: only in this run")
     print(f"  logs        {d / 'logs'}")
     sys.stdout.flush()
     wait_for(lambda: _readings(base) > 0, 30, "the first readings at the hub")

@@ -23,6 +23,8 @@ from typing import Any
 
 from citygate.broker import mosquitto_binary, mosquitto_config
 
+DEFAULT_TOKEN: str | None = os.environ.get("CITYGATE_TOKEN")  # sent by http_json if none given
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
@@ -54,6 +56,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 def http_json(url: str, timeout: float = 5.0, *, method: str = "GET", body: Any = None,
               token: str | None = None) -> Any:
     """Call a JSON endpoint and return the decoded answer."""
+    token = token or DEFAULT_TOKEN
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
@@ -62,6 +65,27 @@ def http_json(url: str, timeout: float = 5.0, *, method: str = "GET", body: Any 
         req.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read() or b"null")
+
+
+def toml_value(value: Any) -> str:
+    """A Python value as a TOML value (tables inline), for configs written by rigs."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def toml_document(sections: dict[str, Any]) -> str:
+    """Top-level keys as `key = <inline value>` lines (a valid TOML document)."""
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in sections.items())
 
 
 def citygate(*args: str) -> list[str]:
@@ -168,20 +192,29 @@ class Broker:
 
 def gateway_toml(gateway: str, data_dir: Path, broker_url: str, bus: str,
                  devices: list[tuple[str, int]], *, poll: str = "1s",
-                 profile: str = "elevator-gbt24476", extra: str = "") -> str:
-    """A gateway config with one bus named line1 holding `devices` as (id, unit) pairs."""
+                 profile: str = "elevator-gbt24476", extra: str = "", uplink: str = "",
+                 outbox: str = 'durability_window = "200ms"', gateway_keys: str = "",
+                 device_rules: str = "") -> str:
+    """A gateway config with one bus named line1 holding `devices` as (id, unit) pairs.
+
+    `uplink`, `outbox` and `gateway_keys` are extra lines for those tables; `extra` is
+    placed before the bus (whole tables).
+    """
     lines = [
         "schema_version = 1",
         "[gateway]", f'id = "{gateway}"', 'site = "demo-district"', f'data_dir = "{data_dir}"',
+        gateway_keys,
         "[uplink]", f'brokers = ["{broker_url}"]', 'health_interval = "10s"',
-        'reconnect_min = "0.5s"', 'reconnect_max = "5s"',
-        "[outbox]", 'durability_window = "200ms"',
+        'reconnect_min = "0.5s"', 'reconnect_max = "5s"', uplink,
+        "[outbox]", outbox,
         extra,
         bus,
     ]
     for dev_id, unit in devices:
         lines += ["[[devices]]", f'id = "{dev_id}"', 'bus = "line1"', f'profile = "{profile}"',
                   f"unit = {unit}", f'poll = "{poll}"']
+        if device_rules:
+            lines.append(f"rules = {{ {device_rules} }}")
     return "\n".join(lines) + "\n"
 
 

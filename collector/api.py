@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
+from collector.auth import Role, require
 from collector.store import Store, typed_value
 from devices.contract import DEVICE_ID_RE
 from devices.quantities import QUANTITIES
@@ -121,7 +122,10 @@ def get_store(request: Request) -> Store:
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
-router = APIRouter(prefix="/api/v1")
+# Data for people and downstream systems: every route needs a token (health stays open).
+READ_ROLES = (Role.READER, Role.CREW, Role.TECHNICIAN)
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require(*READ_ROLES))])
+public = APIRouter(prefix="/api/v1")
 
 
 def _device_out(d: dict[str, Any]) -> DeviceOut:
@@ -138,7 +142,7 @@ def _require_device(store: Store, device_id: str) -> dict[str, Any]:
     return dev
 
 
-@router.get("/health")
+@public.get("/health")
 def health(request: Request, store: StoreDep) -> HealthOut:
     """Is the collector working: database reachable, broker connected, ingest counters."""
     ingest = request.app.state.ingest_stats()
@@ -211,6 +215,84 @@ def readings(
     return ReadingsOut(device=device_id, readings=out, truncated=len(rows) > limit)
 
 
+class EventOut(BaseModel):
+    """A fault, alarm or state event as raised or cleared at the edge."""
+
+    id: int
+    device: str
+    gateway: str
+    kind: str
+    action: str
+    severity: str
+    code: int | None
+    evidence: dict[str, Any]
+    message: str
+    observed_at: str
+
+
+class FaultOut(BaseModel):
+    """A condition currently raised on a device."""
+
+    device: str
+    kind: str
+    severity: str
+    code: int | None
+    since: str
+    evidence: dict[str, Any]
+
+
+class SequenceOut(BaseModel):
+    """Sequence numbers of a gateway not received (yet), and the gaps it reported itself."""
+
+    gateway: str
+    last_seq: int | None
+    missing: list[tuple[int, int]]
+    reported_gaps: list[EventOut]
+
+
+def _event_out(e: dict[str, Any]) -> EventOut:
+    return EventOut(id=e["id"], device=e["device_id"], gateway=e["gateway_id"], kind=e["kind"],
+                    action=e["action"], severity=e["severity"], code=e["code"],
+                    evidence=orjson.loads(e["evidence"]), message=e["message"],
+                    observed_at=iso(e["ts"]) or "")
+
+
+@router.get("/events")
+def events(
+    store: StoreDep, device: str | None = None, kind: str | None = None,
+    since: Annotated[str | None, Query(description="ISO 8601 or epoch ms")] = None,
+    until: Annotated[str | None, Query(description="ISO 8601 or epoch ms")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[EventOut]:
+    """Events (faults raised and cleared, alarms, state changes, data gaps), newest first."""
+    rows = store.events(device, kind, parse_time(since, "since"), parse_time(until, "until"),
+                        limit)
+    return [_event_out(e) for e in rows]
+
+
+@router.get("/devices/{device_id}/faults")
+def device_faults(device_id: str, store: StoreDep) -> list[FaultOut]:
+    """Faults currently active on a device."""
+    _require_device(store, device_id)
+    return [FaultOut(device=f["device_id"], kind=f["kind"], severity=f["severity"],
+                     code=f["code"], since=iso(f["since"]) or "",
+                     evidence=orjson.loads(f["evidence"]))
+            for f in store.active_faults(device_id)]
+
+
+@router.get("/gateways/{gateway_id}/sequence")
+def gateway_sequence(gateway_id: str, store: StoreDep) -> SequenceOut:
+    """Missing sequence ranges of a gateway and the data gaps it reported (outbox evictions)."""
+    gws = {g["gateway_id"]: g for g in store.gateways()}
+    if gateway_id not in gws:
+        raise HTTPException(404, f"no gateway {gateway_id!r}")
+    reported = [e for e in store.events(kind="data_gap", limit=10_000)
+                if e["gateway_id"] == gateway_id]
+    return SequenceOut(gateway=gateway_id, last_seq=gws[gateway_id]["last_seq"],
+                       missing=store.seq_gaps(gateway_id),
+                       reported_gaps=[_event_out(e) for e in reported])
+
+
 def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
     """Build the collector's web app around a store."""
     app = FastAPI(title="CityGate data hub", version="1",
@@ -219,6 +301,7 @@ def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
                               "docs/data-model.md.")
     app.state.store = store
     app.state.ingest_stats = ingest_stats or (dict)
+    app.include_router(public)
     app.include_router(router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

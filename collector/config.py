@@ -23,7 +23,10 @@ class CollectorConfig(BaseModel):
                             description="base URL used in deep links sent to crews")
     notify: dict[str, Any] = Field(default_factory=dict)  # push channels (collector.notify)
     alarms: dict[str, Any] = Field(default_factory=dict)  # rules, routing, rosters
-    sites: dict[str, Any] = Field(default_factory=dict)  # site metadata and thresholds
+    sites: dict[str, Any] = Field(default_factory=dict)  # environment sites and thresholds
+    parking: dict[str, Any] = Field(default_factory=dict)  # zones, spots, sensor-health limits
+    # what new gateways are told (broker URLs, CA), and the broker's auth files
+    registry: dict[str, Any] = Field(default_factory=dict)
 
 
 def load_collector_config(path: str | Path | None) -> CollectorConfig:

@@ -46,6 +46,7 @@ class IngestStats:
     dropped_values: Counter[str] = field(default_factory=Counter)
     time_corrected: Counter[str] = field(default_factory=Counter)
     store_errors: int = 0
+    hook_errors: int = 0
     connected: bool = False
     last_commit_ms: float = 0.0
 
@@ -56,7 +57,8 @@ class IngestStats:
             "duplicates": self.duplicates, "readings": self.readings, "events": self.events,
             "rejected": dict(self.rejected), "dropped_values": dict(self.dropped_values),
             "time_corrected": dict(self.time_corrected),
-            "store_errors": self.store_errors, "broker_connected": self.connected,
+            "store_errors": self.store_errors, "hook_errors": self.hook_errors,
+            "broker_connected": self.connected, "source": "mqtt",
             "last_commit_ms": round(self.last_commit_ms, 2),
         }
 
@@ -74,7 +76,8 @@ class Ingest:
     def __init__(self, store: Store, broker_url: str, *, client_id: str = "citygate-collector",
                  username: str | None = None, password: str | None = None,
                  max_batch: int = 1000, max_wait: float = 0.05,
-                 on_stored: Callable[[list[Accepted]], None] | None = None) -> None:
+                 on_stored: Callable[[list[Accepted]], None] | None = None,
+                 on_state: Callable[[str, str, list[str]], None] | None = None) -> None:
         self.store = store
         u = urlparse(broker_url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 1883
@@ -82,6 +85,7 @@ class Ingest:
         self.username, self.password = username, password
         self.max_batch, self.max_wait = max_batch, max_wait
         self.on_stored = on_stored or (lambda items: None)
+        self.on_state = on_state or (lambda gateway, state, devices: None)
         self.stats = IngestStats()
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=50_000)
         self._warned: set[tuple[str, str]] = set()
@@ -168,6 +172,7 @@ class Ingest:
         if isinstance(message, StateMessage):
             self.store.record_state(gateway, message.state, message.ts, message.reason,
                                     message.version, message.boot, message.devices)
+            self.on_state(gateway, message.state, list(message.devices))
         elif isinstance(message, HealthMessage):
             self.store.record_health(gateway, message.model_dump())
 
@@ -226,7 +231,12 @@ class Ingest:
             self.stats.events += result.events
             self.stats.dropped_values.update(result.dropped_values)
             self.stats.time_corrected.update(result.time_corrected)
-            self.on_stored(accepted)
+            try:
+                self.on_stored(accepted)
+            except Exception:  # a feature's hook never blocks storing and acknowledging
+                self.stats.hook_errors += 1
+                if self.stats.hook_errors == 1:
+                    log.exception("collector: a stored-batch hook failed (counted from now on)")
             break
         client = self._client
         if client is not None:

@@ -31,6 +31,26 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
+def all_migrations() -> list[Migration]:
+    """The core migrations and those of every feature, in version order.
+
+    Version ranges: 1-9 core, 10-14 push notifications, 15-19 alarms and incidents,
+    20-29 environment, 30-39 parking, 40-49 hub feeds, 50-59 registry and security.
+    """
+    from collector.alarms.tables import MIGRATIONS as alarms
+    from collector.environment.tables import MIGRATIONS as environment
+    from collector.notify.queue import MIGRATIONS as notify
+    from collector.parking.schema import MIGRATIONS as parking
+    from collector.registry.tables import MIGRATIONS as registry
+
+    by_version: dict[int, Migration] = {}
+    for m in [*MIGRATIONS, *notify, *alarms, *environment, *parking, *registry]:
+        known = by_version.setdefault(m[0], m)
+        if known[1] != m[1]:
+            raise RuntimeError(f"migration {m[0]} is both {known[1]!r} and {m[1]!r}")
+    return [by_version[v] for v in sorted(by_version)]
+
+
 def migrate(engine: sa.Engine) -> list[int]:
     """Apply every migration not yet applied; return the versions applied now."""
     applied_now: list[int] = []
@@ -39,7 +59,7 @@ def migrate(engine: sa.Engine) -> list[int]:
         if conn.dialect.name == "postgresql":  # one migrator at a time across collectors
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7212024)"))
         done = set(conn.scalars(sa.select(schema.schema_migrations.c.version)))
-        for version, name, apply in sorted(MIGRATIONS, key=lambda m: m[0]):
+        for version, name, apply in all_migrations():
             if version in done:
                 continue
             apply(conn)

@@ -1,36 +1,80 @@
-"""The collector process: MQTT ingest plus the web API, sharing one store."""
+"""The collector process: ingest plus the web API and every feature's workers, on one store."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
 
 import uvicorn
 
-from collector.api import create_app
+from collector.config import CollectorConfig
+from collector.hub import BrokerLink, StateHook, StoredHook, build_hub
 from collector.ingest import Ingest
 from collector.store import Store
 
 log = logging.getLogger(__name__)
 
 
+class IngestSource(Protocol):
+    """What the service needs of an ingest source (MQTT subscription or NATS consumer)."""
+
+    stats: Any
+
+    def start(self) -> None:
+        """Begin receiving."""
+
+    def stop(self) -> None:
+        """Stop and flush."""
+
+
+MakeIngest = Callable[[Store, StoredHook, StateHook], IngestSource]
+
+
+def _token_file(db_url: str) -> Path:
+    """Where a first-start admin token is written: beside an SQLite file, else the cwd."""
+    if db_url.startswith("sqlite:///"):
+        return Path(db_url.removeprefix("sqlite:///")).resolve().parent / "admin-token"
+    return Path("admin-token").resolve()
+
+
 async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
                         client_id: str = "citygate-collector", username: str | None = None,
-                        password: str | None = None, sock: socket.socket | None = None) -> None:
+                        password: str | None = None, sock: socket.socket | None = None,
+                        make_ingest: MakeIngest | None = None,
+                        config: CollectorConfig | None = None,
+                        config_source: str = "collector.toml") -> None:
     """Serve until the process is asked to stop (SIGINT/SIGTERM)."""
     store = Store.open(db_url)
-    ingest = Ingest(store, broker_url, client_id=client_id, username=username,
-                    password=password)
-    app = create_app(store, ingest_stats=ingest.stats.as_dict)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                            timeout_graceful_shutdown=2, access_log=False)
-    server = uvicorn.Server(config)
+    sources: list[IngestSource] = []
+    hub = build_hub(store, config or CollectorConfig(),
+                    ingest_stats=lambda: sources[0].stats.as_dict() if sources else {},
+                    config_source=config_source,
+                    broker=BrokerLink(broker_url, username, password, client_id),
+                    admin_token_file=_token_file(db_url))
+
+    def mqtt_ingest(s: Store, on_stored: StoredHook, on_state: StateHook) -> IngestSource:
+        return Ingest(s, broker_url, client_id=client_id, username=username,
+                      password=password, on_stored=on_stored, on_state=on_state)
+
+    ingest = (make_ingest or mqtt_ingest)(store, hub.on_stored, hub.on_state)
+    sources.append(ingest)
+    server = uvicorn.Server(uvicorn.Config(hub.app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=2, access_log=False))
     ingest.start()
     log.info("collector: API on http://%s:%d, broker %s, database %s", host, port, broker_url,
              db_url.rsplit("@", maxsplit=1)[-1])
     try:
-        await server.serve(sockets=[sock] if sock else None)
+        async with asyncio.TaskGroup() as tg:
+            workers = [tg.create_task(make(), name=f"feature-{i}")
+                       for i, make in enumerate(hub.tasks)]
+            await server.serve(sockets=[sock] if sock else None)
+            for w in workers:
+                w.cancel()
     finally:
         await asyncio.to_thread(ingest.stop)
+        await hub.close()
         store.close()

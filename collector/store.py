@@ -348,6 +348,47 @@ class Store:
         with self.engine.connect() as conn:
             return [dict(x) for x in conn.execute(stmt).mappings()]
 
+    def events(self, device: str | None = None, kind: str | None = None,
+               since: int | None = None, until: int | None = None,
+               limit: int = 1000) -> list[dict[str, Any]]:
+        """Stored events, newest first."""
+        e = schema.events
+        stmt = sa.select(e)
+        if device:
+            stmt = stmt.where(e.c.device_id == device)
+        if kind:
+            stmt = stmt.where(e.c.kind == kind)
+        if since is not None:
+            stmt = stmt.where(e.c.ts >= since)
+        if until is not None:
+            stmt = stmt.where(e.c.ts < until)
+        stmt = stmt.order_by(e.c.ts.desc(), e.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def active_faults(self, device: str | None = None) -> list[dict[str, Any]]:
+        """Conditions currently raised, per device and kind."""
+        f = schema.active_faults
+        stmt = sa.select(f).order_by(f.c.device_id, f.c.since)
+        if device:
+            stmt = stmt.where(f.c.device_id == device)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def seq_gaps(self, gateway: str, limit: int = 1000) -> list[tuple[int, int]]:
+        """Sequence numbers not (yet) received from a gateway, as inclusive ranges.
+
+        A range closes by itself when a late backlog arrives; one that stays open is data the
+        gateway sent but the hub never got.
+        """
+        b = schema.batches
+        nxt = sa.func.lead(b.c.seq).over(order_by=b.c.seq).label("nxt")
+        inner = sa.select(b.c.seq, nxt).where(b.c.gateway_id == gateway).subquery()
+        stmt = (sa.select(inner.c.seq, inner.c.nxt).where(inner.c.nxt > inner.c.seq + 1)
+                .order_by(inner.c.seq).limit(limit))
+        with self.engine.connect() as conn:
+            return [(int(s) + 1, int(n) - 1) for s, n in conn.execute(stmt)]
+
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for health and tests)."""
         out = {}

@@ -51,6 +51,9 @@ SERVICE_MODES = {
 }
 DIRECTIONS = {0: "none", 1: "up", 2: "down"}
 POWER_SUPPLIES = {0: "mains", 1: "battery", 2: "none"}
+PARKING_REPORT_TYPES = {1: "change", 2: "heartbeat", 3: "startup"}
+RESET_CAUSES = {0: "unknown", 1: "power_on", 2: "hard_reset", 3: "watchdog",
+                4: "deep_sleep_wake", 5: "soft_reset", 6: "brown_out", 7: "firmware_update"}
 
 _Q = Quantity
 _ALL: tuple[Quantity, ...] = (
@@ -109,6 +112,12 @@ _ALL: tuple[Quantity, ...] = (
     _Q("mag_x", ValueKind.INTEGER, description="Raw magnetometer X"),
     _Q("mag_y", ValueKind.INTEGER, description="Raw magnetometer Y"),
     _Q("mag_z", ValueKind.INTEGER, description="Raw magnetometer Z"),
+    _Q("report_type", ValueKind.ENUM, description="Why a parking sensor reported",
+       labels=PARKING_REPORT_TYPES),
+    _Q("send_counter", ValueKind.INTEGER, description="Parking sensor report counter (wraps)"),
+    _Q("park_counter", ValueKind.INTEGER, description="Vehicle arrivals counted by the sensor"),
+    _Q("reset_cause", ValueKind.ENUM, description="Cause of the sensor's last reset",
+       labels=RESET_CAUSES),
 )
 
 QUANTITIES: dict[str, Quantity] = {q.name: q for q in _ALL}

@@ -140,7 +140,8 @@ class Agent:
                 if now >= next_disk_check:
                     next_disk_check = now + DISK_CHECK_INTERVAL
                     self._check_clock()
-                    self.outbox.enforce_quota(free_disk_bytes(self.outbox.path.parent))
+                    self.outbox.enforce_quota(free_disk_bytes(self.outbox.path.parent),
+                                              self.outbox.protected)
                 self._commit()
         finally:
             with contextlib.suppress(sqlite3.Error):
@@ -153,7 +154,7 @@ class Agent:
             self._write_failures += 1
             if self._write_failures == 1:
                 log.error("outbox write failed (%s); evicting old telemetry and retrying", exc)
-            self.outbox.enforce_quota(free_bytes=0)
+            self.outbox.enforce_quota(free_bytes=0, protect=self.outbox.protected)
             return
         if self._write_failures:
             log.info("outbox writes work again after %d failures", self._write_failures)
@@ -196,6 +197,7 @@ class Agent:
             if mid is None:
                 return 1.0
             self._inflight[mid] = msg.seq
+            self.outbox.protected = self.outbox.protected | {msg.seq}
         return 1.0
 
     def _payload(self, msg: Pending, now: int, backlog: bool) -> bytes:
@@ -206,6 +208,7 @@ class Agent:
     def _on_ack(self, mid: int) -> None:
         seq = self._inflight.pop(mid, None)
         if seq is not None:
+            self.outbox.protected = self.outbox.protected - {seq}
             self.outbox.ack(seq)
             self._wake.set()
 

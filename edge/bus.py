@@ -17,6 +17,7 @@ from edge.config import DeviceSection, ModbusRtuBus, ModbusTcpBus
 from edge.health import DeviceHealth
 from edge.modbus_link import ModbusLink, ModbusReadError
 from edge.report import ChangeFilter
+from edge.rules import ElevatorRules, rules_for
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class PolledDevice:
     timeout: float
     retries: int
     last_values: dict[str, Value] = field(default_factory=dict)
+    rules: ElevatorRules | None = None  # edge fault detection, for lifts
 
     @classmethod
     def build(cls, cfg: DeviceSection) -> PolledDevice:
@@ -61,6 +63,7 @@ class PolledDevice:
             health=DeviceHealth(poll=cfg.poll),
             timeout=cfg.response_timeout or profile.timing.response_timeout,
             retries=cfg.retries if cfg.retries is not None else profile.timing.retries,
+            rules=rules_for(cfg.id, profile, cfg.rules),
         )
 
 
@@ -165,6 +168,8 @@ class ModbusBus:
             out.append(Event(dev.cfg.id, ts, "device_offline", Action.CLEAR, Severity.MAJOR,
                              message=f"unit {dev.cfg.unit} answers again", mono=mono))
         dev.last_values = values
+        if dev.rules is not None:  # faults first: events go ahead of readings
+            out.extend(dev.rules.step(values, mono / 1000, ts))
         report = dev.filter.select({q: v for q, v in values.items() if v is not None},
                                    mono / 1000)
         if report:

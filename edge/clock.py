@@ -15,7 +15,7 @@ _TIME_ERROR = 5  # adjtimex(2) return value when the kernel says the clock is no
 
 
 class _Timex(ctypes.Structure):
-    _fields_ = [("modes", ctypes.c_uint), ("_pad", ctypes.c_byte * 204)]  # noqa: RUF012
+    _fields_ = [("modes", ctypes.c_uint), ("_pad", ctypes.c_byte * 204)]
 
 
 def kernel_says_synced() -> bool | None:

@@ -184,10 +184,22 @@ class DeviceSection(_Model):
     profile: str
     unit: int = Field(default=1, ge=0, le=247)  # Modbus unit id
     mn: str | None = None  # HJ 212 device code (MN) of an environmental station
+    # Edge-rule thresholds for this device (e.g. top_floor, rated_speed), over the profile's.
+    rules: dict[str, Any] = Field(default_factory=dict)
     poll: Duration = Field(default=1.0, gt=0)
     heartbeat: Duration | None = None  # default: the profile's
     response_timeout: Duration | None = None  # default: the profile's
     retries: int | None = Field(default=None, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _valid_rules(self) -> DeviceSection:
+        from edge.rules import rules_for
+
+        try:
+            rules_for(self.id, load_profile(self.profile), self.rules)
+        except ValueError as exc:
+            raise ValueError(f"rules: {exc}") from None
+        return self
 
     @field_validator("profile")
     @classmethod

@@ -54,6 +54,10 @@ _MIGRATE_V1 = ("ALTER TABLE messages ADD COLUMN boot TEXT NOT NULL DEFAULT ''",
                "ALTER TABLE messages ADD COLUMN synced INTEGER NOT NULL DEFAULT 1")
 
 
+# seq, channel, prio, created, n, tmin, tmax, body, boot, synced
+Row = tuple[int, str, int, int, int, int, int, bytes, str, int]
+
+
 class OutboxError(RuntimeError):
     """The outbox cannot be used."""
 
@@ -149,9 +153,10 @@ class Outbox:
         self._seq: SeqAllocator | None = None
         self._pending: dict[str, list[Reading | Event]] = {DATA: [], EVENTS: []}
         self._acked: list[int] = []
-        self._unwritten: list[tuple[object, ...]] = []  # rows of a commit that failed
+        self._unwritten: list[Row] = []  # rows of a commit that failed
         self._bytes = 0
         self.owner = "gateway"  # device id used for events about the outbox itself
+        self.protected: frozenset[int] = frozenset()  # seqs awaiting PUBACK: never evicted
         self.counters = {"appended": 0, "stored_messages": 0, "acked_messages": 0, "commits": 0,
                          "evicted_messages": 0, "evicted_readings": 0, "quarantined": 0}
 
@@ -266,11 +271,11 @@ class Outbox:
         self.counters["stored_messages"] += len(rows)
         self.counters["acked_messages"] += len(acked)
         self.counters["commits"] += 1
-        self.enforce_quota()
+        self.enforce_quota(protect=self.protected)
         return len(rows)
 
-    def _rows(self) -> list[tuple[object, ...]]:
-        rows: list[tuple[object, ...]] = []
+    def _rows(self) -> list[Row]:
+        rows: list[Row] = []
         now = self.clock()
         for channel, prio in ((EVENTS, PRIO_EVENTS), (DATA, PRIO_DATA)):
             items, self._pending[channel] = self._pending[channel], []
@@ -309,13 +314,19 @@ class Outbox:
         cur = db.execute(
             "SELECT seq, channel, created, n, body, boot, synced FROM messages "
             f"ORDER BY {order} LIMIT ?", args)
-        out = [Pending(*row[:6], synced=bool(row[6])) for row in cur if row[0] not in exclude]
+        out = [Pending(seq, channel, created, n, body, boot, bool(synced))
+               for seq, channel, created, n, body, boot, synced in cur if seq not in exclude]
         return out[:limit]
 
     # --- quotas --------------------------------------------------------------------------------
 
-    def enforce_quota(self, free_bytes: int | None = None) -> int:
-        """Evict the oldest telemetry while over a limit; return the readings evicted."""
+    def enforce_quota(self, free_bytes: int | None = None,
+                      protect: frozenset[int] = frozenset()) -> int:
+        """Evict the oldest telemetry while over a limit; return the readings evicted.
+
+        Messages in `protect` (published, PUBACK pending) are never evicted: they may already
+        be at the collector, and counting them as lost would misreport the gap.
+        """
         q = self.quota
         if not (q.max_bytes or q.max_age_ms or q.min_free_bytes):
             return 0
@@ -326,8 +337,9 @@ class Outbox:
             over_bytes = q.max_bytes and self._bytes > q.max_bytes
             low_disk = (q.min_free_bytes and free_bytes is not None
                         and free_bytes < q.min_free_bytes)
-            row = db.execute("SELECT seq, created, body FROM messages WHERE prio = ? "
-                             "ORDER BY seq LIMIT 1", (PRIO_DATA,)).fetchone()
+            row = next((r for r in db.execute(
+                "SELECT seq, created, body FROM messages WHERE prio = ? ORDER BY seq LIMIT ?",
+                (PRIO_DATA, len(protect) + 1)) if r[0] not in protect), None)
             if row is None:
                 break
             too_old = oldest_allowed is not None and row[1] < oldest_allowed
@@ -358,7 +370,7 @@ class Outbox:
             "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(MIN(created), 0) FROM messages"
         ).fetchone()
         queued = sum(len(v) for v in self._pending.values()) + sum(
-            int(r[4]) for r in self._unwritten)  # type: ignore[call-overload]
+            r[4] for r in self._unwritten)
         return {"messages": msgs, "readings": readings + queued, "oldest_created": oldest,
                 "bytes": self._bytes}
 

@@ -188,6 +188,7 @@ class ParkingSerialSource:
             if fd is None:
                 attempt += 1
                 await asyncio.sleep(self.timing.backoff(attempt - 1))
+                self.progress = time.monotonic()  # waiting for the port is not a hang
                 continue
             attempt = 0
             try:

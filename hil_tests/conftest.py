@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from citygate.rig import Broker, Proc, citygate, collector_health, free_port, wait_for
+from citygate import rig
+from citygate.rig import (
+    Broker,
+    Proc,
+    citygate,
+    collector_health,
+    free_port,
+    toml_document,
+    wait_for,
+)
+
+# Collectors started by these tests register this admin token, and rig.http_json sends it.
+TEST_TOKEN = "cg_hil-" + os.urandom(16).hex()
+rig.DEFAULT_TOKEN = TEST_TOKEN
 
 
 @pytest.fixture
@@ -29,15 +44,23 @@ class Procs:
 
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> Proc:
         """Start `citygate <args>` with output in <tmp>/logs/<name>.log."""
+        env = {"CITYGATE_ADMIN_TOKEN": TEST_TOKEN, **(env or {})}
         proc = Proc(name, citygate(*args), self.root / "logs" / f"{name}.log", env=env).start()
         self.all.append(proc)
         return proc
 
     def collector(self, broker: Broker, db: str | None = None, name: str = "collector",
-                  *extra: str) -> tuple[Proc, str]:
-        """Start a collector and wait until its API answers; return it and its base URL."""
+                  *extra: str, config: dict[str, Any] | None = None) -> tuple[Proc, str]:
+        """Start a collector and wait until its API answers; return it and its base URL.
+
+        `config` becomes its collector.toml (sections: notify, alarms, sites, parking, ...).
+        """
         port = free_port()
         db = db or f"sqlite:///{self.root / 'hub.sqlite'}"
+        if config is not None:
+            path = self.root / f"{name}.toml"
+            path.write_text(toml_document(config))
+            extra = (*extra, "--config", str(path))
         proc = self.start(name, "collector", "run", "--db", db, "--broker", broker.url,
                           "--http", f"127.0.0.1:{port}", *extra)
         base = f"http://127.0.0.1:{port}"

@@ -6,6 +6,9 @@ set -euo pipefail
 want=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || want+=(mosquitto)
 command -v faketime >/dev/null 2>&1 || want+=(faketime)  # clock tests run gateways on a wrong clock
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || want+=(nats-server)
+command -v coap-client-notls >/dev/null 2>&1 || want+=(libcoap3-bin)  # CoAP interop tests
+[ -x /usr/bin/chromium ] || want+=(chromium fonts-liberation)  # real-browser tests
 for pkg in "$@"; do want+=("$pkg"); done
 
 if [ ${#want[@]} -eq 0 ]; then

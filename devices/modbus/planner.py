@@ -63,7 +63,9 @@ def _plan_table(
         if current:
             fits = max(end, p.end) - start <= limit
             near = p.address - end <= max_gap
-            if fits and near and (table, p.address) not in barriers:
+            # A barrier starts a new block, unless the point shares registers already read.
+            barrier = (table, p.address) in barriers and p.address >= end
+            if fits and near and not barrier:
                 current.append(p)
                 end = max(end, p.end)
                 continue
@@ -79,7 +81,8 @@ def split_block(block: ReadBlock) -> tuple[frozenset[tuple[Table, int]], bool]:
 
     A block of one point cannot be split: the point itself is unreadable.
     """
-    if len(block.points) < 2:
+    later = [p.address for p in block.points if p.address > block.start]
+    if not later:  # one point, or several sharing the first register (bit fields)
         return frozenset(), False
-    middle = block.points[len(block.points) // 2]
-    return frozenset({(block.table, middle.address)}), True
+    middle = max(block.points[len(block.points) // 2].address, later[0])
+    return frozenset({(block.table, middle)}), True

@@ -10,6 +10,13 @@ from typing import Any
 
 from devices.durations import parse_duration
 from devices.modbus.codec import DataType, Point, Table, WordOrder
+from devices.profiles.hj212_codes import (
+    CodeTableError,
+    Hj212Code,
+    Hj212Settings,
+    parse_codes,
+    parse_settings,
+)
 from devices.quantities import QUANTITIES
 
 PROFILE_DIR = Path(__file__).parent
@@ -48,6 +55,9 @@ class Profile:
     max_gap: int = 8
     rules: dict[str, Any] = field(default_factory=dict)  # edge-rule thresholds (per kind)
     source: str = ""
+    # protocol = "hj212": pollutant code (2017 and 2005 aliases) -> canonical quantity
+    codes: dict[str, Hj212Code] = field(default_factory=dict)
+    hj212: Hj212Settings = field(default_factory=Hj212Settings)
 
     def point(self, quantity: str) -> Point:
         """Return the point of a canonical quantity."""
@@ -97,11 +107,18 @@ def _build(path: Path, data: dict[str, Any]) -> Profile:
         heartbeat = parse_duration(data.get("report", {}).get("heartbeat", "60s"))
     except ValueError as exc:
         raise ProfileError(f"{where}: [timing]/[report]: {exc}") from None
+    try:
+        codes = parse_codes(data.get("codes", {}))
+        hj212 = parse_settings(data.get("hj212", {}))
+    except CodeTableError as exc:
+        raise ProfileError(f"{where}: {exc}") from None
+    if data["protocol"] == "hj212" and not codes:
+        raise ProfileError(f"{where}: an hj212 profile needs a [codes] table")
     return Profile(
         name=data["name"], kind=data["kind"], protocol=data["protocol"],
         description=data.get("description", ""), points=points, timing=timing,
         heartbeat=heartbeat, max_gap=int(data.get("max_gap", 8)),
-        rules=dict(data.get("rules", {})), source=where,
+        rules=dict(data.get("rules", {})), source=where, codes=codes, hj212=hj212,
     )
 
 
@@ -111,7 +128,7 @@ def _point(where: str, quantity: str, spec: dict[str, Any]) -> Point:
         raise ProfileError(f"{key}: not a canonical quantity (see docs/data-model.md)")
     try:
         bits = spec.get("bits")
-        return Point(
+        point = Point(
             quantity=quantity,
             address=int(spec["address"]),
             table=Table(spec.get("table", "holding")),
@@ -126,5 +143,12 @@ def _point(where: str, quantity: str, spec: dict[str, Any]) -> Point:
         )
     except KeyError as exc:
         raise ProfileError(f"{key}: missing {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, IndexError, AttributeError) as exc:
         raise ProfileError(f"{key}: {exc}") from None
+    q = QUANTITIES[quantity]
+    unknown = sorted(set(point.enum.values()) - set(q.labels.values())) if q.labels else []
+    if unknown:
+        raise ProfileError(
+            f"{key}.enum: {', '.join(map(repr, unknown))} not among {sorted(q.labels.values())}"
+        )
+    return point

@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
-from devices.model import Value
 from devices.modbus.codec import Table
+from devices.model import Value
 from devices.profiles import Profile, load_profile
 from devices.sim.registers import encode_registers, register_span
+
+if TYPE_CHECKING:
+    from devices.sim.scenarios import ScenarioSchedule
 
 FLOOR_TIME = 2.5  # seconds per floor at rated speed
 RATED_SPEED = 1.0  # m/s
@@ -140,9 +144,18 @@ class ElevatorBank:
     models: dict[int, ElevatorModel]
     clock: Callable[[], float] = field(default_factory=lambda: asyncio.get_running_loop().time)
     reads: int = 0
+    # Counting mode (chaos tests): every read of a unit bumps its trip counter, so each reading
+    # is unique, and "<monotonic s> <unit> <value>" is appended to `count_log` before answering.
+    count_log: TextIO | None = None
+    schedule: ScenarioSchedule | None = None  # scripted faults, times relative to `started`
+    started: float | None = None
 
     def registers(self, unit: int, table: Table, now: float) -> dict[int, int]:
-        """Encoded registers of one table of one unit at `now`."""
+        """Encoded registers of one table of one unit at `now` (scenarios applied first)."""
+        if self.schedule is not None:
+            if self.started is None:
+                self.started = now
+            self.schedule.apply(self.models, now - self.started)
         return encode_registers(self.profile, self.models[unit].snapshot(now)).get(table, {})
 
     async def on_access(self, unit: int, function_code: int, start_address: int,
@@ -154,6 +167,15 @@ class ElevatorBank:
         if table is None:
             return None
         self.reads += 1
+        if self.schedule is not None and unit in self.schedule.silent_units():
+            from pymodbus.exceptions import NoSuchIdException
+
+            raise NoSuchIdException(f"unit {unit} is dead (scenario)")  # no answer at all
+        if self.count_log is not None and table is Table.HOLDING:
+            model = self.models[unit]
+            model.values["trip_count"] = int(model.values["trip_count"] or 0) + 1
+            self.count_log.write(f"{time.monotonic():.6f} {unit} {model.values['trip_count']}\n")
+            self.count_log.flush()
         for addr, word in self.registers(unit, table, self.clock()).items():
             i = addr - start_address
             if 0 <= i < len(current):
@@ -197,7 +219,8 @@ async def serve_tcp(bank: ElevatorBank, host: str, port: int,
     """Serve the bank over Modbus TCP until cancelled."""
     from pymodbus.server import ModbusTcpServer
 
-    server = ModbusTcpServer(bank.sim_devices(), address=(host, port))
+    server = ModbusTcpServer(bank.sim_devices(), address=(host, port),
+                             ignore_missing_devices=True)
     await _serve(server, started)
 
 
@@ -206,7 +229,8 @@ async def serve_rtu(bank: ElevatorBank, port: str, baudrate: int = 9600,
     """Serve the bank over Modbus RTU on a serial port (or a pseudo-terminal) until cancelled."""
     from pymodbus.server import ModbusSerialServer
 
-    server = ModbusSerialServer(bank.sim_devices(), port=port, baudrate=baudrate)
+    server = ModbusSerialServer(bank.sim_devices(), port=port, baudrate=baudrate,
+                                ignore_missing_devices=True)
     await _serve(server, started)
 
 

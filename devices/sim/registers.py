@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from devices.model import Value
 from devices.modbus.codec import Point, Table, bit_field_registers, encode
+from devices.model import Value
 from devices.profiles import Profile
 
 

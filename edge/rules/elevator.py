@@ -318,7 +318,7 @@ class ElevatorRules:
 
     def __init__(self, device: str, thresholds: ElevatorThresholds | None = None) -> None:
         self.device = device
-        self.t = t = thresholds or ElevatorThresholds()
+        self.thresholds = t = thresholds or ElevatorThresholds()
         self._latches = {kind: Latch(t.max_unknown_gap) for kind in _SEVERITY}
         self._stop = Hold(t.max_unknown_gap)  # door closed and car not running
         self._present = Hold(t.max_unknown_gap)
@@ -348,7 +348,7 @@ class ElevatorRules:
         self._service_mode(values, now, ts, out)
         for kind, cause, release, raise_after in self._conditions(values, now):
             latch = self._latches[kind]
-            clear_after = self.t.clear_after
+            clear_after = self.thresholds.clear_after
             action = latch.step(cause, release, now, raise_after, clear_after)
             if action is not None:
                 out.append(self._detected(kind, action, values, now, ts))
@@ -403,7 +403,7 @@ class ElevatorRules:
     def _conditions(self, v: Mapping[str, Value],
                     now: float) -> Iterator[tuple[str, Tri, Tri, float]]:
         """Yield (kind, cause, release, raise delay) for every enabled detection."""
-        t = self.t
+        t = self.thresholds
         running, closed = _flag(v, "car_running"), _flag(v, "door_closed")
         zone, speed = _flag(v, "door_zone"), _number(v, "speed")
         door_open = negate(closed)
@@ -438,18 +438,20 @@ class ElevatorRules:
         yield "alarm_button", any_of(alarm, is_alarm), all_of(negate(alarm), negate(is_alarm)), 0.0
 
     def _trapped(self, v: Mapping[str, Value], now: float) -> tuple[Tri, Tri]:
-        t = self.t
+        t = self.thresholds
         running, closed = _flag(v, "car_running"), _flag(v, "door_closed")
         zone, present = _flag(v, "door_zone"), _flag(v, "passenger_present")
         stop = all_of(closed, negate(running))
         stopped_for = self._stop.feed(stop, now)
         present_for = self._present.feed(present, now)
         absent_for = self._absent.feed(negate(present), now)
-        # Presence must be seen continuously once per stop; later flickers of the sensor do not
-        # undo it (a trapped passenger sitting still is invisible to most sensors).
+        # Presence must be seen continuously for presence_debounce once per stop, counted from
+        # the door closing (someone leaving as it closes is not trapped); later flickers of the
+        # sensor do not undo it (a trapped passenger sitting still is invisible to most).
         if stop is False:
             self._presence_confirmed = False
-        elif stop and present_for is not None and present_for + _EPS >= t.presence_debounce:
+        elif stopped_for is not None and present_for is not None \
+                and min(stopped_for, present_for) + _EPS >= t.presence_debounce:
             self._presence_confirmed = True
         if stopped_for is None:
             cause: Tri = stop
@@ -468,11 +470,11 @@ class ElevatorRules:
         for kind, limit in (("overtravel_top", self._top), ("overtravel_bottom", self._bottom)):
             if limit is not None:
                 past = limit.cause(*args)
-                yield kind, past, negate(past), self.t.overtravel_after
+                yield kind, past, negate(past), self.thresholds.overtravel_after
 
     def _door_cycling(self, running: Tri, closed: Tri, floor: int | None,
                       now: float) -> tuple[Tri, Tri]:
-        t = self.t
+        t = self.thresholds
         moved = floor is not None and self._cycle_floor is not None and floor != self._cycle_floor
         if running is True or moved:
             self._openings.clear()
@@ -511,8 +513,8 @@ class ElevatorRules:
         if kind == "trapped_passenger":
             return self._trapped_event(action, evidence, now, ts)
         title = _TITLES[kind]
-        if kind == "overspeed" and self.t.rated_speed is not None:
-            evidence["rated_speed"] = self.t.rated_speed
+        if kind == "overspeed" and self.thresholds.rated_speed is not None:
+            evidence["rated_speed"] = self.thresholds.rated_speed
         if kind == "door_cycling":
             evidence["openings_in_window"] = len(self._openings)
         floor = v.get("floor")

@@ -27,7 +27,7 @@ def pg_server() -> str:
     try:
         with _pg_admin():
             pass
-    except Exception as exc:  # noqa: BLE001 - any failure means no server to test against
+    except Exception as exc:
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
     return PG_ADMIN.rsplit("/", 1)[0]
 

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from collector.api import create_app
+from collector.auth import Role, create_token
 from collector.store import Accepted, Store
 from devices.contract import DataEnvelope
 
@@ -26,7 +27,8 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     store.ingest([Accepted("gw-a", DataEnvelope.model_validate(
         {"v": 1, "gateway": "gw-a", "seq": 1, "sent": T0, "readings": readings}), T0)])
     app = create_app(store, ingest_stats=lambda: {"broker_connected": True, "received": 1})
-    with TestClient(app) as c:
+    token = create_token(store.engine, "city-brain", Role.READER)
+    with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as c:
         yield c
     store.close()
 
@@ -87,3 +89,13 @@ def test_status_page_and_openapi(client: TestClient) -> None:
               "/api/v1/devices/{device_id}/latest", "/api/v1/devices/{device_id}/readings"):
         assert p in paths
     assert client.get("/docs").status_code == 200
+
+
+def test_data_needs_a_token_and_health_does_not(client: TestClient) -> None:
+    anonymous = {"Authorization": ""}
+    resp = client.get("/api/v1/devices", headers=anonymous)
+    assert resp.status_code == 401
+    assert "token" in resp.json()["detail"]
+    assert client.get("/api/v1/devices", headers={"Authorization": "Bearer cg_wrong"}) \
+        .status_code == 401
+    assert client.get("/api/v1/health", headers=anonymous).status_code == 200

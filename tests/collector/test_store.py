@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from collector import schema
-from collector.migrations import MIGRATIONS, migrate
+from collector.migrations import all_migrations, migrate
 from collector.store import Accepted, Store
 from devices.contract import DataEnvelope, EventsEnvelope
 
@@ -138,4 +138,4 @@ def test_migrations_are_recorded_and_not_applied_twice(store: Store) -> None:
     assert migrate(store.engine) == []
     with store.engine.connect() as conn:
         versions = list(conn.scalars(sa.select(schema.schema_migrations.c.version)))
-    assert sorted(versions) == sorted(v for v, _, _ in MIGRATIONS)
+    assert sorted(versions) == [v for v, _, _ in all_migrations()]

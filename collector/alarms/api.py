@@ -1,0 +1,258 @@
+"""REST and server-sent events for incidents, alarms and silences, plus the crew and ops pages.
+
+Auth is local to this router and deliberately small: a bearer token (header, or `?token=` for
+the page's EventSource) whose SHA-256 matches a crew member's or an ops login's `token_hash`.
+Crew members see and act on their own unit's incidents; ops see and act on all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from collector.alarms.config import AlarmsConfig, parse_duration
+from collector.alarms.desk import IncidentDesk, IncidentNotFound
+from collector.alarms.lifecycle import ACTIVE_STATES, IllegalTransition, State
+from collector.api import STATIC, parse_time
+
+KEEPALIVE_S = 15.0
+DEFAULT_STATS_WINDOW_MS = 30 * 86_400_000
+
+
+def hash_token(token: str) -> str:
+    """The SHA-256 hex digest stored in config instead of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a crew member of some units, or an ops login."""
+
+    name: str
+    role: Literal["crew", "ops"]
+    units: tuple[str, ...] = ()
+
+    def may_see(self, unit: str) -> bool:
+        """Say whether this caller may read and act on a unit's incidents."""
+        return self.role == "ops" or unit in self.units
+
+
+def find_principal(cfg: AlarmsConfig, token: str) -> Principal | None:
+    """The principal a token belongs to; every hash is compared, in constant time each."""
+    digest = hash_token(token)
+    ops: str | None = None
+    name: str | None = None
+    units: list[str] = []
+    for login in cfg.ops:
+        if hmac.compare_digest(digest, login.token_hash):
+            ops = login.name
+    for unit_id, unit in cfg.units.items():
+        for m in unit.members:
+            if m.token_hash and hmac.compare_digest(digest, m.token_hash):
+                name = m.name
+                units.append(unit_id)
+    if ops is not None:
+        return Principal(ops, "ops")
+    if name is not None:
+        return Principal(name, "crew", tuple(units))
+    return None
+
+
+def get_desk(request: Request) -> IncidentDesk:
+    """The incident desk attached to the app (`app.state.alarms`)."""
+    desk: IncidentDesk = request.app.state.alarms
+    return desk
+
+
+DeskDep = Annotated[IncidentDesk, Depends(get_desk)]
+
+
+def get_principal(request: Request, desk: DeskDep,
+                  token: Annotated[str | None, Query()] = None) -> Principal:
+    """Authenticate `Authorization: Bearer <token>` or `?token=`; 401 otherwise."""
+    header = request.headers.get("authorization", "")
+    presented = header[7:].strip() if header.lower().startswith("bearer ") else token
+    who = find_principal(desk.engine.cfg, presented) if presented else None
+    if who is None:
+        raise HTTPException(401, "a crew or ops token is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return who
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+router = APIRouter(prefix="/api/v1", tags=["incidents"])
+pages = APIRouter(include_in_schema=False)
+
+
+class NoteIn(BaseModel):
+    """The body of a lifecycle step."""
+
+    note: str = Field(default="", max_length=2000)
+
+
+class SilenceIn(BaseModel):
+    """A maintenance window; at least one of site, device or kind."""
+
+    site: str | None = None
+    device: str | None = None
+    kind: str | None = None
+    starts_at: str | None = Field(default=None, description="ISO 8601 or epoch ms; default now")
+    ends_at: str | None = Field(default=None, description="ISO 8601 or epoch ms")
+    duration: str | None = Field(default=None, description='instead of ends_at, e.g. "2h"')
+    reason: str = Field(default="", max_length=500)
+
+
+def _units(who: Principal, unit: str | None) -> list[str] | None:
+    if unit is not None:
+        if not who.may_see(unit):
+            raise HTTPException(403, f"{who.name} is not in unit {unit!r}")
+        return [unit]
+    return None if who.role == "ops" else list(who.units)
+
+
+def _states(state: str | None) -> list[str] | None:
+    if not state:
+        return None
+    if state == "active":
+        return [s.value for s in ACTIVE_STATES]
+    names = [s.strip() for s in state.split(",") if s.strip()]
+    unknown = [s for s in names if s not in State.__members__.values()]
+    if unknown:
+        raise HTTPException(422, f"unknown state {unknown[0]!r}; one of "
+                                 f"{[s.value for s in State]} or 'active'")
+    return names
+
+
+@router.get("/incidents")
+def list_incidents(desk: DeskDep, who: PrincipalDep, state: str | None = None,
+                   unit: str | None = None,
+                   limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> list[dict[str, Any]]:
+    """Incidents newest first; `state` is a state, a comma list, or `active`."""
+    return desk.incidents(_states(state), _units(who, unit), limit)
+
+
+@router.get("/incidents/stats")
+def incident_stats(desk: DeskDep, who: PrincipalDep, since: str | None = None,
+                   unit: str | None = None) -> dict[str, Any]:
+    """Per unit and per kind: found, acknowledged, resolved, closed; mean and p90 TTA/TTR."""
+    start = parse_time(since, "since")
+    if start is None:
+        start = desk.engine.clock() - DEFAULT_STATS_WINDOW_MS
+    return desk.stats(start, _units(who, unit))
+
+
+@router.get("/incidents/stream")
+async def incident_stream(request: Request, desk: DeskDep, who: PrincipalDep,
+                          unit: str | None = None) -> StreamingResponse:
+    """Server-sent events: `incident` with the incident's JSON on every change."""
+    units = _units(who, unit)
+    return StreamingResponse(_events(request, desk, units), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _events(request: Request, desk: IncidentDesk,
+                  units: list[str] | None) -> AsyncIterator[str]:
+    with desk.engine.bus.subscribe() as sub:
+        yield "retry: 3000\n: open\n\n"
+        while not await request.is_disconnected():
+            try:
+                item = await asyncio.wait_for(sub.queue.get(), timeout=KEEPALIVE_S)
+            except TimeoutError:
+                yield ": keepalive\n\n"
+                continue
+            if sub.overflowed:  # this listener missed changes: tell the page to reload
+                sub.overflowed = False
+                yield "event: reload\ndata: {}\n\n"
+            if units is None or item["unit"] in units:
+                yield f"event: incident\ndata: {orjson.dumps(item).decode()}\n\n"
+
+
+@router.get("/incidents/{incident_id}")
+def get_incident(incident_id: int, desk: DeskDep, who: PrincipalDep) -> dict[str, Any]:
+    """One incident with its history (who did what, when, with which note)."""
+    inc = _incident(desk, incident_id)
+    if not who.may_see(inc["unit"]):
+        raise HTTPException(403, f"incident {incident_id} belongs to unit {inc['unit']!r}")
+    return inc
+
+
+@router.post("/incidents/{incident_id}/{action}")
+def act(incident_id: int, action: Literal["ack", "arrive", "resolve", "close"],
+        desk: DeskDep, who: PrincipalDep, body: NoteIn | None = None) -> dict[str, Any]:
+    """Move an incident one step; 409 with the allowed next steps when the step is illegal."""
+    get_incident(incident_id, desk, who)
+    try:
+        return desk.transition(incident_id, action, who.name, body.note if body else "")
+    except IllegalTransition as exc:
+        raise HTTPException(409, {"error": "illegal_transition", "state": exc.state.value,
+                                  "action": action, "allowed": exc.allowed,
+                                  "message": str(exc)}) from None
+
+
+def _incident(desk: IncidentDesk, incident_id: int) -> dict[str, Any]:
+    try:
+        return desk.incident(incident_id)
+    except IncidentNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.get("/alarms")
+def list_alarms(desk: DeskDep, _who: PrincipalDep, active: bool | None = None,
+                limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[dict[str, Any]]:
+    """Alarm episodes newest first; `held` says why an active one has no incident."""
+    return desk.alarms(active, limit)
+
+
+@router.get("/silences")
+def list_silences(desk: DeskDep, _who: PrincipalDep,
+                  include_expired: bool = False) -> list[dict[str, Any]]:
+    """Maintenance windows in force or planned (and past ones on request)."""
+    return desk.silences(include_expired)
+
+
+@router.post("/silences", status_code=201)
+def create_silence(body: SilenceIn, desk: DeskDep, who: PrincipalDep) -> dict[str, Any]:
+    """Open a maintenance window: matching alarms raise no incident and no notice."""
+    if not (body.site or body.device or body.kind):
+        raise HTTPException(422, "a silence needs at least one of site, device or kind")
+    start = parse_time(body.starts_at, "starts_at") or desk.engine.clock()
+    end = parse_time(body.ends_at, "ends_at")
+    if end is None and body.duration:
+        try:
+            end = start + parse_duration(body.duration)
+        except ValueError as exc:
+            raise HTTPException(422, f"duration: {exc}") from None
+    if end is None or end <= start:
+        raise HTTPException(422, "give ends_at after starts_at, or a duration")
+    return desk.add_silence(site=body.site, device=body.device, kind=body.kind,
+                            starts_at=start, ends_at=end, who=who.name, reason=body.reason)
+
+
+@router.delete("/silences/{silence_id}", status_code=204)
+def delete_silence(silence_id: int, desk: DeskDep, who: PrincipalDep) -> None:
+    """End a maintenance window now."""
+    if not desk.delete_silence(silence_id, who.name):
+        raise HTTPException(404, f"no silence {silence_id}")
+
+
+@pages.get("/crew", response_class=HTMLResponse)
+def crew_page() -> str:
+    """The crew's mobile page: my unit's open incidents, live."""
+    return (STATIC / "crew.html").read_text(encoding="utf-8")
+
+
+@pages.get("/ops", response_class=HTMLResponse)
+def ops_page() -> str:
+    """The operations page: all incidents and the closed-loop figures."""
+    return (STATIC / "ops.html").read_text(encoding="utf-8")

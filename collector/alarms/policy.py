@@ -1,0 +1,210 @@
+"""Alarm policy as small pure functions: sites, thresholds, silences, inhibition, routing, paging.
+
+No clocks, no database: every function takes `now` (epoch ms) and plain data, so the cadence of
+paging can be tested with tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from collector.alarms.config import AlarmsConfig, Route, Stage, ThresholdRule
+
+GATEWAY_OFFLINE = "gateway_offline"
+DEVICE_OFFLINE = "device_offline"
+SITE_DEVICE = "*"  # the device part of the dedup key of a site-wide alarm
+
+AlarmKey = tuple[str, str, str]  # (site, device, kind): the dedup key
+
+
+# --- sites --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SiteIndex:
+    """Where devices and gateways are: explicit `[alarms.sites]` entries first, then gateway."""
+
+    by_device: dict[str, str]
+    by_gateway: dict[str, str]
+    grids: dict[str, str]
+    units: dict[str, str]
+
+    @classmethod
+    def from_config(cls, cfg: AlarmsConfig) -> SiteIndex:
+        """Index the sites of a config."""
+        return cls(
+            by_device={d: name for name, s in cfg.sites.items() for d in s.devices},
+            by_gateway={g: name for name, s in cfg.sites.items() for g in s.gateways},
+            grids={name: s.grid for name, s in cfg.sites.items()},
+            units={name: s.unit for name, s in cfg.sites.items() if s.unit})
+
+    def site_of(self, device: str | None, gateway: str) -> str:
+        """Site of a device: listed device, else its gateway's site, else `gw:<gateway>`."""
+        if device is not None and device in self.by_device:
+            return self.by_device[device]
+        return self.by_gateway.get(gateway, f"gw:{gateway}")
+
+    def grid_of(self, site: str) -> str:
+        """Grid area of a site ("" when not configured)."""
+        return self.grids.get(site, "")
+
+
+# --- thresholds ---------------------------------------------------------------------------------
+
+Phase = Literal["normal", "pending", "active"]
+Transition = Literal["raise", "clear"]
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdState:
+    """Where one rule stands for one device: normal, breaching since `since`, or raised."""
+
+    phase: Phase = "normal"
+    since: int = 0
+    last_ts: int = -1
+
+
+NORMAL = ThresholdState()
+
+
+def rule_applies(rule: ThresholdRule, device: str, site: str) -> bool:
+    """Say whether a rule covers a device (empty device and site lists cover every device)."""
+    if not rule.devices and not rule.sites:
+        return True
+    return device in rule.devices or site in rule.sites
+
+
+def _breach(rule: ThresholdRule, value: float) -> bool:
+    if rule.above is not None:
+        return value > rule.above
+    assert rule.below is not None  # guaranteed by ThresholdRule's validator
+    return value < rule.below
+
+
+def _cleared(rule: ThresholdRule, value: float) -> bool:
+    if rule.above is not None:
+        below = rule.clear_below if rule.clear_below is not None else rule.above
+        return value < below
+    above = rule.clear_above if rule.clear_above is not None else rule.below
+    assert above is not None
+    return value > above
+
+
+def step_threshold(state: ThresholdState, rule: ThresholdRule, value: float,
+                   ts: int) -> tuple[ThresholdState, Transition | None]:
+    """Advance one rule by one good reading; return the new state and a raise/clear, if any.
+
+    Durations are measured on observation times, so replayed data raises what live data would.
+    Readings older than the last one seen are ignored (out of order, replay overlap).
+    """
+    if ts < state.last_ts:
+        return state, None
+    if state.phase == "active":
+        if _cleared(rule, value):
+            return ThresholdState("normal", ts, ts), "clear"
+        return ThresholdState("active", state.since, ts), None
+    if not _breach(rule, value):
+        return ThresholdState("normal", ts, ts), None
+    since = state.since if state.phase == "pending" else ts
+    if ts - since >= rule.for_ms:
+        return ThresholdState("active", ts, ts), "raise"
+    return ThresholdState("pending", since, ts), None
+
+
+# --- silences and inhibition -------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """A maintenance window: alarms matching every set field raise no incident and no notice."""
+
+    id: int
+    starts_at: int
+    ends_at: int
+    site: str | None = None
+    device: str | None = None
+    kind: str | None = None
+
+    def matches(self, key: AlarmKey, now: int) -> bool:
+        """Say whether this silence covers an alarm at a time."""
+        site, device, kind = key
+        return (self.starts_at <= now < self.ends_at
+                and self.site in (None, site) and self.device in (None, device)
+                and self.kind in (None, kind))
+
+
+def silenced_by(silences: Iterable[Silence], key: AlarmKey, now: int) -> int | None:
+    """Id of the first silence covering an alarm now, or None."""
+    return next((s.id for s in silences if s.matches(key, now)), None)
+
+
+Verdict = Literal["page", "wait", "silenced", "suppressed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with an active alarm that has no incident yet."""
+
+    verdict: Verdict
+    until: int | None = None  # for "wait": when to decide again
+    by: str = ""  # silence id or inhibiting alarm, for the record
+
+
+def decide(key: AlarmKey, first_seen: int, now: int, *, is_group: bool, immediate: bool,
+           group_wait_ms: int, inhibitor: str | None, silence: int | None) -> Decision:
+    """Decide whether an active alarm pages now, waits for grouping, or is held back.
+
+    Silences win over everything (a human decided); site-wide (group) alarms and immediate kinds
+    are never inhibited nor delayed; other alarms wait `group_wait` so an inhibitor can arrive.
+    """
+    if silence is not None:
+        return Decision("silenced", by=str(silence))
+    if is_group or immediate:
+        return Decision("page")
+    if inhibitor is not None:
+        return Decision("suppressed", by=inhibitor)
+    if now < first_seen + group_wait_ms:
+        return Decision("wait", until=first_seen + group_wait_ms)
+    return Decision("page")
+
+
+def gateway_all_offline(inventory: set[str], offline: set[str]) -> bool:
+    """Say whether every known device of a gateway reports device_offline."""
+    return bool(inventory) and inventory <= offline
+
+
+# --- routing ------------------------------------------------------------------------------------
+
+def route(kind: str, site: str, grid: str, routes: Sequence[Route], site_unit: str = "",
+          default_unit: str = "") -> str:
+    """Responsible unit: first matching route, else the site's unit, else the default ("")."""
+    for r in routes:
+        if ((not r.kinds or kind in r.kinds) and (not r.sites or site in r.sites)
+                and (not r.grids or grid in r.grids)):
+            return r.unit
+    return site_unit or default_unit
+
+
+# --- escalation ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class EscalationView:
+    """What escalation needs of an incident."""
+
+    state: str
+    opened_at: int
+    stages_sent: int
+    immediate: bool = False
+
+
+def stage_due_at(opened_at: int, stage: Stage, index: int, immediate: bool) -> int:
+    """When a stage is due; an immediate kind's first stage is due at once whatever its delay."""
+    return opened_at if immediate and index == 0 else opened_at + stage.after_ms
+
+
+def due_escalations(incident: EscalationView, chain: Sequence[Stage], now: int) -> list[int]:
+    """Indices of the stages to send now; none once the incident left `open` (ack stops it)."""
+    if incident.state != "open":
+        return []
+    return [i for i in range(incident.stages_sent, len(chain))
+            if stage_due_at(incident.opened_at, chain[i], i, incident.immediate) <= now]

@@ -1,0 +1,223 @@
+"""Thin senders for each channel type: render, send once, report success or a DeliveryError."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import ssl
+import threading
+import uuid
+from email.utils import parseaddr
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+import paho.mqtt.client as mqtt
+
+from collector.notify import render, signing
+from collector.notify.config import (
+    Channel,
+    DingTalkChannel,
+    EmailChannel,
+    MqttChannel,
+    WebhookChannel,
+    WeComChannel,
+)
+from collector.notify.model import Notice
+from collector.notify.redact import redact
+
+# Robot error codes that mean "too fast": DingTalk blocks the robot for 10 minutes.
+DINGTALK_THROTTLED = {130101: 600.0, 130102: 600.0}
+WECOM_THROTTLED = {45009: 60.0}
+RETRYABLE_HTTP = {408, 425, 429}
+MQTT_BAD_CREDENTIALS = {4, 5, 134, 135}
+
+
+class DeliveryError(Exception):
+    """One delivery attempt failed; the message is already redacted."""
+
+    def __init__(self, channel: str, message: str, *, status: int | None = None,
+                 retryable: bool = True, retry_after: float | None = None,
+                 throttled: bool = False, hint: str = "") -> None:
+        self.channel, self.status = channel, status
+        self.retryable, self.retry_after, self.throttled = retryable, retry_after, throttled
+        self.hint = hint
+        super().__init__(redact(f"{channel}: {message}" + (f" — {hint}" if hint else "")))
+
+
+class Transports:
+    """Senders for every channel type, sharing one HTTP client."""
+
+    def __init__(self, http: httpx.AsyncClient, clock_ms: Any) -> None:
+        self.http = http
+        self.clock_ms = clock_ms  # () -> epoch ms: DingTalk timestamps, webhook timestamps
+
+    async def send(self, name: str, cfg: Channel, notice: Notice,
+                   notification_id: int) -> int | None:
+        """Deliver one notice on channel `name`; return a status code or raise DeliveryError."""
+        if isinstance(cfg, WebhookChannel):
+            return await self._webhook(name, cfg, notice, notification_id)
+        if isinstance(cfg, DingTalkChannel):
+            return await self._dingtalk(name, cfg, notice)
+        if isinstance(cfg, WeComChannel):
+            return await self._wecom(name, cfg, notice)
+        if isinstance(cfg, EmailChannel):
+            return await _to_thread(send_email, name, cfg, notice)
+        return await _to_thread(publish_mqtt, name, cfg, notice, notification_id,
+                                self.clock_ms())
+
+    async def _webhook(self, name: str, cfg: WebhookChannel, notice: Notice, nid: int) -> int:
+        ts = self.clock_ms()
+        body = render.webhook_body(notice, nid, ts)
+        secret = cfg.secret.get_secret_value() if cfg.secret else None
+        resp = await self._post(name, cfg.url.get_secret_value(), body,
+                                signing.webhook_headers(secret, body, ts), cfg.timeout)
+        return resp.status_code
+
+    async def _dingtalk(self, name: str, cfg: DingTalkChannel, notice: Notice) -> int:
+        secret = cfg.secret.get_secret_value() if cfg.secret else None
+        url = signing.dingtalk_url(cfg.url.get_secret_value(), secret, self.clock_ms())
+        body = orjson.dumps(render.dingtalk_body(notice))
+        resp = await self._post(name, url, body, {"Content-Type": "application/json"},
+                                cfg.timeout)
+        _robot_result(name, resp, DINGTALK_THROTTLED,
+                      "check the robot's secret, security keywords and IP allow-list; "
+                      "signed requests need the collector clock within 1 h")
+        return resp.status_code
+
+    async def _wecom(self, name: str, cfg: WeComChannel, notice: Notice) -> int:
+        body = orjson.dumps(render.wecom_body(notice, render.wecom_msgtype(notice, cfg.msgtype)))
+        resp = await self._post(name, cfg.url.get_secret_value(), body,
+                                {"Content-Type": "application/json"}, cfg.timeout)
+        _robot_result(name, resp, WECOM_THROTTLED,
+                      "check the robot's webhook key (the robot may have been removed)")
+        return resp.status_code
+
+    async def _post(self, name: str, url: str, body: bytes, headers: dict[str, str],
+                    timeout_s: float) -> httpx.Response:
+        try:
+            resp = await self.http.post(url, content=body, headers=headers, timeout=timeout_s)
+        except httpx.TimeoutException:
+            raise DeliveryError(name, f"no response within {timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            raise DeliveryError(name, f"{type(exc).__name__}: {exc}") from None
+        if resp.is_success:
+            return resp
+        retry_after = _retry_after(resp.headers.get("Retry-After"))
+        retryable = resp.status_code >= 500 or resp.status_code in RETRYABLE_HTTP
+        raise DeliveryError(name, f"HTTP {resp.status_code} {resp.reason_phrase}",
+                            status=resp.status_code, retryable=retryable,
+                            retry_after=retry_after, throttled=resp.status_code == 429)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (the delta-seconds form only)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _robot_result(name: str, resp: httpx.Response, throttled: dict[int, float],
+                  hint: str) -> None:
+    """Robots answer HTTP 200 with {"errcode": n}; raise unless n == 0."""
+    try:
+        doc = resp.json()
+        code = int(doc.get("errcode", 0))
+    except (ValueError, TypeError, AttributeError):
+        raise DeliveryError(name, "robot answered with something that is not JSON",
+                            status=resp.status_code) from None
+    if code == 0:
+        return
+    message = f"robot error {code}: {doc.get('errmsg', '')}"
+    if code in throttled:
+        raise DeliveryError(name, message, status=code, throttled=True,
+                            retry_after=throttled[code])
+    raise DeliveryError(name, message, status=code, retryable=False, hint=hint)
+
+
+async def _to_thread(fn: Any, *args: Any) -> int | None:
+    result: int | None = await asyncio.to_thread(fn, *args)
+    return result
+
+
+def send_email(name: str, cfg: EmailChannel, notice: Notice) -> int:
+    """Send one e-mail over SMTP (blocking; run in a thread); return the reply code."""
+    msg = render.email_message(notice, cfg.sender, cfg.to)
+    rcpts = render.email_recipients(cfg.to, notice)
+    if not rcpts:
+        raise DeliveryError(name, "no recipients", retryable=False,
+                            hint="set `to` or give the notice on-call e-mail addresses")
+    password = cfg.password.get_secret_value() if cfg.password else None
+    try:
+        if cfg.ssl:
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout,
+                                                  context=ssl.create_default_context())
+        else:
+            smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
+        with smtp:
+            if cfg.starttls and not cfg.ssl:
+                smtp.starttls(context=ssl.create_default_context())
+            if cfg.username:
+                smtp.login(cfg.username, password or "")
+            smtp.send_message(msg, from_addr=parseaddr(cfg.sender)[1], to_addrs=rcpts)
+    except smtplib.SMTPRecipientsRefused as exc:
+        raise DeliveryError(name, f"all recipients refused: {sorted(exc.recipients)}",
+                            retryable=False) from None
+    except smtplib.SMTPResponseException as exc:
+        text = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) \
+            else str(exc.smtp_error)
+        raise DeliveryError(name, f"SMTP {exc.smtp_code} {text}", status=exc.smtp_code,
+                            retryable=exc.smtp_code < 500) from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise DeliveryError(name, f"SMTP {type(exc).__name__}: {exc}") from None
+    return 250
+
+
+def publish_mqtt(name: str, cfg: MqttChannel, notice: Notice, nid: int, sent_ms: int) -> int:
+    """Publish one notice at QoS 1 and wait for the PUBACK (blocking; run in a thread).
+
+    One short connection per notice: notices are rare and a connection per send has no
+    state to go stale; the PUBACK is the only success signal.
+    """
+    url = urlsplit(cfg.broker)
+    tls = url.scheme == "mqtts"
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                         client_id=f"citygate-notify-{uuid.uuid4().hex[:12]}",
+                         clean_session=True, protocol=mqtt.MQTTv311)
+    client.connect_timeout = cfg.timeout
+    if cfg.username:
+        client.username_pw_set(cfg.username,
+                               cfg.password.get_secret_value() if cfg.password else None)
+    if tls:
+        client.tls_set(ca_certs=cfg.ca_file)
+    connack: dict[str, Any] = {}
+    connected = threading.Event()
+
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        connack["rc"] = rc
+        connected.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883), 30)
+        client.loop_start()
+        if not connected.wait(cfg.timeout):
+            raise DeliveryError(name, f"no CONNACK within {cfg.timeout:g} s")
+        rc = connack["rc"]
+        code = int(getattr(rc, "value", rc))
+        if code != 0:  # 4/5 (v3) and 134/135 (paho's v5 codes): credentials, not transient
+            raise DeliveryError(name, f"broker refused the connection: {rc}", status=code,
+                                retryable=code not in MQTT_BAD_CREDENTIALS,
+                                hint="check the channel's username and password")
+        info = client.publish(cfg.topic_name(), render.mqtt_payload(notice, nid, sent_ms), qos=1)
+        info.wait_for_publish(cfg.timeout)
+        if not info.is_published():
+            raise DeliveryError(name, f"no PUBACK within {cfg.timeout:g} s")
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise DeliveryError(name, f"MQTT {type(exc).__name__}: {exc}") from None
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return 0

@@ -1,0 +1,341 @@
+"""Spot status and zone availability, maintained incrementally (pure: times are passed in).
+
+A spot is `closed` when the city closed it, `unknown` while its sensor is silent (no report for
+more than silent_factor x heartbeat, or never heard) — a silent sensor is never counted free —
+otherwise `occupied` or `free` from its last report. Zone counts change only on transitions, so
+a query never scans spots. Sensor health alerts (low battery, silent, flapping, magnetic jump)
+are raised and cleared here as data; the service stores them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from collector.parking.config import ParkingConfig
+
+HOUR_MS = 3_600_000
+EARTH_RADIUS_M = 6_371_008.8
+
+
+class SpotStatus(StrEnum):
+    """NGSI-LD ParkingSpot status."""
+
+    FREE = "free"
+    OCCUPIED = "occupied"
+    CLOSED = "closed"
+    UNKNOWN = "unknown"
+
+
+SEVERITY = {"silent": "major", "low_battery": "warning", "flapping": "minor",
+            "magnetic_jump": "minor"}
+
+
+@dataclass(slots=True)
+class Spot:
+    """One bay and what its sensor last told us."""
+
+    id: str
+    zone: str | None
+    silent_after_ms: int
+    closed: bool = False
+    occupied: bool | None = None
+    last_ts: int | None = None
+    silent: bool = True
+    status: SpotStatus = SpotStatus.UNKNOWN
+    since: int | None = None
+    battery_mv: int | None = None
+    rssi: int | None = None
+    mag: tuple[int, int, int] | None = None
+    # Occupancy changes in the last hour; created on the first change (memory: 300k spots).
+    changes: deque[int] | None = None
+    last_jump: int | None = None
+    alerts: frozenset[str] = frozenset()  # kinds currently raised (shared empty set)
+
+    def derived_status(self) -> SpotStatus:
+        """What the status should be from the facts held."""
+        if self.closed:
+            return SpotStatus.CLOSED
+        if self.silent or self.occupied is None:
+            return SpotStatus.UNKNOWN
+        return SpotStatus.OCCUPIED if self.occupied else SpotStatus.FREE
+
+
+@dataclass(slots=True)
+class Zone:
+    """A street segment or lot and its live counts."""
+
+    id: str
+    name: str
+    kind: str
+    lat: float
+    lon: float
+    total: int
+    unmonitored: int  # capacity without a sensor: always counted unknown
+    counts: dict[SpotStatus, int] = field(default_factory=lambda: dict.fromkeys(SpotStatus, 0))
+    updated: int | None = None
+
+    @property
+    def available(self) -> int:
+        """Free spaces."""
+        return self.counts[SpotStatus.FREE]
+
+    @property
+    def occupied(self) -> int:
+        """Spaces known to be occupied."""
+        return self.counts[SpotStatus.OCCUPIED]
+
+    @property
+    def closed(self) -> int:
+        """Spaces closed by the city."""
+        return self.counts[SpotStatus.CLOSED]
+
+    @property
+    def unknown(self) -> int:
+        """Spaces whose state nobody knows (silent sensors and unmonitored capacity)."""
+        return self.counts[SpotStatus.UNKNOWN] + self.unmonitored
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A spot changed status."""
+
+    spot: str
+    zone: str | None
+    old: SpotStatus
+    new: SpotStatus
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChange:
+    """A sensor health alert raised or cleared."""
+
+    spot: str
+    zone: str | None
+    kind: str
+    raised: bool
+    ts: int
+    value: float | None = None
+    message: str = ""
+
+
+@dataclass
+class Changes:
+    """What one batch of observations or a tick changed (for the service to persist)."""
+
+    transitions: list[Transition] = field(default_factory=list)
+    alerts: list[AlertChange] = field(default_factory=list)
+    spots: set[str] = field(default_factory=set)  # spots whose stored row is stale
+    zones: set[str] = field(default_factory=set)
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+class ParkingModel:
+    """Every spot and zone in memory; observations and ticks return what changed."""
+
+    def __init__(self, cfg: ParkingConfig) -> None:
+        self.cfg = cfg
+        self.spots: dict[str, Spot] = {}
+        self.zones: dict[str, Zone] = {}
+        self._default_silent_ms = int(cfg.heartbeat * cfg.silent_factor * 1000)
+        # One queue per silence limit, in report order: the front is always the next to expire.
+        self._watch: dict[int, OrderedDict[str, None]] = {}
+        self._flagged: set[str] = set()  # spots with a flapping or magnetic-jump alert
+        for z in cfg.zones:
+            ids = cfg.spots_of(z)
+            limit = int((z.heartbeat or cfg.heartbeat) * cfg.silent_factor * 1000)
+            zone = Zone(z.id, z.name, z.kind, z.lat, z.lon, z.capacity or len(ids),
+                        (z.capacity or len(ids)) - len(ids))
+            self.zones[z.id] = zone
+            closed = set(z.closed)
+            for sid in ids:
+                spot = Spot(sid, z.id, limit, closed=sid in closed)
+                spot.status = spot.derived_status()
+                zone.counts[spot.status] += 1
+                self.spots[sid] = spot
+
+    def is_parking(self, device: str) -> bool:
+        """True for a configured spot or a device id with the parking prefix."""
+        return device in self.spots or device.startswith(self.cfg.device_prefix)
+
+    def _spot(self, device: str) -> Spot:
+        spot = self.spots.get(device)
+        if spot is None:  # reporting but mapped to no zone: tracked for health alerts
+            spot = self.spots[device] = Spot(device, None, self._default_silent_ms)
+        return spot
+
+    def _refresh(self, spot: Spot, ts: int, out: Changes) -> None:
+        new = spot.derived_status()
+        if new is spot.status:
+            return
+        old, spot.status, spot.since = spot.status, new, ts
+        zone = self.zones.get(spot.zone) if spot.zone else None
+        if zone is not None:
+            zone.counts[old] -= 1
+            zone.counts[new] += 1
+            zone.updated = ts
+            out.zones.add(zone.id)
+        out.transitions.append(Transition(spot.id, spot.zone, old, new, ts))
+        out.spots.add(spot.id)
+
+    def _alert(self, spot: Spot, kind: str, raised: bool, ts: int, out: Changes,
+               value: float | None = None, message: str = "") -> None:
+        if raised == (kind in spot.alerts):
+            return
+        spot.alerts = spot.alerts | {kind} if raised else spot.alerts - {kind}
+        out.alerts.append(AlertChange(spot.id, spot.zone, kind, raised, ts, value, message))
+
+    def _watch_spot(self, spot: Spot) -> None:
+        queue = self._watch.setdefault(spot.silent_after_ms, OrderedDict())
+        queue.pop(spot.id, None)
+        queue[spot.id] = None
+
+    def observe(self, device: str, ts: int, values: Mapping[str, Any], now: int,
+                out: Changes) -> None:
+        """Apply one reading of a parking sensor (observed at `ts`, processed at `now`)."""
+        spot = self._spot(device)
+        if spot.last_ts is not None and ts < spot.last_ts:
+            return  # an older report replayed late: the newer state stands
+        spot.last_ts = ts
+        out.spots.add(spot.id)
+        fresh = ts + spot.silent_after_ms > now
+        if fresh:
+            spot.silent = False
+            self._watch_spot(spot)
+            self._alert(spot, "silent", False, ts, out)
+        occupied = values.get("occupied")
+        prev_occupied = spot.occupied
+        if isinstance(occupied, bool | int):
+            spot.occupied = bool(occupied)
+            if prev_occupied is not None and spot.occupied != prev_occupied:
+                self._flapping(spot, ts, out)
+        self._health(spot, values, prev_occupied, ts, out)
+        self._refresh(spot, ts, out)
+
+    def _flapping(self, spot: Spot, ts: int, out: Changes) -> None:
+        if spot.changes is None:
+            spot.changes = deque()
+        spot.changes.append(ts)
+        n = self._prune_changes(spot, ts)
+        if n > self.cfg.alerts.flapping_changes_per_hour:
+            self._flagged.add(spot.id)
+            self._alert(spot, "flapping", True, ts, out, n,
+                        f"{n} occupancy changes in the last hour")
+
+    @staticmethod
+    def _prune_changes(spot: Spot, now: int) -> int:
+        """Forget changes older than an hour; return how many are left."""
+        changes = spot.changes
+        if changes is None:
+            return 0
+        while changes and changes[0] <= now - HOUR_MS:
+            changes.popleft()
+        if not changes:
+            spot.changes = None
+            return 0
+        return len(changes)
+
+    def _health(self, spot: Spot, values: Mapping[str, Any], prev_occupied: bool | None,
+                ts: int, out: Changes) -> None:
+        a = self.cfg.alerts
+        battery = _int(values.get("battery_mv"))
+        if battery is not None:
+            spot.battery_mv = battery
+            if battery < a.low_battery_mv:
+                self._alert(spot, "low_battery", True, ts, out, battery,
+                            f"battery {battery} mV < {a.low_battery_mv} mV")
+            elif battery >= a.low_battery_mv + a.battery_clear_mv:
+                self._alert(spot, "low_battery", False, ts, out, battery)
+        rssi = _int(values.get("rssi"))
+        if rssi is not None:
+            spot.rssi = rssi
+        axes = [_int(values.get(k)) for k in ("mag_x", "mag_y", "mag_z")]
+        if None in axes:
+            return
+        mag = (axes[0] or 0, axes[1] or 0, axes[2] or 0)
+        if spot.mag is not None and prev_occupied is not None and prev_occupied == spot.occupied:
+            jump = math.dist(mag, spot.mag)
+            if jump > a.mag_jump_mg:
+                spot.last_jump = ts
+                self._flagged.add(spot.id)
+                self._alert(spot, "magnetic_jump", True, ts, out, round(jump),
+                            f"field moved {jump:.0f} mG without an occupancy change")
+        spot.mag = mag
+
+    def tick(self, now: int, out: Changes) -> None:
+        """Advance time: silent sensors become unknown; quiet alerts clear."""
+        for limit, queue in self._watch.items():
+            while queue:
+                sid = next(iter(queue))
+                spot = self.spots[sid]
+                if spot.last_ts is not None and spot.last_ts + limit > now:
+                    break
+                del queue[sid]
+                spot.silent = True
+                self._alert(spot, "silent", True, now, out, None,
+                            f"no report for more than {limit // 1000} s")
+                self._refresh(spot, now, out)
+        for sid in list(self._flagged):
+            self._settle(self.spots[sid], now, out)
+
+    def _settle(self, spot: Spot, now: int, out: Changes) -> None:
+        a = self.cfg.alerts
+        n = self._prune_changes(spot, now)
+        if n <= a.flapping_changes_per_hour // 2:
+            self._alert(spot, "flapping", False, now, out, n)
+        quiet_ms = int(a.mag_jump_quiet * 1000)
+        if spot.last_jump is None or now - spot.last_jump >= quiet_ms:
+            self._alert(spot, "magnetic_jump", False, now, out)
+        if not spot.alerts & {"flapping", "magnetic_jump"}:
+            self._flagged.discard(spot.id)
+
+    def restore(self, row: Mapping[str, Any], active_alerts: set[str], now: int) -> None:
+        """Load a spot's stored state at start-up (the zone mapping comes from the config)."""
+        spot = self._spot(str(row["spot_id"]))
+        occ = row.get("occupied")
+        spot.occupied = None if occ is None else bool(occ)
+        spot.last_ts, spot.since = row.get("last_ts"), row.get("since")
+        spot.battery_mv, spot.rssi = row.get("battery_mv"), row.get("rssi")
+        spot.alerts = frozenset(active_alerts)
+        if spot.alerts & {"flapping", "magnetic_jump"}:
+            spot.last_jump = now
+            self._flagged.add(spot.id)
+        if spot.last_ts is not None and spot.last_ts + spot.silent_after_ms > now:
+            spot.silent = False
+        old, new = spot.status, spot.derived_status()
+        zone = self.zones.get(spot.zone) if spot.zone else None
+        if zone is not None and old is not new:
+            zone.counts[old] -= 1
+            zone.counts[new] += 1
+        spot.status = new
+
+    def start_watching(self) -> None:
+        """After restore: queue every non-silent spot for expiry, oldest report first."""
+        live = sorted((s for s in self.spots.values() if not s.silent),
+                      key=lambda s: s.last_ts or 0)
+        for spot in live:
+            self._watch_spot(spot)
+
+    def near(self, lat: float, lon: float, radius_m: float) -> list[tuple[float, Zone]]:
+        """Zones with free spaces within `radius_m`, nearest first."""
+        hits = [(haversine_m(lat, lon, z.lat, z.lon), z) for z in self.zones.values()
+                if z.available > 0]
+        return sorted(((d, z) for d, z in hits if d <= radius_m), key=lambda h: h[0])

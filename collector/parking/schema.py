@@ -1,0 +1,97 @@
+"""Parking tables and their migrations (versions 30-39 belong to this module).
+
+`parking_zones` and `parking_spots` hold the live state, written on transitions (not scanned to
+answer queries: the API answers from the in-memory model); `parking_sensor_alerts` is the
+maintenance unit's list of sensor health alerts, one row per raise, closed by its clear.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from collector import schema as core
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+parking_zones = sa.Table(
+    "parking_zones", metadata,
+    sa.Column("zone_id", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, server_default=""),
+    sa.Column("kind", sa.Text, nullable=False, server_default="onStreet"),
+    sa.Column("lat", sa.Float(precision=53), nullable=False),
+    sa.Column("lon", sa.Float(precision=53), nullable=False),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("available", sa.Integer, nullable=False),
+    sa.Column("occupied", sa.Integer, nullable=False),
+    sa.Column("unknown", sa.Integer, nullable=False),
+    sa.Column("closed", sa.Integer, nullable=False),
+    sa.Column("updated", sa.BigInteger),
+)
+
+parking_spots = sa.Table(
+    "parking_spots", metadata,
+    sa.Column("spot_id", sa.Text, primary_key=True),  # the sensor's device id
+    sa.Column("zone_id", sa.Text),  # NULL: a sensor reporting but mapped to no zone
+    sa.Column("status", sa.Text, nullable=False),  # free, occupied, closed, unknown
+    sa.Column("occupied", sa.Boolean),  # last reported occupancy, kept while silent
+    sa.Column("since", sa.BigInteger),  # when the current status began
+    sa.Column("last_ts", sa.BigInteger),  # observation time of the last report
+    sa.Column("battery_mv", sa.Integer),
+    sa.Column("rssi", sa.Integer),
+    sa.Index("parking_spots_by_zone", "zone_id", "spot_id"),
+)
+
+parking_sensor_alerts = sa.Table(
+    "parking_sensor_alerts", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("spot_id", sa.Text, nullable=False),
+    sa.Column("zone_id", sa.Text),
+    sa.Column("kind", sa.Text, nullable=False),  # low_battery, silent, flapping, magnetic_jump
+    sa.Column("severity", sa.Text, nullable=False),
+    sa.Column("raised", sa.BigInteger, nullable=False),
+    sa.Column("cleared", sa.BigInteger),  # NULL while active
+    sa.Column("value", sa.Float(precision=53)),
+    sa.Column("message", sa.Text, nullable=False, server_default=""),
+    sa.Index("parking_alerts_active", "cleared", "kind"),
+    sa.Index("parking_alerts_by_spot", "spot_id", "kind", "cleared"),
+)
+
+Migration = tuple[int, str, Callable[[sa.Connection], None]]
+
+
+def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
+    def apply(conn: sa.Connection) -> None:
+        metadata.create_all(conn, tables=list(tables))
+    return apply
+
+
+MIGRATIONS: list[Migration] = [
+    (30, "parking: zones, spots, sensor alerts",
+     _create(parking_zones, parking_spots, parking_sensor_alerts)),
+]
+
+
+def apply_migrations(engine: sa.Engine) -> list[int]:
+    """Apply the parking migrations not yet applied (after collector.migrations.migrate)."""
+    applied: list[int] = []
+    with engine.begin() as conn:
+        core.metadata.create_all(conn, tables=[core.schema_migrations])
+        if conn.dialect.name == "postgresql":  # same lock as the core migrator
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7212024)"))
+        done = set(conn.scalars(sa.select(core.schema_migrations.c.version)))
+        for version, name, apply in MIGRATIONS:
+            if version in done:
+                continue
+            apply(conn)
+            conn.execute(sa.insert(core.schema_migrations).values(
+                version=version, name=name, applied_at=int(time.time() * 1000)))
+            applied.append(version)
+            log.info("schema migration %d applied: %s", version, name)
+    return applied

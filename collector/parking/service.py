@@ -1,0 +1,205 @@
+"""The parking service: feeds stored readings to the model, persists what changed, ticks time.
+
+Wiring: `on_stored` is Ingest's hook (called in the writer thread after each committed batch);
+`start()` runs a ticker thread that turns silent sensors unknown; the API reads the in-memory
+model under a lock. State survives restarts through `parking_spots` and the active alerts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from collector.parking.config import ParkingConfig
+from collector.parking.model import (
+    SEVERITY,
+    AlertChange,
+    Changes,
+    ParkingModel,
+    Spot,
+    Zone,
+)
+from collector.parking.schema import (
+    apply_migrations,
+    parking_sensor_alerts,
+    parking_spots,
+)
+from collector.store import Accepted, Store
+from devices.contract import DataEnvelope
+
+log = logging.getLogger(__name__)
+
+def now_ms() -> int:
+    """Wall-clock epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+_SPOT_UPSERT = (
+    "INSERT INTO parking_spots (spot_id, zone_id, status, occupied, since, last_ts, battery_mv,"
+    " rssi) VALUES (:spot_id, :zone_id, :status, :occupied, :since, :last_ts, :battery_mv,"
+    " :rssi) ON CONFLICT (spot_id) DO UPDATE SET zone_id = excluded.zone_id,"
+    " status = excluded.status, occupied = excluded.occupied, since = excluded.since,"
+    " last_ts = excluded.last_ts, battery_mv = excluded.battery_mv, rssi = excluded.rssi")
+_ZONE_UPSERT = (
+    "INSERT INTO parking_zones (zone_id, name, kind, lat, lon, total, available, occupied,"
+    " unknown, closed, updated) VALUES (:zone_id, :name, :kind, :lat, :lon, :total, :available,"
+    " :occupied, :unknown, :closed, :updated) ON CONFLICT (zone_id) DO UPDATE SET"
+    " name = excluded.name, kind = excluded.kind, lat = excluded.lat, lon = excluded.lon,"
+    " total = excluded.total, available = excluded.available, occupied = excluded.occupied,"
+    " unknown = excluded.unknown, closed = excluded.closed, updated = excluded.updated")
+
+
+def zone_row(z: Zone) -> dict[str, Any]:
+    """The stored row of a zone."""
+    return {"zone_id": z.id, "name": z.name, "kind": z.kind, "lat": z.lat, "lon": z.lon,
+            "total": z.total, "available": z.available, "occupied": z.occupied,
+            "unknown": z.unknown, "closed": z.closed, "updated": z.updated}
+
+
+def spot_row(s: Spot) -> dict[str, Any]:
+    """The stored row of a spot."""
+    return {"spot_id": s.id, "zone_id": s.zone, "status": s.status.value,
+            "occupied": s.occupied, "since": s.since, "last_ts": s.last_ts,
+            "battery_mv": s.battery_mv, "rssi": s.rssi}
+
+
+class ParkingService:
+    """Live parking state for one collector."""
+
+    def __init__(self, store: Store, cfg: ParkingConfig, *,
+                 clock: Callable[[], int] = now_ms, tick_interval: float = 5.0) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.clock = clock
+        self.tick_interval = tick_interval
+        self.model = ParkingModel(cfg)
+        self.lock = threading.Lock()
+        self.stats: dict[str, int] = {"readings": 0, "transitions": 0, "alerts": 0,
+                                      "store_errors": 0}
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    def open(self) -> ParkingService:
+        """Migrate, load stored spot state and alerts, and write the configured zones."""
+        apply_migrations(self.store.engine)
+        now = self.clock()
+        with self.store.engine.connect() as conn:
+            active: dict[str, set[str]] = {}
+            a = parking_sensor_alerts
+            for spot_id, kind in conn.execute(
+                    sa.select(a.c.spot_id, a.c.kind).where(a.c.cleared.is_(None))):
+                active.setdefault(spot_id, set()).add(kind)
+            rows = conn.execute(sa.select(parking_spots)).mappings().all()
+        with self.lock:
+            for row in rows:
+                self.model.restore(dict(row), active.get(row["spot_id"], set()), now)
+            self.model.start_watching()
+            out = Changes()
+            self.model.tick(now, out)
+            self._persist(out, all_zones=True)
+        log.info("parking: %d zones, %d spots (%d restored)", len(self.model.zones),
+                 len(self.model.spots), len(rows))
+        return self
+
+    def start(self) -> None:
+        """Start the ticker thread (silence detection, alert clearing)."""
+        self._stop.clear()
+        self._ticker = threading.Thread(target=self._tick_loop, name="parking-ticker",
+                                        daemon=True)
+        self._ticker.start()
+
+    def close(self) -> None:
+        """Stop the ticker (idempotent)."""
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+            self._ticker = None
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.tick_interval):
+            try:
+                self.tick()
+            except Exception:
+                self.stats["store_errors"] += 1
+                log.exception("parking: tick failed")
+
+    def tick(self) -> Changes:
+        """Advance the model to now and persist what changed."""
+        out = Changes()
+        with self.lock:
+            self.model.tick(self.clock(), out)
+            self._persist(out)
+        return out
+
+    def on_stored(self, items: Sequence[Accepted]) -> None:
+        """Ingest hook: apply the parking readings of a committed batch."""
+        out = Changes()
+        now = self.clock()
+        with self.lock:
+            for a in items:
+                env = a.envelope
+                if not isinstance(env, DataEnvelope):
+                    continue
+                for r in sorted((r for r in env.readings if self.model.is_parking(r.device)),
+                                key=lambda r: r.ts):
+                    self.model.observe(r.device, r.ts, r.values, now, out)
+                    self.stats["readings"] += 1
+            if out.spots:
+                try:
+                    self._persist(out)
+                except Exception:
+                    # The readings are stored; only the derived rows lag until the next change.
+                    self.stats["store_errors"] += 1
+                    log.exception("parking: cannot persist spot state")
+
+    def _persist(self, out: Changes, all_zones: bool = False) -> None:
+        """Write changed spots, zones and alerts in one transaction (lock held)."""
+        self.stats["transitions"] += len(out.transitions)
+        self.stats["alerts"] += len(out.alerts)
+        zones = self.model.zones.values() if all_zones else \
+            [self.model.zones[z] for z in out.zones]
+        spots = [self.model.spots[s] for s in out.spots]
+        if not (zones or spots or out.alerts):
+            return
+        with self.store.engine.begin() as conn:
+            if spots:
+                conn.execute(sa.text(_SPOT_UPSERT), [spot_row(s) for s in spots])
+            if zones:
+                conn.execute(sa.text(_ZONE_UPSERT), [zone_row(z) for z in zones])
+            for alert in out.alerts:
+                self._write_alert(conn, alert)
+
+    @staticmethod
+    def _write_alert(conn: sa.Connection, alert: AlertChange) -> None:
+        t = parking_sensor_alerts
+        if alert.raised:
+            conn.execute(sa.insert(t).values(
+                spot_id=alert.spot, zone_id=alert.zone, kind=alert.kind,
+                severity=SEVERITY.get(alert.kind, "minor"), raised=alert.ts, value=alert.value,
+                message=alert.message))
+        else:
+            conn.execute(sa.update(t).where(t.c.spot_id == alert.spot, t.c.kind == alert.kind,
+                                            t.c.cleared.is_(None)).values(cleared=alert.ts))
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def alerts(self, *, active: bool | None = True, kind: str | None = None,
+               zone: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Stored alerts, newest first."""
+        t = parking_sensor_alerts
+        stmt = sa.select(t).order_by(t.c.raised.desc(), t.c.id.desc()).limit(limit)
+        if active is True:
+            stmt = stmt.where(t.c.cleared.is_(None))
+        elif active is False:
+            stmt = stmt.where(t.c.cleared.is_not(None))
+        if kind:
+            stmt = stmt.where(t.c.kind == kind)
+        if zone:
+            stmt = stmt.where(t.c.zone_id == zone)
+        with self.store.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]

@@ -1,0 +1,96 @@
+"""The registry as the API sees it: database, broker files and command channel together."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from collector.registry import repo
+from collector.registry.commands import CommandChannel
+from collector.registry.mqtt_auth import BrokerFiles
+from devices.contract import ReplyMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RegistrySettings:
+    """What new gateways are told and where the broker's auth files are."""
+
+    broker_urls: list[str] = field(default_factory=lambda: ["mqtts://127.0.0.1:8883"])
+    ca_pem: str = ""  # the project CA certificate, handed to gateways
+    broker_files: BrokerFiles | None = None  # None: an external broker (EMQX uses the hook)
+    install_dir: str = "/etc/citygate"  # where a bundle is installed on the gateway
+    data_dir: str = "/var/lib/citygate"
+    collector_user: str = "citygate-collector"
+    collector_password_hash: str = ""  # `$7$` hash, for the EMQX auth hook
+    provision_ttl_s: float = 7 * 86400.0
+    command_wait_s: float = 30.0
+
+
+def render_gateway_toml(gateway_id: str, site_id: str, settings: RegistrySettings) -> str:
+    """The starting gateway config of a new identity (validated by the tool with edge.config)."""
+    tls = any(u.startswith("mqtts://") for u in settings.broker_urls)
+    brokers = ", ".join(f'"{u}"' for u in settings.broker_urls)
+    lines = ["schema_version = 1", "", "[gateway]", f'id = "{gateway_id}"',
+             f'site = "{site_id}"', f'data_dir = "{settings.data_dir}"', "", "[uplink]",
+             f"brokers = [{brokers}]", f'username = "{gateway_id}"',
+             f'password_file = "{settings.install_dir}/mqtt-password"']
+    if tls:
+        lines.append(f'ca_file = "{settings.install_dir}/ca.pem"')
+    return "\n".join(lines) + "\n"
+
+
+class Registry:
+    """Registry operations that touch more than the database."""
+
+    def __init__(self, engine: sa.Engine, settings: RegistrySettings,
+                 commands: CommandChannel | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.commands = commands
+        if commands is not None:
+            commands.on_reply = self.on_reply
+        self._known: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+    def is_registered(self, gateway_id: str, max_age: float = 10.0) -> bool:
+        """Is this gateway registered and not revoked (cached for `max_age` seconds)?"""
+        at, known = self._known
+        if time.monotonic() - at > max_age or gateway_id not in known:
+            known = frozenset(repo.mqtt_hashes(self.engine))  # refresh also on a miss
+            self._known = (time.monotonic(), known)
+        return gateway_id in known
+
+    def sync_broker(self) -> None:
+        """Rewrite the broker's password and ACL files from the registry and reload it."""
+        if self.settings.broker_files is not None:
+            self.settings.broker_files.write(repo.mqtt_hashes(self.engine))
+
+    def issue(self, ident: repo.Identity) -> dict[str, Any]:
+        """What a new gateway receives: identity, MQTT credentials, CA and starting config."""
+        self.sync_broker()
+        return {
+            "gateway_id": ident.gateway_id, "site_id": ident.site_id,
+            "mqtt": {"username": ident.gateway_id, "password": ident.password,
+                     "brokers": self.settings.broker_urls},
+            "ca_pem": self.settings.ca_pem,
+            "config_toml": render_gateway_toml(ident.gateway_id, ident.site_id, self.settings),
+        }
+
+    def on_reply(self, reply: ReplyMessage) -> None:
+        """Record a gateway's answer to a config push (other replies are only remembered)."""
+        if reply.command != "config":
+            return
+        pushed = repo.push(self.engine, reply.id)
+        if pushed is None or pushed["gateway_id"] != reply.gateway:
+            return
+        status = "applied" if reply.ok else str(reply.detail.get("status", "refused"))
+        repo.finish_push(self.engine, reply.id, status, reply.detail)
+        if reply.ok:
+            repo.store_config(self.engine, reply.gateway, pushed["config_toml"],
+                              version=pushed["version"])
+        log.info("config push %s to %s: %s", reply.id, reply.gateway, status)

@@ -1,0 +1,156 @@
+"""HJ 212 data frames to canonical Readings, driven by a device profile's ``[codes]`` (pure).
+
+- One canonical name and unit per value: the profile maps each pollutant code (2017 or 2005)
+  to a quantity and scales the device unit to the canonical one.
+- Data flags become quality: only N is GOOD; C, M, S are UNCERTAIN; D, F, T, B are BAD; the raw
+  flag is kept as ``source_flag``. Values of one frame are grouped per flag into Readings that
+  share the frame's timestamp.
+- Averaging period: real-time (2011), minute (2051), hourly (2061) and daily (2031) data keep
+  the canonical quantity names and go to distinct *series ids*: ``<device>`` for real-time,
+  ``<device>:min``, ``<device>:hour``, ``<device>:day`` for the averages (docs/hj212.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Final
+
+from devices.hj212.codec import Frame
+from devices.model import Quality, Reading, Value
+from devices.profiles import Profile
+
+SERIES_SEP: Final = ":"
+_EPOCH: Final = datetime(1970, 1, 1)
+
+
+class Interval(StrEnum):
+    """Averaging period of HJ 212 data, named by the series-id suffix it travels under."""
+
+    REALTIME = "rt"
+    MINUTE = "min"
+    HOUR = "hour"
+    DAY = "day"
+
+
+CN_INTERVAL: Final[Mapping[str, Interval]] = {
+    "2011": Interval.REALTIME,
+    "2051": Interval.MINUTE,
+    "2061": Interval.HOUR,
+    "2031": Interval.DAY,
+}
+# Which CP suffixes carry the value of a period: (measured, converted to reference O2).
+_VALUE_SUFFIX: Final[Mapping[Interval, tuple[str, str]]] = {
+    Interval.REALTIME: ("Rtd", "ZsRtd"),
+    Interval.MINUTE: ("Avg", "ZsAvg"),
+    Interval.HOUR: ("Avg", "ZsAvg"),
+    Interval.DAY: ("Avg", "ZsAvg"),
+}
+# Suffixes that describe a value rather than carry one (never counted as ignored).
+_META_SUFFIX: Final = frozenset({"Flag", "EFlag", "SampleTime", "ZsFlag"})
+
+FLAG_QUALITY: Final[Mapping[str, Quality]] = {
+    "N": Quality.GOOD,
+    "C": Quality.UNCERTAIN,  # calibrating
+    "M": Quality.UNCERTAIN,  # maintenance
+    "S": Quality.UNCERTAIN,  # manually set value
+    "D": Quality.BAD,  # instrument fault
+    "F": Quality.BAD,  # stopped
+    "T": Quality.BAD,  # over range
+    "B": Quality.BAD,  # logger ↔ instrument link fault
+}
+
+
+def series_id(device: str, interval: Interval) -> str:
+    """The device id a period's readings travel under (real-time keeps the plain id)."""
+    return device if interval is Interval.REALTIME else f"{device}{SERIES_SEP}{interval.value}"
+
+
+def split_series_id(series: str) -> tuple[str, Interval]:
+    """Inverse of series_id: (device, interval); ids without a known suffix are real-time."""
+    device, sep, suffix = series.rpartition(SERIES_SEP)
+    if sep and suffix in {i.value for i in Interval} and suffix != Interval.REALTIME.value:
+        return device, Interval(suffix)
+    return series, Interval.REALTIME
+
+
+def flag_quality(flag: str | None) -> Quality:
+    """Quality of an HJ 212 data flag; no flag (2005 traffic) is GOOD, unknown ones UNCERTAIN."""
+    if flag is None or flag == "":
+        return Quality.GOOD
+    return FLAG_QUALITY.get(flag.upper(), Quality.UNCERTAIN)
+
+
+def observed_ms(frame: Frame, utc_offset_minutes: int, received_ms: int) -> int:
+    """Epoch ms of the frame's DataTime (station local time), else the time it was received."""
+    local = frame.data_time
+    if local is None:
+        return received_ms
+    return int((local - _EPOCH).total_seconds() * 1000) - utc_offset_minutes * 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class Normalised:
+    """What one frame yields: its readings and what was left out, for counters."""
+
+    interval: Interval | None  # None: not a data upload (answers, heartbeats, 2081 ...)
+    readings: list[Reading] = field(default_factory=list)
+    unknown_codes: tuple[str, ...] = ()  # codes the profile does not map
+    bad_values: int = 0  # values that are not numbers
+    ignored: int = 0  # values with no canonical home (-Min, -Max, -Cou, Zs without mapping)
+
+    @property
+    def values(self) -> int:
+        """Number of canonical values produced."""
+        return sum(len(r.values) for r in self.readings)
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def normalise(frame: Frame, profile: Profile, device: str, *, received_ms: int,
+              mono: int | None = None) -> Normalised:
+    """Turn one (reassembled) data frame into canonical Readings for `device`."""
+    interval = CN_INTERVAL.get(frame.cn or "")
+    if interval is None:
+        return Normalised(None)
+    measured, converted = _VALUE_SUFFIX[interval]
+    by_flag: dict[str | None, dict[str, Value]] = {}
+    unknown: list[str] = []
+    bad = ignored = 0
+    cp = frame.cp
+    for key, text in cp.items():
+        code, dash, suffix = key.partition("-")
+        if not dash or suffix in _META_SUFFIX:
+            continue  # DataTime, RtdInterval, flags ...
+        entry = profile.codes.get(code)
+        if entry is None:
+            if code not in unknown:
+                unknown.append(code)
+            continue
+        quantity = entry.quantity if suffix == measured else (
+            entry.converted if suffix == converted else None)
+        if quantity is None:
+            ignored += 1
+            continue
+        value = _number(text)
+        if value is None:
+            bad += 1
+            continue
+        flag = cp.get(f"{code}-Flag")
+        by_flag.setdefault(flag, {})[quantity] = float(f"{value * entry.factor:.12g}")
+    ts = observed_ms(frame, profile.hj212.utc_offset_minutes, received_ms)
+    series = series_id(device, interval)
+    readings = [
+        Reading(series, ts, values, quality=flag_quality(flag), mono=mono, source_flag=flag)
+        for flag, values in by_flag.items()
+    ]
+    return Normalised(interval, readings, tuple(unknown), bad, ignored)

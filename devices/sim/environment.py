@@ -1,0 +1,304 @@
+"""Simulated HJ 212 data loggers of construction-dust and boiler stations.
+
+A station writes real-time (2011) frames every interval and, when asked, minute (2051) and
+hourly (2061) averages, onto a serial line (a pty it creates and links at a path, or a real
+port) or over TCP as a client of the gateway's listener, reconnecting as real loggers do.
+Scenarios (names shared with the tests and the demo): normal, dust_exceedance,
+boiler_nox_exceedance, instrument_fault (flag D), calibration (flag C), babbling_line
+(garbage and corrupt frames between good ones). Frame content is a pure function of the
+scenario, the time and a seeded random source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from devices.durations import parse_duration
+from devices.hj212 import StreamDecoder, build, split
+
+log = logging.getLogger("citygate.sim.environment")
+
+Kind = Literal["dust", "boiler"]
+SCENARIOS = ("normal", "dust_exceedance", "boiler_nox_exceedance", "instrument_fault",
+             "calibration", "babbling_line")
+O2_REF = 3.5  # gas boilers; coal boilers refer to 9 %
+# code -> (2005 code, typical value, spread); particles in µg/m³, gases in mg/m³
+DUST = {"a34001": ("a34001", 110.0, 15.0), "a34002": ("a34002", 65.0, 10.0),
+        "a34004": ("a34004", 35.0, 5.0), "a34005": ("a34005", 20.0, 3.0),
+        "a50001": ("a50001", 58.0, 4.0), "a01007": ("a01007", 2.5, 1.0),
+        "a01008": ("a01008", 180.0, 90.0), "a01001": ("a01001", 22.0, 2.0),
+        "a01002": ("a01002", 45.0, 5.0)}
+BOILER = {"a21026": ("02", 5.0, 1.0), "a21002": ("03", 18.0, 2.0), "a34013": ("01", 3.0, 0.5),
+          "a21005": ("04", 10.0, 2.0), "a19001": ("S01", 8.0, 0.3),
+          "a01012": ("S03", 95.0, 3.0), "a01011": ("S02", 6.0, 0.5),
+          "a01013": ("S08", 0.1, 0.01), "a01014": ("S05", 9.0, 0.5),
+          "a00000": ("B02", 2.5, 0.2)}
+PARTICLES = ("a34001", "a34002", "a34004", "a34005")
+CONVERTED = ("a21026", "a21002", "a34013")  # values with a -Zs counterpart
+
+
+@dataclass
+class StationSim:
+    """One simulated data logger; `frames(...)` gives the bytes it sends at a moment."""
+
+    kind: Kind
+    mn: str
+    scenario: str = "normal"
+    pw: str = "123456"
+    codes_2005: bool = False  # HJ/T 212-2005 codes, no QN and no Flag (boilers)
+    unit_mg: bool = False  # particles in mg/m³ instead of µg/m³ (dust)
+    ack: bool = False  # ask for the 9014 data answer (Flag bit A)
+    max_segment: int = 1024  # smaller values force split packets
+    utc_offset_minutes: int = 480
+    rng: random.Random = field(default_factory=random.Random)
+
+    def values(self) -> dict[str, tuple[float, str]]:
+        """Current instrument values and data flags per 2017 code for this scenario."""
+        table = DUST if self.kind == "dust" else BOILER
+        out = {code: (max(0.0, self.rng.gauss(mean, spread)), "N")
+               for code, (_, mean, spread) in table.items()}
+        if self.scenario == "dust_exceedance" and self.kind == "dust":
+            out["a34002"] = (self.rng.gauss(420.0, 15.0), "N")
+            out["a34001"] = (self.rng.gauss(650.0, 20.0), "N")
+        if self.scenario == "boiler_nox_exceedance" and self.kind == "boiler":
+            out["a21002"] = (self.rng.gauss(36.0, 1.0), "N")
+        key = "a34002" if self.kind == "dust" else "a21002"
+        if self.scenario == "instrument_fault":
+            out[key] = (0.0, "D")
+        if self.scenario == "calibration":
+            out[key] = (out[key][0], "C")
+        return out
+
+    def cp(self, interval: Literal["rt", "avg"]) -> dict[str, str]:
+        """CP items (without DataTime) of a real-time or an averaged upload."""
+        o2 = 0.0
+        cp: dict[str, str] = {}
+        values = self.values()
+        if self.kind == "boiler":
+            o2 = values["a19001"][0]
+        for code, (value, flag) in values.items():
+            wire = BOILER[code][0] if self.codes_2005 and self.kind == "boiler" else code
+            scale = 0.001 if self.unit_mg and code in PARTICLES else 1.0
+            shown = f"{value * scale:.4f}" if scale != 1.0 else f"{value:.2f}"
+            if interval == "rt":
+                cp[f"{wire}-Rtd"] = shown
+            else:
+                low, high = value * 0.9 * scale, value * 1.1 * scale
+                cp |= {f"{wire}-Min": f"{low:.4f}", f"{wire}-Avg": shown,
+                       f"{wire}-Max": f"{high:.4f}"}
+            if self.kind == "boiler" and code in CONVERTED:
+                zs = value * (21.0 - O2_REF) / (21.0 - o2)
+                cp[f"{wire}-Zs{'Rtd' if interval == 'rt' else 'Avg'}"] = f"{zs:.2f}"
+            cp[f"{wire}-Flag"] = flag
+        return cp
+
+    def frames(self, cn: str, at: datetime) -> list[bytes]:
+        """The frame(s) of command `cn` (2011, 2051, 2061) for UTC time `at`."""
+        local = at.astimezone(UTC).replace(tzinfo=None) + timedelta(
+            minutes=self.utc_offset_minutes)
+        if cn == "2061":
+            local = local.replace(minute=0, second=0, microsecond=0)
+        elif cn == "2051":
+            local = local.replace(second=0, microsecond=0)
+        cp = {"DataTime": local.strftime("%Y%m%d%H%M%S"),
+              **self.cp("rt" if cn == "2011" else "avg")}
+        st = "39" if self.kind == "dust" else "31"
+        if self.codes_2005:
+            return [build(st=st, cn=cn, pw=self.pw, mn=self.mn, cp=cp)]
+        qn = (at.astimezone(UTC).replace(tzinfo=None) + timedelta(
+            minutes=self.utc_offset_minutes)).strftime("%Y%m%d%H%M%S%f")[:17]
+        return split(st=st, cn=cn, pw=self.pw, mn=self.mn, cp=cp, qn=qn,
+                     flag=5 if self.ack else 4, max_segment=self.max_segment)
+
+    def wire(self, cn: str, at: datetime) -> bytes:
+        """Bytes put on the line for one upload, with babble when the scenario asks."""
+        data = b"".join(self.frames(cn, at))
+        if self.scenario != "babbling_line":
+            return data
+        noise = bytes(self.rng.choice(b"0123456789ABCDEF;=&,\r\n\x00\xff") for _ in
+                      range(self.rng.randint(20, 300)))
+        torn = data[: self.rng.randint(8, max(9, len(data) // 2))]  # a frame cut short
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0x01  # a bit flipped in flight: bad CRC
+        return noise + torn + bytes(flipped) + noise[:50] + data
+
+
+# --- transports ------------------------------------------------------------------------------
+
+Writer = Callable[[bytes], None]
+
+
+class SimStats:
+    """What the simulator did, logged at the end."""
+
+    def __init__(self) -> None:
+        self.uploads = 0
+        self.answers = 0
+        self.decoder = StreamDecoder()
+
+    def received(self, data: bytes) -> None:
+        """Count 9014 data answers coming back."""
+        for item in self.decoder.feed(data):
+            if not isinstance(item, Exception) and item.cn == "9014":
+                self.answers += 1
+
+
+async def _schedule(sim: StationSim, write: Writer, args: argparse.Namespace,
+                    stats: SimStats, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    due = {"2011": start, "2051": start + args.minute_every, "2061": start + args.hour_every}
+    every = {"2011": args.interval, "2051": args.minute_every, "2061": args.hour_every}
+    while not stop.is_set() and (args.count == 0 or stats.uploads < args.count):
+        now = loop.time()
+        for cn, when in due.items():
+            if every[cn] > 0 and now >= when:
+                write(sim.wire(cn, datetime.now(UTC)))
+                due[cn] = when + every[cn]
+                stats.uploads += cn == "2011"
+        wait = min(when for cn, when in due.items() if every[cn] > 0) - loop.time()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), max(wait, 0.0))
+
+
+async def run_serial(sim: StationSim, args: argparse.Namespace, stop: asyncio.Event) -> SimStats:
+    """Write onto a pty linked at args.pty, or a real serial port."""
+    from devices.sim.ptylink import PtyLink
+
+    stats = SimStats()
+    link: PtyLink | None = None
+    port = None
+    if args.pty:
+        link = PtyLink().open()
+        link.link(args.pty, end="b")
+        fd = os.open(link.a_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    else:
+        import serial
+
+        port = serial.Serial(args.serial, baudrate=args.baud, timeout=0)
+        fd = port.fileno()
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        with contextlib.suppress(OSError):
+            stats.received(os.read(fd, 4096))
+
+    def write(data: bytes) -> None:
+        with contextlib.suppress(BlockingIOError):  # nobody reads the line: the bytes are lost
+            os.write(fd, data)
+
+    loop.add_reader(fd, readable)
+    try:
+        await _schedule(sim, write, args, stats, stop)
+    finally:
+        loop.remove_reader(fd)
+        if port is not None:
+            port.close()
+        else:
+            os.close(fd)
+        if link is not None:
+            link.close()
+            with contextlib.suppress(OSError):
+                os.unlink(args.pty)
+    return stats
+
+
+async def run_tcp(sim: StationSim, args: argparse.Namespace, stop: asyncio.Event) -> SimStats:
+    """Connect to the gateway's listener as a logger does; reconnect when the link drops."""
+    stats = SimStats()
+    host, _, port = args.tcp.rpartition(":")
+    delay = 0.2
+    while not stop.is_set() and (args.count == 0 or stats.uploads < args.count):
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        delay = 0.2
+
+        async def answers(r: asyncio.StreamReader = reader) -> None:
+            while data := await r.read(4096):
+                stats.received(data)
+
+        task = asyncio.create_task(answers(), name="sim-answers")
+        try:
+            await _schedule(sim, writer.write, args, stats, stop)
+            await writer.drain()
+            await asyncio.sleep(0.3)  # let the last answers arrive
+        except (ConnectionError, OSError):
+            log.warning("connection to %s lost; reconnecting", args.tcp)
+        finally:
+            task.cancel()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+    return stats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of `citygate sim environment`."""
+    p = argparse.ArgumentParser(prog="citygate sim environment", description=__doc__)
+    p.add_argument("--kind", choices=("dust", "boiler"), required=True)
+    p.add_argument("--mn", required=True, help="the station's MN code")
+    p.add_argument("--scenario", choices=SCENARIOS, default="normal")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pty", help="create a serial line and link its gateway end at PATH")
+    where.add_argument("--serial", help="write to a real serial port")
+    where.add_argument("--tcp", help="connect to the gateway listener at HOST:PORT")
+    p.add_argument("--baud", type=int, default=9600)
+    p.add_argument("--interval", type=parse_duration, default=1.0,
+                   help="real-time upload period (default 1s)")
+    p.add_argument("--minute-every", type=parse_duration, default=0.0,
+                   help="send minute data (2051) this often (default off)")
+    p.add_argument("--hour-every", type=parse_duration, default=0.0,
+                   help="send hourly data (2061) this often, time-compressed (default off)")
+    p.add_argument("--count", type=int, default=0, help="stop after N real-time uploads")
+    p.add_argument("--codes", choices=("2017", "2005"), default="2017")
+    p.add_argument("--unit", choices=("ug", "mg"), default="ug", help="dust particle unit")
+    p.add_argument("--ack", action="store_true", help="ask for 9014 data answers (Flag=5)")
+    p.add_argument("--max-segment", type=int, default=1024, help="split longer uploads")
+    p.add_argument("--seed", type=int)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one simulated station until SIGINT/SIGTERM or --count uploads."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    sim = StationSim(kind=args.kind, mn=args.mn, scenario=args.scenario,
+                     codes_2005=args.codes == "2005", unit_mg=args.unit == "mg", ack=args.ack,
+                     max_segment=args.max_segment, rng=random.Random(args.seed))
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        where = args.pty or args.serial or args.tcp
+        log.info("%s station %s (%s) on %s", args.kind, args.mn, args.scenario, where)
+        run = run_tcp if args.tcp else run_serial
+        stats = await run(sim, args, stop)
+        log.info("station %s: %d uploads, %d data answers", args.mn, stats.uploads,
+                 stats.answers)
+
+    asyncio.run(runner())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
