@@ -83,7 +83,9 @@ class OutboxSection(_Model):
     """Durable store-and-forward buffer."""
 
     path: Path | None = None  # default: <data_dir>/outbox.sqlite
-    durability_window: Duration = 0.2  # group commit: readings wait at most this long on disk
+    # group commit: readings wait in memory at most this long; longer windows write less to the
+    # SD card per reading (bench/bench_outbox.py), shorter ones risk less at a power cut
+    durability_window: Duration = 1.0
     synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     max_batch: int = Field(default=500, ge=1, le=10_000)  # readings per MQTT message
     max_bytes: Size = 256 * 1024 * 1024  # oldest telemetry is evicted beyond this
@@ -100,6 +102,37 @@ class LoggingSection(_Model):
     max_bytes: Size = 5 * 1024 * 1024
     backups: int = Field(default=2, ge=0, le=20)
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class WatchdogSection(_Model):
+    """systemd watchdog: WATCHDOG=1 is sent only while every loop of the agent makes progress."""
+
+    # A loop whose last progress is older than this (beyond its own expected period) is hung.
+    stall_after: Duration = Field(default=60.0, gt=0)
+
+
+class MetricsSection(_Model):
+    """Prometheus text endpoint on the gateway; off unless `listen` is set (local by default)."""
+
+    listen: str = ""  # e.g. "127.0.0.1:9464"; "" = off
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, text: str) -> str:
+        host, _, port = text.rpartition(":")
+        if text and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+            raise ValueError(f"{text!r} is not HOST:PORT; write e.g. \"127.0.0.1:9464\"")
+        return text
+
+
+class UpdateSection(_Model):
+    """Signed agent updates offered by the collector (docs/field-install.md)."""
+
+    # Ed25519 release public key: a PEM file, or the raw 32 bytes in hex. Empty = updates off.
+    public_key: str = ""
+    root: Path = Path("/opt/citygate")  # venvs/<version> and the `current` symlink live here
+    health_deadline: Duration = Field(default=60.0, gt=0)  # new version must be healthy by then
+    download_timeout: Duration = Field(default=120.0, gt=0)
 
 
 class ModbusTcpBus(_Model):
@@ -219,6 +252,9 @@ class GatewayConfig(_Model):
     uplink: UplinkSection = Field(default_factory=UplinkSection)
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    watchdog: WatchdogSection = Field(default_factory=WatchdogSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    update: UpdateSection = Field(default_factory=UpdateSection)
     buses: list[Bus] = Field(default_factory=list)
     devices: list[DeviceSection] = Field(default_factory=list)
 
