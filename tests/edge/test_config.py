@@ -146,7 +146,7 @@ def test_full_valid_config() -> None:
 def test_minimal_config_defaults() -> None:
     cfg = parse_config(MINIMAL)
     assert cfg.uplink.brokers == ["mqtt://127.0.0.1:1883"]
-    assert cfg.outbox.durability_window == pytest.approx(0.2)
+    assert cfg.outbox.durability_window == pytest.approx(1.0)
     assert cfg.outbox.max_bytes == 256 * 1024 * 1024
     assert cfg.outbox_path == Path("/var/lib/citygate/outbox.sqlite")
     assert cfg.bus("rs485-1").baudrate == 9600
