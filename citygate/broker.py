@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,9 @@ MOSQUITTO_PATHS = ("mosquitto", "/usr/sbin/mosquitto")
 
 
 def mosquitto_binary() -> str | None:
-    """Path of the mosquitto executable, or None."""
+    """Path of the mosquitto executable, or None (also when CITYGATE_BROKER=embedded)."""
+    if os.environ.get("CITYGATE_BROKER") == "embedded":
+        return None
     for name in MOSQUITTO_PATHS:
         found = shutil.which(name)
         if found:

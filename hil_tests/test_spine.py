@@ -66,6 +66,23 @@ def same(quantity: str, a: Any, b: Any) -> bool:
 
 def test_registers_reach_the_hub_over_tcp_and_rtu(tmp_path: Path, broker: Broker,
                                                   procs: Any) -> None:
+    registers_reach_the_hub(tmp_path, broker, procs)
+
+
+def test_the_embedded_broker_carries_the_spine(tmp_path: Path, procs: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Machines without Mosquitto run the demo on the embedded Python broker (amqtt)."""
+    monkeypatch.setenv("CITYGATE_BROKER", "embedded")
+    embedded = Broker(tmp_path / "embedded").start()
+    try:
+        assert embedded.kind == "embedded amqtt"
+        registers_reach_the_hub(tmp_path, embedded, procs)
+    finally:
+        embedded.stop()
+
+
+def registers_reach_the_hub(tmp_path: Path, broker: Broker, procs: Any) -> None:
+    """Every point of every simulated lift, over TCP and RTU, equals what the hub serves."""
     modbus_port = free_port()
     tty = tmp_path / "ttyLIFTS"
     units = ",".join(map(str, UNITS))
