@@ -13,6 +13,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from devices.modbus.units import parse_units
+
 DEFAULT_DB = "sqlite:///citygate-hub.sqlite"
 log = logging.getLogger("citygate")
 
@@ -45,17 +47,11 @@ def host_port(text: str) -> tuple[str, int]:
 
 
 def unit_list(text: str) -> list[int]:
-    """Parse "1-10,12" into unit ids."""
-    units: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        try:
-            units.extend(range(int(lo), int(hi or lo) + 1))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a unit list like 1-10,12") from None
-    if not units or min(units) < 1 or max(units) > 247:
-        raise argparse.ArgumentTypeError("unit ids are 1..247")
-    return units
+    """Parse "1-10,12" into unit ids (an argparse type)."""
+    try:
+        return parse_units(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
@@ -142,9 +138,52 @@ def cmd_collector_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _behaviours(args: argparse.Namespace) -> dict[int, Any]:
+    """Per-unit misbehaviour from --dead, --slow and --reject."""
+    from devices.sim.elevator import UnitBehaviour
+
+    dead = set(args.dead or [])
+    slow = dict(args.slow or [])
+    reject = dict(args.reject or [])
+    return {u: UnitBehaviour(dead=u in dead, delay=slow.get(u, 0.0), reject=reject.get(u))
+            for u in dead | set(slow) | set(reject)}
+
+
+def unit_delay(text: str) -> tuple[int, float]:
+    """Parse UNIT:DURATION, e.g. "5:250ms"."""
+    from devices.durations import parse_duration
+
+    unit, _, delay = text.partition(":")
+    try:
+        return int(unit), parse_duration(delay)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not UNIT:DELAY like 5:250ms") from None
+
+
+def unit_range(text: str) -> tuple[int, tuple[int, int]]:
+    """Parse UNIT:FIRST-LAST register addresses, e.g. "6:10-13"."""
+    unit, _, span = text.partition(":")
+    lo, _, hi = span.partition("-")
+    try:
+        return int(unit), (int(lo), int(hi or lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not UNIT:FIRST-LAST like 6:10-13") \
+            from None
+
+
+def duration_arg(text: str) -> float:
+    """Parse a duration like 2s or 250ms."""
+    from devices.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 2s") from None
+
+
 def cmd_sim_elevators(args: argparse.Namespace) -> int:
     """Serve simulated lift controllers over Modbus TCP and/or RTU."""
-    from devices.sim.elevator import make_bank, serve_rtu, serve_tcp
+    from devices.sim.elevator import ElevatorBank, make_bank, serve_control, serve_rtu, serve_tcp
     from devices.sim.ptylink import PtyLink
     from devices.sim.scenarios import ScenarioError, ScenarioSchedule
 
@@ -152,11 +191,18 @@ def cmd_sim_elevators(args: argparse.Namespace) -> int:
     if not args.tcp and not args.rtu:
         print("give --tcp HOST:PORT and/or --rtu PATH", file=sys.stderr)
         return 2
+    if args.babble and not args.rtu:
+        print("--babble needs --rtu (garbage is injected on the serial line)", file=sys.stderr)
+        return 2
     try:
         ScenarioSchedule.parse(args.scenario or [])
     except ScenarioError as exc:
         print(f"--scenario: {exc}", file=sys.stderr)
         return 2
+    behaviours = _behaviours(args)
+    if args.control:
+        with contextlib.suppress(FileNotFoundError):
+            Path(args.control).unlink()
 
     count_log = None
     resume: dict[int, int] = {}
@@ -167,27 +213,36 @@ def cmd_sim_elevators(args: argparse.Namespace) -> int:
                 resume[int(unit)] = int(value)
         count_log = open(args.count_reads, "a")  # noqa: SIM115 - closed when serving ends
 
+    def bank() -> ElevatorBank:
+        b = make_bank(args.units, args.profile, static=args.static, seed=args.seed)
+        b.count_log, b.behaviours = count_log, behaviours
+        b.schedule = ScenarioSchedule.parse(args.scenario) if args.scenario else None
+        for unit, value in resume.items():
+            if unit in b.models:
+                b.models[unit].values["trip_count"] = value
+        return b
+
     async def main(stop: asyncio.Event) -> None:
         tasks = []
+        banks: list[ElevatorBank] = []
         link = None
-        schedule = ScenarioSchedule.parse(args.scenario) if args.scenario else None
         if args.tcp:
-            bank = make_bank(args.units, args.profile, static=args.static, seed=args.seed)
-            bank.count_log, bank.schedule = count_log, schedule
-            for unit, value in resume.items():
-                if unit in bank.models:
-                    bank.models[unit].values["trip_count"] = value
-            tasks.append(asyncio.create_task(serve_tcp(bank, *args.tcp)))
+            banks.append(bank())
+            tasks.append(asyncio.create_task(serve_tcp(banks[-1], *args.tcp)))
             log.info("simulating %d lifts on modbus-tcp %s:%d", len(args.units), *args.tcp)
         if args.rtu:
-            link = PtyLink().open()
+            link = PtyLink(baudrate=args.wire_baud).open()
             link.link(args.rtu, end="b")
-            bank = make_bank(args.units, args.profile, static=args.static, seed=args.seed)
-            bank.count_log = count_log
-            bank.schedule = ScenarioSchedule.parse(args.scenario) if args.scenario else None
-            tasks.append(asyncio.create_task(serve_rtu(bank, link.a_path, args.baud)))
+            banks.append(bank())
+            tasks.append(asyncio.create_task(serve_rtu(banks[-1], link.a_path, args.baud)))
+            if args.babble:
+                link.start_babble(args.babble, seed=args.seed)
             log.info("simulating %d lifts on modbus-rtu, gateway end: %s",
-                         len(args.units), args.rtu)
+                     len(args.units), args.rtu)
+        if behaviours:
+            log.info("misbehaving units: %s", behaviours)
+        if args.control:
+            tasks.append(asyncio.create_task(serve_control(banks, args.control)))
         await stop.wait()
         for t in tasks:
             t.cancel()
@@ -238,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="where state and logs go (default: ./var/demo, replaced each run)")
     demo.add_argument("--elevators", type=int, default=6, help="lifts per gateway (default 6)")
     demo.add_argument("--scenario", action="append", metavar="NAME@SECONDS[:unit=N][:for=S]",
-                      help="inject a lift fault scenario (repeatable), e.g. "
-                           "trapped_passenger@20:unit=2:for=90")
+                      help="inject a lift fault scenario on the Modbus TCP lifts (repeatable), "
+                           "e.g. trapped_passenger@20:unit=2:for=90 (the default)")
+    demo.add_argument("--notify-webhook", metavar="URL",
+                      help="also push every incident to this webhook (JSON, unsigned)")
     demo.set_defaults(func=cmd_demo)
 
     edge = sub.add_parser("edge", help="the gateway agent").add_subparsers(dest="edge_cmd",
@@ -284,6 +341,19 @@ def build_parser() -> argparse.ArgumentParser:
     el.add_argument("--scenario", action="append", metavar="NAME@SECONDS[:unit=N][:for=S]",
                     help="play a fault scenario (repeatable), e.g. trapped_passenger@20:unit=3"
                          ":for=120; names: see docs/elevators.md")
+    el.add_argument("--dead", type=unit_list, metavar="UNITS",
+                    help="units that never answer, e.g. 3 or 3,7")
+    el.add_argument("--slow", type=unit_delay, action="append", metavar="UNIT:DELAY",
+                    help="a unit that answers late, e.g. 5:250ms (repeatable)")
+    el.add_argument("--reject", type=unit_range, action="append", metavar="UNIT:FIRST-LAST",
+                    help="a unit answering exception 2 to reads touching these registers, "
+                         "e.g. 6:10-13 (repeatable)")
+    el.add_argument("--babble", type=duration_arg, metavar="PERIOD",
+                    help="inject random bytes on the RTU line every PERIOD, e.g. 2s")
+    el.add_argument("--wire-baud", type=int, metavar="BAUD",
+                    help="pace the RTU pty like a real line at BAUD (ptys ignore baud rates)")
+    el.add_argument("--control", metavar="SOCKET",
+                    help="Unix socket taking `set UNIT QUANTITY VALUE` / `clear UNIT` lines")
     el.add_argument("--count-reads", metavar="LOG",
                     help="chaos-test mode: every read bumps the trip counter, logged to LOG")
     el.set_defaults(func=cmd_sim_elevators)

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
-from collector.store import Accepted, Store, now_ms
+from collector.store import Accepted, IngestResult, Store, now_ms
 from devices import contract
 from devices.contract import (
     ContractError,
@@ -50,6 +50,15 @@ class IngestStats:
     connected: bool = False
     last_commit_ms: float = 0.0
 
+    def add(self, result: IngestResult) -> None:
+        """Count what one committed transaction did."""
+        self.stored_messages += result.messages
+        self.duplicates += result.duplicates
+        self.readings += result.readings
+        self.events += result.events
+        self.dropped_values.update(result.dropped_values)
+        self.time_corrected.update(result.time_corrected)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready counters."""
         return {
@@ -70,7 +79,48 @@ class _Item:
     accepted: Accepted | None  # None: nothing to store, only acknowledge
 
 
-class Ingest:
+class IngestCore:
+    """What every ingest source shares: rejecting, side messages, accounting, hooks."""
+
+    store: Store
+    stats: IngestStats
+    on_stored: Callable[[list[Accepted]], None]
+    on_state: Callable[[str, str, list[str]], None]
+    _warned: set[tuple[str, str]]
+
+    def _reject(self, topic_name: str, exc: ContractError) -> None:
+        """Count a message that breaks the contract; log once per gateway and reason."""
+        self.stats.rejected[exc.reason] += 1
+        key = (topic_name.split("/")[2] if topic_name.count("/") >= 2 else topic_name,
+               exc.reason)
+        if key not in self._warned and len(self._warned) < 10_000:
+            self._warned.add(key)
+            log.warning("collector: rejected message on %s: %s (counted from now on)",
+                        topic_name, exc)
+
+    def _side_message(self, gateway: str, message: Any) -> None:
+        """Store a state or health message (replies are not stored)."""
+        if isinstance(message, StateMessage):
+            self.store.record_state(gateway, message.state, message.ts, message.reason,
+                                    message.version, message.boot, message.devices)
+            self.on_state(gateway, message.state, list(message.devices))
+        elif isinstance(message, HealthMessage):
+            self.store.record_health(gateway, message.model_dump())
+
+    def _committed(self, accepted: list[Accepted], result: IngestResult,
+                   started: float) -> None:
+        """Account a committed batch and hand it to the features' hooks."""
+        self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
+        self.stats.add(result)
+        try:
+            self.on_stored(accepted)
+        except Exception:  # a feature's hook never blocks storing and acknowledging
+            self.stats.hook_errors += 1
+            if self.stats.hook_errors == 1:
+                log.exception("collector: a stored-batch hook failed (counted from now on)")
+
+
+class Ingest(IngestCore):
     """Subscribes to every gateway and writes what arrives through one writer thread."""
 
     def __init__(self, store: Store, broker_url: str, *, client_id: str = "citygate-collector",
@@ -168,23 +218,6 @@ class Ingest:
             log.exception("collector: cannot store %s message of %s", rec.channel, rec.gateway)
         self._queue.put(_Item(msg.mid, msg.qos, None))
 
-    def _side_message(self, gateway: str, message: Any) -> None:
-        if isinstance(message, StateMessage):
-            self.store.record_state(gateway, message.state, message.ts, message.reason,
-                                    message.version, message.boot, message.devices)
-            self.on_state(gateway, message.state, list(message.devices))
-        elif isinstance(message, HealthMessage):
-            self.store.record_health(gateway, message.model_dump())
-
-    def _reject(self, topic_name: str, exc: ContractError) -> None:
-        self.stats.rejected[exc.reason] += 1
-        key = (topic_name.split("/")[2] if topic_name.count("/") >= 2 else topic_name,
-               exc.reason)
-        if key not in self._warned and len(self._warned) < 10_000:
-            self._warned.add(key)
-            log.warning("collector: rejected message on %s: %s (counted from now on)",
-                        topic_name, exc)
-
     # --- writer thread -----------------------------------------------------------------------
 
     def _write_loop(self) -> None:
@@ -224,19 +257,7 @@ class Ingest:
                 if self._client is None:
                     return
                 continue
-            self.stats.last_commit_ms = (time.perf_counter() - t0) * 1000
-            self.stats.stored_messages += result.messages
-            self.stats.duplicates += result.duplicates
-            self.stats.readings += result.readings
-            self.stats.events += result.events
-            self.stats.dropped_values.update(result.dropped_values)
-            self.stats.time_corrected.update(result.time_corrected)
-            try:
-                self.on_stored(accepted)
-            except Exception:  # a feature's hook never blocks storing and acknowledging
-                self.stats.hook_errors += 1
-                if self.stats.hook_errors == 1:
-                    log.exception("collector: a stored-batch hook failed (counted from now on)")
+            self._committed(accepted, result, t0)
             break
         client = self._client
         if client is not None:

@@ -35,16 +35,14 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
-from collector.ingest import IngestStats
-from collector.store import Accepted, IngestResult, Store, now_ms
+from collector.ingest import IngestCore, IngestStats
+from collector.store import Accepted, Store, now_ms
 from devices import contract
 from devices.contract import (
     ContractError,
     DataEnvelope,
     EventsEnvelope,
-    HealthMessage,
     Received,
-    StateMessage,
 )
 
 log = logging.getLogger(__name__)
@@ -120,18 +118,12 @@ class NatsIngestStats(IngestStats):
             "state_channel_connected": self.state_channel_connected,
         }
 
-    def add(self, result: IngestResult) -> None:
-        """Count what one committed transaction did."""
-        self.stored_messages += result.messages
-        self.duplicates += result.duplicates
-        self.readings += result.readings
-        self.events += result.events
-        self.dropped_values.update(result.dropped_values)
-        self.time_corrected.update(result.time_corrected)
 
 
-class NatsIngest:
+class NatsIngest(IngestCore):
     """Pulls every gateway's messages from the shared consumer; same surface as Ingest."""
+
+    stats: NatsIngestStats
 
     def __init__(self, store: Store, servers: str | Sequence[str], *,
                  mqtt_urls: Sequence[str] = (), client_id: str = "citygate-collector",
@@ -362,14 +354,7 @@ class NatsIngest:
                     with contextlib.suppress(Exception):
                         await msg.in_progress()
                 continue
-            self.stats.last_commit_ms = (time.perf_counter() - t0) * 1000
-            self.stats.add(result)
-            try:
-                self.on_stored(accepted)
-            except Exception:  # a feature's hook never blocks storing and acknowledging
-                self.stats.hook_errors += 1
-                if self.stats.hook_errors == 1:
-                    log.exception("collector: a stored-batch hook failed (counted from now on)")
+            self._committed(accepted, result, t0)
             break
         return True
 
@@ -381,15 +366,6 @@ class NatsIngest:
                 self.stats.store_errors += 1
                 log.exception("collector: cannot store %s message of %s", rec.channel,
                               rec.gateway)
-
-    def _reject(self, topic_name: str, exc: ContractError) -> None:
-        self.stats.rejected[exc.reason] += 1
-        key = (topic_name.split("/")[2] if topic_name.count("/") >= 2 else topic_name,
-               exc.reason)
-        if key not in self._warned and len(self._warned) < 10_000:
-            self._warned.add(key)
-            log.warning("collector: rejected message on %s: %s (counted from now on)",
-                        topic_name, exc)
 
     def retained_state(self, topic_name: str, payload: bytes) -> None:
         """Record a gateway state read from the retained store (side MQTT connection)."""
@@ -404,15 +380,6 @@ class NatsIngest:
             log.exception("collector: cannot store the retained state of %s", rec.gateway)
             return
         self.stats.retained_states += 1
-
-    def _side_message(self, gateway: str, message: Any) -> None:
-        """Store a state or health message (replies are not stored), as Ingest does."""
-        if isinstance(message, StateMessage):
-            self.store.record_state(gateway, message.state, message.ts, message.reason,
-                                    message.version, message.boot, message.devices)
-            self.on_state(gateway, message.state, list(message.devices))
-        elif isinstance(message, HealthMessage):
-            self.store.record_health(gateway, message.model_dump())
 
 
 class StateChannel:

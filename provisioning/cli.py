@@ -19,19 +19,6 @@ console = Console(highlight=False)
 STYLE = {"PASS": "bold green", "FAIL": "bold red", "SKIP": "yellow"}
 
 
-def _units(text: str) -> list[int]:
-    units: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        try:
-            units.extend(range(int(lo), int(hi or lo) + 1))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a unit list like 1-10,12") from None
-    if not units or min(units) < 0 or max(units) > 247:
-        raise argparse.ArgumentTypeError("unit ids are 0..247")
-    return units
-
-
 def _collector(optional: bool = False) -> Any:
     from provisioning.session import Collector, Login
 

@@ -7,6 +7,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from devices.modbus.units import parse_units
+
+
+def _units(text: str) -> list[int]:
+    """Unit ids to scan ("1-247"; 0 is allowed for devices that answer there)."""
+    try:
+        return parse_units(text, lowest=0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 def _host_port(p: argparse.ArgumentParser, cli: ModuleType, *, units: bool) -> None:
     p.add_argument("--host", help="Modbus TCP host")
@@ -14,7 +23,7 @@ def _host_port(p: argparse.ArgumentParser, cli: ModuleType, *, units: bool) -> N
     p.add_argument("--serial", help="serial port (e.g. /dev/ttyUSB0) for Modbus RTU")
     p.add_argument("--timeout", type=float, default=0.25, help="seconds per request")
     if units:
-        p.add_argument("--units", type=cli._units, default=cli._units("1-247"),
+        p.add_argument("--units", type=_units, default=_units("1-247"),
                        help="unit ids to try, e.g. 1-32 (default 1-247)")
 
 
