@@ -35,10 +35,11 @@ MakeIngest = Callable[[Store, StoredHook, StateHook], IngestSource]
 
 
 def _token_file(db_url: str) -> Path:
-    """Where a first-start admin token is written: beside an SQLite file, else the cwd."""
+    """Where a first-start admin token is written: beside an SQLite file, else in the
+    collector user's config directory (never the working directory)."""
     if db_url.startswith("sqlite:///"):
         return Path(db_url.removeprefix("sqlite:///")).resolve().parent / "admin-token"
-    return Path("admin-token").resolve()
+    return Path.home() / ".config" / "citygate" / "collector-admin-token"
 
 
 async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
