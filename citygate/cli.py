@@ -134,6 +134,7 @@ def cmd_collector_run(args: argparse.Namespace) -> int:
     asyncio.run(run_collector(args.db, args.broker.split(",")[0], host, port,
                               client_id=args.client_id, username=args.username,
                               password=password, make_ingest=make_ingest, config=config,
+                              share_group=args.share,
                               config_source=str(args.config or "defaults")))
     return 0
 
@@ -320,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     crun.add_argument("--client-id", default="citygate-collector",
                       help="fixed MQTT client id of the persistent session")
     crun.add_argument("--username", help="MQTT user (password from CITYGATE_MQTT_PASSWORD)")
+    crun.add_argument("--share", metavar="GROUP",
+                      help="split the ingest with the other collectors of GROUP ($share "
+                           "subscription; give each collector its own --client-id)")
     crun.add_argument("--ingest", choices=("mqtt", "nats"), default="mqtt",
                       help="mqtt: subscribe at --broker (default); nats: pull from the shared "
                            "JetStream consumer of a NATS cluster (--broker then lists the "

@@ -124,6 +124,7 @@ class Ingest(IngestCore):
     """Subscribes to every gateway and writes what arrives through one writer thread."""
 
     def __init__(self, store: Store, broker_url: str, *, client_id: str = "citygate-collector",
+                 share_group: str | None = None,
                  username: str | None = None, password: str | None = None,
                  max_batch: int = 1000, max_wait: float = 0.05,
                  on_stored: Callable[[list[Accepted]], None] | None = None,
@@ -132,6 +133,7 @@ class Ingest(IngestCore):
         u = urlparse(broker_url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 1883
         self.client_id = client_id
+        self.share_group = share_group
         self.username, self.password = username, password
         self.max_batch, self.max_wait = max_batch, max_wait
         self.on_stored = on_stored or (lambda items: None)
@@ -190,7 +192,7 @@ class Ingest(IngestCore):
         self.stats.connected = True
         log.info("collector connected to %s:%d (session present: %s)", self.host, self.port,
                  getattr(flags, "session_present", "?"))
-        client.subscribe([(t, contract.QOS) for t in contract.subscriptions()])
+        client.subscribe([(t, contract.QOS) for t in contract.subscriptions(self.share_group)])
         client.publish(contract.collector_state_topic(self.client_id),
                        contract.collector_state_payload(self.client_id, "online", now_ms()),
                        qos=1, retain=True)

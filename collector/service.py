@@ -46,7 +46,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
                         client_id: str = "citygate-collector", username: str | None = None,
                         password: str | None = None, sock: socket.socket | None = None,
                         make_ingest: MakeIngest | None = None,
-                        config: CollectorConfig | None = None,
+                        config: CollectorConfig | None = None, share_group: str | None = None,
                         config_source: str = "collector.toml") -> None:
     """Serve until the process is asked to stop (SIGINT/SIGTERM)."""
     store = Store.open(db_url)
@@ -58,8 +58,9 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
                     admin_token_file=_token_file(db_url))
 
     def mqtt_ingest(s: Store, on_stored: StoredHook, on_state: StateHook) -> IngestSource:
-        return Ingest(s, broker_url, client_id=client_id, username=username,
-                      password=password, on_stored=on_stored, on_state=on_state)
+        return Ingest(s, broker_url, client_id=client_id, share_group=share_group,
+                      username=username, password=password, on_stored=on_stored,
+                      on_state=on_state)
 
     ingest = (make_ingest or mqtt_ingest)(store, hub.on_stored, hub.on_state)
     sources.append(ingest)

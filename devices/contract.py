@@ -56,9 +56,17 @@ def collector_state_payload(collector_id: str, state: str, ts: int) -> bytes:
     return orjson.dumps({"v": VERSION, "collector": collector_id, "state": state, "ts": ts})
 
 
-def subscriptions() -> list[str]:
-    """Return the topic filters a collector subscribes to (all gateways, all uplink channels)."""
-    return [f"{ROOT}/+/{ch}" for ch in UPLINK_CHANNELS]
+def subscriptions(share_group: str | None = None) -> list[str]:
+    """Return the topic filters a collector subscribes to (all gateways, all uplink channels).
+
+    With a share group, collectors split the data, events, health and replies between them
+    (`$share/<group>/...`, Mosquitto 2 and EMQX); every collector still sees every gateway's
+    state, which is retained and idempotent to store.
+    """
+    if not share_group:
+        return [f"{ROOT}/+/{ch}" for ch in UPLINK_CHANNELS]
+    shared = [f"$share/{share_group}/{ROOT}/+/{ch}" for ch in UPLINK_CHANNELS if ch != STATE]
+    return [*shared, f"{ROOT}/+/{STATE}"]
 
 
 def parse_topic(name: str) -> tuple[str, str]:

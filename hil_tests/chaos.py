@@ -67,6 +67,7 @@ class ChaosCity:
     window: str = "200ms"
     poll: str = "500ms"
     env: dict[str, str] | None = None
+    collector_args: tuple[str, ...] = ()
     kills: list[float] = field(default_factory=list)
     base: str = ""
     modbus_port: int = 0
@@ -104,17 +105,21 @@ class ChaosCity:
                                     str(self.log))
         wait_for(lambda: port_open(self.modbus_port), 15, "the simulator")
 
-    def start_collector(self) -> None:
-        """(Re)start the collector on the same database and port."""
-        port = int(self.base.rsplit(":", 1)[1]) if self.base else free_port()
+    def start_collector(self, client_id: str = "chaos-collector", *extra: str) -> Proc:
+        """(Re)start a collector on the same database; the first one's port is `base`."""
         from citygate.rig import collector_health
 
-        self.collector = self.procs.start(
-            "collector", "collector", "run", "--db", f"sqlite:///{self.root / 'hub.sqlite'}",
+        first = client_id == "chaos-collector"
+        port = int(self.base.rsplit(":", 1)[1]) if self.base and first else free_port()
+        proc = self.procs.start(
+            client_id, "collector", "run", "--db", f"sqlite:///{self.root / 'hub.sqlite'}",
             "--broker", self.broker.url, "--http", f"127.0.0.1:{port}",
-            "--client-id", "chaos-collector")
-        self.base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: collector_health(self.base), 30, "the collector API")
+            "--client-id", client_id, *self.collector_args, *extra)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: collector_health(url), 30, "the collector API")
+        if first:
+            self.collector, self.base = proc, url
+        return proc
 
     def kill_gateway(self) -> None:
         """kill -9 the gateway and note when."""

@@ -75,6 +75,35 @@ def test_collector_kill9_during_backlog_drain(tmp_path: Path, broker: Broker,
     assert acc.stored == acc.produced, acc
 
 
+def test_collectors_sharing_a_subscription_store_once_and_survive_kill9(
+        tmp_path: Path, broker: Broker, procs: Any) -> None:
+    city = ChaosCity(tmp_path, procs, broker, poll="200ms",
+                     collector_args=("--share", "hub")).start()
+    second = city.start_collector("chaos-collector-2")
+    hold(3)
+    second.kill9()  # its in-flight messages stay in its persistent session
+    hold(2)
+    second = city.start_collector("chaos-collector-2")
+    hold(3)
+    assert city.collector is not None
+    city.collector.kill9()
+    hold(2)
+    city.start_collector()
+    hold(2)
+    acc = city.finish()
+    assert (acc.duplicates, acc.lost) == (0, 0), acc
+    assert acc.stored == acc.produced, acc
+    both = [http_json(f"{base}/api/v1/health")["ingest"]["stored_messages"]
+            for base in (city.base, _base(second))]
+    assert all(n > 0 for n in both), f"one collector did all the work: {both}"
+
+
+def _base(proc: Any) -> str:
+    """The API base URL of a collector process started by ChaosCity."""
+    argv = proc.argv
+    return "http://" + argv[argv.index("--http") + 1]
+
+
 def _replayed(city: ChaosCity) -> int:
     r = http_json(f"{city.base}/api/v1/devices/c1/readings?quantity=trip_count&limit=100000")
     return sum(1 for x in r["readings"] if x["replayed"])
