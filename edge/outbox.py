@@ -49,6 +49,13 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_prio ON messages (prio, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gaps (
+    device TEXT PRIMARY KEY,
+    count  INTEGER NOT NULL,
+    tmin   INTEGER NOT NULL,
+    tmax   INTEGER NOT NULL,
+    reason TEXT    NOT NULL
+);
 """
 _MIGRATE_V1 = ("ALTER TABLE messages ADD COLUMN boot TEXT NOT NULL DEFAULT ''",
                "ALTER TABLE messages ADD COLUMN synced INTEGER NOT NULL DEFAULT 1")
@@ -118,22 +125,22 @@ class SeqAllocator:
         return seq
 
 
-def gap_events(evicted: Sequence[tuple[str, bytes]], reason: str, ts: int) -> list[Event]:
-    """Summarise evicted messages as one `data_gap` event per device (time range, count)."""
+def gap_spans(bodies: Sequence[bytes]) -> dict[str, tuple[int, int, int]]:
+    """Per device: (readings, first time, last time) in evicted data messages."""
     per_device: dict[str, list[int]] = {}
-    for channel, body in evicted:
-        if channel != DATA:
-            continue
+    for body in bodies:
         for r in orjson.loads(body):
             span = per_device.setdefault(r["device"], [0, r["ts"], r["ts"]])
             span[0] += 1
             span[1], span[2] = min(span[1], r["ts"]), max(span[2], r["ts"])
-    return [
-        Event(device, ts, "data_gap", Action.INFO, Severity.WARNING,
-              evidence={"count": n, "from": t0, "to": t1, "reason": reason},
-              message=f"{n} readings evicted from the gateway outbox ({reason})")
-        for device, (n, t0, t1) in sorted(per_device.items())
-    ]
+    return {d: (n, t0, t1) for d, (n, t0, t1) in per_device.items()}
+
+
+def gap_event(device: str, count: int, tmin: int, tmax: int, reason: str, ts: int) -> Event:
+    """The explicit record of readings a gateway had to drop: device, time range, count."""
+    return Event(device, ts, "data_gap", Action.INFO, Severity.WARNING,
+                 evidence={"count": count, "from": tmin, "to": tmax, "reason": reason},
+                 message=f"{count} readings evicted from the gateway outbox ({reason})")
 
 
 class Outbox:
@@ -154,6 +161,9 @@ class Outbox:
         self._pending: dict[str, list[Reading | Event]] = {DATA: [], EVENTS: []}
         self._acked: list[int] = []
         self._unwritten: list[Row] = []  # rows of a commit that failed
+        self._evicting = False  # inside an episode of evictions (logged once, gaps merged)
+        self._gaps_taken: list[tuple[str, int]] = []  # gaps in rows not yet committed
+        self._episode_evicted = 0
         self._bytes = 0
         self.owner = "gateway"  # device id used for events about the outbox itself
         self.protected: frozenset[int] = frozenset()  # seqs awaiting PUBACK: never evicted
@@ -248,6 +258,8 @@ class Outbox:
         if self.incidents:
             self._pending[EVENTS].extend(self.incidents)
             self.incidents = []
+        if not self._evicting and not self._gaps_taken:
+            self._pending[EVENTS].extend(self._take_gaps(db))
         rows = self._unwritten + self._rows()
         acked, self._acked = self._acked, []
         self._unwritten = []
@@ -257,10 +269,15 @@ class Outbox:
             db.execute("BEGIN")
             db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             self._delete(db, acked)
+            if self._gaps_taken:  # the gap events are in these rows: settle what they report
+                db.executemany("UPDATE gaps SET count = count - ? WHERE device = ?",
+                               [(n, d) for d, n in self._gaps_taken])
+                db.execute("DELETE FROM gaps WHERE count <= 0")
             if rows:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)",
                            (str(self._require_seq().last),))
             db.execute("COMMIT")
+            self._gaps_taken = []
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -325,43 +342,74 @@ class Outbox:
         """Evict the oldest telemetry while over a limit; return the readings evicted.
 
         Messages in `protect` (published, PUBACK pending) are never evicted: they may already
-        be at the collector, and counting them as lost would misreport the gap.
+        be at the collector, and counting them as lost would misreport the gap. Evictions are
+        merged per device in the `gaps` table, in the same transaction, and become `data_gap`
+        events once the outbox is back under its limits — so a months-long outage adds one
+        record per device, not one per eviction.
         """
         q = self.quota
         if not (q.max_bytes or q.max_age_ms or q.min_free_bytes):
+            self._account_eviction(0, 0)
             return 0
         db = self._require()
-        evicted: list[tuple[str, bytes]] = []
         oldest_allowed = self.clock() - q.max_age_ms if q.max_age_ms else None
-        while True:
-            over_bytes = q.max_bytes and self._bytes > q.max_bytes
-            low_disk = (q.min_free_bytes and free_bytes is not None
-                        and free_bytes < q.min_free_bytes)
-            row = next((r for r in db.execute(
-                "SELECT seq, created, body FROM messages WHERE prio = ? ORDER BY seq LIMIT ?",
-                (PRIO_DATA, len(protect) + 1)) if r[0] not in protect), None)
-            if row is None:
-                break
-            too_old = oldest_allowed is not None and row[1] < oldest_allowed
-            if not (over_bytes or low_disk or too_old):
-                break
-            db.execute("DELETE FROM messages WHERE seq = ?", (row[0],))
-            self._bytes -= len(row[2])
-            if free_bytes is not None:
-                free_bytes += len(row[2])
-            evicted.append((DATA, row[2]))
-        if not evicted:
-            return 0
-        reason = "max_age" if oldest_allowed is not None and not (
-            q.max_bytes and self._bytes > q.max_bytes) else "quota"
-        gaps = gap_events(evicted, reason, self.clock())
-        count = sum(int(g.evidence["count"] or 0) for g in gaps)
-        self.counters["evicted_messages"] += len(evicted)
-        self.counters["evicted_readings"] += count
-        log.warning("outbox over its limits: evicted %d readings (%d messages); "
-                    "reported as data gaps", count, len(evicted))
-        self.incidents.extend(gaps)
+        evicted: list[bytes] = []
+        db.execute("BEGIN")
+        try:
+            while True:
+                over_bytes = q.max_bytes and self._bytes > q.max_bytes
+                low_disk = (q.min_free_bytes and free_bytes is not None
+                            and free_bytes < q.min_free_bytes)
+                row = next((r for r in db.execute(
+                    "SELECT seq, created, body FROM messages WHERE prio = ? ORDER BY seq "
+                    "LIMIT ?", (PRIO_DATA, len(protect) + 1)) if r[0] not in protect), None)
+                if row is None:
+                    break
+                too_old = oldest_allowed is not None and row[1] < oldest_allowed
+                if not (over_bytes or low_disk or too_old):
+                    break
+                db.execute("DELETE FROM messages WHERE seq = ?", (row[0],))
+                self._bytes -= len(row[2])
+                if free_bytes is not None:
+                    free_bytes += len(row[2])
+                evicted.append(row[2])
+            reason = "max_age" if oldest_allowed is not None and not (
+                q.max_bytes and self._bytes > q.max_bytes) else "quota"
+            spans = gap_spans(evicted)
+            db.executemany(
+                "INSERT INTO gaps VALUES (?,?,?,?,?) ON CONFLICT (device) DO UPDATE SET "
+                "count = count + excluded.count, tmin = MIN(tmin, excluded.tmin), "
+                "tmax = MAX(tmax, excluded.tmax)",
+                [(d, n, t0, t1, reason) for d, (n, t0, t1) in spans.items()])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        count = sum(n for n, _, _ in spans.values())
+        self._account_eviction(len(evicted), count)
         return count
+
+    def _account_eviction(self, messages: int, readings: int) -> None:
+        """Count evictions; log once when an episode starts and once when it ends."""
+        self.counters["evicted_messages"] += messages
+        self.counters["evicted_readings"] += readings
+        if readings and not self._evicting:
+            self._evicting, self._episode_evicted = True, 0
+            log.warning("outbox over its limits: evicting the oldest telemetry; each device's "
+                        "loss is recorded and reported as a data gap")
+        if readings:
+            self._episode_evicted += readings
+        elif self._evicting:
+            self._evicting = False
+            log.info("outbox back under its limits; %d readings were evicted",
+                     self._episode_evicted)
+
+    def _take_gaps(self, db: sqlite3.Connection) -> list[Event]:
+        """Turn the merged gaps into events (deleted in the same commit that stores them)."""
+        rows = db.execute("SELECT device, count, tmin, tmax, reason FROM gaps").fetchall()
+        self._gaps_taken = [(r[0], r[1]) for r in rows]
+        now = self.clock()
+        return [gap_event(d, n, t0, t1, reason, now) for d, n, t0, t1, reason in rows]
 
     def stats(self) -> dict[str, int]:
         """Depth of the outbox: messages, readings, bytes and the oldest message's time."""
