@@ -25,6 +25,8 @@ class CollectorConfig(BaseModel):
     alarms: dict[str, Any] = Field(default_factory=dict)  # rules, routing, rosters
     sites: dict[str, Any] = Field(default_factory=dict)  # environment sites and thresholds
     parking: dict[str, Any] = Field(default_factory=dict)  # zones, spots, sensor-health limits
+    # NGSI-LD push to a context broker, history retention (days of raw, 1-minute, 1-hour data)
+    hub_feed: dict[str, Any] = Field(default_factory=dict)
     # what new gateways are told (broker URLs, CA), and the broker's auth files
     registry: dict[str, Any] = Field(default_factory=dict)
 

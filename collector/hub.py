@@ -78,6 +78,7 @@ def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], 
     engine = _push_and_alarms(hub, config_source)
     _environment(hub, engine)
     _parking(hub)
+    _hub_feeds(hub)
     _registry(hub, broker or BrokerLink("mqtt://127.0.0.1:1883"),
               admin_token_file or Path("admin-token"))
     return hub
@@ -164,6 +165,13 @@ def _parking(hub: Hub) -> None:
         service.close()
 
     hub.closers.append(close)
+
+
+def _hub_feeds(hub: Hub) -> None:
+    """NGSI-LD API, live streams, webhooks, context-broker push, history and retention."""
+    from collector.ngsi import install_ngsi
+
+    install_ngsi(hub)
 
 
 def _registry(hub: Hub, broker: BrokerLink, admin_token_file: Path) -> None:

@@ -109,11 +109,16 @@ class IngestCore:
 
     def _committed(self, accepted: list[Accepted], result: IngestResult,
                    started: float) -> None:
-        """Account a committed batch and hand it to the features' hooks."""
+        """Account a committed batch and hand what it newly stored to the features' hooks.
+
+        Re-delivered duplicates are not handed on: every feature sees each message once.
+        """
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
         self.stats.add(result)
+        if not result.fresh:
+            return
         try:
-            self.on_stored(accepted)
+            self.on_stored(result.fresh)
         except Exception:  # a feature's hook never blocks storing and acknowledging
             self.stats.hook_errors += 1
             if self.stats.hook_errors == 1:

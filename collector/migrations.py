@@ -39,12 +39,13 @@ def all_migrations() -> list[Migration]:
     """
     from collector.alarms.tables import MIGRATIONS as alarms
     from collector.environment.tables import MIGRATIONS as environment
+    from collector.ngsi.tables import MIGRATIONS as hub_feeds
     from collector.notify.queue import MIGRATIONS as notify
     from collector.parking.schema import MIGRATIONS as parking
     from collector.registry.tables import MIGRATIONS as registry
 
     by_version: dict[int, Migration] = {}
-    for m in [*MIGRATIONS, *notify, *alarms, *environment, *parking, *registry]:
+    for m in [*MIGRATIONS, *notify, *alarms, *environment, *parking, *hub_feeds, *registry]:
         known = by_version.setdefault(m[0], m)
         if known[1] != m[1]:
             raise RuntimeError(f"migration {m[0]} is both {known[1]!r} and {m[1]!r}")

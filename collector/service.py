@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +35,25 @@ class IngestSource(Protocol):
 
 
 MakeIngest = Callable[[Store, StoredHook, StateHook], IngestSource]
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, minus re-raising SIGTERM/SIGINT after serving: the collector's own shutdown
+    (ingest flush, feature workers, store) must run before the process exits."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Stop serving on SIGINT/SIGTERM, then restore the previous handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach only the main thread
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _token_file(db_url: str) -> Path:
@@ -64,8 +86,8 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
 
     ingest = (make_ingest or mqtt_ingest)(store, hub.on_stored, hub.on_state)
     sources.append(ingest)
-    server = uvicorn.Server(uvicorn.Config(hub.app, host=host, port=port, log_level="warning",
-                                           timeout_graceful_shutdown=2, access_log=False))
+    server = _Server(uvicorn.Config(hub.app, host=host, port=port, log_level="warning",
+                                    timeout_graceful_shutdown=2, access_log=False))
     ingest.start()
     log.info("collector: API on http://%s:%d, broker %s, database %s", host, port, broker_url,
              db_url.rsplit("@", maxsplit=1)[-1])

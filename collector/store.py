@@ -43,6 +43,7 @@ class IngestResult:
     events: int = 0
     dropped_values: dict[str, int] = field(default_factory=dict)
     time_corrected: dict[str, int] = field(default_factory=dict)  # how times were placed
+    fresh: list[Accepted] = field(default_factory=list)  # stored now (not re-deliveries)
 
 
 def now_ms() -> int:
@@ -137,6 +138,7 @@ class Store:
         with self._raw() as conn:
             cur = conn.cursor()
             fresh = [a for a in items if self._claim(cur, a)]
+            result.fresh = fresh
             result.messages = len(fresh)
             result.duplicates = len(items) - len(fresh)
             rows, events = self._rows(fresh, result)

@@ -108,7 +108,7 @@ _ALL: tuple[Quantity, ...] = (
     # Parking sensors
     _Q("occupied", ValueKind.BOOL, description="Parking space occupied"),
     _Q("battery_mv", ValueKind.INTEGER, "mV", "2Z", "Battery voltage"),
-    _Q("rssi", ValueKind.INTEGER, "dBm", "2Q", "Received signal strength"),
+    _Q("rssi", ValueKind.INTEGER, "dBm", "DBM", "Received signal strength"),
     _Q("mag_x", ValueKind.INTEGER, description="Raw magnetometer X"),
     _Q("mag_y", ValueKind.INTEGER, description="Raw magnetometer Y"),
     _Q("mag_z", ValueKind.INTEGER, description="Raw magnetometer Z"),

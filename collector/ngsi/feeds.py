@@ -1,0 +1,177 @@
+"""Live feeds: what changed in a committed batch, SSE streams with filters.
+
+`changes` is pure: from envelopes to (entity id, changed attributes) and to stream items.
+The stored hook only computes these and hands them over without blocking; entity building,
+matching and delivery happen in the hub-feed worker (collector.ngsi.worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from collector.alarms.bus import IncidentBus
+from collector.ngsi import model
+from collector.store import Accepted
+from devices.contract import DataEnvelope, EventsEnvelope
+from devices.hj212.normalise import Interval, split_series_id
+
+
+@dataclass
+class Topology:
+    """Where devices are: their kind, environment site and parking zone (for routing/filters)."""
+
+    kind: dict[str, str] = field(default_factory=dict)
+    site: dict[str, str] = field(default_factory=dict)
+    zone: dict[str, str] = field(default_factory=dict)
+
+    def place(self, device: str) -> dict[str, str | None]:
+        """kind, site and zone of a device (series ids map to their device)."""
+        base, _ = split_series_id(device)
+        return {"kind": self.kind.get(base) or self.kind.get(device),
+                "site": self.site.get(base), "zone": self.zone.get(base)}
+
+
+Change = tuple[str, frozenset[str]]  # entity id, attribute names
+
+
+def changes(items: Iterable[Accepted], topo: Topology) -> list[Change]:
+    """Entities and attributes a committed batch changed."""
+    out: dict[str, set[str]] = {}
+    for a in items:
+        env = a.envelope
+        if isinstance(env, EventsEnvelope):
+            for e in env.events:
+                out.setdefault(model.urn("Device", e.device), set()).add("deviceState")
+            continue
+        for r in env.readings:
+            base, interval = split_series_id(r.device)
+            dev = out.setdefault(model.urn("Device", r.device), {"dateLastValueReported"})
+            for q in r.values:
+                dev.add({"battery_mv": "batteryLevel"}.get(q, model.camel(q)))
+            site = topo.site.get(base)
+            if site and interval is Interval.REALTIME:
+                attrs = {model.AIR_ATTRS[q][0] for q in r.values if q in model.AIR_ATTRS}
+                out.setdefault(model.urn("AirQualityObserved", site), set()).update(
+                    attrs | {"dateObserved"})
+            if "occupied" in r.values and base in topo.zone:
+                out.setdefault(model.urn("ParkingSpot", base), set()).add("status")
+                out.setdefault(model.urn("OnStreetParking", topo.zone[base]), set()).add(
+                    "availableSpotNumber")
+    return [(k, frozenset(v)) for k, v in out.items()]
+
+
+def stream_items(items: Iterable[Accepted], topo: Topology) -> list[tuple[str, dict[str, Any]]]:
+    """(channel, item) for the readings and events streams."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for a in items:
+        env = a.envelope
+        if isinstance(env, DataEnvelope):
+            for r in env.readings:
+                out.append(("readings", {"device": r.device, "gateway": a.gateway,
+                                         "observedAt": model.iso(r.ts), "values": r.values,
+                                         "quality": r.q, "replay": env.replay,
+                                         **topo.place(r.device)}))
+        else:
+            for e in env.events:
+                out.append(("events", {"device": e.device, "gateway": a.gateway,
+                                       "observedAt": model.iso(e.ts), "kind": e.kind,
+                                       "action": e.action, "severity": e.severity,
+                                       "code": e.code, "message": e.message,
+                                       "place": topo.place(e.device)}))
+    return out
+
+
+def matches(item: Mapping[str, Any], filters: Mapping[str, str | None]) -> bool:
+    """Does a stream item pass the kind/site/zone/device filters (None = any)."""
+    place = item.get("place") or item
+    for key, want in filters.items():
+        if want is None:
+            continue
+        if key == "device":
+            got = item.get("device")
+        elif key == "kind":
+            got = item.get("kind") if "action" in item else place.get("kind")
+        else:
+            got = place.get(key)
+        if got != want:
+            return False
+    return True
+
+
+class FeedBus:
+    """Readings and events fanned out to SSE listeners (one IncidentBus per channel)."""
+
+    def __init__(self, maxsize: int = 1000) -> None:
+        self.channels = {"readings": IncidentBus(maxsize), "events": IncidentBus(maxsize)}
+
+    def publish(self, channel: str, item: dict[str, Any]) -> None:
+        """Hand an item to the channel's listeners (never blocks)."""
+        self.channels[channel].publish(item)
+
+
+PING_S = 15.0
+
+
+async def sse(bus: IncidentBus, request: Request,
+              filters: Mapping[str, str | None]) -> AsyncIterator[bytes]:
+    """Server-sent events of a bus, filtered; a comment line every PING_S keeps proxies open."""
+    with bus.subscribe() as sub:
+        yield b": connected\n\n"
+        while not await request.is_disconnected():
+            try:
+                item = await asyncio.wait_for(sub.queue.get(), PING_S)
+            except TimeoutError:
+                yield b": ping\n\n"
+                continue
+            if sub.overflowed:
+                sub.overflowed = False
+                yield b"event: overflow\ndata: {}\n\n"
+            if matches(item, filters):
+                yield b"data: " + orjson.dumps(item) + b"\n\n"
+
+
+stream_router = APIRouter(prefix="/api/v1/stream", tags=["live feeds"])
+Filter = Annotated[str | None, Query()]
+
+
+def _stream(request: Request, channel: str, filters: dict[str, str | None]) -> \
+        StreamingResponse:
+    feeds: FeedBus = request.app.state.ngsi_feeds
+    if channel == "incidents":
+        desk = getattr(request.app.state, "alarms", None)
+        bus = desk.engine.bus if desk is not None else feeds.channels["events"]
+    else:
+        bus = feeds.channels[channel]
+    return StreamingResponse(sse(bus, request, filters), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store"})
+
+
+@stream_router.get("/readings")
+def stream_readings(request: Request, kind: Filter = None, site: Filter = None,
+                    zone: Filter = None, device: Filter = None) -> StreamingResponse:
+    """Live readings as SSE, filtered by device kind, site, parking zone or device."""
+    return _stream(request, "readings", {"kind": kind, "site": site, "zone": zone,
+                                         "device": device})
+
+
+@stream_router.get("/events")
+def stream_events(request: Request, kind: Filter = None, site: Filter = None,
+                  zone: Filter = None, device: Filter = None) -> StreamingResponse:
+    """Live events (faults raised/cleared, alarms) as SSE, filtered by event kind and place."""
+    return _stream(request, "events", {"kind": kind, "site": site, "zone": zone,
+                                       "device": device})
+
+
+@stream_router.get("/incidents")
+def stream_incidents(request: Request, kind: Filter = None, site: Filter = None,
+                     device: Filter = None) -> StreamingResponse:
+    """Live incident changes as SSE (from the alarm engine), filtered by kind, site, device."""
+    return _stream(request, "incidents", {"kind": kind, "site": site, "device": device})
+

@@ -1,0 +1,108 @@
+"""Wiring of the hub feeds into a collector Hub (the one entry point: `install_ngsi`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.ngsi import api, feeds, history, model, subscriptions
+from collector.ngsi.source import EntitySource
+from collector.ngsi.worker import FeedTiming, HubFeedWorker
+from collector.store import Accepted
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HubFeedSettings:
+    """The `[hub_feed]` options: external broker and retention (all optional)."""
+
+    broker_url: str | None = None
+    retention: history.Retention = field(default_factory=history.Retention)
+    timing: FeedTiming = field(default_factory=FeedTiming)
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any] | None) -> HubFeedSettings:
+        """Read a config section like {"broker_url": ..., "raw_days": 30, ...}."""
+        s = dict(section or {})
+        keep = {k: s[k] for k in ("raw_days", "minute_days", "hour_days", "every_s")
+                if k in s}
+        return cls(broker_url=s.get("broker_url") or None,
+                   retention=history.Retention(**keep))
+
+
+def sites_of(env_config: Any) -> list[model.SiteInfo]:
+    """SiteInfo of every environment site in an EnvironmentConfig (None: no sites)."""
+    if env_config is None:
+        return []
+    return [model.SiteInfo(s.id, s.name, s.kind, s.lat, s.lon, s.district, tuple(s.devices))
+            for s in env_config.sites]
+
+
+def topology(hub_app: Any, store: Any) -> feeds.Topology:
+    """Device kind, site and zone maps from the store and the running features."""
+    topo = feeds.Topology()
+    topo.kind = {d["device_id"]: d["kind"] for d in store.devices()}
+    env = getattr(hub_app.state, "environment", None)
+    if env is not None:
+        topo.site = {d: s.id for s in env.config.sites for d in s.devices}
+    parking = getattr(hub_app.state, "parking", None)
+    if parking is not None:
+        topo.zone = {sid: spot.zone for sid, spot in parking.model.spots.items() if spot.zone}
+    return topo
+
+
+def install_ngsi(hub: Any, settings: HubFeedSettings | None = None) -> HubFeedWorker:
+    """Add the NGSI-LD API, live streams, webhooks, broker push and history to a Hub.
+
+    Call after the environment and parking features are wired (it reads their config).
+    """
+    settings = settings or HubFeedSettings.from_section(
+        getattr(hub.config, "hub_feed", None))
+    app = hub.app
+    env = getattr(app.state, "environment", None)
+    source = EntitySource(hub.store, sites_of(env.config if env else None),
+                          public_url=hub.config.public_url)
+    worker = HubFeedWorker(source, settings.broker_url, timing=settings.timing)
+    keeper = history.HistoryKeeper(hub.store, settings.retention)
+    bus = feeds.FeedBus()
+    topo = topology(app, hub.store)
+    app.state.ngsi_source = source
+    app.state.ngsi_worker = worker
+    app.state.ngsi_history = keeper
+    app.state.ngsi_feeds = bus
+    api.add_problem_handler(app)
+    from collector.hub import _readers
+
+    for r in (api.router, subscriptions.router, feeds.stream_router, history.history_router):
+        app.include_router(r, dependencies=_readers())
+
+    def on_stored(items: list[Accepted]) -> None:
+        try:
+            for d in _new_devices(items, topo):
+                topo.kind.setdefault(d, "unknown")
+            worker.offer(feeds.changes(items, topo))
+            for channel, item in feeds.stream_items(items, topo):
+                bus.publish(channel, item)
+        except Exception:
+            log.exception("hub feed: stored hook failed; the data is stored")
+        keeper.on_stored(items)
+
+    hub.stored_hooks.append(on_stored)
+    hub.tasks.append(worker.run)
+    hub.tasks.append(keeper.run_retention)
+
+    async def close() -> None:
+        worker.stop()
+
+    hub.closers.append(close)
+    return worker
+
+
+def _new_devices(items: list[Accepted], topo: feeds.Topology) -> list[str]:
+    from devices.contract import DataEnvelope
+
+    return [r.device for a in items if isinstance(a.envelope, DataEnvelope)
+            for r in a.envelope.readings if r.device not in topo.kind]

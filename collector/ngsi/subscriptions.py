@@ -1,0 +1,99 @@
+"""NGSI-LD Subscription registration for webhook deliveries (POST/GET/DELETE /subscriptions)."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Annotated, Any
+
+import orjson
+import sqlalchemy as sa
+from fastapi import APIRouter, Body, Request
+from fastapi.responses import Response
+
+from collector.ngsi import model
+from collector.ngsi.api import NgsiError, bad_request, get_source
+from collector.ngsi.tables import ngsi_subscriptions
+from collector.store import now_ms
+
+router = APIRouter(prefix="/ngsi-ld/v1", tags=["NGSI-LD"])
+
+
+def validate_subscription(body: dict[str, Any]) -> dict[str, Any]:
+    """Check the supported Subscription shape; return it with an id."""
+    if body.get("type") != "Subscription":
+        raise bad_request("type must be 'Subscription'")
+    entities = body.get("entities") or []
+    if not entities or not all(isinstance(e, dict) and e.get("type") in model.ENTITY_TYPES
+                               for e in entities):
+        raise bad_request(f"entities must list {{'type': ...}} of {', '.join(model.ENTITY_TYPES)}")
+    uri = ((body.get("notification") or {}).get("endpoint") or {}).get("uri", "")
+    if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
+        raise bad_request("notification.endpoint.uri must be an http(s) URL")
+    watched = body.get("watchedAttributes")
+    if watched is not None and not (isinstance(watched, list) and
+                                    all(isinstance(w, str) for w in watched)):
+        raise bad_request("watchedAttributes must be a list of attribute names")
+    if body.get("q"):
+        try:
+            model.parse_q(body["q"])
+        except model.QueryError as exc:
+            raise bad_request(str(exc)) from None
+    sub_id = body.get("id") or f"urn:ngsi-ld:Subscription:{uuid.uuid4()}"
+    if model.split_urn(sub_id) is None:
+        raise bad_request("id must be a URN")
+    return {**body, "id": sub_id}
+
+
+@router.post("/subscriptions", status_code=201)
+def create_subscription(request: Request,
+                        body: Annotated[dict[str, Any], Body()]) -> Response:
+    """Register a webhook; the HMAC secret for X-CityGate-Signature is returned once."""
+    sub = validate_subscription(body)
+    secret = secrets.token_urlsafe(32)
+    engine = get_source(request).store.engine
+    with engine.begin() as conn:
+        if conn.execute(sa.select(ngsi_subscriptions.c.id).where(
+                ngsi_subscriptions.c.id == sub["id"])).first():
+            raise NgsiError(409, "AlreadyExists", f"subscription {sub['id']!r} exists")
+        conn.execute(sa.insert(ngsi_subscriptions).values(
+            id=sub["id"], body=orjson.dumps(sub).decode(), secret=secret, created=now_ms(),
+            active=True))
+    return Response(orjson.dumps({"id": sub["id"], "secret": secret}), status_code=201,
+                    media_type="application/json",
+                    headers={"Location": f"/ngsi-ld/v1/subscriptions/{sub['id']}"})
+
+
+@router.get("/subscriptions")
+def list_subscriptions(request: Request) -> Response:
+    """Every registered subscription (without secrets)."""
+    engine = get_source(request).store.engine
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(ngsi_subscriptions.c.body)
+                            .order_by(ngsi_subscriptions.c.created)).all()
+    return Response(b"[" + b",".join(r.body.encode() for r in rows) + b"]",
+                    media_type="application/json")
+
+
+@router.get("/subscriptions/{sub_id}")
+def get_subscription(request: Request, sub_id: str) -> Response:
+    """One subscription."""
+    engine = get_source(request).store.engine
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(ngsi_subscriptions.c.body).where(
+            ngsi_subscriptions.c.id == sub_id)).first()
+    if row is None:
+        raise NgsiError(404, "ResourceNotFound", f"no subscription {sub_id!r}")
+    return Response(row.body.encode(), media_type="application/json")
+
+
+@router.delete("/subscriptions/{sub_id}", status_code=204)
+def delete_subscription(request: Request, sub_id: str) -> Response:
+    """Remove a subscription; its queued deliveries are dropped by the worker."""
+    engine = get_source(request).store.engine
+    with engine.begin() as conn:
+        n = conn.execute(sa.delete(ngsi_subscriptions).where(
+            ngsi_subscriptions.c.id == sub_id)).rowcount
+    if not n:
+        raise NgsiError(404, "ResourceNotFound", f"no subscription {sub_id!r}")
+    return Response(status_code=204)
