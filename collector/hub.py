@@ -103,8 +103,8 @@ def _push_and_alarms(hub: Hub, source: str) -> Any:
     queue = NotifyQueue(hub.store)
     dispatcher = Dispatcher(queue, load_notify_config(cfg.notify, source=source),
                             digest_link=f"{cfg.public_url}/ops")
-    engine = alarms.AlarmEngine(hub.store, alarms.load_alarms_config(cfg.alarms), queue.enqueue,
-                                public_url=cfg.public_url)
+    engine = alarms.AlarmEngine(hub.store, alarms.load_alarms_config(_alarm_sites(cfg)),
+                                queue.enqueue, public_url=cfg.public_url)
     engine.load()
     hub.stored_hooks.append(engine.on_stored)
     hub.state_hooks.append(engine.on_gateway_state)
@@ -120,6 +120,23 @@ def _push_and_alarms(hub: Hub, source: str) -> Any:
     hub.tasks.append(lambda: alarms.run_escalations(engine))
     hub.closers.append(dispatcher.stop)
     return engine
+
+
+def _alarm_sites(cfg: CollectorConfig) -> dict[str, Any]:
+    """The alarms section, with every environmental site known as an alarm site too.
+
+    So a station's exceedance is an incident of its site (name, district as grid) rather than
+    of the collector; sites given in [alarms.sites] take precedence.
+    """
+    raw = dict(cfg.alarms)
+    sites = dict(raw.get("sites", {}))
+    for site in cfg.sites.get("sites", []):
+        if isinstance(site, dict) and "id" in site:
+            sites.setdefault(site["id"], {"name": site.get("name") or site["id"],
+                                          "devices": list(site.get("devices", [])),
+                                          "grid": site.get("district", "")})
+    raw["sites"] = sites
+    return raw
 
 
 def _environment(hub: Hub, engine: Any) -> None:
