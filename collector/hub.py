@@ -78,6 +78,7 @@ def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], 
     engine = _push_and_alarms(hub, config_source)
     _environment(hub, engine)
     _parking(hub)
+    _elevators(hub)
     _hub_feeds(hub)
     _registry(hub, broker or BrokerLink("mqtt://127.0.0.1:1883"),
               admin_token_file or Path("admin-token"))
@@ -182,6 +183,13 @@ def _parking(hub: Hub) -> None:
         service.close()
 
     hub.closers.append(close)
+
+
+def _elevators(hub: Hub) -> None:
+    """Lift statistics, risk ranking and the live event stream."""
+    from collector.elevators import install
+
+    install(hub, dependencies=_readers())
 
 
 def _hub_feeds(hub: Hub) -> None:

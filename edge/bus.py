@@ -1,4 +1,15 @@
-"""A Modbus bus: the single owner of its port, polling its devices one request at a time."""
+"""A Modbus bus: the single owner of its port, polling its devices one request at a time.
+
+Behaviour with misbehaving devices on a shared line (docs/elevators.md "Bus behaviour"):
+- per-device health: offline after a few failed polls (one event), probed with backoff;
+- a device that has failed once gets no retries, and offline devices are probed only in the
+  time left before the next online device is due (`edge.health.probe_fits`), so a dead or
+  slow unit cannot push the healthy ones past their period;
+- the link drops stale input before each request and keeps the RTU inter-frame gap;
+- a block rejected with exception 2 is split (planner barriers, remembered per device); a
+  single point that is still rejected is marked unavailable and re-probed rarely;
+- a serial port that disappears (USB adapter unplugged) is reopened when it comes back.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +21,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from devices.modbus import codec
-from devices.modbus.planner import ReadBlock, plan_reads
+from devices.modbus.codec import Table
+from devices.modbus.planner import ReadBlock, plan_reads, split_block
 from devices.model import Action, Event, Reading, Severity, Value
 from devices.profiles import Profile, load_profile
 from edge.config import DeviceSection, ModbusRtuBus, ModbusTcpBus
-from edge.health import DeviceHealth
-from edge.modbus_link import ModbusLink, ModbusReadError
+from edge.health import DeviceHealth, probe_fits, suspect_retries
+from edge.modbus_link import ILLEGAL_DATA_ADDRESS, ModbusLink, ModbusReadError
 from edge.report import ChangeFilter
 from edge.rules import ElevatorRules, rules_for
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Sequence[Reading | Event]], None]
+
+UNAVAILABLE_PROBE = 300.0  # seconds between re-reads of a point the device rejects
+PROBE_MAX_DEFER = 60.0  # an offline probe put off this long runs even on a full bus
+REOPEN_EVERY = 1.0  # seconds between attempts to reopen a vanished serial port
 
 
 def now_ms() -> int:
@@ -47,6 +63,10 @@ class PolledDevice:
     retries: int
     last_values: dict[str, Value] = field(default_factory=dict)
     rules: ElevatorRules | None = None  # edge fault detection, for lifts
+    barriers: frozenset[tuple[Table, int]] = frozenset()  # learnt from exception 2
+    unavailable: dict[str, float] = field(default_factory=dict)  # quantity -> next probe
+    splits: int = 0
+    probe_deferred_since: float | None = None
 
     @classmethod
     def build(cls, cfg: DeviceSection) -> PolledDevice:
@@ -66,6 +86,27 @@ class PolledDevice:
             rules=rules_for(cfg.id, profile, cfg.rules),
         )
 
+    def replan(self) -> None:
+        """Plan the readable points again, honouring the learnt barriers."""
+        points = [p for p in self.profile.points if p.quantity not in self.unavailable]
+        self.blocks = plan_reads(points, max_gap=self.profile.max_gap, barriers=self.barriers)
+
+    def due_point_probes(self, now: float) -> list[ReadBlock]:
+        """Single-point blocks for unavailable points whose rare re-probe is due."""
+        return [ReadBlock(p.table, p.address, p.count, (p,)) for p in self.profile.points
+                if self.unavailable.get(p.quantity, float("inf")) <= now]
+
+    @property
+    def degraded(self) -> bool:
+        """Online, but some points cannot be read."""
+        return self.health.online and bool(self.unavailable)
+
+
+def sub_blocks(block: ReadBlock, barriers: frozenset[tuple[Table, int]],
+               max_gap: int) -> list[ReadBlock]:
+    """The blocks that replace a rejected `block` once `barriers` apply (pure)."""
+    return plan_reads(block.points, max_gap=max_gap, barriers=barriers)
+
 
 class ModbusBus:
     """Polls the devices of one bus on a schedule and hands readings to the sink."""
@@ -75,19 +116,35 @@ class ModbusBus:
         self.cfg = cfg
         self.devices = [PolledDevice.build(d) for d in devices]
         self.sink = sink
-        self.counters = {"cycles": 0, "transactions": 0, "overruns": 0, "readings": 0}
+        self.counters = {"cycles": 0, "transactions": 0, "overruns": 0, "readings": 0,
+                         "deferred_probes": 0, "splits": 0, "reopens": 0}
         self.link: ModbusLink | None = None
         self.progress = time.monotonic()  # last time the loop made progress (watchdog)
+        self._reopen_warned = False
 
     def device_health(self) -> dict[str, dict[str, object]]:
         """Per-device online state and counters for the health message."""
-        return {d.cfg.id: {"online": d.health.online, **d.health.counters} for d in self.devices}
+        return {d.cfg.id: {"online": d.health.online, "degraded": d.degraded,
+                           **d.health.counters, "splits": d.splits,
+                           # scalars only (wire contract): names comma-separated
+                           "unavailable_points": len(d.unavailable),
+                           "unavailable": ",".join(sorted(d.unavailable))}
+                for d in self.devices}
+
+    def inter_frame_gap(self) -> float:
+        """Silent interval between frames on this bus (RTU only), from the profiles' timing."""
+        if isinstance(self.cfg, ModbusTcpBus) or not self.devices:
+            return 0.0
+        bits = 1 + self.cfg.bytesize + (0 if self.cfg.parity == "N" else 1) + self.cfg.stopbits
+        return max(d.profile.timing.inter_frame_gap(self.cfg.baudrate, bits)
+                   for d in self.devices)
 
     def _make_link(self) -> ModbusLink:
         if isinstance(self.cfg, ModbusTcpBus):
             return ModbusLink.tcp(self.cfg.host, self.cfg.port)
         c = self.cfg
-        return ModbusLink.rtu(c.port, c.baudrate, c.parity, c.bytesize, c.stopbits)
+        return ModbusLink.rtu(c.port, c.baudrate, c.parity, c.bytesize, c.stopbits,
+                              inter_frame_gap=self.inter_frame_gap())
 
     async def run(self) -> None:
         """Poll until cancelled; an unreachable endpoint is retried, never fatal."""
@@ -116,12 +173,27 @@ class ModbusBus:
         queue = [(start + i * 0.001, i) for i in range(len(self.devices))]
         heapq.heapify(queue)
         while queue:
-            due, i = heapq.heappop(queue)
+            due, i = queue[0]
             delay = due - loop.time()
             if delay > 0:
-                await asyncio.sleep(delay)
+                lost = self._port_lost(link)
+                await asyncio.sleep(min(delay, REOPEN_EVERY) if lost else delay)
+                if lost and await self._reopen(link):  # the line is back: probe at once
+                    now = loop.time()
+                    queue[:] = [(d if self.devices[j].health.online else min(d, now), j)
+                                for d, j in queue]
+                    heapq.heapify(queue)
+                continue
+            heapq.heappop(queue)
             dev = self.devices[i]
+            if not dev.health.online and not self._probe_fits(dev, queue, loop.time()):
+                self.counters["deferred_probes"] += 1
+                # after the next online poll (ties would spin: the probe must come second)
+                heapq.heappush(queue, ((self._next_online_due(queue) or due) + 0.001, i))
+                continue
+            dev.probe_deferred_since = None
             await self.poll(link, dev)
+            self.counters["cycles"] += 1
             self.progress = time.monotonic()
             nxt = due + dev.health.next_interval()
             now = loop.time()
@@ -130,28 +202,104 @@ class ModbusBus:
                 nxt = now + (dev.cfg.poll - (now - due) % dev.cfg.poll)
             heapq.heappush(queue, (nxt, i))
 
+    def _next_online_due(self, queue: list[tuple[float, int]]) -> float | None:
+        dues = [due for due, j in queue if self.devices[j].health.online]
+        return min(dues) if dues else None
+
+    def _probe_fits(self, dev: PolledDevice, queue: list[tuple[float, int]],
+                    now: float) -> bool:
+        if dev.probe_deferred_since is None:
+            dev.probe_deferred_since = now
+        cost = dev.timeout + self.inter_frame_gap()  # a probe stops at its first timeout
+        return probe_fits(now, self._next_online_due(queue), cost, dev.probe_deferred_since,
+                          PROBE_MAX_DEFER)
+
+    def _port_lost(self, link: ModbusLink) -> bool:
+        """A serial port that vanished (TCP links are left to pymodbus' own reconnect)."""
+        return not isinstance(self.cfg, ModbusTcpBus) and not link.connected
+
+    async def _reopen(self, link: ModbusLink) -> bool:
+        """Try once to reopen a vanished serial port (USB-RS485 adapter replugged).
+
+        One attempt per REOPEN_EVERY, never a blocking loop: while the port is missing the
+        devices keep failing their polls, so they go offline (and come back) as for any fault.
+        """
+        if not self._reopen_warned:  # once per loss
+            log.warning("bus %s: %s is gone; reopening", self.cfg.name, link.describe)
+            self._reopen_warned = True
+        self.counters["reopens"] += 1
+        link.close()
+        if not await link.open():
+            return False
+        log.info("bus %s: %s is open again", self.cfg.name, link.describe)
+        self._reopen_warned = False
+        return True
+
     async def poll(self, link: ModbusLink, dev: PolledDevice) -> None:
         """Read every block of one device and report what changed."""
         ts, mono = now_ms(), mono_ms()
         values: dict[str, Value] = {}
         failure: ModbusReadError | None = None
-        for block in dev.blocks:
+        pending = [*dev.blocks, *dev.due_point_probes(time.monotonic())]
+        retries = suspect_retries(dev.retries, dev.health.failures)
+        budget = 4 * len(dev.profile.points) + 4  # bounds the splitting within one poll
+        while pending and budget > 0:
+            block = pending.pop(0)
+            budget -= 1
             self.counters["transactions"] += 1
             try:
                 data = await link.read(block.table, block.start, block.count, dev.cfg.unit,
-                                       dev.timeout, dev.retries)
+                                       dev.timeout, retries)
             except ModbusReadError as exc:
+                if exc.exception_code == ILLEGAL_DATA_ADDRESS:
+                    pending[:0] = self._rejected(dev, block)
+                    if values or pending:
+                        continue
                 failure = exc
+                if exc.kind == "timeout" and not dev.health.online:
+                    break  # an offline device's probe costs one timeout, not one per block
                 continue
+            self._readable(dev, block)
             for p in block.points:
                 values[p.quantity] = codec.decode(p, block.slice_for(p, data))
         self._account(dev, values, failure, ts, mono)
+
+    def _rejected(self, dev: PolledDevice, block: ReadBlock) -> list[ReadBlock]:
+        """A block answered with exception 2: split it, or give up on its one point."""
+        barrier, could_split = split_block(block)
+        if could_split:
+            dev.barriers |= barrier
+            dev.splits += 1
+            self.counters["splits"] += 1
+            log.info("device %s rejects registers %d-%d (exception 2); reading them in parts",
+                     dev.cfg.id, block.start, block.start + block.count - 1)
+            dev.replan()
+            return sub_blocks(block, dev.barriers, dev.profile.max_gap)
+        now = time.monotonic()
+        for p in block.points:
+            if p.quantity not in dev.unavailable:
+                log.warning("device %s: %s (register %d) is not readable; probing every %gs",
+                            dev.cfg.id, p.quantity, p.address, UNAVAILABLE_PROBE)
+            dev.unavailable[p.quantity] = now + UNAVAILABLE_PROBE
+        dev.replan()
+        return []
+
+    @staticmethod
+    def _readable(dev: PolledDevice, block: ReadBlock) -> None:
+        back = [p.quantity for p in block.points if p.quantity in dev.unavailable]
+        for quantity in back:
+            del dev.unavailable[quantity]
+            log.info("device %s: %s is readable again", dev.cfg.id, quantity)
+        if back:
+            dev.replan()
 
     def _account(self, dev: PolledDevice, values: dict[str, Value],
                  failure: ModbusReadError | None, ts: int, mono: int) -> None:
         out: list[Reading | Event] = []
         if not values:
-            assert failure is not None
+            if failure is None:  # every point rejected: nothing left to read
+                failure = ModbusReadError("exception", "every point rejected",
+                                          ILLEGAL_DATA_ADDRESS)
             if dev.health.failure(failure.kind):
                 log.warning("device %s (unit %d on %s) is offline: %s", dev.cfg.id,
                             dev.cfg.unit, self.cfg.name, failure)
@@ -176,3 +324,6 @@ class ModbusBus:
             out.append(Reading(dev.cfg.id, ts, report, mono=mono))
             self.counters["readings"] += len(report)
         self.sink(out)
+
+
+__all__ = ["ModbusBus", "PolledDevice", "sub_blocks"]

@@ -46,3 +46,22 @@ class DeviceHealth:
         if self.online:
             return self.poll
         return min(self.probe_max, self.poll * 2 ** min(self.probes + 1, 16))
+
+
+def probe_fits(now: float, next_online_due: float | None, cost: float,
+               deferred_since: float | None, max_defer: float) -> bool:
+    """Whether probing an offline device now leaves the online devices on schedule.
+
+    A probe runs only in leftover time: when it can take `cost` seconds (its timeout) and still
+    end before the next online device is due. So a probe cannot starve for ever on a full bus,
+    one that has been put off for `max_defer` seconds runs anyway.
+    """
+    if next_online_due is None or next_online_due - now >= cost:
+        return True
+    return deferred_since is not None and now - deferred_since >= max_defer
+
+
+def suspect_retries(retries: int, failures: int) -> int:
+    """Retries for a device's next read: none once it has failed, so a dead unit costs one
+    timeout per poll instead of `retries + 1` while it is counted down to offline."""
+    return 0 if failures > 0 else retries

@@ -136,6 +136,22 @@ class ElevatorModel:
         self._phase, self._until = "arrived", t + 0.5
 
 
+@dataclass(frozen=True, slots=True)
+class UnitBehaviour:
+    """How one simulated controller misbehaves on the bus (all off by default)."""
+
+    dead: bool = False  # never answers
+    delay: float = 0.0  # answers this many seconds late
+    reject: tuple[int, int] | None = None  # exception 2 for reads touching these addresses
+
+    def rejects(self, start: int, count: int) -> bool:
+        """Whether a read of `count` registers from `start` touches the rejected range."""
+        if self.reject is None:
+            return False
+        lo, hi = self.reject
+        return start <= hi and start + count - 1 >= lo
+
+
 @dataclass
 class ElevatorBank:
     """Many lifts behind one Modbus endpoint, keyed by unit id."""
@@ -149,6 +165,8 @@ class ElevatorBank:
     count_log: TextIO | None = None
     schedule: ScenarioSchedule | None = None  # scripted faults, times relative to `started`
     started: float | None = None
+    behaviours: dict[int, UnitBehaviour] = field(default_factory=dict)
+    _requests: int = 0  # requests seen; a slow answer overtaken by a newer one is dropped
 
     def registers(self, unit: int, table: Table, now: float) -> dict[int, int]:
         """Encoded registers of one table of one unit at `now` (scenarios applied first)."""
@@ -162,15 +180,28 @@ class ElevatorBank:
                         address: int, count: int, current: list[int],
                         set_values: Any) -> Any:
         """pymodbus action hook: refresh the block from the model before it is answered."""
-        del address, count, set_values
+        del set_values
         table = {3: Table.HOLDING, 4: Table.INPUT}.get(function_code)
         if table is None:
             return None
         self.reads += 1
-        if self.schedule is not None and unit in self.schedule.silent_units():
+        self._requests += 1
+        behaviour = self.behaviours.get(unit, UnitBehaviour())
+        if self.schedule is not None:  # before the silence check: a silent unit must recover
+            now = self.clock()
+            self.started = now if self.started is None else self.started
+            self.schedule.apply(self.models, now - self.started)
+        silent = self.schedule is not None and unit in self.schedule.silent_units()
+        if silent or behaviour.dead:
             from pymodbus.exceptions import NoSuchIdException
 
-            raise NoSuchIdException(f"unit {unit} is dead (scenario)")  # no answer at all
+            raise NoSuchIdException(f"unit {unit} is dead")  # no answer at all
+        if behaviour.rejects(address, count):
+            from pymodbus.constants import ExcCodes
+
+            return ExcCodes.ILLEGAL_ADDRESS
+        if behaviour.delay > 0:
+            await self._late(unit, behaviour.delay)
         if self.count_log is not None and table is Table.HOLDING:
             model = self.models[unit]
             model.values["trip_count"] = int(model.values["trip_count"] or 0) + 1
@@ -181,6 +212,21 @@ class ElevatorBank:
             if 0 <= i < len(current):
                 current[i] = word
         return None
+
+    async def _late(self, unit: int, delay: float) -> None:
+        """Wait before answering; drop the answer if another request came in meanwhile.
+
+        pymodbus' request handler keeps one `last_pdu` per connection and reads it again after
+        this hook returns: had a newer request arrived during the wait, the late answer would
+        go out under the newer request's unit id (corrupting another unit's reading). On a
+        real half-duplex line a late answer that collides with the next request is lost too.
+        """
+        seen = self._requests
+        await asyncio.sleep(delay)
+        if self._requests != seen:
+            from pymodbus.exceptions import NoSuchIdException
+
+            raise NoSuchIdException(f"unit {unit}: late answer overtaken by a newer request")
 
     def sim_devices(self) -> list[Any]:
         """pymodbus SimDevice objects for every unit."""
@@ -243,3 +289,55 @@ async def _serve(server: Any, started: asyncio.Event | None) -> None:
     finally:
         with contextlib.suppress(Exception):
             await server.shutdown()
+
+
+def parse_value(text: str) -> Value:
+    """A control-channel value: true/false, an integer or a number."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def control(banks: list[ElevatorBank], line: str) -> str:
+    """Apply one control command to every bank; return the reply line.
+
+    `set UNIT QUANTITY VALUE` forces a value (as a scenario would), `clear UNIT [QUANTITY]`
+    removes forced values. The reply is `ok <epoch seconds>` taken after the change, so a
+    caller can time what follows from the instant the registers changed.
+    """
+    parts = line.split()
+    try:
+        if parts[0] == "set" and len(parts) == 4:
+            for bank in banks:
+                bank.models[int(parts[1])].overrides[parts[2]] = parse_value(parts[3])
+        elif parts[0] == "clear" and len(parts) in (2, 3):
+            for bank in banks:
+                overrides = bank.models[int(parts[1])].overrides
+                if len(parts) == 3:
+                    overrides.pop(parts[2], None)
+                else:
+                    overrides.clear()
+        else:
+            return "error: write `set UNIT QUANTITY VALUE` or `clear UNIT [QUANTITY]`"
+    except (IndexError, KeyError, ValueError) as exc:
+        return f"error: {exc!r}"
+    return f"ok {time.time():.6f}"
+
+
+async def serve_control(banks: list[ElevatorBank], path: str) -> None:
+    """Answer control commands (one per line) on a Unix socket until cancelled."""
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write((control(banks, line.decode(errors="replace")) + "\n").encode())
+                await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(session, path)
+    async with server:
+        await server.serve_forever()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import select
 import threading
+import time
 import tty
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +23,15 @@ Tamper = Callable[[str, bytes], bytes]  # (direction "a>b" or "b>a", data) -> da
 class PtyLink:
     """Two connected pseudo-terminal ends: `a_path` and `b_path`."""
 
-    def __init__(self, tamper: Tamper | None = None) -> None:
+    def __init__(self, tamper: Tamper | None = None, baudrate: int | None = None,
+                 bits_per_char: int = 10) -> None:
         self.tamper = tamper
+        # Optional wire pacing: ptys move bytes at memory speed, a 9600-baud line does not.
+        self.baudrate = baudrate
+        self.bits_per_char = bits_per_char
+        self.bytes_injected = 0
+        self._babble: threading.Thread | None = None
+        self._babble_stop = threading.Event()
         self.a_path = self.b_path = ""
         self._fds: list[int] = []
         self._thread: threading.Thread | None = None
@@ -54,6 +63,26 @@ class PtyLink:
         """Write bytes onto the line as if they came from one end ("a>b" reaches b)."""
         os.write(self._fds[2] if direction == "a>b" else self._fds[0], data)
 
+    def start_babble(self, every: float, burst: tuple[int, int] = (4, 24),
+                     seed: int | None = None) -> None:
+        """Inject a burst of random bytes in both directions every `every` seconds."""
+        rng = random.Random(seed)
+
+        def babble() -> None:
+            while not self._babble_stop.wait(every):
+                for direction in ("a>b", "b>a"):
+                    noise = rng.randbytes(rng.randint(*burst))
+                    with contextlib.suppress(OSError, IndexError):
+                        self.inject(direction, noise)
+                        self.bytes_injected += len(noise)
+
+        self._babble = threading.Thread(target=babble, name="ptylink-babble", daemon=True)
+        self._babble.start()
+
+    def wire_time(self, nbytes: int) -> float:
+        """Seconds `nbytes` take on the emulated wire (0 without pacing)."""
+        return 0.0 if not self.baudrate else nbytes * self.bits_per_char / self.baudrate
+
     def _pump(self) -> None:
         ma, _, mb, _ = self._fds
         while True:
@@ -69,11 +98,17 @@ class PtyLink:
                 if self.tamper is not None:
                     data = self.tamper(direction, data)
                 if data:
+                    if self.baudrate:
+                        time.sleep(self.wire_time(len(data)))
                     os.write(mb if fd == ma else ma, data)
                     self.bytes_forwarded += len(data)
 
     def close(self) -> None:
         """Stop forwarding and close both ends (idempotent)."""
+        self._babble_stop.set()
+        if self._babble is not None:
+            self._babble.join(timeout=2)
+            self._babble = None
         if self._stop_w >= 0:
             os.write(self._stop_w, b"x")
             if self._thread is not None:

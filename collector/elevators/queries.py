@@ -1,0 +1,38 @@
+"""The database reads behind the lift statistics (SQLAlchemy Core; SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from collector import schema
+from collector.store import Store
+
+
+def trip_samples(store: Store, device: str, since: int,
+                 until: int) -> tuple[float | None, list[tuple[int, float]]]:
+    """The last trip_count before `since` (or None) and the samples in [since, until)."""
+    r = schema.readings
+    base = (sa.select(r.c.ts, r.c.value)
+            .where(r.c.device_id == device, r.c.quantity == "trip_count",
+                   r.c.value.is_not(None)))
+    before = base.where(r.c.ts < since).order_by(r.c.ts.desc()).limit(1)
+    inside = base.where(r.c.ts >= since, r.c.ts < until).order_by(r.c.ts)
+    with store.engine.connect() as conn:
+        first = conn.execute(before).first()
+        rows = [(int(ts), float(v)) for ts, v in conn.execute(inside)]
+    return (float(first[1]) if first else None), rows
+
+
+def raised_events(store: Store, since: int, until: int,
+                  device: str | None = None) -> list[dict[str, Any]]:
+    """Raise events in [since, until), optionally of one device, in time order."""
+    e = schema.events
+    stmt = (sa.select(e.c.device_id, e.c.kind, e.c.action, e.c.code, e.c.ts)
+            .where(e.c.action == "raise", e.c.ts >= since, e.c.ts < until)
+            .order_by(e.c.ts))
+    if device is not None:
+        stmt = stmt.where(e.c.device_id == device)
+    with store.engine.connect() as conn:
+        return [dict(row) for row in conn.execute(stmt).mappings()]

@@ -1,0 +1,138 @@
+"""The bus on a shared simulated RS-485 line with dead, slow, rejecting units and a babbler.
+
+The real bus code and pymodbus talk over a pty null-modem to the real lift simulator, whose
+units misbehave as configured (STYLE.md "Tests": fakes that run the real code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from devices.model import Event, Reading
+from devices.sim.elevator import ElevatorBank, UnitBehaviour, idle_values, make_bank, serve_rtu
+from devices.sim.ptylink import PtyLink
+from edge.bus import ModbusBus
+from edge.config import DeviceSection, ModbusRtuBus
+
+pytestmark = pytest.mark.timeout(60)
+
+REJECTED = {"running_hours", "speed", "power_supply"}  # registers 10-13
+
+
+class Collected:
+    """Everything the bus handed to its sink."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.readings: list[Reading] = []
+
+    def __call__(self, items: Sequence[Reading | Event]) -> None:
+        for item in items:
+            (self.events if isinstance(item, Event) else self.readings).append(item)
+
+    def values(self, device: str) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for r in self.readings:
+            if r.device == device:
+                out.update(r.values)
+        return out
+
+
+def make_bus(path: str, units: Sequence[int], sink: Collected, poll: str = "500ms") -> ModbusBus:
+    bus_cfg = ModbusRtuBus(name="line1", type="modbus-rtu", port=path)
+    devices = [DeviceSection(id=f"lift{u}", bus="line1", profile="elevator-gbt24476", unit=u,
+                             poll=poll) for u in units]
+    return ModbusBus(bus_cfg, devices, sink)
+
+
+@contextlib.asynccontextmanager
+async def simulated_line(bank: ElevatorBank, tmp: Path) -> AsyncIterator[PtyLink]:
+    """A pty line with the bank serving on one end and a stable symlink to the other."""
+    link = PtyLink().open()
+    link.link(tmp / "ttyLIFTS")
+    started = asyncio.Event()
+    server = asyncio.create_task(serve_rtu(bank, link.a_path, started=started))
+    await asyncio.wait_for(started.wait(), 5)
+    try:
+        yield link
+    finally:
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+        link.close()
+
+
+def test_misbehaving_units_do_not_stall_or_corrupt_the_healthy_ones(tmp_path: Path) -> None:
+    units = [1, 2, 3, 4, 5]
+    sink = Collected()
+
+    async def main() -> ModbusBus:
+        bank = make_bank(units, static=True)
+        bank.behaviours = {2: UnitBehaviour(dead=True), 3: UnitBehaviour(delay=0.15),
+                           4: UnitBehaviour(reject=(10, 13))}
+        async with simulated_line(bank, tmp_path) as link:
+            link.start_babble(0.7, seed=1)
+            bus = make_bus(str(tmp_path / "ttyLIFTS"), units, sink, poll="500ms")
+            task = asyncio.create_task(bus.run())
+            await asyncio.sleep(2.5)  # the dead unit is offline by now; splitting is done
+            before = {d.cfg.id: d.health.counters["ok"] for d in bus.devices}
+            await asyncio.sleep(4.0)
+            after = {d.cfg.id: d.health.counters["ok"] for d in bus.devices}
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert link.bytes_injected > 0
+            for unit in (1, 3, 4, 5):  # full rate: 8 polls in 4 s (one may be lost to noise)
+                polls = after[f"lift{unit}"] - before[f"lift{unit}"]
+                assert polls >= 7, (unit, polls, bus.device_health())
+            return bus
+
+    bus = asyncio.run(main())
+    health = bus.device_health()
+    for unit in (1, 3, 5):  # correct values
+        h = health[f"lift{unit}"]
+        assert h["online"] is True, h
+        expected = idle_values(unit)
+        assert all(expected[q] == v for q, v in sink.values(f"lift{unit}").items()
+                   if not isinstance(v, float)), unit
+    assert health["lift2"]["online"] is False
+    raised = [(e.device, e.kind, e.action.value) for e in sink.events]
+    assert ("lift2", "device_offline", "raise") in raised
+    assert not [r for r in raised if r[0] != "lift2" and r[1] == "device_offline"]
+    h4 = health["lift4"]
+    assert h4["online"] is True and h4["degraded"] is True, h4
+    assert set(str(h4["unavailable"]).split(",")) == REJECTED
+    got4 = sink.values("lift4")
+    assert REJECTED.isdisjoint(got4) and got4["trip_count"] == idle_values(4)["trip_count"]
+    assert bus.counters["splits"] >= 2
+    assert bus.link is not None and bus.link.inter_frame_gap == pytest.approx(3.5 * 10 / 9600)
+
+
+def test_a_replugged_serial_adapter_is_reopened(tmp_path: Path) -> None:
+    sink = Collected()
+
+    async def main() -> ModbusBus:
+        bank = make_bank([1], static=True)
+        bus = make_bus(str(tmp_path / "ttyLIFTS"), [1], sink, poll="200ms")
+        task = asyncio.create_task(bus.run())
+        async with simulated_line(bank, tmp_path):
+            await asyncio.sleep(1.5)
+        (tmp_path / "ttyLIFTS").unlink()  # unplugged: the port and its path are gone
+        ok_before = bus.devices[0].health.counters["ok"]
+        await asyncio.sleep(2.0)
+        async with simulated_line(bank, tmp_path):  # plugged in again (a new pty)
+            await asyncio.sleep(4.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert bus.devices[0].health.counters["ok"] > ok_before + 5, bus.device_health()
+        return bus
+
+    asyncio.run(main())
+    kinds = [(e.kind, e.action.value) for e in sink.events]
+    assert kinds[:2] == [("device_offline", "raise"), ("device_offline", "clear")], kinds
