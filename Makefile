@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test chaos cluster-demo bench lint install system-deps clean
+.PHONY: demo test chaos soak cluster-demo bench lint install system-deps clean
 
 $(PY):
 	$(PYTHON) -c 'import sys; sys.exit("CityGate needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -30,7 +30,11 @@ test: $(STAMP) system-deps
 	$(PY) -m pytest -m "browser" -p no:cacheprovider $(PYTEST_ARGS)
 
 chaos: $(STAMP) system-deps
-	CHAOS_FULL=1 $(PY) -m pytest -m "hil" $(PYTEST_ARGS)
+	CHAOS_FULL=1 $(PY) -m pytest -m "hil and not soak" $(PYTEST_ARGS)
+
+# One hour at the reference load with the broker restarted every ten minutes.
+soak: $(STAMP) system-deps
+	$(PY) -m pytest -m soak -s -p no:cacheprovider $(PYTEST_ARGS) hil_tests/test_soak.py
 
 cluster-demo: $(STAMP) system-deps
 	$(VENV)/bin/citygate cluster-demo $(DEMO_ARGS)

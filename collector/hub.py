@@ -80,8 +80,9 @@ def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], 
     _parking(hub)
     _elevators(hub)
     _hub_feeds(hub)
-    _registry(hub, broker or BrokerLink("mqtt://127.0.0.1:1883"),
-              admin_token_file or Path("admin-token"))
+    link = broker or BrokerLink("mqtt://127.0.0.1:1883")
+    _registry(hub, link, admin_token_file or Path("admin-token"))
+    _updates(hub, link)
     return hub
 
 
@@ -233,5 +234,27 @@ def _registry(hub: Hub, broker: BrokerLink, admin_token_file: Path) -> None:
 
     async def close() -> None:
         commands.stop()
+
+    hub.closers.append(close)
+
+
+def _updates(hub: Hub, broker: BrokerLink) -> None:
+    """Signed agent updates (bundles, staged rollouts, per-gateway results) and /metrics."""
+    from collector.registry.commands import CommandChannel
+    from collector.updates import install
+    from collector.updates.metrics import router as metrics_router
+    from collector.updates.service import UpdateService
+
+    channel = CommandChannel(broker.url, username=broker.username, password=broker.password,
+                             client_id=f"{broker.client_id}-upd")
+    service = UpdateService(hub.store.engine, channel, hub.config.public_url)
+    channel.on_reply = service.on_reply
+    install(hub.app, service)
+    hub.app.include_router(metrics_router)
+    channel.start()
+    hub.tasks.append(service.run)
+
+    async def close() -> None:
+        channel.stop()
 
     hub.closers.append(close)

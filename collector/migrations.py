@@ -35,7 +35,8 @@ def all_migrations() -> list[Migration]:
     """The core migrations and those of every feature, in version order.
 
     Version ranges: 1-9 core, 10-14 push notifications, 15-19 alarms and incidents,
-    20-29 environment, 30-39 parking, 40-49 hub feeds, 50-59 registry and security.
+    20-29 environment, 30-39 parking, 40-49 hub feeds, 50-59 registry and security,
+    60-64 agent updates.
     """
     from collector.alarms.tables import MIGRATIONS as alarms
     from collector.environment.tables import MIGRATIONS as environment
@@ -43,9 +44,11 @@ def all_migrations() -> list[Migration]:
     from collector.notify.queue import MIGRATIONS as notify
     from collector.parking.schema import MIGRATIONS as parking
     from collector.registry.tables import MIGRATIONS as registry
+    from collector.updates.tables import MIGRATIONS as updates
 
     by_version: dict[int, Migration] = {}
-    for m in [*MIGRATIONS, *notify, *alarms, *environment, *parking, *hub_feeds, *registry]:
+    for m in [*MIGRATIONS, *notify, *alarms, *environment, *parking, *hub_feeds, *registry,
+              *updates]:
         known = by_version.setdefault(m[0], m)
         if known[1] != m[1]:
             raise RuntimeError(f"migration {m[0]} is both {known[1]!r} and {m[1]!r}")

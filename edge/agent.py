@@ -19,15 +19,37 @@ from devices.model import Event, Reading
 from edge.bus import mono_ms, now_ms
 from edge.clock import clock_synced
 from edge.config import GatewayConfig
+from edge.metrics import MetricsServer, process_figures
 from edge.outbox import Outbox, Pending, Quota
 from edge.pacing import TokenBucket
 from edge.sources import Source, build_source
 from edge.uplink import Uplink
+from edge.watchdog import (
+    DEFAULT_TICK,
+    LoopState,
+    Notifier,
+    StallTracker,
+    source_limit,
+    stalled,
+    watchdog_period,
+)
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
+
+def installed_version() -> str:
+    """The version of the installed citygate distribution (what an update changes)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("citygate")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+VERSION = installed_version()
 DISK_CHECK_INTERVAL = 10.0  # seconds between free-space checks of the data directory
+WRITER_TICK = 5.0  # the writer wakes at least this often, so the watchdog sees it alive
 
 
 def boot_id() -> str:
@@ -73,6 +95,15 @@ class Agent:
         self._generation = -1
         self._write_failures = 0
         self.started = asyncio.Event()
+        self.notifier = Notifier.from_env()
+        self.stalls = StallTracker()
+        # Progress stamps (monotonic seconds) of the agent's own loops, for the watchdog.
+        self.progress: dict[str, float] = {"outbox-writer": time.monotonic(),
+                                           "forwarder": time.monotonic(),
+                                           "uplink": time.monotonic()}
+        self._forwarder_waiting = False  # waiting for a broker or a collector is not a hang
+        self._uplink_attempts = -1
+        self.metrics: MetricsServer | None = None
 
     def _inventory(self) -> dict[str, dict[str, str]]:
         from devices.profiles import load_profile
@@ -99,22 +130,37 @@ class Agent:
         self.outbox.open()
         self._check_clock()
         try:
+            await self._start_metrics()
             async with asyncio.TaskGroup() as tg:
                 tasks = [
                     tg.create_task(self.uplink.run(), name="uplink"),
                     tg.create_task(self._writer(), name="outbox-writer"),
                     tg.create_task(self._forwarder(), name="forwarder"),
                     tg.create_task(self._health(), name="health"),
+                    tg.create_task(self._watchdog(), name="watchdog"),
                     *(tg.create_task(b.run(), name=f"bus-{c.name}")
                       for b, c in zip(self.buses, self.cfg.buses, strict=True)),
                 ]
                 self.started.set()
+                self.notifier.notify(READY=1, STATUS=f"gateway {self.gateway} running")
                 await (stop.wait() if stop is not None else asyncio.Event().wait())
                 for t in tasks:
                     t.cancel()
         finally:
+            self.notifier.close()
+            if self.metrics is not None:
+                await self.metrics.close()
             with contextlib.suppress(sqlite3.Error):
                 self.outbox.close()
+
+    async def _start_metrics(self) -> None:
+        if not self.cfg.metrics.listen:
+            return
+        server = MetricsServer(self.cfg.metrics.listen, self.health)
+        try:
+            self.metrics = await server.start()
+        except OSError as exc:  # observability must never stop data collection
+            log.error("metrics endpoint %s not available: %s", self.cfg.metrics.listen, exc)
 
     def _check_clock(self) -> bool:
         synced = clock_synced(self.cfg.gateway.clock)
@@ -134,8 +180,10 @@ class Agent:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), window or None)
+                    await asyncio.wait_for(self._urgent.wait(), min(window or WRITER_TICK,
+                                                                    WRITER_TICK))
                 self._urgent.clear()
+                self.progress["outbox-writer"] = time.monotonic()
                 now = time.monotonic()
                 if now >= next_disk_check:
                     next_disk_check = now + DISK_CHECK_INTERVAL
@@ -167,11 +215,14 @@ class Agent:
     async def _forwarder(self) -> None:
         up = self.uplink
         while True:
+            self.progress["forwarder"] = time.monotonic()
+            self._forwarder_waiting = True
             await up.connected.wait()
             if self.cfg.uplink.wait_for_collector and not up.collector_online:
                 up.collector_changed.clear()
                 await up.collector_changed.wait()
                 continue
+            self._forwarder_waiting = False
             if up.counters["connects"] != self._generation:
                 self._generation = up.counters["connects"]
                 self._inflight.clear()  # that connection's messages are re-sent from the outbox
@@ -215,6 +266,39 @@ class Agent:
     def _on_command(self, name: str, payload: bytes) -> None:
         log.info("command %r received (%d bytes); no handler", name, len(payload))
 
+    # --- watchdog ---------------------------------------------------------------------------------
+
+    def loop_states(self) -> list[LoopState]:
+        """Every loop the watchdog watches, with its last progress and its limit."""
+        now = time.monotonic()
+        grace = self.cfg.watchdog.stall_after
+        up = self.uplink
+        attempts = up.counters["connects"] + up.counters["connect_failures"]
+        if up.connected.is_set() or attempts != self._uplink_attempts:
+            self._uplink_attempts = attempts
+            self.progress["uplink"] = now
+        ucfg = self.cfg.uplink
+        states = [
+            LoopState("outbox-writer", self.progress["outbox-writer"], WRITER_TICK + grace),
+            LoopState("forwarder", self.progress["forwarder"], 1.0 + grace,
+                      idle=self._forwarder_waiting),
+            LoopState("uplink", self.progress["uplink"], ucfg.reconnect_max + ucfg.boot_delay_max
+                      + 2 * ucfg.connect_timeout + grace),
+        ]
+        for bus, bcfg in zip(self.buses, self.cfg.buses, strict=True):
+            limit = source_limit(bus, bcfg.type, grace)
+            states.append(LoopState(f"bus-{bcfg.name}", bus.progress, limit or 0.0,
+                                    idle=limit is None))
+        return states
+
+    async def _watchdog(self) -> None:
+        period = watchdog_period()
+        tick = min(period, DEFAULT_TICK) if period else DEFAULT_TICK
+        while True:
+            if self.stalls.update(stalled(self.loop_states(), time.monotonic())):
+                self.notifier.notify(WATCHDOG=1)
+            await asyncio.sleep(tick)
+
     # --- health -----------------------------------------------------------------------------------
 
     async def _health(self) -> None:
@@ -234,6 +318,13 @@ class Agent:
         counters["outbox_oldest_age_s"] = (now_ms() - oldest) / 1000 if oldest else 0.0
         counters["clock_synced"] = int(self.outbox.synced)
         counters["outbox_write_failures"] = self._write_failures
+        counters["uplink_connected"] = int(self.uplink.connected.is_set())
+        counters["watchdog_stalled_loops"] = len(self.stalls.current)
+        for k, v in self.stalls.counters.items():
+            counters[f"watchdog_{k}"] = v
+        with contextlib.suppress(RuntimeError):
+            counters["asyncio_tasks"] = len(asyncio.all_tasks())
+        counters.update(process_figures())
         for k, v in self.outbox.counters.items():
             counters[f"outbox_{k}"] = v
         for k, v in self.uplink.counters.items():
@@ -244,5 +335,5 @@ class Agent:
                 counters[f"bus_{k}"] = counters.get(f"bus_{k}", 0) + v
             devices.update(bus.device_health() if hasattr(bus, "device_health") else {})
         return {"v": contract.VERSION, "gateway": self.gateway, "sent": now_ms(),
-                "uptime_s": round(time.monotonic(), 1), "counters": counters,
-                "devices": devices}
+                "uptime_s": round(time.monotonic(), 1), "version": VERSION,
+                "counters": counters, "devices": devices}

@@ -1,0 +1,137 @@
+"""Gateway footprint on small hardware, and what it writes to the SD card.
+
+Two scenarios, each a real `citygate edge run` against the elevator simulator and a broker:
+- idle: 1 lift polled once a minute — RSS and share of one core;
+- reference: 100 lifts x 20 points at 1 Hz (bench_gateway's rig) — RSS, CPU, and bytes written
+  by the gateway process (/proc/<pid>/io write_bytes: everything it wrote, outbox, WAL and logs)
+  per reading and per hour, plus the outbox files' net growth.
+Targets: < 40 MB RSS and < 1 % of a core idle.
+
+    .venv/bin/python -m bench.bench_idle          # BENCH_IDLE_WINDOW=300 BENCH_WINDOW=60
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench.bench_gateway import LIFTS, POINTS, HealthWatcher, config, totals
+from bench.common import sample
+from citygate.rig import Broker, Proc, citygate, free_port, port_open, wait_for
+
+IDLE_WINDOW = float(os.environ.get("BENCH_IDLE_WINDOW", "300"))
+LOAD_WINDOW = float(os.environ.get("BENCH_WINDOW", "60"))
+
+
+def write_bytes(pid: int) -> int:
+    """Bytes this process caused to be written to storage (/proc/<pid>/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError("no write_bytes in /proc/<pid>/io")
+
+
+def outbox_bytes(data_dir: Path) -> int:
+    """Size of the outbox database with its WAL and shared-memory files."""
+    return sum(p.stat().st_size for p in data_dir.glob("outbox.sqlite*"))
+
+
+def idle_config(root: Path, broker: Broker, modbus_port: int) -> Path:
+    """One lift polled once a minute."""
+    path = root / "idle.toml"
+    path.write_text("\n".join([
+        "schema_version = 1", "[gateway]", 'id = "gw-idle"', f'data_dir = "{root}/gw"',
+        "[uplink]", f'brokers = ["{broker.url}"]', "[[buses]]", 'name = "tcp0"',
+        'type = "modbus-tcp"', 'host = "127.0.0.1"', f"port = {modbus_port}", "[[devices]]",
+        'id = "lift-001"', 'bus = "tcp0"', 'profile = "elevator-gbt24476"', "unit = 1",
+        'poll = "60s"']) + "\n")
+    return path
+
+
+def idle(root: Path) -> dict[str, float]:
+    """RSS and CPU of a gateway polling one lift a minute."""
+    broker = Broker(root / "broker").start()
+    port = free_port()
+    sim = Proc("sim", citygate("sim", "elevators", "--tcp", f"127.0.0.1:{port}", "--units", "1"),
+               root / "sim.log").start()
+    gw = None
+    try:
+        wait_for(lambda: port_open(port), 20, "simulator")
+        gw = Proc("gw", citygate("edge", "run", "--config", str(idle_config(root, broker, port))),
+                  root / "gw.log").start()
+        assert gw.popen is not None
+        pid = gw.popen.pid
+        time.sleep(15)  # start-up: imports, first poll, connect
+        s0, w0, t0 = sample(pid), write_bytes(pid), time.monotonic()
+        time.sleep(IDLE_WINDOW)
+        s1, w1, t1 = sample(pid), write_bytes(pid), time.monotonic()
+        return {"idle_rss_mb": s1.rss_kb / 1024, "idle_peak_rss_mb": s1.rss_peak_kb / 1024,
+                "idle_cpu_share_of_core_pct": 100 * (s1.cpu_s - s0.cpu_s) / (t1 - t0),
+                "idle_write_bytes_per_hour": (w1 - w0) * 3600 / (t1 - t0)}
+    finally:
+        if gw is not None:
+            gw.stop()
+        sim.stop()
+        broker.stop()
+
+
+def reference(root: Path) -> dict[str, float]:
+    """RSS, CPU and write volume at 100 lifts x 20 points at 1 Hz."""
+    broker = Broker(root / "broker").start()
+    port = free_port()
+    sim = Proc("sim", citygate("sim", "elevators", "--tcp", f"127.0.0.1:{port}", "--units",
+                               f"1-{LIFTS}"), root / "sim.log").start()
+    gw = None
+    watcher = HealthWatcher(broker, "gw-bench")
+    try:
+        wait_for(lambda: port_open(port), 20, "simulator")
+        gw = Proc("gw", citygate("edge", "run", "--config", str(config(root, broker, port))),
+                  root / "gw.log").start()
+        assert gw.popen is not None
+        pid = gw.popen.pid
+        watcher.next()
+        h0 = watcher.next()
+        s0, w0, o0, t0 = sample(pid), write_bytes(pid), outbox_bytes(root / "gw"), \
+            time.monotonic()
+        h1 = h0
+        while time.monotonic() - t0 < LOAD_WINDOW:
+            h1 = watcher.next()
+        s1, w1, o1, t1 = sample(pid), write_bytes(pid), outbox_bytes(root / "gw"), \
+            time.monotonic()
+        a, b = totals(h0), totals(h1)
+        polled = (b["ok"] - a["ok"]) * POINTS
+        reported = b["reported"] - a["reported"]
+        wrote = w1 - w0
+        return {"load_rss_mb": s1.rss_kb / 1024, "load_peak_rss_mb": s1.rss_peak_kb / 1024,
+                "load_cpu_share_of_core_pct": 100 * (s1.cpu_s - s0.cpu_s) / (t1 - t0),
+                "polled_values_per_s": polled / (t1 - t0),
+                "write_bytes_per_polled_value": wrote / max(1, polled),
+                "write_bytes_per_reported_value": wrote / max(1, reported),
+                "write_mb_per_hour": wrote * 3600 / (t1 - t0) / 1e6,
+                "outbox_net_growth_bytes": o1 - o0,
+                "log_bytes": (root / "gw.log").stat().st_size}
+    finally:
+        watcher.close()
+        if gw is not None:
+            gw.stop()
+        sim.stop()
+        broker.stop()
+
+
+def main() -> None:
+    """Run both scenarios and print their figures."""
+    with tempfile.TemporaryDirectory(prefix="bench-idle-") as tmp:
+        figures = idle(Path(tmp) / "idle")
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        figures |= reference(Path(tmp) / "load")
+    print(f"gateway footprint: idle (1 lift / 60 s, {IDLE_WINDOW:g} s window) and reference "
+          f"load ({LIFTS} lifts x {POINTS} points @ 1 Hz, {LOAD_WINDOW:g} s window):")
+    for key, value in figures.items():
+        print(f"  {key:34s} {value:.4g}")
+    print("  (targets: idle RSS < 40 MB, idle CPU < 1 % of a core)")
+
+
+if __name__ == "__main__":
+    main()
