@@ -16,7 +16,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bench.common import median, sample
+from bench.common import report_runs, sample
 from citygate.rig import Broker, Proc, citygate, free_port, port_open, wait_for
 from devices import contract
 from devices.profiles import load_profile
@@ -127,15 +127,11 @@ def one_run(root: Path) -> dict[str, float]:
 def main() -> None:
     """Run RUNS windows and print each run and the medians."""
     runs = []
-    for i in range(RUNS):
+    for _ in range(RUNS):
         with tempfile.TemporaryDirectory(prefix="bench-gw-") as tmp:
-            r = one_run(Path(tmp))
-        runs.append(r)
-        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
-    print(f"\ngateway at {LIFTS} lifts x {POINTS} points @ 1 Hz over Modbus TCP "
-          f"({BUSES} connections), {WINDOW:g} s windows, median of {RUNS} runs:")
-    for key in runs[0]:
-        print(f"  {key:32s} {median([r[key] for r in runs]):.4g}")
+            runs.append(one_run(Path(tmp)))
+    report_runs(runs, f"gateway at {LIFTS} lifts x {POINTS} points @ 1 Hz over Modbus TCP "
+                      f"({BUSES} connections), {WINDOW:g} s windows")
     print("  (reference: ThingsBoard IoT Gateway 3.8.5 ~1.2 CPU-s per 1000 readings at 10 "
           "devices, ~55 % of the configured rate at this load)")
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.bench_gateway import HealthWatcher
-from bench.common import median, sample
+from bench.common import median, report_runs, sample
 from citygate.rig import Broker, Proc, citygate, free_port, port_open, wait_for
 from devices.hj212 import StreamDecoder, parse
 from devices.hj212.normalise import normalise
@@ -136,15 +136,11 @@ def main() -> None:
     print(f"  StreamDecoder.feed + normalise    {median([r[1] for r in rates]):,.0f} frames/s"
           " per core")
     runs = []
-    for i in range(GW_RUNS):
+    for _ in range(GW_RUNS):
         with tempfile.TemporaryDirectory(prefix="bench-hj212-") as tmp:
-            r = gateway_run(Path(tmp))
-        runs.append(r)
-        print(f"run {i + 1}: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
-    print(f"\ngateway: {LOGGERS} HJ 212 loggers over TCP at {RATE:g} frames/s each, "
-          f"{WINDOW:g} s windows, median of {GW_RUNS} runs:")
-    for key in runs[0]:
-        print(f"  {key:28s} {median([r[key] for r in runs]):.4g}")
+            runs.append(gateway_run(Path(tmp)))
+    report_runs(runs, f"gateway: {LOGGERS} HJ 212 loggers over TCP at {RATE:g} frames/s each, "
+                      f"{WINDOW:g} s windows", width=28)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,12 @@ def percentile(values: list[float], p: float) -> float:
 def median(values: list[float]) -> float:
     """Median of several runs."""
     return statistics.median(values) if values else float("nan")
+
+
+def report_runs(runs: list[dict[str, float]], title: str, width: int = 32) -> None:
+    """Print each run's figures, then the median of every figure under `title`."""
+    for i, r in enumerate(runs, 1):
+        print(f"run {i}: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
+    print(f"\n{title}, median of {len(runs)} runs:")
+    for key in runs[0]:
+        print(f"  {key:{width}s} {median([r[key] for r in runs]):.4g}")

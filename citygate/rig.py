@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,32 @@ def toml_value(value: Any) -> str:
 def toml_document(sections: dict[str, Any]) -> str:
     """Top-level keys as `key = <inline value>` lines (a valid TOML document)."""
     return "".join(f"{k} = {toml_value(v)}\n" for k, v in sections.items())
+
+
+@contextlib.contextmanager
+def served(app: Any, timeout: float = 10.0) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn in a thread on a free port; yield its base URL.
+
+    A short graceful-shutdown timeout keeps open event streams from holding the server up.
+    """
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
+                              name="uvicorn")
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout, "uvicorn to start")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 def citygate(*args: str) -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from collector.store import typed_value
 from devices.quantities import QUANTITIES, ValueKind
 
 CORE_CONTEXT = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.8.jsonld"
@@ -87,20 +88,11 @@ def key_values(entity: Mapping[str, Any]) -> dict[str, Any]:
 
 def ngsi_value(quantity: str, value: float | None, vtext: str | None) -> Any:
     """A stored value in its NGSI form: enum codes become labels, booleans stay booleans."""
-    if vtext is not None:
-        return vtext
-    if value is None:
-        return None
+    typed = typed_value(quantity, value, vtext)
     q = QUANTITIES.get(quantity)
-    if q is None:
-        return value
-    if q.kind is ValueKind.BOOL:
-        return bool(value)
-    if q.kind is ValueKind.ENUM:
-        return q.labels.get(int(value), int(value))
-    if q.kind is ValueKind.INTEGER:
-        return int(value)
-    return value
+    if q is not None and q.kind is ValueKind.ENUM and isinstance(typed, int):
+        return q.labels.get(typed, typed)
+    return typed
 
 
 def camel(name: str) -> str:

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from collector.alarms.tables import incidents
+from tests.browser.conftest import ARTIFACTS, CHROMIUM
 from tests.collector.test_alarms_engine import Rig
 from tests.collector.test_incidents_api import rig, server, store  # noqa: F401  (fixtures)
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="needs Debian's chromium (apt-get install -y --no-install-recommends chromium "
-           "fonts-liberation); `make test` installs it")
 
 if Path(CHROMIUM).exists():
     from playwright.sync_api import Page, expect

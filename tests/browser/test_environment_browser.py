@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
+from citygate.rig import served
 from collector.api import create_app
 from collector.environment import install
+from tests.browser.conftest import ARTIFACTS, CHROMIUM
 from tests.collector.test_environment_api import MIN, T0, Rig, r
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ALARM_RED = "#c62828"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="needs Debian's chromium (apt-get install -y --no-install-recommends chromium "
-           "fonts-liberation); `make test` installs it")
 
 if Path(CHROMIUM).exists():
     from playwright.sync_api import Page, expect
@@ -43,26 +34,11 @@ def env_rig(tmp_path: Path) -> Iterator[Rig]:
 
 @pytest.fixture
 def env_server(env_rig: Rig) -> Iterator[str]:
-    """The collector app with the environment routes, served by uvicorn on a free port."""
+    """The collector app with the environment routes, served on a free port."""
     app = create_app(env_rig.store)
     install(app, env_rig.monitor)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
+    with served(app) as base:
+        yield base
 
 
 def test_map_draws_every_site_and_the_alarmed_one_in_alarm_colour(

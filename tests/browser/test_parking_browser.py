@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
-from citygate.rig import wait_for
+from citygate.rig import served
 from collector.store import Store
+from tests.browser.conftest import ARTIFACTS, CHROMIUM
 from tests.collector.test_parking_api import T0, City, occ
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(),
-    reason="needs Debian's chromium (apt-get install -y --no-install-recommends chromium "
-           "fonts-liberation); `make test` installs it")
 
 if Path(CHROMIUM).exists():
     from playwright.sync_api import Page, expect
@@ -40,28 +30,18 @@ def city(tmp_path: Path) -> Iterator[City]:
 
 
 @pytest.fixture
-def served(city: City) -> Iterator[str]:
-    """The city's app served by uvicorn on a free port; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(city.client.app, log_level="warning",
-                                           timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, 10, "uvicorn")
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
+def app_url(city: City) -> Iterator[str]:
+    """The city's app served on a free port; yields its base URL."""
+    with served(city.client.app) as base:
+        yield base
 
 
-def test_parking_page_shows_zones_and_follows_changes(page: Page, served: str,
+def test_parking_page_shows_zones_and_follows_changes(page: Page, app_url: str,
                                                       city: City) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     city.send(("pk-1001", T0, occ(False)), ("pk-1002", T0, occ(True)),
               ("pk-2001", T0, occ(True)))
-    page.goto(f"{served}/parking")
+    page.goto(f"{app_url}/parking")
     page.wait_for_selector('body[data-updated="1"]', timeout=10_000)
     row = page.locator('tr[data-zone="renmin-n"]')
     expect(row).to_have_attribute("data-available", "1")

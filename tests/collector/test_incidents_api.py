@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -10,10 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from citygate.rig import served
 from collector import migrations
 from collector.alarms import MIGRATIONS, pages, router
 from collector.alarms.tables import incidents
@@ -156,19 +155,8 @@ def test_pages_are_served_without_external_assets(client: TestClient) -> None:
 
 @pytest.fixture
 def server(rig: Rig) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(make_app(rig), log_level="warning", timeout_graceful_shutdown=1)
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with served(make_app(rig)) as base:
+        yield base
 
 
 def _read_events(resp: httpx.Response, out: list[str], opened: threading.Event) -> None:
