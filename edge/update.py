@@ -198,6 +198,7 @@ class UpdateState:
     deadline_s: float = 60.0
     replied: bool = False
     reason: str = ""
+    boot_attempts: int = 0  # starts counted by packaging/citygate-boot-guard
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod

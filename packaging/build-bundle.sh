@@ -35,6 +35,7 @@ else
 fi
 
 cp "$ROOT/packaging/install.sh" "$ROOT/packaging/citygate-edge.service" \
+   "$ROOT/packaging/citygate-boot-guard" \
    "$ROOT/packaging/99-citygate-serial.rules" "$ROOT/docs/field-install.md" "$STAGE/$NAME/"
 echo "$VERSION" > "$STAGE/$NAME/VERSION"
 (cd "$STAGE/$NAME" && find . -type f ! -name SHA256SUMS -print0 | sort -z \

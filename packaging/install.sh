@@ -46,6 +46,7 @@ id citygate >/dev/null 2>&1 || useradd --system --home-dir /var/lib/citygate \
 usermod -aG dialout citygate
 install -d -o citygate -g citygate -m 0750 /var/lib/citygate
 install -d -o root -g citygate -m 0750 /etc/citygate
+install -D -m 0755 "$HERE/citygate-boot-guard" "$PREFIX/bin/citygate-boot-guard"
 chown -R citygate:citygate "$PREFIX"  # signed updates install new venvs beside this one
 install -m 0644 "$HERE/citygate-edge.service" /etc/systemd/system/citygate-edge.service
 mkdir -p "$VENV/share/doc/citygate" && cp "$HERE/field-install.md" "$VENV/share/doc/citygate/"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -90,3 +91,42 @@ def test_udev_rules_give_fixed_names_to_the_dialout_group() -> None:
     assert rules
     for rule in rules:
         assert 'SYMLINK+="citygate/' in rule and 'GROUP="dialout"' in rule, rule
+
+
+def _guard(data: Path, prefix: Path) -> str:
+    out = subprocess.run(["python3", str(PACKAGING / "citygate-boot-guard"), str(data),
+                          str(prefix)], check=True, capture_output=True, text=True, timeout=30)
+    return out.stdout
+
+
+def test_boot_guard_rolls_back_a_version_that_never_comes_up(tmp_path: Path) -> None:
+    data, prefix = tmp_path / "data", tmp_path / "opt"
+    old, new = prefix / "venvs" / "1.0", prefix / "venvs" / "1.1"
+    for d in (data, old, new):
+        d.mkdir(parents=True)
+    (prefix / "current").symlink_to("venvs/1.1")  # the update switched to 1.1
+    state = {"id": "u1", "version": "1.1", "status": "switching", "replied": False,
+             "previous": {"version": "1.0", "python": str(old / "bin/python"), "argv": [],
+                          "venv": str(old)}}
+    (data / "update.json").write_text(json.dumps(state))
+    for n in (1, 2, 3):  # 1.1 crashes at start, systemd starts it again
+        assert f"start {n} of version 1.1" in _guard(data, prefix)
+        assert os.readlink(prefix / "current") == "venvs/1.1"
+    assert "did not come up after 3 starts" in _guard(data, prefix)
+    assert (prefix / "current").resolve() == old.resolve()
+    after = json.loads((data / "update.json").read_text())
+    assert (after["status"], after["boot_attempts"], after["replied"]) == \
+        ("rolled_back", 4, False)  # the previous version will report it
+    assert "is rolled_back" in _guard(data, prefix)  # and nothing more happens
+
+
+def test_boot_guard_leaves_a_finished_update_alone(tmp_path: Path) -> None:
+    (tmp_path / "update.json").write_text(json.dumps({"id": "u2", "status": "applied"}))
+    assert "is applied" in _guard(tmp_path, tmp_path)
+    assert "no update in progress" in _guard(tmp_path / "none", tmp_path)
+
+
+def test_the_agent_reads_the_guards_count() -> None:
+    from edge.update import UpdateState
+
+    assert "boot_attempts" in UpdateState.__dataclass_fields__
