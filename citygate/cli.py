@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import signal
@@ -280,8 +281,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of every subcommand (tools other than `command` only listed)."""
     p = argparse.ArgumentParser(prog="citygate", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
@@ -375,18 +376,22 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--port", type=int, default=1883)
     br.set_defaults(func=cmd_broker)
 
-    from citygate.decode import add_parser as add_decode_parser
-
-    add_decode_parser(sub)  # `citygate decode hj212 [FILE|-] [--serial PORT --baud N]`
-
-    from provisioning.cli import add_parser as add_provision_parser
-
-    add_provision_parser(sub)  # `citygate provision ...`: the technician's tool
-
-    from citygate.cluster_demo import add_parser as add_cluster_demo_parser
-
-    add_cluster_demo_parser(sub)  # `citygate cluster-demo`: 3 NATS nodes, 2 collectors
+    # Tools with heavy imports (rich, QR codes, NATS) are registered only when asked for, so a
+    # gateway's `edge run` does not carry them in memory; the rest get a placeholder for --help.
+    for name, (module, what) in _TOOLS.items():
+        if command in (None, name):
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=what, add_help=False)
     return p
+
+
+_TOOLS = {
+    "decode": ("citygate.decode", "read HJ 212 frames from a capture or a serial line"),
+    "provision": ("provisioning.cli", "the technician's tool: identities, bundles, scan, "
+                                      "preview, commission"),
+    "cluster-demo": ("citygate.cluster_demo", "the city on a 3-node NATS cluster"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         from devices.sim.parking import main as parking_main
 
         return parking_main(argv[2:])
-    args = build_parser().parse_args(argv)
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    args = build_parser(command).parse_args(argv)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

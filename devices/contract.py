@@ -8,14 +8,19 @@ changes. Everything here works on MQTT 3.1.1 (no MQTT-5-only feature is required
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devices.model import Event, Reading
+
+if TYPE_CHECKING:
+    from devices.contract_models import (
+        ClockInfo,
+        Message,
+    )
 
 VERSION = 1
 ROOT = f"citygate/v{VERSION}"
@@ -82,115 +87,23 @@ def parse_topic(name: str) -> tuple[str, str]:
     return gateway, channel
 
 
-# --- payloads gateways send (ingest models, versioned) ---------------------------------------
-
 _EPOCH_MS_MIN = 946_684_800_000  # 2000-01-01: anything older is an unsynchronised clock
-Scalar = float | int | bool | str | None
-DeviceId = Annotated[str, Field(pattern=DEVICE_ID_RE.pattern)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class WireReading(_Strict):
-    """A reading as carried in a data envelope."""
-
-    device: DeviceId
-    ts: int = Field(ge=0)
-    values: dict[str, Scalar]
-    q: Literal["good", "uncertain", "bad"] = "good"
-    mono: int | None = None
-    flag: str | None = Field(default=None, max_length=8)
-
-
-class WireEvent(_Strict):
-    """An event as carried in an events envelope."""
-
-    device: DeviceId
-    ts: int = Field(ge=0)
-    kind: str = Field(min_length=1, max_length=64)
-    action: Literal["raise", "clear", "info"]
-    severity: Literal["critical", "major", "minor", "warning", "info"]
-    code: int | None = None
-    evidence: dict[str, Scalar] = Field(default_factory=dict)
-    message: str = Field(default="", max_length=500)
-    mono: int | None = None
-
-
-class ClockInfo(_Strict):
-    """What the gateway knew of its clock when it observed, and its clock when it sends."""
-
-    synced: bool = True  # was the wall clock synchronised when these readings were taken
-    boot: str = ""  # boot id when the readings were taken: `mono` values are of that boot
-    mono: int | None = None  # monotonic ms at send time, of boot `sent_boot`
-    sent_boot: str = ""  # boot id at send time (empty: same as `boot`)
-
-
-class _Envelope(_Strict):
-    v: Literal[1]
-    gateway: str = Field(pattern=GATEWAY_ID_RE.pattern)
-    seq: int = Field(ge=1)
-    sent: int = Field(ge=0)
-    clock: ClockInfo = Field(default_factory=ClockInfo)
-    replay: bool = False
-
-
-class DataEnvelope(_Envelope):
-    """A batch of readings."""
-
-    readings: list[WireReading] = Field(max_length=10_000)
-
-
-class EventsEnvelope(_Envelope):
-    """A batch of events."""
-
-    events: list[WireEvent] = Field(max_length=10_000)
-
-
-class StateMessage(_Strict):
-    """Retained birth/death state of a gateway (the death message is also its last will)."""
-
-    v: Literal[1]
-    gateway: str = Field(pattern=GATEWAY_ID_RE.pattern)
-    state: Literal["online", "offline"]
-    ts: int = 0
-    reason: str = ""
-    version: str = ""
-    boot: str = ""
-    devices: dict[str, dict[str, str]] = Field(default_factory=dict)  # id -> kind, profile
-
-
-class HealthMessage(_Strict):
-    """Periodic health of a gateway: counters by name, per-device state."""
-
-    v: Literal[1]
-    gateway: str = Field(pattern=GATEWAY_ID_RE.pattern)
-    sent: int = Field(ge=0)
-    counters: dict[str, float] = Field(default_factory=dict)
-    devices: dict[str, dict[str, Scalar]] = Field(default_factory=dict)
-
-
-class ReplyMessage(_Strict):
-    """A gateway's answer to a command."""
-
-    v: Literal[1]
-    gateway: str = Field(pattern=GATEWAY_ID_RE.pattern)
-    command: str
-    id: str
-    ok: bool
-    detail: dict[str, Any] = Field(default_factory=dict)
-
-
-Message = DataEnvelope | EventsEnvelope | StateMessage | HealthMessage | ReplyMessage
-_MODELS: dict[str, type[BaseModel]] = {
-    DATA: DataEnvelope,
-    EVENTS: EventsEnvelope,
-    STATE: StateMessage,
-    HEALTH: HealthMessage,
-    REPLY: ReplyMessage,
-}
 MAX_PAYLOAD = 4 * 1024 * 1024
+
+# The validation models (pydantic) live in devices/contract_models.py and are loaded on first
+# use: collectors need them, a gateway that only builds payloads does not carry them.
+_MODEL_NAMES = frozenset({
+    "WireReading", "WireEvent", "ClockInfo", "DataEnvelope", "EventsEnvelope", "StateMessage",
+    "HealthMessage", "ReplyMessage", "Message", "Scalar", "DeviceId",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODEL_NAMES:
+        from devices import contract_models
+
+        return getattr(contract_models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +128,12 @@ def decode(topic_name: str, payload: bytes) -> Received:
         raise ContractError("bad_envelope", "payload is not a JSON object")
     if raw.get("v") != VERSION:
         raise ContractError("bad_version", f"v={raw.get('v')!r}, this collector speaks v{VERSION}")
+    from pydantic import ValidationError
+
+    from devices.contract_models import MODELS
+
     try:
-        message: Any = _MODELS[channel].model_validate(raw)
+        message: Any = MODELS[channel].model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -242,17 +159,26 @@ def envelope(
     sent: int,
     batch: bytes,
     *,
-    clock: ClockInfo | None = None,
+    clock: ClockInfo | Mapping[str, Any] | None = None,
     replay: bool = False,
 ) -> bytes:
-    """Wrap an already-encoded batch (see encode_batch) in a v1 envelope, without re-parsing it."""
+    """Wrap an already-encoded batch (see encode_batch) in a v1 envelope, without re-parsing it.
+
+    `clock` holds the ClockInfo fields (synced, boot, mono, sent_boot) as a model or a dict.
+    """
     key = {DATA: b"readings", EVENTS: b"events"}[channel]
+    if clock is None:
+        clock_doc: dict[str, Any] = {"synced": True, "boot": "", "sent_boot": ""}
+    elif isinstance(clock, Mapping):
+        clock_doc = {k: v for k, v in clock.items() if v is not None}
+    else:
+        clock_doc = clock.model_dump(exclude_none=True)
     head = {
         "v": VERSION,
         "gateway": gateway,
         "seq": seq,
         "sent": sent,
-        "clock": (clock or ClockInfo()).model_dump(exclude_none=True),
+        "clock": clock_doc,
         "replay": replay,
     }
     return orjson.dumps(head)[:-1] + b',"' + key + b'":' + batch + b"}"

@@ -14,7 +14,6 @@ from pathlib import Path
 import orjson
 
 from devices import contract
-from devices.contract import ClockInfo
 from devices.model import Event, Reading
 from edge.bus import mono_ms, now_ms
 from edge.clock import clock_synced
@@ -252,7 +251,8 @@ class Agent:
         return 1.0
 
     def _payload(self, msg: Pending, now: int, backlog: bool) -> bytes:
-        clock = ClockInfo(synced=msg.synced, boot=msg.boot, mono=mono_ms(), sent_boot=self.boot)
+        clock = {"synced": msg.synced, "boot": msg.boot, "mono": mono_ms(),
+                 "sent_boot": self.boot}
         return contract.envelope(self.gateway, msg.channel, msg.seq, now, msg.body,
                                  clock=clock, replay=backlog)
 
