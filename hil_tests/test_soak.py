@@ -22,8 +22,9 @@ import pytest
 from citygate.rig import Broker, Proc, free_port, port_open, wait_for
 from hil_tests.chaos import ChaosCity, hold
 
-pytestmark = [pytest.mark.hil, pytest.mark.slow, pytest.mark.soak]
 SECONDS = float(os.environ.get("SOAK_SECONDS", "3600"))
+pytestmark = [pytest.mark.hil, pytest.mark.slow, pytest.mark.soak,
+              pytest.mark.timeout(SECONDS + 900)]  # the soak itself, then settling
 RESTART_EVERY = float(os.environ.get("SOAK_RESTART_EVERY", "600"))
 SAMPLE_EVERY = 10.0
 LIFTS, BUSES = 100, 4
