@@ -82,10 +82,22 @@ def get_principal(request: Request, desk: DeskDep,
     header = request.headers.get("authorization", "")
     presented = header[7:].strip() if header.lower().startswith("bearer ") else token
     who = find_principal(desk.engine.cfg, presented) if presented else None
+    if who is None and presented and hasattr(request.app.state, "store"):
+        who = _admin_as_ops(request, presented)
     if who is None:
         raise HTTPException(401, "a crew or ops token is required",
                             headers={"WWW-Authenticate": "Bearer"})
     return who
+
+
+def _admin_as_ops(request: Request, token: str) -> Principal | None:
+    """An administrator's API token (collector.auth) sees and acts on every incident."""
+    from collector.auth import Role, lookup
+
+    central = lookup(request.app.state.store.engine, token)
+    if central is not None and central.role is Role.ADMIN:
+        return Principal(central.name, "ops")
+    return None
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -197,3 +197,17 @@ def test_stream_pushes_changes_filtered_by_unit(server: str, rig: Rig) -> None:
             time.sleep(0.02)
         assert '"unit":"env-east"' in got["zhao"][0]
         # Zhao's stream stays silent; the server's shutdown ends it.
+
+
+def test_an_administrator_token_acts_as_ops_and_other_roles_do_not(client: TestClient,
+                                                                   rig: Rig) -> None:
+    from collector.auth import Role, create_token
+
+    iid = trapped(rig)
+    admin = {"Authorization": f"Bearer {create_token(rig.store.engine, 'root', Role.ADMIN)}"}
+    reader = {"Authorization":
+              f"Bearer {create_token(rig.store.engine, 'city-brain', Role.READER)}"}
+    assert [i["id"] for i in client.get("/api/v1/incidents", headers=admin).json()] == [iid]
+    assert client.post(f"/api/v1/incidents/{iid}/ack", headers=admin,
+                       json={"note": "from the control room"}).status_code == 200
+    assert client.get("/api/v1/incidents", headers=reader).status_code == 401
