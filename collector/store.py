@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from collector import schema
+from collector import partitions, schema
 from collector.migrations import migrate
 from devices.contract import ClockInfo, DataEnvelope, EventsEnvelope
 from devices.quantities import QUANTITIES, ValueKind
@@ -97,19 +97,42 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
 
 
+Row = tuple[Any, ...]  # device, quantity, ts, value, vtext, quality, gateway, seq, replay
+RowWriter = Callable[[Any, list[Row]], None]
+
+
 class Store:
     """The collector's database."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.is_pg = engine.dialect.name == "postgresql"
+        # Derived tables kept in the ingest transaction (driver cursor, fresh rows): atomic
+        # with the raw rows and exactly once. A writer that fails is rolled back to its
+        # savepoint and counted; the raw rows are stored regardless.
+        self.row_writers: list[RowWriter] = []
+        self.row_writer_errors = 0
 
     @classmethod
     def open(cls, url: str) -> Store:
         """Connect and bring the schema up to date."""
         store = cls(make_engine(url))
         migrate(store.engine)
+        store.maintain()
         return store
+
+    def maintain(self, now: int | None = None, not_before: int | None = None) -> list[str]:
+        """PostgreSQL: create the day partitions of `readings` around now (`make_days`), none
+        wholly before `not_before`; the names created. Run at start and by the retention task;
+        a no-op on SQLite.
+        """
+        if not self.is_pg:
+            return []
+        with self.engine.begin() as conn:
+            if not partitions.is_partitioned(conn, "readings"):
+                return []
+            return partitions.make_days(conn, "readings", "ts",
+                                        now_ms() if now is None else now, not_before)
 
     def close(self) -> None:
         """Release every connection (idempotent)."""
@@ -118,7 +141,11 @@ class Store:
     # --- ingest ----------------------------------------------------------------------------
 
     @contextmanager
-    def _raw(self) -> Iterator[Any]:
+    def raw(self) -> Iterator[Any]:
+        """A transaction on the driver's own connection (sqlite3 or psycopg), for bulk work.
+
+        Write SQL with `?` placeholders and pass it through `sql()`.
+        """
         conn = self.engine.raw_connection()
         try:
             yield conn.driver_connection
@@ -129,13 +156,14 @@ class Store:
         finally:
             conn.close()
 
-    def _sql(self, text: str) -> str:
+    def sql(self, text: str) -> str:
+        """SQL written with `?` placeholders, in the driver's style."""
         return text.replace("?", "%s") if self.is_pg else text
 
     def ingest(self, items: Sequence[Accepted]) -> IngestResult:
         """Store envelopes in one transaction; already-stored (gateway, seq) pairs are skipped."""
         result = IngestResult()
-        with self._raw() as conn:
+        with self.raw() as conn:
             cur = conn.cursor()
             fresh = [a for a in items if self._claim(cur, a)]
             result.fresh = fresh
@@ -143,6 +171,7 @@ class Store:
             result.duplicates = len(items) - len(fresh)
             rows, events = self._rows(fresh, result)
             self._insert_readings(cur, rows)
+            self._write_derived(cur, rows)
             self._upsert_latest(cur, rows)
             self._insert_events(cur, events)
             self._touch(cur, fresh)
@@ -153,7 +182,7 @@ class Store:
         env = a.envelope
         n = len(env.readings) if isinstance(env, DataEnvelope) else len(env.events)
         channel = "data" if isinstance(env, DataEnvelope) else "events"
-        cur.execute(self._sql(
+        cur.execute(self.sql(
             "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay) "
             "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING seq"),
             (a.gateway, env.seq, channel, env.sent, a.received, n, env.replay))
@@ -205,13 +234,26 @@ class Store:
         else:
             cur.executemany(f"INSERT INTO readings ({cols}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
 
+    def _write_derived(self, cur: Any, rows: list[Row]) -> None:
+        for write in self.row_writers if rows else ():
+            cur.execute("SAVEPOINT derived")
+            try:
+                write(cur, rows)
+            except Exception:
+                cur.execute("ROLLBACK TO SAVEPOINT derived")
+                self.row_writer_errors += 1
+                if self.row_writer_errors == 1:
+                    log.exception("store: a derived-table writer failed; raw readings are "
+                                  "stored (counted from now on)")
+            cur.execute("RELEASE SAVEPOINT derived")
+
     def _upsert_latest(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         newest: dict[tuple[str, str], tuple[Any, ...]] = {}
         for row in rows:
             key = (row[0], row[1])
             if key not in newest or row[2] >= newest[key][2]:
                 newest[key] = row
-        cur.executemany(self._sql(
+        cur.executemany(self.sql(
             "INSERT INTO latest (device_id, quantity, ts, value, vtext, quality, gateway_id) "
             "VALUES (?,?,?,?,?,?,?) ON CONFLICT (device_id, quantity) DO UPDATE SET "
             "ts = excluded.ts, value = excluded.value, vtext = excluded.vtext, "
@@ -222,18 +264,18 @@ class Store:
     def _insert_events(self, cur: Any, events: list[tuple[Any, ...]]) -> None:
         if not events:
             return
-        cur.executemany(self._sql(
+        cur.executemany(self.sql(
             "INSERT INTO events (device_id, gateway_id, seq, ts, kind, action, severity, code,"
             " evidence, message, received) VALUES (?,?,?,?,?,?,?,?,?,?,?)"), events)
         for e in sorted(events, key=lambda e: e[3]):
             device, _gw, _seq, ts, kind, action, severity, code, evidence = e[:9]
             if action == "raise":
-                cur.execute(self._sql(
+                cur.execute(self.sql(
                     "INSERT INTO active_faults (device_id, kind, since, severity, code, evidence)"
                     " VALUES (?,?,?,?,?,?) ON CONFLICT (device_id, kind) DO NOTHING"),
                     (device, kind, ts, severity, code, evidence))
             elif action == "clear":
-                cur.execute(self._sql(
+                cur.execute(self.sql(
                     "DELETE FROM active_faults WHERE device_id = ? AND kind = ? AND since <= ?"),
                     (device, kind, ts))
 
@@ -249,14 +291,14 @@ class Store:
                     seen[it.device] = (a.gateway, a.received)
             last = gws.get(a.gateway, (0, 0))
             gws[a.gateway] = (max(last[0], env.seq), max(last[1], a.received))
-        cur.executemany(self._sql(
+        cur.executemany(self.sql(
             "INSERT INTO devices (device_id, gateway_id, kind, profile, first_seen, last_seen) "
             "VALUES (?,?,'unknown','',?,?) ON CONFLICT (device_id) DO UPDATE SET "
             "gateway_id = excluded.gateway_id, "
             "last_seen = CASE WHEN devices.last_seen IS NULL OR excluded.last_seen > "
             "devices.last_seen THEN excluded.last_seen ELSE devices.last_seen END"),
             [(d, gw, ts, ts) for d, (gw, ts) in seen.items()])
-        cur.executemany(self._sql(
+        cur.executemany(self.sql(
             "INSERT INTO gateways (gateway_id, state, state_reason, version, boot, last_seq,"
             " last_seen) VALUES (?,'unknown','','','',?,?) ON CONFLICT (gateway_id) DO UPDATE SET"
             " last_seq = CASE WHEN gateways.last_seq IS NULL OR excluded.last_seq >"
