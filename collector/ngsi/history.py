@@ -1,10 +1,15 @@
 """History at city scale: incremental 1-minute / 1-hour aggregates, retention, history endpoint.
 
-Aggregates are maintained from the stored hook (numeric values of a committed batch, folded
-into (device, quantity, bucket) rows with an additive upsert), so they never rescan readings.
+Aggregates are kept inside the ingest transaction (`Store.row_writers`): the numeric values of
+the freshly stored rows are folded into (device, quantity, bucket) rows with an additive upsert,
+so they never rescan readings, match the raw data exactly (a re-delivered batch is not fresh)
+and survive a crash together with it.
 Retention runs as a background task: raw readings older than `raw_days`, 1-minute buckets older
-than `minute_days` (dropping whole day partitions on PostgreSQL), 1-hour buckets older than
-`hour_days`. Deletes go in bounded chunks so ingest is never locked out for long.
+than `minute_days`, 1-hour buckets older than `hour_days`. On PostgreSQL `readings` and
+`history_1m` are partitioned by day, so retention drops whole partitions and deletes only what
+sits in the DEFAULT partition; on SQLite it deletes in bounded chunks so ingest is never locked
+out for long. Each run also creates the coming days' partitions (`Store.maintain`,
+`HistoryKeeper.maintain`).
 """
 
 from __future__ import annotations
@@ -20,17 +25,15 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
 
-from collector import schema
+from collector import partitions, schema
 from collector.api import iso, parse_time
-from collector.ngsi.tables import DAY_MS, ensure_partition, history_1h, history_1m
-from collector.store import Accepted, Store, now_ms
-from devices.contract import DataEnvelope
+from collector.ngsi.tables import DAY_MS, history_1h, history_1m
+from collector.store import Row, Store, now_ms
 from devices.quantities import QUANTITIES, ValueKind
 
 log = logging.getLogger(__name__)
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000
 NUMERIC = {ValueKind.NUMBER, ValueKind.INTEGER}
-SEEN_MAX = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,34 +50,29 @@ class Retention:
 Key = tuple[str, str, int]
 
 
-def fold(items: Iterable[Accepted], width_ms: int) -> dict[Key, list[float]]:
-    """(device, quantity, bucket) -> [n, sum, min, max] of a batch's numeric values."""
+def fold(rows: Iterable[Row], width_ms: int) -> dict[Key, list[float]]:
+    """(device, quantity, bucket) -> [n, sum, min, max] of stored rows' numeric values."""
     acc: dict[Key, list[float]] = {}
-    for a in items:
-        env = a.envelope
-        if not isinstance(env, DataEnvelope):
+    for device, q, ts, x, *_rest in rows:
+        if x is None:
             continue
-        for r in env.readings:
-            bucket = r.ts - r.ts % width_ms
-            for q, v in r.values.items():
-                info = QUANTITIES.get(q)
-                if info is None or info.kind not in NUMERIC or v is None or \
-                        isinstance(v, bool | str):
-                    continue
-                x = float(v)
-                cur = acc.get((r.device, q, bucket))
-                if cur is None:
-                    acc[(r.device, q, bucket)] = [1.0, x, x, x]
-                else:
-                    cur[0] += 1
-                    cur[1] += x
-                    cur[2] = min(cur[2], x)
-                    cur[3] = max(cur[3], x)
+        info = QUANTITIES.get(q)
+        if info is None or info.kind not in NUMERIC:
+            continue
+        key = (device, q, ts - ts % width_ms)
+        cur = acc.get(key)
+        if cur is None:
+            acc[key] = [1.0, x, x, x]
+        else:
+            cur[0] += 1
+            cur[1] += x
+            cur[2] = min(cur[2], x)
+            cur[3] = max(cur[3], x)
     return acc
 
 
 _UPSERT = ("INSERT INTO {t} (device_id, quantity, bucket, n, vsum, vmin, vmax) "
-           "VALUES (:d, :q, :b, :n, :s, :lo, :hi) ON CONFLICT (device_id, quantity, bucket) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, quantity, bucket) "
            "DO UPDATE SET n = {t}.n + excluded.n, vsum = {t}.vsum + excluded.vsum, "
            "vmin = CASE WHEN excluded.vmin < {t}.vmin THEN excluded.vmin ELSE {t}.vmin END, "
            "vmax = CASE WHEN excluded.vmax > {t}.vmax THEN excluded.vmax ELSE {t}.vmax END")
@@ -88,45 +86,26 @@ class HistoryKeeper:
         self.retention = retention or Retention()
         self.stats: dict[str, Any] = {"aggregated": 0, "errors": 0, "pruned": {},
                                       "last_prune_s": None}
-        self._days: set[int] = set()
-        self._seen: dict[tuple[str, int], None] = {}
 
-    def on_stored(self, items: list[Accepted]) -> None:
-        """Stored hook: fold the batch into both resolutions (never raises into ingest).
-
-        Hooks also see re-delivered (gateway, seq) pairs, so recently folded ones are skipped
-        (an LRU of `SEEN_MAX` keys; see docs/hub-feed.md for the restart caveat).
-        """
-        fresh = []
-        for a in items:
-            key = (a.gateway, a.envelope.seq)
-            if key in self._seen:
-                continue
-            self._seen[key] = None
-            fresh.append(a)
-        while len(self._seen) > SEEN_MAX:
-            self._seen.pop(next(iter(self._seen)))
-        try:
-            self.add(fresh)
-        except Exception:
-            self.stats["errors"] += 1
-            log.exception("history: aggregate update failed; raw readings are stored")
-
-    def add(self, items: list[Accepted]) -> int:
-        """Fold a batch into history_1m and history_1h; the number of minute rows touched."""
-        minute, hour = fold(items, MINUTE_MS), fold(items, HOUR_MS)
+    def write_rows(self, cur: Any, rows: list[Row]) -> None:
+        """Store row writer: fold the fresh rows of an ingest transaction into both
+        resolutions, in that transaction (driver cursor), so aggregates match raw data."""
+        minute, hour = fold(rows, MINUTE_MS), fold(rows, HOUR_MS)
         if not minute:
-            return 0
-        with self.store.engine.begin() as conn:
-            for day in {b - b % DAY_MS for _, _, b in minute} - self._days:
-                ensure_partition(conn, day)
-                self._days.add(day)
-            for table, acc in (("history_1m", minute), ("history_1h", hour)):
-                conn.execute(sa.text(_UPSERT.format(t=table)), [
-                    {"d": d, "q": q, "b": b, "n": int(v[0]), "s": v[1], "lo": v[2], "hi": v[3]}
-                    for (d, q, b), v in sorted(acc.items())])
+            return
+        for table, acc in (("history_1m", minute), ("history_1h", hour)):
+            cur.executemany(self.store.sql(_UPSERT.format(t=table)), [
+                (d, q, b, int(v[0]), v[1], v[2], v[3]) for (d, q, b), v in sorted(acc.items())])
         self.stats["aggregated"] += len(minute)
-        return len(minute)
+
+    def maintain(self, now: int | None = None, not_before: int | None = None) -> list[str]:
+        """PostgreSQL: create the day partitions of history_1m around now (`make_days`, as for
+        readings); never inside an ingest transaction. Buckets of other days go to its DEFAULT."""
+        if not self.store.is_pg:
+            return []
+        with self.store.engine.begin() as conn:
+            return partitions.make_days(conn, "history_1m", "bucket",
+                                        now_ms() if now is None else now, not_before)
 
     # --- retention ---------------------------------------------------------------------------
 
@@ -135,56 +114,44 @@ class HistoryKeeper:
         now = now_ms() if now is None else now
         started = time.perf_counter()
         ret, out = self.retention, {}
-        if ret.raw_days is not None:
-            out["readings"] = self._delete_chunks(schema.readings, schema.readings.c.ts,
-                                                  now - int(ret.raw_days * DAY_MS))
-        if ret.minute_days is not None:
-            cutoff = now - int(ret.minute_days * DAY_MS)
-            out["history_1m_partitions"] = self._drop_partitions(cutoff)
-            out["history_1m"] = self._delete_chunks(history_1m, history_1m.c.bucket, cutoff)
-        if ret.hour_days is not None:
-            out["history_1h"] = self._delete_chunks(history_1h, history_1h.c.bucket,
-                                                    now - int(ret.hour_days * DAY_MS))
+        raw, minute, hour = (None if days is None else now - int(days * DAY_MS)
+                             for days in (ret.raw_days, ret.minute_days, ret.hour_days))
+        self.store.maintain(now, raw)
+        self.maintain(now, minute)
+        if raw is not None:
+            out["readings_partitions"] = self._drop_partitions("readings", raw)
+            out["readings"] = self._delete_chunks(schema.readings, schema.readings.c.ts, raw)
+        if minute is not None:
+            out["history_1m_partitions"] = self._drop_partitions("history_1m", minute)
+            out["history_1m"] = self._delete_chunks(history_1m, history_1m.c.bucket, minute)
+        if hour is not None:
+            out["history_1h"] = self._delete_chunks(history_1h, history_1h.c.bucket, hour)
         self.stats["pruned"] = out
         self.stats["last_prune_s"] = round(time.perf_counter() - started, 3)
         return out
 
     def _delete_chunks(self, table: sa.Table, ts: sa.Column[Any], cutoff: int) -> int:
+        """Delete rows older than `cutoff` in transactions of at most `chunk` rows, so the
+        SQLite write lock (and PostgreSQL row locks) are never held for long."""
+        # a ctid repeats across partitions: on PostgreSQL the key is (tableoid, ctid)
+        cols: list[Any] = ([sa.literal_column("tableoid"), sa.literal_column("ctid")]
+                           if self.store.is_pg else [sa.literal_column("rowid")])
+        key: Any = sa.tuple_(*cols) if self.store.is_pg else cols[0]
         total = 0
         while True:
+            sub = sa.select(*cols).select_from(table).where(ts < cutoff).limit(
+                self.retention.chunk)
             with self.store.engine.begin() as conn:
-                if table is schema.readings and not self.store.is_pg:
-                    sub: Any = sa.select(sa.literal_column("rowid")).select_from(table).where(
-                        ts < cutoff).limit(self.retention.chunk)
-                    n = conn.execute(sa.delete(table).where(
-                        sa.literal_column("rowid").in_(sub))).rowcount
-                elif table is schema.readings:
-                    sub = sa.select(sa.literal_column("ctid")).select_from(table).where(
-                        ts < cutoff).limit(self.retention.chunk)
-                    n = conn.execute(sa.delete(table).where(
-                        sa.literal_column("ctid").in_(sub.scalar_subquery()))).rowcount
-                else:
-                    n = conn.execute(sa.delete(table).where(ts < cutoff)).rowcount
+                n = conn.execute(sa.delete(table).where(ts < cutoff, key.in_(sub))).rowcount
             total += max(0, n or 0)
-            if not n or n < self.retention.chunk or table is not schema.readings:
+            if not n or n < self.retention.chunk:
                 return total
 
-    def _drop_partitions(self, cutoff: int) -> int:
+    def _drop_partitions(self, table: str, cutoff: int) -> int:
         if not self.store.is_pg:
             return 0
-        dropped = 0
         with self.store.engine.begin() as conn:
-            names = conn.execute(sa.text(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'history_1m' "
-                "AND c.relname ~ '^history_1m_d[0-9]+$'")).scalars().all()
-            for name in names:
-                day = int(name.removeprefix("history_1m_d")) * DAY_MS
-                if day + DAY_MS <= cutoff:
-                    conn.execute(sa.text(f"DROP TABLE {name}"))
-                    self._days.discard(day)
-                    dropped += 1
-        return dropped
+            return len(partitions.drop_before(conn, table, cutoff))
 
     async def run_retention(self) -> None:
         """Background task: prune now and then every `every_s` seconds."""

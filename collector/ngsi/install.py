@@ -88,9 +88,10 @@ def install_ngsi(hub: Any, settings: HubFeedSettings | None = None) -> HubFeedWo
                 bus.publish(channel, item)
         except Exception:
             log.exception("hub feed: stored hook failed; the data is stored")
-        keeper.on_stored(items)
 
     hub.stored_hooks.append(on_stored)
+    hub.store.row_writers.append(keeper.write_rows)
+    keeper.maintain()
     hub.tasks.append(worker.run)
     hub.tasks.append(keeper.run_retention)
 

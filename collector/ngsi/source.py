@@ -2,12 +2,14 @@
 
 One read per request and type; nothing is cached, so an entity is exactly as fresh as the
 committed state (parking rows are written on every transition, `latest` on every batch).
+Builders take the local ids wanted (None: all) and read only those rows, in chunks, so the feed
+worker builds thousands of changed entities with a handful of queries.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +19,14 @@ from collector.alarms.tables import alarms
 from collector.ngsi import model
 from collector.parking.schema import parking_spots, parking_zones
 from collector.store import Store
+
+CHUNK = 500  # ids per IN (...) list
+Locals = Sequence[str] | None  # local ids wanted; None: every entity of the type
+
+
+def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    for i in range(0, len(ids), CHUNK):
+        yield list(ids[i:i + CHUNK])
 
 
 class EntitySource:
@@ -39,100 +49,116 @@ class EntitySource:
 
     def entity(self, entity_id: str) -> dict[str, Any] | None:
         """One entity by its URN, or None."""
-        parsed = model.split_urn(entity_id)
-        if parsed is None:
-            return None
-        etype, local = parsed
-        builder = self._builders().get(etype)
-        if builder is None:
-            return None
-        found = [e for e in builder(local) if e["id"] == entity_id]
-        return found[0] if found else None
+        return self.entities_by_id([entity_id]).get(entity_id)
+
+    def entities_by_id(self, entity_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The entities of these URNs that exist, by id (one set of reads per type)."""
+        wanted: dict[str, set[str]] = defaultdict(set)
+        for entity_id in entity_ids:
+            parsed = model.split_urn(entity_id)
+            if parsed is not None:
+                wanted[parsed[0]].add(parsed[1])
+        out: dict[str, dict[str, Any]] = {}
+        builders = self._builders()
+        for etype, locals_ in wanted.items():
+            builder = builders.get(etype)
+            if builder is None:
+                continue
+            for e in builder(sorted(locals_)):
+                if e["type"] == etype:
+                    out[e["id"]] = e
+        return out
 
     def _builders(self) -> dict[str, Any]:
         return {"ParkingSpot": self.spots, "OnStreetParking": self.zones,
                 "OffStreetParking": self.zones, "AirQualityObserved": self.air,
                 "Device": self.devices, "Alert": self.alerts}
 
+    @staticmethod
+    def _rows(conn: sa.Connection, stmt: Any, column: Any, ids: Locals) -> list[Any]:
+        """Rows of `stmt`, restricted to `column IN ids` (chunked) unless ids is None."""
+        if ids is None:
+            return list(conn.execute(stmt).mappings())
+        return [r for chunk in _chunks(ids)
+                for r in conn.execute(stmt.where(column.in_(chunk))).mappings()]
+
     # --- per type ----------------------------------------------------------------------------
 
-    def _zones(self, conn: sa.Connection) -> dict[str, model.ZoneInfo]:
+    def _zones(self, conn: sa.Connection, ids: Locals) -> dict[str, model.ZoneInfo]:
         z = parking_zones
-        return {r.zone_id: model.ZoneInfo(r.zone_id, r.name, r.kind, r.lat, r.lon)
-                for r in conn.execute(sa.select(z.c.zone_id, z.c.name, z.c.kind, z.c.lat,
-                                                z.c.lon))}
+        stmt = sa.select(z.c.zone_id, z.c.name, z.c.kind, z.c.lat, z.c.lon)
+        return {r["zone_id"]: model.ZoneInfo(r["zone_id"], r["name"], r["kind"], r["lat"],
+                                             r["lon"])
+                for r in self._rows(conn, stmt, z.c.zone_id, ids)}
 
-    def spots(self, local: str | None) -> list[dict[str, Any]]:
-        """ParkingSpot entities (one spot when `local` is given)."""
+    def spots(self, ids: Locals) -> list[dict[str, Any]]:
+        """ParkingSpot entities (those of `ids`, or all)."""
         s = parking_spots
-        stmt = sa.select(s)
-        if local is not None:
-            stmt = stmt.where(s.c.spot_id == local)
         with self.store.engine.connect() as conn:
-            zones = self._zones(conn)
-            rows = conn.execute(stmt).mappings().all()
+            rows = self._rows(conn, sa.select(s), s.c.spot_id, ids)
+            zone_ids = None if ids is None else sorted({r["zone_id"] for r in rows
+                                                        if r["zone_id"]})
+            zones = self._zones(conn, zone_ids)
         return [model.parking_spot(dict(r), zones.get(r["zone_id"] or "")) for r in rows]
 
-    def zones(self, local: str | None) -> list[dict[str, Any]]:
+    def zones(self, ids: Locals) -> list[dict[str, Any]]:
         """OnStreetParking / OffStreetParking entities."""
         z, s = parking_zones, parking_spots
-        stmt = sa.select(z)
-        if local is not None:
-            stmt = stmt.where(z.c.zone_id == local)
         with self.store.engine.connect() as conn:
-            rows = conn.execute(stmt).mappings().all()
+            rows = self._rows(conn, sa.select(z), z.c.zone_id, ids)
             members: dict[str, list[str]] = defaultdict(list)
             spot_stmt = sa.select(s.c.zone_id, s.c.spot_id).where(s.c.zone_id.is_not(None))
-            if local is not None:
-                spot_stmt = spot_stmt.where(s.c.zone_id == local)
-            for zone_id, spot_id in conn.execute(spot_stmt.order_by(s.c.spot_id)):
-                members[zone_id].append(spot_id)
-        return [model.parking_zone(dict(r), members.get(r["zone_id"], [])) for r in rows]
+            for r in self._rows(conn, spot_stmt, s.c.zone_id, ids):
+                members[r["zone_id"]].append(r["spot_id"])
+        return [model.parking_zone(dict(r), sorted(members.get(r["zone_id"], [])))
+                for r in rows]
 
-    def air(self, local: str | None) -> list[dict[str, Any]]:
+    def air(self, ids: Locals) -> list[dict[str, Any]]:
         """AirQualityObserved of every dust and boiler site (real-time series)."""
-        sites = [s for s in self.sites.values() if local is None or s.id == local]
+        sites = [s for s in self.sites.values() if ids is None or s.id in ids]
         devices = {d: s.id for s in sites for d in s.devices}
         if not devices:
             return []
         t = schema.latest
         per_site: dict[str, list[dict[str, Any]]] = defaultdict(list)
         with self.store.engine.connect() as conn:
-            for row in conn.execute(sa.select(t).where(t.c.device_id.in_(list(devices))))\
-                    .mappings():
+            for row in self._rows(conn, sa.select(t), t.c.device_id, sorted(devices)):
                 per_site[devices[row["device_id"]]].append(dict(row))
         return [model.air_quality(s, per_site.get(s.id, [])) for s in sites]
 
-    def devices(self, local: str | None) -> list[dict[str, Any]]:
-        """A Device for every field device and every gateway."""
+    def devices(self, ids: Locals) -> list[dict[str, Any]]:
+        """A Device for every field device and every gateway (`gateway:<id>`)."""
         d, g, lt, f = schema.devices, schema.gateways, schema.latest, schema.active_faults
-        gw_local = local.removeprefix("gateway:") if local and local.startswith("gateway:") \
-            else None
+        dev_ids = gw_ids = None
+        if ids is not None:
+            dev_ids = [i for i in ids if not i.startswith("gateway:")]
+            gw_ids = [i.removeprefix("gateway:") for i in ids if i.startswith("gateway:")]
         with self.store.engine.connect() as conn:
-            dstmt = sa.select(d)
-            lstmt = sa.select(lt)
-            if local is not None:
-                dstmt = dstmt.where(d.c.device_id == local)
-                lstmt = lstmt.where(lt.c.device_id == local)
-            devs = [] if gw_local else conn.execute(dstmt).mappings().all()
+            devs = self._rows(conn, sa.select(d), d.c.device_id, dev_ids) \
+                if dev_ids is None or dev_ids else []
             latest: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            faulty: set[str] = set()
             if devs:
-                for row in conn.execute(lstmt).mappings():
+                for row in self._rows(conn, sa.select(lt), lt.c.device_id, dev_ids):
                     latest[row["device_id"]].append(dict(row))
-            faulty = {r.device_id for r in conn.execute(sa.select(f.c.device_id))}
-            gstmt = sa.select(g)
-            if local is not None:
-                gstmt = gstmt.where(g.c.gateway_id == (gw_local or ""))
-            gws = {r["gateway_id"]: dict(r) for r in conn.execute(gstmt).mappings()}
-            kinds = defaultdict(set)
-            for gw, kind in conn.execute(sa.select(d.c.gateway_id, d.c.kind)):
-                kinds[gw].add(kind)
-            all_gw_state = {r.gateway_id: r.state for r in
-                            conn.execute(sa.select(g.c.gateway_id, g.c.state))}
+                faulty = {r["device_id"] for r in self._rows(
+                    conn, sa.select(f.c.device_id), f.c.device_id, dev_ids)}
+            gws = {r["gateway_id"]: dict(r) for r in self._rows(
+                conn, sa.select(g), g.c.gateway_id, gw_ids)} if gw_ids is None or gw_ids \
+                else {}
+            kinds: dict[str, set[str]] = defaultdict(set)
+            if gws:
+                for r in self._rows(conn, sa.select(d.c.gateway_id, d.c.kind).distinct(),
+                                    d.c.gateway_id, None if gw_ids is None else list(gws)):
+                    kinds[r["gateway_id"]].add(r["kind"])
+            of_devs = sorted({r["gateway_id"] for r in devs})
+            gw_state = {r["gateway_id"]: r["state"] for r in self._rows(
+                conn, sa.select(g.c.gateway_id, g.c.state), g.c.gateway_id,
+                None if ids is None else of_devs)} if devs else {}
         out = []
         for row in devs:
             state = "fault" if row["device_id"] in faulty else "ok"
-            if all_gw_state.get(row["gateway_id"]) == "offline":
+            if gw_state.get(row["gateway_id"]) == "offline":
                 state = "unreachable"
             out.append(model.device(dict(row), latest.get(row["device_id"], []), state))
         for gw in gws.values():
@@ -141,16 +167,17 @@ class EntitySource:
             out.append(model.gateway(gw, controlled))
         return out
 
-    def alerts(self, local: str | None) -> list[dict[str, Any]]:
+    def alerts(self, ids: Locals) -> list[dict[str, Any]]:
         """An Alert for every active alarm."""
         a = alarms
         stmt = sa.select(a).where(a.c.active.is_(True), a.c.closed.is_(False))
-        if local is not None:
-            if not local.isdigit():
-                return []
-            stmt = stmt.where(a.c.id == int(local))
         with self.store.engine.connect() as conn:
-            rows = conn.execute(stmt).mappings().all()
+            if ids is None:
+                rows = list(conn.execute(stmt).mappings())
+            else:
+                nums = [int(i) for i in ids if i.isdigit()]
+                rows = [r for i in range(0, len(nums), CHUNK) for r in conn.execute(
+                    stmt.where(a.c.id.in_(nums[i:i + CHUNK]))).mappings()]
         return [model.alert(dict(r), self.source_url(r["device_id"])) for r in rows]
 
     def source_url(self, device_id: str) -> str:

@@ -1,4 +1,8 @@
-"""NGSI-LD Subscription registration for webhook deliveries (POST/GET/DELETE /subscriptions)."""
+"""NGSI-LD Subscription registration for webhook deliveries (POST/GET/DELETE /subscriptions).
+
+A subscription belongs to the token that made it: each downstream system sees and removes only
+its own (an administrator sees all of them).
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,23 @@ from typing import Annotated, Any
 
 import orjson
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import Response
 
+from collector.auth import Principal, Role, authenticate
 from collector.ngsi import model
 from collector.ngsi.api import NgsiError, bad_request, get_source
 from collector.ngsi.tables import ngsi_subscriptions
 from collector.store import now_ms
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["NGSI-LD"])
+Caller = Annotated[Principal, Depends(authenticate)]
+
+
+def _visible(who: Principal) -> Any:
+    """The subscriptions this caller may see: its own, or all for an administrator."""
+    t = ngsi_subscriptions
+    return sa.true() if who.role is Role.ADMIN else t.c.owner == who.name
 
 
 def validate_subscription(body: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +58,7 @@ def validate_subscription(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/subscriptions", status_code=201)
-def create_subscription(request: Request,
+def create_subscription(request: Request, who: Caller,
                         body: Annotated[dict[str, Any], Body()]) -> Response:
     """Register a webhook; the HMAC secret for X-CityGate-Signature is returned once."""
     sub = validate_subscription(body)
@@ -57,43 +69,43 @@ def create_subscription(request: Request,
                 ngsi_subscriptions.c.id == sub["id"])).first():
             raise NgsiError(409, "AlreadyExists", f"subscription {sub['id']!r} exists")
         conn.execute(sa.insert(ngsi_subscriptions).values(
-            id=sub["id"], body=orjson.dumps(sub).decode(), secret=secret, created=now_ms(),
-            active=True))
+            id=sub["id"], body=orjson.dumps(sub).decode(), secret=secret, owner=who.name,
+            created=now_ms(), active=True))
     return Response(orjson.dumps({"id": sub["id"], "secret": secret}), status_code=201,
                     media_type="application/json",
                     headers={"Location": f"/ngsi-ld/v1/subscriptions/{sub['id']}"})
 
 
 @router.get("/subscriptions")
-def list_subscriptions(request: Request) -> Response:
-    """Every registered subscription (without secrets)."""
+def list_subscriptions(request: Request, who: Caller) -> Response:
+    """The caller's subscriptions (without secrets)."""
     engine = get_source(request).store.engine
     with engine.connect() as conn:
-        rows = conn.execute(sa.select(ngsi_subscriptions.c.body)
+        rows = conn.execute(sa.select(ngsi_subscriptions.c.body).where(_visible(who))
                             .order_by(ngsi_subscriptions.c.created)).all()
     return Response(b"[" + b",".join(r.body.encode() for r in rows) + b"]",
                     media_type="application/json")
 
 
 @router.get("/subscriptions/{sub_id}")
-def get_subscription(request: Request, sub_id: str) -> Response:
-    """One subscription."""
+def get_subscription(request: Request, sub_id: str, who: Caller) -> Response:
+    """One of the caller's subscriptions."""
     engine = get_source(request).store.engine
     with engine.connect() as conn:
         row = conn.execute(sa.select(ngsi_subscriptions.c.body).where(
-            ngsi_subscriptions.c.id == sub_id)).first()
+            ngsi_subscriptions.c.id == sub_id, _visible(who))).first()
     if row is None:
         raise NgsiError(404, "ResourceNotFound", f"no subscription {sub_id!r}")
     return Response(row.body.encode(), media_type="application/json")
 
 
 @router.delete("/subscriptions/{sub_id}", status_code=204)
-def delete_subscription(request: Request, sub_id: str) -> Response:
-    """Remove a subscription; its queued deliveries are dropped by the worker."""
+def delete_subscription(request: Request, sub_id: str, who: Caller) -> Response:
+    """Remove one of the caller's subscriptions; the worker drops its queued deliveries."""
     engine = get_source(request).store.engine
     with engine.begin() as conn:
         n = conn.execute(sa.delete(ngsi_subscriptions).where(
-            ngsi_subscriptions.c.id == sub_id)).rowcount
+            ngsi_subscriptions.c.id == sub_id, _visible(who))).rowcount
     if not n:
         raise NgsiError(404, "ResourceNotFound", f"no subscription {sub_id!r}")
     return Response(status_code=204)

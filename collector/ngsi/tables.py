@@ -92,33 +92,6 @@ def _create_history(conn: sa.Connection) -> None:
         metadata.create_all(conn, tables=[history_1m, history_1h])
 
 
-def partition_name(day_start_ms: int) -> str:
-    """Name of the history_1m partition holding the day that starts at this epoch ms."""
-    return f"history_1m_d{day_start_ms // DAY_MS}"
-
-
-def ensure_partition(conn: sa.Connection, bucket: int) -> str | None:
-    """Create the day partition of a 1-minute bucket (PostgreSQL only); its name or None.
-
-    A day that already has rows in the DEFAULT partition is left there (PostgreSQL refuses to
-    attach an overlapping partition); retention still deletes them.
-    """
-    if conn.dialect.name != "postgresql":
-        return None
-    day = bucket - bucket % DAY_MS
-    name = partition_name(day)
-    exists = conn.execute(sa.text("SELECT to_regclass(:n)"), {"n": name}).scalar()
-    if exists is None:
-        clash = conn.execute(sa.text(
-            "SELECT 1 FROM history_1m_default WHERE bucket >= :a AND bucket < :b LIMIT 1"),
-            {"a": day, "b": day + DAY_MS}).first()
-        if clash is not None:
-            return None
-        conn.execute(sa.text(f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF history_1m "
-                             f"FOR VALUES FROM ({day}) TO ({day + DAY_MS})"))
-    return name
-
-
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (40, "hub feeds: context-broker outbox", _create(ngsi_outbox)),
     (41, "hub feeds: webhook subscriptions and deliveries",

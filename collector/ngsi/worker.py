@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from collector.ngsi import model
 from collector.ngsi.feeds import Change
-from collector.ngsi.source import EntitySource
+from collector.ngsi.source import CHUNK, EntitySource
 from collector.ngsi.tables import ngsi_deliveries, ngsi_outbox, ngsi_subscriptions
 from collector.store import now_ms
 
@@ -48,7 +48,8 @@ class FeedTiming:
     request_timeout: float = 5.0
     backoff_base: float = 1.0
     backoff_cap: float = 300.0
-    batch: int = 100
+    batch: int = 100  # entities per broker upsert and per webhook notification
+    busy_s: float = 2.0  # a round keeps sending full batches this long before the next intake
     max_pending_changes: int = 100_000
 
 
@@ -77,14 +78,17 @@ def subscription_matches(sub: dict[str, Any], entity: dict[str, Any],
     return not q or model.matches_q(entity, model.parse_q(q))
 
 
-def notification(sub: dict[str, Any], entity: dict[str, Any], now: int) -> dict[str, Any]:
-    """The NGSI-LD Notification of one entity for a subscription."""
+def notification(sub: dict[str, Any], entities: list[dict[str, Any]],
+                 now: int) -> dict[str, Any]:
+    """The NGSI-LD Notification of some entities for a subscription."""
     attrs = set((sub.get("notification") or {}).get("attributes") or [])
-    data = model.project(entity, attrs or None)
-    if (sub.get("notification") or {}).get("format") == "keyValues":
-        data = model.key_values(data)
+    key_values = (sub.get("notification") or {}).get("format") == "keyValues"
+    data = []
+    for entity in entities:
+        e = model.project(entity, attrs or None)
+        data.append(model.key_values(e) if key_values else e)
     return {"id": f"urn:ngsi-ld:Notification:{uuid.uuid4()}", "type": "Notification",
-            "subscriptionId": sub["id"], "notifiedAt": model.iso(now), "data": [data]}
+            "subscriptionId": sub["id"], "notifiedAt": model.iso(now), "data": data}
 
 
 class HubFeedWorker:
@@ -133,11 +137,18 @@ class HubFeedWorker:
         self._stop.set()
 
     async def step(self, client: httpx.AsyncClient) -> None:
-        """One round: enqueue what changed, then push due outbox rows and deliveries."""
+        """One round: enqueue what changed, then push due outbox rows and deliveries.
+
+        While full batches are due (a backlog after an outage, a burst of changes) the round
+        keeps sending, for at most `busy_s`, so throughput is not one batch per tick.
+        """
         await asyncio.to_thread(self.enqueue_changes)
-        if self.broker_url:
-            await self.push_broker(client)
-        await self.deliver(client)
+        deadline = asyncio.get_running_loop().time() + self.timing.busy_s
+        while True:
+            full = await self.push_broker(client) if self.broker_url else False
+            full = await self.deliver(client) or full
+            if not full or asyncio.get_running_loop().time() >= deadline:
+                return
 
     def _take(self) -> dict[str, set[str]]:
         with self._lock:
@@ -157,24 +168,29 @@ class HubFeedWorker:
         with self.engine.connect() as conn:
             subs = [orjson.loads(r.body) for r in conn.execute(
                 sa.select(ngsi_subscriptions.c.body).where(ngsi_subscriptions.c.active))]
-        outbox, deliveries = [], []
-        for entity_id, attrs in merged.items():
-            entity = self.source.entity(entity_id)
-            if entity is None:
-                continue
+        entities = self.source.entities_by_id(merged)
+        outbox: list[dict[str, Any]] = []
+        matched: dict[str, list[dict[str, Any]]] = {sub["id"]: [] for sub in subs}
+        for entity_id, entity in sorted(entities.items()):
             if self.broker_url:
                 outbox.append({"entity_id": entity_id, "body": orjson.dumps(entity).decode(),
                                "enqueued": now, "attempts": 0, "next_try": now,
                                "last_error": ""})
+            changed = frozenset(merged[entity_id])
             for sub in subs:
-                if subscription_matches(sub, entity, frozenset(attrs)):
-                    deliveries.append({"subscription_id": sub["id"], "created": now,
-                                       "body": orjson.dumps(notification(sub, entity, now))
-                                       .decode(), "attempts": 0, "next_try": now})
+                if subscription_matches(sub, entity, changed):
+                    matched[sub["id"]].append(entity)
+        deliveries = [  # one notification carries up to `batch` entities
+            {"subscription_id": sub["id"], "created": now, "attempts": 0, "next_try": now,
+             "body": orjson.dumps(notification(sub, group[i:i + self.timing.batch], now))
+             .decode()}
+            for sub in subs for group in [matched[sub["id"]]]
+            for i in range(0, len(group), self.timing.batch)]
         with self.engine.begin() as conn:
-            for row in outbox:  # newest state replaces an unsent one
+            ids = [row["entity_id"] for row in outbox]
+            for i in range(0, len(ids), CHUNK):  # newest state replaces an unsent one
                 conn.execute(sa.delete(ngsi_outbox).where(
-                    ngsi_outbox.c.entity_id == row["entity_id"]))
+                    ngsi_outbox.c.entity_id.in_(ids[i:i + CHUNK])))
             if outbox:
                 conn.execute(sa.insert(ngsi_outbox), outbox)
             if deliveries:
@@ -188,11 +204,14 @@ class HubFeedWorker:
             return list(conn.execute(sa.select(table).where(table.c.next_try <= self.clock())
                                      .order_by(order).limit(self.timing.batch)))
 
-    async def push_broker(self, client: httpx.AsyncClient) -> None:
-        """POST due outbox rows as one batch upsert; keep what the broker did not take."""
+    async def push_broker(self, client: httpx.AsyncClient) -> bool:
+        """POST due outbox rows as one batch upsert; keep what the broker did not take.
+
+        True when a full batch went through (more may be due).
+        """
         rows = await asyncio.to_thread(self._due, ngsi_outbox, ngsi_outbox.c.enqueued)
         if not rows:
-            return
+            return False
         bodies = [orjson.loads(r.body) for r in rows]
         for b in bodies:
             b["@context"] = model.CONTEXT
@@ -209,6 +228,7 @@ class HubFeedWorker:
         except httpx.HTTPError as exc:
             failed = {r.entity_id: f"{type(exc).__name__}: {exc}" for r in rows}
         await asyncio.to_thread(self._settle_outbox, rows, failed)
+        return not failed and len(rows) == self.timing.batch
 
     def _settle_outbox(self, rows: list[Any], failed: dict[str, str]) -> None:
         now = self.clock()
@@ -231,15 +251,19 @@ class HubFeedWorker:
 
     # --- webhooks ----------------------------------------------------------------------------
 
-    async def deliver(self, client: httpx.AsyncClient) -> None:
-        """POST due notifications, signed; retry failures later."""
+    async def deliver(self, client: httpx.AsyncClient) -> bool:
+        """POST due notifications, signed; retry failures later.
+
+        True when a full batch went through (more may be due).
+        """
         rows = await asyncio.to_thread(self._due, ngsi_deliveries, ngsi_deliveries.c.id)
         if not rows:
-            return
+            return False
         targets = await asyncio.to_thread(self._targets, {r.subscription_id for r in rows})
         results = await asyncio.gather(*(self._post(client, targets.get(r.subscription_id), r)
                                          for r in rows))
         await asyncio.to_thread(self._settle_deliveries, list(zip(rows, results, strict=True)))
+        return all(e is None for e in results) and len(rows) == self.timing.batch
 
     def _targets(self, ids: set[str]) -> dict[str, tuple[str, str]]:
         t = ngsi_subscriptions
