@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import time
 
@@ -18,13 +19,25 @@ class _Timex(ctypes.Structure):
     _fields_ = [("modes", ctypes.c_uint), ("_pad", ctypes.c_byte * 204)]
 
 
-def kernel_says_synced() -> bool | None:
-    """Ask the kernel (adjtimex) whether NTP keeps the clock synchronised; None if unknown."""
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """The C library, looked up once: find_library runs `/sbin/ldconfig -p` on every call, and
+    the agent asks about the clock every few seconds."""
     name = ctypes.util.find_library("c")
     if not name:
         return None
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
+def kernel_says_synced() -> bool | None:
+    """Ask the kernel (adjtimex) whether NTP keeps the clock synchronised; None if unknown."""
+    libc = _libc()
+    if libc is None:
+        return None
+    try:
         tx = _Timex()
         state = libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):
@@ -32,6 +45,16 @@ def kernel_says_synced() -> bool | None:
     if state < 0:
         return None
     return bool(state != _TIME_ERROR)
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+def mono_ms() -> int:
+    """Monotonic time in milliseconds (comparable within one boot)."""
+    return int(time.monotonic() * 1000)
 
 
 def plausible(now_ms: int) -> bool:

@@ -20,14 +20,16 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-import serial
+from typing import TYPE_CHECKING
 
 from devices.hj212 import Frame, FrameError, Reassembler, StreamDecoder, build_data_answer
 from devices.hj212.normalise import Interval, normalise
 from devices.model import Action, Event, Quality, Reading, Severity
 from devices.profiles import Profile, load_profile
 from edge.config import DeviceSection, Hj212SerialBus, Hj212TcpBus
+
+if TYPE_CHECKING:  # pyserial is imported only by gateways with an HJ 212 serial line
+    import serial
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,8 @@ class SerialLine:
     @classmethod
     async def open(cls, cfg: Hj212SerialBus) -> SerialLine:
         """Open and configure the port (raises serial.SerialException / OSError)."""
+        import serial
+
         port = serial.Serial(port=cfg.port, baudrate=cfg.baudrate, parity=cfg.parity,
                              bytesize=cfg.bytesize, stopbits=cfg.stopbits, timeout=0,
                              write_timeout=1.0, exclusive=True)
@@ -149,6 +153,8 @@ class SerialLine:
 
     def write(self, data: bytes) -> None:
         """Send bytes (answers are short; a stuck port raises PortGone on the next read)."""
+        import serial
+
         with contextlib.suppress(serial.SerialException, OSError):
             self.port.write(data)
 
@@ -204,6 +210,8 @@ class Hj212Source:
     # --- serial ------------------------------------------------------------------------------
 
     async def _run_serial(self, cfg: Hj212SerialBus) -> None:
+        import serial
+
         attempt = 0
         while True:
             try:

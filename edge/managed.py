@@ -29,6 +29,7 @@ import orjson
 from devices import contract
 from edge.agent import VERSION, Agent
 from edge.config import GatewayConfig, load_config
+from edge.heap import tune_malloc
 from edge.remote_config import RemoteConfig, reply_payload
 from edge.update import (
     STATE_FILE,
@@ -280,6 +281,7 @@ def _id(payload: bytes) -> str:
 
 async def run_managed(path: Path, stop: asyncio.Event, rollback_after: float = 60.0) -> None:
     """Run the gateway at `path` with remote configuration until `stop` is set."""
+    tune_malloc()  # before any socket is read (edge/heap.py)
     await Supervisor(path, rollback_after=rollback_after).run(stop)
 
 

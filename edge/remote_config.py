@@ -131,10 +131,15 @@ class RemoteConfig:
 
 def reply_payload(gateway: str, command: str, command_id: str, ok: bool,
                   detail: dict[str, Any]) -> bytes:
-    """A contract v1 reply message."""
-    msg = contract.ReplyMessage(v=1, gateway=gateway, command=command, id=command_id, ok=ok,
-                                detail=detail)
-    return orjson.dumps(msg.model_dump())
+    """A contract v1 reply message (the fields of contract.ReplyMessage, in its order).
+
+    Built as a plain dict: the pydantic contract models are the collector's, and importing them
+    on the gateway for a reply would keep them in its memory for good.
+    """
+    if not contract.GATEWAY_ID_RE.match(gateway):
+        raise contract.ContractError("bad_gateway_id", f"{gateway!r} is not a valid gateway id")
+    return orjson.dumps({"v": contract.VERSION, "gateway": gateway, "command": str(command),
+                         "id": str(command_id), "ok": bool(ok), "detail": dict(detail)})
 
 
 def _id_of(payload: bytes) -> str:

@@ -27,10 +27,7 @@ import logging
 import os
 import subprocess
 import sys
-import sysconfig
-import tarfile
 import tempfile
-import venv
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -99,6 +96,8 @@ def load_public_key(text: str) -> Any:
 def build_bundle(manifest_files: dict[str, bytes], version: str, private_key: Any,
                  deps: Literal["bundled", "inherit"] = "bundled") -> bytes:
     """A signed bundle of these files (release tooling and tests)."""
+    import tarfile
+
     manifest = Manifest(version, {p: (hashlib.sha256(b).hexdigest(), len(b))
                                   for p, b in manifest_files.items()}, deps)
     body = manifest.to_json()
@@ -114,6 +113,8 @@ def build_bundle(manifest_files: dict[str, bytes], version: str, private_key: An
 
 def verify_bundle(data: bytes, public_key: Any) -> tuple[Manifest, dict[str, bytes]]:
     """The manifest and files of a bundle whose signature and hashes hold; else UpdateRefused."""
+    import tarfile
+
     from cryptography.exceptions import InvalidSignature
 
     try:
@@ -141,6 +142,9 @@ def verify_bundle(data: bytes, public_key: Any) -> tuple[Manifest, dict[str, byt
 
 def install(manifest: Manifest, files: dict[str, bytes], root: Path) -> Path:
     """Install the bundle into `<root>/venvs/<version>` (kept if already complete)."""
+    import sysconfig
+    import venv
+
     target = root / "venvs" / manifest.version
     if (target / "bin" / "citygate").exists():
         return target

@@ -16,7 +16,6 @@ Invariants:
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -86,6 +85,8 @@ class ElevatorThresholds:
         parsed: dict[str, Any] = {}
         for key, raw in data.items():
             if key not in specs:
+                import difflib  # only for this error message
+
                 close = difflib.get_close_matches(key, specs, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ThresholdError(

@@ -101,3 +101,17 @@ def test_payload_that_is_not_a_command(setup: tuple[RemoteConfig, FakeAgent, Pat
     rc, _, _ = setup
     outcome = asyncio.run(rc.handle(b'{"id": "x"}'))
     assert outcome.status == "refused" and "toml" in str(outcome.detail["reason"])
+
+
+def test_reply_payload_is_a_contract_reply_the_collector_accepts() -> None:
+    from devices import contract
+    from edge.remote_config import reply_payload
+
+    payload = reply_payload("gw-1", "update", "u7", False, {"status": "refused", "reason": "x"})
+    received = contract.decode(contract.topic("gw-1", contract.REPLY), payload)
+    assert received.message == contract.ReplyMessage(
+        v=1, gateway="gw-1", command="update", id="u7", ok=False,
+        detail={"status": "refused", "reason": "x"})
+    assert orjson.loads(payload) == received.message.model_dump()
+    with pytest.raises(contract.ContractError):
+        reply_payload("Not A Gateway", "echo", "e1", True, {})
