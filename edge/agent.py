@@ -15,8 +15,7 @@ import orjson
 
 from devices import contract
 from devices.model import Event, Reading
-from edge.bus import mono_ms, now_ms
-from edge.clock import clock_synced
+from edge.clock import clock_synced, mono_ms, now_ms
 from edge.config import GatewayConfig
 from edge.metrics import MetricsServer, process_figures
 from edge.outbox import Outbox, Pending, Quota
@@ -47,6 +46,7 @@ def installed_version() -> str:
 
 
 VERSION = installed_version()
+FINISH_POLLS_S = 5.0  # longest a stop waits for the reads in progress
 DISK_CHECK_INTERVAL = 10.0  # seconds between free-space checks of the data directory
 WRITER_TICK = 5.0  # the writer wakes at least this often, so the watchdog sees it alive
 
@@ -131,18 +131,20 @@ class Agent:
         try:
             await self._start_metrics()
             async with asyncio.TaskGroup() as tg:
+                polls = [tg.create_task(b.run(), name=f"bus-{c.name}")
+                         for b, c in zip(self.buses, self.cfg.buses, strict=True)]
                 tasks = [
                     tg.create_task(self.uplink.run(), name="uplink"),
                     tg.create_task(self._writer(), name="outbox-writer"),
                     tg.create_task(self._forwarder(), name="forwarder"),
                     tg.create_task(self._health(), name="health"),
                     tg.create_task(self._watchdog(), name="watchdog"),
-                    *(tg.create_task(b.run(), name=f"bus-{c.name}")
-                      for b, c in zip(self.buses, self.cfg.buses, strict=True)),
+                    *polls,
                 ]
                 self.started.set()
                 self.notifier.notify(READY=1, STATUS=f"gateway {self.gateway} running")
                 await (stop.wait() if stop is not None else asyncio.Event().wait())
+                await self._finish_polls(polls)
                 for t in tasks:
                     t.cancel()
         finally:
@@ -151,6 +153,14 @@ class Agent:
                 await self.metrics.close()
             with contextlib.suppress(sqlite3.Error):
                 self.outbox.close()
+
+    async def _finish_polls(self, polls: list[asyncio.Task[None]]) -> None:
+        """Let pollers complete the read in progress before the stop cancels them (a bounded
+        wait): a value a device already answered reaches the outbox instead of being lost."""
+        busy = [task for bus, task in zip(self.buses, polls, strict=True)
+                if getattr(bus, "finish", lambda: False)()]  # event-driven: nothing in flight
+        if busy:
+            await asyncio.wait(busy, timeout=FINISH_POLLS_S)
 
     async def _start_metrics(self) -> None:
         if not self.cfg.metrics.listen:

@@ -25,6 +25,7 @@ from devices.modbus.codec import Table
 from devices.modbus.planner import ReadBlock, plan_reads, split_block
 from devices.model import Action, Event, Reading, Severity, Value
 from devices.profiles import Profile, load_profile
+from edge.clock import mono_ms, now_ms
 from edge.config import DeviceSection, ModbusRtuBus, ModbusTcpBus
 from edge.health import DeviceHealth, probe_fits, suspect_retries
 from edge.modbus_link import ILLEGAL_DATA_ADDRESS, ModbusLink, ModbusReadError
@@ -40,14 +41,20 @@ PROBE_MAX_DEFER = 60.0  # an offline probe put off this long runs even on a full
 REOPEN_EVERY = 1.0  # seconds between attempts to reopen a vanished serial port
 
 
-def now_ms() -> int:
-    """Wall-clock time in epoch milliseconds."""
-    return int(time.time() * 1000)
+def next_slot(due: float, interval: float, period: float, now: float) -> tuple[float, str]:
+    """When a device polled for the slot `due` is next due, and whether the bus fell behind.
 
-
-def mono_ms() -> int:
-    """Monotonic time in milliseconds (comparable within one boot)."""
-    return int(time.monotonic() * 1000)
+    On time, the next slot is one interval on. A poll that ended past that slot (a probe or a
+    retry held the line) is due at once, so jitter costs no reading ("late"); a bus more than a
+    whole interval behind cannot keep up and skips to the next slot on the device's grid
+    instead of bursting ("skipped", counted as an overrun).
+    """
+    nxt = due + interval
+    if nxt >= now:
+        return nxt, ""
+    if now - nxt < interval:
+        return nxt, "late"
+    return now + (period - (now - due) % period), "skipped"
 
 
 @dataclass
@@ -116,11 +123,14 @@ class ModbusBus:
         self.cfg = cfg
         self.devices = [PolledDevice.build(d) for d in devices]
         self.sink = sink
-        self.counters = {"cycles": 0, "transactions": 0, "overruns": 0, "readings": 0,
+        self.counters = {"cycles": 0, "transactions": 0, "overruns": 0, "late_polls": 0,
+                         "readings": 0,
                          "deferred_probes": 0, "splits": 0, "reopens": 0}
         self.link: ModbusLink | None = None
         self.progress = time.monotonic()  # last time the loop made progress (watchdog)
         self._reopen_warned = False
+        self._finishing = False
+        self._in_poll = False
 
     def device_health(self) -> dict[str, dict[str, object]]:
         """Per-device online state and counters for the health message."""
@@ -146,8 +156,16 @@ class ModbusBus:
         return ModbusLink.rtu(c.port, c.baudrate, c.parity, c.bytesize, c.stopbits,
                               inter_frame_gap=self.inter_frame_gap())
 
+    def finish(self) -> bool:
+        """Stop after the poll in progress (a graceful stop), so a value a device has already
+        answered is handed to the sink rather than dropped by cancelling the read. True when a
+        poll is in progress: run() then returns once it is done; otherwise nothing is in flight
+        and the caller may cancel run() at once."""
+        self._finishing = True
+        return self._in_poll
+
     async def run(self) -> None:
-        """Poll until cancelled; an unreachable endpoint is retried, never fatal."""
+        """Poll until cancelled or finished; an unreachable endpoint is retried, never fatal."""
         self.link = link = self._make_link()
         try:
             await self._connect(link)
@@ -172,7 +190,7 @@ class ModbusBus:
         start = loop.time()
         queue = [(start + i * 0.001, i) for i in range(len(self.devices))]
         heapq.heapify(queue)
-        while queue:
+        while queue and not self._finishing:
             due, i = queue[0]
             delay = due - loop.time()
             if delay > 0:
@@ -192,14 +210,16 @@ class ModbusBus:
                 heapq.heappush(queue, ((self._next_online_due(queue) or due) + 0.001, i))
                 continue
             dev.probe_deferred_since = None
-            await self.poll(link, dev)
+            self._in_poll = True
+            try:
+                await self.poll(link, dev)
+            finally:
+                self._in_poll = False
             self.counters["cycles"] += 1
             self.progress = time.monotonic()
-            nxt = due + dev.health.next_interval()
-            now = loop.time()
-            if nxt < now:  # the bus cannot keep up: skip missed cycles, never burst
-                self.counters["overruns"] += 1
-                nxt = now + (dev.cfg.poll - (now - due) % dev.cfg.poll)
+            nxt, late = next_slot(due, dev.health.next_interval(), dev.cfg.poll, loop.time())
+            if late:
+                self.counters["overruns" if late == "skipped" else "late_polls"] += 1
             heapq.heappush(queue, (nxt, i))
 
     def _next_online_due(self, queue: list[tuple[float, int]]) -> float | None:

@@ -18,7 +18,12 @@ Sink = Callable[[Sequence[Reading | Event]], None]
 
 
 class Source(Protocol):
-    """What the agent needs of a bus."""
+    """What the agent needs of a bus.
+
+    A polling source may also have `finish() -> bool`: stop after the read in progress (True
+    when one is), so a graceful stop does not drop a value a device has already answered
+    (ModbusBus). Event-driven sources have nothing in flight and are simply cancelled.
+    """
 
     counters: dict[str, int]
     progress: float

@@ -79,7 +79,11 @@ def test_misbehaving_units_do_not_stall_or_corrupt_the_healthy_ones(tmp_path: Pa
             link.start_babble(0.7, seed=1)
             bus = make_bus(str(tmp_path / "ttyLIFTS"), units, sink, poll="500ms")
             task = asyncio.create_task(bus.run())
-            await asyncio.sleep(2.5)  # the dead unit is offline by now; splitting is done
+            settled = asyncio.get_running_loop().time() + 20
+            while not (bus.devices[1].health.online is False and  # the dead unit
+                       set(bus.devices[3].unavailable) == REJECTED):  # splitting done
+                assert asyncio.get_running_loop().time() < settled, bus.device_health()
+                await asyncio.sleep(0.05)
             before = {d.cfg.id: d.health.counters["ok"] for d in bus.devices}
             await asyncio.sleep(4.0)
             after = {d.cfg.id: d.health.counters["ok"] for d in bus.devices}
@@ -136,3 +140,28 @@ def test_a_replugged_serial_adapter_is_reopened(tmp_path: Path) -> None:
     asyncio.run(main())
     kinds = [(e.kind, e.action.value) for e in sink.events]
     assert kinds[:2] == [("device_offline", "raise"), ("device_offline", "clear")], kinds
+
+
+def test_finish_completes_the_read_in_progress(tmp_path: Path) -> None:
+    """A graceful stop (the agent's, before an update switch) keeps an answered value."""
+    sink = Collected()
+
+    async def main() -> tuple[int, bool]:
+        bank = make_bank([1], static=True)
+        bank.behaviours = {1: UnitBehaviour(delay=0.2)}  # answers late, within the 300 ms timeout
+        async with simulated_line(bank, tmp_path) as link:
+            del link
+            bus = make_bus(str(tmp_path / "ttyLIFTS"), [1], sink, poll="60s")
+            run = asyncio.create_task(bus.run())
+            for _ in range(200):  # until the first request is on the line
+                if bank.reads:
+                    break
+                await asyncio.sleep(0.01)
+            assert bank.reads, "the bus never asked"
+            assert bus.finish()  # a read is in progress
+            await asyncio.wait_for(run, 10)  # returns by itself, not cancelled
+            return bank.reads, run.cancelled()
+
+    reads, cancelled = asyncio.run(main())
+    assert not cancelled
+    assert reads >= 1 and sink.values("lift1"), "the answered read was dropped"

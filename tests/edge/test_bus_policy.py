@@ -10,7 +10,7 @@ from devices.modbus.codec import Table
 from devices.modbus.planner import plan_reads, split_block
 from devices.profiles import load_profile
 from devices.sim.elevator import UnitBehaviour, control, make_bank
-from edge.bus import sub_blocks
+from edge.bus import next_slot, sub_blocks
 from edge.health import probe_fits, suspect_retries
 
 PROFILE = load_profile("elevator-gbt24476")
@@ -26,6 +26,21 @@ PROFILE = load_profile("elevator-gbt24476")
 def test_probes_run_only_in_leftover_time(now: float, next_due: float | None, cost: float,
                                           deferred: float | None, fits: bool) -> None:
     assert probe_fits(now, next_due, cost, deferred, 60.0) is fits
+
+
+@pytest.mark.parametrize(("now", "slot", "late"), [
+    (0.7, 1.0, ""),  # on time: one interval on
+    (1.0, 1.0, ""),
+    (1.2, 1.0, "late"),  # a probe held the line past the next slot: poll at once, keep the grid
+    (1.4, 1.0, "late"),
+    (1.9, 2.0, "skipped"),  # a whole interval behind: next slot on the grid, no burst
+    (2.0, 2.5, "skipped"),
+    (7.3, 7.5, "skipped"),
+])
+def test_a_late_poll_keeps_its_reading_and_a_stalled_bus_never_bursts(
+        now: float, slot: float, late: str) -> None:
+    nxt, kind = next_slot(0.5, 0.5, 0.5, now)
+    assert (round(nxt, 6), kind) == (slot, late)
 
 
 def test_a_device_that_failed_gets_no_retries() -> None:
