@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,9 +27,38 @@ from citygate.broker import mosquitto_binary, mosquitto_config
 DEFAULT_TOKEN: str | None = os.environ.get("CITYGATE_TOKEN")  # sent by http_json if none given
 
 
+_GIVEN: set[int] = set()  # ports handed out by this process, never handed out twice
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
+    """A TCP port nobody listens on right now, below the kernel's ephemeral range.
+
+    A port the kernel hands out for port 0 comes from the range it also uses as the source port
+    of outgoing connections, so between this call and the server's bind a client connection
+    (a cluster node dialling its routes, say) can take it: "address already in use". Ports below
+    that range are never picked as source ports.
+    """
+    rng = random.Random()
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    with socket.socket() as s:  # a crowded range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
