@@ -43,7 +43,7 @@ class Collected:
         return out
 
 
-def make_bus(path: str, units: Sequence[int], sink: Collected, poll: str = "500ms") -> ModbusBus:
+def make_bus(path: str, units: Sequence[int], sink: Collected, poll: float = 0.5) -> ModbusBus:
     bus_cfg = ModbusRtuBus(name="line1", type="modbus-rtu", port=path)
     devices = [DeviceSection(id=f"lift{u}", bus="line1", profile="elevator-gbt24476", unit=u,
                              poll=poll) for u in units]
@@ -77,7 +77,7 @@ def test_misbehaving_units_do_not_stall_or_corrupt_the_healthy_ones(tmp_path: Pa
                            4: UnitBehaviour(reject=(10, 13))}
         async with simulated_line(bank, tmp_path) as link:
             link.start_babble(0.7, seed=1)
-            bus = make_bus(str(tmp_path / "ttyLIFTS"), units, sink, poll="500ms")
+            bus = make_bus(str(tmp_path / "ttyLIFTS"), units, sink, poll=0.5)
             task = asyncio.create_task(bus.run())
             settled = asyncio.get_running_loop().time() + 20
             while not (bus.devices[1].health.online is False and  # the dead unit
@@ -122,7 +122,7 @@ def test_a_replugged_serial_adapter_is_reopened(tmp_path: Path) -> None:
 
     async def main() -> ModbusBus:
         bank = make_bank([1], static=True)
-        bus = make_bus(str(tmp_path / "ttyLIFTS"), [1], sink, poll="200ms")
+        bus = make_bus(str(tmp_path / "ttyLIFTS"), [1], sink, poll=0.2)
         task = asyncio.create_task(bus.run())
         async with simulated_line(bank, tmp_path):
             await asyncio.sleep(1.5)
@@ -151,7 +151,7 @@ def test_finish_completes_the_read_in_progress(tmp_path: Path) -> None:
         bank.behaviours = {1: UnitBehaviour(delay=0.2)}  # answers late, within the 300 ms timeout
         async with simulated_line(bank, tmp_path) as link:
             del link
-            bus = make_bus(str(tmp_path / "ttyLIFTS"), [1], sink, poll="60s")
+            bus = make_bus(str(tmp_path / "ttyLIFTS"), [1], sink, poll=60.0)
             run = asyncio.create_task(bus.run())
             for _ in range(200):  # until the first request is on the line
                 if bank.reads:

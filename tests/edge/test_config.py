@@ -461,3 +461,44 @@ profile = "elevator-gbt24476"
     assert "bus loggers: hj212-tcp at 0.0.0.0:9212, 2 device(s)" in lines
     assert "  dust-1: elevator-gbt24476, MN 88888880000001" in lines
     assert "  dust-2: elevator-gbt24476" in lines
+
+
+def test_problems_in_bus_and_device_tables_are_reported_together() -> None:
+    text = """
+[gateway]
+id = "gw-01"
+
+[uplink]
+max_inflight = "many"
+
+[[buses]]
+name = "rs485-1"
+type = "modbus-rtu"
+port = "/dev/ttyS1"
+bytesize = 9
+
+[[buses]]
+name = "x"
+type = "modbus-udp"
+
+[[devices]]
+id = "lift-1"
+bus = "rs485-1"
+profile = "elevator-gbt24476"
+unit = 300
+poll = 0
+"""
+    found = dict(problems(text))
+    assert set(found) == {"uplink.max_inflight", "buses.0.bytesize", "buses.1.type",
+                          "devices.0.unit", "devices.0.poll"}
+    assert found["uplink.max_inflight"] == "expected int (got 'many')"
+    assert "7, 8" in found["buses.0.bytesize"]
+    assert "'modbus-tcp'" in found["buses.1.type"] and "'coap'" in found["buses.1.type"]
+    assert "<= 247" in found["devices.0.unit"]
+    assert "longer than zero" in found["devices.0.poll"]
+
+
+def test_config_is_immutable() -> None:
+    cfg = parse_config(MINIMAL)
+    with pytest.raises(AttributeError):
+        cfg.gateway.id = "other"  # type: ignore[misc]
