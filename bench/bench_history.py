@@ -71,6 +71,7 @@ from collector import partitions
 from collector.api import create_app
 from collector.config import CollectorConfig
 from collector.hub import Hub
+from collector.ngsi.egress import EgressPolicy
 from collector.ngsi.history import HistoryKeeper, Retention
 from collector.ngsi.install import HubFeedSettings, install_ngsi
 from collector.ngsi.subscriptions import validate_subscription
@@ -85,6 +86,7 @@ MINUTE_MS, HOUR_MS, DAY_MS = 60_000, 3_600_000, 86_400_000
 T0 = 1_760_000_000_000  # newest reading at the largest size (2025-10-09 08:53:20 UTC)
 PG_BYTES_PER_ROW = 250  # readings + index + 1m aggregate + WAL slack, for the disk check
 COLS = "device_id, quantity, ts, value, vtext, quality, gateway_id, seq, replay"
+LOCAL_SINK = EgressPolicy.parse(["127.0.0.1"])  # the bench's webhook sink listens on loopback
 
 
 def dev(i: int) -> str:
@@ -514,7 +516,8 @@ class Feeds:
         self.store = store
         self.writers = list(store.row_writers)
         self.hub = Hub(store, CollectorConfig(), create_app(store))
-        self.worker: HubFeedWorker = install_ngsi(self.hub, HubFeedSettings(broker_url=sink))
+        self.worker: HubFeedWorker = install_ngsi(self.hub, HubFeedSettings(
+            broker_url=sink, egress=LOCAL_SINK))
         self.busy = 0
         self._lock = threading.Lock()
         build = self.worker.enqueue_changes
@@ -575,7 +578,7 @@ def subscribe(store: Store, sink: str) -> None:
     sub = validate_subscription({
         "id": "urn:ngsi-ld:Subscription:bench", "type": "Subscription",
         "entities": [{"type": "Device"}],
-        "notification": {"endpoint": {"uri": f"{sink}/hook"}}})
+        "notification": {"endpoint": {"uri": f"{sink}/hook"}}}, LOCAL_SINK)
     with store.engine.begin() as conn:
         conn.execute(sa.insert(ngsi_subscriptions).values(
             id=sub["id"], body=orjson.dumps(sub).decode(), secret="s3cret", created=T0,

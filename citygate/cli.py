@@ -132,11 +132,15 @@ def cmd_collector_run(args: argparse.Namespace) -> int:
     except CollectorConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    asyncio.run(run_collector(args.db, args.broker.split(",")[0], host, port,
-                              client_id=args.client_id, username=args.username,
-                              password=password, make_ingest=make_ingest, config=config,
-                              share_group=args.share,
-                              config_source=str(args.config or "defaults")))
+    try:
+        asyncio.run(run_collector(args.db, args.broker.split(",")[0], host, port,
+                                  client_id=args.client_id, username=args.username,
+                                  password=password, make_ingest=make_ingest, config=config,
+                                  share_group=args.share,
+                                  config_source=str(args.config or "defaults")))
+    except CollectorConfigError as exc:  # a feature's own section, checked as it starts
+        print(str(exc), file=sys.stderr)
+        return 2
     return 0
 
 

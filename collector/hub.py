@@ -79,7 +79,7 @@ def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], 
     _environment(hub, engine)
     _parking(hub)
     _elevators(hub)
-    _hub_feeds(hub)
+    _hub_feeds(hub, config_source)
     link = broker or BrokerLink("mqtt://127.0.0.1:1883")
     _registry(hub, link, admin_token_file or Path("admin-token"))
     _updates(hub, link)
@@ -193,11 +193,16 @@ def _elevators(hub: Hub) -> None:
     install(hub, dependencies=_readers())
 
 
-def _hub_feeds(hub: Hub) -> None:
+def _hub_feeds(hub: Hub, source: str) -> None:
     """NGSI-LD API, live streams, webhooks, context-broker push, history and retention."""
-    from collector.ngsi import install_ngsi
+    from collector.config import CollectorConfigError
+    from collector.ngsi import HubFeedSettings, install_ngsi
 
-    install_ngsi(hub)
+    try:
+        settings = HubFeedSettings.from_section(hub.config.hub_feed)
+    except ValueError as exc:
+        raise CollectorConfigError(f"{source}: {exc}") from None
+    install_ngsi(hub, settings)
 
 
 def _registry(hub: Hub, broker: BrokerLink, admin_token_file: Path) -> None:

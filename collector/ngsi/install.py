@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector.ngsi import api, feeds, history, model, subscriptions
+from collector.ngsi.egress import EgressPolicy
 from collector.ngsi.source import EntitySource
 from collector.ngsi.worker import FeedTiming, HubFeedWorker
 from collector.store import Accepted
@@ -17,20 +18,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class HubFeedSettings:
-    """The `[hub_feed]` options: external broker and retention (all optional)."""
+    """The `[hub_feed]` options: external broker, retention, webhook destinations."""
 
     broker_url: str | None = None
     retention: history.Retention = field(default_factory=history.Retention)
     timing: FeedTiming = field(default_factory=FeedTiming)
+    egress: EgressPolicy = field(default_factory=EgressPolicy)
+
+    KEYS = ("broker_url", "raw_days", "minute_days", "hour_days", "every_s", "webhook_allow")
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None) -> HubFeedSettings:
-        """Read a config section like {"broker_url": ..., "raw_days": 30, ...}."""
+        """Read a config section like {"broker_url": ..., "raw_days": 30, ...}.
+
+        Raises ValueError naming the key for an unknown key or a bad value.
+        """
         s = dict(section or {})
-        keep = {k: s[k] for k in ("raw_days", "minute_days", "hour_days", "every_s")
-                if k in s}
+        for key in s:
+            if key not in cls.KEYS:
+                raise ValueError(f"hub_feed.{key}: unknown key; known: {', '.join(cls.KEYS)}")
+        keep = {k: s[k] for k in ("raw_days", "minute_days", "hour_days", "every_s") if k in s}
+        for k, v in keep.items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0):
+                raise ValueError(f"hub_feed.{k}: {v!r} must be a positive number of "
+                                 f"{'seconds' if k == 'every_s' else 'days'}")
+        allow = s.get("webhook_allow", [])
+        if not isinstance(allow, list):
+            raise ValueError("hub_feed.webhook_allow: must be a list of networks and host names")
         return cls(broker_url=s.get("broker_url") or None,
-                   retention=history.Retention(**keep))
+                   retention=history.Retention(**keep), egress=EgressPolicy.parse(allow))
 
 
 def sites_of(env_config: Any) -> list[model.SiteInfo]:
@@ -65,12 +81,14 @@ def install_ngsi(hub: Any, settings: HubFeedSettings | None = None) -> HubFeedWo
     env = getattr(app.state, "environment", None)
     source = EntitySource(hub.store, sites_of(env.config if env else None),
                           public_url=hub.config.public_url)
-    worker = HubFeedWorker(source, settings.broker_url, timing=settings.timing)
+    worker = HubFeedWorker(source, settings.broker_url, timing=settings.timing,
+                           egress=settings.egress)
     keeper = history.HistoryKeeper(hub.store, settings.retention)
     bus = feeds.FeedBus()
     topo = topology(app, hub.store)
     app.state.ngsi_source = source
     app.state.ngsi_worker = worker
+    app.state.ngsi_egress = settings.egress
     app.state.ngsi_history = keeper
     app.state.ngsi_feeds = bus
     api.add_problem_handler(app)

@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from collector.auth import Principal, Role, authenticate
 from collector.ngsi import model
 from collector.ngsi.api import NgsiError, bad_request, get_source
+from collector.ngsi.egress import EgressPolicy, EgressRefused
 from collector.ngsi.tables import ngsi_subscriptions
 from collector.store import now_ms
 
@@ -31,8 +32,8 @@ def _visible(who: Principal) -> Any:
     return sa.true() if who.role is Role.ADMIN else t.c.owner == who.name
 
 
-def validate_subscription(body: dict[str, Any]) -> dict[str, Any]:
-    """Check the supported Subscription shape; return it with an id."""
+def validate_subscription(body: dict[str, Any], egress: EgressPolicy) -> dict[str, Any]:
+    """Check the supported Subscription shape and its endpoint; return it with an id."""
     if body.get("type") != "Subscription":
         raise bad_request("type must be 'Subscription'")
     entities = body.get("entities") or []
@@ -42,6 +43,10 @@ def validate_subscription(body: dict[str, Any]) -> dict[str, Any]:
     uri = ((body.get("notification") or {}).get("endpoint") or {}).get("uri", "")
     if not isinstance(uri, str) or not uri.startswith(("http://", "https://")):
         raise bad_request("notification.endpoint.uri must be an http(s) URL")
+    try:
+        egress.check(uri)
+    except EgressRefused as exc:
+        raise bad_request(f"notification.endpoint.uri: {exc}") from None
     watched = body.get("watchedAttributes")
     if watched is not None and not (isinstance(watched, list) and
                                     all(isinstance(w, str) for w in watched)):
@@ -61,7 +66,7 @@ def validate_subscription(body: dict[str, Any]) -> dict[str, Any]:
 def create_subscription(request: Request, who: Caller,
                         body: Annotated[dict[str, Any], Body()]) -> Response:
     """Register a webhook; the HMAC secret for X-CityGate-Signature is returned once."""
-    sub = validate_subscription(body)
+    sub = validate_subscription(body, getattr(request.app.state, "ngsi_egress", EgressPolicy()))
     secret = secrets.token_urlsafe(32)
     engine = get_source(request).store.engine
     with engine.begin() as conn:

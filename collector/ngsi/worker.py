@@ -30,6 +30,7 @@ import orjson
 import sqlalchemy as sa
 
 from collector.ngsi import model
+from collector.ngsi.egress import EgressPolicy, EgressRefused
 from collector.ngsi.feeds import Change
 from collector.ngsi.source import CHUNK, EntitySource
 from collector.ngsi.tables import ngsi_deliveries, ngsi_outbox, ngsi_subscriptions
@@ -95,8 +96,10 @@ class HubFeedWorker:
     """Context-broker push and webhook delivery for one collector."""
 
     def __init__(self, source: EntitySource, broker_url: str | None = None, *,
-                 timing: FeedTiming | None = None, clock: Callable[[], int] = now_ms) -> None:
+                 timing: FeedTiming | None = None, clock: Callable[[], int] = now_ms,
+                 egress: EgressPolicy | None = None) -> None:
         self.source = source
+        self.egress = egress or EgressPolicy()
         self.engine = source.store.engine
         self.broker_url = broker_url.rstrip("/") if broker_url else None
         self.timing = timing or FeedTiming()
@@ -104,7 +107,7 @@ class HubFeedWorker:
         self.pending: collections.deque[Change] = collections.deque(
             maxlen=self.timing.max_pending_changes)
         self.stats = {"changes": 0, "upserted": 0, "broker_failures": 0, "delivered": 0,
-                      "delivery_failures": 0, "dropped_changes": 0}
+                      "delivery_failures": 0, "dropped_changes": 0, "egress_refused": 0}
         self._lock = threading.Lock()
         self._stop = asyncio.Event()
 
@@ -278,6 +281,11 @@ class HubFeedWorker:
         if target is None:
             return None  # subscription deleted: drop its deliveries
         uri, secret = target
+        try:  # again at each delivery: a name may resolve elsewhere than when subscribed
+            await asyncio.to_thread(self.egress.check, uri)
+        except EgressRefused as exc:
+            self.stats["egress_refused"] += 1
+            return f"refused: {exc}"
         body = row.body.encode()
         try:
             resp = await client.post(uri, content=body, headers={

@@ -29,8 +29,10 @@ from collector.config import CollectorConfig
 from collector.environment import load_environment_config
 from collector.hub import Hub
 from collector.ngsi import MIGRATIONS, HubFeedSettings, install_ngsi, model
+from collector.ngsi.egress import EgressPolicy
 from collector.ngsi.history import HistoryKeeper, Retention
 from collector.ngsi.tables import metadata as ngsi_metadata
+from collector.ngsi.tables import ngsi_deliveries
 from collector.ngsi.worker import FeedTiming, HubFeedWorker, sign
 from collector.parking import ParkingService, load_parking_config
 from collector.store import Accepted, Store
@@ -61,7 +63,8 @@ def ensure_ngsi_tables(store: Store) -> None:
 class City:
     """A hub with parking, environment and the NGSI feed, and a way to ingest."""
 
-    def __init__(self, store: Store, broker_url: str | None = None) -> None:
+    def __init__(self, store: Store, broker_url: str | None = None,
+                 webhook_allow: tuple[str, ...] = ("127.0.0.1",)) -> None:
         self.store = store
         ensure_ngsi_tables(store)
         self.clock = T0
@@ -77,7 +80,8 @@ class City:
         app.state.environment = Env()
         self.hub.stored_hooks.append(self.parking.on_stored)
         self.worker = install_ngsi(self.hub, HubFeedSettings(
-            broker_url=broker_url, timing=FeedTiming(backoff_base=0.0, backoff_cap=0.0)))
+            broker_url=broker_url, timing=FeedTiming(backoff_base=0.0, backoff_cap=0.0),
+            egress=EgressPolicy.parse(webhook_allow)))
         token = create_token(store.engine, "city-brain", Role.READER)
         self.client = TestClient(app, headers={"Authorization": f"Bearer {token}"})
 
@@ -568,3 +572,35 @@ def test_a_failing_aggregate_never_loses_raw_readings(store: Store) -> None:
 def test_migrations_are_in_the_hub_feed_range() -> None:
     assert all(40 <= v <= 49 for v, _n, _a in MIGRATIONS)
     assert set(ngsi_metadata.tables) >= {"ngsi_outbox", "history_1m"}
+
+
+def test_internal_endpoints_are_refused_unless_allowed(store: Store,
+                                                       receiver: FakeReceiver) -> None:
+    city = City(store, webhook_allow=())  # the default: global addresses only
+    for uri in (f"{receiver.url}/hook", "http://169.254.169.254/latest/meta-data/"):
+        resp = city.client.post("/ngsi-ld/v1/subscriptions", json={
+            "type": "Subscription", "entities": [{"type": "Device"}],
+            "notification": {"endpoint": {"uri": uri}}})
+        assert resp.status_code == 400, resp.text
+        assert "webhook_allow" in resp.json()["detail"], resp.json()
+    assert city.client.get("/ngsi-ld/v1/subscriptions").json() == []
+    city.parking.close()
+
+
+def test_delivery_checks_the_endpoint_again(store: Store, receiver: FakeReceiver) -> None:
+    """A subscription made while its endpoint was allowed is not delivered once it is not."""
+    allowed = City(store)
+    resp = allowed.client.post("/ngsi-ld/v1/subscriptions", json={
+        "type": "Subscription", "entities": [{"type": "Device"}],
+        "notification": {"endpoint": {"uri": f"{receiver.url}/hook"}}})
+    assert resp.status_code == 201, resp.text
+    allowed.parking.close()
+    city = City(store, webhook_allow=())  # the operator narrowed the allow-list, restarted
+    city.send(("lift-1", T0, {"floor": 4}))
+    run_worker(city.worker)
+    assert receiver.requests == []
+    assert city.worker.stats["egress_refused"] >= 1
+    with store.engine.connect() as conn:
+        errors = list(conn.scalars(sa.select(ngsi_deliveries.c.last_error)))
+    assert errors and all(e.startswith("refused: ") for e in errors), errors
+    city.parking.close()
