@@ -12,8 +12,9 @@ expected: a helper run every few seconds would show there, not in the agent's ow
     .venv/bin/python -m bench.bench_idle          # BENCH_IDLE_WINDOW=300 BENCH_WINDOW=60
     BENCH_IDLE_ONLY=1 BENCH_IDLE_RUNS=3 BENCH_IDLE_WINDOW=60 .venv/bin/python -m bench idle
 
-BENCH_IDLE_RUNS runs the idle scenario that many times (one after the other) and prints each
-run and the median; BENCH_IDLE_ONLY=1 skips the reference load.
+BENCH_IDLE_RUNS (and BENCH_LOAD_RUNS for the reference load) run a scenario that many times,
+one after the other, and print each run and the medians; BENCH_IDLE_ONLY=1 skips the reference
+load.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ IDLE_WINDOW = float(os.environ.get("BENCH_IDLE_WINDOW", "300"))
 LOAD_WINDOW = float(os.environ.get("BENCH_WINDOW", "60"))
 IDLE_RUNS = int(os.environ.get("BENCH_IDLE_RUNS", "1"))
 IDLE_ONLY = os.environ.get("BENCH_IDLE_ONLY", "") not in ("", "0")
+LOAD_RUNS = int(os.environ.get("BENCH_LOAD_RUNS", "1"))
 
 
 def write_bytes(pid: int) -> int:
@@ -160,8 +162,14 @@ def main() -> None:
                 print(f"  {key:34s} {value:.4g}")
         print("  (targets: idle RSS < 40 MB, idle CPU < 1 % of a core)")
         return
-    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-        figures |= reference(Path(tmp) / "load")
+    loads = []
+    for _ in range(max(1, LOAD_RUNS)):
+        with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+            loads.append(reference(Path(tmp) / "load"))
+    if len(loads) > 1:
+        report_runs(loads, f"reference load ({LIFTS} lifts x {POINTS} points @ 1 Hz, "
+                           f"{LOAD_WINDOW:g} s window)", width=34)
+    figures |= {key: median([r[key] for r in loads]) for key in loads[0]}
     print(f"gateway footprint: idle (1 lift / 60 s, {IDLE_WINDOW:g} s window) and reference "
           f"load ({LIFTS} lifts x {POINTS} points @ 1 Hz, {LOAD_WINDOW:g} s window):")
     for key, value in figures.items():
