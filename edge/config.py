@@ -359,9 +359,10 @@ def _value_problem(tp: Any, value: Any, exc: msgspec.ValidationError) -> tuple[s
         allowed = ", ".join(repr(a) for a in get_args(tp))
         return suffix, f"{value!r} is not allowed — use one of the allowed values: {allowed}"
     if "matching regex" in text:
-        allowed = ("lower-case letters, digits, '-' and '_'" if GATEWAY_ID_RE.pattern in text
-                   else "letters, digits, '-', '_', '.' and ':'")
-        return suffix, f"{value!r} is not a valid id — use {allowed}, at most 64 characters"
+        allowed = ("lower-case letters, digits, '-' and '_', at most 63 characters"
+                   if GATEWAY_ID_RE.pattern in text
+                   else "letters, digits, '-', '_', '.' and ':', at most 128 characters")
+        return suffix, f"{value!r} is not a valid id — use {allowed}"
     if text.startswith("Expected"):
         text = f"{text[0].lower()}{text[1:].partition(', got')[0]} (got {value!r})"
     return suffix, text
@@ -401,7 +402,10 @@ def _convert_value(owner: type, name: str, tp: Any, value: Any, loc: str,
 
 def _convert_bus(value: Any, loc: str, problems: list[tuple[str, str]]) -> Any:
     kinds = ", ".join(repr(k) for k in BUS_TYPES)
-    kind = value.get("type") if isinstance(value, dict) else None
+    if not isinstance(value, dict):
+        problems.append((loc, f"expected a [[buses]] table (got {value!r})"))
+        return None
+    kind = value.get("type")
     if kind is None:
         problems.append((_join(loc, "type"), f"missing — add this key: one of {kinds}"))
         return None

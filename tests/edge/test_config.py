@@ -502,3 +502,16 @@ def test_config_is_immutable() -> None:
     cfg = parse_config(MINIMAL)
     with pytest.raises(AttributeError):
         cfg.gateway.id = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [
+    ('buses = ["rs485"]\n[gateway]\nid = "gw"\n', "buses.0", "expected a [[buses]] table"),
+    ('buses = 5\n[gateway]\nid = "gw"\n', "buses", "expected a list of [[buses]] tables"),
+    ('gateway = "gw"\n', "gateway", "expected a table"),
+    ('[gateway]\nid = "gw"\n[[devices]]\nid = "lift 1"\nbus = "b"\nprofile = "x"\n',
+     "devices.0.id", "at most 128 characters"),
+])
+def test_wrong_shapes_name_the_key(text: str, key: str, words: str) -> None:
+    found = dict(problems(text))
+    assert key in found, found
+    assert words in found[key]
