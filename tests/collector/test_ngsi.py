@@ -604,3 +604,24 @@ def test_delivery_checks_the_endpoint_again(store: Store, receiver: FakeReceiver
         errors = list(conn.scalars(sa.select(ngsi_deliveries.c.last_error)))
     assert errors and all(e.startswith("refused: ") for e in errors), errors
     city.parking.close()
+
+
+def test_retention_deletes_only_old_rows_when_a_backlog_arrived_late(store: Store) -> None:
+    """Old and young readings interleaved (a gateway's backlog replayed late): chunked
+    retention removes exactly the old ones, whatever their order in the table."""
+    ensure_ngsi_tables(store)
+    keeper = HistoryKeeper(store, Retention(raw_days=1, minute_days=None, hour_days=None,
+                                            chunk=3))
+    now = T0 + 10 * 86_400_000
+    old, young = now - 2 * 86_400_000, now - 3_600_000
+    times = [young, old, old, young, old, young, young, old, old, old, young, old]
+    for seq, ts in enumerate(times, start=1):
+        env = DataEnvelope.model_validate({"v": 1, "gateway": "g", "seq": seq, "sent": ts,
+                                           "readings": [{"device": "d", "ts": ts,
+                                                         "values": {"speed": float(seq)}}]})
+        store.ingest([Accepted("g", env, ts)])
+    removed = keeper.prune(now=now)
+    assert removed["readings"] == times.count(old)
+    with store.engine.connect() as conn:
+        left = sorted(conn.scalars(sa.text("SELECT value FROM readings WHERE device_id = 'd'")))
+    assert left == [float(i) for i, ts in enumerate(times, start=1) if ts == young]
