@@ -409,7 +409,7 @@ def _convert_bus(value: Any, loc: str, problems: list[tuple[str, str]]) -> Any:
     if kind is None:
         problems.append((_join(loc, "type"), f"missing — add this key: one of {kinds}"))
         return None
-    if kind not in BUS_TYPES:
+    if not isinstance(kind, str) or kind not in BUS_TYPES:
         problems.append((_join(loc, "type"), f"{kind!r} is not a bus type — use one of the "
                                              f"allowed values: {kinds}"))
         return None

@@ -508,6 +508,8 @@ def test_config_is_immutable() -> None:
     ('buses = ["rs485"]\n[gateway]\nid = "gw"\n', "buses.0", "expected a [[buses]] table"),
     ('buses = 5\n[gateway]\nid = "gw"\n', "buses", "expected a list of [[buses]] tables"),
     ('gateway = "gw"\n', "gateway", "expected a table"),
+    ('[gateway]\nid = "gw"\n[[buses]]\nname = "b"\ntype = {x = 1}\n', "buses.0.type",
+     "is not a bus type"),
     ('[gateway]\nid = "gw"\n[[devices]]\nid = "lift 1"\nbus = "b"\nprofile = "x"\n',
      "devices.0.id", "at most 128 characters"),
 ])
