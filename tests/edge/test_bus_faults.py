@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -41,6 +41,14 @@ class Collected:
             if r.device == device:
                 out.update(r.values)
         return out
+
+
+async def until(condition: Callable[[], object], seconds: float, bus: ModbusBus) -> None:
+    """Wait for `condition`, failing with the bus's health after `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, (bus.device_health(), bus.counters)
+        await asyncio.sleep(0.02)
 
 
 def make_bus(path: str, units: Sequence[int], sink: Collected, poll: float = 0.5) -> ModbusBus:
@@ -79,11 +87,8 @@ def test_misbehaving_units_do_not_stall_or_corrupt_the_healthy_ones(tmp_path: Pa
             link.start_babble(0.7, seed=1)
             bus = make_bus(str(tmp_path / "ttyLIFTS"), units, sink, poll=0.5)
             task = asyncio.create_task(bus.run())
-            settled = asyncio.get_running_loop().time() + 20
-            while not (bus.devices[1].health.online is False and  # the dead unit
-                       set(bus.devices[3].unavailable) == REJECTED):  # splitting done
-                assert asyncio.get_running_loop().time() < settled, bus.device_health()
-                await asyncio.sleep(0.05)
+            await until(lambda: bus.devices[1].health.online is False and  # the dead unit
+                        set(bus.devices[3].unavailable) == REJECTED, 20, bus)  # split done
             before = {d.cfg.id: d.health.counters["ok"] for d in bus.devices}
             await asyncio.sleep(4.0)
             after = {d.cfg.id: d.health.counters["ok"] for d in bus.devices}
@@ -124,17 +129,19 @@ def test_a_replugged_serial_adapter_is_reopened(tmp_path: Path) -> None:
         bank = make_bank([1], static=True)
         bus = make_bus(str(tmp_path / "ttyLIFTS"), [1], sink, poll=0.2)
         task = asyncio.create_task(bus.run())
+        health = bus.devices[0].health
         async with simulated_line(bank, tmp_path):
-            await asyncio.sleep(1.5)
+            await until(lambda: health.counters["ok"] >= 3, 10, bus)
         (tmp_path / "ttyLIFTS").unlink()  # unplugged: the port and its path are gone
-        ok_before = bus.devices[0].health.counters["ok"]
-        await asyncio.sleep(2.0)
+        ok_before = health.counters["ok"]
+        await until(lambda: health.online is False, 10, bus)
+        assert bus.counters["reopens"] >= 1, bus.counters
         async with simulated_line(bank, tmp_path):  # plugged in again (a new pty)
-            await asyncio.sleep(4.0)
+            await until(lambda: health.online and health.counters["ok"] > ok_before + 5, 15,
+                        bus)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        assert bus.devices[0].health.counters["ok"] > ok_before + 5, bus.device_health()
         return bus
 
     asyncio.run(main())
