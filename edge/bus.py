@@ -124,8 +124,7 @@ class ModbusBus:
         self.devices = [PolledDevice.build(d) for d in devices]
         self.sink = sink
         self.counters = {"cycles": 0, "transactions": 0, "overruns": 0, "late_polls": 0,
-                         "readings": 0,
-                         "deferred_probes": 0, "splits": 0, "reopens": 0}
+                         "readings": 0, "deferred_probes": 0, "splits": 0, "reopens": 0}
         self.link: ModbusLink | None = None
         self.progress = time.monotonic()  # last time the loop made progress (watchdog)
         self._reopen_warned = False

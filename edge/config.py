@@ -20,7 +20,7 @@ from msgspec import Meta, Struct, field
 
 from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE
 from devices.durations import parse_duration, parse_size
-from devices.profiles import ProfileError, load_profile
+from devices.profiles import load_profile
 
 SCHEMA_VERSION = 1
 
@@ -40,9 +40,7 @@ class Bytes(int):
 def _dec_hook(tp: type, value: Any) -> Any:
     """Build the custom value types from what TOML gives (msgspec calls this for them)."""
     if tp is Seconds or tp is PositiveSeconds:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ValueError(f"{value!r} is not a duration; write e.g. '250ms', '5s', '10min'")
-        seconds = parse_duration(value)
+        seconds = parse_duration(value)  # refuses anything but a number or a duration string
         if tp is PositiveSeconds and seconds <= 0:
             raise ValueError(f"{value!r} must be longer than zero")
         return tp(seconds)
@@ -246,9 +244,9 @@ class DeviceSection(_Section, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         from edge.rules import rules_for
 
-        _known_profile(self.profile)
+        profile = load_profile(self.profile)  # ProfileError, a ValueError, names the profile
         try:
-            rules_for(self.id, load_profile(self.profile), self.rules)
+            rules_for(self.id, profile, self.rules)
         except ValueError as exc:
             raise ValueError(f"rules: {exc}") from None
 
@@ -292,17 +290,10 @@ def _listen_address(text: str) -> None:
         raise ValueError(f"{text!r} is not HOST:PORT; write e.g. \"127.0.0.1:9464\"")
 
 
-def _known_profile(name: str) -> None:
-    try:
-        load_profile(name)
-    except ProfileError as exc:
-        raise ValueError(str(exc)) from None
-
-
-_VALUE_CHECKS: dict[tuple[type, str], Callable[[Any], None]] = {
+_VALUE_CHECKS: dict[tuple[type, str], Callable[[Any], object]] = {
     (UplinkSection, "brokers"): _broker_urls,
     (MetricsSection, "listen"): _listen_address,
-    (DeviceSection, "profile"): _known_profile,
+    (DeviceSection, "profile"): load_profile,  # ProfileError lists the shipped profiles
 }
 
 
@@ -377,13 +368,14 @@ def _convert_value(owner: type, name: str, tp: Any, value: Any, loc: str,
     """One key's value: a nested table, a list of tables, or a plain value."""
     if (sub := _section_type(tp)) is not None:
         return _convert_section(sub, value, loc, problems)
-    if get_origin(tp) is list and (name == "buses" or _section_type(get_args(tp)[0])):
+    item = get_args(tp)[0] if get_origin(tp) is list else None
+    table = _section_type(item)
+    if item == Bus or table is not None:
         if not isinstance(value, list):
             problems.append((loc, f"expected a list of [[{name}]] tables (got {value!r})"))
             return None
-        item = get_args(tp)[0]
-        return [_convert_bus(v, _join(loc, i), problems) if name == "buses"
-                else _convert_section(item, v, _join(loc, i), problems)
+        return [_convert_bus(v, _join(loc, i), problems) if table is None
+                else _convert_section(table, v, _join(loc, i), problems)
                 for i, v in enumerate(value)]
     try:
         out = msgspec.convert(value, tp, dec_hook=_dec_hook)
