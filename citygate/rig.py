@@ -45,10 +45,9 @@ def free_port() -> int:
     (a cluster node dialling its routes, say) can take it: "address already in use". Ports below
     that range are never picked as source ports.
     """
-    rng = random.Random()
     low = _ephemeral_low()
     for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
+        port = random.randrange(max(1024, low - 12000), low)
         if port in _GIVEN:
             continue
         with socket.socket() as s:

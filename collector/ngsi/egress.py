@@ -40,15 +40,16 @@ class EgressPolicy:
         networks: list[Network] = []
         hosts: set[str] = set()
         for entry in entries:
-            if not isinstance(entry, str) or not entry.strip():
+            text = entry.strip() if isinstance(entry, str) else ""
+            if not text:
                 raise ValueError(f"webhook_allow: {entry!r} is not a network or a host name")
             try:
-                networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+                networks.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
-                if "/" in entry or not _hostname(entry):
+                if "/" in text or not _hostname(text):
                     raise ValueError(f"webhook_allow: {entry!r} is not a network "
                                      "(e.g. \"10.20.0.0/16\") or a host name") from None
-                hosts.add(entry.strip().lower().rstrip("."))
+                hosts.add(text.lower().rstrip("."))
         return cls(tuple(networks), frozenset(hosts))
 
     def allows(self, address: Address) -> bool:
@@ -86,6 +87,6 @@ class EgressPolicy:
 
 
 def _hostname(text: str) -> bool:
-    labels = text.strip().rstrip(".").split(".")
+    labels = text.rstrip(".").split(".")
     return all(label and len(label) < 64 and label.replace("-", "").isalnum()
                and not label.startswith("-") for label in labels)

@@ -25,7 +25,8 @@ class HubFeedSettings:
     timing: FeedTiming = field(default_factory=FeedTiming)
     egress: EgressPolicy = field(default_factory=EgressPolicy)
 
-    KEYS = ("broker_url", "raw_days", "minute_days", "hour_days", "every_s", "webhook_allow")
+    RETENTION_KEYS = ("raw_days", "minute_days", "hour_days", "every_s")
+    KEYS = ("broker_url", *RETENTION_KEYS, "webhook_allow")
 
     @classmethod
     def from_section(cls, section: Mapping[str, Any] | None) -> HubFeedSettings:
@@ -37,7 +38,7 @@ class HubFeedSettings:
         for key in s:
             if key not in cls.KEYS:
                 raise ValueError(f"hub_feed.{key}: unknown key; known: {', '.join(cls.KEYS)}")
-        keep = {k: s[k] for k in ("raw_days", "minute_days", "hour_days", "every_s") if k in s}
+        keep = {k: s[k] for k in cls.RETENTION_KEYS if k in s}
         for k, v in keep.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0):
                 raise ValueError(f"hub_feed.{k}: {v!r} must be a positive number of "

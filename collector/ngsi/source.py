@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -21,10 +21,12 @@ from collector.parking.schema import parking_spots, parking_zones
 from collector.store import Store
 
 CHUNK = 500  # ids per IN (...) list
+T = TypeVar("T")
 Locals = Sequence[str] | None  # local ids wanted; None: every entity of the type
 
 
-def _chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+def chunks(ids: Sequence[T]) -> Iterator[list[T]]:
+    """`ids` in lists of at most CHUNK, for `IN (...)` lists."""
     for i in range(0, len(ids), CHUNK):
         yield list(ids[i:i + CHUNK])
 
@@ -75,11 +77,12 @@ class EntitySource:
                 "Device": self.devices, "Alert": self.alerts}
 
     @staticmethod
-    def _rows(conn: sa.Connection, stmt: Any, column: Any, ids: Locals) -> list[Any]:
+    def _rows(conn: sa.Connection, stmt: Any, column: Any,
+              ids: Sequence[Any] | None) -> list[Any]:
         """Rows of `stmt`, restricted to `column IN ids` (chunked) unless ids is None."""
         if ids is None:
             return list(conn.execute(stmt).mappings())
-        return [r for chunk in _chunks(ids)
+        return [r for chunk in chunks(ids)
                 for r in conn.execute(stmt.where(column.in_(chunk))).mappings()]
 
     # --- per type ----------------------------------------------------------------------------
@@ -171,13 +174,9 @@ class EntitySource:
         """An Alert for every active alarm."""
         a = alarms
         stmt = sa.select(a).where(a.c.active.is_(True), a.c.closed.is_(False))
+        nums = None if ids is None else [int(i) for i in ids if i.isdigit()]
         with self.store.engine.connect() as conn:
-            if ids is None:
-                rows = list(conn.execute(stmt).mappings())
-            else:
-                nums = [int(i) for i in ids if i.isdigit()]
-                rows = [r for i in range(0, len(nums), CHUNK) for r in conn.execute(
-                    stmt.where(a.c.id.in_(nums[i:i + CHUNK]))).mappings()]
+            rows = self._rows(conn, stmt, a.c.id, nums)
         return [model.alert(dict(r), self.source_url(r["device_id"])) for r in rows]
 
     def source_url(self, device_id: str) -> str:

@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from collector.ngsi import model
 from collector.ngsi.egress import EgressPolicy, EgressRefused
 from collector.ngsi.feeds import Change
-from collector.ngsi.source import CHUNK, EntitySource
+from collector.ngsi.source import EntitySource, chunks
 from collector.ngsi.tables import ngsi_deliveries, ngsi_outbox, ngsi_subscriptions
 from collector.store import now_ms
 
@@ -190,10 +190,9 @@ class HubFeedWorker:
             for sub in subs for group in [matched[sub["id"]]]
             for i in range(0, len(group), self.timing.batch)]
         with self.engine.begin() as conn:
-            ids = [row["entity_id"] for row in outbox]
-            for i in range(0, len(ids), CHUNK):  # newest state replaces an unsent one
-                conn.execute(sa.delete(ngsi_outbox).where(
-                    ngsi_outbox.c.entity_id.in_(ids[i:i + CHUNK])))
+            for ids in chunks([row["entity_id"] for row in outbox]):  # newest state replaces
+                conn.execute(sa.delete(ngsi_outbox).where(  # an unsent one
+                    ngsi_outbox.c.entity_id.in_(ids)))
             if outbox:
                 conn.execute(sa.insert(ngsi_outbox), outbox)
             if deliveries:
