@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from hypothesis import strategies as st
 
 from devices.contract import (
-    DEVICE_ID_RE,
     INT32_MAX,
     INT32_MIN,
     INT64_MAX,
@@ -18,7 +18,9 @@ from devices.quantities import QUANTITIES, Quantity, ValueKind
 
 NAMES = sorted(QUANTITIES)
 safe_text = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]))
-device_ids = st.from_regex(DEVICE_ID_RE, fullmatch=True)
+_ID_HEAD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+device_ids = st.builds(operator.add, st.sampled_from(_ID_HEAD),
+                       st.text(_ID_HEAD + "_.:-", max_size=20) | st.just("x" * 127))
 numbers = st.floats(-MAX_NUMBER, MAX_NUMBER, allow_nan=False)
 
 
@@ -28,15 +30,16 @@ def _value_of(q: Quantity) -> st.SearchStrategy[Any]:
     low, high = q.limits or (-int(MAX_NUMBER), int(MAX_NUMBER))
     if q.kind is ValueKind.NUMBER:
         return numbers | st.integers(low, high)
-    return st.integers(low, high) | st.integers(-2**53, 2**53).map(float).filter(
-        lambda v: low <= v <= high)
+    return st.integers(low, high) | st.integers(low, high).map(float)  # exact below 2**53
+
+
+_ENTRIES = st.one_of([st.tuples(st.just(n), st.none() | _value_of(QUANTITIES[n]))
+                      for n in NAMES])
 
 
 def canonical_values(max_size: int = 6) -> st.SearchStrategy[dict[str, Any]]:
     """A reading's values: known quantities, each with a value of its kind, or null."""
-    return st.lists(st.sampled_from(NAMES), unique=True, max_size=max_size).flatmap(
-        lambda names: st.fixed_dictionaries(
-            {n: st.none() | _value_of(QUANTITIES[n]) for n in names}))
+    return st.lists(_ENTRIES, max_size=max_size, unique_by=lambda e: e[0]).map(dict)
 
 
 def wire_readings() -> st.SearchStrategy[dict[str, Any]]:
