@@ -236,11 +236,29 @@ def evidence_problem(evidence: object) -> Problem | None:
         return "bad_evidence", f"evidence is {type(evidence).__name__}, not an object"
     if len(evidence) > MAX_VALUES:
         return "too_many_values", f"{len(evidence)} evidence entries, at most {MAX_VALUES}"
-    for key, value in evidence.items():
-        problem = text_problem(key, MAX_NAME, "evidence key") or scalar_problem(str(key), value)
+    return _entries_problem(evidence, "evidence key")
+
+
+def _entries_problem(entries: dict[Any, Any], what: str) -> Problem | None:
+    for key, value in entries.items():
+        t = type(value)
+        plain = value is None or t is bool or (
+            (t is int or t is float) and -MAX_NUMBER <= value <= MAX_NUMBER)
+        if plain and type(key) is str and len(key) <= MAX_NAME and key.isascii() and (
+                "\x00" not in key):
+            continue  # the common case without a call
+        problem = text_problem(key, MAX_NAME, what) or scalar_problem(str(key), value)
         if problem is not None:
             return problem
     return None
+
+
+def entries_problem(entries: object) -> Problem | None:
+    """Why a health message's per-device entry cannot be stored, or None: keys of at most
+    MAX_NAME characters, scalar values (see scalar_problem)."""
+    if not isinstance(entries, dict):
+        return "bad_value", f"{type(entries).__name__} is not an object"
+    return _entries_problem(entries, "key")
 
 
 def _int_problem(value: object, low: int, high: int, reason: str, what: str) -> Problem | None:

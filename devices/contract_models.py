@@ -37,9 +37,9 @@ from devices.contract import (
     REPLY,
     STATE,
     Problem,
+    entries_problem,
     evidence_problem,
     json_problem,
-    scalar_problem,
     text_problem,
     values_problem,
 )
@@ -69,14 +69,6 @@ def _text(limit: int, what: str) -> AfterValidator:
     return _checked(lambda s: text_problem(s, limit, what))
 
 
-def _entry_problem(entry: dict[str, Any]) -> Problem | None:
-    for key, value in entry.items():
-        problem = text_problem(key, MAX_NAME, "key") or scalar_problem(key, value)
-        if problem is not None:
-            return problem
-    return None
-
-
 Name = Annotated[str, Field(strict=True, max_length=MAX_NAME), _text(MAX_NAME, "name")]
 Short = Annotated[str, Field(strict=True, max_length=MAX_SHORT), _text(MAX_SHORT, "text")]
 Text = Annotated[str, Field(strict=True, max_length=MAX_TEXT), _text(MAX_TEXT, "text")]
@@ -88,7 +80,7 @@ EventMessage = Annotated[str, Field(strict=True, max_length=MAX_MESSAGE),
 Number = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_NUMBER, le=MAX_NUMBER)]
 Values = Annotated[dict[str, Any], _checked(values_problem)]
 Evidence = Annotated[dict[str, Any], _checked(evidence_problem)]
-Entry = Annotated[dict[str, Any], Field(max_length=MAX_VALUES), _checked(_entry_problem)]
+Entry = Annotated[dict[str, Any], Field(max_length=MAX_VALUES), _checked(entries_problem)]
 
 
 class _Strict(BaseModel):
