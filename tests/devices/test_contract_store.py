@@ -93,6 +93,20 @@ def test_a_bad_reading_is_refused_and_its_neighbours_stored(store: Store) -> Non
         assert stored(store, schema.batches) == seq
 
 
+def test_an_envelope_whose_every_reading_is_refused_still_claims_its_seq(
+        store: Store) -> None:  # noqa: F811
+    batch = [lift(ts=-1), lift(values={"floor": "B2"})]
+    assert ingest(store, DATA, envelope(4, "readings", [lift()])) == []
+    assert ingest(store, DATA, envelope(5, "readings", batch)) == [
+        (0, "bad_ts"), (1, "type_mismatch")]
+    assert ingest(store, DATA, envelope(6, "readings", [lift()])) == []
+    assert (stored(store, schema.batches), stored(store, schema.readings)) == (3, 4)
+    assert store.seq_gaps(GW) == []  # 5 was received, with nothing to store
+    assert ingest(store, DATA, envelope(5, "readings", batch)) == [  # re-delivered: no change
+        (0, "bad_ts"), (1, "type_mismatch")]
+    assert stored(store, schema.batches) == 3
+
+
 BAD_EVENTS = [
     (fault(code=2**31), "bad_code"),  # the events.code column is 32-bit on PostgreSQL
     (fault(code=-(2**31) - 1), "bad_code"),
