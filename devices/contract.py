@@ -112,6 +112,7 @@ MAX_SHORT = 128  # boot ids, versions, reasons, command names and ids
 MAX_DEVICES = 50_000  # entries of a state inventory or of a health message's devices
 MAX_COUNTERS = 1_000  # counters of a health message
 MAX_DEPTH = 16  # nesting of a reply's free-form detail
+MAX_DETAIL_TEXT = 65_536  # a text in a reply's detail
 QUANTITY_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 Problem = tuple[str, str]  # (reason code, detail), as in ContractError
@@ -367,7 +368,8 @@ def event_problem(event: Event) -> Problem | None:
 
 def json_problem(doc: object, depth: int = 0) -> Problem | None:
     """Why free-form JSON (a reply's detail) cannot be stored, or None: scalars as in
-    scalar_problem, keys as names, at most MAX_DEPTH levels of nesting."""
+    scalar_problem but text of up to MAX_DETAIL_TEXT characters (a refused config lists every
+    problem), keys as names, at most MAX_DEPTH levels of nesting."""
     if depth > MAX_DEPTH:
         return "too_deep", f"nested deeper than {MAX_DEPTH} levels"
     if isinstance(doc, dict):
@@ -382,7 +384,10 @@ def json_problem(doc: object, depth: int = 0) -> Problem | None:
             if problem is not None:
                 return problem
         return None
+    if isinstance(doc, str):
+        return text_problem(doc, MAX_DETAIL_TEXT, "detail")
     return scalar_problem("detail", doc)
+
 
 # The validation models (pydantic) live in devices/contract_models.py and are loaded on first
 # use: collectors need them, a gateway that only builds payloads does not carry them.

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from collector import schema
 from collector.ngsi.history import HistoryKeeper
 from collector.store import Accepted, Store
-from devices.contract import DATA, EVENTS, HEALTH, STATE, ContractError, decode, topic
+from devices.contract import DATA, EVENTS, HEALTH, REPLY, STATE, ContractError, decode, topic
 from tests.collector.conftest import pg_server, pg_url, store  # noqa: F401  (fixtures)
 
 GW = "gw-poison"
@@ -136,12 +136,25 @@ def test_a_bad_event_is_refused_and_its_neighbours_stored(store: Store) -> None:
     (HEALTH, {"sent": T0, "counters": {"polls": 1e300}}),
     (HEALTH, {"sent": T0, "devices": {"lift-1": {"error": "x\x00"}}}),
     (HEALTH, {"sent": 2**63}),
+    (REPLY, {"command": "config", "id": "c\x00", "ok": True}),
+    (REPLY, {"command": "config", "id": "c1", "ok": False, "detail": {"reason": "a\x00"}}),
+    (REPLY, {"command": "config", "id": "c1", "ok": False, "detail": {"k\x00": 1}}),
+    (REPLY, {"command": "config", "id": "c1", "ok": False, "detail": {"r": "x" * 65_537}}),
+    (REPLY, {"command": "config", "id": "c1", "ok": False, "detail": {"a": [[[[[[[[[[[[[[[[
+        [1]]]]]]]]]]]]]]]]]}}),
 ])
-def test_state_and_health_messages_are_bounded_too(channel: str, doc: dict[str, Any]) -> None:
+def test_state_health_and_reply_messages_are_bounded_too(
+        channel: str, doc: dict[str, Any]) -> None:
     payload = json.dumps({"v": 1, "gateway": GW, **doc}).encode()
     with pytest.raises(ContractError) as info:
         decode(topic(GW, channel), payload)
     assert info.value.reason == "bad_envelope"
+
+
+def test_a_refused_config_may_explain_itself_at_length() -> None:
+    payload = json.dumps({"v": 1, "gateway": GW, "command": "config", "id": "c1", "ok": False,
+                          "detail": {"reason": "; ".join(["x" * 60] * 1000)}}).encode()
+    assert decode(topic(GW, REPLY), payload).message.ok is False  # type: ignore[union-attr]
 
 
 def test_aggregates_of_the_largest_values_do_not_overflow(store: Store) -> None:  # noqa: F811
