@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from devices.contract import ClockInfo
+from devices.durations import parse_duration
 
 EARLIEST_MS = 946_684_800_000  # 2000-01-01: nothing is ever placed before it
 
@@ -32,6 +33,24 @@ class ClockPolicy:
     max_skew_ms: int = 120_000  # a live message this far behind: the gateway's clock is wrong
     max_future_ms: int = 60_000  # a message or reading this far ahead: wrong, or clamped
     live_bound_ms: int = 10_000  # a message is live if it waited at the broker at most this
+
+
+def clock_policy(section: dict[str, object]) -> ClockPolicy:
+    """The `[ingest]` section of collector.toml: max_skew, max_future, live_bound durations."""
+    keys = {"max_skew": "max_skew_ms", "max_future": "max_future_ms",
+            "live_bound": "live_bound_ms"}
+    unknown = sorted(set(section) - set(keys))
+    if unknown:
+        raise ValueError(f"ingest: unknown key(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(keys)}")
+    values = {}
+    for key, attr in keys.items():
+        if key in section:
+            try:
+                values[attr] = int(parse_duration(section[key]) * 1000)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise ValueError(f"ingest.{key}: {exc}") from None
+    return ClockPolicy(**values)
 
 
 @dataclass(frozen=True, slots=True)
