@@ -170,7 +170,7 @@ class IngestCore:
         records = [e for e in entries if e.record is not None]
         if not records:
             return True
-        now_tries = 0
+        now_tries = data_tries = 0
         while True:
             t0 = time.perf_counter()
             try:
@@ -183,6 +183,9 @@ class IngestCore:
                     continue
                 if how is Failure.DATA:
                     if len(records) == 1:
+                        data_tries += 1
+                        if data_tries == 1:  # refused twice on its own before it is poison
+                            continue
                         return self._quarantine(records[0], exc, wait)
                     half = len(records) // 2
                     return (self.store_entries(records[:half], wait)

@@ -212,6 +212,27 @@ def test_a_poison_envelope_is_isolated_and_quarantined_and_the_rest_stored(store
     assert "range" in q["error"] or "too large" in q["error"]
 
 
+def event_with(**fields: Any) -> Accepted:
+    ev = {"device": "l1", "ts": T0, "kind": "door_fault", "action": "info",
+          "severity": "minor", **fields}
+    return events("gw1", 1, [ev])
+
+
+@pytest.mark.parametrize(("field", "value"), [("code", 2**31), ("message", "door\x00open")])
+def test_an_event_only_postgresql_refuses_is_quarantined_there_and_stored_on_sqlite(
+        store: Store, field: str, value: object) -> None:
+    core = Core(store)
+    good = [data("gw1", s, [{"device": "l1", "ts": T0 + s, "values": {"floor": s}}])
+            for s in range(2, 5)]
+    batch = [entry(good[0]), entry(event_with(**{field: value})), *map(entry, good[1:])]
+    assert core.store_entries(batch, lambda s: pytest.fail("not an outage"))
+    refused = 1 if store.is_pg else 0
+    assert (core.stats.stored_messages, core.stats.quarantined, core.stats.store_errors) == \
+        (4 - refused, refused, 0)
+    assert len(store.quarantined()) == refused
+    assert store.counts()["events"] == 1 - refused
+
+
 def test_a_database_outage_is_retried_never_quarantined(tmp_path: Any) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     core = Core(store)
@@ -303,3 +324,23 @@ def test_the_registry_assignment_outranks_a_first_claim(store: Store) -> None:
         owners = dict(conn.execute(sa.select(schema.devices.c.device_id,
                                              schema.devices.c.gateway_id)).all())
     assert owners == {"lift-1": "gw-a", "lift-9": "gw-c"}
+
+
+def test_a_wrong_clock_is_shown_with_its_gateway(store: Store) -> None:
+    from fastapi.testclient import TestClient
+
+    from collector.api import create_app
+    from collector.auth import Role, create_token
+
+    store.ingest([health("gw-ok", T0, T0 + 200, live=True),
+                  health("gw-ahead", T0 + 10 * MIN, T0, live=False)])
+    token = create_token(store.engine, "reader", Role.READER)
+    with TestClient(create_app(store), headers={"Authorization": f"Bearer {token}"}) as c:
+        listed = {g["id"]: g["clock"] for g in c.get("/api/v1/gateways").json()}
+        one = c.get("/api/v1/gateways/gw-ahead").json()
+        assert c.get("/api/v1/gateways/gw-nobody").status_code == 404
+    assert listed["gw-ok"] == {"offset_ms": -200, "measured_at": "2025-11-13T02:13:20.200Z",
+                               "source": "live", "wrong": False}
+    assert listed["gw-ahead"] == one["clock"] == {
+        "offset_ms": 10 * MIN, "measured_at": "2025-11-13T02:13:20.000Z", "source": "ahead",
+        "wrong": True}
