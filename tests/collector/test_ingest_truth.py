@@ -259,6 +259,27 @@ def test_a_database_outage_is_retried_never_quarantined(tmp_path: Any) -> None:
     store.close()
 
 
+def test_a_deadlock_victim_is_retried_at_once(tmp_path: Any) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    core = Core(store)
+    real = store.ingest
+    victims = iter([True, True, False])
+
+    def deadlocking(items: Any) -> Any:
+        if next(victims):
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return real(items)
+
+    store.ingest = deadlocking  # type: ignore[method-assign]
+    ok = core.store_entries([entry(data("gw1", 1, [{"device": "l1", "ts": T0,
+                                                    "values": {"floor": 1}}]))],
+                            lambda s: pytest.fail("a deadlock victim waited"))
+    assert ok
+    assert (core.stats.stored_messages, core.stats.store_retries_now,
+            core.stats.store_errors) == (1, 2, 0)
+    store.close()
+
+
 def test_failures_are_told_apart() -> None:
     assert classify(psycopg.errors.DeadlockDetected()) is Failure.RETRY_NOW
     assert classify(psycopg.errors.SerializationFailure()) is Failure.RETRY_NOW
