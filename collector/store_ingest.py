@@ -7,9 +7,11 @@ device's row lock. Two such transactions (two collectors on a shared subscriptio
 a data batch) therefore wait for each other but never deadlock.
 
 Device ownership: a device belongs to one gateway (`devices.gateway_id`): the registry's
-assignment if the device is registered (`reg_devices`), else the first gateway that reported
-it. Readings, events and inventory entries of a device from any other gateway are refused and
-counted (`foreign_device`); an admin moves a device with `PUT /api/v1/devices/{id}/gateway`.
+assignment if the device is registered (`reg_devices` of a gateway not revoked), else the
+first gateway that reported it. Readings, events and inventory entries of a device from any
+other gateway are refused and counted (`foreign_device`). A replacement gateway takes devices
+over when the old one is revoked and the new one registered with them, or when an admin moves
+a device with `PUT /api/v1/devices/{id}/gateway`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 Row = tuple[Any, ...]
 CHUNK = 500  # ids per IN list
 REGISTRY_DEVICES = "reg_devices"  # the registry's (gateway_id, device_id) assignments
+REGISTRY_GATEWAYS = "reg_gateways"  # a revoked gateway's assignments no longer count
 _warned_foreign: set[tuple[str, str]] = set()
 
 
@@ -161,8 +164,10 @@ class IngestTx:
         out: dict[str, set[str]] = {}
         for part in chunks(ids):
             self.cur.execute(self.store.sql(
-                f"SELECT device_id, gateway_id FROM {REGISTRY_DEVICES}"
-                f" WHERE device_id IN ({','.join('?' * len(part))})"), list(part))
+                f"SELECT d.device_id, d.gateway_id FROM {REGISTRY_DEVICES} d"
+                f" JOIN {REGISTRY_GATEWAYS} g ON g.gateway_id = d.gateway_id"
+                f" WHERE g.revoked = FALSE AND d.device_id IN ({','.join('?' * len(part))})"),
+                list(part))
             for dev, gw in self.cur.fetchall():
                 out.setdefault(dev, set()).add(gw)
         return out

@@ -331,8 +331,13 @@ def test_another_gateway_cannot_clear_inject_or_take_a_device(store: Store) -> N
 
 def test_the_registry_assignment_outranks_a_first_claim(store: Store) -> None:
     reg = sa.table("reg_devices", sa.column("gateway_id"), sa.column("device_id"))
+    gws = sa.table("reg_gateways", sa.column("gateway_id"), sa.column("site_id"),
+                   sa.column("mqtt_hash"), sa.column("created"), sa.column("revoked"))
     store.ingest([data("gw-b", 1, [{"device": "lift-1", "ts": T0, "values": {"floor": 9}}])])
     with store.engine.begin() as conn:
+        conn.execute(sa.insert(gws), [{"gateway_id": g, "site_id": "s", "mqtt_hash": "",
+                                       "created": T0, "revoked": False}
+                                      for g in ("gw-a", "gw-d")])
         conn.execute(sa.insert(reg).values(gateway_id="gw-a", device_id="lift-1"))
     ra = store.ingest([data("gw-a", 1, [{"device": "lift-1", "ts": T0 + 1,
                                          "values": {"floor": 1}}])])
@@ -345,6 +350,17 @@ def test_the_registry_assignment_outranks_a_first_claim(store: Store) -> None:
         owners = dict(conn.execute(sa.select(schema.devices.c.device_id,
                                              schema.devices.c.gateway_id)).all())
     assert owners == {"lift-1": "gw-a", "lift-9": "gw-c"}
+    # A replacement: gw-a is revoked and gw-d registered with the lift; it reports at once.
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(gws).where(gws.c.gateway_id == "gw-a").values(revoked=True))
+        conn.execute(sa.insert(reg).values(gateway_id="gw-d", device_id="lift-1"))
+    rd = store.ingest([data("gw-d", 1, [{"device": "lift-1", "ts": T0 + 3,
+                                         "values": {"floor": 3}}])])
+    ra = store.ingest([data("gw-a", 2, [{"device": "lift-1", "ts": T0 + 4,
+                                         "values": {"floor": 4}}])])
+    assert (dict(rd.refused), dict(ra.refused)) == ({}, {"foreign_device": 1})
+    assert [r["value"] for r in store.readings("lift-1", None, None, None, 10)] == \
+        [9.0, 1.0, 3.0]
 
 
 def test_a_wrong_clock_is_shown_with_its_gateway(store: Store) -> None:
