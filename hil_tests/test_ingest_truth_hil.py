@@ -23,6 +23,7 @@ from collector import ingest as ingest_mod
 from collector.api import create_app
 from collector.auth import Role, create_token
 from collector.ingest import Ingest
+from collector.placement import ClockPolicy
 from collector.store import Accepted, GatewayMessage, Store, now_ms
 from devices import contract
 
@@ -171,6 +172,35 @@ def test_times_survive_an_outage_and_a_wrong_clock_is_still_caught(broker: Broke
         assert (clocks["gw-behind"].source, clocks["gw-behind"].wrong) == ("live", True)
         assert -10 * MIN - 10_000 <= (clocks["gw-behind"].offset_ms or 0) <= -10 * MIN
         assert not any(clocks[f"gw-{g}"].wrong for g in range(3))
+    finally:
+        ing.stop()
+        pub.close()
+        store.close()
+
+
+def test_messages_that_really_waited_longer_than_the_skew_window_keep_their_time(
+        broker: Broker, db_url: str) -> None:
+    store = Store.open(db_url)
+    store.clock_policy = ClockPolicy(max_skew_ms=1000, max_future_ms=1000, live_bound_ms=500)
+    make_session(store, broker, "coll-wait")
+    pub = Publisher(broker)
+    expected = []
+    for seq in range(1, 21):  # a gateway keeps publishing, in real time, for ~3 s
+        t = now_ms()
+        expected.append(t - 250)
+        pub.send([data_msg("gw-1", seq, [{"device": "lift-1", "ts": t - 250,
+                                          "values": {"floor": seq % 10}}], sent=t)])
+        next_send = t + 150
+        wait_for(lambda: now_ms() >= next_send, 1, "the next send")  # noqa: B023
+    wait_for(lambda: now_ms() >= expected[0] + 250 + 3 * 1000, 5, "a wait beyond the window")
+    ing = started(store, broker, "coll-wait")
+    try:
+        wait_for(lambda: ing.stats.stored_messages == 20, 20, "the waiting messages stored")
+        got = [r["ts"] for r in store.readings("lift-1", None, None, None, 100)]
+        assert got == expected
+        assert dict(ing.stats.time_corrected) == {}
+        [gw] = store.gateways()
+        assert Store.gateway_clock(gw).wrong is False
     finally:
         ing.stop()
         pub.close()
