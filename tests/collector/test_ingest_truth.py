@@ -233,6 +233,26 @@ def test_an_event_only_postgresql_refuses_is_quarantined_there_and_stored_on_sql
     assert store.counts()["events"] == 1 - refused
 
 
+@pytest.mark.parametrize("kind", ["state", "health"])
+def test_a_state_message_postgresql_refuses_is_quarantined_there(
+        store: Store, kind: str) -> None:
+    """A NUL in an inventory text is refused by PostgreSQL; in a health message it is stored
+    (kept as JSON, where it is escaped)."""
+    core = Core(store)
+    if kind == "state":
+        bad: GatewayMessage = state("gw1", {"l1": {"kind": "elev\x00ator", "profile": ""}})
+    else:
+        msg = HealthMessage.model_validate({"v": 1, "gateway": "gw1", "sent": T0,
+                                            "devices": {"l1": {"note": "a\x00b"}}})
+        bad = GatewayMessage("gw1", msg, T0)
+    good = data("gw1", 1, [{"device": "l1", "ts": T0, "values": {"floor": 1}}])
+    assert core.store_entries([entry(good), entry(bad)], lambda s: pytest.fail("not an outage"))
+    refused = 1 if store.is_pg and kind == "state" else 0
+    assert (core.stats.stored_messages, core.stats.quarantined) == (1, refused)
+    [q] = store.quarantined() if refused else [None]
+    assert q is None or (q["gateway_id"], q["seq"]) == ("gw1", None)
+
+
 def test_a_database_outage_is_retried_never_quarantined(tmp_path: Any) -> None:
     store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     core = Core(store)
