@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from collector.auth import Role, require
 from collector.store import Store, typed_value
-from devices.contract import DEVICE_ID_RE
+from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE
 from devices.quantities import QUANTITIES
 
 STATIC = Path(__file__).parent / "static"
@@ -49,6 +49,7 @@ class HealthOut(BaseModel):
     """Collector health: database, broker link and ingest counters."""
 
     status: str
+    reasons: list[str] = Field(default_factory=list, description="why it is degraded")
     database: str
     ingest: dict[str, Any]
     counts: dict[str, int]
@@ -66,6 +67,9 @@ class GatewayOut(BaseModel):
     last_seq: int | None
     device_count: int
     health: dict[str, Any] | None
+    clock: dict[str, Any] = Field(description="the gateway's clock as measured by the collector: "
+                                  "offset_ms (gateway minus collector), measured_at, source "
+                                  "(live or ahead) and wrong (its times are not used)")
 
 
 class DeviceOut(BaseModel):
@@ -151,22 +155,38 @@ def health(request: Request, store: StoreDep) -> HealthOut:
         db = "ok"
     except Exception as exc:  # report, never crash the health check
         counts, db = {}, f"error: {type(exc).__name__}"
-    ok = db == "ok" and ingest.get("broker_connected", True)
-    return HealthOut(status="ok" if ok else "degraded", database=db, ingest=ingest,
-                     counts=counts)
+    reasons = [] if db == "ok" else [f"database: {db}"]
+    if not ingest.get("broker_connected", True):
+        reasons.append("broker: not connected")
+    if ingest.get("stuck"):
+        reasons.append(f"ingest: {ingest['stuck']}")
+    return HealthOut(status="degraded" if reasons else "ok", reasons=reasons, database=db,
+                     ingest=ingest, counts=counts)
+
+
+def _gateway_out(g: dict[str, Any]) -> GatewayOut:
+    clock = Store.gateway_clock(g).as_dict()
+    clock["measured_at"] = iso(g["clock_measured_at"])
+    return GatewayOut(id=g["gateway_id"], state=g["state"], state_reason=g["state_reason"],
+                      state_since=iso(g["state_ts"]), last_seen=iso(g["last_seen"]),
+                      version=g["version"], last_seq=g["last_seq"],
+                      device_count=g["device_count"],
+                      health=orjson.loads(g["health"]) if g["health"] else None, clock=clock)
 
 
 @router.get("/gateways")
 def gateways(store: StoreDep) -> list[GatewayOut]:
-    """Every gateway with its online state, last sequence number and latest health."""
-    return [
-        GatewayOut(id=g["gateway_id"], state=g["state"], state_reason=g["state_reason"],
-                   state_since=iso(g["state_ts"]), last_seen=iso(g["last_seen"]),
-                   version=g["version"], last_seq=g["last_seq"],
-                   device_count=g["device_count"],
-                   health=orjson.loads(g["health"]) if g["health"] else None)
-        for g in store.gateways()
-    ]
+    """Every gateway with its online state, last sequence number, latest health and clock."""
+    return [_gateway_out(g) for g in store.gateways()]
+
+
+@router.get("/gateways/{gateway_id}")
+def gateway(gateway_id: str, store: StoreDep) -> GatewayOut:
+    """One gateway: its state, latest health and measured clock."""
+    for g in store.gateways():
+        if g["gateway_id"] == gateway_id:
+            return _gateway_out(g)
+    raise HTTPException(404, f"no gateway {gateway_id!r}")
 
 
 @router.get("/devices")
@@ -293,6 +313,50 @@ def gateway_sequence(gateway_id: str, store: StoreDep) -> SequenceOut:
                        reported_gaps=[_event_out(e) for e in reported])
 
 
+class QuarantinedOut(BaseModel):
+    """A message the store refused on its values, kept as received."""
+
+    id: int
+    gateway: str
+    channel: str
+    topic: str
+    seq: str | None
+    error: str
+    received: str | None
+    quarantined_at: str | None
+    payload: str = Field(description="the message as received (UTF-8, invalid bytes replaced)")
+
+
+@router.get("/quarantine")
+def quarantine(store: StoreDep,
+               limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[QuarantinedOut]:
+    """Messages the store refused (a poison message), newest first: kept, never retried."""
+    return [QuarantinedOut(id=q["id"], gateway=q["gateway_id"], channel=q["channel"],
+                           topic=q["topic"], seq=q["seq"], error=q["error"],
+                           received=iso(q["received"]),
+                           quarantined_at=iso(q["quarantined_at"]),
+                           payload=bytes(q["payload"]).decode("utf-8", "replace"))
+            for q in store.quarantined(limit)]
+
+
+class DeviceMoveIn(BaseModel):
+    """The gateway a device now belongs to."""
+
+    gateway: str = Field(pattern=GATEWAY_ID_RE.pattern)
+
+
+admin = APIRouter(prefix="/api/v1", dependencies=[Depends(require(Role.ADMIN))])
+
+
+@admin.put("/devices/{device_id}/gateway")
+def move_device(device_id: str, body: DeviceMoveIn, store: StoreDep) -> DeviceOut:
+    """Give a device to another gateway (a replacement gateway): from now on only that
+    gateway's readings, events and inventory of it are stored."""
+    _require_device(store, device_id)
+    store.move_device(device_id, body.gateway)
+    return _device_out(_require_device(store, device_id))
+
+
 def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
     """Build the collector's web app around a store."""
     app = FastAPI(title="CityGate data hub", version="1",
@@ -303,6 +367,7 @@ def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
     app.state.ingest_stats = ingest_stats or (dict)
     app.include_router(public)
     app.include_router(router)
+    app.include_router(admin)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def status_page() -> str:

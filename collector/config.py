@@ -29,6 +29,8 @@ class CollectorConfig(BaseModel):
     hub_feed: dict[str, Any] = Field(default_factory=dict)
     # what new gateways are told (broker URLs, CA), and the broker's auth files
     registry: dict[str, Any] = Field(default_factory=dict)
+    # clock tolerances of ingest: max_skew, max_future, live_bound (collector.placement)
+    ingest: dict[str, Any] = Field(default_factory=dict)
 
 
 def load_collector_config(path: str | Path | None) -> CollectorConfig:

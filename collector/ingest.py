@@ -1,8 +1,10 @@
-"""MQTT ingest: validate every message, store batches idempotently, then acknowledge them.
+"""MQTT ingest: validate every message, store it in arrival order, then acknowledge it.
 
 The collector uses a persistent session with a fixed client id and acknowledges a QoS 1
-message only after the transaction holding it committed, so a collector killed with -9 loses
-nothing: the broker re-delivers, and the (gateway, seq) key absorbs the duplicates.
+message only after the transaction holding it committed (or, for a message the store refuses
+on its values, after it was quarantined), so a collector killed with -9 loses nothing: the
+broker re-delivers, and the (gateway, seq) key absorbs the duplicates. Every message kind —
+data, events, state, health, replies — goes through the one writer thread in arrival order.
 """
 
 from __future__ import annotations
@@ -13,24 +15,32 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
+import orjson
 import paho.mqtt.client as mqtt
 
-from collector.store import Accepted, IngestResult, Store, now_ms
+from collector.failures import Failure, classify
+from collector.store import Accepted, GatewayMessage, Inbound, IngestResult, Store, now_ms
 from devices import contract
 from devices.contract import (
     ContractError,
     DataEnvelope,
     EventsEnvelope,
     HealthMessage,
+    Received,
     StateMessage,
 )
 
 log = logging.getLogger(__name__)
+
+RETRY_NOW_LIMIT = 20  # deadlock victims retried at once, then like any other failure
+STUCK_AFTER_S = 5.0  # the store failing this long: ingest is stuck (health degraded)
+STALLED_AFTER_S = 30.0  # messages waiting and nothing stored for this long: stuck too
+PROBE_INTERVAL_S = 2.0  # the collector's own timestamped probe through the broker
 
 
 @dataclass
@@ -43,12 +53,25 @@ class IngestStats:
     readings: int = 0
     events: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)  # entries not stored, by reason
     dropped_values: Counter[str] = field(default_factory=Counter)
     time_corrected: Counter[str] = field(default_factory=Counter)
+    flagged: Counter[str] = field(default_factory=Counter)  # readings made uncertain, by reason
     store_errors: int = 0
+    store_retries_now: int = 0  # deadlock/serialization victims retried at once
+    quarantined: int = 0
     hook_errors: int = 0
     connected: bool = False
     last_commit_ms: float = 0.0
+    failing_since: float | None = None  # monotonic time the store started failing
+    last_error: str = ""
+    handled: int = 0  # received and then stored, quarantined or rejected (and acknowledged)
+    last_progress: float = field(default_factory=time.monotonic)
+
+    @property
+    def pending(self) -> int:
+        """Messages received and not yet stored and acknowledged."""
+        return self.received - self.handled
 
     def add(self, result: IngestResult) -> None:
         """Count what one committed transaction did."""
@@ -56,31 +79,69 @@ class IngestStats:
         self.duplicates += result.duplicates
         self.readings += result.readings
         self.events += result.events
+        self.refused.update(result.refused)
         self.dropped_values.update(result.dropped_values)
         self.time_corrected.update(result.time_corrected)
+        self.flagged.update(result.flagged)
+
+    def stuck(self) -> str:
+        """Why ingest is stuck, or "" when it is not."""
+        now = time.monotonic()
+        if self.failing_since is not None and now - self.failing_since > STUCK_AFTER_S:
+            return (f"store failing for {now - self.failing_since:.0f} s "
+                    f"({self.pending} messages unacknowledged): {self.last_error}")
+        if self.pending > 0 and now - self.last_progress > STALLED_AFTER_S:
+            return (f"nothing stored for {now - self.last_progress:.0f} s with "
+                    f"{self.pending} messages unacknowledged")
+        return ""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready counters."""
         return {
             "received": self.received, "stored_messages": self.stored_messages,
             "duplicates": self.duplicates, "readings": self.readings, "events": self.events,
-            "rejected": dict(self.rejected), "dropped_values": dict(self.dropped_values),
-            "time_corrected": dict(self.time_corrected),
-            "store_errors": self.store_errors, "hook_errors": self.hook_errors,
+            "rejected": dict(self.rejected), "refused": dict(self.refused),
+            "dropped_values": dict(self.dropped_values),
+            "time_corrected": dict(self.time_corrected), "flagged": dict(self.flagged),
+            "store_errors": self.store_errors, "store_retries_now": self.store_retries_now,
+            "quarantined": self.quarantined, "hook_errors": self.hook_errors,
             "broker_connected": self.connected, "source": "mqtt",
             "last_commit_ms": round(self.last_commit_ms, 2),
+            "pending": self.pending, "stuck": self.stuck(),
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A received message on its way to the store: what to store, and what it was."""
+
+    record: Inbound | None  # None: nothing to store (a reply), only acknowledge
+    topic: str
+    payload: bytes
+    received: int
+
+
+def entry_of(rec: Received, topic_name: str, payload: bytes, received: int,
+             live: bool) -> Entry:
+    """What the writer does with a validated message."""
+    msg = rec.message
+    record: Inbound | None = None
+    if isinstance(msg, DataEnvelope | EventsEnvelope):
+        record = Accepted(rec.gateway, msg, received, live)
+    elif isinstance(msg, StateMessage | HealthMessage):
+        record = GatewayMessage(rec.gateway, msg, received, live)
+    return Entry(record, topic_name, payload, received)
 
 
 @dataclass(frozen=True, slots=True)
 class _Item:
     mid: int
     qos: int
-    accepted: Accepted | None  # None: nothing to store, only acknowledge
+    entry: Entry | None  # None: rejected by the contract, only acknowledge
 
 
 class IngestCore:
-    """What every ingest source shares: rejecting, side messages, accounting, hooks."""
+    """What every ingest source shares: rejecting, storing robustly, accounting, hooks."""
 
     store: Store
     stats: IngestStats
@@ -98,31 +159,102 @@ class IngestCore:
             log.warning("collector: rejected message on %s: %s (counted from now on)",
                         topic_name, exc)
 
-    def _side_message(self, gateway: str, message: Any) -> None:
-        """Store a state or health message (replies are not stored)."""
-        if isinstance(message, StateMessage):
-            self.store.record_state(gateway, message.state, message.ts, message.reason,
-                                    message.version, message.boot, message.devices)
-            self.on_state(gateway, message.state, list(message.devices))
-        elif isinstance(message, HealthMessage):
-            self.store.record_health(gateway, message.model_dump())
+    def store_entries(self, entries: Sequence[Entry], wait: Callable[[float], bool]) -> bool:
+        """Store entries until each is stored or quarantined; False if told to stop first.
 
-    def _committed(self, accepted: list[Accepted], result: IngestResult,
-                   started: float) -> None:
+        A deadlock victim is retried at once; a failure caused by a message's values splits
+        the batch until that message is alone, and quarantines it; any other failure (the
+        database is down) waits and retries: nothing is acknowledged meanwhile. `wait(s)`
+        pauses and says whether to go on.
+        """
+        records = [e for e in entries if e.record is not None]
+        if not records:
+            return True
+        now_tries = data_tries = 0
+        while True:
+            t0 = time.perf_counter()
+            try:
+                result = self.store.ingest([e.record for e in records if e.record])
+            except Exception as exc:
+                how = classify(exc)
+                if how is Failure.RETRY_NOW and now_tries < RETRY_NOW_LIMIT:
+                    now_tries += 1
+                    self.stats.store_retries_now += 1
+                    continue
+                if how is Failure.DATA:
+                    if len(records) == 1:
+                        data_tries += 1
+                        if data_tries == 1:  # refused twice on its own before it is poison
+                            continue
+                        return self._quarantine(records[0], exc, wait)
+                    half = len(records) // 2
+                    return (self.store_entries(records[:half], wait)
+                            and self.store_entries(records[half:], wait))
+                self._failing(exc)
+                if not wait(1.0):
+                    return False
+                continue
+            self._recovered()
+            self._committed(result, t0)
+            self.stats.last_progress = time.monotonic()
+            return True
+
+    def _quarantine(self, entry: Entry, exc: BaseException,
+                    wait: Callable[[float], bool]) -> bool:
+        rec = entry.record
+        assert rec is not None
+        msg = rec.envelope if isinstance(rec, Accepted) else rec.message
+        seq = getattr(msg, "seq", None)
+        channel = entry.topic.rsplit("/", 1)[-1]
+        error = f"{type(exc).__name__}: {exc}"
+        while True:
+            try:
+                self.store.quarantine(rec.gateway, channel, entry.topic, seq, entry.payload,
+                                      error, entry.received)
+                break
+            except Exception as qexc:  # the database is down: keep the message until it is back
+                self._failing(qexc)
+                if not wait(1.0):
+                    return False
+        self._recovered()
+        self.stats.quarantined += 1
+        log.error("collector: quarantined %s message seq %s of %s, refused by the store: %s "
+                  "(GET /api/v1/quarantine)", channel, seq, rec.gateway, error)
+        return True
+
+    def _failing(self, exc: BaseException) -> None:
+        self.stats.store_errors += 1
+        self.stats.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if self.stats.failing_since is None:
+            self.stats.failing_since = time.monotonic()
+            log.error("collector: store failed: %s; retrying (counted from now on)",
+                      self.stats.last_error)
+
+    def _recovered(self) -> None:
+        if self.stats.failing_since is not None:
+            log.info("collector: store works again after %.1f s",
+                     time.monotonic() - self.stats.failing_since)
+            self.stats.failing_since = None
+
+    def _committed(self, result: IngestResult, started: float) -> None:
         """Account a committed batch and hand what it newly stored to the features' hooks.
 
         Re-delivered duplicates are not handed on: every feature sees each message once.
         """
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
         self.stats.add(result)
-        if not result.fresh:
-            return
+        for gateway, state, devices in result.states:
+            self._hook(self.on_state, gateway, state, devices)
+        if result.fresh:
+            self._hook(self.on_stored, result.fresh)
+
+    def _hook(self, call: Callable[..., None], *args: Any) -> None:
         try:
-            self.on_stored(result.fresh)
+            call(*args)
         except Exception:  # a feature's hook never blocks storing and acknowledging
             self.stats.hook_errors += 1
             if self.stats.hook_errors == 1:
-                log.exception("collector: a stored-batch hook failed (counted from now on)")
+                log.exception("collector: an ingest hook failed (counted from now on)")
 
 
 class Ingest(IngestCore):
@@ -144,10 +276,14 @@ class Ingest(IngestCore):
         self.on_stored = on_stored or (lambda items: None)
         self.on_state = on_state or (lambda gateway, state, devices: None)
         self.stats = IngestStats()
+        self.probe_topic = f"{contract.ROOT}/_collector/{client_id}/probe"
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=50_000)
         self._warned: set[tuple[str, str]] = set()
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
+        self._prober: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._probe_back: int | None = None  # send time of the newest probe received back
 
     def start(self) -> None:
         """Connect (retrying in the background) and start the writer."""
@@ -164,14 +300,19 @@ class Ingest(IngestCore):
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
+        self._stop.clear()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer",
                                         daemon=True)
         self._writer.start()
+        self._prober = threading.Thread(target=self._probe_loop, name="ingest-probe",
+                                        daemon=True)
+        self._prober.start()
         client.connect_async(self.host, self.port, keepalive=30)
         client.loop_start()
 
     def stop(self) -> None:
         """Disconnect and flush what was received (idempotent)."""
+        self._stop.set()
         client, self._client = self._client, None
         if client is not None:
             self.stats.connected = False
@@ -183,6 +324,9 @@ class Ingest(IngestCore):
             with contextlib.suppress(Exception):
                 client.disconnect()
             client.loop_stop()
+        if self._prober is not None:
+            self._prober.join(timeout=5)
+            self._prober = None
         if self._writer is not None:
             self._queue.put(None)
             self._writer.join(timeout=10)
@@ -195,9 +339,11 @@ class Ingest(IngestCore):
             log.warning("collector: broker refused connection: %s", rc)
             return
         self.stats.connected = True
+        self._probe_back = None  # nothing is live until a probe came back through the queue
         log.info("collector connected to %s:%d (session present: %s)", self.host, self.port,
                  getattr(flags, "session_present", "?"))
-        client.subscribe([(t, contract.QOS) for t in contract.subscriptions(self.share_group)])
+        client.subscribe([(t, contract.QOS) for t in contract.subscriptions(self.share_group)]
+                         + [(self.probe_topic, contract.QOS)])
         client.publish(contract.collector_state_topic(self.client_id),
                        contract.collector_state_payload(self.client_id, "online", now_ms()),
                        qos=1, retain=True)
@@ -206,24 +352,46 @@ class Ingest(IngestCore):
         if self.stats.connected:
             log.warning("collector: disconnected from broker: %s", rc)
         self.stats.connected = False
+        self._probe_back = None
 
     def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        received = now_ms()
+        if msg.topic == self.probe_topic:
+            with contextlib.suppress(ValueError, orjson.JSONDecodeError):
+                sent = int(orjson.loads(msg.payload))
+                self._probe_back = max(self._probe_back or 0, sent)
+            if msg.qos > 0:
+                client.ack(msg.mid, msg.qos)
+            return
+        if self.stats.pending == 0:  # stalled time counts from the first message waiting
+            self.stats.last_progress = time.monotonic()
         self.stats.received += 1
+        payload = bytes(msg.payload)
         try:
-            rec = contract.decode(msg.topic, bytes(msg.payload))
+            rec = contract.decode(msg.topic, payload)
         except ContractError as exc:
             self._reject(msg.topic, exc)
             self._queue.put(_Item(msg.mid, msg.qos, None))
             return
-        if isinstance(rec.message, DataEnvelope | EventsEnvelope):
-            self._queue.put(_Item(msg.mid, msg.qos, Accepted(rec.gateway, rec.message, now_ms())))
-            return
-        try:
-            self._side_message(rec.gateway, rec.message)
-        except Exception:
-            self.stats.store_errors += 1
-            log.exception("collector: cannot store %s message of %s", rec.channel, rec.gateway)
-        self._queue.put(_Item(msg.mid, msg.qos, None))
+        self._queue.put(_Item(msg.mid, msg.qos,
+                              entry_of(rec, msg.topic, payload, received, self._live(received))))
+
+    def _live(self, received: int) -> bool:
+        """Did a message received now wait at the broker at most the live bound?
+
+        The broker's queue for this session is first in, first out: a message received after
+        probe p came back was queued after p was sent, so it waited at most `received − sent
+        time of p`.
+        """
+        back = self._probe_back
+        return back is not None and received - back <= self.store.clock_policy.live_bound_ms
+
+    def _probe_loop(self) -> None:
+        while not self._stop.wait(PROBE_INTERVAL_S):
+            client = self._client
+            if client is not None and self.stats.connected:
+                with contextlib.suppress(Exception):
+                    client.publish(self.probe_topic, str(now_ms()).encode(), qos=1)
 
     # --- writer thread -----------------------------------------------------------------------
 
@@ -248,26 +416,18 @@ class Ingest(IngestCore):
                 batch.append(item)
             self._flush(batch)
 
+    def _wait(self, seconds: float) -> bool:
+        time.sleep(seconds)
+        return self._client is not None
+
     def _flush(self, batch: list[_Item]) -> None:
-        accepted = [i.accepted for i in batch if i.accepted is not None]
-        while accepted:
-            t0 = time.perf_counter()
-            try:
-                result = self.store.ingest(accepted)
-            except Exception:
-                # Nothing is acknowledged, so nothing is lost: retry until the database is back.
-                self.stats.store_errors += 1
-                if self.stats.store_errors == 1 or self.stats.store_errors % 100 == 0:
-                    log.exception("collector: store failed (%d times); retrying",
-                                  self.stats.store_errors)
-                time.sleep(1.0)
-                if self._client is None:
-                    return
-                continue
-            self._committed(accepted, result, t0)
-            break
+        entries = [i.entry for i in batch if i.entry is not None]
+        if not self.store_entries(entries, self._wait):
+            return  # stopping with the database down: unacknowledged, so re-delivered
         client = self._client
         if client is not None:
             for item in batch:
                 if item.qos > 0:
                     client.ack(item.mid, item.qos)
+        self.stats.handled += len(batch)
+        self.stats.last_progress = time.monotonic()

@@ -35,15 +35,10 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
-from collector.ingest import IngestCore, IngestStats
+from collector.ingest import Entry, IngestCore, IngestStats, entry_of
 from collector.store import Accepted, Store, now_ms
 from devices import contract
-from devices.contract import (
-    ContractError,
-    DataEnvelope,
-    EventsEnvelope,
-    Received,
-)
+from devices.contract import ContractError
 
 log = logging.getLogger(__name__)
 
@@ -305,67 +300,59 @@ class NatsIngest(IngestCore):
     # --- one batch: validate, store, then acknowledge --------------------------------------------
 
     async def _handle(self, msgs: list[Any]) -> None:
-        accepted: list[Accepted] = []
-        side: list[Received] = []
+        entries: list[Entry] = []
         for msg in msgs:
             self.stats.received += 1
             if msg.metadata.num_delivered > 1:
                 self.stats.redelivered += 1
-            rec = self._decode(msg)
-            if rec is None:
-                continue
-            if isinstance(rec.message, DataEnvelope | EventsEnvelope):
-                accepted.append(Accepted(rec.gateway, rec.message, now_ms()))
-            else:
-                side.append(rec)
-        if not await self._commit(accepted, msgs):
+            entry = self._entry(msg)
+            if entry is not None:
+                entries.append(entry)
+        loop = asyncio.get_running_loop()
+        stored = await asyncio.to_thread(self.store_entries, entries,
+                                         lambda s: self._wait_in_thread(loop, msgs, s))
+        if not stored:
             return  # stopping with the database down: unacked, redelivered to another collector
-        if side:
-            await asyncio.to_thread(self._record_side, side)
         for msg in msgs:
             with contextlib.suppress(Exception):
                 await msg.ack()
                 self.stats.acked += 1
+        self.stats.handled += len(msgs)
+        self.stats.last_progress = time.monotonic()
 
-    def _decode(self, msg: Any) -> Received | None:
+    def _entry(self, msg: Any) -> Entry | None:
         topic_name = topic_from_subject(msg.subject)
+        payload = bytes(msg.data)
         try:
-            return contract.decode(topic_name, msg.data)
+            rec = contract.decode(topic_name, payload)
         except ContractError as exc:
             self._reject(topic_name, exc)  # counted, then acknowledged: never redelivered
             return None
+        received = now_ms()
+        # The stream's own time of the message: how long it waited is known exactly.
+        stamp = getattr(msg.metadata, "timestamp", None)
+        live = stamp is not None and \
+            received - stamp.timestamp() * 1000 <= self.store.clock_policy.live_bound_ms
+        return entry_of(rec, topic_name, payload, received, live)
 
-    async def _commit(self, accepted: list[Accepted], msgs: list[Any]) -> bool:
-        """Store until it commits; False only when stopping before it could."""
+    def _wait_in_thread(self, loop: asyncio.AbstractEventLoop, msgs: list[Any],
+                        seconds: float) -> bool:
+        """Pause while the database is down, keeping the batch ours; False when stopping."""
+        future = asyncio.run_coroutine_threadsafe(self._hold(msgs, seconds), loop)
+        try:
+            return bool(future.result(seconds + 10))
+        except Exception:
+            return False
+
+    async def _hold(self, msgs: list[Any], seconds: float) -> bool:
         assert self._stopping is not None
-        while accepted:
-            t0 = time.perf_counter()
-            try:
-                result = await asyncio.to_thread(self.store.ingest, accepted)
-            except Exception:
-                self.stats.store_errors += 1
-                if self.stats.store_errors == 1 or self.stats.store_errors % 100 == 0:
-                    log.exception("collector: store failed (%d times); retrying",
-                                  self.stats.store_errors)
-                await self._sleep(self.tuning.store_retry)
-                if self._stopping.is_set():
-                    return False
-                for msg in msgs:  # still ours: keep the server from redelivering meanwhile
-                    with contextlib.suppress(Exception):
-                        await msg.in_progress()
-                continue
-            self._committed(accepted, result, t0)
-            break
+        await self._sleep(self.tuning.store_retry if seconds else 0)
+        if self._stopping.is_set():
+            return False
+        for msg in msgs:  # still ours: keep the server from redelivering meanwhile
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
         return True
-
-    def _record_side(self, side: list[Received]) -> None:
-        for rec in side:
-            try:
-                self._side_message(rec.gateway, rec.message)
-            except Exception:
-                self.stats.store_errors += 1
-                log.exception("collector: cannot store %s message of %s", rec.channel,
-                              rec.gateway)
 
     def retained_state(self, topic_name: str, payload: bytes) -> None:
         """Record a gateway state read from the retained store (side MQTT connection)."""
@@ -373,13 +360,9 @@ class NatsIngest(IngestCore):
             rec = contract.decode(topic_name, payload)
         except ContractError:
             return  # a cleared retained state or garbage: the durable consumer counts those
-        try:
-            self._side_message(rec.gateway, rec.message)
-        except Exception:
-            self.stats.store_errors += 1
-            log.exception("collector: cannot store the retained state of %s", rec.gateway)
-            return
-        self.stats.retained_states += 1
+        entry = entry_of(rec, topic_name, payload, now_ms(), False)
+        if self.store_entries([entry], _pause):
+            self.stats.retained_states += 1
 
 
 class StateChannel:
@@ -473,6 +456,11 @@ class StateChannel:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.retain:  # live states come through the durable consumer
             self.ingest.retained_state(msg.topic, bytes(msg.payload))
+
+
+def _pause(seconds: float) -> bool:
+    time.sleep(seconds)
+    return True
 
 
 def _close(client: mqtt.Client) -> None:

@@ -59,11 +59,27 @@ def _partition_readings(conn: sa.Connection) -> None:
             f"FOR VALUES FROM ({day_of(lo)}) TO ({day_of(hi) + DAY_MS})"))
 
 
+_GATEWAY_CLOCK = (("clock_offset_ms", "BIGINT"), ("clock_measured_at", "BIGINT"),
+                  ("clock_source", "TEXT NOT NULL DEFAULT ''"),
+                  ("clock_wrong", "BOOLEAN NOT NULL DEFAULT FALSE"))
+
+
+def _gateway_clock_and_quarantine(conn: sa.Connection) -> None:
+    """Add the measured clock columns to `gateways` (unless migration 1 made them) and create
+    the quarantine table."""
+    have = {c["name"] for c in sa.inspect(conn).get_columns("gateways")}
+    for name, ddl in _GATEWAY_CLOCK:
+        if name not in have:
+            conn.execute(sa.text(f"ALTER TABLE gateways ADD COLUMN {name} {ddl}"))
+    schema.metadata.create_all(conn, tables=[schema.quarantine])
+
+
 MIGRATIONS: list[Migration] = [
     (1, "core: gateways, devices, batches, readings, latest, events, active faults",
      _create(schema.gateways, schema.devices, schema.batches, schema.readings, schema.latest,
              schema.events, schema.active_faults)),
     (2, "core: readings partitioned by day on PostgreSQL", _partition_readings),
+    (3, "core: measured gateway clocks, quarantined messages", _gateway_clock_and_quarantine),
 ]
 
 

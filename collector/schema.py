@@ -31,8 +31,15 @@ gateways = sa.Table(
     sa.Column("last_seq", sa.BigInteger),
     sa.Column("health", sa.Text),  # the last health message, JSON
     sa.Column("health_ts", sa.BigInteger),
+    # The gateway's clock as measured by the collector (collector.placement; migration 3)
+    sa.Column("clock_offset_ms", sa.BigInteger),
+    sa.Column("clock_measured_at", sa.BigInteger),
+    sa.Column("clock_source", sa.Text, nullable=False, server_default=""),
+    sa.Column("clock_wrong", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
+# `gateway_id` is the device's owner: only that gateway's readings, events and inventory
+# entries for it are stored (registry assignment, else first claim; see Store.ingest).
 devices = sa.Table(
     "devices", metadata,
     sa.Column("device_id", sa.Text, primary_key=True),
@@ -107,4 +114,20 @@ active_faults = sa.Table(
     sa.Column("severity", sa.Text, nullable=False),
     sa.Column("code", sa.Integer),
     sa.Column("evidence", sa.Text, nullable=False, server_default="{}"),
+)
+
+# Messages the store refused on their values (a poison message): kept as received, never
+# retried, so that one bad envelope cannot stall every gateway's data.
+quarantine = sa.Table(
+    "quarantine", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("gateway_id", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("topic", sa.Text, nullable=False, server_default=""),
+    sa.Column("seq", sa.Text),  # as text: what the store refused may not fit a BIGINT
+    sa.Column("payload", sa.LargeBinary, nullable=False),  # the message as received
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("received", sa.BigInteger, nullable=False),
+    sa.Column("quarantined_at", sa.BigInteger, nullable=False),
+    sa.Index("quarantine_by_time", "quarantined_at"),
 )

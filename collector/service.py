@@ -14,9 +14,10 @@ from typing import Any, Protocol
 
 import uvicorn
 
-from collector.config import CollectorConfig
+from collector.config import CollectorConfig, CollectorConfigError
 from collector.hub import BrokerLink, StateHook, StoredHook, build_hub
 from collector.ingest import Ingest
+from collector.placement import clock_policy
 from collector.store import Store
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,12 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
                         config: CollectorConfig | None = None, share_group: str | None = None,
                         config_source: str = "collector.toml") -> None:
     """Serve until the process is asked to stop (SIGINT/SIGTERM)."""
+    try:
+        policy = clock_policy((config or CollectorConfig()).ingest)
+    except ValueError as exc:
+        raise CollectorConfigError(f"{config_source}: {exc}") from None
     store = Store.open(db_url)
+    store.clock_policy = policy
     sources: list[IngestSource] = []
     hub = build_hub(store, config or CollectorConfig(),
                     ingest_stats=lambda: sources[0].stats.as_dict() if sources else {},

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 
 from collector import partitions, schema
 from collector.migrations import migrate
-from devices.contract import ClockInfo, DataEnvelope, EventsEnvelope
+from collector.placement import ClockPolicy, GatewayClock
+from collector.store_ingest import REGISTRY_DEVICES, IngestTx
+from devices.contract import DataEnvelope, EventsEnvelope, HealthMessage, StateMessage
 from devices.quantities import QUANTITIES, ValueKind
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,20 @@ class Accepted:
     gateway: str
     envelope: DataEnvelope | EventsEnvelope
     received: int  # epoch ms at the collector
+    live: bool = False  # known not to have waited at the broker (collector.placement)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayMessage:
+    """A validated state (birth/death) or health message of a gateway."""
+
+    gateway: str
+    message: StateMessage | HealthMessage
+    received: int
+    live: bool = False
+
+
+Inbound = Accepted | GatewayMessage
 
 
 @dataclass
@@ -43,38 +59,15 @@ class IngestResult:
     events: int = 0
     dropped_values: dict[str, int] = field(default_factory=dict)
     time_corrected: dict[str, int] = field(default_factory=dict)  # how times were placed
+    flagged: dict[str, int] = field(default_factory=dict)  # readings made uncertain, by reason
+    refused: Counter[str] = field(default_factory=Counter)  # entries not stored, by reason
     fresh: list[Accepted] = field(default_factory=list)  # stored now (not re-deliveries)
+    states: list[tuple[str, str, list[str]]] = field(default_factory=list)  # gw, state, devices
 
 
 def now_ms() -> int:
     """Wall-clock epoch milliseconds."""
     return int(time.time() * 1000)
-
-
-MAX_SKEW_MS = 120_000  # a "synced" gateway further off than this is treated as unsynced
-MAX_FUTURE_MS = 60_000
-EARLIEST_MS = 946_684_800_000  # 2000-01-01
-
-
-def place_in_time(ts: int, mono: int | None, clock: ClockInfo, sent: int,
-                  received: int) -> tuple[int, str]:
-    """Observation time on the collector's clock, and how it was obtained.
-
-    A synchronised gateway's time is kept. Otherwise, within one boot the monotonic clock
-    gives the exact age of the reading at sending; across a reboot only the send/receive
-    offset is left. Nothing is ever placed before 2000 or in the future.
-    """
-    skew = received - sent
-    if clock.synced and abs(skew) <= MAX_SKEW_MS:
-        how, placed = "gateway", ts
-    elif mono is not None and clock.mono is not None and clock.boot and (
-            clock.sent_boot in ("", clock.boot)):
-        how, placed = "monotonic", received - max(0, clock.mono - mono)
-    else:
-        how, placed = "offset", ts + skew
-    if placed < EARLIEST_MS or placed > received + MAX_FUTURE_MS:
-        return received, "clamped"
-    return placed, how
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -112,6 +105,7 @@ class Store:
         # savepoint and counted; the raw rows are stored regardless.
         self.row_writers: list[RowWriter] = []
         self.row_writer_errors = 0
+        self.clock_policy = ClockPolicy()
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -160,68 +154,16 @@ class Store:
         """SQL written with `?` placeholders, in the driver's style."""
         return text.replace("?", "%s") if self.is_pg else text
 
-    def ingest(self, items: Sequence[Accepted]) -> IngestResult:
-        """Store envelopes in one transaction; already-stored (gateway, seq) pairs are skipped."""
+    def ingest(self, items: Sequence[Inbound]) -> IngestResult:
+        """Store a batch of messages in one transaction, in arrival order.
+
+        Already-stored (gateway, seq) pairs are skipped; what a gateway reports of a device it
+        does not own is refused and counted (collector.store_ingest).
+        """
         result = IngestResult()
         with self.raw() as conn:
-            cur = conn.cursor()
-            fresh = [a for a in items if self._claim(cur, a)]
-            result.fresh = fresh
-            result.messages = len(fresh)
-            result.duplicates = len(items) - len(fresh)
-            rows, events = self._rows(fresh, result)
-            self._insert_readings(cur, rows)
-            self._write_derived(cur, rows)
-            self._upsert_latest(cur, rows)
-            self._insert_events(cur, events)
-            self._touch(cur, fresh)
-            result.readings, result.events = len(rows), len(events)
+            IngestTx(self, conn.cursor(), result).run(items)
         return result
-
-    def _claim(self, cur: Any, a: Accepted) -> bool:
-        env = a.envelope
-        n = len(env.readings) if isinstance(env, DataEnvelope) else len(env.events)
-        channel = "data" if isinstance(env, DataEnvelope) else "events"
-        cur.execute(self.sql(
-            "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay) "
-            "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING seq"),
-            (a.gateway, env.seq, channel, env.sent, a.received, n, env.replay))
-        return cur.fetchone() is not None
-
-    def _rows(self, fresh: Sequence[Accepted],
-              result: IngestResult) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        rows: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        for a in fresh:
-            env = a.envelope
-            if isinstance(env, EventsEnvelope):
-                for e in env.events:
-                    ts = self._placed(e.ts, e.mono, env, a.received, result)
-                    events.append((e.device, a.gateway, env.seq, ts, e.kind, e.action,
-                                   e.severity, e.code, orjson.dumps(e.evidence).decode(),
-                                   e.message, a.received))
-                continue
-            for r in env.readings:
-                ts = self._placed(r.ts, r.mono, env, a.received, result)
-                for q, v in r.values.items():
-                    if v is None:
-                        continue
-                    if q not in QUANTITIES:
-                        result.dropped_values["unknown_quantity"] = \
-                            result.dropped_values.get("unknown_quantity", 0) + 1
-                        continue
-                    num, text = (None, v) if isinstance(v, str) else (float(v), None)
-                    rows.append((r.device, q, ts, num, text, r.q, a.gateway, env.seq,
-                                 env.replay))
-        return rows, events
-
-    @staticmethod
-    def _placed(ts: int, mono: int | None, env: DataEnvelope | EventsEnvelope, received: int,
-                result: IngestResult) -> int:
-        placed, how = place_in_time(ts, mono, env.clock, env.sent, received)
-        if how != "gateway":
-            result.time_corrected[how] = result.time_corrected.get(how, 0) + 1
-        return placed
 
     def _insert_readings(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -259,7 +201,7 @@ class Store:
             "ts = excluded.ts, value = excluded.value, vtext = excluded.vtext, "
             "quality = excluded.quality, gateway_id = excluded.gateway_id "
             "WHERE excluded.ts >= latest.ts"),
-            [r[:7] for r in newest.values()])
+            [newest[k][:7] for k in sorted(newest)])
 
     def _insert_events(self, cur: Any, events: list[tuple[Any, ...]]) -> None:
         if not events:
@@ -279,64 +221,60 @@ class Store:
                     "DELETE FROM active_faults WHERE device_id = ? AND kind = ? AND since <= ?"),
                     (device, kind, ts))
 
-    def _touch(self, cur: Any, fresh: Sequence[Accepted]) -> None:
-        seen: dict[str, tuple[str, int]] = {}
-        gws: dict[str, tuple[int, int]] = {}
-        for a in fresh:
-            env = a.envelope
-            items = env.readings if isinstance(env, DataEnvelope) else env.events
-            for it in items:  # "last seen" is when the hub heard of the device
-                prev = seen.get(it.device)
-                if prev is None or a.received > prev[1]:
-                    seen[it.device] = (a.gateway, a.received)
-            last = gws.get(a.gateway, (0, 0))
-            gws[a.gateway] = (max(last[0], env.seq), max(last[1], a.received))
-        cur.executemany(self.sql(
-            "INSERT INTO devices (device_id, gateway_id, kind, profile, first_seen, last_seen) "
-            "VALUES (?,?,'unknown','',?,?) ON CONFLICT (device_id) DO UPDATE SET "
-            "gateway_id = excluded.gateway_id, "
-            "last_seen = CASE WHEN devices.last_seen IS NULL OR excluded.last_seen > "
-            "devices.last_seen THEN excluded.last_seen ELSE devices.last_seen END"),
-            [(d, gw, ts, ts) for d, (gw, ts) in seen.items()])
-        cur.executemany(self.sql(
-            "INSERT INTO gateways (gateway_id, state, state_reason, version, boot, last_seq,"
-            " last_seen) VALUES (?,'unknown','','','',?,?) ON CONFLICT (gateway_id) DO UPDATE SET"
-            " last_seq = CASE WHEN gateways.last_seq IS NULL OR excluded.last_seq >"
-            " gateways.last_seq THEN excluded.last_seq ELSE gateways.last_seq END,"
-            " last_seen = excluded.last_seen"),
-            [(gw, seq, rx) for gw, (seq, rx) in gws.items()])
-
-    # --- gateway state and health ----------------------------------------------------------
+    # --- gateway state and health, quarantine, ownership ------------------------------------
 
     def record_state(self, gateway: str, state: str, ts: int, reason: str, version: str,
                      boot: str, inventory: dict[str, dict[str, str]]) -> None:
         """Store a gateway's birth/death state and its device inventory."""
-        g = schema.gateways
-        now = now_ms()
-        with self.engine.begin() as conn:
-            self._upsert(conn, g, {"gateway_id": gateway}, {
-                "state": state, "state_reason": reason, "state_ts": ts, "version": version,
-                "boot": boot, "last_seen": now})
-            for dev, info in inventory.items():
-                self._upsert(conn, schema.devices, {"device_id": dev}, {
-                    "gateway_id": gateway, "kind": info.get("kind", "unknown"),
-                    "profile": info.get("profile", "")})
+        msg = StateMessage.model_validate({
+            "v": 1, "gateway": gateway, "state": state, "ts": ts, "reason": reason,
+            "version": version, "boot": boot, "devices": inventory})
+        self.ingest([GatewayMessage(gateway, msg, now_ms())])
 
     def record_health(self, gateway: str, health: dict[str, Any]) -> None:
         """Keep the latest health message of a gateway."""
-        now = now_ms()
+        msg = HealthMessage.model_validate({"sent": now_ms(), **health, "v": 1,
+                                            "gateway": gateway})
+        self.ingest([GatewayMessage(gateway, msg, now_ms())])
+
+    def quarantine(self, gateway: str, channel: str, topic: str, seq: object, payload: bytes,
+                   error: str, received: int) -> None:
+        """Keep a message the store refused, as received, with the reason."""
         with self.engine.begin() as conn:
-            self._upsert(conn, schema.gateways, {"gateway_id": gateway}, {
-                "health": orjson.dumps(health).decode(), "health_ts": now, "last_seen": now})
+            conn.execute(sa.insert(schema.quarantine).values(
+                gateway_id=gateway, channel=channel, topic=topic,
+                seq=None if seq is None else str(seq), payload=payload,
+                error=error.replace("\x00", "\\0")[:2000], received=received,
+                quarantined_at=now_ms()))
+
+    def quarantined(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Quarantined messages, newest first."""
+        q = schema.quarantine
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(
+                sa.select(q).order_by(q.c.id.desc()).limit(limit)).mappings()]
+
+    def move_device(self, device_id: str, gateway: str) -> bool:
+        """Give a device to another gateway (an admin's decision); False if it is unknown.
+
+        The registry's other assignments of the device are dropped with it, so that the
+        registry does not give it back.
+        """
+        d = schema.devices
+        reg = sa.table(REGISTRY_DEVICES, sa.column("device_id"), sa.column("gateway_id"))
+        with self.engine.begin() as conn:
+            if conn.execute(sa.update(d).where(d.c.device_id == device_id)
+                            .values(gateway_id=gateway)).rowcount == 0:
+                return False
+            conn.execute(sa.delete(reg).where(reg.c.device_id == device_id,
+                                              reg.c.gateway_id != gateway))
+        return True
 
     @staticmethod
-    def _upsert(conn: sa.Connection, table: sa.Table, key: dict[str, Any],
-                values: dict[str, Any]) -> None:
-        stmt = sa.update(table).values(**values)
-        for k, v in key.items():
-            stmt = stmt.where(table.c[k] == v)
-        if conn.execute(stmt).rowcount == 0:
-            conn.execute(sa.insert(table).values(**key, **values))
+    def gateway_clock(row: dict[str, Any]) -> GatewayClock:
+        """The measured clock of a gateway row."""
+        return GatewayClock(row.get("clock_offset_ms"), row.get("clock_measured_at"),
+                            row.get("clock_source") or "", bool(row.get("clock_wrong")))
 
     # --- queries -----------------------------------------------------------------------------
 

@@ -1,0 +1,332 @@
+"""The ingest transaction: a batch of gateway messages stored atomically, in one lock order.
+
+Every transaction that writes `gateways` and `devices` takes its row locks in the same order —
+gateways by id, then (gateway, seq) claims in `batches`, then devices by id — and everything
+else it writes for a device (`latest`, `active_faults`, derived tables) is covered by that
+device's row lock. Two such transactions (two collectors on a shared subscription, a birth and
+a data batch) therefore wait for each other but never deadlock.
+
+Device ownership: a device belongs to one gateway (`devices.gateway_id`): the registry's
+assignment if the device is registered (`reg_devices` of a gateway not revoked), else the
+first gateway that reported it. Readings, events and inventory entries of a device from any
+other gateway are refused and counted (`foreign_device`). A replacement gateway takes devices
+over when the old one is revoked and the new one registered with them, or when an admin moves
+a device with `PUT /api/v1/devices/{id}/gateway`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from collector.placement import GatewayClock, judge, place_in_time
+from devices.contract import DataEnvelope, EventsEnvelope, HealthMessage, StateMessage
+from devices.quantities import QUANTITIES
+
+if TYPE_CHECKING:
+    from collector.store import Accepted, GatewayMessage, IngestResult, Store
+
+log = logging.getLogger(__name__)
+
+Row = tuple[Any, ...]
+CHUNK = 500  # ids per IN list
+REGISTRY_DEVICES = "reg_devices"  # the registry's (gateway_id, device_id) assignments
+REGISTRY_GATEWAYS = "reg_gateways"  # a revoked gateway's assignments no longer count
+_warned_foreign: set[tuple[str, str]] = set()
+
+
+def chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    """Slices of at most CHUNK ids, for IN lists."""
+    for i in range(0, len(ids), CHUNK):
+        yield ids[i:i + CHUNK]
+
+
+class IngestTx:
+    """One ingest transaction on a driver cursor (see Store.ingest)."""
+
+    def __init__(self, store: Store, cur: Any, result: IngestResult) -> None:
+        self.store, self.cur, self.result = store, cur, result
+        self.refused: Counter[str] = Counter()
+
+    def run(self, items: Sequence[Accepted | GatewayMessage]) -> None:
+        """Store the batch: every step below runs inside the caller's transaction."""
+        from collector.store import Accepted
+
+        envs = [a for a in items if isinstance(a, Accepted)]
+        clocks = self._lock_gateways(items)
+        fresh = self._claim(envs)
+        owners = self._lock_devices(fresh, items)
+        ordered = [a for a in items if not isinstance(a, Accepted) or id(a) in fresh]
+        kept = self._owned(ordered, owners)
+        rows, events = self._rows(kept, clocks)
+        s = self.store
+        s._insert_readings(self.cur, rows)
+        s._write_derived(self.cur, rows)
+        s._upsert_latest(self.cur, rows)
+        s._insert_events(self.cur, events)
+        self._update_devices(kept)
+        self._update_gateways(kept, clocks)
+        r = self.result
+        r.fresh = [a for a in kept if isinstance(a, Accepted)]
+        r.messages = len(r.fresh)
+        r.duplicates = len(envs) - len(fresh)
+        r.readings, r.events = len(rows), len(events)
+        r.refused.update(self.refused)
+
+    # --- 1. gateways -------------------------------------------------------------------------
+
+    def _lock_gateways(self, items: Sequence[Accepted | GatewayMessage]) -> dict[str, GatewayClock]:
+        """Create or touch every gateway of the batch, in id order; their known clocks."""
+        gws: dict[str, tuple[int | None, int]] = {}
+        for it in items:
+            seq = it.envelope.seq if hasattr(it, "envelope") else None
+            last_seq, last_seen = gws.get(it.gateway, (None, 0))
+            if seq is not None and (last_seq is None or seq > last_seq):
+                last_seq = seq
+            gws[it.gateway] = (last_seq, max(last_seen, it.received))
+        self.cur.executemany(self.store.sql(
+            "INSERT INTO gateways (gateway_id, state, state_reason, version, boot, last_seq,"
+            " last_seen) VALUES (?,'unknown','','','',?,?) ON CONFLICT (gateway_id) DO UPDATE SET"
+            " last_seq = CASE WHEN excluded.last_seq IS NOT NULL AND (gateways.last_seq IS NULL"
+            " OR excluded.last_seq > gateways.last_seq) THEN excluded.last_seq"
+            " ELSE gateways.last_seq END,"
+            " last_seen = CASE WHEN gateways.last_seen IS NULL OR excluded.last_seen >"
+            " gateways.last_seen THEN excluded.last_seen ELSE gateways.last_seen END"),
+            [(gw, seq, seen) for gw, (seq, seen) in sorted(gws.items())])
+        clocks: dict[str, GatewayClock] = {}
+        ids = sorted(gws)
+        for part in chunks(ids):
+            self.cur.execute(self.store.sql(
+                "SELECT gateway_id, clock_offset_ms, clock_measured_at, clock_source, clock_wrong"
+                f" FROM gateways WHERE gateway_id IN ({','.join('?' * len(part))})"), list(part))
+            for gw, off, at, source, wrong in self.cur.fetchall():
+                clocks[gw] = GatewayClock(off, at, source, bool(wrong))
+        return clocks
+
+    # --- 2. (gateway, seq) claims ------------------------------------------------------------
+
+    def _claim(self, envs: Sequence[Accepted]) -> set[int]:
+        """Claim each envelope's (gateway, seq) in key order; the ids of those stored now."""
+        fresh: set[int] = set()
+        for a in sorted(envs, key=lambda a: (a.gateway, a.envelope.seq)):
+            env = a.envelope
+            n = len(env.readings) if isinstance(env, DataEnvelope) else len(env.events)
+            channel = "data" if isinstance(env, DataEnvelope) else "events"
+            self.cur.execute(self.store.sql(
+                "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING seq"),
+                (a.gateway, env.seq, channel, env.sent, a.received, n, env.replay))
+            if self.cur.fetchone() is not None:
+                fresh.add(id(a))
+        return fresh
+
+    # --- 3. devices and their owners ---------------------------------------------------------
+
+    def _lock_devices(self, fresh: set[int],
+                      items: Sequence[Accepted | GatewayMessage]) -> dict[str, str]:
+        """Create unknown devices, lock every device of the batch in id order; their owners."""
+        first: dict[str, str] = {}  # device -> first gateway reporting it in this batch
+        for it in items:
+            for dev in _devices_of(it, fresh):
+                first.setdefault(dev, it.gateway)
+        if not first:
+            return {}
+        ids = sorted(first)
+        registered = self._registered(ids)
+        self.cur.executemany(self.store.sql(
+            "INSERT INTO devices (device_id, gateway_id, kind, profile) VALUES (?,?,'unknown','')"
+            " ON CONFLICT (device_id) DO NOTHING"),
+            [(d, _registry_owner(registered.get(d), None, first[d]) or first[d]) for d in ids])
+        owners: dict[str, str] = {}
+        lock = " ORDER BY device_id FOR UPDATE" if self.store.is_pg else ""
+        for part in chunks(ids):
+            self.cur.execute(self.store.sql(
+                "SELECT device_id, gateway_id FROM devices"
+                f" WHERE device_id IN ({','.join('?' * len(part))}){lock}"), list(part))
+            owners.update(self.cur.fetchall())
+        # The registry outranks a first claim made before the device was registered.
+        moved = {}
+        for d in ids:
+            owner = _registry_owner(registered.get(d), owners[d], first[d])
+            if owner is not None and owner != owners[d]:
+                moved[d] = owners[d] = owner
+        if moved:
+            self.cur.executemany(self.store.sql(
+                "UPDATE devices SET gateway_id = ? WHERE device_id = ?"),
+                [(gw, d) for d, gw in sorted(moved.items())])
+        return owners
+
+    def _registered(self, ids: Sequence[str]) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for part in chunks(ids):
+            self.cur.execute(self.store.sql(
+                f"SELECT d.device_id, d.gateway_id FROM {REGISTRY_DEVICES} d"
+                f" JOIN {REGISTRY_GATEWAYS} g ON g.gateway_id = d.gateway_id"
+                f" WHERE g.revoked = FALSE AND d.device_id IN ({','.join('?' * len(part))})"),
+                list(part))
+            for dev, gw in self.cur.fetchall():
+                out.setdefault(dev, set()).add(gw)
+        return out
+
+    def _owned(self, items: Sequence[Accepted | GatewayMessage],
+               owners: dict[str, str]) -> list[Accepted | GatewayMessage]:
+        """The batch without what its gateway reported of devices it does not own (counted)."""
+        out: list[Accepted | GatewayMessage] = []
+        for item in items:
+            it = item
+            msg = it.envelope if hasattr(it, "envelope") else it.message
+            if isinstance(msg, DataEnvelope | EventsEnvelope):
+                field = "readings" if isinstance(msg, DataEnvelope) else "events"
+                entries = getattr(msg, field)
+                keep = [e for e in entries if owners.get(e.device) == it.gateway]
+                if len(keep) != len(entries):
+                    self._foreign(it.gateway, [e.device for e in entries
+                                               if owners.get(e.device) != it.gateway])
+                    it = _replace(it, msg.model_copy(update={field: keep}))
+            elif isinstance(msg, StateMessage) and msg.devices:
+                inv = {d: v for d, v in msg.devices.items() if owners.get(d) == it.gateway}
+                if len(inv) != len(msg.devices):
+                    self._foreign(it.gateway, [d for d in msg.devices if d not in inv])
+                    it = _replace(it, msg.model_copy(update={"devices": inv}))
+            out.append(it)
+        return out
+
+    def _foreign(self, gateway: str, devices: list[str]) -> None:
+        self.refused["foreign_device"] += len(devices)
+        for dev in devices:
+            key = (gateway, dev)
+            if key not in _warned_foreign and len(_warned_foreign) < 10_000:
+                _warned_foreign.add(key)
+                log.warning("collector: %s reported device %s, which another gateway owns: "
+                            "refused (counted as foreign_device from now on)", gateway, dev)
+
+    # --- rows --------------------------------------------------------------------------------
+
+    def _rows(self, items: Sequence[Accepted | GatewayMessage],
+              clocks: dict[str, GatewayClock]) -> tuple[list[Row], list[Row]]:
+        """Readings and events rows, placed in time; every message updates its gateway's clock."""
+        policy = self.store.clock_policy
+        rows: list[Row] = []
+        events: list[Row] = []
+        r = self.result
+        for it in items:
+            known = clocks.get(it.gateway, GatewayClock())
+            msg = it.envelope if hasattr(it, "envelope") else it.message
+            if isinstance(msg, HealthMessage):
+                clocks[it.gateway] = judge(known, msg.sent, it.received, it.live, policy)
+                continue
+            if not isinstance(msg, DataEnvelope | EventsEnvelope):
+                continue
+            clock = clocks[it.gateway] = judge(known, msg.sent, it.received, it.live, policy)
+            trusted = not clock.wrong
+            for e in msg.events if isinstance(msg, EventsEnvelope) else ():
+                ts, _ = self._placed(e.ts, e.mono, msg, it.received, trusted)
+                events.append((e.device, it.gateway, msg.seq, ts, e.kind, e.action, e.severity,
+                               e.code, orjson.dumps(e.evidence).decode(), e.message,
+                               it.received))
+            for rd in msg.readings if isinstance(msg, DataEnvelope) else ():
+                ts, clamped = self._placed(rd.ts, rd.mono, msg, it.received, trusted)
+                quality = "uncertain" if clamped and rd.q == "good" else rd.q
+                for q, v in rd.values.items():
+                    if v is None:
+                        continue
+                    if q not in QUANTITIES:
+                        r.dropped_values["unknown_quantity"] = \
+                            r.dropped_values.get("unknown_quantity", 0) + 1
+                        continue
+                    num, text = (None, v) if isinstance(v, str) else (float(v), None)
+                    rows.append((rd.device, q, ts, num, text, quality, it.gateway, msg.seq,
+                                 msg.replay))
+        return rows, events
+
+    def _placed(self, ts: int, mono: int | None, env: DataEnvelope | EventsEnvelope,
+                received: int, trusted: bool) -> tuple[int, bool]:
+        p = place_in_time(ts, mono, env.clock, env.sent, received, trusted,
+                          self.store.clock_policy)
+        r = self.result
+        if p.how != "gateway":
+            r.time_corrected[p.how] = r.time_corrected.get(p.how, 0) + 1
+        if p.clamped:
+            r.flagged[p.clamped] = r.flagged.get(p.clamped, 0) + 1
+        return p.ts, bool(p.clamped)
+
+    # --- final updates of rows locked above ----------------------------------------------------
+
+    def _update_devices(self, items: Sequence[Accepted | GatewayMessage]) -> None:
+        seen: dict[str, int] = {}
+        kinds: dict[str, tuple[str | None, str | None]] = {}
+        for it in items:
+            msg = it.envelope if hasattr(it, "envelope") else it.message
+            if isinstance(msg, DataEnvelope | EventsEnvelope):
+                for e in msg.readings if isinstance(msg, DataEnvelope) else msg.events:
+                    seen[e.device] = max(seen.get(e.device, 0), it.received)
+            elif isinstance(msg, StateMessage):
+                for dev, info in msg.devices.items():
+                    kinds[dev] = (info.get("kind") or None, info.get("profile") or None)
+        rows = []
+        for dev in sorted(seen.keys() | kinds.keys()):
+            kind, profile = kinds.get(dev, (None, None))
+            ts = seen.get(dev)
+            rows.append((kind, profile, ts, ts, ts, ts, dev))
+        if rows:
+            self.cur.executemany(self.store.sql(
+                "UPDATE devices SET kind = COALESCE(?, kind), profile = COALESCE(?, profile),"
+                " first_seen = COALESCE(first_seen, CAST(? AS BIGINT)),"
+                " last_seen = CASE WHEN CAST(? AS BIGINT) IS NULL THEN last_seen"
+                " WHEN last_seen IS NULL OR CAST(? AS BIGINT) > last_seen"
+                " THEN CAST(? AS BIGINT) ELSE last_seen END WHERE device_id = ?"), rows)
+
+    def _update_gateways(self, items: Sequence[Accepted | GatewayMessage],
+                         clocks: dict[str, GatewayClock]) -> None:
+        sql = self.store.sql
+        for it in items:
+            msg = getattr(it, "message", None)
+            if isinstance(msg, StateMessage):
+                self.cur.execute(sql(
+                    "UPDATE gateways SET state = ?, state_reason = ?, state_ts = ?, version = ?,"
+                    " boot = ? WHERE gateway_id = ?"),
+                    (msg.state, msg.reason, msg.ts, msg.version, msg.boot, it.gateway))
+                self.result.states.append((it.gateway, msg.state, list(msg.devices)))
+            elif isinstance(msg, HealthMessage):
+                self.cur.execute(sql(
+                    "UPDATE gateways SET health = ?, health_ts = ? WHERE gateway_id = ?"),
+                    (orjson.dumps(msg.model_dump()).decode(), it.received, it.gateway))
+        self.cur.executemany(sql(
+            "UPDATE gateways SET clock_offset_ms = ?, clock_measured_at = ?, clock_source = ?,"
+            " clock_wrong = ? WHERE gateway_id = ?"),
+            [(c.offset_ms, c.measured_at, c.source, c.wrong, gw)
+             for gw, c in sorted(clocks.items()) if c.source])
+
+
+def _devices_of(it: Accepted | GatewayMessage, fresh: set[int]) -> list[str]:
+    msg = it.envelope if hasattr(it, "envelope") else it.message
+    if isinstance(msg, DataEnvelope | EventsEnvelope):
+        if id(it) not in fresh:
+            return []
+        entries = msg.readings if isinstance(msg, DataEnvelope) else msg.events
+        return [e.device for e in entries]
+    if isinstance(msg, StateMessage):
+        return list(msg.devices)
+    return []
+
+
+def _registry_owner(registered: set[str] | None, current: str | None,
+                    reporter: str) -> str | None:
+    """The owner the registry gives a device: None when it is not registered."""
+    if not registered:
+        return None
+    if current in registered:
+        return current
+    if reporter in registered:
+        return reporter
+    return min(registered)
+
+
+def _replace(it: Any, msg: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(it, envelope=msg) if hasattr(it, "envelope") else replace(it, message=msg)
