@@ -1,0 +1,198 @@
+"""What the outbox does when its disk misbehaves: tell a full disk from a corrupt file, keep a
+ledger of what the outbox held, and read what is still readable from a moved-aside file.
+
+The ledger (`outbox.sqlite.ledger`, attached to the outbox's connection and written in the same
+transactions) holds, for each data message not yet acknowledged or evicted, its sequence number
+and its readings per device — no bodies, so it stays small. A message in the ledger but not in
+the outbox was lost with the outbox file (truncated, deleted, unreadable parts of a corrupt
+file): the gateway reports it as a `data_gap` with exact counts per device.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+LEDGER = "ledger"  # schema name of the attached ledger database
+# One table, one b-tree: a commit touches a single ledger page. Row 0 holds the last sequence
+# number committed (a separate meta table would cost two more page writes per commit).
+LEDGER_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {LEDGER}.held (seq INTEGER PRIMARY KEY, devices BLOB NOT NULL)",
+)
+LAST_SEQ_ROW = 0
+DRAINED_KEY = "drained:"  # meta key prefix: a moved-aside file whose rows were taken over
+
+# Only these say the file itself is damaged; SQLITE_FULL, SQLITE_IOERR, SQLITE_CANTOPEN,
+# SQLITE_READONLY and the rest are about the disk or the process, and moving the file aside
+# for them would throw away a healthy outbox.
+_CORRUPTION = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+# devices -> [readings, first ts, last ts]
+Spans = dict[str, list[int]]
+
+
+class OutboxCorrupt(sqlite3.DatabaseError):
+    """The outbox file failed its integrity check."""
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """True when `exc` says the database file is damaged (not the disk full or unwritable)."""
+    if isinstance(exc, OutboxCorrupt):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _CORRUPTION
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` is SQLITE_FULL or ENOSPC."""
+    import errno
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) == sqlite3.SQLITE_FULL
+
+
+def spans_of(items: Iterable[Any]) -> Spans:
+    """Per device: [readings, first ts, last ts] of readings (objects with device and ts)."""
+    out: Spans = {}
+    for r in items:
+        span = out.setdefault(r.device, [0, r.ts, r.ts])
+        span[0] += 1
+        span[1], span[2] = min(span[1], r.ts), max(span[2], r.ts)
+    return out
+
+
+def spans_of_bodies(bodies: Iterable[bytes]) -> Spans:
+    """Per device: [readings, first ts, last ts] in encoded data message bodies."""
+    out: Spans = {}
+    for body in bodies:
+        for r in orjson.loads(body):
+            span = out.setdefault(r["device"], [0, r["ts"], r["ts"]])
+            span[0] += 1
+            span[1], span[2] = min(span[1], r["ts"]), max(span[2], r["ts"])
+    return out
+
+
+def merge_spans(into: Spans, more: Spans) -> Spans:
+    """Add `more` to `into` (in place) and return it."""
+    for device, (n, t0, t1) in more.items():
+        span = into.setdefault(device, [0, t0, t1])
+        span[0] += n
+        span[1], span[2] = min(span[1], t0), max(span[2], t1)
+    return into
+
+
+def attach_ledger(db: sqlite3.Connection, path: Path, synchronous: str) -> None:
+    """Attach the ledger beside the outbox; a damaged ledger is replaced by an empty one."""
+    db.execute(f"ATTACH DATABASE ? AS {LEDGER}", (str(path),))
+    try:
+        db.execute(f"PRAGMA {LEDGER}.journal_mode=WAL")
+        db.execute(f"PRAGMA {LEDGER}.synchronous={synchronous}")
+        check = db.execute(f"PRAGMA {LEDGER}.quick_check").fetchone()[0]
+        if check != "ok":
+            raise OutboxCorrupt(f"ledger quick_check failed: {check}")
+        for stmt in LEDGER_SCHEMA:
+            db.execute(stmt)
+    except sqlite3.DatabaseError as exc:
+        db.execute(f"DETACH DATABASE {LEDGER}")
+        if not is_corruption(exc):
+            raise
+        # The ledger is rebuilt from the outbox: only a loss of both at once goes unreported.
+        log.error("outbox ledger %s is damaged (%s); starting a new one", path, exc)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        attach_ledger(db, path, synchronous)
+
+
+def ledger_last_seq(db: sqlite3.Connection) -> int:
+    """The last sequence number the ledger saw committed (0 when new)."""
+    row = db.execute(f"SELECT devices FROM {LEDGER}.held WHERE seq = ?",
+                     (LAST_SEQ_ROW,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def hold(db: sqlite3.Connection, held: Sequence[tuple[int, Spans]], last_seq: int) -> None:
+    """Record committed data messages (inside the caller's transaction)."""
+    db.executemany(f"INSERT OR REPLACE INTO {LEDGER}.held VALUES (?, ?)",
+                   [(seq, orjson.dumps(spans)) for seq, spans in held])
+    db.execute(f"INSERT OR REPLACE INTO {LEDGER}.held VALUES (?, ?)", (LAST_SEQ_ROW, last_seq))
+
+
+def release(db: sqlite3.Connection, seqs: Sequence[int]) -> None:
+    """Forget messages acknowledged or evicted (inside the caller's transaction)."""
+    for i in range(0, len(seqs), 500):
+        chunk = list(seqs[i : i + 500])
+        db.execute(f"DELETE FROM {LEDGER}.held WHERE seq IN ({','.join('?' * len(chunk))})",
+                   chunk)
+
+
+def lost_messages(db: sqlite3.Connection) -> list[tuple[int, Spans]]:
+    """Messages the ledger holds that the outbox no longer has."""
+    rows = db.execute(f"SELECT seq, devices FROM {LEDGER}.held WHERE seq > ? AND seq NOT IN "
+                      "(SELECT seq FROM main.messages) ORDER BY seq", (LAST_SEQ_ROW,)).fetchall()
+    return [(int(seq), orjson.loads(devices)) for seq, devices in rows]
+
+
+def unheld_messages(db: sqlite3.Connection, prio_data: int) -> list[tuple[int, Spans]]:
+    """Data messages in the outbox the ledger does not know (a new or rebuilt ledger)."""
+    rows = db.execute(f"SELECT seq, body FROM main.messages WHERE prio = ? AND seq NOT IN "
+                      f"(SELECT seq FROM {LEDGER}.held)", (prio_data,)).fetchall()
+    return [(int(seq), spans_of_bodies([body])) for seq, body in rows]
+
+
+# --- moved-aside files ---------------------------------------------------------------------------
+
+def read_quarantined(path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], str]:
+    """Rows and merged gaps still readable in a moved-aside outbox, and why reading stopped.
+
+    Rows are read in sequence order; a damaged page ends that pass, and reading resumes after
+    the last good sequence number, so one bad page costs only the rows on it.
+    """
+    rows: list[tuple[Any, ...]] = []
+    gaps: list[tuple[Any, ...]] = []
+    why = ""
+    # Without a write-ahead log beside it the file is read as it is, creating nothing next to it;
+    # with one, SQLite must replay the log to see the last commits.
+    wal = Path(f"{path}-wal").exists()
+    try:
+        db = sqlite3.connect(f"file:{path}{'' if wal else '?immutable=1'}", uri=True)
+    except sqlite3.Error as exc:
+        return rows, gaps, str(exc)
+    try:
+        after, stalls = -1, 0
+        while stalls < 2:
+            try:
+                for row in _rows_after(db, after):
+                    rows.append(row)
+                    after = row[0]
+                break
+            except sqlite3.DatabaseError as exc:
+                why, stalls = str(exc), stalls + 1
+                after += 1  # skip past the row that could not be read
+        try:
+            gaps = db.execute("SELECT device, count, tmin, tmax, reason FROM gaps").fetchall()
+        except sqlite3.DatabaseError as exc:
+            why = why or str(exc)
+    finally:
+        db.close()
+    return rows, gaps, why
+
+
+def _rows_after(db: sqlite3.Connection, after: int) -> Iterator[tuple[Any, ...]]:
+    cur = db.execute("SELECT seq, channel, prio, created, n, tmin, tmax, body, boot, synced "
+                     "FROM messages WHERE seq > ? ORDER BY seq", (after,))
+    yield from cur
+
+
+def quarantined_files(outbox: Path) -> list[Path]:
+    """Moved-aside outbox files beside `outbox` (their -wal and -shm excluded)."""
+    return sorted(p for p in outbox.parent.glob(f"{outbox.name}.corrupt-*")
+                  if not p.name.endswith(("-wal", "-shm")))
