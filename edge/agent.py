@@ -155,8 +155,15 @@ class Agent:
             self.notifier.close()
             if self.metrics is not None:
                 await self.metrics.close()
-            with contextlib.suppress(sqlite3.Error):
-                self.outbox.close()
+            self._close_outbox()
+
+    def _close_outbox(self) -> None:
+        """Commit and close; what a refusing disk kept in memory is lost with the process."""
+        try:
+            self.outbox.close()
+        except (OutboxError, sqlite3.Error) as exc:
+            log.error("outbox: the last commit failed at stop (%s); %d readings held in "
+                      "memory are lost", exc, self.outbox.unwritten_readings)
 
     async def _finish_polls(self, polls: list[asyncio.Task[None]]) -> None:
         """Let pollers complete the read in progress before the stop cancels them (a bounded

@@ -375,6 +375,17 @@ class Outbox:
                       "first_seq": lost[0][0], "last_seq": lost[-1][0]},
             message=f"the outbox lost {readings} readings it held; reported as data gaps"))
 
+    @property
+    def unwritten_readings(self) -> int:
+        """Readings accepted but not yet on disk (pending, or kept by a failed commit)."""
+        return sum(r[4] for r in self._unwritten if r[2] == PRIO_DATA) + \
+            len(self._pending[DATA])
+
+    @property
+    def is_open(self) -> bool:
+        """True between open() and close()."""
+        return self._db is not None
+
     def close(self) -> None:
         """Write what is pending and close (idempotent)."""
         if self._db is not None:
@@ -487,9 +498,7 @@ class Outbox:
 
     def _shed_excess(self) -> None:
         """Past `memory_readings` waiting, drop the oldest telemetry, recorded as a gap."""
-        waiting = sum(r[4] for r in self._unwritten if r[2] == PRIO_DATA) + \
-            len(self._pending[DATA])
-        excess = waiting - self.memory_readings
+        excess = self.unwritten_readings - self.memory_readings
         if excess <= 0:
             return
         dropped, keep = 0, []

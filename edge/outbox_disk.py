@@ -21,12 +21,15 @@ import orjson
 log = logging.getLogger(__name__)
 
 LEDGER = "ledger"  # schema name of the attached ledger database
-# One table, one b-tree: a commit touches a single ledger page. Row 0 holds the last sequence
-# number committed (a separate meta table would cost two more page writes per commit).
+# One table, one b-tree, small rows: a commit usually writes a single ledger page (SD-card
+# wear). The last sequence number committed is kept in a row keyed above every real one, so
+# it sits in the same rightmost leaf as the rows being added (a meta table, or a row at the
+# left end, would cost more page writes per commit). A row's `devices` is
+# [first ts, last ts, {device: readings}]: exact counts per device, the message's time range.
 LEDGER_SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {LEDGER}.held (seq INTEGER PRIMARY KEY, devices BLOB NOT NULL)",
 )
-LAST_SEQ_ROW = 0
+LAST_SEQ_ROW = 2**62
 DRAINED_KEY = "drained:"  # meta key prefix: a moved-aside file whose rows were taken over
 
 # Only these say the file itself is damaged; SQLITE_FULL, SQLITE_IOERR, SQLITE_CANTOPEN,
@@ -122,7 +125,7 @@ def ledger_last_seq(db: sqlite3.Connection) -> int:
 def hold(db: sqlite3.Connection, held: Sequence[tuple[int, Spans]], last_seq: int) -> None:
     """Record committed data messages (inside the caller's transaction)."""
     db.executemany(f"INSERT OR REPLACE INTO {LEDGER}.held VALUES (?, ?)",
-                   [(seq, orjson.dumps(spans)) for seq, spans in held])
+                   [(seq, _encode(spans)) for seq, spans in held])
     db.execute(f"INSERT OR REPLACE INTO {LEDGER}.held VALUES (?, ?)", (LAST_SEQ_ROW, last_seq))
 
 
@@ -136,9 +139,21 @@ def release(db: sqlite3.Connection, seqs: Sequence[int]) -> None:
 
 def lost_messages(db: sqlite3.Connection) -> list[tuple[int, Spans]]:
     """Messages the ledger holds that the outbox no longer has."""
-    rows = db.execute(f"SELECT seq, devices FROM {LEDGER}.held WHERE seq > ? AND seq NOT IN "
+    rows = db.execute(f"SELECT seq, devices FROM {LEDGER}.held WHERE seq < ? AND seq NOT IN "
                       "(SELECT seq FROM main.messages) ORDER BY seq", (LAST_SEQ_ROW,)).fetchall()
-    return [(int(seq), orjson.loads(devices)) for seq, devices in rows]
+    return [(int(seq), _decode(devices)) for seq, devices in rows]
+
+
+def _encode(spans: Spans) -> bytes:
+    counts = {d: n for d, (n, _, _) in spans.items()}
+    t0 = min((s[1] for s in spans.values()), default=0)
+    t1 = max((s[2] for s in spans.values()), default=0)
+    return orjson.dumps([t0, t1, counts])
+
+
+def _decode(devices: bytes) -> Spans:
+    t0, t1, counts = orjson.loads(devices)
+    return {d: [int(n), int(t0), int(t1)] for d, n in counts.items()}
 
 
 def unheld_messages(db: sqlite3.Connection, prio_data: int) -> list[tuple[int, Spans]]:
