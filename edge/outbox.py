@@ -48,6 +48,7 @@ from edge.outbox_disk import (
     merge_spans,
     quarantined_files,
     read_quarantined,
+    read_quarantined_gaps,
     release,
     spans_of,
     spans_of_bodies,
@@ -312,35 +313,43 @@ class Outbox:
         """Take over the readable rows of moved-aside outbox files; return how many are left.
 
         Rows keep their sequence numbers (the allocator never hands those out again), so a
-        message the collector already has is deduplicated there. Each file is taken over in
-        one transaction and remembered, so it is never taken twice; the file itself stays
-        for inspection.
+        message the collector already has is deduplicated there. A file is taken over a few
+        MB per transaction, its progress recorded in the same transaction, so no row is taken
+        twice and a full disk only pauses it; the file itself stays for inspection.
         """
         db = self._require()
         left = 0
         for f in quarantined_files(self.path):
-            key = DRAINED_KEY + f.name
-            if db.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone():
-                continue
-            rows, gaps, why = read_quarantined(f)
             try:
-                db.execute("BEGIN")
-                db.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)",
-                               rows)
-                db.executemany(_GAP_UPSERT, gaps)
-                db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(len(rows))))
-                db.execute("COMMIT")
+                self._take_over_file(db, f)
             except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 log.warning("cannot take over the rows of %s yet: %s", f, exc)
                 left += 1
-                continue
-            self._bytes = self._stored_bytes()
-            self.counters["taken_over_messages"] += len(rows)
-            log.warning("took over %d messages (%d readings and events) from %s%s", len(rows),
-                        sum(r[4] for r in rows), f, f"; reading stopped at: {why}" if why else "")
         return left
+
+    def _take_over_file(self, db: sqlite3.Connection, f: Path) -> None:
+        key = DRAINED_KEY + f.name
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is not None and row[0] == "done":
+            return
+        after, done, messages, readings, why = int(row[0]) if row else -1, False, 0, 0, ""
+        while not done:
+            rows, after, stop, done = read_quarantined(f, after)
+            why = why or stop
+            db.execute("BEGIN")
+            db.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+            if done:
+                db.executemany(_GAP_UPSERT, read_quarantined_gaps(f))
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                       (key, "done" if done else str(after)))
+            db.execute("COMMIT")
+            self._bytes = self._stored_bytes()
+            messages, readings = messages + len(rows), readings + sum(r[4] for r in rows)
+            self.counters["taken_over_messages"] += len(rows)
+        log.warning("took over %d messages (%d readings and events) from %s%s", messages,
+                    readings, f, f"; reading stopped at: {why}" if why else "")
 
     def _reconcile(self) -> None:
         """Report data messages the ledger holds but the outbox lost; hold the ones it lacks."""

@@ -165,40 +165,59 @@ def unheld_messages(db: sqlite3.Connection, prio_data: int) -> list[tuple[int, S
 
 # --- moved-aside files ---------------------------------------------------------------------------
 
-def read_quarantined(path: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], str]:
-    """Rows and merged gaps still readable in a moved-aside outbox, and why reading stopped.
+TAKE_OVER_BYTES = 4 * 1024 * 1024  # bodies read from a moved-aside file per transaction
 
-    Rows are read in sequence order; a damaged page ends that pass, and reading resumes after
-    the last good sequence number, so one bad page costs only the rows on it.
+
+def read_quarantined(path: Path, after: int) -> tuple[list[tuple[Any, ...]], int, str, bool]:
+    """Rows still readable in a moved-aside outbox after seq `after`, a few MB at a time.
+
+    Returns the rows, the seq to continue after, why reading stopped early ("" if it did not)
+    and whether the end of the file was reached. Rows are read in sequence order; a damaged
+    page ends a pass and reading resumes after the last good sequence number, so one bad page
+    costs only the rows on it.
     """
     rows: list[tuple[Any, ...]] = []
-    gaps: list[tuple[Any, ...]] = []
-    why = ""
-    # Without a write-ahead log beside it the file is read as it is, creating nothing next to it;
-    # with one, SQLite must replay the log to see the last commits.
-    wal = Path(f"{path}-wal").exists()
+    why, size = "", 0
     try:
-        db = sqlite3.connect(f"file:{path}{'' if wal else '?immutable=1'}", uri=True)
+        db = _open_moved_aside(path)
     except sqlite3.Error as exc:
-        return rows, gaps, str(exc)
+        return rows, after, str(exc), True
     try:
-        after, stalls = -1, 0
-        while stalls < 2:
+        for _ in range(2):
             try:
                 for row in _rows_after(db, after):
                     rows.append(row)
-                    after = row[0]
-                break
+                    after, size = row[0], size + len(row[7])
+                    if size >= TAKE_OVER_BYTES:
+                        return rows, after, why, False
+                return rows, after, why, True
             except sqlite3.DatabaseError as exc:
-                why, stalls = str(exc), stalls + 1
+                why = str(exc)
                 after += 1  # skip past the row that could not be read
-        try:
-            gaps = db.execute("SELECT device, count, tmin, tmax, reason FROM gaps").fetchall()
-        except sqlite3.DatabaseError as exc:
-            why = why or str(exc)
+        return rows, after, why, True
     finally:
         db.close()
-    return rows, gaps, why
+
+
+def read_quarantined_gaps(path: Path) -> list[tuple[Any, ...]]:
+    """The merged gaps (evictions not yet reported) in a moved-aside outbox, if readable."""
+    try:
+        db = _open_moved_aside(path)
+    except sqlite3.Error:
+        return []
+    try:
+        return db.execute("SELECT device, count, tmin, tmax, reason FROM gaps").fetchall()
+    except sqlite3.DatabaseError:
+        return []
+    finally:
+        db.close()
+
+
+def _open_moved_aside(path: Path) -> sqlite3.Connection:
+    # Without a write-ahead log beside it the file is read as it is, creating nothing next to it;
+    # with one, SQLite must replay the log to see the last commits.
+    wal = Path(f"{path}-wal").exists()
+    return sqlite3.connect(f"file:{path}{'' if wal else '?immutable=1'}", uri=True)
 
 
 def _rows_after(db: sqlite3.Connection, after: int) -> Iterator[tuple[Any, ...]]:

@@ -262,6 +262,16 @@ def test_outbox_truncated_while_stopped_reports_the_exact_gap(tmp_path: Path) ->
     third.close()
 
 
+def _break_freelist(path: Path) -> None:
+    """Make quick_check fail while every row stays readable."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    raw = bytearray(path.read_bytes())
+    raw[36:40] = (7).to_bytes(4, "big")  # header: "7 free pages", but there are none
+    path.write_bytes(raw)
+
+
 def test_quarantined_rows_are_sent_with_their_own_seqs(tmp_path: Path) -> None:
     path = tmp_path / "outbox.sqlite"
     ob = Outbox(path, max_batch=1).open()
@@ -269,12 +279,7 @@ def test_quarantined_rows_are_sent_with_their_own_seqs(tmp_path: Path) -> None:
     ob.commit()
     old = [m.seq for m in messages(ob)]
     ob.close()
-    db = sqlite3.connect(path)
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
-    raw = bytearray(path.read_bytes())
-    raw[36:40] = (7).to_bytes(4, "big")  # quick_check fails; the rows are still readable
-    path.write_bytes(raw)
+    _break_freelist(path)
     again = Outbox(path).open()
     assert again.counters["quarantined"] == 1
     assert again.counters["taken_over_messages"] == 50
@@ -297,4 +302,22 @@ def test_unreadable_file_rows_are_reported_lost(tmp_path: Path) -> None:
     assert again.counters["quarantined"] == 1
     stored, gaps, _ = drain(again)
     assert not stored and gaps == made
+    again.close()
+
+
+def test_a_large_quarantined_file_is_taken_over_in_parts_exactly_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge.outbox_disk
+
+    monkeypatch.setattr(edge.outbox_disk, "TAKE_OVER_BYTES", 600)  # a few messages per part
+    path = tmp_path / "outbox.sqlite"
+    ob = Outbox(path, max_batch=2).open()
+    made = produce(ob, 0, 40)
+    old = [m.seq for m in messages(ob)]
+    ob.close()
+    _break_freelist(path)
+    again = Outbox(path).open()
+    assert again.counters["quarantined"] == 1
+    stored, gaps, seqs = drain(again)
+    assert seqs == old and stored == made and not gaps
     again.close()
