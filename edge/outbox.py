@@ -37,6 +37,7 @@ from devices.contract import DATA, EVENTS, encode_batch
 from devices.model import Action, Event, Reading, Severity
 from edge.outbox_disk import (
     DRAINED_KEY,
+    GAP_UPSERT,
     OutboxCorrupt,
     Spans,
     attach_ledger,
@@ -44,15 +45,13 @@ from edge.outbox_disk import (
     is_corruption,
     is_disk_full,
     ledger_last_seq,
-    lost_messages,
     merge_spans,
     quarantined_files,
-    read_quarantined,
-    read_quarantined_gaps,
     release,
+    settle_lost,
     spans_of,
     spans_of_bodies,
-    unheld_messages,
+    take_over_file,
 )
 
 log = logging.getLogger(__name__)
@@ -93,9 +92,6 @@ Row = tuple[int, str, int, int, int, int, int, bytes, str, int]
 MEMORY_READINGS = 50_000  # readings held in memory while the disk refuses writes
 FULL_BELOW = 256 * 1024  # free bytes under which a failed open is put down to a full disk
 
-_GAP_UPSERT = ("INSERT INTO gaps VALUES (?,?,?,?,?) ON CONFLICT (device) DO UPDATE SET "
-               "count = count + excluded.count, tmin = MIN(tmin, excluded.tmin), "
-               "tmax = MAX(tmax, excluded.tmax)")
 
 
 class OutboxError(RuntimeError):
@@ -327,50 +323,20 @@ class Outbox:
                     db.execute("ROLLBACK")
                 log.warning("cannot take over the rows of %s yet: %s", f, exc)
                 left += 1
+            self._bytes = self._stored_bytes()  # parts taken over are committed
         return left
 
     def _take_over_file(self, db: sqlite3.Connection, f: Path) -> None:
-        key = DRAINED_KEY + f.name
-        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is not None and row[0] == "done":
-            return
-        after, done, messages, readings, why = int(row[0]) if row else -1, False, 0, 0, ""
-        while not done:
-            rows, after, stop, done = read_quarantined(f, after)
-            why = why or stop
-            db.execute("BEGIN")
-            db.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            if done:
-                db.executemany(_GAP_UPSERT, read_quarantined_gaps(f))
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                       (key, "done" if done else str(after)))
-            db.execute("COMMIT")
-            self._bytes = self._stored_bytes()
-            messages, readings = messages + len(rows), readings + sum(r[4] for r in rows)
-            self.counters["taken_over_messages"] += len(rows)
-        log.warning("took over %d messages (%d readings and events) from %s%s", messages,
-                    readings, f, f"; reading stopped at: {why}" if why else "")
+        done = take_over_file(db, f, DRAINED_KEY + f.name)
+        if done is not None:
+            messages, readings, why = done
+            self.counters["taken_over_messages"] += messages
+            log.warning("took over %d messages (%d readings and events) from %s%s", messages,
+                        readings, f, f"; reading stopped at: {why}" if why else "")
 
     def _reconcile(self) -> None:
         """Report data messages the ledger holds but the outbox lost; hold the ones it lacks."""
-        db = self._require()
-        lost, unheld = lost_messages(db), unheld_messages(db, PRIO_DATA)
-        if not lost and not unheld:
-            return
-        spans: Spans = {}
-        for _, s in lost:
-            merge_spans(spans, s)
-        db.execute("BEGIN")
-        try:
-            release(db, [seq for seq, _ in lost])
-            hold(db, unheld, self._require_seq().last)
-            db.executemany(_GAP_UPSERT, [(d, n, t0, t1, "outbox_lost")
-                                         for d, (n, t0, t1) in spans.items()])
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        lost, spans = settle_lost(self._require(), PRIO_DATA, self._require_seq().last)
         readings = sum(n for n, _, _ in spans.values())
         if not readings:
             return
@@ -481,7 +447,7 @@ class Outbox:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)",
                        (str(self._require_seq().last),))
         if shed:
-            db.executemany(_GAP_UPSERT, [(d, n, t0, t1, "disk_full")
+            db.executemany(GAP_UPSERT, [(d, n, t0, t1, "disk_full")
                                          for d, (n, t0, t1) in shed.items()])
         if self._gaps_taken:  # the gap events are in these rows: settle what they report
             db.executemany("UPDATE gaps SET count = count - ? WHERE device = ?",
@@ -616,7 +582,7 @@ class Outbox:
                 q.max_bytes and size > q.max_bytes) else "quota"
             spans = gap_spans([body for _, body in evicted])
             release(db, [seq for seq, _ in evicted])
-            db.executemany(_GAP_UPSERT, [(d, n, t0, t1, reason)
+            db.executemany(GAP_UPSERT, [(d, n, t0, t1, reason)
                                          for d, (n, t0, t1) in spans.items()])
             db.execute("COMMIT")
         except BaseException as exc:

@@ -31,6 +31,9 @@ LEDGER_SCHEMA = (
 )
 LAST_SEQ_ROW = 2**62
 DRAINED_KEY = "drained:"  # meta key prefix: a moved-aside file whose rows were taken over
+GAP_UPSERT = ("INSERT INTO gaps VALUES (?,?,?,?,?) ON CONFLICT (device) DO UPDATE SET "
+              "count = count + excluded.count, tmin = MIN(tmin, excluded.tmin), "
+              "tmax = MAX(tmax, excluded.tmax)")
 
 # Only these say the file itself is damaged; SQLITE_FULL, SQLITE_IOERR, SQLITE_CANTOPEN,
 # SQLITE_READONLY and the rest are about the disk or the process, and moving the file aside
@@ -144,6 +147,30 @@ def lost_messages(db: sqlite3.Connection) -> list[tuple[int, Spans]]:
     return [(int(seq), _decode(devices)) for seq, devices in rows]
 
 
+def settle_lost(db: sqlite3.Connection, prio_data: int,
+                last_seq: int) -> tuple[list[tuple[int, Spans]], Spans]:
+    """In one transaction: record messages the outbox lost as `outbox_lost` gaps and forget
+    them, and hold the data messages the ledger lacks; return the lost ones and their spans."""
+    lost, unheld = lost_messages(db), unheld_messages(db, prio_data)
+    spans: Spans = {}
+    if not lost and not unheld:
+        return lost, spans
+    for _, s in lost:
+        merge_spans(spans, s)
+    db.execute("BEGIN")
+    try:
+        release(db, [seq for seq, _ in lost])
+        hold(db, unheld, last_seq)
+        db.executemany(GAP_UPSERT, [(d, n, t0, t1, "outbox_lost")
+                                    for d, (n, t0, t1) in spans.items()])
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return lost, spans
+
+
 def _encode(spans: Spans) -> bytes:
     counts = {d: n for d, (n, _, _) in spans.items()}
     t0 = min((s[1] for s in spans.values()), default=0)
@@ -224,6 +251,29 @@ def _rows_after(db: sqlite3.Connection, after: int) -> Iterator[tuple[Any, ...]]
     cur = db.execute("SELECT seq, channel, prio, created, n, tmin, tmax, body, boot, synced "
                      "FROM messages WHERE seq > ? ORDER BY seq", (after,))
     yield from cur
+
+
+def take_over_file(db: sqlite3.Connection, f: Path,
+                   key: str) -> tuple[int, int, str] | None:
+    """Copy the readable rows of moved-aside file `f` into the outbox, a part per transaction
+    with its progress under meta `key`; return (messages, readings and events, why reading
+    stopped early), or None when the file was taken over before."""
+    row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    if row is not None and row[0] == "done":
+        return None
+    after, done, messages, readings, why = int(row[0]) if row else -1, False, 0, 0, ""
+    while not done:
+        rows, after, stop, done = read_quarantined(f, after)
+        why = why or stop
+        db.execute("BEGIN")
+        db.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        if done:
+            db.executemany(GAP_UPSERT, read_quarantined_gaps(f))
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                   (key, "done" if done else str(after)))
+        db.execute("COMMIT")
+        messages, readings = messages + len(rows), readings + sum(r[4] for r in rows)
+    return messages, readings, why
 
 
 def quarantined_files(outbox: Path) -> list[Path]:
