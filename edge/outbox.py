@@ -558,6 +558,7 @@ class Outbox:
         protect = protect | frozenset(self._acked)
         oldest_allowed = self.clock() - q.max_age_ms if q.max_age_ms else None
         evicted: list[tuple[int, bytes]] = []
+        causes: set[str] = set()  # what made it evict: the gap's reason
         size = self._bytes
         db.execute("BEGIN")
         try:
@@ -573,13 +574,13 @@ class Outbox:
                 too_old = oldest_allowed is not None and row[1] < oldest_allowed
                 if not (over_bytes or low_disk or too_old):
                     break
+                causes.add("quota" if over_bytes else "min_free_disk" if low_disk else "max_age")
                 db.execute("DELETE FROM messages WHERE seq = ?", (row[0],))
                 size -= len(row[2])
                 if free_bytes is not None:
                     free_bytes += len(row[2])
                 evicted.append((row[0], row[2]))
-            reason = "max_age" if oldest_allowed is not None and not (
-                q.max_bytes and size > q.max_bytes) else "quota"
+            reason = next((c for c in ("quota", "min_free_disk", "max_age") if c in causes), "")
             spans = gap_spans([body for _, body in evicted])
             release(db, [seq for seq, _ in evicted])
             db.executemany(GAP_UPSERT, [(d, n, t0, t1, reason)

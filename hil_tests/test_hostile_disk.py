@@ -113,6 +113,8 @@ def test_disk_full_during_an_outage_loses_nothing_unreported(
     seq = http_json(f"{city.base}/api/v1/gateways/gw-chaos/sequence")
     assert seq["lost_by_device"] == dict(lost)
     assert seq["lost_readings"] == sum(lost.values())
+    reasons = {g["evidence"]["reason"] for g in seq["reported_gaps"]}
+    assert reasons <= {"quota", "min_free_disk", "disk_full"}, reasons
 
 
 @pytest.mark.slow  # the unit test tests/edge/test_outbox_disk.py covers it in `make test`
