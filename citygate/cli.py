@@ -91,6 +91,7 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
     """Run the gateway agent."""
     from edge.config import ConfigError, load_config
     from edge.managed import run_managed
+    from edge.outbox import OutboxError
 
     try:
         cfg = load_config(args.config)
@@ -103,7 +104,10 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         # The supervised agent also answers remote configuration and echo commands.
         await run_managed(args.config, stop)
 
-    return run_until_signal(main)
+    try:
+        return run_until_signal(main)
+    except OutboxError:  # logged as the reason; a non-zero exit lets systemd restart us
+        return 1
 
 
 def cmd_collector_run(args: argparse.Namespace) -> int:

@@ -266,7 +266,11 @@ class SequenceOut(BaseModel):
 
     gateway: str
     last_seq: int | None
-    missing: list[tuple[int, int]]
+    missing: list[tuple[int, int]] = Field(
+        description="sequence numbers not received (yet), as inclusive ranges: message "
+                    "numbers, not readings (a gateway may skip numbers it never used)")
+    lost_readings: int = Field(description="readings the gateway reported lost (data gaps)")
+    lost_by_device: dict[str, int] = Field(description="lost_readings per device")
     reported_gaps: list[EventOut]
 
 
@@ -306,11 +310,14 @@ def gateway_sequence(gateway_id: str, store: StoreDep) -> SequenceOut:
     gws = {g["gateway_id"]: g for g in store.gateways()}
     if gateway_id not in gws:
         raise HTTPException(404, f"no gateway {gateway_id!r}")
-    reported = [e for e in store.events(kind="data_gap", limit=10_000)
+    reported = [_event_out(e) for e in store.events(kind="data_gap", limit=10_000)
                 if e["gateway_id"] == gateway_id]
+    lost: dict[str, int] = {}
+    for e in reported:
+        lost[e.device] = lost.get(e.device, 0) + int(e.evidence.get("count", 0))
     return SequenceOut(gateway=gateway_id, last_seq=gws[gateway_id]["last_seq"],
-                       missing=store.seq_gaps(gateway_id),
-                       reported_gaps=[_event_out(e) for e in reported])
+                       missing=store.seq_gaps(gateway_id), lost_readings=sum(lost.values()),
+                       lost_by_device=lost, reported_gaps=reported)
 
 
 class QuarantinedOut(BaseModel):

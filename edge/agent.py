@@ -18,7 +18,7 @@ from devices.model import Event, Reading
 from edge.clock import clock_synced, mono_ms, now_ms
 from edge.config import GatewayConfig
 from edge.metrics import MetricsServer, process_figures
-from edge.outbox import Outbox, Pending, Quota
+from edge.outbox import Outbox, OutboxError, Pending, Quota
 from edge.pacing import TokenBucket
 from edge.sources import Source, build_source
 from edge.uplink import Uplink
@@ -126,7 +126,11 @@ class Agent:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); everything is closed on exit."""
-        self.outbox.open()
+        try:
+            self.outbox.open()
+        except OutboxError as exc:  # the service manager restarts us; say why, once
+            log.critical("gateway %s cannot start: %s", self.gateway, exc)
+            raise
         self._check_clock()
         try:
             await self._start_metrics()
@@ -151,8 +155,15 @@ class Agent:
             self.notifier.close()
             if self.metrics is not None:
                 await self.metrics.close()
-            with contextlib.suppress(sqlite3.Error):
-                self.outbox.close()
+            self._close_outbox()
+
+    def _close_outbox(self) -> None:
+        """Commit and close; what a refusing disk kept in memory is lost with the process."""
+        try:
+            self.outbox.close()
+        except (OutboxError, sqlite3.Error) as exc:
+            log.error("outbox: the last commit failed at stop (%s); %d readings held in "
+                      "memory are lost", exc, self.outbox.unwritten_readings)
 
     async def _finish_polls(self, polls: list[asyncio.Task[None]]) -> None:
         """Let pollers complete the read in progress before the stop cancels them (a bounded
@@ -197,21 +208,28 @@ class Agent:
                 if now >= next_disk_check:
                     next_disk_check = now + DISK_CHECK_INTERVAL
                     self._check_clock()
-                    self.outbox.enforce_quota(free_disk_bytes(self.outbox.path.parent),
-                                              self.outbox.protected)
+                    self._check_disk()
                 self._commit()
         finally:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error, OutboxError):
                 self.outbox.commit()
+
+    def _check_disk(self) -> None:
+        """Evict by the quotas (free space included), and take over moved-aside files."""
+        with contextlib.suppress(sqlite3.Error, OutboxError):  # the commit reports failures
+            if self.outbox.quarantine_left:
+                self.outbox.take_over()
+            self.outbox.enforce_quota(free_disk_bytes(self.outbox.path.parent),
+                                      self.outbox.protected)
 
     def _commit(self) -> None:
         try:
             wrote = self.outbox.commit()
-        except sqlite3.OperationalError as exc:  # disk full, I/O error: keep rows in memory
+        except (OutboxError, sqlite3.Error) as exc:  # disk full, I/O error: rows wait in memory
             self._write_failures += 1
             if self._write_failures == 1:
-                log.error("outbox write failed (%s); evicting old telemetry and retrying", exc)
-            self.outbox.enforce_quota(free_bytes=0, protect=self.outbox.protected)
+                log.error("outbox write failed (%s); evicting by the quotas and retrying", exc)
+            self._check_disk()
             return
         if self._write_failures:
             log.info("outbox writes work again after %d failures", self._write_failures)

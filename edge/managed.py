@@ -30,6 +30,7 @@ from devices import contract
 from edge.agent import VERSION, Agent
 from edge.config import GatewayConfig, load_config
 from edge.heap import tune_malloc
+from edge.outbox import OutboxError
 from edge.remote_config import RemoteConfig, reply_payload
 from edge.update import (
     STATE_FILE,
@@ -249,7 +250,12 @@ class Supervisor:
                 agent_stop = asyncio.Event()
                 self.agent = ManagedAgent(self.cfg, self)
                 run = asyncio.create_task(self.agent.run(agent_stop), name="agent")
-                await self.agent.started.wait()
+                started = asyncio.create_task(self.agent.started.wait())
+                await asyncio.wait([started, run], return_when=asyncio.FIRST_COMPLETED)
+                if not started.done():  # the agent ended before it started: never wait on
+                    started.cancel()
+                    await run  # raises why (logged by the agent)
+                    raise RuntimeError(f"gateway {self.cfg.gateway.id} stopped while starting")
                 self._running.set()
                 waits = [asyncio.create_task(stop.wait()), asyncio.create_task(
                     self._restart.wait()), run]
@@ -301,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run_managed(args.config, stop, args.rollback_after)
 
-    asyncio.run(runner())
+    try:
+        asyncio.run(runner())
+    except OutboxError:  # logged as the reason; a non-zero exit lets systemd restart us
+        return 1
     return 0
 
 

@@ -12,10 +12,18 @@ even a lost or quarantined outbox file cannot make the gateway reuse one.
 Quotas: when the rows exceed the byte cap or the age limit (or the disk runs low), the oldest
 telemetry is evicted — events never — and each eviction becomes an explicit `data_gap` event
 per device (time range, count) that travels to the collector like any other event.
+
+A full disk is not a corrupt file (edge/outbox_disk.py): writes that fail keep their rows in
+memory, up to `memory_readings`, past which the oldest telemetry is dropped and reported as a
+gap. Only a file that fails its integrity check is moved aside, and the rows still readable in
+it are taken over and sent with their own sequence numbers. A ledger beside the outbox knows
+which data messages it held, so rows lost with the file (truncated, deleted, unreadable) are
+reported as gaps with exact counts per device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,10 +33,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-
 from devices.contract import DATA, EVENTS, encode_batch
 from devices.model import Action, Event, Reading, Severity
+from edge.outbox_disk import (
+    DRAINED_KEY,
+    GAP_UPSERT,
+    OutboxCorrupt,
+    Spans,
+    attach_ledger,
+    hold,
+    is_corruption,
+    is_disk_full,
+    ledger_last_seq,
+    merge_spans,
+    quarantined_files,
+    release,
+    settle_lost,
+    spans_of,
+    spans_of_bodies,
+    take_over_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +89,21 @@ _MIGRATE_V1 = ("ALTER TABLE messages ADD COLUMN boot TEXT NOT NULL DEFAULT ''",
 Row = tuple[int, str, int, int, int, int, int, bytes, str, int]
 
 
+MEMORY_READINGS = 50_000  # readings held in memory while the disk refuses writes
+FULL_BELOW = 256 * 1024  # free bytes under which a failed open is put down to a full disk
+
+
+
 class OutboxError(RuntimeError):
     """The outbox cannot be used."""
+
+
+class OutboxUnavailable(OutboxError):
+    """The outbox file cannot be opened (disk full, unwritable, I/O error): not corruption."""
+
+
+class OutboxWriteError(OutboxError):
+    """A commit failed; what it held stays in memory and is written by a later commit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,35 +149,34 @@ class SeqAllocator:
         return self._next - 1
 
     def take(self) -> int:
-        """Return the next sequence number."""
+        """Return the next sequence number; OSError (disk full) hands out none."""
         if self._next > self._ceiling:
-            self._ceiling = self._next + self.block - 1
+            ceiling = self._next + self.block - 1
             tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w") as fh:
-                fh.write(json.dumps({"reserved": self._ceiling}))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            try:
+                with open(tmp, "w") as fh:
+                    fh.write(json.dumps({"reserved": ceiling}))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._ceiling = ceiling  # only a reservation on disk may be used
         seq, self._next = self._next, self._next + 1
         return seq
 
 
 def gap_spans(bodies: Sequence[bytes]) -> dict[str, tuple[int, int, int]]:
     """Per device: (readings, first time, last time) in evicted data messages."""
-    per_device: dict[str, list[int]] = {}
-    for body in bodies:
-        for r in orjson.loads(body):
-            span = per_device.setdefault(r["device"], [0, r["ts"], r["ts"]])
-            span[0] += 1
-            span[1], span[2] = min(span[1], r["ts"]), max(span[2], r["ts"])
-    return {d: (n, t0, t1) for d, (n, t0, t1) in per_device.items()}
+    return {d: (n, t0, t1) for d, (n, t0, t1) in spans_of_bodies(bodies).items()}
 
 
 def gap_event(device: str, count: int, tmin: int, tmax: int, reason: str, ts: int) -> Event:
     """The explicit record of readings a gateway had to drop: device, time range, count."""
     return Event(device, ts, "data_gap", Action.INFO, Severity.WARNING,
                  evidence={"count": count, "from": tmin, "to": tmax, "reason": reason},
-                 message=f"{count} readings evicted from the gateway outbox ({reason})")
+                 message=f"{count} readings dropped from the gateway outbox ({reason})")
 
 
 class Outbox:
@@ -154,13 +190,18 @@ class Outbox:
         self.max_batch = max_batch
         self.quota = quota or Quota()
         self.clock = clock
+        self.memory_readings = MEMORY_READINGS
         self.boot, self.synced = "", True  # stamped on rows: the clock they were observed with
         self.incidents: list[Event] = []  # problems of the outbox itself, to report upstream
         self._db: sqlite3.Connection | None = None
         self._seq: SeqAllocator | None = None
         self._pending: dict[str, list[Reading | Event]] = {DATA: [], EVENTS: []}
         self._acked: list[int] = []
-        self._unwritten: list[Row] = []  # rows of a commit that failed
+        self._unwritten: list[Row] = []  # rows with their seqs, not yet committed
+        self._held: dict[int, Spans] = {}  # readings per device of unwritten data rows
+        self._shed: Spans = {}  # readings dropped from memory, recorded at the next commit
+        self._shedding = False
+        self.quarantine_left = 0  # moved-aside files whose rows could not be taken over yet
         self._evicting = False  # inside an episode of evictions (logged once, gaps merged)
         self._gaps_taken: list[tuple[str, int]] = []  # gaps in rows not yet committed
         self._episode_evicted = 0
@@ -168,27 +209,53 @@ class Outbox:
         self.owner = "gateway"  # device id used for events about the outbox itself
         self.protected: frozenset[int] = frozenset()  # seqs awaiting PUBACK: never evicted
         self.counters = {"appended": 0, "stored_messages": 0, "acked_messages": 0, "commits": 0,
-                         "evicted_messages": 0, "evicted_readings": 0, "quarantined": 0}
+                         "evicted_messages": 0, "evicted_readings": 0, "quarantined": 0,
+                         "shed_readings": 0, "lost_readings": 0, "taken_over_messages": 0}
+
+    @property
+    def ledger_path(self) -> Path:
+        """The ledger of data messages held, beside the outbox file."""
+        return self.path.with_name(self.path.name + ".ledger")
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def open(self) -> Outbox:
-        """Open (creating if needed) and check the file; a corrupt file is quarantined."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (creating if needed) and check the file; a corrupt file is quarantined.
+
+        A file that cannot be opened for any other reason (disk full, I/O error, permissions)
+        raises OutboxUnavailable and is left as it is.
+        """
         try:
-            db, last = self._connect()
-        except sqlite3.DatabaseError as exc:
-            self._quarantine(str(exc))
-            try:
-                db, last = self._connect()
-            except sqlite3.DatabaseError as again:
-                raise OutboxError(f"{self.path}: cannot create a fresh outbox: {again}") \
-                    from again
-        self._db = db
-        self._seq = SeqAllocator(self.path.with_name(self.path.name + ".seq"), floor=last)
-        self._bytes = db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM messages") \
-            .fetchone()[0]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db, last = self._connect_checked()
+        except (sqlite3.Error, OSError) as exc:
+            raise OutboxUnavailable(f"{self.path}: cannot open the outbox: {exc}"
+                                    f"{_hint(exc, self.path)}") from exc
+        try:
+            attach_ledger(db, self.ledger_path, self.synchronous)
+            last = max(last, ledger_last_seq(db))
+            self._db = db
+            self._seq = SeqAllocator(self.path.with_name(self.path.name + ".seq"), floor=last)
+            self._bytes = self._stored_bytes()
+            self.take_over()
+        except (sqlite3.Error, OSError) as exc:
+            self._db = None
+            db.close()
+            raise OutboxUnavailable(f"{self.path}: cannot open the outbox: {exc}"
+                                    f"{_hint(exc, self.path)}") from exc
         return self
+
+    def _connect_checked(self) -> tuple[sqlite3.Connection, int]:
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not is_corruption(exc):
+                raise
+            self._quarantine(str(exc))
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as again:
+            raise OutboxError(f"{self.path}: cannot create a fresh outbox: {again}") from again
 
     def _connect(self) -> tuple[sqlite3.Connection, int]:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -197,7 +264,7 @@ class Outbox:
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             check = db.execute("PRAGMA quick_check").fetchone()[0]
             if check != "ok":
-                raise sqlite3.DatabaseError(f"quick_check failed: {check}")
+                raise OutboxCorrupt(f"quick_check failed: {check}")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             db.executescript(_SCHEMA)
             if version == 1:
@@ -219,19 +286,89 @@ class Outbox:
             if src.exists():
                 os.replace(src, Path(f"{target}{suffix}"))
         self.counters["quarantined"] += 1
-        log.error("outbox %s is corrupt (%s); moved to %s and starting a fresh one",
-                  self.path, why, target)
+        log.error("outbox %s is corrupt (%s); moved to %s and starting a fresh one; the rows "
+                  "still readable in it will be sent", self.path, why, target)
         self.incidents.append(Event(
             self.owner, self.clock(), "outbox_quarantined", Action.INFO, Severity.MAJOR,
             evidence={"file": str(target), "error": why[:200]},
-            message="outbox file was corrupt; quarantined, readings in it could not be sent"))
+            message="outbox file was corrupt; quarantined, its readable rows are sent and the "
+                    "rest reported as a data gap"))
+
+    def take_over(self) -> int:
+        """Take over moved-aside files, then report what the outbox lost; return files left.
+
+        Losses are counted only once every moved-aside file was read: until then its rows
+        would be taken for lost.
+        """
+        self.quarantine_left = self.drain_quarantined()
+        if not self.quarantine_left:
+            self._reconcile()
+        return self.quarantine_left
+
+    def drain_quarantined(self) -> int:
+        """Take over the readable rows of moved-aside outbox files; return how many are left.
+
+        Rows keep their sequence numbers (the allocator never hands those out again), so a
+        message the collector already has is deduplicated there. A file is taken over a few
+        MB per transaction, its progress recorded in the same transaction, so no row is taken
+        twice and a full disk only pauses it; the file itself stays for inspection.
+        """
+        db = self._require()
+        left = 0
+        for f in quarantined_files(self.path):
+            try:
+                self._take_over_file(db, f)
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                log.warning("cannot take over the rows of %s yet: %s", f, exc)
+                left += 1
+            self._bytes = self._stored_bytes()  # parts taken over are committed
+        return left
+
+    def _take_over_file(self, db: sqlite3.Connection, f: Path) -> None:
+        done = take_over_file(db, f, DRAINED_KEY + f.name)
+        if done is not None:
+            messages, readings, why = done
+            self.counters["taken_over_messages"] += messages
+            log.warning("took over %d messages (%d readings and events) from %s%s", messages,
+                        readings, f, f"; reading stopped at: {why}" if why else "")
+
+    def _reconcile(self) -> None:
+        """Report data messages the ledger holds but the outbox lost; hold the ones it lacks."""
+        lost, spans = settle_lost(self._require(), PRIO_DATA, self._require_seq().last)
+        readings = sum(n for n, _, _ in spans.values())
+        if not readings:
+            return
+        self.counters["lost_readings"] += readings
+        log.error("outbox %s lost %d messages it held (%d readings of %d devices): the file "
+                  "was truncated, replaced or partly unreadable; reported as data gaps",
+                  self.path, len(lost), readings, len(spans))
+        self.incidents.append(Event(
+            self.owner, self.clock(), "outbox_lost", Action.INFO, Severity.MAJOR,
+            evidence={"messages": len(lost), "readings": readings,
+                      "first_seq": lost[0][0], "last_seq": lost[-1][0]},
+            message=f"the outbox lost {readings} readings it held; reported as data gaps"))
+
+    @property
+    def unwritten_readings(self) -> int:
+        """Readings accepted but not yet on disk (pending, or kept by a failed commit)."""
+        return sum(r[4] for r in self._unwritten if r[2] == PRIO_DATA) + \
+            len(self._pending[DATA])
+
+    @property
+    def is_open(self) -> bool:
+        """True between open() and close()."""
+        return self._db is not None
 
     def close(self) -> None:
         """Write what is pending and close (idempotent)."""
         if self._db is not None:
-            self.commit()
-            self._db.close()
-            self._db = None
+            try:
+                self.commit()
+            finally:
+                self._db.close()
+                self._db = None
 
     # --- producers ---------------------------------------------------------------------------
 
@@ -253,60 +390,123 @@ class Outbox:
         self._acked.append(seq)
 
     def commit(self) -> int:
-        """Write pending items as messages, drop acknowledged ones, enforce quotas: one txn."""
+        """Write pending items as messages, drop acknowledged ones, enforce quotas: one txn.
+
+        Raises OutboxWriteError when the disk refuses the write: nothing accepted is dropped
+        (the same rows, with the same seqs, are written next time) until more than
+        `memory_readings` readings wait, when the oldest telemetry is shed and reported.
+        """
         db = self._require()
         if self.incidents:
             self._pending[EVENTS].extend(self.incidents)
             self.incidents = []
         if not self._evicting and not self._gaps_taken:
             self._pending[EVENTS].extend(self._take_gaps(db))
-        rows = self._unwritten + self._rows()
-        acked, self._acked = self._acked, []
-        self._unwritten = []
-        if not rows and not acked:
+        try:
+            self._rows()
+        except OSError as exc:  # no sequence number could be reserved: the items wait
+            self._shed_excess()
+            raise OutboxWriteError(f"{self.path}: cannot reserve sequence numbers: {exc}") \
+                from exc
+        rows, acked, shed = self._unwritten, self._acked, self._shed
+        self._acked = []
+        if not rows and not acked and not shed:
             return 0
         try:
-            db.execute("BEGIN")
-            db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
-            self._delete(db, acked)
-            if self._gaps_taken:  # the gap events are in these rows: settle what they report
-                db.executemany("UPDATE gaps SET count = count - ? WHERE device = ?",
-                               [(n, d) for d, n in self._gaps_taken])
-                db.execute("DELETE FROM gaps WHERE count <= 0")
-            if rows:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)",
-                           (str(self._require_seq().last),))
-            db.execute("COMMIT")
-            self._gaps_taken = []
-        except BaseException:
+            gone = self._write(db, rows, acked, shed)
+        except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            # Nothing accepted is dropped: the same rows (same seqs) are written next time.
-            self._unwritten, self._acked = rows, acked + self._acked
+            self._acked = acked + self._acked
+            self._relieve(exc)
+            self._shed_excess()
+            if isinstance(exc, sqlite3.Error):
+                raise OutboxWriteError(f"{self.path}: {exc}") from exc
             raise
-        self._bytes += sum(len(r[7]) for r in rows)
+        self._unwritten, self._shed = [], {}
+        for r in rows:
+            self._held.pop(r[0], None)
+        self._shedding = False
+        self._gaps_taken = []
+        self._bytes += sum(len(r[7]) for r in rows) - gone
         self.counters["stored_messages"] += len(rows)
         self.counters["acked_messages"] += len(acked)
         self.counters["commits"] += 1
         self.enforce_quota(protect=self.protected)
         return len(rows)
 
-    def _rows(self) -> list[Row]:
-        rows: list[Row] = []
+    def _write(self, db: sqlite3.Connection, rows: list[Row], acked: list[int],
+               shed: Spans) -> int:
+        """One transaction: new rows and their ledger entries, acks, shed and settled gaps."""
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        gone = self._delete(db, acked)
+        held = [(r[0], self._held[r[0]]) for r in rows if r[0] in self._held]
+        if rows or held:
+            hold(db, held, self._require_seq().last)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_seq', ?)",
+                       (str(self._require_seq().last),))
+        if shed:
+            db.executemany(GAP_UPSERT, [(d, n, t0, t1, "disk_full")
+                                         for d, (n, t0, t1) in shed.items()])
+        if self._gaps_taken:  # the gap events are in these rows: settle what they report
+            db.executemany("UPDATE gaps SET count = count - ? WHERE device = ?",
+                           [(n, d) for d, n in self._gaps_taken])
+            db.execute("DELETE FROM gaps WHERE count <= 0")
+        db.execute("COMMIT")
+        return gone
+
+    def _rows(self) -> None:
+        """Turn pending items into rows with sequence numbers (kept until they are written)."""
         now = self.clock()
         for channel, prio in ((EVENTS, PRIO_EVENTS), (DATA, PRIO_DATA)):
-            items, self._pending[channel] = self._pending[channel], []
-            for i in range(0, len(items), self.max_batch):
-                chunk = items[i : i + self.max_batch]
+            items = self._pending[channel]
+            while items:
+                chunk = items[: self.max_batch]
+                seq = self._require_seq().take()  # OSError: the chunk stays pending
                 ts = [it.ts for it in chunk]
-                rows.append((self._require_seq().take(), channel, prio, now, len(chunk),
-                             min(ts), max(ts), encode_batch(chunk), self.boot,
-                             int(self.synced)))
-        return rows
+                self._unwritten.append((seq, channel, prio, now, len(chunk), min(ts), max(ts),
+                                        encode_batch(chunk), self.boot, int(self.synced)))
+                if channel == DATA:
+                    self._held[seq] = spans_of(chunk)
+                del items[: self.max_batch]
 
-    def _delete(self, db: sqlite3.Connection, seqs: Sequence[int]) -> None:
-        if not seqs:
+    def _shed_excess(self) -> None:
+        """Past `memory_readings` waiting, drop the oldest telemetry, recorded as a gap."""
+        excess = self.unwritten_readings - self.memory_readings
+        if excess <= 0:
             return
+        dropped, keep = 0, []
+        for row in self._unwritten:  # oldest first
+            if dropped < excess and row[2] == PRIO_DATA:
+                merge_spans(self._shed, self._held.pop(row[0]))
+                dropped += row[4]
+            else:
+                keep.append(row)
+        self._unwritten = keep
+        data = self._pending[DATA]
+        if dropped < excess:
+            cut = excess - dropped
+            merge_spans(self._shed, spans_of(data[:cut]))
+            del data[:cut]
+            dropped += cut
+        self.counters["shed_readings"] += dropped
+        if not self._shedding:
+            self._shedding = True
+            log.error("outbox cannot write and holds %d readings in memory: dropping the "
+                      "oldest telemetry, reported as data gaps once writes work",
+                      self.memory_readings)
+
+    def _relieve(self, exc: BaseException) -> None:
+        """On a full disk, give back the space of a checkpointed write-ahead log."""
+        if self._db is not None and is_disk_full(exc):
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _delete(self, db: sqlite3.Connection, seqs: Sequence[int]) -> int:
+        """Delete acknowledged messages (inside the caller's transaction); return their bytes."""
+        if not seqs:
+            return 0
         gone = 0
         for i in range(0, len(seqs), 500):
             chunk = list(seqs[i : i + 500])
@@ -314,7 +514,8 @@ class Outbox:
             gone += db.execute(f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM messages "
                                f"WHERE seq IN ({marks})", chunk).fetchone()[0]
             db.execute(f"DELETE FROM messages WHERE seq IN ({marks})", chunk)
-        self._bytes -= gone
+        release(db, seqs)
+        return int(gone)
 
     def next_messages(self, limit: int, exclude: set[int], *,
                       live_after: int | None = None) -> list[Pending]:
@@ -342,22 +543,27 @@ class Outbox:
         """Evict the oldest telemetry while over a limit; return the readings evicted.
 
         Messages in `protect` (published, PUBACK pending) are never evicted: they may already
-        be at the collector, and counting them as lost would misreport the gap. Evictions are
-        merged per device in the `gaps` table, in the same transaction, and become `data_gap`
-        events once the outbox is back under its limits — so a months-long outage adds one
-        record per device, not one per eviction.
+        be at the collector, and counting them as lost would misreport the gap; nor are
+        messages already acknowledged (deleted at the next commit): they are not lost at all.
+        Evictions are merged per device in the `gaps` table, in the same transaction, and
+        become `data_gap` events once the outbox is back under its limits — so a months-long
+        outage adds one record per device, not one per eviction. A failed eviction changes
+        nothing: the transaction is rolled back and OutboxWriteError raised.
         """
         q = self.quota
         if not (q.max_bytes or q.max_age_ms or q.min_free_bytes):
             self._account_eviction(0, 0)
             return 0
         db = self._require()
+        protect = protect | frozenset(self._acked)
         oldest_allowed = self.clock() - q.max_age_ms if q.max_age_ms else None
-        evicted: list[bytes] = []
+        evicted: list[tuple[int, bytes]] = []
+        causes: set[str] = set()  # what made it evict: the gap's reason
+        size = self._bytes
         db.execute("BEGIN")
         try:
             while True:
-                over_bytes = q.max_bytes and self._bytes > q.max_bytes
+                over_bytes = q.max_bytes and size > q.max_bytes
                 low_disk = (q.min_free_bytes and free_bytes is not None
                             and free_bytes < q.min_free_bytes)
                 row = next((r for r in db.execute(
@@ -368,23 +574,26 @@ class Outbox:
                 too_old = oldest_allowed is not None and row[1] < oldest_allowed
                 if not (over_bytes or low_disk or too_old):
                     break
+                causes.add("quota" if over_bytes else "min_free_disk" if low_disk else "max_age")
                 db.execute("DELETE FROM messages WHERE seq = ?", (row[0],))
-                self._bytes -= len(row[2])
+                size -= len(row[2])
                 if free_bytes is not None:
                     free_bytes += len(row[2])
-                evicted.append(row[2])
-            reason = "max_age" if oldest_allowed is not None and not (
-                q.max_bytes and self._bytes > q.max_bytes) else "quota"
-            spans = gap_spans(evicted)
-            db.executemany(
-                "INSERT INTO gaps VALUES (?,?,?,?,?) ON CONFLICT (device) DO UPDATE SET "
-                "count = count + excluded.count, tmin = MIN(tmin, excluded.tmin), "
-                "tmax = MAX(tmax, excluded.tmax)",
-                [(d, n, t0, t1, reason) for d, (n, t0, t1) in spans.items()])
+                evicted.append((row[0], row[2]))
+            reason = next((c for c in ("quota", "min_free_disk", "max_age") if c in causes), "")
+            spans = gap_spans([body for _, body in evicted])
+            release(db, [seq for seq, _ in evicted])
+            db.executemany(GAP_UPSERT, [(d, n, t0, t1, reason)
+                                         for d, (n, t0, t1) in spans.items()])
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            if db.in_transaction:  # a failed COMMIT (disk full) has already rolled back
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                self._relieve(exc)
+                raise OutboxWriteError(f"{self.path}: evicting: {exc}") from exc
             raise
+        self._bytes = size
         count = sum(n for n, _, _ in spans.values())
         self._account_eviction(len(evicted), count)
         return count
@@ -422,6 +631,11 @@ class Outbox:
         return {"messages": msgs, "readings": readings + queued, "oldest_created": oldest,
                 "bytes": self._bytes}
 
+    def _stored_bytes(self) -> int:
+        db = self._require()
+        return int(db.execute("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM messages")
+                   .fetchone()[0])
+
     def _require_seq(self) -> SeqAllocator:
         if self._seq is None:
             raise OutboxError("outbox is not open")
@@ -431,3 +645,15 @@ class Outbox:
         if self._db is None:
             raise OutboxError("outbox is not open")
         return self._db
+
+
+def _hint(exc: BaseException, path: Path) -> str:
+    """What a person should check, for an outbox that cannot be opened."""
+    try:  # SQLite reports a full disk while mapping its shared memory as an I/O error
+        st = os.statvfs(path.parent)
+        full = st.f_bavail * st.f_frsize < FULL_BELOW
+    except OSError:
+        full = False
+    if is_disk_full(exc) or full:
+        return " (the disk holding it is full: free space there; the file was left as it is)"
+    return " (the file was left as it is)"

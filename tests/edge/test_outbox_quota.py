@@ -124,6 +124,40 @@ def test_messages_awaiting_a_puback_are_never_evicted(tmp_path: Path) -> None:
     ob.close()
 
 
+@pytest.mark.parametrize(("quota", "free", "reason"), [
+    (Quota(max_bytes=1500, max_age_ms=30 * 86_400_000), None, "quota"),
+    (Quota(min_free_bytes=10**6, max_age_ms=30 * 86_400_000), 0, "min_free_disk"),
+])
+def test_gap_reason_names_the_limit_that_evicted(tmp_path: Path, quota: Quota,
+                                                 free: int | None, reason: str) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", quota=Quota(), clock=Clock()).open()
+    fill(ob, 0, 20)
+    ob.quota = quota
+    assert ob.enforce_quota(free_bytes=free) > 0
+    ob.quota = Quota()
+    ob.enforce_quota()
+    ob.add([reading(100, "a")])
+    ob.commit()
+    assert {g["evidence"]["reason"] for g in gap_events(ob)} == {reason}
+    ob.close()
+
+
+def test_acknowledged_messages_are_not_evicted_nor_reported_lost(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", quota=Quota(max_bytes=10**9), clock=Clock()).open()
+    fill(ob, 0, 10)
+    for m in messages(ob)[:4]:  # delivered: the rows go at the next commit
+        ob.ack(m.seq)
+    ob.quota = Quota(max_bytes=1)
+    assert ob.enforce_quota() == 12  # the 6 messages not delivered, 2 readings each
+    ob.quota = Quota()
+    ob.enforce_quota()
+    ob.add([reading(100, "a")])
+    ob.commit()
+    assert {g["device"]: g["evidence"]["count"] for g in gap_events(ob)} == {"a": 6, "b": 6}
+    assert stored_readings(ob) == [("a", T0 + 100_000)]
+    ob.close()
+
+
 def test_low_disk_evicts_until_enough_is_free(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.sqlite", quota=Quota(min_free_bytes=1000), clock=Clock()).open()
     fill(ob, 0, 20)
