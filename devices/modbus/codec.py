@@ -74,6 +74,9 @@ _STRUCT = {
 }
 
 
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers the wire contract and both stores carry
+
+
 class CodecError(ValueError):
     """A point definition or value that cannot be encoded/decoded."""
 
@@ -128,6 +131,8 @@ def decode_raw(point: Point, regs: Sequence[int]) -> int | float:
     """Decode the raw number (before bit field, enum, scale) from the point's registers."""
     if len(regs) != point.count:
         raise CodecError(f"{point.quantity}: expected {point.count} registers, got {len(regs)}")
+    if not all(isinstance(r, int) and 0 <= r <= 0xFFFF for r in regs):
+        raise CodecError(f"{point.quantity}: registers {list(regs)!r} are not all 16-bit values")
     if point.table.is_bits or (point.type is DataType.BOOL and point.bits is None):
         return 1 if regs[0] else 0
     value: int | float = struct.unpack(_STRUCT[point.type], _to_bytes(regs, point.order))[0]
@@ -135,7 +140,11 @@ def decode_raw(point: Point, regs: Sequence[int]) -> int | float:
 
 
 def decode(point: Point, regs: Sequence[int]) -> Value:
-    """Decode registers to the canonical value, or None when the device says "not available"."""
+    """Decode registers to the canonical value, or None when the device says "not available".
+
+    Raises only CodecError: for registers that do not fit the point, and for a value the wire
+    contract cannot carry (beyond 64-bit integers, or not finite once scaled).
+    """
     raw = decode_raw(point, regs)
     if isinstance(raw, float):
         if math.isnan(raw) or math.isinf(raw):
@@ -154,22 +163,39 @@ def _canonical(point: Point, raw: int | float) -> Value:
         label = point.enum.get(int(raw))
         if label is None:
             return q.code_for("unknown") if "unknown" in q.labels.values() else None
-        return q.code_for(label) if q.kind is ValueKind.ENUM else _label_value(q, label)
+        if q.kind is not ValueKind.ENUM:
+            return _label_value(q, label)
+        try:
+            return q.code_for(label)
+        except KeyError:
+            raise CodecError(f"{q.name}: enum label {label!r} is not one of its labels") from None
     if q.kind is ValueKind.BOOL:
         return bool(raw)
     if isinstance(raw, int) and point.scale == 1 and point.offset == 0:
         value: int | float = raw  # exact: 64-bit counters do not survive a float detour
     else:
         value = raw * point.scale + point.offset
+    if not math.isfinite(value):
+        raise CodecError(f"{point.quantity}: raw {raw!r} scaled by {point.scale:g} is not finite")
     if q.kind in (ValueKind.INTEGER, ValueKind.ENUM):
-        return round(value)
+        return _integer(point, round(value))
     return float(value)
+
+
+def _integer(point: Point, value: int) -> int:
+    if not INT_MIN <= value <= INT_MAX:
+        raise CodecError(f"{point.quantity}: {value} is beyond the 64-bit integers a reading"
+                         " carries")
+    return value
 
 
 def _label_value(q: Quantity, label: str) -> Value:
     if q.kind is ValueKind.BOOL:
-        return label in ("true", "1", "on", "yes")
-    return int(label)
+        return label.lower() in ("true", "1", "on", "yes")
+    try:
+        return int(label) if q.kind is ValueKind.INTEGER else float(label)
+    except ValueError:
+        raise CodecError(f"{q.name}: enum label {label!r} is not a number") from None
 
 
 def encode(point: Point, value: Value) -> list[int]:
