@@ -30,6 +30,7 @@ class Quantity:
     unit_code: str = ""
     description: str = ""
     labels: dict[int, str] = field(default_factory=dict)
+    limits: tuple[int, int] | None = None  # inclusive range a value must lie in, if narrower
 
     def code_for(self, label: str) -> int:
         """Return the canonical integer code of an enum label."""
@@ -54,6 +55,9 @@ POWER_SUPPLIES = {0: "mains", 1: "battery", 2: "none"}
 PARKING_REPORT_TYPES = {1: "change", 2: "heartbeat", 3: "startup"}
 RESET_CAUSES = {0: "unknown", 1: "power_on", 2: "hard_reset", 3: "watchdog",
                 4: "deep_sleep_wake", 5: "soft_reset", 6: "brown_out", 7: "firmware_update"}
+
+# Quantities the collector keeps in 32-bit INTEGER columns (parking spots) besides the readings.
+_INT32 = (-(2**31), 2**31 - 1)
 
 _Q = Quantity
 _ALL: tuple[Quantity, ...] = (
@@ -107,8 +111,8 @@ _ALL: tuple[Quantity, ...] = (
     _Q("flue_flow", ValueKind.NUMBER, "m³/h", "MQH", "Flue gas flow"),
     # Parking sensors
     _Q("occupied", ValueKind.BOOL, description="Parking space occupied"),
-    _Q("battery_mv", ValueKind.INTEGER, "mV", "2Z", "Battery voltage"),
-    _Q("rssi", ValueKind.INTEGER, "dBm", "DBM", "Received signal strength"),
+    _Q("battery_mv", ValueKind.INTEGER, "mV", "2Z", "Battery voltage", limits=_INT32),
+    _Q("rssi", ValueKind.INTEGER, "dBm", "DBM", "Received signal strength", limits=_INT32),
     _Q("mag_x", ValueKind.INTEGER, description="Raw magnetometer X"),
     _Q("mag_y", ValueKind.INTEGER, description="Raw magnetometer Y"),
     _Q("mag_z", ValueKind.INTEGER, description="Raw magnetometer Z"),
