@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from devices.contract import value_problem
 from devices.model import Value
 from devices.quantities import Quantity, ValueKind, quantity
 
@@ -72,9 +73,6 @@ _STRUCT = {
     DataType.U64: ">Q", DataType.I64: ">q", DataType.F32: ">f", DataType.F64: ">d",
     DataType.BOOL: ">H",  # a bool bit field inside a register
 }
-
-
-INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # integers the wire contract and both stores carry
 
 
 class CodecError(ValueError):
@@ -143,8 +141,18 @@ def decode(point: Point, regs: Sequence[int]) -> Value:
     """Decode registers to the canonical value, or None when the device says "not available".
 
     Raises only CodecError: for registers that do not fit the point, and for a value the wire
-    contract cannot carry (beyond 64-bit integers, or not finite once scaled).
+    contract refuses (devices.contract.value_problem: not finite once scaled, beyond
+    ±MAX_NUMBER, outside the quantity's range), so a decoded value is always one to send.
     """
+    value = _decode(point, regs)
+    problem = None if value is None else value_problem(point.quantity, value)
+    if problem is not None:
+        reason, detail = problem
+        raise CodecError(f"{detail} ({reason})")  # the detail names the quantity
+    return value
+
+
+def _decode(point: Point, regs: Sequence[int]) -> Value:
     raw = decode_raw(point, regs)
     if isinstance(raw, float):
         if math.isnan(raw) or math.isinf(raw):
@@ -178,15 +186,8 @@ def _canonical(point: Point, raw: int | float) -> Value:
     if not math.isfinite(value):
         raise CodecError(f"{point.quantity}: raw {raw!r} scaled by {point.scale:g} is not finite")
     if q.kind in (ValueKind.INTEGER, ValueKind.ENUM):
-        return _integer(point, round(value))
+        return round(value)
     return float(value)
-
-
-def _integer(point: Point, value: int) -> int:
-    if not INT_MIN <= value <= INT_MAX:
-        raise CodecError(f"{point.quantity}: {value} is beyond the 64-bit integers a reading"
-                         " carries")
-    return value
 
 
 def _label_value(q: Quantity, label: str) -> Value:

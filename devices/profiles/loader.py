@@ -10,8 +10,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from devices.contract import MAX_NUMBER
 from devices.durations import parse_duration
-from devices.modbus.codec import INT_MAX, INT_MIN, DataType, Point, Table, WordOrder
+from devices.modbus.codec import DataType, Point, Table, WordOrder
 from devices.profiles.hj212_codes import (
     CodeTableError,
     Hj212Code,
@@ -308,8 +309,7 @@ def _label_fits(label: str, kind: ValueKind) -> bool:
         value = int(label) if kind is ValueKind.INTEGER else float(label)
     except ValueError:
         return False
-    return math.isfinite(value) and (kind is not ValueKind.INTEGER
-                                     or INT_MIN <= value <= INT_MAX)
+    return math.isfinite(value) and abs(value) <= MAX_NUMBER
 
 
 def _range_problems(p: Point, kind: ValueKind) -> list[tuple[str, str]]:
@@ -324,12 +324,10 @@ def _range_problems(p: Point, kind: ValueKind) -> list[tuple[str, str]]:
     else:
         low, high = _raw_range(p)
     if p.type in (DataType.U64, DataType.I64) and p.scale == 1 and p.offset == 0:
-        return []  # exact: a value beyond 64 bits is refused per reading, at run time
-    ends = [low * p.scale + p.offset, high * p.scale + p.offset]
-    if min(ends) < INT_MIN or max(ends) > INT_MAX:
-        reach = max(abs(e) for e in ends)
-        problems.append(("type", f"{p.type.value} scaled by {p.scale:g} reaches"
-                         f" ±{reach:.3g}, beyond the 64-bit integers of {kind.value}"
-                         f" quantity {p.quantity}; use an integer register type or a smaller"
-                         " scale"))
+        return []  # a counter: a value beyond MAX_NUMBER is refused per reading, at run time
+    reach = max(abs(low * p.scale + p.offset), abs(high * p.scale + p.offset))
+    if reach > MAX_NUMBER:
+        problems.append(("type", f"{p.type.value} scaled by {p.scale:g} reaches ±{reach:.3g},"
+                         f" beyond ±{MAX_NUMBER:.0e}, the largest {kind.value} a reading"
+                         " carries; use an integer register type or a smaller scale"))
     return problems

@@ -1,8 +1,8 @@
 """A device answering registers the decoder cannot honour: those points yield no value, a
 counter and one log line per device and point; its other points and the task group go on.
 
-The real bus polls a real pymodbus TCP server whose registers hold a u64 beyond the 64-bit
-integers a reading carries and an f64 that overflows once scaled.
+The real bus polls a real pymodbus TCP server whose registers hold a u64 beyond what a reading
+carries and an f64 that overflows once scaled.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ name = "choking-lift"
 kind = "elevator"
 protocol = "modbus"
 
-[points.trip_count]  # u64 0xFFFF_FFFF_FFFF_FFFF: beyond 2**63 - 1
+[points.trip_count]  # u64 0xFFFF_FFFF_FFFF_FFFF: beyond what a reading carries
 address = 0
 type = "u64"
 
@@ -100,6 +100,6 @@ def test_undecodable_points_are_left_out_counted_and_logged_once(
     assert len(warnings) == 2, warnings
     assert warnings[0].startswith("device lift-1: trip_count (register 0) gives [65535, 65535,"
                                   " 65535, 65535], which cannot be decoded: trip_count:"
-                                  " 18446744073709551615 is beyond the 64-bit integers")
+                                  " 18446744073709551615 is beyond ±1e+15 (out_of_range)")
     assert warnings[1].startswith("device lift-1: running_hours (register 4) gives [32751,"
                                   " 65535, 65535, 65535], which cannot be decoded")

@@ -114,8 +114,8 @@ def test_check_lists_every_point_the_decoder_cannot_honour(tmp_path: Path) -> No
         " register value, e.g. 65535 for 0xFFFF",
         f"{where}.fault_code.enum: label(s) 'none', 'door' of integer quantity fault_code must"
         " each be an integer",
-        f"{where}.trip_count.type: f32 scaled by 1 reaches ±3.4e+38, beyond the 64-bit integers"
-        " of integer quantity trip_count; use an integer register type or a smaller scale",
+        f"{where}.trip_count.type: f32 scaled by 1 reaches ±3.4e+38, beyond ±1e+15, the largest"
+        " integer a reading carries; use an integer register type or a smaller scale",
     ]
     assert done.stdout == ""
 
