@@ -202,7 +202,7 @@ def _label_value(q: Quantity, label: str) -> Value:
 def encode(point: Point, value: Value) -> list[int]:
     """Encode a canonical value into the point's registers (used by simulators and tests)."""
     if point.bits is not None:
-        return [bit_field_registers([point], {point.quantity: value})]
+        return bit_field_words([point], {point.quantity: value})
     raw = _raw_from_canonical(point, value)
     if point.table.is_bits or (point.type is DataType.BOOL and point.bits is None):
         return [1 if raw else 0]
@@ -234,6 +234,13 @@ def _raw_from_canonical(point: Point, value: Value) -> int | float:
         return value  # exact, as in _canonical
     scaled = (float(value) - point.offset) / point.scale
     return scaled if point.type in (DataType.F32, DataType.F64) else round(scaled)
+
+
+def bit_field_words(points: Sequence[Point], values: dict[str, Value]) -> list[int]:
+    """The registers of bit-field points sharing one raw value, in the points' word order."""
+    first = points[0]
+    raw = bit_field_registers(points, values) & ((1 << (16 * first.count)) - 1)
+    return _from_bytes(raw.to_bytes(2 * first.count, "big"), first.order)
 
 
 def bit_field_registers(points: Sequence[Point], values: dict[str, Value]) -> int:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import importlib.util
+import logging
 import shutil
 import socket
 import struct
@@ -14,10 +14,13 @@ from typing import Any
 
 import aiocoap
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devices.model import Event, Reading
 from devices.parking import (
     MessageType,
+    ParkingFrameError,
     ResetCause,
     SensorReport,
     decode_config,
@@ -396,3 +399,18 @@ async def test_datagrams_that_are_not_coap_are_counted_and_logged_once(
                                " are not CoAP (first: ")
     assert sum(len(line) for line in lines) < 400
     assert source.counters["ignored_messages"] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=80), st.sampled_from([42, 60]))
+def test_any_report_the_endpoint_accepts_is_a_reading_the_collector_accepts(
+        payload: bytes, fmt: int) -> None:
+    from devices import contract
+    from edge.parking_source import decode_post
+
+    try:
+        report = decode_post(fmt, payload)
+    except (ParkingFrameError, ValueError):
+        return
+    reading = Reading(f"pk-{report.sensor_id}", 1_700_000_000_000, report_values(report))
+    assert contract.reading_problem(reading) is None
