@@ -94,22 +94,23 @@ class ContractGuard:
         problem = contract.reading_problem(item)
         if problem is None:
             return item
-        good = {}
-        for name, value in item.values.items():
-            bad = contract.value_problem(name, value)
-            if bad is None:
-                good[name] = value
-            else:
-                self._refuse(item.device, bad, f"value {name!r}")
+        good = {name: value for name, value in item.values.items()
+                if not self._refused_value(item.device, name, value)}
         if len(good) < len(item.values):
-            item = dataclasses.replace(item, values=good)
-            problem = contract.reading_problem(item) if good else None
             if not good:
-                return None
+                return None  # every value refused, each one counted
+            item = dataclasses.replace(item, values=good)
+            problem = contract.reading_problem(item)
         if problem is not None:
             self._refuse(item.device, problem, "a reading")
             return None
         return item
+
+    def _refused_value(self, device: str, name: str, value: object) -> bool:
+        problem = contract.value_problem(name, value)
+        if problem is not None:
+            self._refuse(device, problem, f"value {name!r}")
+        return problem is not None
 
     def _refuse(self, device: str, problem: contract.Problem, what: str) -> None:
         reason, detail = problem
