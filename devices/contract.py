@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -106,12 +106,13 @@ MAX_VALUES = 256  # values per reading, evidence entries per event, fields per d
 MAX_NAME = 128  # a key: evidence key, counter name, field name of an inventory or health entry
 MAX_KIND = 64  # an event's kind
 MAX_FLAG = 8  # a reading's raw source flag (HJ 212 data flags are 1-2 characters)
-MAX_TEXT = 1024  # a text value: in readings, evidence, inventory and health entries
+MAX_TEXT = 4096  # a text value: in readings, evidence, inventory and health entries
 MAX_MESSAGE = 500  # an event's message
 MAX_SHORT = 128  # boot ids, versions, reasons, command names and ids
 MAX_DEVICES = 50_000  # entries of a state inventory or of a health message's devices
 MAX_COUNTERS = 1_000  # counters of a health message
 MAX_DEPTH = 16  # nesting of a reply's free-form detail
+MAX_DETAIL_TEXT = 65_536  # a text in a reply's detail
 QUANTITY_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 Problem = tuple[str, str]  # (reason code, detail), as in ContractError
@@ -119,6 +120,14 @@ _KINDS: dict[str, ValueKind] = {name: q.kind for name, q in QUANTITIES.items()}
 _RANGES: dict[str, tuple[int, int]] = {
     name: q.limits for name, q in QUANTITIES.items() if q.limits is not None}
 _WHOLE = (ValueKind.INTEGER, ValueKind.ENUM)
+# Per known quantity, the two exact types and the range that need no further check (a float
+# for an integer quantity, null and every bad value take the full path of value_problem).
+_FAST: dict[str, tuple[type, type, float, float]] = {
+    name: (bool, bool, 0, 1) if q.kind is ValueKind.BOOL
+    else (float, int, -MAX_NUMBER, MAX_NUMBER) if q.kind is ValueKind.NUMBER
+    else (int, int, *(q.limits or (-MAX_NUMBER, MAX_NUMBER)))
+    for name, q in QUANTITIES.items()
+}
 _QUALITIES = frozenset(q.value for q in Quality)
 _ACTIONS = frozenset(a.value for a in Action)
 _SEVERITIES = frozenset(s.value for s in Severity)
@@ -208,8 +217,14 @@ def values_problem(values: object) -> Problem | None:
         return "bad_values", f"values is {type(values).__name__}, not an object"
     if len(values) > MAX_VALUES:
         return "too_many_values", f"{len(values)} values, at most {MAX_VALUES}"
+    fast = _FAST
     for name, value in values.items():
-        problem = value_problem(name, value)
+        accepts = fast.get(name)
+        if accepts is not None:  # the common case without a call: exact type, in range
+            t = type(value)
+            if (t is accepts[0] or t is accepts[1]) and accepts[2] <= value <= accepts[3]:
+                continue
+        problem = value_problem(name, value)  # the rest, and why
         if problem is not None:
             return problem
     return None
@@ -222,11 +237,29 @@ def evidence_problem(evidence: object) -> Problem | None:
         return "bad_evidence", f"evidence is {type(evidence).__name__}, not an object"
     if len(evidence) > MAX_VALUES:
         return "too_many_values", f"{len(evidence)} evidence entries, at most {MAX_VALUES}"
-    for key, value in evidence.items():
-        problem = text_problem(key, MAX_NAME, "evidence key") or scalar_problem(str(key), value)
+    return _entries_problem(evidence, "evidence key")
+
+
+def _entries_problem(entries: dict[Any, Any], what: str) -> Problem | None:
+    for key, value in entries.items():
+        t = type(value)
+        plain = value is None or t is bool or (
+            (t is int or t is float) and -MAX_NUMBER <= value <= MAX_NUMBER)
+        if plain and type(key) is str and len(key) <= MAX_NAME and key.isascii() and (
+                "\x00" not in key):
+            continue  # the common case without a call
+        problem = text_problem(key, MAX_NAME, what) or scalar_problem(str(key), value)
         if problem is not None:
             return problem
     return None
+
+
+def entries_problem(entries: object) -> Problem | None:
+    """Why a health message's per-device entry cannot be stored, or None: keys of at most
+    MAX_NAME characters, scalar values (see scalar_problem)."""
+    if not isinstance(entries, dict):
+        return "bad_value", f"{type(entries).__name__} is not an object"
+    return _entries_problem(entries, "key")
 
 
 def _int_problem(value: object, low: int, high: int, reason: str, what: str) -> Problem | None:
@@ -237,75 +270,106 @@ def _int_problem(value: object, low: int, high: int, reason: str, what: str) -> 
     return None
 
 
-def _common_problem(device: object, ts: object, mono: object) -> Problem | None:
+def _first(*checks: Callable[[], Problem | None]) -> Problem | None:
+    for check in checks:
+        problem = check()
+        if problem is not None:
+            return problem
+    return None
+
+
+def _device_problem(device: object) -> Problem | None:
     if not isinstance(device, str) or not DEVICE_ID_RE.fullmatch(device):
         return "bad_device_id", f"{_show(device)} is not a valid device id"
-    problem = _int_problem(ts, 0, INT64_MAX, "bad_ts", "ts")
-    if problem is None and mono is not None:
-        problem = _int_problem(mono, 0, INT64_MAX, "bad_mono", "mono")
-    return problem
+    return None
+
+
+def _ms_problem(ms: object, reason: str, what: str, optional: bool = False) -> Problem | None:
+    if optional and ms is None:
+        return None
+    return _int_problem(ms, 0, INT64_MAX, reason, what)
+
+
+def _choice_problem(value: object, choices: frozenset[str], reason: str,
+                    what: str) -> Problem | None:
+    if not isinstance(value, str) or value not in choices:
+        return reason, f"{what} {_show(value)} is not one of {sorted(choices)}"
+    return None
+
+
+def _flag_problem(flag: object) -> Problem | None:
+    if flag is None:
+        return None
+    if not isinstance(flag, str):
+        return "bad_flag", f"flag {_show(flag)} is not text"
+    return text_problem(flag, MAX_FLAG, "flag")
 
 
 def reading_problem(reading: Reading) -> Problem | None:
     """Why a collector would refuse this reading, as (reason, detail), or None if it is fine.
 
     The reading's contract: a valid device id; `ts` and `mono` integers in 0..2**63-1 (epoch
-    and monotonic ms); a quality of good/uncertain/bad; a source flag of at most MAX_FLAG
-    characters; at most MAX_VALUES values, each passing value_problem (canonical name, value of
-    the quantity's kind, finite, |v| <= MAX_NUMBER, within the quantity's range). No text
-    holds a NUL or a lone surrogate. The reasons are those a collector reports for the reading
-    in `Received.refused`. Pure and free of pydantic: a gateway calls it before its outbox.
+    and monotonic ms); at most MAX_VALUES values, each passing value_problem (canonical name,
+    value of the quantity's kind, finite, |v| <= MAX_NUMBER, within the quantity's range); a
+    quality of good/uncertain/bad; a source flag of at most MAX_FLAG characters. No text holds
+    a NUL or a lone surrogate. The reason is the one a collector reports for this reading in
+    `Received.refused` (the first problem in that order). Pure and free of pydantic: a gateway
+    calls it before its outbox.
     """
-    problem = _common_problem(reading.device, reading.ts, reading.mono)
-    if problem is not None:
-        return problem
-    if reading.quality not in _QUALITIES:
-        return "bad_quality", f"quality {_show(reading.quality)}"
-    flag = reading.source_flag
-    if flag is not None:
-        if not isinstance(flag, str):
-            return "bad_flag", f"flag {_show(flag)} is not text"
-        problem = text_problem(flag, MAX_FLAG, "flag")
-        if problem is not None:
-            return problem
-    return values_problem(reading.values)
+    return _first(
+        lambda: _device_problem(reading.device),
+        lambda: _ms_problem(reading.ts, "bad_ts", "ts"),
+        lambda: values_problem(reading.values),
+        lambda: _choice_problem(reading.quality, _QUALITIES, "bad_quality", "quality"),
+        lambda: _ms_problem(reading.mono, "bad_mono", "mono", optional=True),
+        lambda: _flag_problem(reading.source_flag),
+    )
+
+
+def _kind_problem(kind: object) -> Problem | None:
+    if not isinstance(kind, str) or not kind:
+        return "bad_kind", f"kind {_show(kind)} is not a non-empty text"
+    return text_problem(kind, MAX_KIND, "kind")
+
+
+def _code_problem(code: object) -> Problem | None:
+    if code is None:
+        return None
+    return _int_problem(code, INT32_MIN, INT32_MAX, "bad_code", "code")
+
+
+def _message_problem(message: object) -> Problem | None:
+    if not isinstance(message, str):
+        return "bad_message", f"message {_show(message)} is not text"
+    return text_problem(message, MAX_MESSAGE, "message")
 
 
 def event_problem(event: Event) -> Problem | None:
     """Why a collector would refuse this event, as (reason, detail), or None if it is fine.
 
-    The event's contract: device, `ts` and `mono` as for a reading; a kind of 1 to MAX_KIND
-    characters; a known action and severity; a code that is null or a 32-bit signed integer;
-    evidence passing evidence_problem; a message of at most MAX_MESSAGE characters. No text
-    holds a NUL or a lone surrogate. Pure and free of pydantic, like reading_problem.
+    The event's contract: device and `ts` as for a reading; a kind of 1 to MAX_KIND
+    characters; a known action and severity; a code that is null or a 32-bit signed integer
+    (the stores' INTEGER column); evidence passing evidence_problem; a message of at most
+    MAX_MESSAGE characters; `mono` as for a reading. No text holds a NUL or a lone surrogate.
+    Pure and free of pydantic, like reading_problem, with the reason a collector reports.
     """
-    problem = _common_problem(event.device, event.ts, event.mono)
-    if problem is not None:
-        return problem
-    if not isinstance(event.kind, str) or not event.kind:
-        return "bad_kind", f"kind {_show(event.kind)} is not a non-empty text"
-    problem = text_problem(event.kind, MAX_KIND, "kind")
-    if problem is not None:
-        return problem
-    if event.action not in _ACTIONS:
-        return "bad_action", f"action {_show(event.action)}"
-    if event.severity not in _SEVERITIES:
-        return "bad_severity", f"severity {_show(event.severity)}"
-    if event.code is not None:
-        problem = _int_problem(event.code, INT32_MIN, INT32_MAX, "bad_code", "code")
-        if problem is not None:
-            return problem
-    problem = evidence_problem(event.evidence)
-    if problem is not None:
-        return problem
-    if not isinstance(event.message, str):
-        return "bad_message", f"message {_show(event.message)} is not text"
-    return text_problem(event.message, MAX_MESSAGE, "message")
+    return _first(
+        lambda: _device_problem(event.device),
+        lambda: _ms_problem(event.ts, "bad_ts", "ts"),
+        lambda: _kind_problem(event.kind),
+        lambda: _choice_problem(event.action, _ACTIONS, "bad_action", "action"),
+        lambda: _choice_problem(event.severity, _SEVERITIES, "bad_severity", "severity"),
+        lambda: _code_problem(event.code),
+        lambda: evidence_problem(event.evidence),
+        lambda: _message_problem(event.message),
+        lambda: _ms_problem(event.mono, "bad_mono", "mono", optional=True),
+    )
 
 
 def json_problem(doc: object, depth: int = 0) -> Problem | None:
     """Why free-form JSON (a reply's detail) cannot be stored, or None: scalars as in
-    scalar_problem, keys as names, at most MAX_DEPTH levels of nesting."""
+    scalar_problem but text of up to MAX_DETAIL_TEXT characters (a refused config lists every
+    problem), keys as names, at most MAX_DEPTH levels of nesting."""
     if depth > MAX_DEPTH:
         return "too_deep", f"nested deeper than {MAX_DEPTH} levels"
     if isinstance(doc, dict):
@@ -320,7 +384,10 @@ def json_problem(doc: object, depth: int = 0) -> Problem | None:
             if problem is not None:
                 return problem
         return None
+    if isinstance(doc, str):
+        return text_problem(doc, MAX_DETAIL_TEXT, "detail")
     return scalar_problem("detail", doc)
+
 
 # The validation models (pydantic) live in devices/contract_models.py and are loaded on first
 # use: collectors need them, a gateway that only builds payloads does not carry them.
@@ -339,16 +406,56 @@ def __getattr__(name: str) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """A reading or event left out of an otherwise sound envelope, and why.
+
+    `index` is its position in the envelope's `readings` or `events` as sent; `device` its
+    device id if that was valid, else ""; `reason` a stable short code (REFUSAL_REASONS).
+    """
+
+    index: int
+    device: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Received:
-    """A validated uplink message and the gateway/channel it arrived on."""
+    """A validated uplink message and the gateway/channel it arrived on.
+
+    In a data or events envelope, `message` holds the readings or events that passed, in the
+    order sent, and `refused` the others: together they are exactly the batch as sent.
+    """
 
     gateway: str
     channel: str
     message: Message
+    refused: tuple[Refused, ...] = ()
+
+
+# Why a single reading or event is refused (Refused.reason); the envelope around it is kept.
+REFUSAL_REASONS = frozenset({
+    "bad_reading", "bad_event",  # not an object of the right shape
+    "bad_device_id", "bad_ts", "bad_mono", "bad_quality", "bad_flag", "bad_values",
+    "bad_kind", "bad_action", "bad_severity", "bad_code", "bad_evidence", "bad_message",
+    "bad_quantity", "type_mismatch", "not_integral", "out_of_range", "bad_value",
+    "too_many_values", "too_long", "nul_in_text", "bad_text",
+})
+_FIELD_REASONS = {
+    "device": "bad_device_id", "ts": "bad_ts", "mono": "bad_mono", "q": "bad_quality",
+    "flag": "bad_flag", "values": "bad_values", "kind": "bad_kind", "action": "bad_action",
+    "severity": "bad_severity", "code": "bad_code", "evidence": "bad_evidence",
+    "message": "bad_message",
+}
+_BATCH_KEYS = {DATA: "readings", EVENTS: "events"}
 
 
 def decode(topic_name: str, payload: bytes) -> Received:
-    """Validate an uplink message; raise ContractError with a short reason if it is bad."""
+    """Validate an uplink message; raise ContractError with a short reason if it is bad.
+
+    A data or events envelope whose own fields are sound is accepted with the readings or
+    events that pass, the others listed in `Received.refused` (possibly all of them).
+    """
     gateway, channel = parse_topic(topic_name)
     if len(payload) > MAX_PAYLOAD:
         raise ContractError("too_large", f"{len(payload)} bytes")
@@ -358,23 +465,66 @@ def decode(topic_name: str, payload: bytes) -> Received:
         raise ContractError("bad_json", str(exc)) from None
     if not isinstance(raw, dict):
         raise ContractError("bad_envelope", "payload is not a JSON object")
-    if raw.get("v") != VERSION:
-        raise ContractError("bad_version", f"v={raw.get('v')!r}, this collector speaks v{VERSION}")
+    version = raw.get("v")
+    if type(version) is not int or version != VERSION:
+        raise ContractError("bad_version", f"v={version!r}, this collector speaks v{VERSION}")
     from pydantic import ValidationError
 
     from devices.contract_models import MODELS
 
+    model = MODELS[channel]
+    refused: tuple[Refused, ...] = ()
     try:
-        message: Any = MODELS[channel].model_validate(raw)
+        message: Any = model.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ContractError("bad_envelope", f"{where}: {first['msg']}") from None
+        key = _BATCH_KEYS.get(channel)
+        if key is None:
+            raise _envelope_error(exc.errors(include_url=False)[0]) from None
+        message, refused = _without_refused(model, raw, key, exc)
     if message.gateway != gateway:
         raise ContractError(
             "gateway_mismatch", f"topic says {gateway!r}, envelope says {message.gateway!r}"
         )
-    return Received(gateway, channel, message)
+    return Received(gateway, channel, message, refused)
+
+
+def _envelope_error(error: Mapping[str, Any]) -> ContractError:
+    where = ".".join(str(p) for p in error["loc"])
+    return ContractError("bad_envelope", f"{where}: {error['msg']}")
+
+
+def _without_refused(model: Any, raw: dict[str, Any], key: str,
+                     exc: Any) -> tuple[Any, tuple[Refused, ...]]:
+    """Validate the envelope again without the readings/events that failed on their own;
+    an error in the envelope's own fields refuses it whole."""
+    items = raw.get(key)
+    bad: dict[int, Refused] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = error["loc"]
+        if len(loc) < 2 or loc[0] != key or not isinstance(items, list):
+            raise _envelope_error(error) from None
+        index = loc[1]
+        if index not in bad:
+            bad[index] = _refusal(index, items[index], key, error)
+    kept = [item for i, item in enumerate(items) if i not in bad]  # type: ignore[arg-type]
+    message = model.model_validate({**raw, key: kept})  # what passed alone passes together
+    return message, tuple(bad[i] for i in sorted(bad))
+
+
+def _refusal(index: int, item: Any, key: str, error: Mapping[str, Any]) -> Refused:
+    device = item.get("device") if isinstance(item, dict) else None
+    if not isinstance(device, str) or not DEVICE_ID_RE.fullmatch(device):
+        device = ""
+    kind, where = error["type"], error["loc"][2:]
+    if kind in REFUSAL_REASONS:  # raised by the checks above, detail included
+        return Refused(index, device, kind, error["msg"])
+    if kind == "string_too_long":
+        reason = "too_long"
+    else:
+        field = where[0] if where else None
+        reason = _FIELD_REASONS.get(str(field), "bad_reading" if key == "readings" else "bad_event")
+    detail = ".".join(str(p) for p in where)
+    return Refused(index, device, reason, f"{detail}: {error['msg']}" if detail else error["msg"])
 
 
 # --- building payloads at the gateway ----------------------------------------------------------

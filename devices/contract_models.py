@@ -1,19 +1,86 @@
 """MQTT wire contract v1: the validation models of what gateways send (versioned).
 
 Separate from devices/contract.py so that a gateway, which only builds payloads, does not load
-pydantic models it never uses; `devices.contract` re-exports these names on first use.
+pydantic models it never uses; `devices.contract` re-exports these names on first use. Every
+limit comes from devices/contract.py, and the composite checks (a reading's values, an event's
+evidence, text) are the same pure functions a gateway calls before its outbox.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
-from devices.contract import DATA, DEVICE_ID_RE, EVENTS, GATEWAY_ID_RE, HEALTH, REPLY, STATE
+from devices.contract import (
+    DATA,
+    DEVICE_ID_RE,
+    EVENTS,
+    GATEWAY_ID_RE,
+    HEALTH,
+    INT32_MAX,
+    INT32_MIN,
+    INT64_MAX,
+    MAX_BATCH,
+    MAX_COUNTERS,
+    MAX_DEVICES,
+    MAX_FLAG,
+    MAX_KIND,
+    MAX_MESSAGE,
+    MAX_NAME,
+    MAX_NUMBER,
+    MAX_SHORT,
+    MAX_TEXT,
+    MAX_VALUES,
+    REPLY,
+    STATE,
+    Problem,
+    entries_problem,
+    evidence_problem,
+    json_problem,
+    text_problem,
+    values_problem,
+)
 
 Scalar = float | int | bool | str | None
-DeviceId = Annotated[str, Field(pattern=DEVICE_ID_RE.pattern)]
+DeviceId = Annotated[str, Field(strict=True, pattern=DEVICE_ID_RE.pattern)]
+GatewayId = Annotated[str, Field(strict=True, pattern=GATEWAY_ID_RE.pattern)]
+Ms = Annotated[int, Field(strict=True, ge=0, le=INT64_MAX)]  # epoch or monotonic milliseconds
+
+
+def _refuse(problem: Problem) -> None:
+    """Raise the contract's reason code as the validation error's type."""
+    raise PydanticCustomError(problem[0], "{detail}", {"detail": problem[1]})
+
+
+def _checked(check: Callable[[Any], Problem | None]) -> AfterValidator:
+    def validate(value: Any) -> Any:
+        problem = check(value)
+        if problem is not None:
+            _refuse(problem)
+        return value
+    return AfterValidator(validate)
+
+
+def _text(limit: int, what: str) -> AfterValidator:
+    """No NUL and no lone surrogate in a string of at most `limit` characters."""
+    return _checked(lambda s: text_problem(s, limit, what))
+
+
+Name = Annotated[str, Field(strict=True, max_length=MAX_NAME), _text(MAX_NAME, "name")]
+Short = Annotated[str, Field(strict=True, max_length=MAX_SHORT), _text(MAX_SHORT, "text")]
+Text = Annotated[str, Field(strict=True, max_length=MAX_TEXT), _text(MAX_TEXT, "text")]
+Flag = Annotated[str, Field(strict=True, max_length=MAX_FLAG), _text(MAX_FLAG, "flag")]
+Kind = Annotated[str, Field(strict=True, min_length=1, max_length=MAX_KIND),
+                 _text(MAX_KIND, "kind")]
+EventMessage = Annotated[str, Field(strict=True, max_length=MAX_MESSAGE),
+                         _text(MAX_MESSAGE, "message")]
+Number = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_NUMBER, le=MAX_NUMBER)]
+Values = Annotated[dict[str, Any], _checked(values_problem)]
+Evidence = Annotated[dict[str, Any], _checked(evidence_problem)]
+Entry = Annotated[dict[str, Any], Field(max_length=MAX_VALUES), _checked(entries_problem)]
 
 
 class _Strict(BaseModel):
@@ -21,44 +88,44 @@ class _Strict(BaseModel):
 
 
 class WireReading(_Strict):
-    """A reading as carried in a data envelope."""
+    """A reading as carried in a data envelope (see devices.contract.reading_problem)."""
 
     device: DeviceId
-    ts: int = Field(ge=0)
-    values: dict[str, Scalar]
+    ts: Ms
+    values: Values
     q: Literal["good", "uncertain", "bad"] = "good"
-    mono: int | None = None
-    flag: str | None = Field(default=None, max_length=8)
+    mono: Ms | None = None
+    flag: Flag | None = None
 
 
 class WireEvent(_Strict):
-    """An event as carried in an events envelope."""
+    """An event as carried in an events envelope (see devices.contract.event_problem)."""
 
     device: DeviceId
-    ts: int = Field(ge=0)
-    kind: str = Field(min_length=1, max_length=64)
+    ts: Ms
+    kind: Kind
     action: Literal["raise", "clear", "info"]
     severity: Literal["critical", "major", "minor", "warning", "info"]
-    code: int | None = None
-    evidence: dict[str, Scalar] = Field(default_factory=dict)
-    message: str = Field(default="", max_length=500)
-    mono: int | None = None
+    code: Annotated[int, Field(strict=True, ge=INT32_MIN, le=INT32_MAX)] | None = None
+    evidence: Evidence = Field(default_factory=dict)
+    message: EventMessage = ""
+    mono: Ms | None = None
 
 
 class ClockInfo(_Strict):
     """What the gateway knew of its clock when it observed, and its clock when it sends."""
 
     synced: bool = True  # was the wall clock synchronised when these readings were taken
-    boot: str = ""  # boot id when the readings were taken: `mono` values are of that boot
-    mono: int | None = None  # monotonic ms at send time, of boot `sent_boot`
-    sent_boot: str = ""  # boot id at send time (empty: same as `boot`)
+    boot: Short = ""  # boot id when the readings were taken: `mono` values are of that boot
+    mono: Ms | None = None  # monotonic ms at send time, of boot `sent_boot`
+    sent_boot: Short = ""  # boot id at send time (empty: same as `boot`)
 
 
 class _Envelope(_Strict):
     v: Literal[1]
-    gateway: str = Field(pattern=GATEWAY_ID_RE.pattern)
-    seq: int = Field(ge=1)
-    sent: int = Field(ge=0)
+    gateway: GatewayId
+    seq: Annotated[int, Field(strict=True, ge=1, le=INT64_MAX)]
+    sent: Ms
     clock: ClockInfo = Field(default_factory=ClockInfo)
     replay: bool = False
 
@@ -66,47 +133,51 @@ class _Envelope(_Strict):
 class DataEnvelope(_Envelope):
     """A batch of readings."""
 
-    readings: list[WireReading] = Field(max_length=10_000)
+    readings: list[WireReading] = Field(max_length=MAX_BATCH)
 
 
 class EventsEnvelope(_Envelope):
     """A batch of events."""
 
-    events: list[WireEvent] = Field(max_length=10_000)
+    events: list[WireEvent] = Field(max_length=MAX_BATCH)
 
 
 class StateMessage(_Strict):
     """Retained birth/death state of a gateway (the death message is also its last will)."""
 
     v: Literal[1]
-    gateway: str = Field(pattern=GATEWAY_ID_RE.pattern)
+    gateway: GatewayId
     state: Literal["online", "offline"]
-    ts: int = 0
-    reason: str = ""
-    version: str = ""
-    boot: str = ""
-    devices: dict[str, dict[str, str]] = Field(default_factory=dict)  # id -> kind, profile
+    ts: Ms = 0
+    reason: Short = ""
+    version: Short = ""
+    boot: Short = ""
+    devices: Annotated[  # id -> kind, profile
+        dict[DeviceId, Annotated[dict[Name, Text], Field(max_length=MAX_VALUES)]],
+        Field(max_length=MAX_DEVICES)] = Field(default_factory=dict)
 
 
 class HealthMessage(_Strict):
     """Periodic health of a gateway: counters by name, per-device state."""
 
     v: Literal[1]
-    gateway: str = Field(pattern=GATEWAY_ID_RE.pattern)
-    sent: int = Field(ge=0)
-    counters: dict[str, float] = Field(default_factory=dict)
-    devices: dict[str, dict[str, Scalar]] = Field(default_factory=dict)
+    gateway: GatewayId
+    sent: Ms
+    counters: Annotated[dict[Name, Number], Field(max_length=MAX_COUNTERS)] = Field(
+        default_factory=dict)
+    devices: Annotated[dict[Name, Entry], Field(max_length=MAX_DEVICES)] = Field(
+        default_factory=dict)
 
 
 class ReplyMessage(_Strict):
     """A gateway's answer to a command."""
 
     v: Literal[1]
-    gateway: str = Field(pattern=GATEWAY_ID_RE.pattern)
-    command: str
-    id: str
+    gateway: GatewayId
+    command: Short
+    id: Short
     ok: bool
-    detail: dict[str, Any] = Field(default_factory=dict)
+    detail: Annotated[dict[str, Any], _checked(json_problem)] = Field(default_factory=dict)
 
 
 Message = DataEnvelope | EventsEnvelope | StateMessage | HealthMessage | ReplyMessage
@@ -117,5 +188,3 @@ MODELS: dict[str, type[BaseModel]] = {
     HEALTH: HealthMessage,
     REPLY: ReplyMessage,
 }
-
-

@@ -75,13 +75,6 @@ def test_unknown_quantities_and_missing_values_are_dropped_and_counted(store: St
     assert r.dropped_values == {"unknown_quantity": 1}
 
 
-def test_text_values_are_kept_as_text(store: Store) -> None:
-    store.ingest([data("gw1", 1, [reading("l1", 1, floor=1)])])
-    store.ingest([data("gw1", 2, [reading("l1", 2, floor="B2")])])
-    latest = {r["quantity"]: r for r in store.latest("l1")}
-    assert latest["floor"]["vtext"] == "B2" and latest["floor"]["value"] is None
-
-
 def test_events_fold_into_active_faults(store: Store) -> None:
     ev = {"device": "l1", "kind": "trapped_passenger", "severity": "critical",
           "evidence": {"floor": 3}}

@@ -21,7 +21,7 @@ from devices.model import Action, Event, Quality, Reading, Severity
 TS = 1_700_000_000_000
 
 
-def r(values: dict, **kw: object) -> Reading:
+def r(values: object, **kw: object) -> Reading:
     return Reading(**{"device": "lift-1", "ts": TS, "values": values, **kw})  # type: ignore[arg-type]
 
 
