@@ -67,8 +67,8 @@ class ContractGuard:
 
     A reading keeps its good values and loses only the bad ones (devices.contract.value_problem);
     a reading otherwise refused (its time, device id or flag) and a refused event are dropped.
-    Each refusal is counted as `refused` and `refused_<reason>` and logged once per device and
-    reason.
+    Each refusal is counted as `contract_refused` and `contract_refused_<reason>` and logged
+    once per device and reason.
     """
 
     def __init__(self, sink: Sink, bus: str) -> None:
@@ -114,8 +114,9 @@ class ContractGuard:
 
     def _refuse(self, device: str, problem: contract.Problem, what: str) -> None:
         reason, detail = problem
-        self.counters["refused"] = self.counters.get("refused", 0) + 1
-        key = f"refused_{reason}"
+        # "contract_": the source's own counters share this dict ("refused" is a TCP count)
+        self.counters["contract_refused"] = self.counters.get("contract_refused", 0) + 1
+        key = f"contract_refused_{reason}"
         self.counters[key] = self.counters.get(key, 0) + 1
         if (device, reason) not in self._logged and len(self._logged) < MAX_LOGGED:
             self._logged.add((device, reason))

@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
-from devices.contract import MAX_FLAG, text_problem
+from devices.contract import MAX_FLAG, text_problem, value_problem
 from devices.hj212.codec import Frame
 from devices.model import Quality, Reading, Value
 from devices.profiles import Profile
@@ -113,7 +113,7 @@ class Normalised:
     interval: Interval | None  # None: not a data upload (answers, heartbeats, 2081 ...)
     readings: list[Reading] = field(default_factory=list)
     unknown_codes: tuple[str, ...] = ()  # codes the profile does not map
-    bad_values: int = 0  # values that are not numbers (or not finite once converted)
+    bad_values: int = 0  # values that are not numbers, or numbers the wire contract refuses
     ignored: int = 0  # values with no canonical home (-Min, -Max, -Cou, Zs without mapping)
     # "bad_time": DataTime is not a time or lies before 1970, so the frame yields no readings
     rejected: str | None = None
@@ -173,8 +173,8 @@ def normalise(frame: Frame, profile: Profile, device: str, *, received_ms: int,
             continue
         value = _number(text)
         converted_value = None if value is None else _number(f"{value * entry.factor:.12g}")
-        if converted_value is None:
-            bad += 1
+        if converted_value is None or value_problem(quantity, converted_value) is not None:
+            bad += 1  # not a number, or one the wire contract refuses (e.g. beyond ±1e15)
             continue
         flag = cp.get(f"{code}-Flag")
         if flag_problem(flag) is not None:

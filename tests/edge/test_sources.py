@@ -37,8 +37,9 @@ def test_only_bad_values_and_bad_items_are_dropped_and_counted(
         g([Reading("lift-1", TS, {"floor": 2**63})])  # counted again, not logged again
     assert passed == [good, Reading("lift-1", TS, {"speed": 1.0}),
                       Event("lift-1", TS, "fault", Action.RAISE, Severity.MAJOR, code=7)]
-    assert g.counters == {"refused": 7, "refused_out_of_range": 3, "refused_type_mismatch": 1,
-                          "refused_bad_ts": 1, "refused_too_long": 1, "refused_bad_code": 1}
+    assert g.counters == {"contract_refused": 7, "contract_refused_out_of_range": 3,
+                          "contract_refused_type_mismatch": 1, "contract_refused_bad_ts": 1,
+                          "contract_refused_too_long": 1, "contract_refused_bad_code": 1}
     assert len(caplog.records) == 5  # once per device and reason
 
 
@@ -46,4 +47,5 @@ def test_nothing_left_is_not_handed_on() -> None:
     g, passed = guard()
     g([Reading("lift-1", TS, {"speed": float("nan")})])
     g([])
-    assert passed == [] and g.counters == {"refused": 1, "refused_bad_value": 1}
+    assert passed == [] and g.counters == {"contract_refused": 1,
+                                           "contract_refused_bad_value": 1}
