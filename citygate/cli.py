@@ -72,7 +72,7 @@ def run_until_signal(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]])
 
 def cmd_edge_check(args: argparse.Namespace) -> int:
     """Validate a gateway config and explain what it will do."""
-    from edge.config import ConfigError, explain, load_config
+    from edge.config import ConfigError, config_warnings, explain, load_config
 
     try:
         cfg = load_config(args.config)
@@ -81,6 +81,8 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
         for key, msg in exc.problems:
             print(f"  {exc.path}: {key}: {msg}", file=sys.stderr)
         return 2
+    for key, msg in config_warnings(cfg):
+        print(f"warning: {args.config}: {key}: {msg}", file=sys.stderr)
     print(f"{args.config}: valid")
     for line in explain(cfg):
         print(f"  {line}")
@@ -89,7 +91,7 @@ def cmd_edge_check(args: argparse.Namespace) -> int:
 
 def cmd_edge_run(args: argparse.Namespace) -> int:
     """Run the gateway agent."""
-    from edge.config import ConfigError, load_config
+    from edge.config import ConfigError, config_warnings, load_config
     from edge.managed import run_managed
     from edge.outbox import OutboxError
 
@@ -99,6 +101,8 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     _setup_logging(args.verbose, cfg.logging)
+    for key, msg in config_warnings(cfg):
+        log.warning("%s: %s: %s", args.config, key, msg)
 
     async def main(stop: asyncio.Event) -> None:
         # The supervised agent also answers remote configuration and echo commands.

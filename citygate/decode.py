@@ -1,8 +1,11 @@
 """`citygate decode hj212`: one JSON object per captured frame, from a file, stdin or a port.
 
-Each line of a capture (frames end in CRLF) is decoded by devices.hj212.decode_line and printed
-as one JSON object in exactly its shape. Exit status 0 when every frame was valid, 1 when any
-was not, 2 when the input cannot be opened.
+The capture is decoded by the gateway's own stream decoder (devices.hj212.StreamDecoder), so
+it reads as the gateway read it: frames need no line breaks, and garbage, torn frames and
+several frames on one line are resynchronised on the next frame start. Each frame, and each
+frame the decoder rejects, is printed as one JSON object in the shape of
+devices.hj212.decode_line; a summary goes to stderr. Exit status 0 when every frame was
+valid, 1 when any was not, 2 when the input cannot be opened.
 """
 
 from __future__ import annotations
@@ -13,23 +16,18 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import IO
 
-from devices.hj212 import MAX_FRAME, DecodedLine, decode_line
+from devices.hj212 import DecodedLine, StreamDecoder, describe
 
 
-def decode_stream(chunks: Iterable[bytes]) -> Iterator[DecodedLine]:
-    """Split a byte stream into lines and decode each non-empty one."""
-    pending = b""
+def decode_stream(chunks: Iterable[bytes],
+                  decoder: StreamDecoder | None = None) -> Iterator[DecodedLine]:
+    """Decode a byte stream frame by frame, resynchronising as the gateway does."""
+    decoder = decoder or StreamDecoder()
     for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        if len(pending) > 4 * MAX_FRAME:  # a babbling line without newlines
-            lines.append(pending)
-            pending = b""
-        for line in lines:
-            if line.strip():
-                yield decode_line(line.decode("utf-8", errors="replace"))
-    if pending.strip():
-        yield decode_line(pending.decode("utf-8", errors="replace"))
+        for item in decoder.feed(chunk):
+            yield describe(item)
+    for item in decoder.flush():
+        yield describe(item)
 
 
 def _file_chunks(stream: IO[bytes]) -> Iterator[bytes]:
@@ -59,19 +57,33 @@ def _emit(decoded: Iterable[DecodedLine], out: IO[str]) -> int:
 
 def cmd_decode_hj212(args: argparse.Namespace) -> int:
     """Decode HJ 212 frames from a capture file, stdin or a serial port."""
+    decoder = StreamDecoder()
     try:
         if args.serial:
-            return _emit(decode_stream(_serial_chunks(args.serial, args.baud)), sys.stdout)
+            return _emit(decode_stream(_serial_chunks(args.serial, args.baud), decoder),
+                         sys.stdout)
         if args.file in (None, "-"):
-            return _emit(decode_stream(_file_chunks(sys.stdin.buffer)), sys.stdout)
-        with open(args.file, "rb") as f:
-            return _emit(decode_stream(_file_chunks(f)), sys.stdout)
+            status = _emit(decode_stream(_file_chunks(sys.stdin.buffer), decoder), sys.stdout)
+        else:
+            with open(args.file, "rb") as f:
+                status = _emit(decode_stream(_file_chunks(f), decoder), sys.stdout)
     except OSError as exc:  # also serial.SerialException
         print(f"citygate decode hj212: cannot read {args.serial or args.file}: {exc}",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
+    print(summary(decoder), file=sys.stderr)
+    return status
+
+
+def summary(decoder: StreamDecoder) -> str:
+    """One line: frames decoded, frames rejected by reason, bytes skipped between frames."""
+    errors = {r: n for r, n in decoder.errors_by_reason.items() if n}
+    rejected = ", ".join(f"{n} {r}" for r, n in errors.items())
+    return (f"{decoder.frames_ok} frame(s) valid, {sum(errors.values())} rejected"
+            f"{f' ({rejected})' if rejected else ''},"
+            f" {decoder.bytes_discarded} byte(s) skipped")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

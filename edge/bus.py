@@ -74,6 +74,8 @@ class PolledDevice:
     unavailable: dict[str, float] = field(default_factory=dict)  # quantity -> next probe
     splits: int = 0
     probe_deferred_since: float | None = None
+    undecodable: set[str] = field(default_factory=set)  # points whose last value failed
+    decode_errors: int = 0
 
     @classmethod
     def build(cls, cfg: DeviceSection) -> PolledDevice:
@@ -124,7 +126,8 @@ class ModbusBus:
         self.devices = [PolledDevice.build(d) for d in devices]
         self.sink = sink
         self.counters = {"cycles": 0, "transactions": 0, "overruns": 0, "late_polls": 0,
-                         "readings": 0, "deferred_probes": 0, "splits": 0, "reopens": 0}
+                         "readings": 0, "deferred_probes": 0, "splits": 0, "reopens": 0,
+                         "decode_errors": 0}
         self.link: ModbusLink | None = None
         self.progress = time.monotonic()  # last time the loop made progress (watchdog)
         self._reopen_warned = False
@@ -135,6 +138,7 @@ class ModbusBus:
         """Per-device online state and counters for the health message."""
         return {d.cfg.id: {"online": d.health.online, "degraded": d.degraded,
                            **d.health.counters, "splits": d.splits,
+                           "decode_errors": d.decode_errors,
                            # scalars only (wire contract): names comma-separated
                            "unavailable_points": len(d.unavailable),
                            "unavailable": ",".join(sorted(d.unavailable))}
@@ -260,6 +264,7 @@ class ModbusBus:
         values: dict[str, Value] = {}
         failure: ModbusReadError | None = None
         pending = [*dev.blocks, *dev.due_point_probes(time.monotonic())]
+        answered = False  # some block was read (its points may still fail to decode)
         retries = suspect_retries(dev.retries, dev.health.failures)
         budget = 4 * len(dev.profile.points) + 4  # bounds the splitting within one poll
         while pending and budget > 0:
@@ -278,10 +283,30 @@ class ModbusBus:
                 if exc.kind == "timeout" and not dev.health.online:
                     break  # an offline device's probe costs one timeout, not one per block
                 continue
+            answered = True
             self._readable(dev, block)
             for p in block.points:
-                values[p.quantity] = codec.decode(p, block.slice_for(p, data))
-        self._account(dev, values, failure, ts, mono)
+                self._decode(dev, p, block.slice_for(p, data), values)
+        self._account(dev, values, failure, ts, mono, answered)
+
+    def _decode(self, dev: PolledDevice, point: codec.Point, regs: Sequence[int],
+                values: dict[str, Value]) -> None:
+        """Decode one point into `values`; a value the decoder cannot honour is left out,
+        counted, and logged once per device and point (and once when it decodes again)."""
+        try:
+            values[point.quantity] = codec.decode(point, regs)
+        except codec.CodecError as exc:
+            self.counters["decode_errors"] += 1
+            dev.decode_errors += 1
+            if point.quantity not in dev.undecodable:
+                dev.undecodable.add(point.quantity)
+                log.warning("device %s: %s (register %d) gives %s, which cannot be decoded: %s;"
+                            " leaving it out and counting further ones", dev.cfg.id,
+                            point.quantity, point.address, list(regs), exc)
+            return
+        if point.quantity in dev.undecodable:
+            dev.undecodable.discard(point.quantity)
+            log.info("device %s: %s decodes again", dev.cfg.id, point.quantity)
 
     def _rejected(self, dev: PolledDevice, block: ReadBlock) -> list[ReadBlock]:
         """A block answered with exception 2: split it, or give up on its one point."""
@@ -313,9 +338,10 @@ class ModbusBus:
             dev.replan()
 
     def _account(self, dev: PolledDevice, values: dict[str, Value],
-                 failure: ModbusReadError | None, ts: int, mono: int) -> None:
+                 failure: ModbusReadError | None, ts: int, mono: int,
+                 answered: bool = True) -> None:
         out: list[Reading | Event] = []
-        if not values:
+        if not values and not answered:
             if failure is None:  # every point rejected: nothing left to read
                 failure = ModbusReadError("exception", "every point rejected",
                                           ILLEGAL_DATA_ADDRESS)

@@ -20,7 +20,7 @@ from msgspec import Meta, Struct, field
 
 from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE
 from devices.durations import parse_duration, parse_size
-from devices.profiles import load_profile
+from devices.profiles import ProfileError, load_profile
 
 SCHEMA_VERSION = 1
 
@@ -314,13 +314,72 @@ def cross_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
             problems.append((f"devices[{i}].bus", f"no bus named {d.bus!r}; defined buses: "
                              f"{names or 'none'} — use one of them or add a [[buses]] entry"))
             continue
-        if cfg.bus(d.bus).type not in MODBUS_BUS_TYPES:
+        bus_type = cfg.bus(d.bus).type
+        problems += _protocol_problems(i, d, bus_type)
+        if bus_type not in MODBUS_BUS_TYPES:
             continue
         if (d.bus, d.unit) in seen:
             problems.append((f"devices[{i}].unit", f"unit {d.unit} is used twice on bus "
                              f"{d.bus!r} — give each device on a bus its own unit address"))
         seen.add((d.bus, d.unit))
+    return problems + _station_problems(cfg)
+
+
+# Which profile protocol each bus type speaks (parking buses take no profile's points).
+_BUS_PROTOCOL = {"modbus-tcp": "modbus", "modbus-rtu": "modbus", "hj212-serial": "hj212",
+                 "hj212-tcp": "hj212"}
+_HJ212_BUS_TYPES = ("hj212-serial", "hj212-tcp")
+MN_FORBIDDEN = ";&,= "  # characters that would break an HJ 212 header
+
+
+def _protocol_problems(i: int, d: DeviceSection, bus_type: str) -> list[tuple[str, str]]:
+    want = _BUS_PROTOCOL.get(bus_type)
+    protocol = load_profile(d.profile).protocol
+    if want is None or protocol == want:
+        return []
+    return [(f"devices[{i}].profile", f"profile {d.profile!r} speaks {protocol}, but bus"
+             f" {d.bus!r} is {bus_type} — use a {want} profile or put the device on a"
+             f" {protocol} bus")]
+
+
+def _station_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
+    """Each HJ 212 station needs its own MN: frames are matched to devices by it."""
+    problems: list[tuple[str, str]] = []
+    owners: dict[tuple[str, str], str] = {}
+    hj212 = {b.name for b in cfg.buses if b.type in _HJ212_BUS_TYPES}
+    for i, d in enumerate(cfg.devices):
+        if d.bus not in hj212:
+            continue
+        if not d.mn:
+            problems.append((f"devices[{i}].mn", f"missing — device {d.id} is on HJ 212 bus"
+                             f" {d.bus!r}: add mn = \"...\", the station's MN code (24"
+                             " characters in HJ 212-2017, 14 in HJ/T 212-2005)"))
+        elif any(c in d.mn for c in MN_FORBIDDEN) or not d.mn.isprintable():
+            problems.append((f"devices[{i}].mn", f"{d.mn!r} cannot be an MN: it may not"
+                             " contain spaces or any of ;&,="))
+        elif (d.bus, d.mn) in owners:
+            problems.append((f"devices[{i}].mn", f"{d.mn!r} is also the MN of device"
+                             f" {owners[(d.bus, d.mn)]} on bus {d.bus!r} — give each station"
+                             " its own MN"))
+        else:
+            owners[(d.bus, d.mn)] = d.id
     return problems
+
+
+# Rates UARTs and RS-485 devices actually offer; anything else is usually a typo.
+STANDARD_BAUDRATES = (300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 28800, 38400, 57600,
+                      76800, 115200, 230400, 460800, 921600)
+
+
+def config_warnings(cfg: GatewayConfig) -> list[tuple[str, str]]:
+    """Things that are valid but probably wrong: (key, warning) pairs, e.g. an odd baud rate."""
+    warnings = []
+    for i, bus in enumerate(cfg.buses):
+        if isinstance(bus, SerialSettings) and bus.baudrate not in STANDARD_BAUDRATES:
+            nearest = min(STANDARD_BAUDRATES, key=lambda r: abs(r - bus.baudrate))
+            warnings.append((f"buses[{i}].baudrate", f"{bus.baudrate} is not a standard baud"
+                             f" rate (nearest: {nearest}); check the device's setting"))
+    return warnings
 
 
 def _duplicates(values: list[Any], section: str, key: str, why: str = "", *,
@@ -386,6 +445,9 @@ def _convert_value(owner: type, name: str, tp: Any, value: Any, loc: str,
     if (check := _VALUE_CHECKS.get((owner, name))) is not None:
         try:
             check(out)
+        except ProfileError as exc:  # one problem per line, each naming the profile file
+            problems += [(loc, f"{exc.where}: {p}" if exc.where else p) for p in exc.problems]
+            return None
         except ValueError as exc:
             problems.append((loc, str(exc)))
             return None

@@ -18,12 +18,20 @@ import logging
 import os
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from devices.hj212 import Frame, FrameError, Reassembler, StreamDecoder, build_data_answer
-from devices.hj212.normalise import Interval, normalise
+from devices.hj212 import (
+    REASONS,
+    Frame,
+    FrameError,
+    Reassembler,
+    StreamDecoder,
+    build_data_answer,
+)
+from devices.hj212.normalise import CN_INTERVAL, Interval, normalise
 from devices.model import Action, Event, Quality, Reading, Severity
 from devices.profiles import Profile, load_profile
 from edge.config import DeviceSection, Hj212SerialBus, Hj212TcpBus
@@ -37,6 +45,9 @@ Sink = Callable[[Sequence[Reading | Event]], None]
 Reply = Callable[[bytes], None]
 FAULT_FLAGS = frozenset({"D", "B"})  # instrument fault, logger ↔ instrument link fault
 MAX_LOGGED_MNS = 1000
+RECENT_FRAMES = 64  # data-frame keys remembered per station to drop re-sent frames
+# Why a frame is refused, each counted as rejected_<reason> (frame errors, then the source's own)
+REJECT_REASONS = (*REASONS, "unknown_cn", "bad_time", "duplicate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +73,40 @@ def faulty_codes(frame: Frame) -> frozenset[str]:
                      if key.endswith("-Flag") and flag.upper() in FAULT_FLAGS)
 
 
+FrameKey = tuple[str | None, str | None, str | None, str | None, int]
+
+
+class RecentFrames:
+    """The last `size` data-frame keys (MN, QN, CN, DataTime, CP) of one station, oldest first.
+
+    A station that missed the 9014 answer sends the same frame again; the copy is answered
+    but not stored twice. The CP (as a hash) is part of the key, so a frame that reuses a QN
+    with other values is not mistaken for a copy. The window is bounded: a copy arriving
+    after `size` newer frames of the same station is taken as new.
+    """
+
+    def __init__(self, size: int = RECENT_FRAMES) -> None:
+        self.size = size
+        self._keys: OrderedDict[FrameKey, None] = OrderedDict()
+
+    def repeat(self, key: FrameKey) -> bool:
+        """True when `key` was seen within the window; otherwise remember it."""
+        if key in self._keys:
+            return True
+        self._keys[key] = None
+        if len(self._keys) > self.size:
+            self._keys.popitem(last=False)
+        return False
+
+
+def frame_key(frame: Frame) -> FrameKey | None:
+    """The identity of a data upload, or None for frames that carry no DataTime to repeat."""
+    data_time = frame.cp.get("DataTime")
+    if frame.cn not in CN_INTERVAL or data_time is None:
+        return None
+    return frame.mn, frame.qn, frame.cn, data_time, hash(tuple(sorted(frame.cp.items())))
+
+
 class PortGone(Exception):
     """The serial port went away (unplugged, closed by the other end, renamed)."""
 
@@ -77,6 +122,8 @@ class Station:
     not_good: int = 0
     last_seen: float | None = None  # monotonic seconds of the last frame
     faults: frozenset[str] = frozenset()
+    recent: RecentFrames = field(default_factory=RecentFrames)
+    duplicates: int = 0
 
     def online(self, now: float, periods: float) -> bool:
         """Seen within `periods` upload periods (the profile's heartbeat)."""
@@ -184,7 +231,8 @@ class Hj212Source:
         self.counters = dict.fromkeys((
             "bytes", "frames", "bad_frames", "readings", "values", "answers", "unknown_mn",
             "unknown_codes", "opens", "port_lost", "open_failures", "connections", "refused",
-            "idle_drops"), 0)
+            "idle_drops", "bad_values", "bad_flags", "rejected",
+            *(f"rejected_{reason}" for reason in REJECT_REASONS)), 0)
         self.progress = time.monotonic()
         self.bound_port: int | None = None  # TCP: the port actually listened on
         self._unknown_mns: set[str] = set()
@@ -197,6 +245,7 @@ class Hj212Source:
         now = time.monotonic()
         return {s.cfg.id: {"online": s.online(now, self.timing.offline_periods),
                            "frames": s.frames, "values": s.values, "not_good": s.not_good,
+                           "duplicates": s.duplicates,
                            "faulty_codes": ",".join(sorted(s.faults))}
                 for s in self.stations.values()}
 
@@ -318,6 +367,7 @@ class Hj212Source:
         for item in items:
             if isinstance(item, FrameError):
                 self.counters["bad_frames"] += 1
+                self._reject(item.reason)
                 self._log_once(self.cfg.name, item.reason, "bus %s: dropped a bad frame"
                                " (%s); counting further ones", line.name, item)
             else:
@@ -341,15 +391,32 @@ class Hj212Source:
             whole = line.reassembler.add(frame)
         except FrameError as exc:
             self.counters["bad_frames"] += 1
+            self._reject(exc.reason)
             self._log_once(self.cfg.name, exc.reason, "bus %s: bad split packet: %s",
                            line.name, exc)
             return
-        if whole is not None:
+        if whole is not None and not self._repeat(station, whole):
             self._accept(station, whole)
         answer = build_data_answer(frame)
         if answer is not None:
             line.reply(answer)
             self.counters["answers"] += 1
+
+    def _reject(self, reason: str) -> None:
+        self.counters["rejected"] += 1
+        self.counters[f"rejected_{reason}"] += 1
+
+    def _repeat(self, station: Station, frame: Frame) -> bool:
+        """A data frame the station sent again (it missed our answer): answered, not stored."""
+        key = frame_key(frame)
+        if key is None or not station.recent.repeat(key):
+            return False
+        station.duplicates += 1
+        self._reject("duplicate")
+        self._log_once(station.cfg.id, "duplicate", "device %s re-sent QN=%s (DataTime %s);"
+                       " answering it without storing it again, counting further ones",
+                       station.cfg.id, frame.qn, key[3])
+        return True
 
     def _accept(self, station: Station, frame: Frame) -> None:
         ts_now = int(time.time() * 1000)
@@ -357,6 +424,10 @@ class Hj212Source:
         # No `mono` on the readings: their time is the station's DataTime, not an instant
         # of the gateway's clock, so the collector must not re-place them by it.
         out = normalise(frame, station.profile, station.cfg.id, received_ms=ts_now)
+        if out.interval is None or out.rejected is not None:
+            self._refuse_frame(station, frame, out.rejected or "unknown_cn")
+            return
+        self._note_bad_parts(station, out.bad_values, out.bad_flags)
         if out.unknown_codes:
             self.counters["unknown_codes"] += len(out.unknown_codes)
             self._log_once(station.cfg.id, "codes:" + ",".join(out.unknown_codes),
@@ -372,6 +443,29 @@ class Hj212Source:
         self.counters["values"] += out.values
         if items:
             self.sink(items)
+
+    def _refuse_frame(self, station: Station, frame: Frame, reason: str) -> None:
+        self._reject(reason)
+        if reason == "bad_time":
+            self._log_once(station.cfg.id, reason, "device %s: DataTime %r of QN=%s is not a"
+                           " time after 1970; dropping its readings, counting further ones",
+                           station.cfg.id, frame.cp.get("DataTime"), frame.qn)
+        else:
+            self._log_once(station.cfg.id, f"cn:{frame.cn}", "device %s: frames with CN=%s"
+                           " carry no data the gateway stores; ignoring them, counting further"
+                           " ones", station.cfg.id, frame.cn)
+
+    def _note_bad_parts(self, station: Station, bad_values: int,
+                        bad_flags: tuple[str, ...]) -> None:
+        self.counters["bad_values"] += bad_values
+        self.counters["bad_flags"] += len(bad_flags)
+        if bad_values:
+            self._log_once(station.cfg.id, "bad_values", "device %s: dropped values that are"
+                           " not finite numbers; counting further ones", station.cfg.id)
+        if bad_flags:
+            self._log_once(station.cfg.id, "bad_flags", "device %s: data flag(s) %s are not"
+                           " HJ 212 flags; their values are kept as uncertain, counting"
+                           " further ones", station.cfg.id, ", ".join(map(repr, bad_flags)))
 
     def _fault_events(self, station: Station, frame: Frame, ts: int, mono: int) -> list[Event]:
         faults = faulty_codes(frame)

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import os
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -306,6 +307,47 @@ def decode_post(content_format: int | None, payload: bytes) -> SensorReport:
     raise LookupError(f"content format {content_format}, use 42 (report body) or 60 (CBOR)")
 
 
+@dataclass
+class NoiseLog:
+    """When to log a stream of unparsable datagrams: one line when it starts, then at most one
+    summary per `interval` while it goes on (pure; the caller passes the monotonic time)."""
+
+    interval: float = 60.0
+    total: int = 0
+    pending: int = 0  # datagrams since the last line
+    last_line: float | None = None
+
+    def hit(self, now: float) -> bool:
+        """Count one datagram; True when it starts a new burst (log it)."""
+        self.total += 1
+        if self.last_line is None or (not self.pending and now - self.last_line >= self.interval):
+            self.last_line = now
+            return True
+        self.pending += 1
+        return False
+
+    def due(self, now: float) -> int:
+        """Datagrams to summarise now (0: nothing to log yet)."""
+        if not self.pending or self.last_line is None or now - self.last_line < self.interval:
+            return 0
+        count, self.pending, self.last_line = self.pending, 0, now
+        return count
+
+
+UNPARSABLE = "Ignoring unparsable message from %s"  # aiocoap's record for a datagram it drops
+NOISE_KINDS = {"unparsable_datagrams": "datagrams that are not CoAP",
+               "ignored_messages": "CoAP messages that are not reports (stray ACK/RST, answers"
+                                   " to nothing, unknown paths)"}
+
+
+def _from_coap_decoder(exc: BaseException) -> bool:
+    """An exception that escaped aiocoap's datagram decoding (it only catches its own type)."""
+    names = [(frame.filename.replace("\\", "/"), frame.name)
+             for frame in traceback.extract_tb(exc.__traceback__)]
+    return any(name == "datagram_msg_received" for _, name in names) and any(
+        "aiocoap/" in path and name == "decode" for path, name in names)
+
+
 class CoapSource:
     """A CoAP server taking POST /p/r reports; answers 2.04 with the node's configuration."""
 
@@ -320,10 +362,12 @@ class CoapSource:
                              "60s..86400s, the range a node accepts") from None
         self.registry = SensorRegistry(cfg.device_prefix)
         self.counters: dict[str, int] = {"requests": 0, "reports": 0, "duplicates": 0,
-                                         "readings": 0, "rejected": 0}
+                                         "readings": 0, "rejected": 0,
+                                         "unparsable_datagrams": 0, "ignored_messages": 0}
         self.progress = time.monotonic()
         self.bound: tuple[str, int] | None = None
         self._warned: set[str] = set()
+        self.noise = {"unparsable_datagrams": NoiseLog(), "ignored_messages": NoiseLog()}
 
     def device_health(self) -> dict[str, dict[str, object]]:
         """Per-sensor counters for the health message."""
@@ -377,14 +421,69 @@ class CoapSource:
 
         site = aiocoap.resource.Site()
         site.add_resource(["p", "r"], ReportResource())
-        ctx = await aiocoap.Context.create_server_context(
-            site, bind=(self.cfg.host, self.cfg.port), transports=["udp6"])
-        self.bound = (self.cfg.host, self.cfg.port)
-        log.info("bus %s: CoAP endpoint on [%s]:%d/p/r", self.cfg.name, self.cfg.host,
-                 self.cfg.port)
+        coap_log = logging.getLogger(f"{__name__}.coap.{self.cfg.name}")
+        coap_log.addFilter(self._filter_coap_log)
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+        loop.set_exception_handler(self._exception_handler(previous))
         try:
-            while True:
-                await asyncio.sleep(30)
-                self.progress = time.monotonic()
+            ctx = await aiocoap.Context.create_server_context(
+                site, bind=(self.cfg.host, self.cfg.port), transports=["udp6"],
+                loggername=coap_log.name)
+            self.bound = (self.cfg.host, self.cfg.port)
+            log.info("bus %s: CoAP endpoint on [%s]:%d/p/r", self.cfg.name, self.cfg.host,
+                     self.cfg.port)
+            try:
+                while True:
+                    await asyncio.sleep(30.0)
+                    self.progress = time.monotonic()
+                    self._summarise_noise()
+            finally:
+                await ctx.shutdown()
         finally:
-            await ctx.shutdown()
+            loop.set_exception_handler(previous)
+            coap_log.removeFilter(self._filter_coap_log)
+
+    # aiocoap logs a line for every datagram it cannot parse or does not expect (a stray ACK or
+    # RST, a response to nothing), and lets some decoding errors (an option that is not UTF-8)
+    # escape to the event loop with a traceback. On a gateway each kind becomes a counter and
+    # rate-limited lines, so a noisy network cannot fill the log; aiocoap's errors pass.
+
+    def noise_seen(self, kind: str, example: str) -> None:
+        """Count one unparsable datagram or ignored message; log when a burst of it starts."""
+        self.counters[kind] += 1
+        what = NOISE_KINDS[kind]
+        if self.noise[kind].hit(time.monotonic()):
+            log.warning("bus %s: ignoring %s (first: %s); counting them as %s, a summary at"
+                        " most every %gs", self.cfg.name, what, example, kind,
+                        self.noise[kind].interval)
+        else:
+            self._summarise_noise()
+
+    def _summarise_noise(self) -> None:
+        for kind, noise in self.noise.items():
+            count = noise.due(time.monotonic())
+            if count:
+                log.warning("bus %s: %d more %s (%d in all)", self.cfg.name, count,
+                            NOISE_KINDS[kind], noise.total)
+
+    def _filter_coap_log(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        if record.msg == UNPARSABLE:
+            args = record.args if isinstance(record.args, tuple) else ()
+            self.noise_seen("unparsable_datagrams", f"from {args[0] if args else '?'}")
+        else:
+            self.noise_seen("ignored_messages", record.getMessage()[:200])
+        return False
+
+    def _exception_handler(self, previous: Any) -> Any:
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            if exc is not None and _from_coap_decoder(exc):
+                self.noise_seen("unparsable_datagrams", f"{type(exc).__name__}: {exc}"[:200])
+            elif previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+        return handler

@@ -93,3 +93,24 @@ def test_serial_port_is_decoded_live(tmp_path: Path) -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def test_interleaved_capture_is_resynchronised_inside_lines_as_the_gateway_does(
+        tmp_path: Path) -> None:
+    from tests.hj212_capture import GOOD_FRAMES, REJECTED, interleaved, order
+
+    path = tmp_path / "interleaved.txt"
+    path.write_bytes(interleaved())
+    done = decode(str(path))
+    objects = [json.loads(line) for line in done.stdout.splitlines()]
+    valid = [o["cp"]["a34002-Rtd"] for o in objects if o["valid"]]
+    assert valid == [str(80 + i) for i in order()]
+    assert len(valid) == GOOD_FRAMES == 19
+    errors = [o["error"].partition(":")[0] for o in objects if not o["valid"]]
+    assert sorted(errors) == sorted(r for r, n in REJECTED.items() for _ in range(n))
+    corrupt = next(o for o in objects if o["error"] and o["error"].startswith("bad_crc"))
+    assert (corrupt["mn"], corrupt["cp"]["DataTime"]) == ("010000A8900016F000169DC0",
+                                                          "20240501100009")  # salvaged
+    assert done.stderr == ("19 frame(s) valid, 4 rejected (1 bad_header, 1 bad_crc,"
+                           " 2 truncated), 252 byte(s) skipped\n")
+    assert done.returncode == 1

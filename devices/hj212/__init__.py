@@ -17,7 +17,7 @@ from devices.hj212.codec import (
     parse,
     wrap_segment,
 )
-from devices.hj212.line import DecodedLine, decode_line
+from devices.hj212.line import DecodedLine, decode_line, describe
 from devices.hj212.split import Reassembler, split
 from devices.hj212.stream import StreamDecoder
 
@@ -35,6 +35,7 @@ __all__ = [
     "build_data_answer",
     "crc16",
     "decode_line",
+    "describe",
     "parse",
     "split",
     "wrap_segment",

@@ -36,9 +36,10 @@ _BAD_IN_HEADER_VALUE: Final = ";&"
 class FrameError(ValueError):
     """A frame that cannot be accepted; `reason` is one of REASONS, `message` is for people."""
 
-    def __init__(self, reason: Reason, message: str = "") -> None:
+    def __init__(self, reason: Reason, message: str = "", raw: bytes = b"") -> None:
         self.reason: Reason = reason
         self.message = message or reason.replace("_", " ")
+        self.raw = raw  # the rejected bytes when a stream decoder knows them, else b""
         super().__init__(f"{reason}: {self.message}")
 
 

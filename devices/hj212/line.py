@@ -1,10 +1,10 @@
-"""One captured line to the technician's JSON shape (backs ``citygate decode hj212``)."""
+"""Frames and frame errors in the technician's JSON shape (backs ``citygate decode hj212``)."""
 
 from __future__ import annotations
 
 from typing import TypedDict
 
-from devices.hj212.codec import CP_CLOSE, HEADER_LEN, FrameError, parse
+from devices.hj212.codec import CP_CLOSE, HEADER_LEN, Frame, FrameError, parse
 
 
 class DecodedLine(TypedDict):
@@ -52,12 +52,24 @@ def decode_line(line: str) -> DecodedLine:
     try:
         frame = parse(line)
     except FrameError as exc:
-        header, cp = _salvage(line)
-        return DecodedLine(
-            valid=False, error=f"{exc.reason}: {exc.message}", st=header.get("ST"),
-            cn=header.get("CN"), mn=header.get("MN"), flag=_flag(header.get("Flag")), cp=cp,
-        )
+        return describe_error(exc, line)
+    return describe(frame)
+
+
+def describe(item: Frame | FrameError) -> DecodedLine:
+    """A frame, or an error from the stream decoder (salvaged from its bytes), as JSON."""
+    if isinstance(item, FrameError):
+        return describe_error(item, item.raw.decode("utf-8", errors="replace"))
     return DecodedLine(
-        valid=True, error=None, st=frame.st, cn=frame.cn, mn=frame.mn, flag=frame.flag,
-        cp=dict(frame.cp),
+        valid=True, error=None, st=item.st, cn=item.cn, mn=item.mn, flag=item.flag,
+        cp=dict(item.cp),
+    )
+
+
+def describe_error(exc: FrameError, text: str) -> DecodedLine:
+    """A rejected frame as JSON, with what can be salvaged of its header and CP from `text`."""
+    header, cp = _salvage(text.strip())
+    return DecodedLine(
+        valid=False, error=f"{exc.reason}: {exc.message}", st=header.get("ST"),
+        cn=header.get("CN"), mn=header.get("MN"), flag=_flag(header.get("Flag")), cp=cp,
     )

@@ -19,11 +19,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
+from devices.contract import MAX_FLAG, text_problem, value_problem
 from devices.hj212.codec import Frame
 from devices.model import Quality, Reading, Value
 from devices.profiles import Profile
 
 SERIES_SEP: Final = ":"
+BAD_FLAG: Final = "\x00bad"  # stands for every flag no reading can carry (never on the wire)
 _EPOCH: Final = datetime(1970, 1, 1)
 
 
@@ -84,12 +86,24 @@ def flag_quality(flag: str | None) -> Quality:
     return FLAG_QUALITY.get(flag.upper(), Quality.UNCERTAIN)
 
 
-def observed_ms(frame: Frame, utc_offset_minutes: int, received_ms: int) -> int:
-    """Epoch ms of the frame's DataTime (station local time), else the time it was received."""
+def observed_ms(frame: Frame, utc_offset_minutes: int, received_ms: int) -> int | None:
+    """Epoch ms of the frame's DataTime (station local time); the time it was received when
+    the frame has no DataTime; None when its DataTime is not a time or lies before 1970."""
+    if "DataTime" not in frame.cp:
+        return received_ms
     local = frame.data_time
     if local is None:
-        return received_ms
-    return int((local - _EPOCH).total_seconds() * 1000) - utc_offset_minutes * 60_000
+        return None
+    ms = int((local - _EPOCH).total_seconds() * 1000) - utc_offset_minutes * 60_000
+    return ms if ms >= 0 else None
+
+
+def flag_problem(flag: str | None) -> str | None:
+    """Why a data flag cannot travel as a reading's source flag (too long, NUL ...), or None."""
+    if flag is None:
+        return None
+    problem = text_problem(flag, MAX_FLAG, "flag")
+    return None if problem is None else problem[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +113,13 @@ class Normalised:
     interval: Interval | None  # None: not a data upload (answers, heartbeats, 2081 ...)
     readings: list[Reading] = field(default_factory=list)
     unknown_codes: tuple[str, ...] = ()  # codes the profile does not map
-    bad_values: int = 0  # values that are not numbers
+    bad_values: int = 0  # values that are not numbers, or numbers the wire contract refuses
     ignored: int = 0  # values with no canonical home (-Min, -Max, -Cou, Zs without mapping)
+    # "bad_time": DataTime is not a time or lies before 1970, so the frame yields no readings
+    rejected: str | None = None
+    # Data flags no reading can carry (e.g. longer than MAX_FLAG): their values are kept,
+    # UNCERTAIN and without source flag.
+    bad_flags: tuple[str, ...] = ()
 
     @property
     def values(self) -> int:
@@ -116,14 +135,25 @@ def _number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _reading(series: str, ts: int, mono: int | None, flag: str | None,
+             values: dict[str, Value]) -> Reading:
+    if flag == BAD_FLAG:
+        return Reading(series, ts, values, quality=Quality.UNCERTAIN, mono=mono)
+    return Reading(series, ts, values, quality=flag_quality(flag), mono=mono, source_flag=flag)
+
+
 def normalise(frame: Frame, profile: Profile, device: str, *, received_ms: int,
               mono: int | None = None) -> Normalised:
     """Turn one (reassembled) data frame into canonical Readings for `device`."""
     interval = CN_INTERVAL.get(frame.cn or "")
     if interval is None:
         return Normalised(None)
+    ts = observed_ms(frame, profile.hj212.utc_offset_minutes, received_ms)
+    if ts is None:
+        return Normalised(interval, rejected="bad_time")
     measured, converted = _VALUE_SUFFIX[interval]
     by_flag: dict[str | None, dict[str, Value]] = {}
+    bad_flags: list[str | None] = []
     unknown: list[str] = []
     bad = ignored = 0
     cp = frame.cp
@@ -142,15 +172,17 @@ def normalise(frame: Frame, profile: Profile, device: str, *, received_ms: int,
             ignored += 1
             continue
         value = _number(text)
-        if value is None:
-            bad += 1
+        converted_value = None if value is None else _number(f"{value * entry.factor:.12g}")
+        if converted_value is None or value_problem(quantity, converted_value) is not None:
+            bad += 1  # not a number, or one the wire contract refuses (e.g. beyond ±1e15)
             continue
         flag = cp.get(f"{code}-Flag")
-        by_flag.setdefault(flag, {})[quantity] = float(f"{value * entry.factor:.12g}")
-    ts = observed_ms(frame, profile.hj212.utc_offset_minutes, received_ms)
+        if flag_problem(flag) is not None:
+            if flag not in bad_flags:
+                bad_flags.append(flag)
+            flag = BAD_FLAG
+        by_flag.setdefault(flag, {})[quantity] = converted_value
     series = series_id(device, interval)
-    readings = [
-        Reading(series, ts, values, quality=flag_quality(flag), mono=mono, source_flag=flag)
-        for flag, values in by_flag.items()
-    ]
-    return Normalised(interval, readings, tuple(unknown), bad, ignored)
+    readings = [_reading(series, ts, mono, flag, values) for flag, values in by_flag.items()]
+    return Normalised(interval, readings, tuple(unknown), bad, ignored,
+                      bad_flags=tuple(f for f in bad_flags if f is not None))

@@ -21,12 +21,18 @@ def _failure(raw: bytes) -> FrameError:
     try:
         parse(raw)
     except FrameError as exc:
+        exc.raw = raw
         return exc
-    return FrameError("truncated", "frame cut short")  # parse() rejects every short prefix
+    return FrameError("truncated", "frame cut short", raw)  # parse() rejects short prefixes
 
 
 class StreamDecoder:
     """Feed arbitrary chunks; get complete Frames and FrameErrors back in stream order.
+
+    The one stream parser of the project: the gateway's HJ 212 source and
+    ``citygate decode hj212`` both use it, so a capture decodes as the gateway saw it. Frames
+    need no line breaks around them: garbage, torn frames and several frames on one line are
+    resynchronised on the next ``##`` + 4 digits.
 
     The buffer never holds more than one frame (MAX_FRAME bytes): bytes before a ``##`` are
     discarded at once and counted. A run of more than `babble_limit` bytes without any ``##``
@@ -108,6 +114,7 @@ class StreamDecoder:
         try:
             frame = parse(bytes(buf[:end]))
         except FrameError as exc:
+            exc.raw = bytes(buf[:end])
             self._reject(exc, 2, out)  # resync: the next "##" may lie inside this window
             return True
         del buf[:end]

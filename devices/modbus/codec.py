@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from devices.contract import value_problem
 from devices.model import Value
 from devices.quantities import Quantity, ValueKind, quantity
 
@@ -128,6 +129,8 @@ def decode_raw(point: Point, regs: Sequence[int]) -> int | float:
     """Decode the raw number (before bit field, enum, scale) from the point's registers."""
     if len(regs) != point.count:
         raise CodecError(f"{point.quantity}: expected {point.count} registers, got {len(regs)}")
+    if not all(isinstance(r, int) and 0 <= r <= 0xFFFF for r in regs):
+        raise CodecError(f"{point.quantity}: registers {list(regs)!r} are not all 16-bit values")
     if point.table.is_bits or (point.type is DataType.BOOL and point.bits is None):
         return 1 if regs[0] else 0
     value: int | float = struct.unpack(_STRUCT[point.type], _to_bytes(regs, point.order))[0]
@@ -135,7 +138,21 @@ def decode_raw(point: Point, regs: Sequence[int]) -> int | float:
 
 
 def decode(point: Point, regs: Sequence[int]) -> Value:
-    """Decode registers to the canonical value, or None when the device says "not available"."""
+    """Decode registers to the canonical value, or None when the device says "not available".
+
+    Raises only CodecError: for registers that do not fit the point, and for a value the wire
+    contract refuses (devices.contract.value_problem: not finite once scaled, beyond
+    ±MAX_NUMBER, outside the quantity's range), so a decoded value is always one to send.
+    """
+    value = _decode(point, regs)
+    problem = None if value is None else value_problem(point.quantity, value)
+    if problem is not None:
+        reason, detail = problem
+        raise CodecError(f"{detail} ({reason})")  # the detail names the quantity
+    return value
+
+
+def _decode(point: Point, regs: Sequence[int]) -> Value:
     raw = decode_raw(point, regs)
     if isinstance(raw, float):
         if math.isnan(raw) or math.isinf(raw):
@@ -154,13 +171,20 @@ def _canonical(point: Point, raw: int | float) -> Value:
         label = point.enum.get(int(raw))
         if label is None:
             return q.code_for("unknown") if "unknown" in q.labels.values() else None
-        return q.code_for(label) if q.kind is ValueKind.ENUM else _label_value(q, label)
+        if q.kind is not ValueKind.ENUM:
+            return _label_value(q, label)
+        try:
+            return q.code_for(label)
+        except KeyError:
+            raise CodecError(f"{q.name}: enum label {label!r} is not one of its labels") from None
     if q.kind is ValueKind.BOOL:
         return bool(raw)
     if isinstance(raw, int) and point.scale == 1 and point.offset == 0:
         value: int | float = raw  # exact: 64-bit counters do not survive a float detour
     else:
         value = raw * point.scale + point.offset
+    if not math.isfinite(value):
+        raise CodecError(f"{point.quantity}: raw {raw!r} scaled by {point.scale:g} is not finite")
     if q.kind in (ValueKind.INTEGER, ValueKind.ENUM):
         return round(value)
     return float(value)
@@ -168,14 +192,17 @@ def _canonical(point: Point, raw: int | float) -> Value:
 
 def _label_value(q: Quantity, label: str) -> Value:
     if q.kind is ValueKind.BOOL:
-        return label in ("true", "1", "on", "yes")
-    return int(label)
+        return label.lower() in ("true", "1", "on", "yes")
+    try:
+        return int(label) if q.kind is ValueKind.INTEGER else float(label)
+    except ValueError:
+        raise CodecError(f"{q.name}: enum label {label!r} is not a number") from None
 
 
 def encode(point: Point, value: Value) -> list[int]:
     """Encode a canonical value into the point's registers (used by simulators and tests)."""
     if point.bits is not None:
-        return [bit_field_registers([point], {point.quantity: value})]
+        return bit_field_words([point], {point.quantity: value})
     raw = _raw_from_canonical(point, value)
     if point.table.is_bits or (point.type is DataType.BOOL and point.bits is None):
         return [1 if raw else 0]
@@ -207,6 +234,13 @@ def _raw_from_canonical(point: Point, value: Value) -> int | float:
         return value  # exact, as in _canonical
     scaled = (float(value) - point.offset) / point.scale
     return scaled if point.type in (DataType.F32, DataType.F64) else round(scaled)
+
+
+def bit_field_words(points: Sequence[Point], values: dict[str, Value]) -> list[int]:
+    """The registers of bit-field points sharing one raw value, in the points' word order."""
+    first = points[0]
+    raw = bit_field_registers(points, values) & ((1 << (16 * first.count)) - 1)
+    return _from_bytes(raw.to_bytes(2 * first.count, "big"), first.order)
 
 
 def bit_field_registers(points: Sequence[Point], values: dict[str, Value]) -> int:

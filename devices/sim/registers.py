@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from devices.modbus.codec import Point, Table, bit_field_registers, encode
+from devices.modbus.codec import Point, Table, bit_field_words, encode
 from devices.model import Value
 from devices.profiles import Profile
 
@@ -31,5 +31,6 @@ def encode_registers(profile: Profile, values: dict[str, Value]) -> dict[Table, 
         for i, word in enumerate(encode(p, values[p.quantity])):
             out[p.table][p.address + i] = word
     for (table, address), pts in shared.items():
-        out[table][address] = bit_field_registers(pts, values)
+        for i, word in enumerate(bit_field_words(pts, values)):
+            out[table][address + i] = word
     return dict(out)

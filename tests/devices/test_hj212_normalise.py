@@ -192,3 +192,34 @@ def test_bad_code_tables_are_rejected_naming_the_key(codes: str, message: str) -
     with pytest.raises(ProfileError, match=r"x\.toml") as info:
         _build(Path("x.toml"), tomllib.loads(text))
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("data_time", ["19691231235959", "20241341000000", "2024", "1970010100"
+                                       "0000"])
+def test_data_time_that_is_no_time_after_1970_rejects_the_frame(data_time: str) -> None:
+    raw = build(qn="1", st="39", cn="2011", pw="1", mn=MN, flag=4,
+                cp={"DataTime": data_time, "a34002-Rtd": "85"})
+    out = normalise(parse(raw), DUST, "dust-1", received_ms=RX)
+    # 1970-01-01 00:00 at +08:00 is still 1969 in UTC
+    assert (out.interval, out.readings, out.rejected) == (Interval.REALTIME, [], "bad_time")
+
+
+def test_frame_without_data_time_takes_the_receive_time() -> None:
+    raw = build(qn="1", st="39", cn="2011", pw="1", mn=MN, flag=4, cp={"a34002-Rtd": "85"})
+    out = normalise(parse(raw), DUST, "dust-1", received_ms=RX)
+    assert [(r.ts, r.values) for r in out.readings] == [(RX, {"pm10": 85.0})]
+
+
+def test_over_long_flags_keep_their_values_as_uncertain_without_the_flag() -> None:
+    out = normalise(parse(frame("2011", {"a34002-Rtd": "85", "a34002-Flag": "NNNNNNNNN",
+                                         "a34004-Rtd": "40", "a34004-Flag": "X\x00"})),
+                    DUST, "dust-1", received_ms=RX)
+    assert [(r.values, r.quality, r.source_flag) for r in out.readings] == [
+        ({"pm10": 85.0, "pm2_5": 40.0}, Quality.UNCERTAIN, None)]
+    assert out.bad_flags == ("NNNNNNNNN", "X\x00")
+
+
+def test_values_not_finite_once_converted_are_bad_values() -> None:
+    out = normalise(parse(frame("2011", {"a34002-Rtd": "1e308"})), DUST_MG, "dust-1",
+                    received_ms=RX)
+    assert (out.readings, out.bad_values) == ([], 1)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devices.contract import MAX_NUMBER
 from devices.modbus.codec import (
     CodecError,
     DataType,
@@ -93,8 +94,12 @@ def test_known_integers_in_every_word_order(
 ) -> None:
     point = Point("trip_count", 100, type=dtype, order=order)
     assert encode(point, value) == regs[order]
-    assert decode(point, regs[order]) == value
     assert decode_raw(point, regs[order]) == value
+    if abs(value) > MAX_NUMBER:  # beyond what a reading carries: no value, a clear error
+        with pytest.raises(CodecError, match="out_of_range"):
+            decode(point, regs[order])
+        return
+    assert decode(point, regs[order]) == value
     assert isinstance(decode(point, regs[order]), int)
 
 
@@ -169,7 +174,7 @@ def test_bit_tables_decode_to_bool(table: Table) -> None:
 @given(data=st.data())
 def test_integer_round_trip(dtype: DataType, order: WordOrder, data: st.DataObject) -> None:
     lo, hi = INT_RANGES[dtype]
-    value = data.draw(st.integers(lo, hi))
+    value = data.draw(st.integers(max(lo, -MAX_NUMBER), min(hi, MAX_NUMBER)))  # beyond: refused
     point = Point("trip_count", 0, type=dtype, order=order)
     regs = encode(point, value)
     assert len(regs) == point.count
@@ -186,19 +191,23 @@ def test_integer_registers_round_trip(
     point = Point("trip_count", 0, type=dtype, order=order)
     regs = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=point.count,
                               max_size=point.count))
+    if abs(decode_raw(point, regs)) > MAX_NUMBER:  # beyond what a reading carries
+        with pytest.raises(CodecError):
+            decode(point, regs)
+        return
     value = decode(point, regs)
     assert encode(point, value) == regs
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@given(value=st.floats(width=32, allow_nan=False, allow_infinity=False))
+@given(value=st.floats(-999999986991104.0, 999999986991104.0, width=32))  # ±MAX_NUMBER
 def test_f32_round_trip(order: WordOrder, value: float) -> None:
     point = Point("speed", 0, type=DataType.F32, order=order)
     assert decode(point, encode(point, value)) == value
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@given(value=st.floats(allow_nan=False, allow_infinity=False))
+@given(value=st.floats(-MAX_NUMBER, MAX_NUMBER))
 def test_f64_round_trip(order: WordOrder, value: float) -> None:
     point = Point("speed", 0, type=DataType.F64, order=order)
     assert decode(point, encode(point, value)) == value
@@ -391,9 +400,9 @@ def test_nan_hand_built_registers() -> None:
     assert decode(Point("speed", 0, type=DataType.F32), [0x7F80, 0x0000]) is None  # +inf
     assert decode(Point("speed", 0, type=DataType.F32), [0xFF80, 0x0000]) is None  # -inf
     assert decode(Point("speed", 0, type=DataType.F64), [0x7FF8, 0, 0, 0]) is None
-    # The largest finite f32 is a value, not a sentinel.
-    assert decode(Point("speed", 0, type=DataType.F32), [0x7F7F, 0xFFFF]) == pytest.approx(
-        3.4028234663852886e38)
+    # The largest finite f32 is not a sentinel, but beyond what a reading carries.
+    with pytest.raises(CodecError, match=r"speed: 3.4\d*e\+38 is beyond ±1e\+15"):
+        decode(Point("speed", 0, type=DataType.F32), [0x7F7F, 0xFFFF])
 
 
 @pytest.mark.parametrize(("dtype", "n"), [

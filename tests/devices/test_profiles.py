@@ -221,3 +221,77 @@ def test_inter_frame_gap_scales_with_baud_rate_up_to_19200() -> None:
 def test_inter_frame_gap_fixed_above_19200(baud: int) -> None:
     assert ModbusTiming().inter_frame_gap(baud) == 0.00175
     assert ModbusTiming(inter_frame_chars=10).inter_frame_gap(baud) == 0.00175
+
+
+# --- what the decoder can honour ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("point", "message"), [
+    ("address = 1\nbits = [0, 0]", "points.car_running.bits: [0, 0] needs lowest bit >= 0"),
+    ("address = 1\nbits = [-1, 1]", "points.car_running.bits: [-1, 1] needs lowest bit >= 0"),
+    ("address = 1\nbits = [16, 1]", "reaches bit 16, beyond the 16 bits of u16"),
+    ('address = 1\ntype = "u32"\nbits = [31, 2]', "reaches bit 32, beyond the 32 bits of u32"),
+    ('address = 1\ntype = "f64"\nbits = [0, 1]', "bit fields need an integer register type"),
+    ('address = 1\ntable = "coil"\nbits = [0, 1]', "a coil is a single bit; remove bits"),
+    ("address = 40001", "reference 40001 is address = 0"),
+    ('address = 30011\ntable = "input"', "reference 30011 is address = 10"),
+    ("address = 400101", "outside the Modbus address space 0..65535 (1 register(s) from it);"
+                         " Modbus addresses are 0-based: reference 400101 is address = 100"),
+    ("address = 65535\ntype = \"u32\"", "outside the Modbus address space"),
+    ("address = -1", "outside the Modbus address space"),
+    ("address = 1.5", "points.car_running: 1.5 is not an integer"),
+    ("address = 1\nnot_available = [65536]", "65536 cannot occur in u16 (0..65535)"),
+    ('address = 1\ntype = "f32"\nnot_available = [0]', "NaN and infinity already mean"),
+    ('address = 1\ntable = "coil"\nnot_available = [2]', "2 cannot occur in a bit (0..1)"),
+    ('address = 1\nenum = { 0 = "no", 1 = "maybe" }', "'maybe' of bool quantity car_running"),
+    ("address = 1\nscale = 0", "scale: 0 makes every value the offset"),
+    ("address = 1\nscal = 2", "points.car_running.scal: unknown key"),
+])
+def test_points_the_decoder_cannot_honour_are_refused(tmp_path: Path, point: str,
+                                                       message: str) -> None:
+    msg = load_error(write(tmp_path, f"[points.car_running]\n{point}\n"))
+    assert msg.count("\n") == 0, msg  # exactly one problem
+    assert message in msg
+
+
+@pytest.mark.parametrize(("quantity", "point", "ok"), [
+    ("fault_code", 'enum = { 0 = "0", 1 = "7" }', True),
+    ("fault_code", 'enum = { 0 = "none" }', False),
+    ("speed", 'enum = { 0 = "0.5", 1 = "1.75" }', True),
+    ("speed", 'enum = { 0 = "fast" }', False),
+    ("trip_count", 'type = "f32"\nscale = 1e-30', True),
+    ("trip_count", 'type = "f32"', False),
+    ("trip_count", 'type = "f64"\nscale = 1e-300', True),
+    ("trip_count", 'type = "u32"\nscale = 1e5', True),
+    ("trip_count", 'type = "u32"\nscale = 1e6', False),
+    ("trip_count", 'type = "u64"', True),  # exact; values beyond 1e15 are refused per reading
+    ("trip_count", 'type = "u64"\nscale = 2', False),
+    ("fault_code", 'bits = [8, 7]\nscale = 1e12', True),
+    ("fault_code", 'bits = [8, 7]\nscale = 1e13', False),
+    ("floor", 'type = "i16"\nnot_available = [-32768]', True),
+])
+def test_enum_labels_and_integer_ranges(tmp_path: Path, quantity: str, point: str,
+                                        ok: bool) -> None:
+    path = write(tmp_path, f"[points.{quantity}]\naddress = 0\n{point}\n")
+    if ok:
+        load_profile(path)
+    else:
+        assert f"points.{quantity}." in load_error(path)
+
+
+def test_high_addresses_allows_registers_above_40000(tmp_path: Path) -> None:
+    body = "[points.floor]\naddress = 40070\n"
+    assert "Modicon" in load_error(write(tmp_path, body))
+    profile = load_profile(write(tmp_path, "high_addresses = true\n" + body, head=HEAD + "\n"))
+    assert profile.point("floor").address == 40070
+
+
+def test_every_problem_of_a_file_in_one_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "colour = 1\n[points.floor]\naddress = 40001\n[points.speed]\n"
+                 "address = 2\nbits = [0, 0]\n[points.nope]\naddress = 3\n"
+                 '[timing]\nresponse_timeout = "soon"\n')
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    keys = [p.partition(":")[0] for p in info.value.problems]
+    assert keys == ["unknown top-level key(s) ['colour']", "points.floor.address",
+                    "points.speed.bits", "points.nope", "[timing]/[report]"]
+    assert str(info.value).splitlines() == [f"{path}: {p}" for p in info.value.problems]

@@ -447,20 +447,21 @@ type = "hj212-tcp"
 [[devices]]
 id = "dust-1"
 bus = "loggers"
-profile = "elevator-gbt24476"
+profile = "dust-hj212"
 mn = "88888880000001"
 
 [[devices]]
 id = "dust-2"
 bus = "loggers"
-profile = "elevator-gbt24476"
+profile = "dust-hj212"
+mn = "88888880000002"
 """
     cfg = parse_config(text)
     assert [d.unit for d in cfg.devices] == [1, 1, 1]
     lines = explain(cfg)
     assert "bus loggers: hj212-tcp at 0.0.0.0:9212, 2 device(s)" in lines
-    assert "  dust-1: elevator-gbt24476, MN 88888880000001" in lines
-    assert "  dust-2: elevator-gbt24476" in lines
+    assert "  dust-1: dust-hj212, MN 88888880000001" in lines
+    assert "  dust-2: dust-hj212, MN 88888880000002" in lines
 
 
 def test_problems_in_bus_and_device_tables_are_reported_together() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import shutil
 import socket
 import struct
@@ -13,10 +14,13 @@ from typing import Any
 
 import aiocoap
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devices.model import Event, Reading
 from devices.parking import (
     MessageType,
+    ParkingFrameError,
     ResetCause,
     SensorReport,
     decode_config,
@@ -349,3 +353,64 @@ async def test_libcoap_client_interoperates(endpoint: tuple[CoapSource, Collecte
     assert decode_config(out.read_bytes()) == 600
     assert (await sink.wait_for(1))[0].device == "pk-2005"
     assert struct.unpack(">BI", out.read_bytes()) == (1, 600)
+
+
+# --- datagrams that are not CoAP ------------------------------------------------------------------
+
+def test_noise_log_logs_a_burst_once_then_a_summary_per_interval() -> None:
+    from edge.parking_source import NoiseLog
+
+    noise = NoiseLog(interval=60)
+    assert [noise.hit(t) for t in (0, 1, 2, 30)] == [True, False, False, False]
+    assert (noise.due(59), noise.due(60), noise.due(61)) == (0, 3, 0)
+    assert noise.hit(70) is False and noise.due(119) == 0 and noise.due(120) == 1
+    assert noise.hit(500) is True  # quiet for a while: a new burst is logged again
+    assert noise.total == 6
+
+
+def not_coap(i: int) -> bytes:
+    """A datagram aiocoap cannot parse: version 2, or a Uri-Path that is not UTF-8 (the
+    latter escapes aiocoap's own handling as a UnicodeDecodeError)."""
+    if i % 28 == 0:
+        return bytes([0x40, 0x02]) + struct.pack("!H", i) + bytes([0xB2, 0xFF, 0xFE])
+    return bytes([0x80, 0x01]) + struct.pack("!H", i) + b"junk"
+
+
+async def test_datagrams_that_are_not_coap_are_counted_and_logged_once(
+        endpoint: tuple[CoapSource, Collected, int], caplog: pytest.LogCaptureFixture) -> None:
+    source, _, port = endpoint
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    caplog.clear()
+    try:
+        with caplog.at_level(logging.INFO):
+            for i in range(311):
+                await loop.sock_sendto(sock, not_coap(i), ("127.0.0.1", port))
+                await asyncio.sleep(0.001)  # let the server read: a full UDP buffer drops
+            await until(lambda: source.counters["unparsable_datagrams"] == 311, 10)
+            resp = await post(port, encode_body(report(2005, 1)), 42)  # still serving
+    finally:
+        sock.close()
+    assert resp.code == aiocoap.CHANGED
+    lines = [f"{r.levelname} {r.name}: {r.getMessage()}" for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("WARNING edge.parking_source: bus nb: ignoring datagrams that"
+                               " are not CoAP (first: ")
+    assert sum(len(line) for line in lines) < 400
+    assert source.counters["ignored_messages"] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=80), st.sampled_from([42, 60]))
+def test_any_report_the_endpoint_accepts_is_a_reading_the_collector_accepts(
+        payload: bytes, fmt: int) -> None:
+    from devices import contract
+    from edge.parking_source import decode_post
+
+    try:
+        report = decode_post(fmt, payload)
+    except (ParkingFrameError, ValueError):
+        return
+    reading = Reading(f"pk-{report.sensor_id}", 1_700_000_000_000, report_values(report))
+    assert contract.reading_problem(reading) is None
