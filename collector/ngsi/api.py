@@ -19,6 +19,7 @@ from collector import schema
 from collector.api import parse_time
 from collector.ngsi import model
 from collector.ngsi.source import EntitySource
+from collector.params import Offset
 
 MAX_LIMIT = 1000
 TEMPORAL_MAX = 10_000
@@ -112,7 +113,7 @@ def query_entities(
     q: str | None = None, attrs: str | None = None, georel: str | None = None,
     geometry: str | None = None, coordinates: str | None = None,
     limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     count: bool = False, options: str | None = None,
 ) -> Response:
     """Entities of the given types matching q, a geo-query and id; paginated."""
@@ -203,7 +204,7 @@ def temporal_entities(
     endTimeAt: str | None = None, attrs: str | None = None,
     lastN: Annotated[int | None, Query(ge=1, le=TEMPORAL_MAX)] = None,
     limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Response:
     """Attribute histories (arrays of instances with observedAt) over a time interval."""
     since, until = _time_interval(timerel, timeAt, endTimeAt)

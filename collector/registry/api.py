@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from collector.auth import Principal, Role, require
+from collector.params import invalid
 from collector.registry import repo
 from collector.registry.service import Registry
 from devices.contract import GATEWAY_ID_RE
@@ -78,7 +79,7 @@ class ConfigIn(BaseModel):
 
 def _gw(gateway_id: str) -> str:
     if not GATEWAY_ID_RE.match(gateway_id):
-        raise HTTPException(422, "not a valid gateway id")
+        raise invalid("path", "gateway_id", "not a valid gateway id", gateway_id)
     return gateway_id
 
 
