@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from citygate.rig import free_port
 from collector import auth
 from collector.config import CollectorConfig
 from collector.hub import BrokerLink, build_hub
 from collector.store import Store
-from citygate.rig import free_port
 
 
 @dataclass
