@@ -12,15 +12,23 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 INT64_MAX = 2**63 - 1
 # 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z: every value has an ISO 8601 form.
 TIME_MIN_MS = -62_135_596_800_000
 TIME_MAX_MS = 253_402_300_799_999
+
+# PostgreSQL text cannot hold NUL: no identifier or text of ours has one.
+NO_NUL = r"^[^\x00]*$"
+Text = Annotated[str, StringConstraints(max_length=10_000, pattern=NO_NUL)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 
 RowId = Annotated[int, Path(ge=1, le=INT64_MAX, description="a row id (1 .. 2^63-1)")]
 Offset = Annotated[int, Query(ge=0, le=INT64_MAX)]
@@ -51,8 +59,32 @@ def parse_time(text: str | None, name: str, where: str = "query") -> int | None:
     return ms
 
 
+class RefuseNul:
+    """ASGI middleware: a NUL in the path or query is a 422 before any router sees it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            where = ("path" if "\x00" in scope["path"] else
+                     "query" if b"%00" in scope["query_string"].lower()
+                     or b"\x00" in scope["query_string"] else None)
+            if where is not None:
+                body = orjson.dumps({"detail": [{"type": "value_error", "loc": [where],
+                                                 "msg": "contains a NUL character"}]})
+                await send({"type": "http.response.start", "status": 422,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
 def install_error_shape(app: FastAPI) -> None:
-    """Answer every 422 in the documented shape, also a router's `HTTPException(422, "...")`."""
+    """Answer every 422 in the documented shape, also a router's `HTTPException(422, "...")`,
+    and refuse NUL characters in paths and queries."""
+    app.add_middleware(RefuseNul)
     from fastapi.exception_handlers import http_exception_handler
 
     async def handler(request: Request, exc: Exception) -> Any:

@@ -46,8 +46,9 @@ class EntitySource:
         out: list[dict[str, Any]] = []
         for t in sorted(set(types)):
             builder = self._builders().get(t)
-            if builder is not None:
-                out.extend(sorted(builder(None), key=lambda e: e["id"]))
+            if builder is not None:  # one builder may serve two types (on/off-street zones)
+                out.extend(sorted((e for e in builder(None) if e["type"] == t),
+                                  key=lambda e: e["id"]))
         return out
 
     def entity(self, entity_id: str) -> dict[str, Any] | None:
