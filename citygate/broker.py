@@ -46,9 +46,7 @@ class BrokerSecurity:
 
     def config_lines(self, port: int) -> str:
         """mosquitto.conf lines: global options, then each listener with its own auth."""
-        lines = ["per_listener_settings true",
-                 # the auth files are 0600: keep running as the user who owns them
-                 f"user {getpass.getuser()}"]
+        lines = ["per_listener_settings true"]
         if self.pid_file:
             lines.append(f"pid_file {self.pid_file}")
         gateway_auth = [*self._auth(self.password_file), "use_username_as_clientid true"]
@@ -77,6 +75,10 @@ def mosquitto_config(port: int, data_dir: Path, *, extra: str = "",
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "mosquitto.conf"
     conf.write_text(
+        # Keep running as the user who starts it: as root, mosquitto would switch to its own
+        # user, which can write neither the data dir (no persistence, no log) nor read the
+        # 0600 auth files.
+        f"user {getpass.getuser()}\n" +
         (security.config_lines(port) if security
          else f"listener {port} 127.0.0.1\nallow_anonymous true\n") +
         "persistence true\n"
