@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from collector import schema
@@ -236,8 +237,9 @@ def _time_interval(timerel: str | None, time_at: str | None,
     try:
         at = parse_time(time_at, "timeAt")
         end = parse_time(end_time_at, "endTimeAt")
-    except Exception as exc:
-        raise bad_request(str(getattr(exc, "detail", exc))) from None
+    except RequestValidationError as exc:  # NGSI-LD answers its own ProblemDetails
+        err = exc.errors()[0]
+        raise bad_request(f"{err['loc'][-1]}: {err['msg']}") from None
     if timerel is None or at is None:
         raise bad_request("temporal queries need timerel (before|after|between) and timeAt")
     if timerel == "between":

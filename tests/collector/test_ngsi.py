@@ -295,6 +295,10 @@ def test_json_ld_has_inline_context(city: City) -> None:
     ("/ngsi-ld/v1/entities?type=ParkingSpot&georel=within", 400, "BadRequestData"),
     ("/ngsi-ld/v1/temporal/entities?type=Device&timerel=between&timeAt=2024-01-01T00:00:00Z",
      400, "BadRequestData"),
+    ("/ngsi-ld/v1/temporal/entities?type=Device&timerel=after&timeAt=%C2%B2", 400,
+     "BadRequestData"),
+    ("/ngsi-ld/v1/temporal/entities?type=Device&timerel=after&timeAt=99999999999999999999",
+     400, "BadRequestData"),
 ])
 def test_errors_are_problem_details(city: City, url: str, status: int, kind: str) -> None:
     resp = city.client.get(url)
