@@ -26,32 +26,47 @@ def mosquitto_binary() -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class BrokerSecurity:
-    """Optional auth (password and ACL files) and a TLS listener for a private Mosquitto."""
+    """Auth (password and ACL files), a TLS listener and the collector's own listener.
 
-    password_file: Path | None = None
+    Gateways and the collector log in on different listeners, each with its own password
+    file: on the gateways' listeners the client id is replaced by the username, so a gateway
+    credential can hold no session but its own, and it is refused on the collector's listener,
+    where the collector's connections keep the client ids they choose.
+    """
+
+    password_file: Path | None = None  # the gateways'
     acl_file: Path | None = None
     tls_port: int | None = None
     cafile: Path | None = None
     certfile: Path | None = None
     keyfile: Path | None = None
     pid_file: Path | None = None  # so the registry can SIGHUP it after changing the files
+    collector_port: int | None = None
+    collector_password_file: Path | None = None
 
-    def config_lines(self) -> str:
-        """mosquitto.conf lines for these settings (global options first, then the listener)."""
-        lines = ["per_listener_settings false", "allow_anonymous false",
-                 # the auth files are 0600: keep running as the user who owns them
-                 f"user {getpass.getuser()}"]
-        if self.password_file:
-            lines.append(f"password_file {self.password_file}")
-        if self.acl_file:
-            lines.append(f"acl_file {self.acl_file}")
+    def config_lines(self, port: int) -> str:
+        """mosquitto.conf lines: global options, then each listener with its own auth."""
+        lines = ["per_listener_settings true"]
         if self.pid_file:
             lines.append(f"pid_file {self.pid_file}")
+        gateway_auth = [*self._auth(self.password_file), "use_username_as_clientid true"]
+        lines += [f"listener {port} 127.0.0.1", *gateway_auth]
         if self.tls_port:
-            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {self.cafile}",
-                      f"certfile {self.certfile}", f"keyfile {self.keyfile}",
-                      "tls_version tlsv1.2"]
+            lines += [f"listener {self.tls_port} 127.0.0.1", *gateway_auth,
+                      f"cafile {self.cafile}", f"certfile {self.certfile}",
+                      f"keyfile {self.keyfile}", "tls_version tlsv1.2"]
+        if self.collector_port:
+            lines += [f"listener {self.collector_port} 127.0.0.1",
+                      *self._auth(self.collector_password_file)]
         return "\n".join(lines) + "\n"
+
+    def _auth(self, password_file: Path | None) -> list[str]:
+        lines = ["allow_anonymous false"]
+        if password_file:
+            lines.append(f"password_file {password_file}")
+        if self.acl_file:
+            lines.append(f"acl_file {self.acl_file}")
+        return lines
 
 
 def mosquitto_config(port: int, data_dir: Path, *, extra: str = "",
@@ -60,9 +75,12 @@ def mosquitto_config(port: int, data_dir: Path, *, extra: str = "",
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "mosquitto.conf"
     conf.write_text(
-        (security.config_lines() if security else "")
-        + f"listener {port} 127.0.0.1\n"
-        + ("" if security else "allow_anonymous true\n") +
+        # Keep running as the user who starts it: as root, mosquitto would switch to its own
+        # user, which can write neither the data dir (no persistence, no log) nor read the
+        # 0600 auth files.
+        f"user {getpass.getuser()}\n" +
+        (security.config_lines(port) if security
+         else f"listener {port} 127.0.0.1\nallow_anonymous true\n") +
         "persistence true\n"
         f"persistence_location {data_dir}/\n"
         "autosave_interval 5\n"

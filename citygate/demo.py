@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from citygate import demo_city, rig
+from citygate.reaper import Reaper
 from citygate.receivers import Receivers
 from citygate.rig import (
     Broker,
@@ -44,32 +43,29 @@ from citygate.rig import (
 START_TIMEOUT_S = 30.0
 
 
-class SessionProc(Proc):
-    """A Proc in its own session: Ctrl-C in the terminal reaches only the demo, which then
-    sums up (asking the collector) and stops its children in order."""
-
-    def start(self) -> Proc:
-        """Start the process in a new session, output to its log."""
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                          env={**os.environ, **(self.env or {})},
-                                          start_new_session=True)
-        return self
-
-
 @dataclass
 class City:
-    """The demo's processes, started in order and stopped in reverse."""
+    """The demo's processes, started in order and stopped in reverse.
+
+    Each runs in its own session: Ctrl-C in the terminal reaches only the demo, which then sums
+    up (asking the collector) and stops its children in order. A watchdog (citygate/reaper.py)
+    stops them if the demo itself is killed.
+    """
 
     data_dir: Path
     procs: list[Proc] = field(default_factory=list)
     broker: Broker | None = None
     receivers: Receivers | None = None
+    reaper: Reaper | None = None
+
+    def watch_children(self) -> None:
+        """From now on, every process the rig starts dies with this one."""
+        self.reaper = rig.REAPER = Reaper().start()
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         """Start a process whose output goes to logs/<name>.log."""
-        proc = SessionProc(name, argv, self.data_dir / "logs" / f"{name}.log", env=env).start()
+        proc = Proc(name, argv, self.data_dir / "logs" / f"{name}.log", env=env,
+                    new_session=True).start()
         self.procs.append(proc)
         return proc
 
@@ -88,6 +84,9 @@ class City:
             self.broker.stop()
         if self.receivers is not None:
             self.receivers.stop()
+        if self.reaper is not None:
+            self.reaper.close()
+            self.reaper = rig.REAPER = None
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -98,6 +97,7 @@ def run_demo(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     city = City(data_dir)
     try:
+        city.watch_children()
         return _run(city, args)
     except (RuntimeError, TimeoutError, OSError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)

@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from citygate.broker import mosquitto_binary, mosquitto_config
+from citygate.reaper import Reaper
 
 DEFAULT_TOKEN: str | None = os.environ.get("CITYGATE_TOKEN")  # sent by http_json if none given
+# When set, every Proc started is stopped by this watchdog if this process dies (even SIGKILL).
+REAPER: Reaper | None = None
 
 
 _GIVEN: set[int] = set()  # ports handed out by this process, never handed out twice
@@ -157,14 +160,17 @@ class Proc:
     log: Path
     popen: subprocess.Popen[bytes] | None = None
     env: dict[str, str] | None = None
+    new_session: bool = False  # a session of its own: the terminal's Ctrl-C does not reach it
 
     def start(self) -> Proc:
-        """Start (or restart) the process."""
+        """Start (or restart) the process (watched by REAPER when one runs)."""
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        env = {**os.environ, **(self.env or {})}
-        self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        out.close()
+        with open(self.log, "ab") as out:
+            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                          env={**os.environ, **(self.env or {})},
+                                          start_new_session=self.new_session)
+        if REAPER is not None:
+            REAPER.watch(self.popen.pid)
         return self
 
     @property

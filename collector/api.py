@@ -12,11 +12,13 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from collector.auth import Role, require
+from collector.params import install_error_shape, invalid, parse_time
 from collector.store import Store, typed_value
 from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE
 from devices.quantities import QUANTITIES
 
 STATIC = Path(__file__).parent / "static"
+__all__ = ["STATIC", "create_app", "iso", "parse_time"]  # parse_time: one helper for every router
 
 
 def iso(ms: int | None) -> str | None:
@@ -25,22 +27,6 @@ def iso(ms: int | None) -> str | None:
         return None
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds") \
         .replace("+00:00", "Z")
-
-
-def parse_time(text: str | None, name: str) -> int | None:
-    """Parse an ISO 8601 time or epoch milliseconds from a query parameter."""
-    if text is None or text == "":
-        return None
-    if text.isdigit():
-        return int(text)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(422, f"{name}: {text!r} is not an ISO 8601 time or epoch ms") \
-            from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
 
 
 # --- public models ------------------------------------------------------------------------------
@@ -139,7 +125,7 @@ def _device_out(d: dict[str, Any]) -> DeviceOut:
 
 def _require_device(store: Store, device_id: str) -> dict[str, Any]:
     if not DEVICE_ID_RE.match(device_id):
-        raise HTTPException(422, "device id has characters a device id cannot have")
+        raise invalid("path", "device_id", "has characters a device id cannot have", device_id)
     dev = store.device(device_id)
     if dev is None:
         raise HTTPException(404, f"no device {device_id!r}")
@@ -221,7 +207,7 @@ def readings(
     """Stored readings of a device in observation-time order."""
     _require_device(store, device_id)
     if quantity is not None and quantity not in QUANTITIES:
-        raise HTTPException(422, f"unknown quantity {quantity!r}")
+        raise invalid("query", "quantity", "unknown quantity", quantity)
     rows = store.readings(device_id, quantity, parse_time(since, "since"),
                           parse_time(until, "until"), limit + 1)
     out = [
@@ -372,6 +358,7 @@ def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
                               "docs/data-model.md.")
     app.state.store = store
     app.state.ingest_stats = ingest_stats or (dict)
+    install_error_shape(app)
     app.include_router(public)
     app.include_router(router)
     app.include_router(admin)

@@ -220,7 +220,10 @@ def _registry(hub: Hub, broker: BrokerLink, admin_token_file: Path) -> None:
         files = BrokerFiles(Path(cfg["password_file"]), Path(cfg["acl_file"]),
                             collector_user=broker.username or "citygate-collector",
                             collector_password_hash=hash_password(broker.password or ""),
-                            pid_file=Path(cfg["pid_file"]) if cfg.get("pid_file") else None)
+                            pid_file=Path(cfg["pid_file"]) if cfg.get("pid_file") else None,
+                            collector_password_file=(Path(cfg["collector_password_file"])
+                                                     if cfg.get("collector_password_file")
+                                                     else None))
     settings = RegistrySettings(
         broker_urls=list(cfg.get("broker_urls", [broker.url])),
         ca_pem=Path(ca_file).read_text() if ca_file else "",

@@ -151,8 +151,9 @@ class Uplink:
             self._client = None
 
     def _new_client(self, broker: Broker) -> mqtt.Client:
+        # The broker binds a credential to one client id, its username (the gateway id).
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"gw-{self.gateway}", clean_session=True,
+                             client_id=self.cfg.username or self.gateway, clean_session=True,
                              protocol=mqtt.MQTTv311)
         client.connect_timeout = self.cfg.connect_timeout
         client.max_inflight_messages_set(self.cfg.max_inflight)

@@ -20,11 +20,13 @@ COLLECTOR_USER = "citygate-collector"
 
 @dataclass
 class SecureBroker:
-    """Mosquitto on a plain port and a TLS port, allowing only registered users."""
+    """Mosquitto with gateways' plain and TLS ports and the collector's port, registered users
+    only."""
 
     root: Path
     port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
+    collector_port: int = field(default_factory=free_port)
     collector_password: str = field(default_factory=new_password)
     proc: Proc | None = None
 
@@ -33,7 +35,8 @@ class SecureBroker:
         self.files = BrokerFiles(self.root / "passwd", self.root / "acl",
                                  collector_user=COLLECTOR_USER,
                                  collector_password_hash=hash_password(self.collector_password),
-                                 pid_file=self.root / "mosquitto.pid")
+                                 pid_file=self.root / "mosquitto.pid",
+                                 collector_password_file=self.root / "passwd-collector")
         self.passwords: dict[str, str] = {}
 
     def _pki(self) -> tuple[CertFiles, CertFiles]:
@@ -43,6 +46,11 @@ class SecureBroker:
     def url(self) -> str:
         """Plain MQTT URL."""
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def collector_url(self) -> str:
+        """The collector's own listener (plain)."""
+        return f"mqtt://127.0.0.1:{self.collector_port}"
 
     @property
     def tls_url(self) -> str:
@@ -64,11 +72,14 @@ class SecureBroker:
         sec = BrokerSecurity(password_file=self.files.password_file,
                              acl_file=self.files.acl_file, tls_port=self.tls_port,
                              cafile=self.ca.cert, certfile=self.server.cert,
-                             keyfile=self.server.key, pid_file=self.files.pid_file)
+                             keyfile=self.server.key, pid_file=self.files.pid_file,
+                             collector_port=self.collector_port,
+                             collector_password_file=self.files.collector_password_file)
         conf = mosquitto_config(self.port, self.root / "data", security=sec,
                                 extra="log_type notice\nlog_type subscribe\n")
         self.proc = Proc("mosquitto", [binary, "-c", str(conf)], self.root / "broker.log").start()
-        wait_for(lambda: (port_open(self.port) and port_open(self.tls_port))
+        wait_for(lambda: all(port_open(p) for p in (self.port, self.tls_port,
+                                                     self.collector_port))
                  or not self.proc or not self.proc.alive, 15, "the secured broker")
         assert self.proc.alive, self.proc.tail()
         return self
@@ -132,7 +143,7 @@ class HubServer:
             broker_files=broker.files, install_dir=str(install_dir),
             data_dir=str(root / "gateway-data"), collector_user=COLLECTOR_USER,
             collector_password_hash=broker.files.collector_password_hash)
-        self.commands = CommandChannel(broker.url, username=COLLECTOR_USER,
+        self.commands = CommandChannel(broker.collector_url, username=COLLECTOR_USER,
                                        password=broker.collector_password)
         self.registry = Registry(self.store.engine, settings, self.commands)
         self.app = create_app(self.store)

@@ -61,7 +61,8 @@ def subscribe(c: mqtt.Client, inbox: Inbox, topic: str) -> int:
 
 def test_gateways_are_confined_to_their_own_topics(secure: SecureBroker) -> None:
     pw_a, pw_b = secure.add_gateway("gw-a"), secure.add_gateway("gw-b")
-    coll = client(COLLECTOR_USER, secure.collector_password, secure.port)
+    coll = client(COLLECTOR_USER, secure.collector_password, secure.collector_port,
+                  client_id="citygate-test")
     inbox = Inbox(coll)
     assert subscribe(coll, inbox, "citygate/v1/#") == 1
     a = client("gw-a", pw_a, secure.port)
@@ -97,16 +98,17 @@ def test_gateways_are_confined_to_their_own_topics(secure: SecureBroker) -> None
         coll.publish("citygate/v1/_collector/c1/state", b'"online"', qos=1).wait_for_publish(5)
         wait_for(lambda: a_in.on("citygate/v1/_collector/c1/state"), 5, "collector state at A")
         # Nor may a gateway send commands, to itself or to others.
-        a2 = client("gw-a", pw_a, secure.port, client_id="a2")
-        clients.append(a2)
-        a2.reconnect_delay_set(60, 120)
-        a2.publish(contract.topic("gw-a", contract.CMD, "config"), b"self-issued", qos=1)
+        b.reconnect_delay_set(60, 120)
+        cmd_b = contract.topic("gw-b", contract.CMD, "config")
+        b.publish(cmd_b, b"self-issued", qos=1)
+        b.publish(cmd_a, b"issued-by-b", qos=1)
         coll.publish(contract.topic("gw-a", contract.CMD, "echo"), b"marker", qos=1) \
             .wait_for_publish(5)
         wait_for(lambda: a_in.on(contract.topic("gw-a", contract.CMD, "echo")), 5, "marker")
         time.sleep(0.3)  # a negative: a wrongly delivered message would have arrived by now
         assert b_in.on(cmd_a) == []
         assert a_in.on(cmd_a) == [b"secret-config"]
+        assert inbox.on(cmd_b) == []
     finally:
         for c in clients:
             c.loop_stop()

@@ -204,8 +204,10 @@ def _password(cfg: GatewayConfig) -> str | None:
                              "--to DIR") from None
 
 
-def mqtt_client(cfg: GatewayConfig, broker: Broker, client_id: str) -> mqtt.Client:
-    """A paho client set up with the gateway's own credentials and CA."""
+def mqtt_client(cfg: GatewayConfig, broker: Broker) -> mqtt.Client:
+    """A paho client set up with the gateway's own credentials, client id and CA."""
+    # The broker binds the credential to its username as client id (run with the agent stopped).
+    client_id = cfg.uplink.username or cfg.gateway.id
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
                     protocol=mqtt.MQTTv311)
     if cfg.uplink.username:
@@ -251,7 +253,7 @@ def check_broker(cfg: GatewayConfig) -> list[Check]:
     out = []
     for url in cfg.uplink.brokers:
         broker = Broker.parse(url)
-        c = mqtt_client(cfg, broker, f"{cfg.gateway.id}-commission")
+        c = mqtt_client(cfg, broker)
         try:
             rc = _connect(c, broker)
             out.append(Check(f"broker {url}", PASS, f"connected as {cfg.uplink.username}")
@@ -275,7 +277,7 @@ def check_echo(cfg: GatewayConfig, collector: Collector | None) -> Check:
     payload = orjson.dumps({"v": contract.VERSION, "gateway": gw, "command": "echo",
                             "id": nonce, "ok": True, "detail": {"by": "commission"}})
     broker = Broker.parse(cfg.uplink.brokers[0])
-    c = mqtt_client(cfg, broker, f"{gw}-commission")
+    c = mqtt_client(cfg, broker)
     try:
         if _connect(c, broker) != 0:
             return Check(name, FAIL, "cannot connect to the broker", "see the broker check")

@@ -106,6 +106,9 @@ def _answer(status: int, raw: bytes, date: str | None) -> Answer:
 
 def _explain(status: int, body: Any, base: str) -> ProvisionError:
     detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):  # a 422: [{"loc": [...], "msg": ...}, ...]
+        detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}"
+                           if isinstance(d, dict) else str(d) for d in detail)
     hints = {
         401: "your token is unknown or revoked: log in again with a valid technician token",
         403: "your token's role may not do this: ask an administrator for a technician token",

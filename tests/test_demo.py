@@ -49,3 +49,37 @@ def test_demo_runs_the_city_pages_the_crew_and_stops_cleanly(tmp_path: Path) -> 
             "gw-env-01.log", "sim-parking.log", "receivers.log"} <= logs
     assert any(p.name.endswith("-webhook-lift-crew-200.json")
                for p in (tmp_path / "city" / "pushes").iterdir())
+
+
+def test_a_killed_demo_leaves_no_process_behind(tmp_path: Path) -> None:
+    """SIGKILL gives the demo no chance to stop its children: the watchdog must."""
+    import psutil
+
+    from citygate.rig import wait_for
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "citygate.cli", "demo", "--duration", "120",
+         "--http", f"127.0.0.1:{free_port()}", "--data-dir", str(tmp_path / "city")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # the whole city runs once data flows
+            if "data is flowing" in line or "demo failed" in line:
+                break
+        assert "data is flowing" in line, line
+        children = psutil.Process(demo.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()[:6]) for c in children)
+        for part in ("mosquitto", "collector run", "edge run", "sim elevators", "reaper"):
+            assert part in names, (part, names)
+        demo.kill()
+        demo.wait(10)
+
+        def gone() -> bool:
+            return not [c for c in children if c.is_running()
+                        and c.status() != psutil.STATUS_ZOMBIE]
+
+        wait_for(gone, 20, "every child of the killed demo to exit")
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()

@@ -23,6 +23,7 @@ from collector.alarms.config import AlarmsConfig, parse_duration
 from collector.alarms.desk import IncidentDesk, IncidentNotFound
 from collector.alarms.lifecycle import ACTIVE_STATES, IllegalTransition, State
 from collector.api import STATIC, parse_time
+from collector.params import RowId
 
 KEEPALIVE_S = 15.0
 DEFAULT_STATS_WINDOW_MS = 30 * 86_400_000
@@ -191,7 +192,7 @@ async def _events(request: Request, desk: IncidentDesk,
 
 
 @router.get("/incidents/{incident_id}")
-def get_incident(incident_id: int, desk: DeskDep, who: PrincipalDep) -> dict[str, Any]:
+def get_incident(incident_id: RowId, desk: DeskDep, who: PrincipalDep) -> dict[str, Any]:
     """One incident with its history (who did what, when, with which note)."""
     inc = _incident(desk, incident_id)
     if not who.may_see(inc["unit"]):
@@ -200,7 +201,7 @@ def get_incident(incident_id: int, desk: DeskDep, who: PrincipalDep) -> dict[str
 
 
 @router.post("/incidents/{incident_id}/{action}")
-def act(incident_id: int, action: Literal["ack", "arrive", "resolve", "close"],
+def act(incident_id: RowId, action: Literal["ack", "arrive", "resolve", "close"],
         desk: DeskDep, who: PrincipalDep, body: NoteIn | None = None) -> dict[str, Any]:
     """Move an incident one step; 409 with the allowed next steps when the step is illegal."""
     get_incident(incident_id, desk, who)
@@ -252,7 +253,7 @@ def create_silence(body: SilenceIn, desk: DeskDep, who: PrincipalDep) -> dict[st
 
 
 @router.delete("/silences/{silence_id}", status_code=204)
-def delete_silence(silence_id: int, desk: DeskDep, who: PrincipalDep) -> None:
+def delete_silence(silence_id: RowId, desk: DeskDep, who: PrincipalDep) -> None:
     """End a maintenance window now."""
     if not desk.delete_silence(silence_id, who.name):
         raise HTTPException(404, f"no silence {silence_id}")

@@ -13,12 +13,14 @@ from typing import Annotated, Any
 import orjson
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 
 from collector import schema
 from collector.api import parse_time
 from collector.ngsi import model
 from collector.ngsi.source import EntitySource
+from collector.params import Offset
 
 MAX_LIMIT = 1000
 TEMPORAL_MAX = 10_000
@@ -112,7 +114,7 @@ def query_entities(
     q: str | None = None, attrs: str | None = None, georel: str | None = None,
     geometry: str | None = None, coordinates: str | None = None,
     limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     count: bool = False, options: str | None = None,
 ) -> Response:
     """Entities of the given types matching q, a geo-query and id; paginated."""
@@ -203,7 +205,7 @@ def temporal_entities(
     endTimeAt: str | None = None, attrs: str | None = None,
     lastN: Annotated[int | None, Query(ge=1, le=TEMPORAL_MAX)] = None,
     limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Response:
     """Attribute histories (arrays of instances with observedAt) over a time interval."""
     since, until = _time_interval(timerel, timeAt, endTimeAt)
@@ -235,8 +237,9 @@ def _time_interval(timerel: str | None, time_at: str | None,
     try:
         at = parse_time(time_at, "timeAt")
         end = parse_time(end_time_at, "endTimeAt")
-    except Exception as exc:
-        raise bad_request(str(getattr(exc, "detail", exc))) from None
+    except RequestValidationError as exc:  # NGSI-LD answers its own ProblemDetails
+        err = exc.errors()[0]
+        raise bad_request(f"{err['loc'][-1]}: {err['msg']}") from None
     if timerel is None or at is None:
         raise bad_request("temporal queries need timerel (before|after|between) and timeAt")
     if timerel == "between":

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from collector import schema
 from collector.alarms.tables import alarms
 from collector.ngsi import model
+from collector.params import INT64_MAX
 from collector.parking.schema import parking_spots, parking_zones
 from collector.store import Store
 
@@ -45,8 +46,9 @@ class EntitySource:
         out: list[dict[str, Any]] = []
         for t in sorted(set(types)):
             builder = self._builders().get(t)
-            if builder is not None:
-                out.extend(sorted(builder(None), key=lambda e: e["id"]))
+            if builder is not None:  # one builder may serve two types (on/off-street zones)
+                out.extend(sorted((e for e in builder(None) if e["type"] == t),
+                                  key=lambda e: e["id"]))
         return out
 
     def entity(self, entity_id: str) -> dict[str, Any] | None:
@@ -174,7 +176,9 @@ class EntitySource:
         """An Alert for every active alarm."""
         a = alarms
         stmt = sa.select(a).where(a.c.active.is_(True), a.c.closed.is_(False))
-        nums = None if ids is None else [int(i) for i in ids if i.isdigit()]
+        # Alert ids are row ids: ASCII digits within BIGINT ("²" is a digit to str.isdigit).
+        nums = None if ids is None else [int(i) for i in ids if i.isascii() and i.isdigit()
+                                         and int(i) <= INT64_MAX]
         with self.store.engine.connect() as conn:
             rows = self._rows(conn, stmt, a.c.id, nums)
         return [model.alert(dict(r), self.source_url(r["device_id"])) for r in rows]

@@ -9,9 +9,7 @@ from pydantic import BaseModel, Field
 
 from collector import auth
 from collector.auth import Principal, Role, require
-from collector.registry import repo
 from collector.registry.api import RegistryDep
-from collector.registry.mqtt_auth import permitted, verify_password
 
 router = APIRouter(prefix="/api/v1", tags=["access"])
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
@@ -73,26 +71,15 @@ class MqttAclIn(BaseModel):
     clientid: str = ""
 
 
-def _gateway_hash(reg: Any, username: str) -> str | None:
-    hashes = repo.mqtt_hashes(reg.engine)
-    if username == reg.settings.collector_user:
-        return str(reg.settings.collector_password_hash) or None
-    return hashes.get(username)
-
-
 @router.post("/mqtt/auth")
 def mqtt_auth(body: MqttAuthIn, reg: RegistryDep, _who: Broker) -> dict[str, Any]:
-    """Allow a broker connection when the username/password match the registry."""
-    stored = _gateway_hash(reg, body.username)
-    ok = stored is not None and verify_password(body.password, stored)
+    """Allow a broker connection when the password matches and the client id is the user's."""
+    ok = reg.mqtt_authenticate(body.username, body.password, body.clientid)
     return {"result": "allow" if ok else "deny", "is_superuser": False}
 
 
 @router.post("/mqtt/acl")
 def mqtt_acl(body: MqttAclIn, reg: RegistryDep, _who: Broker) -> dict[str, Any]:
     """Allow a publish/subscribe when the registry's topic policy permits it."""
-    gateways = set(repo.mqtt_hashes(reg.engine))
-    actions = ("publish", "subscribe") if body.action == "all" else (body.action,)
-    ok = all(permitted(body.username, body.topic, a, gateways=gateways,
-                       collector_user=reg.settings.collector_user) for a in actions)
+    ok = reg.mqtt_authorize(body.username, body.clientid, body.topic, body.action)
     return {"result": "allow" if ok else "deny"}

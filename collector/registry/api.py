@@ -11,9 +11,11 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import Path as FastPath
 from pydantic import BaseModel, Field
 
 from collector.auth import Principal, Role, require
+from collector.params import NO_NUL, TIME_MAX_MS, TIME_MIN_MS, Name, Text, invalid
 from collector.registry import repo
 from collector.registry.service import Registry
 from devices.contract import GATEWAY_ID_RE
@@ -29,6 +31,7 @@ def get_registry(request: Request) -> Registry:
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+SiteId = Annotated[str, FastPath(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f/]+$")]
 Admin = Annotated[Principal, Depends(require(A))]
 Technician = Annotated[Principal, Depends(require(T))]
 Crew = Annotated[Principal, Depends(require(T, C))]
@@ -38,47 +41,54 @@ Anyone = Annotated[Principal, Depends(require(T, C, R))]
 class SiteIn(BaseModel):
     """A site: where gateways are installed."""
 
-    name: str = ""
+    name: Text = ""
     lat: float | None = Field(default=None, ge=-90, le=90)
     lon: float | None = Field(default=None, ge=-180, le=180)
-    district: str = ""
-    responsible_unit: str = ""
+    district: Text = ""
+    responsible_unit: Text = ""
 
 
 class GatewayIn(BaseModel):
     """A request for a new gateway identity."""
 
-    site: str
-    id: str | None = None
+    site: Name
+    id: Name | None = None
 
 
 class ClaimIn(BaseModel):
     """A zero-touch claim: a provisioning token and, optionally, the id the gateway wants."""
 
-    token: str
-    gateway_id: str | None = None
+    token: Name
+    gateway_id: Name | None = None
 
 
 class RunIn(BaseModel):
     """One commissioning run as uploaded by the provisioning tool."""
 
-    run_id: str = Field(min_length=8, max_length=64)
-    ts: int
-    technician: str = ""
+    run_id: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    ts: int = Field(ge=TIME_MIN_MS, le=TIME_MAX_MS)
+    technician: Text = ""
     results: list[dict[str, Any]]
-    config_toml: str = ""
+    config_toml: Text = ""
 
 
 class ConfigIn(BaseModel):
     """A config to send to a gateway."""
 
-    config_toml: str
+    config_toml: Annotated[str, Field(max_length=1_000_000, pattern=NO_NUL)]
     wait_s: float = Field(default=0.0, ge=0, le=120)
+
+
+# Answers of the routes that talk to a gateway through the broker.
+BROKER_AWAY: dict[int | str, dict[str, Any]] = {
+    503: {"description": "the collector is not connected to the broker right now"}}
+NO_ANSWER: dict[int | str, dict[str, Any]] = {
+    504: {"description": "the gateway did not answer in time"}}
 
 
 def _gw(gateway_id: str) -> str:
     if not GATEWAY_ID_RE.match(gateway_id):
-        raise HTTPException(422, "not a valid gateway id")
+        raise invalid("path", "gateway_id", "not a valid gateway id", gateway_id)
     return gateway_id
 
 
@@ -98,7 +108,7 @@ def list_sites(reg: RegistryDep, _who: Anyone) -> list[dict[str, Any]]:
 
 
 @router.put("/sites/{site_id}", status_code=204)
-def put_site(site_id: str, body: SiteIn, reg: RegistryDep, _who: Admin) -> None:
+def put_site(site_id: SiteId, body: SiteIn, reg: RegistryDep, _who: Admin) -> None:
     """Create or update a site."""
     repo.upsert_site(reg.engine, {"site_id": site_id, **body.model_dump()})
 
@@ -183,7 +193,7 @@ def _channel(reg: Registry) -> Any:
     return reg.commands
 
 
-@router.get("/gateways/{gateway_id}/replies/{reply_id}")
+@router.get("/gateways/{gateway_id}/replies/{reply_id}", responses=BROKER_AWAY)
 def reply(gateway_id: str, reply_id: str, reg: RegistryDep,
           _who: Technician) -> dict[str, Any]:
     """A reply the gateway published recently (404 while it has not arrived)."""
@@ -193,7 +203,7 @@ def reply(gateway_id: str, reply_id: str, reg: RegistryDep,
     return dict(got.model_dump())
 
 
-@router.post("/gateways/{gateway_id}/echo")
+@router.post("/gateways/{gateway_id}/echo", responses={**BROKER_AWAY, **NO_ANSWER})
 def echo(gateway_id: str, reg: RegistryDep, _who: Technician,
          wait_s: float = 10.0) -> dict[str, Any]:
     """Send cmd/echo to a running gateway and wait for its reply."""
@@ -207,7 +217,7 @@ def echo(gateway_id: str, reg: RegistryDep, _who: Technician,
     return dict(got.model_dump())
 
 
-@router.post("/gateways/{gateway_id}/config", status_code=202)
+@router.post("/gateways/{gateway_id}/config", status_code=202, responses=BROKER_AWAY)
 def push_config(gateway_id: str, body: ConfigIn, reg: RegistryDep,
                 _who: Technician) -> dict[str, Any]:
     """Send a new config over cmd/config; wait up to wait_s for the gateway's verdict."""

@@ -12,10 +12,15 @@ import sqlalchemy as sa
 
 from collector.auth import hash_token, now_ms
 from collector.registry import tables as t
-from collector.registry.mqtt_auth import hash_password, new_password
+from collector.registry.mqtt_auth import collector_namespace, hash_password, new_password
 from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE
 
-RESERVED_IDS = frozenset({"citygate-collector", "collector", "admin"})
+RESERVED_IDS = frozenset({"admin"})  # and the collector's client-id namespace
+
+
+def _reserved(gateway_id: str) -> bool:
+    """A gateway id is its MQTT client id: it may not be one the collector's connections use."""
+    return gateway_id in RESERVED_IDS or collector_namespace(gateway_id)
 
 
 class RegistryError(ValueError):
@@ -66,6 +71,8 @@ def _new_gateway_id(conn: sa.Connection, site_id: str) -> str:
     base = "".join(c if c.isalnum() or c in "-_" else "-" for c in site_id.lower())[:40]
     while True:
         candidate = f"{base}-{secrets.token_hex(3)}".lstrip("-_")
+        if _reserved(candidate):
+            candidate = f"gw-{candidate}"
         if not conn.execute(sa.select(t.gateways.c.gateway_id)
                             .where(t.gateways.c.gateway_id == candidate)).first():
             return candidate
@@ -74,23 +81,29 @@ def _new_gateway_id(conn: sa.Connection, site_id: str) -> str:
 def create_gateway(engine: sa.Engine, site_id: str, gateway_id: str | None,
                    created_by: str) -> Identity:
     """Register a gateway with fresh MQTT credentials (409 when the id is taken)."""
-    if gateway_id is not None and (not GATEWAY_ID_RE.match(gateway_id)
-                                   or gateway_id in RESERVED_IDS):
-        raise RegistryError(422, f"{gateway_id!r} cannot be a gateway id: use lower-case "
-                                 "letters, digits, '-' and '_' (not a reserved name)")
-    password = new_password()
     with engine.begin() as conn:
-        if not conn.execute(sa.select(t.sites.c.site_id).where(t.sites.c.site_id == site_id)
-                            ).first():
-            raise RegistryError(404, f"no site {site_id!r}: create it first (POST /api/v1/sites)")
-        gid = gateway_id or _new_gateway_id(conn, site_id)
-        if conn.execute(sa.select(t.gateways.c.gateway_id)
-                        .where(t.gateways.c.gateway_id == gid)).first():
-            raise RegistryError(409, f"gateway {gid!r} already exists: pick another id, or "
-                                     "rotate its credentials (POST .../credentials)")
-        conn.execute(sa.insert(t.gateways).values(
-            gateway_id=gid, site_id=site_id, mqtt_hash=hash_password(password),
-            created=now_ms(), created_by=created_by))
+        return _create_gateway(conn, site_id, gateway_id, created_by)
+
+
+def _create_gateway(conn: sa.Connection, site_id: str, gateway_id: str | None,
+                    created_by: str) -> Identity:
+    if gateway_id is not None and (not GATEWAY_ID_RE.match(gateway_id)
+                                   or _reserved(gateway_id)):
+        raise RegistryError(422, f"{gateway_id!r} cannot be a gateway id: use lower-case "
+                                 "letters, digits, '-' and '_', not starting with 'citygate' "
+                                 "or 'collector' (the collector's client ids)")
+    password = new_password()
+    if not conn.execute(sa.select(t.sites.c.site_id).where(t.sites.c.site_id == site_id)
+                        ).first():
+        raise RegistryError(404, f"no site {site_id!r}: create it first (POST /api/v1/sites)")
+    gid = gateway_id or _new_gateway_id(conn, site_id)
+    if conn.execute(sa.select(t.gateways.c.gateway_id)
+                    .where(t.gateways.c.gateway_id == gid)).first():
+        raise RegistryError(409, f"gateway {gid!r} already exists: pick another id, or "
+                                 "rotate its credentials (POST .../credentials)")
+    conn.execute(sa.insert(t.gateways).values(
+        gateway_id=gid, site_id=site_id, mqtt_hash=hash_password(password),
+        created=now_ms(), created_by=created_by))
     return Identity(gid, site_id, password)
 
 
@@ -196,21 +209,26 @@ def create_provision_token(engine: sa.Engine, site_id: str, ttl_s: float,
 
 
 def claim(engine: sa.Engine, token: str, gateway_id: str | None) -> Identity:
-    """Exchange a provisioning token (once, before it expires) for a new gateway identity."""
+    """Exchange a provisioning token (once, before it expires) for a new gateway identity.
+
+    The token is spent in the transaction that creates the gateway: a claim that fails (an id
+    taken or refused) leaves the token usable for a corrected claim.
+    """
     digest = hash_token(token)
     now = now_ms()
     with engine.begin() as conn:
-        # The conditional update is the one-time guarantee, also with concurrent claims.
+        # The conditional update is the one-time guarantee, also with concurrent claims: the
+        # row stays locked until this transaction commits or rolls back.
         won = conn.execute(sa.update(t.provision_tokens).where(
             t.provision_tokens.c.token_hash == digest, t.provision_tokens.c.used_at.is_(None),
             t.provision_tokens.c.expires > now).values(used_at=now)).rowcount
         row = conn.execute(sa.select(t.provision_tokens)
                            .where(t.provision_tokens.c.token_hash == digest)).first()
-    if not won or row is None:
-        raise RegistryError(403, "this provisioning token is unknown, used or expired: ask for "
-                                 "a new one (citygate provision token --site SITE)")
-    ident = create_gateway(engine, row.site_id, gateway_id, created_by=f"claim:{row.created_by}")
-    with engine.begin() as conn:
+        if not won or row is None:
+            raise RegistryError(403, "this provisioning token is unknown, used or expired: "
+                                     "ask for a new one (citygate provision token --site SITE)")
+        ident = _create_gateway(conn, row.site_id, gateway_id,
+                                created_by=f"claim:{row.created_by}")
         conn.execute(sa.update(t.provision_tokens).where(
             t.provision_tokens.c.token_hash == digest).values(gateway_id=ident.gateway_id))
     return ident

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from collector.registry import repo
 from collector.registry.commands import CommandChannel
-from collector.registry.mqtt_auth import BrokerFiles
+from collector.registry.mqtt_auth import BrokerFiles, may_connect, permitted, verify_password
 from devices.contract import ReplyMessage
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,27 @@ class Registry:
             known = frozenset(repo.mqtt_hashes(self.engine))  # refresh also on a miss
             self._known = (time.monotonic(), known)
         return gateway_id in known
+
+    def mqtt_authenticate(self, username: str, password: str, client_id: str) -> bool:
+        """The EMQX authentication hook: right password, and the client id bound to the user."""
+        hashes = repo.mqtt_hashes(self.engine)
+        if username == self.settings.collector_user:
+            stored: str | None = self.settings.collector_password_hash or None
+        else:
+            stored = hashes.get(username)
+        return (stored is not None and verify_password(password, stored)
+                and may_connect(username, client_id, gateways=set(hashes),
+                                collector_user=self.settings.collector_user))
+
+    def mqtt_authorize(self, username: str, client_id: str, topic: str, action: str) -> bool:
+        """The EMQX authorization hook: the topic policy, for a user on its own client id."""
+        gateways = set(repo.mqtt_hashes(self.engine))
+        collector = self.settings.collector_user
+        if not may_connect(username, client_id, gateways=gateways, collector_user=collector):
+            return False
+        actions = ("publish", "subscribe") if action == "all" else (action,)
+        return all(permitted(username, topic, a, gateways=gateways, collector_user=collector)
+                   for a in actions)
 
     def sync_broker(self) -> None:
         """Rewrite the broker's password and ACL files from the registry and reload it."""

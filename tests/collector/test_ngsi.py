@@ -295,6 +295,10 @@ def test_json_ld_has_inline_context(city: City) -> None:
     ("/ngsi-ld/v1/entities?type=ParkingSpot&georel=within", 400, "BadRequestData"),
     ("/ngsi-ld/v1/temporal/entities?type=Device&timerel=between&timeAt=2024-01-01T00:00:00Z",
      400, "BadRequestData"),
+    ("/ngsi-ld/v1/temporal/entities?type=Device&timerel=after&timeAt=%C2%B2", 400,
+     "BadRequestData"),
+    ("/ngsi-ld/v1/temporal/entities?type=Device&timerel=after&timeAt=99999999999999999999",
+     400, "BadRequestData"),
 ])
 def test_errors_are_problem_details(city: City, url: str, status: int, kind: str) -> None:
     resp = city.client.get(url)
@@ -625,3 +629,44 @@ def test_retention_deletes_only_old_rows_when_a_backlog_arrived_late(store: Stor
     with store.engine.connect() as conn:
         left = sorted(conn.scalars(sa.text("SELECT value FROM readings WHERE device_id = 'd'")))
     assert left == [float(i) for i, ts in enumerate(times, start=1) if ts == young]
+
+
+# --- the type filter ------------------------------------------------------------------------------
+
+@pytest.fixture
+def mixed_city(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[City]:
+    """A city with one off-street car park beside the on-street zones, every type present."""
+    zones = [{"id": "renmin-n", "name": "Renmin Rd north", "lat": 34.7466, "lon": 113.6253,
+              "sensors": ["1001-1003"]},
+             {"id": "erqi-sq", "name": "Erqi Square", "lat": 34.7538, "lon": 113.6650,
+              "sensors": ["2001-2002"]},
+             {"id": "erqi-garage", "name": "Erqi garage", "lat": 34.75, "lon": 113.66,
+              "kind": "offStreet", "sensors": ["3001-3002"]}]
+    monkeypatch.setitem(globals(), "PARKING",
+                        load_parking_config({"heartbeat": "10min", "zones": zones}))
+    c = City(store)
+    c.populate()
+    yield c
+    c.parking.close()
+
+
+def _types_of(city: City, query: str) -> list[str]:
+    resp = city.client.get(f"/ngsi-ld/v1/entities?type={query}&limit=1000")
+    assert resp.status_code == 200, resp.text
+    ids = [e["id"] for e in resp.json()]
+    assert len(ids) == len(set(ids)), f"duplicates for type={query}"
+    return sorted({e["type"] for e in resp.json()})
+
+
+@pytest.mark.parametrize("etype", model.ENTITY_TYPES)
+def test_the_type_filter_holds_for_every_type(mixed_city: City, etype: str) -> None:
+    assert _types_of(mixed_city, etype) == [etype]
+
+
+def test_two_types_give_each_once(mixed_city: City) -> None:
+    both = mixed_city.client.get("/ngsi-ld/v1/entities?type=OnStreetParking,OffStreetParking"
+                                 "&limit=1000").json()
+    ids = sorted(e["id"] for e in both)
+    assert ids == ["urn:ngsi-ld:OffStreetParking:erqi-garage",
+                   "urn:ngsi-ld:OnStreetParking:erqi-sq",
+                   "urn:ngsi-ld:OnStreetParking:renmin-n"]

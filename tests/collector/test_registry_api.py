@@ -97,18 +97,20 @@ def test_new_gateway_gets_credentials_the_broker_files_and_hook_accept(hub: Hub)
     assert stat.S_IMODE(files.password_file.stat().st_mode) == 0o600
     assert "user gw-1\ntopic write citygate/v1/gw-1/data" in files.acl_file.read_text()
     hook = hub.as_("broker")
-    ok = hub.client.post("/api/v1/mqtt/auth", json={"username": "gw-1", "password": password},
-                         headers=hook).json()
-    bad = hub.client.post("/api/v1/mqtt/auth", json={"username": "gw-1", "password": "no"},
-                          headers=hook).json()
-    coll = hub.client.post("/api/v1/mqtt/auth", json={"username": "citygate-collector",
-                                                      "password": COLLECTOR_PASSWORD},
-                           headers=hook).json()
-    assert (ok["result"], bad["result"], coll["result"]) == ("allow", "deny", "allow")
 
-    def acl(user: str, topic: str, action: str) -> str:
+    def login(user: str, pw: str, clientid: str) -> str:
+        return str(hub.client.post("/api/v1/mqtt/auth", headers=hook, json={
+            "username": user, "password": pw, "clientid": clientid}).json()["result"])
+
+    assert login("gw-1", password, "gw-1") == "allow"
+    assert login("gw-1", "no", "gw-1") == "deny"
+    assert login("citygate-collector", COLLECTOR_PASSWORD, "citygate-collector") == "allow"
+    assert login("citygate-collector", COLLECTOR_PASSWORD, "collector-3") == "allow"
+
+    def acl(user: str, topic: str, action: str, clientid: str | None = None) -> str:
         return str(hub.client.post("/api/v1/mqtt/acl", headers=hook, json={
-            "username": user, "topic": topic, "action": action}).json()["result"])
+            "username": user, "topic": topic, "action": action,
+            "clientid": user if clientid is None else clientid}).json()["result"])
 
     assert acl("gw-1", "citygate/v1/gw-1/data", "publish") == "allow"
     assert acl("gw-1", "citygate/v1/gw-2/data", "publish") == "deny"
@@ -118,6 +120,42 @@ def test_new_gateway_gets_credentials_the_broker_files_and_hook_accept(hub: Hub)
     assert acl("gw-1", "citygate/v1/_collector/+/state", "subscribe") == "allow"
     assert acl("citygate-collector", "citygate/v1/gw-1/cmd/config", "publish") == "allow"
     assert acl("citygate-collector", "citygate/v1/#", "subscribe") == "allow"
+
+
+def test_the_hook_binds_each_credential_to_its_own_client_id(hub: Hub) -> None:
+    password = setup_gateway(hub)["mqtt"]["password"]
+    r = hub.client.post("/api/v1/gateways", json={"site": "s1", "id": "gw-2"},
+                        headers=hub.as_(T))
+    assert r.status_code == 201
+    hook = hub.as_("broker")
+
+    def login(user: str, pw: str, clientid: str) -> str:
+        return str(hub.client.post("/api/v1/mqtt/auth", headers=hook, json={
+            "username": user, "password": pw, "clientid": clientid}).json()["result"])
+
+    # A gateway's right password with any client id but its own: the collector's, another
+    # gateway's, a variant of its own, or none.
+    for clientid in ("citygate-collector", "collector-1", "gw-2", "gw-gw-1", "gw-1-x", ""):
+        assert login("gw-1", password, clientid) == "deny", clientid
+    # The collector may not take a gateway's session either.
+    assert login("citygate-collector", COLLECTOR_PASSWORD, "gw-1") == "deny"
+    assert login("citygate-collector", COLLECTOR_PASSWORD, "elsewhere") == "deny"
+    acl = hub.client.post("/api/v1/mqtt/acl", headers=hook, json={
+        "username": "gw-1", "clientid": "gw-2", "topic": "citygate/v1/gw-1/data",
+        "action": "publish"}).json()
+    assert acl["result"] == "deny"
+
+
+@pytest.mark.parametrize("gid", ["citygate-collector-cmd", "citygate-x", "collector-1",
+                                 "collector", "admin"])
+def test_gateway_ids_stay_out_of_the_collectors_client_ids(hub: Hub, gid: str) -> None:
+    setup_gateway(hub)
+    r = hub.client.post("/api/v1/gateways", json={"site": "s1", "id": gid}, headers=hub.as_(T))
+    assert r.status_code == 422 and "collector's client ids" in r.json()["detail"][0]["msg"]
+    hub.client.put("/api/v1/sites/collector-yard", json={"name": "Yard"}, headers=hub.as_(A))
+    auto = hub.client.post("/api/v1/gateways", json={"site": "collector-yard"},
+                           headers=hub.as_(T))
+    assert auto.status_code == 201 and auto.json()["gateway_id"].startswith("gw-collector-yard-")
 
 
 def test_duplicate_and_bad_ids_and_unknown_sites_are_explained(hub: Hub) -> None:
@@ -147,6 +185,25 @@ def test_zero_touch_claim_works_once_and_not_after_expiry(hub: Hub) -> None:
     token, _ = repo.create_provision_token(hub.registry.engine, "s1", -1.0, "t")
     expired = hub.client.post("/api/v1/provision/claim", json={"token": token})
     assert expired.status_code == 403
+
+
+@pytest.mark.parametrize(("gid", "status"), [("gw-1", 409), ("GW 1", 422),
+                                              ("collector-9", 422)])
+def test_a_failed_claim_leaves_the_token_usable(hub: Hub, gid: str, status: int) -> None:
+    setup_gateway(hub)
+    tok = hub.client.post("/api/v1/sites/s1/provision-tokens", headers=hub.as_(T)).json()
+    failed = hub.client.post("/api/v1/provision/claim",
+                             json={"token": tok["token"], "gateway_id": gid})
+    assert failed.status_code == status, failed.text
+    retry = hub.client.post("/api/v1/provision/claim",
+                            json={"token": tok["token"], "gateway_id": "gw-claimed"})
+    assert retry.status_code == 201, retry.text
+    assert retry.json()["gateway_id"] == "gw-claimed"
+    spent = hub.client.post("/api/v1/provision/claim", json={"token": tok["token"]})
+    assert spent.status_code == 403
+    names = [g["gateway_id"] for g in hub.client.get("/api/v1/registry/gateways",
+                                                     headers=hub.as_(A)).json()]
+    assert names == ["gw-1", "gw-claimed"]
 
 
 def test_commissioning_upload_is_idempotent_and_registers_devices(hub: Hub) -> None:
