@@ -219,6 +219,23 @@ def get_incident(incident_id: int, desk: DeskDep, who: PrincipalDep) -> dict[str
     return inc
 
 
+@router.post("/incidents/{incident_id}/assign")
+def assign(incident_id: int, body: AssignIn, desk: DeskDep,
+           who: PrincipalDep) -> dict[str, Any]:
+    """Re-assign to another member and/or unit (crew: within their own units); recorded."""
+    _visible(desk, incident_id, who)
+    if body.member is None and body.unit is None:
+        raise HTTPException(422, "give a member, a unit, or both")
+    try:
+        return desk.assign(incident_id, member=body.member, unit=body.unit, who=who.name,
+                           units=None if who.role == "ops" else list(who.units),
+                           note=body.note)
+    except NotAllowed as exc:
+        raise HTTPException(403, str(exc)) from None
+    except BadRequest as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
 @router.post("/incidents/{incident_id}/{action}")
 def act(incident_id: int, action: Literal["ack", "arrive", "resolve", "close"],
         desk: DeskDep, who: PrincipalDep, body: NoteIn | None = None) -> dict[str, Any]:
@@ -237,23 +254,6 @@ def act(incident_id: int, action: Literal["ack", "arrive", "resolve", "close"],
         raise HTTPException(409, {"error": "condition_present", "state": exc.state,
                                   "action": action, "conditions": exc.conditions,
                                   "message": str(exc)}) from None
-    except BadRequest as exc:
-        raise HTTPException(422, str(exc)) from None
-
-
-@router.post("/incidents/{incident_id}/assign")
-def assign(incident_id: int, body: AssignIn, desk: DeskDep,
-           who: PrincipalDep) -> dict[str, Any]:
-    """Re-assign to another member and/or unit (crew: within their own units); recorded."""
-    _visible(desk, incident_id, who)
-    if body.member is None and body.unit is None:
-        raise HTTPException(422, "give a member, a unit, or both")
-    try:
-        return desk.assign(incident_id, member=body.member, unit=body.unit, who=who.name,
-                           units=None if who.role == "ops" else list(who.units),
-                           note=body.note)
-    except NotAllowed as exc:
-        raise HTTPException(403, str(exc)) from None
     except BadRequest as exc:
         raise HTTPException(422, str(exc)) from None
 

@@ -171,7 +171,7 @@ def card_fields(row: dict[str, Any], facts: Facts, cfg: AlarmsConfig,
         "arrival_sla_s": None if sla is None else sla // 1000,
         "arrive_by": iso(arrive_by),
         "arrival_overdue": arrive_by is not None and row["arrived_at"] is None
-        and state in ("open", "acknowledged") and now > arrive_by,
+        and state in ("open", "acknowledged") and now >= arrive_by,
         "escalations": [_fired_view(e) for e in fired],
         "next_escalation": _next(row, cfg, fired),
         "overrides": row["overrides"],
