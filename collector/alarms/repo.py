@@ -191,6 +191,16 @@ def latest_points(conn: sa.Connection, devices: list[str],
     return out
 
 
+def registry_sites(conn: sa.Connection, site_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Name and coordinates of sites in the gateway registry (none when it is not installed)."""
+    if not site_ids or not sa.inspect(conn).has_table("reg_sites"):
+        return {}
+    t = sa.table("reg_sites", sa.column("site_id"), sa.column("name"), sa.column("lat"),
+                 sa.column("lon"))
+    rows = conn.execute(sa.select(t).where(t.c.site_id.in_(sorted(set(site_ids)))))
+    return {r.site_id: {"name": r.name, "lat": r.lat, "lon": r.lon} for r in rows}
+
+
 def gateway_of(conn: sa.Connection, device: str) -> str:
     """The gateway a device last reported through ("" when unknown)."""
     d = schema.devices

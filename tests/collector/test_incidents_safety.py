@@ -394,3 +394,19 @@ def test_migration_19_adds_columns_to_existing_tables(store: Store) -> None:  # 
         cols = {c["name"] for c in sa.inspect(conn).get_columns("incidents")}
     assert (row[0], bool(row[1])) == ("ops", False)  # an old silence never holds an entrapment
     assert {"assignee", "overrides"} <= cols
+
+
+def test_site_name_and_coordinates_come_from_the_registry_when_config_has_none(
+        client: TestClient, rig: Rig) -> None:
+    from collector.registry.tables import sites as reg_sites
+
+    with rig.store.engine.begin() as conn:
+        reg_sites.create(conn, checkfirst=True)
+        conn.execute(sa.insert(reg_sites).values(site_id="plant-7", name="Boiler house 7",
+                                                 lat=34.8012, lon=113.7021, created=0))
+    rig.events("gw-plant", ("boiler-1", "alarm_button", "raise"))
+    [card] = client.get("/api/v1/incidents", headers=OPS).json()
+    assert {k: card["site_info"][k] for k in ("id", "name", "lat", "lon", "address")} == {
+        "id": "plant-7", "name": "Boiler house 7", "lat": 34.8012, "lon": 113.7021,
+        "address": ""}
+    assert card["lift"] is None  # no lift readings for a boiler
