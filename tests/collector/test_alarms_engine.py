@@ -330,8 +330,14 @@ def test_escalation_stops_on_acknowledgement(rig: Rig) -> None:
     rig.at(5 * MIN)
     assert rig.channels()[2:] == ["wecom-supervisors", "email-ops"]
     assert {n.key for _, n in rig.notify.sent[2:]} == {f"incident-{second['id']}"}
-    rig.at(60 * MIN)
+    rig.at(10 * MIN - S)
     assert len(rig.notify.sent) == 4
+    # nobody arrived within the 10 min SLA: the chain's last audience hears it, once, for each
+    rig.at(10 * MIN)
+    assert rig.channels()[4:] == ["wecom-supervisors", "email-ops"] * 2
+    assert all("not arrived" in n.text for _, n in rig.notify.sent[4:])
+    rig.at(60 * MIN)
+    assert len(rig.notify.sent) == 8
 
 
 def test_failed_enqueue_is_retried_by_the_next_tick(rig: Rig) -> None:
