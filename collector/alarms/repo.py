@@ -6,6 +6,7 @@ commit. Queries use the indexes declared in collector.alarms.tables.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -191,10 +192,17 @@ def latest_points(conn: sa.Connection, devices: list[str],
     return out
 
 
+_REGISTRY_SEEN: weakref.WeakSet[sa.Engine] = weakref.WeakSet()  # databases with reg_sites
+
+
 def registry_sites(conn: sa.Connection, site_ids: list[str]) -> dict[str, dict[str, Any]]:
     """Name and coordinates of sites in the gateway registry (none when it is not installed)."""
-    if not site_ids or not sa.inspect(conn).has_table("reg_sites"):
+    if not site_ids:
         return {}
+    if conn.engine not in _REGISTRY_SEEN:  # tables are never dropped: ask until it is there
+        if not sa.inspect(conn).has_table("reg_sites"):
+            return {}
+        _REGISTRY_SEEN.add(conn.engine)
     t = sa.table("reg_sites", sa.column("site_id"), sa.column("name"), sa.column("lat"),
                  sa.column("lon"))
     rows = conn.execute(sa.select(t).where(t.c.site_id.in_(sorted(set(site_ids)))))
