@@ -335,7 +335,7 @@ def test_escalation_stops_on_acknowledgement(rig: Rig) -> None:
     # nobody arrived within the 10 min SLA: the chain's last audience hears it, once, for each
     rig.at(10 * MIN)
     assert rig.channels()[4:] == ["wecom-supervisors", "email-ops"] * 2
-    assert all("not arrived" in n.text for _, n in rig.notify.sent[4:])
+    assert all("nobody on site yet" in n.text for _, n in rig.notify.sent[4:])
     rig.at(60 * MIN)
     assert len(rig.notify.sent) == 8
 

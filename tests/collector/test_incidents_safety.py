@@ -260,7 +260,7 @@ def test_not_arrived_escalation_fires_at_its_time_and_stops_on_arrival(
     assert rig.channels()[2:] == ["wecom-supervisors"]
     [(_, notice)] = rig.notify.sent[2:]
     assert notice.key == f"incident-{second}"
-    assert "not arrived" in notice.text
+    assert "escalation stage 3: nobody on site yet" in notice.text
     late = client.get(f"/api/v1/incidents/{second}", headers=LI).json()
     assert [e["text"] for e in late["escalations"]] == ["page → crew",
                                                         "not arrived → supervisor"]
