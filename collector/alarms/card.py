@@ -24,11 +24,11 @@ from collector.alarms.policy import (
     next_escalation,
     stage_label,
 )
+from collector.alarms.repo import SEVERITY_RANK
 from collector.alarms.views import incident_view
 from collector.api import iso
 
 FAULTS_FILE = Path(__file__).with_name("faults.toml")
-SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
 LIFT_POINTS = ("floor", "door_closed", "door_zone", "passenger_present", "car_running",
                "service_mode")
 _CODED_KINDS = {"gbt24476_fault": "gbt24476", "gbt24476_event": "gbt24476"}

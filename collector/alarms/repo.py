@@ -144,10 +144,21 @@ def history(conn: sa.Connection, incident_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows.mappings()]
 
 
+SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
+
+
+def severity_rank(column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+    """0 for critical … 4 for info, 5 for anything else, in SQL."""
+    return sa.case(SEVERITY_RANK, value=column, else_=len(SEVERITY_RANK))
+
+
 def list_incidents(conn: sa.Connection, states: list[str] | None, units: list[str] | None,
-                   limit: int) -> list[dict[str, Any]]:
-    """Incidents, newest first, filtered by states and units (None: any)."""
-    stmt = sa.select(incidents).order_by(incidents.c.id.desc()).limit(limit)
+                   limit: int, urgency: bool = False) -> list[dict[str, Any]]:
+    """Incidents filtered by states and units (None: any): newest first, or most urgent first
+    (severity, then the longest waiting)."""
+    i = incidents
+    order = (severity_rank(i.c.severity), i.c.opened_at, i.c.id) if urgency else (i.c.id.desc(),)
+    stmt = sa.select(incidents).order_by(*order).limit(limit)
     if states:
         stmt = stmt.where(incidents.c.state.in_(states))
     if units is not None:

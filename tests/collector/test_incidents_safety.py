@@ -328,11 +328,13 @@ def test_card_says_where_to_go_and_how_urgent(client: TestClient, rig: Rig) -> N
                     "action": "raise", "severity": "major", "code": 2,
                     "evidence": {"fault_code": 2}}]}), "gw-a")
     iid = entrapment(rig)
-    cards = client.get("/api/v1/incidents?state=active", headers=LI).json()
-    assert [(c["kind"], c["severity_rank"]) for c in sorted(
-        cards, key=lambda c: (c["severity_rank"], c["opened_at"]))] == [
-        ("trapped_passenger", 0), ("door_close_fault", 1)]  # gbt fault waits for group_wait
-    rig.at(62 * S)
+    rig.at(62 * S)  # the controller fault waited for group_wait: the newest incident
+    newest = client.get("/api/v1/incidents?state=active", headers=LI).json()
+    assert [c["kind"] for c in newest] == ["gbt24476_fault", "trapped_passenger",
+                                           "door_close_fault"]
+    urgent = client.get("/api/v1/incidents?state=active&order=urgency", headers=LI).json()
+    assert [(c["kind"], c["severity_rank"]) for c in urgent] == [
+        ("trapped_passenger", 0), ("door_close_fault", 1), ("gbt24476_fault", 1)]
     card = next(c for c in client.get("/api/v1/incidents", headers=LI).json() if c["id"] == iid)
     assert card["site_info"] == {
         "id": "jinshui-12", "name": "Jinshui Rd 12", "address": "12 Jinshui Road, Zhengzhou",
