@@ -40,9 +40,11 @@ def test_crew_page_receives_incident_and_acknowledges_it(page: Page, server: str
     assert (got["state"], got["acknowledged_by"]) == ("acknowledged", "Li Wei")
     assert got["history"][-1]["note"] == "on my way, 8 min"
 
-    # The device clears: the page follows the auto-resolve without a reload.
+    # The device clears: a trapped passenger is never auto-resolved, a person confirms.
     rig.clock.now += 60_000
     rig.events("gw-a", ("lift-1", "trapped_passenger", "clear"))
+    assert rig.desk.incident(inc["id"])["awaiting_confirmation"] is True
+    card.locator('button[data-action="resolve"]').click()
     expect(card).to_have_attribute("data-state", "resolved")
     expect(card.locator('button[data-action="close"]')).to_be_visible()
 
@@ -60,5 +62,6 @@ def test_ops_page_shows_all_incidents_and_figures(page: Page, server: str,  # no
     rig.events("gw-a", ("lift-2", "trapped_passenger", "raise"), severity="critical")
     expect(page.locator("#incidents")).to_have_attribute("data-count", "2")
     expect(page.locator("#stats")).to_have_attribute("data-found", "2")
-    expect(page.locator("#tta")).to_have_text("95 s")
+    # the new one counts too, with the 0 s it has waited so far: (95 + 0) / 2
+    expect(page.locator("#tta")).to_have_text("47.5 s")
     page.screenshot(path=str(ARTIFACTS / "ops.png"), full_page=True)
