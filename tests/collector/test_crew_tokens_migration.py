@@ -1,7 +1,9 @@
-"""Migration 53 upgrades an existing API token table in place (SQLite and PostgreSQL)."""
+"""Migration 53 upgrades an existing API token table in place, and the last admin token stays
+(SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from collector import auth, migrations, schema
@@ -28,3 +30,9 @@ def test_an_older_token_table_gains_unit_and_member(store: Store) -> None:
     who = auth.lookup(engine, secret)
     assert who is not None and (who.unit, who.member) == ("crew-north", "Li Wei")
     assert migrations.migrate(engine) == []
+    with pytest.raises(auth.LastAdminToken):  # the upgraded table keeps its last admin
+        auth.revoke_token(engine, "root")
+    auth.create_token(engine, "root-2", auth.Role.ADMIN)
+    assert auth.revoke_token(engine, "root")
+    with pytest.raises(auth.LastAdminToken):
+        auth.revoke_token(engine, "root-2")
