@@ -181,6 +181,8 @@ def test_acknowledgement_stops_the_escalation(
     second = wait_for(lambda: incident_of(base, "lift-02"), 20, "lift-02's incident")
     wait_for(lambda: pushes_for(receivers, "webhook:supervisor", second["id"]), 30,
              "the escalation of the unacknowledged lift-02")
+    wait_for(lambda: pushes_for(receivers, "sms:aliyun", second["id"]), 10,
+             "the SMS about the unacknowledged lift-02")
 
     assert pushes_for(receivers, "webhook:supervisor", first["id"]) == []
     assert pushes_for(receivers, "sms:aliyun", first["id"]) == []
