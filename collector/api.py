@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from collector import pages
 from collector.auth import Role, require
+from collector.pages import page
 from collector.store import Store, typed_value
 from devices.contract import DEVICE_ID_RE
 from devices.quantities import QUANTITIES
-
-STATIC = Path(__file__).parent / "static"
 
 
 def iso(ms: int | None) -> str | None:
@@ -304,8 +302,10 @@ def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
     app.include_router(public)
     app.include_router(router)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def status_page() -> str:
-        return (STATIC / "status.html").read_text(encoding="utf-8")
+    pages.install(app)
+
+    @app.get("/", include_in_schema=False)
+    def status_page() -> Response:
+        return page("status.html")
 
     return app

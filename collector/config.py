@@ -29,6 +29,7 @@ class CollectorConfig(BaseModel):
     hub_feed: dict[str, Any] = Field(default_factory=dict)
     # what new gateways are told (broker URLs, CA), and the broker's auth files
     registry: dict[str, Any] = Field(default_factory=dict)
+    pages: dict[str, Any] = Field(default_factory=dict)  # what the web pages link to (map URL)
 
 
 def load_collector_config(path: str | Path | None) -> CollectorConfig:

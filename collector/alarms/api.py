@@ -22,7 +22,8 @@ from pydantic import BaseModel, Field
 from collector.alarms.config import AlarmsConfig, parse_duration
 from collector.alarms.desk import IncidentDesk, IncidentNotFound
 from collector.alarms.lifecycle import ACTIVE_STATES, IllegalTransition, State
-from collector.api import STATIC, parse_time
+from collector.api import parse_time
+from collector.pages import page
 
 KEEPALIVE_S = 15.0
 DEFAULT_STATS_WINDOW_MS = 30 * 86_400_000
@@ -259,12 +260,12 @@ def delete_silence(silence_id: int, desk: DeskDep, who: PrincipalDep) -> None:
 
 
 @pages.get("/crew", response_class=HTMLResponse)
-def crew_page() -> str:
+def crew_page() -> HTMLResponse:
     """The crew's mobile page: my unit's open incidents, live."""
-    return (STATIC / "crew.html").read_text(encoding="utf-8")
+    return page("crew.html")
 
 
 @pages.get("/ops", response_class=HTMLResponse)
-def ops_page() -> str:
+def ops_page() -> HTMLResponse:
     """The operations page: all incidents and the closed-loop figures."""
-    return (STATIC / "ops.html").read_text(encoding="utf-8")
+    return page("ops.html")
