@@ -35,7 +35,7 @@ function closeCell(inc) {
 }
 
 function row(i) {
-  const name = i.fault?.en || i.kind;
+  const name = i.fault?.en || i.title;
   const site = i.site_info?.name || i.site;
   return html`<tr id="incident-${i.id}" data-state="${i.state}" class="${i.arrival_overdue && !i.on_site_at ? "overdue" : ""} ${i.state === "closed" ? "closed-row" : ""}">
     <td>${i.id}</td><td><span class="sev ${i.severity}">${i.severity}</span></td>
