@@ -20,7 +20,13 @@ from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from collector.alarms.config import AlarmsConfig, parse_duration
-from collector.alarms.desk import IncidentDesk, IncidentNotFound
+from collector.alarms.desk import (
+    BadRequest,
+    ConditionPresent,
+    IncidentDesk,
+    IncidentNotFound,
+    NotAllowed,
+)
 from collector.alarms.lifecycle import ACTIVE_STATES, IllegalTransition, State
 from collector.api import parse_time
 from collector.pages import page
@@ -109,8 +115,19 @@ pages = APIRouter(include_in_schema=False)
 
 
 class NoteIn(BaseModel):
-    """The body of a lifecycle step."""
+    """The body of a lifecycle step; `override` + `reason` force resolve/close over a
+    condition the device still reports."""
 
+    note: str = Field(default="", max_length=2000)
+    override: bool = False
+    reason: str = Field(default="", max_length=2000)
+
+
+class AssignIn(BaseModel):
+    """Give an incident to a member and/or another unit (a unit alone: its on-call first)."""
+
+    member: str | None = None
+    unit: str | None = None
     note: str = Field(default="", max_length=2000)
 
 
@@ -124,6 +141,8 @@ class SilenceIn(BaseModel):
     ends_at: str | None = Field(default=None, description="ISO 8601 or epoch ms")
     duration: str | None = Field(default=None, description='instead of ends_at, e.g. "2h"')
     reason: str = Field(default="", max_length=500)
+    life_safety: bool = Field(default=False, description="also hold back life-safety kinds "
+                                                         "(ops only, with a reason)")
 
 
 def _units(who: Principal, unit: str | None) -> list[str] | None:
@@ -158,7 +177,8 @@ def list_incidents(desk: DeskDep, who: PrincipalDep, state: str | None = None,
 @router.get("/incidents/stats")
 def incident_stats(desk: DeskDep, who: PrincipalDep, since: str | None = None,
                    unit: str | None = None) -> dict[str, Any]:
-    """Per unit and per kind: found, acknowledged, resolved, closed; mean and p90 TTA/TTR."""
+    """Per unit and per kind: found, acknowledged, resolved, closed; mean and p90 time to
+    acknowledge, arrive and resolve, with the share arrived within the SLA."""
     start = parse_time(since, "since")
     if start is None:
         start = desk.engine.clock() - DEFAULT_STATS_WINDOW_MS
@@ -200,17 +220,49 @@ def get_incident(incident_id: int, desk: DeskDep, who: PrincipalDep) -> dict[str
     return inc
 
 
+@router.post("/incidents/{incident_id}/assign")
+def assign(incident_id: int, body: AssignIn, desk: DeskDep,
+           who: PrincipalDep) -> dict[str, Any]:
+    """Re-assign to another member and/or unit (crew: within their own units); recorded."""
+    _visible(desk, incident_id, who)
+    if body.member is None and body.unit is None:
+        raise HTTPException(422, "give a member, a unit, or both")
+    try:
+        return desk.assign(incident_id, member=body.member, unit=body.unit, who=who.name,
+                           units=None if who.role == "ops" else list(who.units),
+                           note=body.note)
+    except NotAllowed as exc:
+        raise HTTPException(403, str(exc)) from None
+    except BadRequest as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
 @router.post("/incidents/{incident_id}/{action}")
 def act(incident_id: int, action: Literal["ack", "arrive", "resolve", "close"],
         desk: DeskDep, who: PrincipalDep, body: NoteIn | None = None) -> dict[str, Any]:
-    """Move an incident one step; 409 with the allowed next steps when the step is illegal."""
-    get_incident(incident_id, desk, who)
+    """Move an incident one step; 409 with the allowed next steps when the step is illegal,
+    or with the conditions still present when resolve/close lacks an override."""
+    _visible(desk, incident_id, who)
+    body = body or NoteIn()
     try:
-        return desk.transition(incident_id, action, who.name, body.note if body else "")
+        return desk.transition(incident_id, action, who.name, body.note,
+                               override=body.override, reason=body.reason)
     except IllegalTransition as exc:
         raise HTTPException(409, {"error": "illegal_transition", "state": exc.state.value,
                                   "action": action, "allowed": exc.allowed,
                                   "message": str(exc)}) from None
+    except ConditionPresent as exc:
+        raise HTTPException(409, {"error": "condition_present", "state": exc.state,
+                                  "action": action, "conditions": exc.conditions,
+                                  "message": str(exc)}) from None
+    except BadRequest as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+def _visible(desk: IncidentDesk, incident_id: int, who: Principal) -> None:
+    inc = _incident(desk, incident_id)
+    if not who.may_see(inc["unit"]):
+        raise HTTPException(403, f"incident {incident_id} belongs to unit {inc['unit']!r}")
 
 
 def _incident(desk: IncidentDesk, incident_id: int) -> dict[str, Any]:
@@ -228,10 +280,12 @@ def list_alarms(desk: DeskDep, _who: PrincipalDep, active: bool | None = None,
 
 
 @router.get("/silences")
-def list_silences(desk: DeskDep, _who: PrincipalDep,
-                  include_expired: bool = False) -> list[dict[str, Any]]:
-    """Maintenance windows in force or planned (and past ones on request)."""
-    return desk.silences(include_expired)
+def list_silences(desk: DeskDep, who: PrincipalDep, include_expired: bool = False,
+                  include_deleted: bool = False) -> list[dict[str, Any]]:
+    """Maintenance windows in force or planned (past and deleted ones on request: the audit
+    trail); crew see their units' and ops' silences."""
+    return desk.silences(include_expired, include_deleted,
+                         None if who.role == "ops" else who.units)
 
 
 @router.post("/silences", status_code=201)
@@ -248,14 +302,25 @@ def create_silence(body: SilenceIn, desk: DeskDep, who: PrincipalDep) -> dict[st
             raise HTTPException(422, f"duration: {exc}") from None
     if end is None or end <= start:
         raise HTTPException(422, "give ends_at after starts_at, or a duration")
-    return desk.add_silence(site=body.site, device=body.device, kind=body.kind,
-                            starts_at=start, ends_at=end, who=who.name, reason=body.reason)
+    try:
+        return desk.add_silence(site=body.site, device=body.device, kind=body.kind,
+                                starts_at=start, ends_at=end, who=who.name,
+                                reason=body.reason, role=who.role, units=who.units,
+                                life_safety=body.life_safety)
+    except NotAllowed as exc:
+        raise HTTPException(403, str(exc)) from None
+    except BadRequest as exc:
+        raise HTTPException(422, str(exc)) from None
 
 
 @router.delete("/silences/{silence_id}", status_code=204)
 def delete_silence(silence_id: int, desk: DeskDep, who: PrincipalDep) -> None:
-    """End a maintenance window now."""
-    if not desk.delete_silence(silence_id, who.name):
+    """End a maintenance window now (crew: only their unit's crew silences)."""
+    try:
+        found = desk.delete_silence(silence_id, who.name, who.role, who.units)
+    except NotAllowed as exc:
+        raise HTTPException(403, str(exc)) from None
+    if not found:
         raise HTTPException(404, f"no silence {silence_id}")
 
 

@@ -73,13 +73,26 @@ class ThresholdRule(_Section):
 
 
 class Site(_Section):
-    """A building or plant: the devices and gateways it holds, its grid area and unit."""
+    """A building or plant: its devices and gateways, grid and unit, and how a crew finds it."""
 
     name: str = ""
     devices: tuple[str, ...] = ()
     gateways: tuple[str, ...] = ()
     grid: str = ""
     unit: str = ""
+    address: str = ""
+    building: str = ""
+    entrance: str = ""  # which door or lobby leads to the lifts
+    contact_name: str = ""  # who lets the crew in: property desk, building manager
+    contact_phone: str = ""
+    lat: float | None = Field(default=None, ge=-90, le=90)  # WGS-84, for a map link
+    lon: float | None = Field(default=None, ge=-180, le=180)
+
+    @model_validator(mode="after")
+    def _both_coordinates(self) -> Site:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("give both lat and lon (WGS-84 degrees), or neither")
+        return self
 
 
 class Member(_Section):
@@ -99,11 +112,32 @@ class Member(_Section):
         return self
 
 
-class Stage(_Section):
-    """One escalation stage: after this delay from opening, notify these channels."""
+Condition = Literal["not_acknowledged", "not_arrived", "not_resolved"]
 
-    after_ms: DurationMs = Field(default=0, alias="after")
+
+class Stage(_Section):
+    """One escalation stage: if the incident is still `when` this long after it came to the
+    unit, notify these channels.
+
+    A `not_arrived` stage without `after` is due at the kind's arrival SLA (`arrive_within`)
+    and does not apply to kinds without one.
+    """
+
+    after_ms: DurationMs | None = Field(default=None, alias="after")
     channels: tuple[str, ...]
+    when: Condition = "not_acknowledged"
+    to: str = ""  # who the channels reach, as people say it: "supervisor", "duty manager"
+
+    @model_validator(mode="after")
+    def _delay(self) -> Stage:
+        if self.after_ms is None and self.when != "not_arrived":
+            object.__setattr__(self, "after_ms", 0)
+        return self
+
+    @property
+    def audience(self) -> str:
+        """The stage's audience name (its channels when `to` is not set)."""
+        return self.to or ", ".join(self.channels)
 
 
 class Unit(_Section):
@@ -115,9 +149,12 @@ class Unit(_Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> Unit:
-        delays = [s.after_ms for s in self.escalation]
-        if delays != sorted(delays):
-            raise ValueError("escalation stages must be in increasing `after` order")
+        for when in ("not_acknowledged", "not_arrived", "not_resolved"):
+            delays = [s.after_ms for s in self.escalation
+                      if s.when == when and s.after_ms is not None]
+            if delays != sorted(delays):
+                raise ValueError(f"escalation stages when = {when!r} must be in increasing "
+                                 "`after` order")
         return self
 
 
@@ -135,6 +172,10 @@ class OpsToken(_Section):
 
     name: str
     token_hash: str
+
+
+_STILL_PRESENT: dict[str, tuple[str, ...]] = {
+    "trapped_passenger": ("passenger_present",), "alarm_button": ("alarm_button",)}
 
 
 class AlarmsConfig(_Section):
@@ -157,6 +198,19 @@ class AlarmsConfig(_Section):
     group_wait_ms: DurationMs = Field(default=30_000, alias="group_wait")
     # A cleared alarm without an incident that re-raises within this window is the same alarm.
     flap_window_ms: DurationMs = Field(default=900_000, alias="flap_window")
+    # Kinds where a life may be at stake: never auto-resolved (a person confirms), silenced only
+    # by ops with a reason, resolved or closed over a still-present condition only by override.
+    life_safety_kinds: tuple[str, ...] = ("trapped_passenger",)
+    # Arrival SLA per kind: `not_arrived` stages without `after` fire then; time to arrive is
+    # measured against it. The seeds' rescue figure: about 10 minutes.
+    arrive_within_ms: dict[str, DurationMs] = Field(
+        default_factory=lambda: {"trapped_passenger": 600_000}, alias="arrive_within")
+    # Boolean points that, while true in the device's latest reading, mean the condition of an
+    # incident of that kind is still there (besides the alarm itself still being raised).
+    still_present: dict[str, tuple[str, ...]] = Field(default_factory=lambda: dict(
+        _STILL_PRESENT))
+    # Longest silence a crew member may set (ops are not bounded).
+    crew_silence_max_ms: DurationMs = Field(default=4 * 3_600_000, alias="crew_silence_max")
 
     @model_validator(mode="after")
     def _references(self) -> AlarmsConfig:

@@ -21,21 +21,22 @@ import sqlalchemy as sa
 from collector.alarms import repo
 from collector.alarms.book import AlarmBook
 from collector.alarms.bus import IncidentBus
+from collector.alarms.card import describe, escalation_view
 from collector.alarms.config import AlarmsConfig
-from collector.alarms.lifecycle import State, can_auto_resolve, reopen_to
+from collector.alarms.lifecycle import ACTIVE_STATES, State, can_auto_resolve, reopen_to
 from collector.alarms.notices import incident_title, page_notice
 from collector.alarms.policy import (
     DEVICE_OFFLINE,
     AlarmKey,
-    EscalationView,
     Silence,
     decide,
     due_escalations,
+    pick_assignee,
     route,
     silenced_by,
+    stage_label,
 )
 from collector.alarms.tables import incidents
-from collector.alarms.views import incident_view
 from collector.notify.model import Notice
 from collector.store import Accepted, Store, now_ms
 
@@ -133,9 +134,11 @@ class AlarmEngine:
             with self.store.engine.begin() as conn:
                 pages = self._settle(conn, keys, now)
                 if escalate:
-                    for inc in repo.list_incidents(conn, [State.OPEN], None, 100_000):
+                    live = repo.list_incidents(conn, list(ACTIVE_STATES), None, 100_000)
+                    fired = repo.escalations_of(conn, [i["id"] for i in live])
+                    for inc in live:
                         if inc["id"] not in pages:
-                            self._add_due(pages, inc, now)
+                            self._add_due(pages, inc, now, fired.get(inc["id"], []))
         except Exception:
             self._reload = True
             self._changed.clear()
@@ -166,11 +169,12 @@ class AlarmEngine:
                        is_group=row.source == "group", immediate=row.kind in
                        self.cfg.immediate_kinds, group_wait_ms=self.cfg.group_wait_ms,
                        inhibitor=self.book.inhibitor(row),
-                       silence=silenced_by(self._silences, key, now))
+                       silence=silenced_by(self._silences, key, now,
+                                           row.kind in self.cfg.life_safety_kinds))
             held = _HELD[d.verdict] + d.by
             if d.verdict == "page":
                 inc = self._open_incident(conn, row.key, now)
-                self._add_due(pages, inc, now)
+                self._add_due(pages, inc, now, [])
             if row.held != held:
                 row.held = held
                 self.book.dirty[id(row)] = row
@@ -185,13 +189,16 @@ class AlarmEngine:
                      self.book.sites.units.get(row.site, ""), self.cfg.default_unit)
         title = incident_title(row.kind, row.severity, site.name if site and site.name
                                else row.site, row.device)
+        member = pick_assignee(self.cfg.units.get(unit))
         iid = repo.insert_incident(conn, {
             "alarm_id": row.id, "unit": unit, "site": row.site, "grid": grid, "kind": row.kind,
             "device_id": row.device, "gateway_id": row.gateway, "severity": row.severity,
             "title": title, "state": State.OPEN, "occurrences": row.occurrences,
-            "opened_at": now, "updated_at": now, "stages_sent": 0})
+            "opened_at": now, "updated_at": now, "stages_sent": 0, "unit_since": now,
+            "assignee": member.name if member else None,
+            "assigned_at": now if member else None})
         repo.add_history(conn, iid, now, None, State.OPEN, "system",
-                         f"{row.source} alarm: {row.message}".strip(": "))
+                         f"{row.source} alarm: {row.message}".strip(": "), event="opened")
         row.incident_id = iid
         self.book.waiting.discard(key)
         self.book.dirty[id(row)] = row
@@ -203,16 +210,28 @@ class AlarmEngine:
 
     def _auto_resolve(self, conn: sa.Connection, now: int) -> None:
         # No notice on auto-resolve: a flapping fault would page once per flap. Crews see the
-        # change live on the crew page; closing stays theirs.
+        # change live on the crew page; closing stays theirs. A life-safety incident is never
+        # resolved by the device: a controller that stops reporting a trapped passenger has not
+        # shown that anyone is out, so it waits, flagged, for a person.
         for iid in sorted(self.book.to_resolve):
             inc = repo.get_incident(conn, iid)
-            if inc is None or not can_auto_resolve(State(inc["state"])):
+            if inc is None or inc["state"] == State.CLOSED:
+                continue
+            state = State(inc["state"])
+            if inc["kind"] in self.cfg.life_safety_kinds or not can_auto_resolve(state):
+                if inc["device_cleared_at"] is None:
+                    repo.update_incident(conn, iid, {"device_cleared_at": now,
+                                                     "updated_at": now})
+                    repo.add_history(conn, iid, now, state, state, "system",
+                                     "cleared by device, awaiting confirmation",
+                                     event="device_cleared")
+                    self._changed_row(conn, iid)
                 continue
             repo.update_incident(conn, iid, {
                 "state": State.RESOLVED, "resolved_at": now, "resolved_by": "system",
-                "reopen_state": inc["state"], "updated_at": now})
+                "reopen_state": inc["state"], "updated_at": now, "device_cleared_at": now})
             repo.add_history(conn, iid, now, inc["state"], State.RESOLVED, "system",
-                             "device reported the condition cleared")
+                             "device reported the condition cleared", event="auto_resolved")
             self._changed_row(conn, iid)
         self.book.to_resolve.clear()
 
@@ -221,12 +240,17 @@ class AlarmEngine:
             inc = repo.get_incident(conn, iid)
             if inc is None or inc["state"] == State.CLOSED:
                 continue
-            values: dict[str, Any] = {"occurrences": inc["occurrences"] + 1, "updated_at": now}
+            values: dict[str, Any] = {"occurrences": inc["occurrences"] + 1, "updated_at": now,
+                                      "device_cleared_at": None}
+            note = f"condition recurred (occurrence {values['occurrences']})"
             if inc["state"] == State.RESOLVED:
                 back = reopen_to(inc["reopen_state"])
                 values.update(state=back, resolved_at=None, resolved_by=None)
-                repo.add_history(conn, iid, now, State.RESOLVED, back, "system",
-                                 f"condition recurred (occurrence {values['occurrences']})")
+                repo.add_history(conn, iid, now, State.RESOLVED, back, "system", note,
+                                 event="recurred")
+            elif inc["device_cleared_at"] is not None:
+                repo.add_history(conn, iid, now, inc["state"], inc["state"], "system", note,
+                                 event="recurred")
             repo.update_incident(conn, iid, values)
             self._changed_row(conn, iid)
         self.book.to_reopen.clear()
@@ -240,12 +264,11 @@ class AlarmEngine:
 
     # --- paging --------------------------------------------------------------------------------
 
-    def _add_due(self, pages: dict[int, _Page], inc: dict[str, Any], now: int) -> None:
+    def _add_due(self, pages: dict[int, _Page], inc: dict[str, Any], now: int,
+                 fired: list[dict[str, Any]]) -> None:
         unit = self.cfg.units.get(inc["unit"])
         chain = unit.escalation if unit else ()
-        view = EscalationView(inc["state"], inc["opened_at"], inc["stages_sent"],
-                              inc["kind"] in self.cfg.immediate_kinds)
-        due = due_escalations(view, chain, now)
+        due = due_escalations(escalation_view(inc, self.cfg, fired), chain, now)
         if due:
             pages[inc["id"]] = _Page(inc, due)
 
@@ -265,18 +288,37 @@ class AlarmEngine:
                 self.stats.notify_errors += 1
                 log.exception("alarms: cannot queue notice of incident %d", inc["id"])
                 continue
-            self._mark_sent(inc["id"], max(page.stages) + 1)
+            self._mark_sent(inc, page.stages, chain, now)
+        self._publish()
 
-    def _mark_sent(self, iid: int, stages_sent: int) -> None:
+    def _mark_sent(self, inc: dict[str, Any], stages: list[int], chain: Sequence[Any],
+                   now: int) -> None:
+        iid, unit = inc["id"], inc["unit"]
         with self.store.engine.begin() as conn:
-            conn.execute(sa.update(incidents)
-                         .where(incidents.c.id == iid, incidents.c.stages_sent < stages_sent)
-                         .values(stages_sent=stages_sent))
+            fired = 0
+            for i in stages:
+                stage = chain[i]
+                if repo.add_escalation(conn, iid, unit, i, stage.when, stage.audience,
+                                       list(stage.channels), now):
+                    fired += 1
+                    label = stage_label(stage.when, i)
+                    repo.add_history(conn, iid, now, inc["state"], inc["state"], "system",
+                                     f"escalation fired: {label} → {stage.audience}",
+                                     event="escalation")
+            if fired:
+                conn.execute(sa.update(incidents).where(incidents.c.id == iid)
+                             .values(stages_sent=incidents.c.stages_sent + fired))
+                self._changed_row(conn, iid)
 
     def _publish(self) -> None:
         changed, self._changed = self._changed, {}
-        for inc in changed.values():
-            self.bus.publish(incident_view(inc, self.public_url))
+        if not changed:
+            return
+        with self.store.engine.connect() as conn:
+            views = describe(conn, self.cfg, self.public_url, list(changed.values()),
+                             self.clock())
+        for view in views:
+            self.bus.publish(view)
 
     # --- people ----------------------------------------------------------------------------------
 

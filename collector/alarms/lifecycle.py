@@ -2,8 +2,8 @@
 
 open → acknowledged → on_site → resolved → closed. People move incidents forward one step (an
 acknowledged incident may be resolved without an arrival, e.g. fixed remotely); the system only
-auto-resolves when the device clears and reopens a resolved incident when its fault recurs.
-Closing always stays a human step.
+auto-resolves when the device clears — never a life-safety kind, which waits for a person — and
+reopens a resolved incident when its fault recurs. Closing always stays a human step.
 """
 
 from __future__ import annotations
@@ -93,6 +93,9 @@ class IncidentTimes:
     acked_at: int | None = None
     resolved_at: int | None = None
     closed_at: int | None = None
+    arrived_at: int | None = None
+    auto_resolved: bool = False  # resolved by the device clearing, not by a person
+    arrive_within_ms: int | None = None  # the kind's arrival SLA, if it has one
 
 
 def percentile(values: list[float], p: float) -> float | None:
@@ -111,22 +114,50 @@ def _seconds(values: list[float]) -> dict[str, float | None]:
             "p90_s": None if p90 is None else round(p90 / 1000, 1)}
 
 
-def figures(rows: list[IncidentTimes]) -> dict[str, object]:
-    """Counts and time-to-acknowledge / time-to-resolve (mean and p90, seconds) of incidents."""
-    tta = [float(r.acked_at - r.opened_at) for r in rows if r.acked_at is not None]
+def _until_acknowledged(r: IncidentTimes, now: int) -> float:
+    """Time until a person first took the incident: acknowledged, else closed, else so far.
+
+    Incidents nobody acknowledged count too (as the time they waited), so an alarm that the
+    device cleared before anyone looked cannot flatter the figure by dropping out of it.
+    """
+    taken = r.acked_at if r.acked_at is not None else r.closed_at
+    return float((taken if taken is not None else max(now, r.opened_at)) - r.opened_at)
+
+
+def _arrival(rows: list[IncidentTimes], now: int) -> dict[str, object]:
+    tta = [float(r.arrived_at - r.opened_at) for r in rows if r.arrived_at is not None]
+    within = judged = 0
+    for r in rows:
+        if r.arrive_within_ms is None:
+            continue
+        due = r.opened_at + r.arrive_within_ms
+        if r.arrived_at is not None:
+            judged += 1
+            within += r.arrived_at <= due
+        elif (r.resolved_at is None or r.resolved_at > due) and now > due:
+            judged += 1  # nobody came in time and it was not fixed from afar in time either
+    return {**_seconds(tta), "arrived": len(tta), "with_sla": judged, "within_sla": within,
+            "share_within_sla": round(within / judged, 3) if judged else None}
+
+
+def figures(rows: list[IncidentTimes], now: int) -> dict[str, object]:
+    """Counts and time to acknowledge / arrive / resolve (mean and p90, seconds) of incidents."""
     ttr = [float(r.resolved_at - r.opened_at) for r in rows if r.resolved_at is not None]
     return {
         "found": len(rows),
-        "acknowledged": len(tta),
+        "acknowledged": sum(1 for r in rows if r.acked_at is not None),
+        "unacknowledged": sum(1 for r in rows if r.acked_at is None),
         "resolved": len(ttr),
+        "auto_resolved": sum(1 for r in rows if r.auto_resolved),
         "closed": sum(1 for r in rows if r.closed_at is not None),
-        "time_to_acknowledge": _seconds(tta),
+        "time_to_acknowledge": _seconds([_until_acknowledged(r, now) for r in rows]),
+        "time_to_arrive": _arrival(rows, now),
         "time_to_resolve": _seconds(ttr),
     }
 
 
-def closed_loop_stats(rows: Iterable[IncidentTimes]) -> dict[str, object]:
-    """Figures over all incidents, per unit and per kind."""
+def closed_loop_stats(rows: Iterable[IncidentTimes], now: int) -> dict[str, object]:
+    """Figures over all incidents, per unit and per kind, as of `now`."""
     every = list(rows)
     by_unit: dict[str, list[IncidentTimes]] = {}
     by_kind: dict[str, list[IncidentTimes]] = {}
@@ -134,7 +165,7 @@ def closed_loop_stats(rows: Iterable[IncidentTimes]) -> dict[str, object]:
         by_unit.setdefault(r.unit, []).append(r)
         by_kind.setdefault(r.kind, []).append(r)
     return {
-        "total": figures(every),
-        "units": {u: figures(v) for u, v in sorted(by_unit.items())},
-        "kinds": {k: figures(v) for k, v in sorted(by_kind.items())},
+        "total": figures(every, now),
+        "units": {u: figures(v, now) for u, v in sorted(by_unit.items())},
+        "kinds": {k: figures(v, now) for k, v in sorted(by_kind.items())},
     }

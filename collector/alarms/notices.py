@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from collector.alarms.config import Unit
-from collector.alarms.policy import GATEWAY_OFFLINE, SITE_DEVICE
+from collector.alarms.policy import GATEWAY_OFFLINE, LABELS, SITE_DEVICE
 from collector.notify.model import Notice
 
 
@@ -24,8 +24,12 @@ def incident_title(kind: str, severity: str, site_name: str, device: str) -> str
     return f"[{severity.upper()}] {what} — {device} at {site_name}"
 
 
-def _on_call(unit: Unit | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    members = [m for m in (unit.members if unit else ()) if m.on_call]
+def _on_call(unit: Unit | None, assignee: str | None,
+             stage: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    # The first page goes to the incident's one named person; later stages to everyone on call.
+    members = [m for m in (unit.members if unit else ()) if m.on_call or m.name == assignee]
+    if stage == 0 and any(m.name == assignee for m in members):
+        members = [m for m in members if m.name == assignee]
     return (tuple(m.phone for m in members if m.phone),
             tuple(m.email for m in members if m.email))
 
@@ -43,10 +47,13 @@ def page_notice(inc: dict[str, Any], stage: int, unit: Unit | None, public_url: 
         lines.append(f"- occurrences: {inc['occurrences']}")
     if inc["device_id"] == SITE_DEVICE or inc["kind"] == GATEWAY_OFFLINE:
         lines.append("- per-device alarms at this site are held back while this lasts")
-    if stage > 0:
-        lines.append(f"- escalation stage {stage + 1}: not acknowledged yet")
+    if inc.get("assignee"):
+        lines.append(f"- assigned to: {inc['assignee']}")
+    if stage > 0 and unit is not None and stage < len(unit.escalation):
+        overdue = LABELS[unit.escalation[stage].when]
+        lines.append(f"- escalation stage {stage + 1}: {overdue}")
     lines += ["", f"[Acknowledge in CityGate]({link})"]
-    phones, emails = _on_call(unit)
+    phones, emails = _on_call(unit, inc.get("assignee"), stage)
     return Notice(key=f"incident-{inc['id']}", title=inc["title"], text="\n".join(lines),
                   severity=inc["severity"], link=link, created_ms=now,
                   mention_phones=phones, emails=emails)

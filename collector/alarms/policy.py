@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from collector.alarms.config import AlarmsConfig, Route, Stage, ThresholdRule
+from collector.alarms.config import AlarmsConfig, Member, Route, Stage, ThresholdRule, Unit
 
 GATEWAY_OFFLINE = "gateway_offline"
 DEVICE_OFFLINE = "device_offline"
@@ -124,18 +124,21 @@ class Silence:
     site: str | None = None
     device: str | None = None
     kind: str | None = None
+    life_safety: bool = False  # set only by ops with a reason: may hold life-safety kinds
 
-    def matches(self, key: AlarmKey, now: int) -> bool:
-        """Say whether this silence covers an alarm at a time."""
+    def matches(self, key: AlarmKey, now: int, life_safety: bool = False) -> bool:
+        """Say whether this silence covers an alarm at a time (life-safety only if allowed)."""
         site, device, kind = key
         return (self.starts_at <= now < self.ends_at
+                and (self.life_safety or not life_safety)
                 and self.site in (None, site) and self.device in (None, device)
                 and self.kind in (None, kind))
 
 
-def silenced_by(silences: Iterable[Silence], key: AlarmKey, now: int) -> int | None:
+def silenced_by(silences: Iterable[Silence], key: AlarmKey, now: int,
+                life_safety: bool = False) -> int | None:
     """Id of the first silence covering an alarm now, or None."""
-    return next((s.id for s in silences if s.matches(key, now)), None)
+    return next((s.id for s in silences if s.matches(key, now, life_safety)), None)
 
 
 Verdict = Literal["page", "wait", "silenced", "suppressed"]
@@ -185,26 +188,77 @@ def route(kind: str, site: str, grid: str, routes: Sequence[Route], site_unit: s
     return site_unit or default_unit
 
 
+# --- assignment ---------------------------------------------------------------------------------
+
+def pick_assignee(unit: Unit | None) -> Member | None:
+    """The one named person of a new incident: the first on-call member, else the first one."""
+    members = unit.members if unit else ()
+    return next((m for m in members if m.on_call), members[0] if members else None)
+
+
 # --- escalation ---------------------------------------------------------------------------------
+
+LABELS: dict[str, str] = {"not_acknowledged": "ack overdue", "not_arrived": "not arrived",
+                          "not_resolved": "not resolved"}
+_HOLDS: dict[str, tuple[str, ...]] = {
+    "not_acknowledged": ("open",),
+    "not_arrived": ("open", "acknowledged"),
+    "not_resolved": ("open", "acknowledged", "on_site"),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class EscalationView:
-    """What escalation needs of an incident."""
+    """What escalation needs of an incident: state, its unit's clock, the stages already fired."""
 
     state: str
-    opened_at: int
-    stages_sent: int
+    since: int  # when the incident came to its unit (opening, or re-assignment)
+    fired: frozenset[int] = frozenset()
     immediate: bool = False
+    arrive_within_ms: int | None = None
 
 
-def stage_due_at(opened_at: int, stage: Stage, index: int, immediate: bool) -> int:
-    """When a stage is due; an immediate kind's first stage is due at once whatever its delay."""
-    return opened_at if immediate and index == 0 else opened_at + stage.after_ms
+def stage_label(when: str, index: int) -> str:
+    """How people name a stage: "page" for the first, else what is overdue."""
+    return "page" if index == 0 and when == "not_acknowledged" else LABELS.get(when, when)
 
 
-def due_escalations(incident: EscalationView, chain: Sequence[Stage], now: int) -> list[int]:
-    """Indices of the stages to send now; none once the incident left `open` (ack stops it)."""
-    if incident.state != "open":
-        return []
-    return [i for i in range(incident.stages_sent, len(chain))
-            if stage_due_at(incident.opened_at, chain[i], i, incident.immediate) <= now]
+def first_stage(chain: Sequence[Stage]) -> int | None:
+    """Index of the chain's first not-acknowledged stage (an immediate kind sends it at once)."""
+    return next((i for i, s in enumerate(chain) if s.when == "not_acknowledged"), None)
+
+
+def stage_due_at(view: EscalationView, chain: Sequence[Stage], index: int) -> int | None:
+    """When a stage is due, or None when it does not apply (arrival stage, kind without SLA)."""
+    stage = chain[index]
+    if view.immediate and index == first_stage(chain):
+        return view.since
+    after = stage.after_ms if stage.after_ms is not None else view.arrive_within_ms
+    return None if after is None else view.since + after
+
+
+def stage_holds(stage: Stage, state: str) -> bool:
+    """Say whether a stage's condition still holds (ack, arrival and resolve each stop theirs)."""
+    return state in _HOLDS[stage.when]
+
+
+def due_escalations(view: EscalationView, chain: Sequence[Stage], now: int) -> list[int]:
+    """Indices of the stages to send now: due, not yet fired, their condition still holding."""
+    out = []
+    for i, stage in enumerate(chain):
+        due = stage_due_at(view, chain, i)
+        if i not in view.fired and due is not None and due <= now \
+                and stage_holds(stage, view.state):
+            out.append(i)
+    return out
+
+
+def next_escalation(view: EscalationView, chain: Sequence[Stage]) -> tuple[int, int] | None:
+    """(index, due time) of the next stage that fires if nothing changes, or None."""
+    pending = [(due, i) for i, stage in enumerate(chain)
+               if i not in view.fired and stage_holds(stage, view.state)
+               and (due := stage_due_at(view, chain, i)) is not None]
+    if not pending:
+        return None
+    due, i = min(pending)
+    return i, due

@@ -15,7 +15,14 @@ import sqlalchemy as sa
 from collector import schema
 from collector.alarms.lifecycle import IncidentTimes
 from collector.alarms.policy import AlarmKey, Silence
-from collector.alarms.tables import alarms, incident_history, incidents, silences
+from collector.alarms.tables import (
+    alarms,
+    incident_escalations,
+    incident_history,
+    incidents,
+    silences,
+)
+from collector.store import typed_value
 
 
 @dataclass
@@ -119,11 +126,14 @@ def update_incident(conn: sa.Connection, incident_id: int, values: dict[str, Any
 
 
 def add_history(conn: sa.Connection, incident_id: int, ts: int, from_state: str | None,
-                to_state: str, who: str, note: str = "") -> None:
-    """Record one lifecycle step."""
+                to_state: str, who: str, note: str = "", *, event: str = "transition",
+                override_reason: str | None = None,
+                conditions: list[str] | None = None) -> None:
+    """Record one step: a transition, or an event (assigned, escalation, device cleared, ...)."""
     conn.execute(sa.insert(incident_history).values(
         incident_id=incident_id, ts=ts, from_state=from_state, to_state=to_state, who=who,
-        note=note))
+        note=note, event=event, override_reason=override_reason,
+        conditions=None if conditions is None else orjson.dumps(conditions).decode()))
 
 
 def history(conn: sa.Connection, incident_id: int) -> list[dict[str, Any]]:
@@ -144,15 +154,78 @@ def list_incidents(conn: sa.Connection, states: list[str] | None, units: list[st
     return [dict(r) for r in conn.execute(stmt).mappings()]
 
 
-def incident_times(conn: sa.Connection, since: int,
-                   units: list[str] | None) -> list[IncidentTimes]:
+def incident_times(conn: sa.Connection, since: int, units: list[str] | None,
+                   arrive_within: dict[str, int]) -> list[IncidentTimes]:
     """The timestamps the closed-loop figures are made of, for incidents opened since a time."""
     i = incidents
     stmt = sa.select(i.c.unit, i.c.kind, i.c.opened_at, i.c.acked_at, i.c.resolved_at,
-                     i.c.closed_at).where(i.c.opened_at >= since)
+                     i.c.closed_at, i.c.arrived_at, i.c.resolved_by).where(i.c.opened_at >= since)
     if units is not None:
         stmt = stmt.where(i.c.unit.in_(units))
-    return [IncidentTimes(*r) for r in conn.execute(stmt)]
+    return [IncidentTimes(*r[:7], auto_resolved=r.resolved_by == "system",
+                          arrive_within_ms=arrive_within.get(r.kind))
+            for r in conn.execute(stmt)]
+
+
+def incident_alarms(conn: sa.Connection, alarm_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The alarm episodes behind incidents, by id (first seen, still active, evidence)."""
+    if not alarm_ids:
+        return {}
+    rows = conn.execute(sa.select(alarms).where(alarms.c.id.in_(sorted(set(alarm_ids)))))
+    return {r.id: asdict(_alarm_row(r)) for r in rows}
+
+
+def latest_points(conn: sa.Connection, devices: list[str],
+                  quantities: list[str]) -> dict[str, dict[str, tuple[Any, int]]]:
+    """Latest good value and its time of some quantities of some devices."""
+    if not devices or not quantities:
+        return {}
+    t = schema.latest
+    rows = conn.execute(sa.select(t.c.device_id, t.c.quantity, t.c.ts, t.c.value, t.c.vtext)
+                        .where(t.c.device_id.in_(sorted(set(devices))),
+                               t.c.quantity.in_(quantities), t.c.quality == "good"))
+    out: dict[str, dict[str, tuple[Any, int]]] = {}
+    for r in rows:
+        out.setdefault(r.device_id, {})[r.quantity] = (
+            typed_value(r.quantity, r.value, r.vtext), int(r.ts))
+    return out
+
+
+def gateway_of(conn: sa.Connection, device: str) -> str:
+    """The gateway a device last reported through ("" when unknown)."""
+    d = schema.devices
+    return str(conn.scalar(sa.select(d.c.gateway_id).where(d.c.device_id == device)) or "")
+
+
+# --- escalations -------------------------------------------------------------------------------
+
+def add_escalation(conn: sa.Connection, incident_id: int, unit: str, stage: int,
+                   condition: str, audience: str, channels: list[str], now: int) -> bool:
+    """Record a fired stage; False when that stage of that unit had already fired."""
+    e = incident_escalations
+    seen = conn.execute(sa.select(e.c.id).where(e.c.incident_id == incident_id,
+                                                e.c.unit == unit, e.c.stage == stage)).first()
+    if seen is not None:
+        return False
+    conn.execute(sa.insert(e).values(incident_id=incident_id, unit=unit, stage=stage,
+                                     condition=condition, audience=audience,
+                                     channels=orjson.dumps(channels).decode(), fired_at=now))
+    return True
+
+
+def escalations_of(conn: sa.Connection,
+                   incident_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Fired stages per incident, oldest first."""
+    if not incident_ids:
+        return {}
+    e = incident_escalations
+    rows = conn.execute(sa.select(e).where(e.c.incident_id.in_(sorted(set(incident_ids))))
+                        .order_by(e.c.fired_at, e.c.id)).mappings()
+    out: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(int(r["incident_id"]), []).append(
+            {**r, "channels": orjson.loads(r["channels"])})
+    return out
 
 
 # --- silences ----------------------------------------------------------------------------------
@@ -160,6 +233,12 @@ def incident_times(conn: sa.Connection, since: int,
 def insert_silence(conn: sa.Connection, values: dict[str, Any]) -> int:
     """Store a silence and return its id."""
     return _new_id(conn.execute(sa.insert(silences).values(**values)))
+
+
+def get_silence(conn: sa.Connection, silence_id: int) -> dict[str, Any] | None:
+    """One silence (deleted or not), or None."""
+    row = conn.execute(sa.select(silences).where(silences.c.id == silence_id)).mappings().first()
+    return dict(row) if row else None
 
 
 def delete_silence(conn: sa.Connection, silence_id: int, who: str, now: int) -> bool:
@@ -170,10 +249,13 @@ def delete_silence(conn: sa.Connection, silence_id: int, who: str, now: int) -> 
     return res.rowcount > 0
 
 
-def list_silences(conn: sa.Connection, now: int, include_expired: bool) -> list[dict[str, Any]]:
-    """Silences not deleted, current and future ones unless expired ones are asked for too."""
+def list_silences(conn: sa.Connection, now: int, include_expired: bool,
+                  include_deleted: bool = False) -> list[dict[str, Any]]:
+    """Silences, current and future ones unless expired (and deleted) ones are asked for too."""
     s = silences
-    stmt = sa.select(s).where(s.c.deleted_at.is_(None)).order_by(s.c.id)
+    stmt = sa.select(s).order_by(s.c.id)
+    if not include_deleted:
+        stmt = stmt.where(s.c.deleted_at.is_(None))
     if not include_expired:
         stmt = stmt.where(s.c.ends_at > now)
     return [dict(r) for r in conn.execute(stmt).mappings()]
@@ -182,7 +264,8 @@ def list_silences(conn: sa.Connection, now: int, include_expired: bool) -> list[
 def silence_of(row: dict[str, Any]) -> Silence:
     """The matching rule of a stored silence."""
     return Silence(id=row["id"], starts_at=row["starts_at"], ends_at=row["ends_at"],
-                   site=row["site"], device=row["device_id"], kind=row["kind"])
+                   site=row["site"], device=row["device_id"], kind=row["kind"],
+                   life_safety=bool(row["life_safety"]))
 
 
 # --- what the collector already knows ---------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tables of alarms, incidents, their history and silences, and their versioned migrations (15–18).
+"""Tables of alarms, incidents, their history, escalations and silences; migrations 15–19.
 
 Times are epoch milliseconds like the rest of the collector schema.
 """
@@ -65,6 +65,13 @@ incidents = sa.Table(
     sa.Column("reopen_state", sa.Text),  # state before resolving, restored if the fault recurs
     sa.Column("stages_sent", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # Added in 19: the named person, since when the unit has it (its escalation clock), when
+    # the device said the condition cleared, and how many steps were forced over a condition.
+    sa.Column("assignee", sa.Text),
+    sa.Column("assigned_at", sa.BigInteger),
+    sa.Column("unit_since", sa.BigInteger),
+    sa.Column("device_cleared_at", sa.BigInteger),
+    sa.Column("overrides", sa.Integer, nullable=False, server_default="0"),
     sa.Index("incidents_by_state_unit", "state", "unit"),
     sa.Index("incidents_by_unit_opened", "unit", "opened_at"),
     sa.Index("incidents_by_opened", "opened_at"),
@@ -79,7 +86,27 @@ incident_history = sa.Table(
     sa.Column("to_state", sa.Text, nullable=False),
     sa.Column("who", sa.Text, nullable=False),
     sa.Column("note", sa.Text, nullable=False, server_default=""),
+    # Added in 19: what happened (opened, transition, assigned, escalation, ...) and, for a step
+    # forced while the device still reported the condition, why and over what.
+    sa.Column("event", sa.Text, nullable=False, server_default=""),
+    sa.Column("override_reason", sa.Text),
+    sa.Column("conditions", sa.Text),  # JSON list, with override_reason
     sa.Index("incident_history_by_incident", "incident_id", "id"),
+)
+
+# One row per escalation stage fired, per unit (a re-assigned incident runs the new unit's
+# chain): the dedup of stages and what the crew card shows as "escalation fired".
+incident_escalations = sa.Table(
+    "incident_escalations", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.BigInteger, nullable=False),
+    sa.Column("unit", sa.Text, nullable=False),
+    sa.Column("stage", sa.Integer, nullable=False),
+    sa.Column("condition", sa.Text, nullable=False),
+    sa.Column("audience", sa.Text, nullable=False),
+    sa.Column("channels", sa.Text, nullable=False),  # JSON list
+    sa.Column("fired_at", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("incident_id", "unit", "stage", name="incident_escalations_once"),
 )
 
 silences = sa.Table(
@@ -95,6 +122,10 @@ silences = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("deleted_at", sa.BigInteger),  # kept for the audit trail, never matched
     sa.Column("deleted_by", sa.Text),
+    # Added in 19: the creator's role and unit scope, and whether it may hold life-safety kinds.
+    sa.Column("role", sa.Text, nullable=False, server_default="ops"),
+    sa.Column("unit", sa.Text, nullable=False, server_default=""),
+    sa.Column("life_safety", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("silences_by_end", "ends_at"),
 )
 
@@ -105,10 +136,29 @@ def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
     return apply
 
 
-# Versions 15–19 are reserved for alarms and incidents; 19 is still free.
+def _add_columns(*tables: sa.Table) -> Callable[[sa.Connection], None]:
+    """Add the columns a table gained since it was created (a fresh database has them all)."""
+    def apply(conn: sa.Connection) -> None:
+        for table in tables:
+            have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have:
+                    ddl = sa.schema.CreateColumn(col).compile(dialect=conn.dialect)
+                    conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+    return apply
+
+
+def _v19(conn: sa.Connection) -> None:
+    _add_columns(incidents, incident_history, silences)(conn)
+    metadata.create_all(conn, tables=[incident_escalations])
+
+
+# Versions 15–19 are reserved for alarms and incidents; all are taken now.
 MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (15, "alarms: alarm episodes with dedup key and occurrence count", _create(alarms)),
     (16, "alarms: incidents", _create(incidents)),
     (17, "alarms: incident history (who, when, notes)", _create(incident_history)),
     (18, "alarms: silences for maintenance windows", _create(silences)),
+    (19, "alarms: assignee, device-cleared flag, overrides, escalations fired, scoped silences",
+     _v19),
 ]

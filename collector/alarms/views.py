@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from collector.alarms.lifecycle import State, allowed_actions
 from collector.alarms.notices import incident_link
 from collector.api import iso
@@ -29,9 +31,14 @@ def incident_view(row: dict[str, Any], public_url: str) -> dict[str, Any]:
 
 
 def history_view(row: dict[str, Any]) -> dict[str, Any]:
-    """One lifecycle step."""
+    """One step: who, when, what (`event`), and the override when the step was forced."""
+    override = None
+    if row["override_reason"] is not None:
+        override = {"reason": row["override_reason"],
+                    "conditions": orjson.loads(row["conditions"] or "[]")}
     return {"at": iso(row["ts"]), "from": row["from_state"], "to": row["to_state"],
-            "who": row["who"], "note": row["note"]}
+            "who": row["who"], "note": row["note"], "event": row["event"] or "transition",
+            "override": override}
 
 
 def alarm_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -52,6 +59,8 @@ def silence_view(row: dict[str, Any], now: int) -> dict[str, Any]:
         "id": row["id"], "site": row["site"], "device": row["device_id"], "kind": row["kind"],
         "starts_at": iso(row["starts_at"]), "ends_at": iso(row["ends_at"]),
         "created_by": row["created_by"], "reason": row["reason"],
-        "created_at": iso(row["created_at"]),
+        "created_at": iso(row["created_at"]), "role": row["role"], "unit": row["unit"],
+        "life_safety": bool(row["life_safety"]),
+        "deleted_at": iso(row["deleted_at"]), "deleted_by": row["deleted_by"],
         "in_force": row["starts_at"] <= now < row["ends_at"] and row["deleted_at"] is None,
     }

@@ -164,7 +164,7 @@ def test_flapping_fault_is_one_alarm_one_incident_one_notice(rig: Rig) -> None:
     assert inc["occurrences"] == 26
     assert inc["state"] == "open"
     assert rig.channels() == ["dingtalk-north"]
-    history = rig.desk.incident(inc["id"])["history"]
+    history = [h for h in rig.desk.incident(inc["id"])["history"] if h["event"] != "escalation"]
     assert [h["to"] for h in history[:3]] == ["open", "resolved", "open"]
 
 
@@ -177,15 +177,15 @@ def test_duplicate_raise_is_not_a_new_occurrence(rig: Rig) -> None:
 
 
 def test_clear_auto_resolves_and_closing_ends_the_episode(rig: Rig) -> None:
-    rig.events("gw-a", ("lift-1", "trapped_passenger", "raise"))
+    rig.events("gw-a", ("lift-1", "alarm_button", "raise"))
     [inc] = rig.rows(incidents)
     rig.desk.transition(inc["id"], "ack", "Li Wei")
-    rig.events("gw-a", ("lift-1", "trapped_passenger", "clear"))
+    rig.events("gw-a", ("lift-1", "alarm_button", "clear"))
     got = rig.desk.incident(inc["id"])
     assert (got["state"], got["resolved_by"]) == ("resolved", "system")
-    rig.desk.transition(inc["id"], "close", "Li Wei", "passenger released by controller")
+    rig.desk.transition(inc["id"], "close", "Li Wei", "button released, nobody in the car")
     rig.clock.now += 60 * S
-    rig.events("gw-a", ("lift-1", "trapped_passenger", "raise"))
+    rig.events("gw-a", ("lift-1", "alarm_button", "raise"))
     assert [i["state"] for i in rig.rows(incidents)] == ["closed", "open"]
     assert [a["closed"] for a in rig.rows(alarms)] == [True, False]
 
@@ -260,7 +260,8 @@ def test_power_loss_is_one_site_alarm_and_one_notice(rig: Rig) -> None:
 
 def test_silence_suppresses_notices_until_it_ends(rig: Rig) -> None:
     sil = rig.desk.add_silence(site=None, device="lift-2", kind=None, starts_at=T0,
-                               ends_at=T0 + 10 * MIN, who="Li Wei", reason="annual inspection")
+                               ends_at=T0 + 10 * MIN, who="ops-room", reason="annual inspection",
+                               life_safety=True)
     rig.events("gw-a", ("lift-2", "trapped_passenger", "raise"))
     rig.events("gw-a", ("lift-1", "trapped_passenger", "raise"))
     [inc] = rig.rows(incidents)
@@ -350,10 +351,10 @@ def test_failed_enqueue_is_retried_by_the_next_tick(rig: Rig) -> None:
 
 
 def test_restart_restores_live_alarms(rig: Rig) -> None:
-    rig.events("gw-a", ("lift-1", "trapped_passenger", "raise"))
+    rig.events("gw-a", ("lift-1", "alarm_button", "raise"))
     rig.restart()
     rig.clock.now += S
-    rig.events("gw-a", ("lift-1", "trapped_passenger", "clear"))
+    rig.events("gw-a", ("lift-1", "alarm_button", "clear"))
     assert rig.rows(incidents)[0]["state"] == "resolved"
     assert len(rig.rows(alarms)) == 1
 
@@ -363,9 +364,11 @@ def test_bus_carries_incident_changes(rig: Rig) -> None:
     rig.engine.bus.publish = seen.append  # type: ignore[method-assign]
     rig.events("gw-a", ("lift-1", "trapped_passenger", "raise"))
     rig.desk.transition(rig.rows(incidents)[0]["id"], "ack", "Li Wei")
-    assert [(s["state"], s["unit"]) for s in seen] == [("open", "crew-north"),
-                                                      ("acknowledged", "crew-north")]
-    assert seen[1]["allowed"] == ["arrive", "resolve"]
+    # opened, then its first stage fired (the card shows it), then acknowledged
+    assert [(s["state"], s["unit"], len(s["escalations"])) for s in seen] == [
+        ("open", "crew-north", 0), ("open", "crew-north", 1), ("acknowledged", "crew-north", 1)]
+    assert seen[2]["allowed"] == ["arrive", "resolve"]
+    assert seen[2]["assignee"]["name"] == "Li Wei"
 
 
 def test_hook_errors_never_reach_the_ingest_writer(rig: Rig,

@@ -26,6 +26,7 @@ from collector.alarms.policy import (
     decide,
     due_escalations,
     gateway_all_offline,
+    next_escalation,
     route,
     rule_applies,
     silenced_by,
@@ -215,8 +216,34 @@ CHAIN = [Stage.model_validate({"after": "1min", "channels": ["dingtalk-north"]})
 ])
 def test_due_escalations(state: str, sent: int, immediate: bool, at_min: float,
                          due: list[int]) -> None:
-    view = EscalationView(state, 0, sent, immediate)
+    view = EscalationView(state, 0, frozenset(range(sent)), immediate)
     assert due_escalations(view, CHAIN, int(at_min * MIN)) == due
+
+
+STAGED = [Stage.model_validate({"after": "0s", "channels": ["crew"]}),
+          Stage.model_validate({"after": "2min", "channels": ["sup"], "to": "supervisor"}),
+          Stage.model_validate({"when": "not_arrived", "channels": ["sup"]}),
+          Stage.model_validate({"when": "not_resolved", "after": "1h", "channels": ["ops"]})]
+
+
+@pytest.mark.parametrize(("state", "fired", "sla_min", "at_min", "due", "nxt"), [
+    ("open", {0}, 10, 1, [], (1, 2)),
+    ("acknowledged", {0}, 10, 9.9, [], (2, 10)),  # ack stops stage 1, not the arrival SLA
+    ("acknowledged", {0}, 10, 10, [2], (2, 10)),
+    ("acknowledged", {0, 2}, 10, 30, [], (3, 60)),
+    ("on_site", {0}, 10, 30, [], (3, 60)),  # arrival stops the not-arrived stage
+    ("on_site", {0}, 10, 60, [3], (3, 60)),
+    ("acknowledged", {0}, None, 30, [], (3, 60)),  # no SLA for the kind: no arrival stage
+    ("resolved", set(), 10, 90, [], None),
+])
+def test_escalation_by_condition(state: str, fired: set[int], sla_min: float | None,
+                                 at_min: float, due: list[int],
+                                 nxt: tuple[int, float] | None) -> None:
+    view = EscalationView(state, 0, frozenset(fired), False,
+                          None if sla_min is None else int(sla_min * MIN))
+    assert due_escalations(view, STAGED, int(at_min * MIN)) == due
+    expected = None if nxt is None else (nxt[0], int(nxt[1] * MIN))
+    assert next_escalation(view, STAGED) == expected
 
 
 def test_escalation_stages_must_be_ordered() -> None:

@@ -92,14 +92,19 @@ def test_lifecycle_with_history_and_409(client: TestClient, rig: Rig) -> None:
     assert client.post(f"{url}/arrive", headers=LI, json={"note": "at car 2"}) \
         .json()["state"] == "on_site"
     rig.clock.now += 5 * MIN
+    rig.events("gw-a", ("lift-1", "trapped_passenger", "clear"))
     assert client.post(f"{url}/resolve", headers=LI, json={"note": "released"}) \
         .json()["state"] == "resolved"
     assert client.post(f"{url}/close", headers=OPS).json()["closed_by"] == "ops-room"
     detail = client.get(url, headers=LI).json()
-    assert [(h["to"], h["who"], h["note"]) for h in detail["history"]] == [
-        ("open", "system", "event alarm"), ("acknowledged", "Li Wei", "on my way"),
-        ("on_site", "Li Wei", "at car 2"), ("resolved", "Li Wei", "released"),
-        ("closed", "ops-room", "")]
+    assert [(h["event"], h["to"], h["who"], h["note"]) for h in detail["history"]] == [
+        ("opened", "open", "system", "event alarm"),
+        ("escalation", "open", "system", "escalation fired: page → dingtalk-north"),
+        ("transition", "acknowledged", "Li Wei", "on my way"),
+        ("transition", "on_site", "Li Wei", "at car 2"),
+        ("device_cleared", "on_site", "system", "cleared by device, awaiting confirmation"),
+        ("transition", "resolved", "Li Wei", "released"),
+        ("transition", "closed", "ops-room", "")]
     assert detail["link"] == f"https://cg.test/crew#incident-{iid}"
     assert client.post(f"{url}/explode", headers=LI).status_code == 422
     assert client.post("/api/v1/incidents/999/ack", headers=OPS).status_code == 404
@@ -111,6 +116,7 @@ def test_state_filter_and_stats(client: TestClient, rig: Rig) -> None:
     client.post(f"/api/v1/incidents/{a}/ack", headers=LI)
     rig.clock.now += 120 * S
     client.post(f"/api/v1/incidents/{b}/ack", headers=LI)
+    rig.events("gw-a", ("lift-2", "trapped_passenger", "clear"))
     client.post(f"/api/v1/incidents/{b}/resolve", headers=LI)
     active = client.get("/api/v1/incidents?state=active", headers=OPS).json()
     assert sorted(i["id"] for i in active) == [a]

@@ -83,7 +83,7 @@ def test_stats_per_unit_and_kind() -> None:
                           resolved_at=(100 + 10 * i) * s, closed_at=200 * s if i < 3 else None)
             for i in range(10)]
     rows.append(IncidentTimes("east", "boiler_nox_exceedance", 0))
-    stats = closed_loop_stats(rows)
+    stats = closed_loop_stats(rows, 30 * s)
     north = stats["units"]["north"]  # type: ignore[index]
     assert north["found"] == 10
     assert north["acknowledged"] == 10
@@ -92,6 +92,8 @@ def test_stats_per_unit_and_kind() -> None:
     assert north["time_to_acknowledge"] == {"mean_s": 14.5, "p90_s": 18.0}
     assert north["time_to_resolve"] == {"mean_s": 145.0, "p90_s": 180.0}
     east = stats["kinds"]["boiler_nox_exceedance"]  # type: ignore[index]
-    assert east["found"] == 1
-    assert east["time_to_acknowledge"] == {"mean_s": None, "p90_s": None}
+    assert (east["found"], east["acknowledged"], east["unacknowledged"]) == (1, 0, 1)
+    # nobody acknowledged it: it counts with the 30 s it has waited so far, not left out
+    assert east["time_to_acknowledge"] == {"mean_s": 30.0, "p90_s": 30.0}
     assert stats["total"]["found"] == 11  # type: ignore[index]
+    assert stats["total"]["time_to_acknowledge"]["p90_s"] == 19.0  # type: ignore[index]
