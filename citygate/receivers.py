@@ -1,12 +1,17 @@
-"""Local push receivers for the demo, HIL tests and benchmarks: a webhook endpoint and SMTP.
+"""Local push receivers for the demo, HIL tests and benchmarks: a webhook endpoint, SMTP and
+SMS gateways (Aliyun SMS, Tencent Cloud SMS, a generic HTTP one).
 
-They stand in for a department's webhook and mail server. Every push is recorded (in memory,
-and as a file when a directory is given) and shown on a small page at the receiver's `/`, with
-`/pushes.json` for programs. Webhook signatures (X-CityGate-Signature, HMAC-SHA256 over the raw
-body) are checked when a secret is set; a push with a bad signature is answered 401.
+They stand in for a department's webhook, mail server and SMS provider. Every push is recorded
+(in memory, and as a file when a directory is given) and shown on a small page at the
+receiver's `/`, with `/pushes.json` for programs. Webhook signatures (X-CityGate-Signature,
+HMAC-SHA256 over the raw body) are checked when a secret is set; a push with a bad signature is
+answered 401. The SMS gateways recompute the provider's signature (Aliyun RPC HMAC-SHA1, Tencent
+TC3-HMAC-SHA256) with `sms_secret` and answer as the provider does: success, or its signature
+error code.
 
     receivers = Receivers(secret="whsec-...", directory=Path("var/demo/pushes")).start()
     receivers.webhook_url("crew")   # http://127.0.0.1:PORT/hook/crew
+    receivers.sms_url("aliyun")     # http://127.0.0.1:PORT/sms/aliyun (also tencent, http)
     receivers.smtp_port             # for an `email` channel with starttls = false
     receivers.stop()
 """
@@ -24,12 +29,18 @@ from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
 from citygate.rig import free_port
-from collector.notify.signing import SIGNATURE_HEADER, verify_webhook
+from collector.notify.signing import (
+    SIGNATURE_HEADER,
+    verify_aliyun,
+    verify_tc3,
+    verify_webhook,
+)
 
 log = logging.getLogger(__name__)
 PAGE_REFRESH_S = 3
@@ -40,11 +51,11 @@ class Push:
     """One push as received: which channel, when, the answer given and what it said."""
 
     seq: int
-    channel: str  # "webhook:<name>" or "email"
+    channel: str  # "webhook:<name>", "email" or "sms:<provider>"
     received: float  # epoch seconds
     monotonic: float  # time.monotonic() at receipt (same clock as other local processes)
     status: int  # what the receiver answered (2xx: delivered)
-    verified: bool | None  # webhook signature valid; None when no secret is configured
+    verified: bool | None  # signature valid; None when no secret is configured
     key: str  # the notice key, e.g. "incident-3"
     title: str
     link: str
@@ -66,6 +77,8 @@ class Receivers:
     http_port: int = 0
     smtp_port: int = 0
     failing: int | None = None  # answer webhooks with this HTTP status instead of 200
+    sms_key_id: str = "LTAI-citygate-test"  # the AccessKeyId / SecretId the SMS fakes expect
+    sms_secret: str | None = None  # their AccessKeySecret / SecretKey (None: accept any)
     _pushes: list[Push] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _http: ThreadingHTTPServer | None = None
@@ -122,6 +135,10 @@ class Receivers:
         """The URL a webhook channel called `name` should post to."""
         return f"{self.base}/hook/{name}"
 
+    def sms_url(self, provider: str) -> str:
+        """The endpoint an `sms` channel of `provider` (aliyun, tencent, http) should use."""
+        return f"{self.base}/sms/{provider}"
+
     def pushes(self, channel: str | None = None, *, delivered: bool | None = None) -> list[Push]:
         """Pushes received so far, oldest first, optionally of one channel / delivery outcome."""
         with self._lock:
@@ -175,11 +192,81 @@ def _signature_cell(verified: bool | None) -> str:
     return {True: "valid", False: "INVALID", None: "—"}[verified]
 
 
+def _sms_push(to: list[str], values: list[str], named: dict[str, str] | None,
+              text: str = "") -> dict[str, Any]:
+    """What an SMS carried, in the recorded push's terms (title, link, key)."""
+    link = (named or {}).get("link") or next((v for v in values if v.startswith("http")), "")
+    if not link and text:
+        link = next((w for w in reversed(text.split()) if w.startswith("http")), "")
+    title = (named or {}).get("title") or (values[0] if values else text)
+    key = link.rsplit("#", 1)[1] if "#" in link else ""
+    return {"key": key, "title": title, "link": link, "to": to, "params": named or values,
+            "text": text}
+
+
+def _aliyun_sms(rx: Receivers, raw: bytes) -> tuple[int, bool | None, dict[str, Any], bytes]:
+    params = dict(parse_qsl(raw.decode(), keep_blank_values=True))
+    ok = None if rx.sms_secret is None else (
+        params.get("AccessKeyId") == rx.sms_key_id
+        and verify_aliyun(rx.sms_secret, "POST", params))
+    try:
+        named = json.loads(params.get("TemplateParam", "{}"))
+    except ValueError:
+        named = {}
+    body = _sms_push(params.get("PhoneNumbers", "").split(","), [], named)
+    body["sign_name"], body["template"] = params.get("SignName"), params.get("TemplateCode")
+    answer = {"Code": "OK", "Message": "OK", "BizId": "900000000000000000^0",
+              "RequestId": "00000000-0000-4000-8000-000000000000"} if ok is not False else {
+        "Code": "SignatureDoesNotMatch", "Message": "Specified signature is not matched "
+        "with our calculation."}
+    return (200 if ok is not False else 400), ok, body, json.dumps(answer).encode()
+
+
+def _tencent_sms(rx: Receivers, raw: bytes,
+                 headers: Any) -> tuple[int, bool | None, dict[str, Any], bytes]:
+    ok = None if rx.sms_secret is None else verify_tc3(
+        rx.sms_key_id, rx.sms_secret, headers.get("Authorization", ""), service="sms",
+        host=headers.get("Host", ""), timestamp=int(headers.get("X-TC-Timestamp", "0") or 0),
+        payload=raw, content_type=headers.get("Content-Type", ""))
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = {}
+    body = _sms_push(list(doc.get("PhoneNumberSet", [])),
+                     [str(v) for v in doc.get("TemplateParamSet", [])], None)
+    body["sign_name"], body["template"] = doc.get("SignName"), doc.get("TemplateId")
+    request_id = "00000000-0000-4000-8000-000000000000"
+    answer: dict[str, Any] = {"Response": {"SendStatusSet": [
+        {"PhoneNumber": p, "Code": "Ok", "Message": "send success", "SerialNo": "1"}
+        for p in body["to"]], "RequestId": request_id}} if ok is not False else {
+        "Response": {"Error": {"Code": "AuthFailure.SignatureFailure",
+                               "Message": "The provided credentials could not be validated."},
+                     "RequestId": request_id}}
+    return 200, ok, body, json.dumps(answer).encode()
+
+
+def _http_sms(rx: Receivers, raw: bytes,
+              headers: Any) -> tuple[int, bool | None, dict[str, Any], bytes]:
+    ok = None if rx.sms_secret is None else verify_webhook(
+        rx.sms_secret, raw, headers.get(SIGNATURE_HEADER, ""))
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = {}
+    body = _sms_push(list(doc.get("to", [])), [], None, str(doc.get("text", "")))
+    return (401 if ok is False else 200), ok, body, b'{"ok": true}' if ok is not False \
+        else b'{"ok": false}'
+
+
 def _handler(receivers: Receivers) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            name = self.path.split("?")[0].removeprefix("/hook/").strip("/") or "default"
+            path = self.path.split("?")[0]
+            if path.startswith("/sms/"):
+                self._sms(path.removeprefix("/sms/").strip("/"), raw)
+                return
+            name = path.removeprefix("/hook/").strip("/") or "default"
             verified = None
             if receivers.secret:
                 verified = verify_webhook(receivers.secret, raw,
@@ -193,6 +280,18 @@ def _handler(receivers: Receivers) -> type[BaseHTTPRequestHandler]:
                              body if isinstance(body, dict) else {"raw": body}, raw, "json")
             self._answer(status, b'{"ok": true}' if status < 300 else b'{"ok": false}',
                          "application/json")
+
+        def _sms(self, provider: str, raw: bytes) -> None:
+            if provider == "aliyun":
+                status, ok, body, answer = _aliyun_sms(receivers, raw)
+            elif provider == "tencent":
+                status, ok, body, answer = _tencent_sms(receivers, raw, self.headers)
+            else:
+                status, ok, body, answer = _http_sms(receivers, raw, self.headers)
+            # Tencent answers a bad signature with HTTP 200 and an error: record it as refused.
+            recorded = 401 if ok is False and status < 400 else status
+            receivers.record(f"sms:{provider}", recorded, ok, body, raw, "sms")
+            self._answer(status, answer, "application/json")
 
         def do_GET(self) -> None:
             if self.path.startswith("/pushes.json"):

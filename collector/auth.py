@@ -1,9 +1,15 @@
 """API security: bearer tokens with roles, stored hashed, checked in constant time, rate-limited.
 
-Roles: admin (everything), technician (provisioning and commissioning), crew (maintenance
-crews: read gateways, devices and incidents), reader (downstream city systems: read data, one
-token per system, each with its own rate limit). `broker` is a service role used only by the
-MQTT auth/ACL hooks a scale-out broker (EMQX) calls.
+Roles: admin (everything; acts as ops on incidents), technician (provisioning and
+commissioning), ops (the operations room: every unit's incidents, silences, sign-in links for
+crews), crew (a maintenance crew member: scoped to one unit and named by `member`; reads
+gateways, devices and their unit's incidents and acts on them), reader (downstream city
+systems: read data, one token per system, each with its own rate limit). `broker` is a service
+role used only by the MQTT auth/ACL hooks a scale-out broker (EMQX) calls.
+
+Tokens live in the database, so issuing and revoking them takes effect at once, without a
+restart. The last valid admin token cannot be revoked or replaced by another role
+(`LastAdminToken`), so the API always keeps an administrator.
 
 Bootstrapping: if CITYGATE_ADMIN_TOKEN is set, that value is (re)registered as the admin token
 named "bootstrap" at start; otherwise, when no admin token exists yet, the collector creates one
@@ -42,6 +48,7 @@ class Role(StrEnum):
 
     ADMIN = "admin"
     TECHNICIAN = "technician"
+    OPS = "ops"
     CREW = "crew"
     READER = "reader"
     BROKER = "broker"
@@ -49,11 +56,22 @@ class Role(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the token's name (never its secret), role and rate limit."""
+    """Who is calling: the token's name (never its secret), role, rate limit, crew scope."""
 
     name: str
     role: Role
     rate_per_min: int | None = None
+    unit: str | None = None  # role crew: the one unit it belongs to
+    member: str | None = None  # role crew: the member's name
+
+
+class LastAdminToken(Exception):
+    """Revoking or replacing this token would leave no valid admin token."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"{name!r} is the last valid admin token; create another admin token "
+                         "before revoking or replacing this one")
 
 
 def new_token() -> str:
@@ -78,22 +96,51 @@ def now_ms() -> int:
 
 # --- persistence ----------------------------------------------------------------------------------
 
+def _lock_tokens(conn: sa.Connection) -> None:
+    """Serialise token changes across collectors (PostgreSQL), for the last-admin check."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7212052)"))
+
+
+def _is_last_admin(conn: sa.Connection, name: str) -> bool:
+    """True when `name` is a valid admin token and no other valid admin token exists."""
+    valid_admins = conn.scalars(sa.select(api_tokens.c.name).where(
+        api_tokens.c.role == Role.ADMIN.value, api_tokens.c.revoked.is_(False))).all()
+    return list(valid_admins) == [name]
+
+
 def create_token(engine: sa.Engine, name: str, role: Role, *,
-                 rate_per_min: int | None = None, token: str | None = None) -> str:
+                 rate_per_min: int | None = None, token: str | None = None,
+                 unit: str | None = None, member: str | None = None) -> str:
     """Store a new token (replacing one of the same name) and return its secret, shown once."""
-    secret = token or new_token()
     with engine.begin() as conn:
-        conn.execute(sa.delete(api_tokens).where(api_tokens.c.name == name))
-        conn.execute(sa.insert(api_tokens).values(
-            name=name, role=role.value, token_hash=hash_token(secret), created=now_ms(),
-            revoked=False, rate_per_min=rate_per_min))
-    log.info("API token %r created with role %s", name, role.value)
+        return insert_token(conn, name, role, rate_per_min=rate_per_min, token=token,
+                            unit=unit, member=member)
+
+
+def insert_token(conn: sa.Connection, name: str, role: Role, *,
+                 rate_per_min: int | None = None, token: str | None = None,
+                 unit: str | None = None, member: str | None = None) -> str:
+    """`create_token` inside the caller's transaction (e.g. with a sign-in code's use)."""
+    secret = token or new_token()
+    _lock_tokens(conn)
+    if role is not Role.ADMIN and _is_last_admin(conn, name):
+        raise LastAdminToken(name)
+    conn.execute(sa.delete(api_tokens).where(api_tokens.c.name == name))
+    conn.execute(sa.insert(api_tokens).values(
+        name=name, role=role.value, token_hash=hash_token(secret), created=now_ms(),
+        revoked=False, rate_per_min=rate_per_min, unit=unit, member=member))
+    scope = f" for {member!r} of unit {unit!r}" if unit else ""
+    log.info("API token %r created with role %s%s", name, role.value, scope)
     return secret
 
 
 def revoke_token(engine: sa.Engine, name: str) -> bool:
-    """Revoke a token by name; return False when there is none."""
+    """Revoke a token by name; False when there is none; LastAdminToken for the last admin."""
     with engine.begin() as conn:
+        _lock_tokens(conn)
+        if _is_last_admin(conn, name):
+            raise LastAdminToken(name)
         n = conn.execute(sa.update(api_tokens).where(api_tokens.c.name == name)
                          .values(revoked=True)).rowcount
     if n:
@@ -103,8 +150,8 @@ def revoke_token(engine: sa.Engine, name: str) -> bool:
 
 def list_tokens(engine: sa.Engine) -> list[dict[str, Any]]:
     """Every token without its hash."""
-    cols = [api_tokens.c.name, api_tokens.c.role, api_tokens.c.created, api_tokens.c.revoked,
-            api_tokens.c.rate_per_min]
+    cols = [api_tokens.c.name, api_tokens.c.role, api_tokens.c.unit, api_tokens.c.member,
+            api_tokens.c.created, api_tokens.c.revoked, api_tokens.c.rate_per_min]
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(*cols)
                                                        .order_by(api_tokens.c.name))]
@@ -117,7 +164,7 @@ def lookup(engine: sa.Engine, token: str) -> Principal | None:
         row = conn.execute(sa.select(api_tokens).where(api_tokens.c.token_hash == digest)).first()
     if row is None or row.revoked or not hmac.compare_digest(row.token_hash, digest):
         return None
-    return Principal(row.name, Role(row.role), row.rate_per_min)
+    return Principal(row.name, Role(row.role), row.rate_per_min, row.unit, row.member)
 
 
 def bootstrap_admin(engine: sa.Engine, token_file: Path,
@@ -179,10 +226,28 @@ def _limiter(request: Request) -> RateLimiter:
     return limiter
 
 
-def authenticate(request: Request, creds: Credentials) -> Principal:
+def presented_token(request: Request) -> str:
+    """The bearer token of a request: the Authorization header, else `?token=`."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.query_params.get("token", "")  # EventSource and pages cannot set headers
+
+
+def admit(request: Request, who: Principal) -> Principal:
+    """Apply the principal's rate limit to this request (429 when exceeded)."""
+    if who.rate_per_min:
+        wait = _limiter(request).allow(who.name, who.rate_per_min)
+        if wait > 0:
+            raise HTTPException(429, f"rate limit of {who.rate_per_min}/min for {who.name!r}",
+                                headers={"Retry-After": str(max(1, round(wait)))})
+    return who
+
+
+def authenticate(request: Request, _creds: Credentials) -> Principal:
     """The caller of this request, from its bearer token (401 when absent or unknown)."""
-    presented = creds.credentials if creds is not None and creds.scheme.lower() == "bearer" \
-        else request.query_params.get("token", "")  # EventSource and pages cannot set headers
+    presented = presented_token(request)
     if not presented:
         raise HTTPException(401, "this endpoint needs a token: send 'Authorization: Bearer "
                                  "<token>'", headers={"WWW-Authenticate": "Bearer"})
@@ -190,12 +255,7 @@ def authenticate(request: Request, creds: Credentials) -> Principal:
     if who is None:
         raise HTTPException(401, "unknown or revoked token — ask an administrator for a new one",
                             headers={"WWW-Authenticate": "Bearer"})
-    if who.rate_per_min:
-        wait = _limiter(request).allow(who.name, who.rate_per_min)
-        if wait > 0:
-            raise HTTPException(429, f"rate limit of {who.rate_per_min}/min for {who.name!r}",
-                                headers={"Retry-After": str(max(1, round(wait)))})
-    return who
+    return admit(request, who)
 
 
 def require(*roles: Role | str) -> Callable[..., Principal]:

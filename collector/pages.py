@@ -50,9 +50,10 @@ class PagesConfig(BaseModel):
                          description="map/navigation link; {lat} and {lon} are filled in")
 
 
-def page(name: str) -> HTMLResponse:
+def page(name: str, cache: str = "no-cache") -> HTMLResponse:
     """Serve static/<name> as a page with the security headers every page carries."""
-    return HTMLResponse((STATIC / name).read_text(encoding="utf-8"), headers=PAGE_HEADERS)
+    return HTMLResponse((STATIC / name).read_text(encoding="utf-8"),
+                        headers={**PAGE_HEADERS, "Cache-Control": cache})
 
 
 class _Assets(StaticFiles):

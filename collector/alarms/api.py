@@ -1,14 +1,14 @@
 """REST and server-sent events for incidents, alarms and silences, plus the crew and ops pages.
 
-Auth is local to this router and deliberately small: a bearer token (header, or `?token=` for
-the page's EventSource) whose SHA-256 matches a crew member's or an ops login's `token_hash`.
+Auth: a bearer token (header, or `?token=` for the page's EventSource): an API token
+(collector.auth: role crew scoped to a unit, ops, or admin acting as ops), or, for existing
+configs, one whose SHA-256 matches an `[alarms]` member's or ops login's `token_hash`.
 Crew members see and act on their own unit's incidents; ops see and act on all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,15 +29,11 @@ from collector.alarms.desk import (
 )
 from collector.alarms.lifecycle import ACTIVE_STATES, IllegalTransition, State
 from collector.api import parse_time
+from collector.auth import Role, admit, hash_token, lookup, presented_token
 from collector.pages import page
 
 KEEPALIVE_S = 15.0
 DEFAULT_STATS_WINDOW_MS = 30 * 86_400_000
-
-
-def hash_token(token: str) -> str:
-    """The SHA-256 hex digest stored in config instead of a token."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,26 +81,34 @@ DeskDep = Annotated[IncidentDesk, Depends(get_desk)]
 
 def get_principal(request: Request, desk: DeskDep,
                   token: Annotated[str | None, Query()] = None) -> Principal:
-    """Authenticate `Authorization: Bearer <token>` or `?token=`; 401 otherwise."""
-    header = request.headers.get("authorization", "")
-    presented = header[7:].strip() if header.lower().startswith("bearer ") else token
+    """Authenticate `Authorization: Bearer <token>` or `?token=`; 401 otherwise.
+
+    One token system: API tokens (collector.auth; role crew scoped to its unit, ops, admin
+    acting as ops) and, for existing configs, the hashes of `[alarms]` members and ops logins.
+    """
+    del token  # read by presented_token (header first); declared for the API docs
+    presented = presented_token(request)
     who = find_principal(desk.engine.cfg, presented) if presented else None
     if who is None and presented and hasattr(request.app.state, "store"):
-        who = _admin_as_ops(request, presented)
+        who = _api_token_principal(request, presented)
     if who is None:
         raise HTTPException(401, "a crew or ops token is required",
                             headers={"WWW-Authenticate": "Bearer"})
     return who
 
 
-def _admin_as_ops(request: Request, token: str) -> Principal | None:
-    """An administrator's API token (collector.auth) sees and acts on every incident."""
-    from collector.auth import Role, lookup
-
+def _api_token_principal(request: Request, token: str) -> Principal | None:
+    """The incident principal of an API token: crew of its unit, or ops (ops and admin roles)."""
     central = lookup(request.app.state.store.engine, token)
-    if central is not None and central.role is Role.ADMIN:
+    if central is None:
+        return None
+    admit(request, central)
+    if central.role in (Role.ADMIN, Role.OPS):
         return Principal(central.name, "ops")
-    return None
+    if central.role is Role.CREW and central.unit:
+        return Principal(central.member or central.name, "crew", (central.unit,))
+    raise HTTPException(403, f"role {central.role.value!r} may not see incidents; needs a crew "
+                             "token (scoped to a unit), ops or admin")
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

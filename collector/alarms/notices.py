@@ -6,6 +6,7 @@ from typing import Any
 
 from collector.alarms.config import Unit
 from collector.alarms.policy import GATEWAY_OFFLINE, LABELS, SITE_DEVICE
+from collector.notify.facts import incident_facts
 from collector.notify.model import Notice
 
 
@@ -56,5 +57,5 @@ def page_notice(inc: dict[str, Any], stage: int, unit: Unit | None, public_url: 
     phones, emails = _on_call(unit, inc.get("assignee"), stage)
     return Notice(key=f"incident-{inc['id']}", title=inc["title"], text="\n".join(lines),
                   severity=inc["severity"], link=link, created_ms=now,
-                  mention_phones=phones, emails=emails)
+                  mention_phones=phones, emails=emails, facts=incident_facts(inc))
 

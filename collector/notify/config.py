@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -14,6 +15,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from collector.config import CollectorConfigError
@@ -23,6 +25,20 @@ from devices.durations import parse_duration
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 CHANNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 CREW_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ENV_PREFIX = "env:"
+
+
+def _from_env(value: Any) -> Any:
+    """A secret written as "env:NAME" is read from the collector's environment at load."""
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value.removeprefix(ENV_PREFIX)
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    return value
+
+
+EnvSecret = Annotated[SecretStr, BeforeValidator(_from_env)]
 
 
 def _http_url(value: SecretStr, *, need: str | None = None) -> SecretStr:
@@ -187,8 +203,70 @@ class MqttChannel(_Channel):
         return self.topic or f"citygate/v1/_crew/{self.crew}/notices"
 
 
-Channel = Annotated[WebhookChannel | DingTalkChannel | WeComChannel | EmailChannel | MqttChannel,
-                    Field(discriminator="type")]
+SMS_ENDPOINTS = {"aliyun": "https://dysmsapi.aliyuncs.com/",
+                 "tencent": "https://sms.tencentcloudapi.com/"}
+SMS_REGIONS = {"aliyun": "cn-hangzhou", "tencent": "ap-guangzhou"}
+
+
+class SmsChannel(_Channel):
+    """Text messages through an SMS gateway: Aliyun SMS, Tencent Cloud SMS, or a generic one.
+
+    The providers send pre-approved templates: `template` (Aliyun TemplateCode / Tencent
+    TemplateId) is filled with `params`, taken from the notice by name (title, severity, link,
+    key, and its facts: address, floor, contact, trapped_for...). `http` POSTs a signed JSON
+    {"to", "text", ...} like a webhook. Recipients are `to` plus the notice's on-call phones.
+    Secrets may be given as "env:NAME".
+    """
+
+    type: Literal["sms"]
+    provider: Literal["aliyun", "tencent", "http"]
+    url: EnvSecret | None = None  # default: the provider's public endpoint
+    access_key_id: str = ""  # Aliyun AccessKeyId / Tencent SecretId
+    access_key_secret: EnvSecret | None = None  # Aliyun AccessKeySecret / Tencent SecretKey /
+    # the HMAC secret of the http gateway
+    sign_name: str = ""  # the approved signature (签名)
+    template: str = ""
+    sdk_app_id: str = ""  # Tencent SmsSdkAppId
+    region: str = ""  # default cn-hangzhou (Aliyun), ap-guangzhou (Tencent)
+    params: tuple[str, ...] = ("title", "address", "link")
+    param_max_chars: int | None = Field(default=None, ge=1, le=500)
+    to: list[str] = Field(default_factory=list)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is None else _http_url(v)
+
+    @field_validator("to")
+    @classmethod
+    def _phones(cls, v: list[str]) -> list[str]:
+        bad = [p for p in v if not re.fullmatch(r"\+?[0-9]{5,20}", p)]
+        if bad:
+            raise ValueError(f"not phone numbers: {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> SmsChannel:
+        need = {"aliyun": ("access_key_id", "access_key_secret", "sign_name", "template"),
+                "tencent": ("access_key_id", "access_key_secret", "sign_name", "template",
+                            "sdk_app_id"),
+                "http": ("url",)}[self.provider]
+        missing = [n for n in need if not getattr(self, n)]
+        if missing:
+            raise ValueError(f"provider {self.provider!r} needs {', '.join(missing)}")
+        return self
+
+    def endpoint(self) -> str:
+        """Where requests go."""
+        return self.url.get_secret_value() if self.url else SMS_ENDPOINTS[self.provider]
+
+    def region_name(self) -> str:
+        """The provider region."""
+        return self.region or SMS_REGIONS.get(self.provider, "")
+
+
+Channel = Annotated[WebhookChannel | DingTalkChannel | WeComChannel | EmailChannel | MqttChannel
+                    | SmsChannel, Field(discriminator="type")]
 
 
 class NotifyConfig(BaseModel):

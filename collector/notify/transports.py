@@ -7,9 +7,10 @@ import smtplib
 import ssl
 import threading
 import uuid
+from datetime import UTC, datetime
 from email.utils import parseaddr
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import orjson
@@ -21,6 +22,7 @@ from collector.notify.config import (
     DingTalkChannel,
     EmailChannel,
     MqttChannel,
+    SmsChannel,
     WebhookChannel,
     WeComChannel,
 )
@@ -32,6 +34,11 @@ DINGTALK_THROTTLED = {130101: 600.0, 130102: 600.0}
 WECOM_THROTTLED = {45009: 60.0}
 RETRYABLE_HTTP = {408, 425, 429}
 MQTT_BAD_CREDENTIALS = {4, 5, 134, 135}
+# SMS provider codes that mean "too fast" (retry later) or "try again" (their side).
+SMS_THROTTLED = ("isv.BUSINESS_LIMIT_CONTROL", "Throttling", "LimitExceeded",
+                 "RequestLimitExceeded")
+SMS_TRANSIENT = ("isp.", "InternalError", "ServiceUnavailable",
+                 "FailedOperation.InsufficientBalance", "isv.AMOUNT_NOT_ENOUGH")
 
 
 class DeliveryError(Exception):
@@ -63,7 +70,9 @@ class Transports:
         if isinstance(cfg, WeComChannel):
             return await self._wecom(name, cfg, notice)
         if isinstance(cfg, EmailChannel):
-            return await _to_thread(send_email, name, cfg, notice)
+            return await _to_thread(send_email, name, cfg, notice, self.clock_ms())
+        if isinstance(cfg, SmsChannel):
+            return await self._sms(name, cfg, notice, notification_id)
         return await _to_thread(publish_mqtt, name, cfg, notice, notification_id,
                                 self.clock_ms())
 
@@ -78,7 +87,7 @@ class Transports:
     async def _dingtalk(self, name: str, cfg: DingTalkChannel, notice: Notice) -> int:
         secret = cfg.secret.get_secret_value() if cfg.secret else None
         url = signing.dingtalk_url(cfg.url.get_secret_value(), secret, self.clock_ms())
-        body = orjson.dumps(render.dingtalk_body(notice))
+        body = orjson.dumps(render.dingtalk_body(notice, self.clock_ms()))
         resp = await self._post(name, url, body, {"Content-Type": "application/json"},
                                 cfg.timeout)
         _robot_result(name, resp, DINGTALK_THROTTLED,
@@ -87,22 +96,67 @@ class Transports:
         return resp.status_code
 
     async def _wecom(self, name: str, cfg: WeComChannel, notice: Notice) -> int:
-        body = orjson.dumps(render.wecom_body(notice, render.wecom_msgtype(notice, cfg.msgtype)))
+        body = orjson.dumps(render.wecom_body(notice, render.wecom_msgtype(notice, cfg.msgtype),
+                                              self.clock_ms()))
         resp = await self._post(name, cfg.url.get_secret_value(), body,
                                 {"Content-Type": "application/json"}, cfg.timeout)
         _robot_result(name, resp, WECOM_THROTTLED,
                       "check the robot's webhook key (the robot may have been removed)")
         return resp.status_code
 
+    async def _sms(self, name: str, cfg: SmsChannel, notice: Notice, nid: int) -> int:
+        now = self.clock_ms()
+        phones = sms_recipients(cfg.to, notice)
+        if not phones:
+            raise DeliveryError(name, "no recipients", retryable=False,
+                                hint="set `to` or give the unit's on-call members phones")
+        secret = cfg.access_key_secret.get_secret_value() if cfg.access_key_secret else ""
+        url = cfg.endpoint()
+        if cfg.provider == "http":
+            body = orjson.dumps({"v": 1, "id": nid, "sent_ms": now, "to": phones,
+                                 "text": render.sms_text(notice, now), "key": notice.key,
+                                 "link": notice.link})
+            resp = await self._post(name, url, body,
+                                    signing.webhook_headers(secret or None, body, now),
+                                    cfg.timeout)
+            return resp.status_code
+        params = render.sms_params(notice, now, cfg.params, cfg.param_max_chars)
+        if cfg.provider == "aliyun":
+            query = signing.aliyun_signed(secret, "POST", signing.aliyun_sms_params(
+                cfg.access_key_id, phones=phones, sign_name=cfg.sign_name,
+                template_code=cfg.template, template_param=orjson.dumps(params).decode(),
+                timestamp=datetime.fromtimestamp(now / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                nonce=uuid.uuid4().hex, region=cfg.region_name()))
+            resp = await self._post(name, url, urlencode(query).encode(),
+                                    {"Content-Type": "application/x-www-form-urlencoded"},
+                                    cfg.timeout, accept_error=True)
+            _aliyun_result(name, resp)
+            return resp.status_code
+        body = orjson.dumps({"PhoneNumberSet": [e164(p) for p in phones],
+                             "SmsSdkAppId": cfg.sdk_app_id, "SignName": cfg.sign_name,
+                             "TemplateId": cfg.template,
+                             "TemplateParamSet": [params[n] for n in cfg.params]})
+        ts = now // 1000
+        host = urlsplit(url).netloc
+        headers = {"Content-Type": signing.JSON_UTF8, "X-TC-Action": "SendSms",
+                   "X-TC-Version": signing.TENCENT_SMS_VERSION, "X-TC-Timestamp": str(ts),
+                   "X-TC-Region": cfg.region_name(),
+                   "Authorization": signing.tc3_authorization(
+                       cfg.access_key_id, secret, service="sms", host=host, timestamp=ts,
+                       payload=body)}
+        resp = await self._post(name, url, body, headers, cfg.timeout)
+        _tencent_result(name, resp)
+        return resp.status_code
+
     async def _post(self, name: str, url: str, body: bytes, headers: dict[str, str],
-                    timeout_s: float) -> httpx.Response:
+                    timeout_s: float, *, accept_error: bool = False) -> httpx.Response:
         try:
             resp = await self.http.post(url, content=body, headers=headers, timeout=timeout_s)
         except httpx.TimeoutException:
             raise DeliveryError(name, f"no response within {timeout_s:g} s") from None
         except httpx.HTTPError as exc:
             raise DeliveryError(name, f"{type(exc).__name__}: {exc}") from None
-        if resp.is_success:
+        if resp.is_success or (accept_error and resp.status_code < 500 and _is_json(resp)):
             return resp
         retry_after = _retry_after(resp.headers.get("Retry-After"))
         retryable = resp.status_code >= 500 or resp.status_code in RETRYABLE_HTTP
@@ -117,6 +171,62 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
+
+
+def _is_json(resp: httpx.Response) -> bool:
+    return "json" in resp.headers.get("content-type", "")
+
+
+def sms_recipients(to: list[str], notice: Notice) -> list[str]:
+    """Configured numbers plus the notice's on-call phones, without duplicates."""
+    return list(dict.fromkeys([*to, *notice.mention_phones]))
+
+
+def e164(phone: str) -> str:
+    """Tencent wants E.164: a mainland mobile number without a prefix gets +86."""
+    if phone.startswith("+"):
+        return phone
+    return f"+86{phone}" if len(phone) == 11 and phone.startswith("1") else f"+{phone}"
+
+
+def _sms_error(name: str, code: str, message: str, status: int) -> DeliveryError:
+    text = f"SMS provider error {code}: {message}"
+    if code.startswith(SMS_THROTTLED):
+        return DeliveryError(name, text, status=status, throttled=True, retry_after=60.0)
+    if code.startswith(SMS_TRANSIENT):
+        return DeliveryError(name, text, status=status)
+    return DeliveryError(name, text, status=status, retryable=False,
+                         hint="check the access key, signature name, template and its params")
+
+
+def _aliyun_result(name: str, resp: httpx.Response) -> None:
+    """Aliyun answers {"Code": "OK", ...}; anything else (also on HTTP 4xx) is an error."""
+    try:
+        doc = resp.json()
+        code = str(doc.get("Code", ""))
+    except (ValueError, AttributeError):
+        raise DeliveryError(name, "SMS gateway answered with something that is not JSON",
+                            status=resp.status_code) from None
+    if code != "OK":
+        raise _sms_error(name, code, str(doc.get("Message", "")), resp.status_code)
+
+
+def _tencent_result(name: str, resp: httpx.Response) -> None:
+    """Tencent answers 200 with Response.Error, or a SendStatusSet of per-number codes."""
+    try:
+        doc = resp.json()["Response"]
+        error = doc.get("Error")
+        statuses = list(doc.get("SendStatusSet") or [])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise DeliveryError(name, "SMS gateway answered with something unexpected",
+                            status=resp.status_code) from None
+    if error:
+        raise _sms_error(name, str(error.get("Code", "")), str(error.get("Message", "")),
+                         resp.status_code)
+    if statuses and not any(s.get("Code") == "Ok" for s in statuses):
+        first = statuses[0]
+        raise _sms_error(name, str(first.get("Code", "")), str(first.get("Message", "")),
+                         resp.status_code)
 
 
 def _robot_result(name: str, resp: httpx.Response, throttled: dict[int, float],
@@ -142,9 +252,9 @@ async def _to_thread(fn: Any, *args: Any) -> int | None:
     return result
 
 
-def send_email(name: str, cfg: EmailChannel, notice: Notice) -> int:
+def send_email(name: str, cfg: EmailChannel, notice: Notice, sent_ms: int | None = None) -> int:
     """Send one e-mail over SMTP (blocking; run in a thread); return the reply code."""
-    msg = render.email_message(notice, cfg.sender, cfg.to)
+    msg = render.email_message(notice, cfg.sender, cfg.to, sent_ms)
     rcpts = render.email_recipients(cfg.to, notice)
     if not rcpts:
         raise DeliveryError(name, "no recipients", retryable=False,

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import BaseModel, Field, model_validator
 
 from collector import auth
 from collector.auth import Principal, Role, require
 from collector.registry import repo
 from collector.registry.api import RegistryDep
 from collector.registry.mqtt_auth import permitted, verify_password
+from collector.registry.signin_api import check_unit
 
 router = APIRouter(prefix="/api/v1", tags=["access"])
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
@@ -19,18 +20,39 @@ Broker = Annotated[Principal, Depends(require(Role.BROKER))]
 AnyRole = Annotated[Principal, Depends(auth.authenticate)]
 
 
-class TokenIn(BaseModel):
-    """A new API token: a name saying whose it is, a role, and (for systems) a rate limit."""
+TOKEN_NAME = r"^[A-Za-z0-9_.:@-]+$"
 
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:@-]+$")
+
+class TokenIn(BaseModel):
+    """A new API token: a name saying whose it is, a role, and (for systems) a rate limit.
+
+    Crew tokens are scoped to one unit and name the member they belong to (default: `name`).
+    """
+
+    name: str = Field(min_length=1, max_length=100, pattern=TOKEN_NAME)
     role: Role
     rate_per_min: int | None = Field(default=None, ge=1, le=100_000)
+    unit: str | None = Field(default=None, min_length=1, max_length=100)
+    member: str | None = Field(default=None, min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _crew_scope(self) -> TokenIn:
+        if self.role is Role.CREW:
+            if not self.unit:
+                raise ValueError("a crew token needs `unit`: the unit whose incidents it sees")
+            if self.member is None:
+                self.member = self.name
+        elif self.unit is not None or self.member is not None:
+            raise ValueError(f"`unit` and `member` are for crew tokens, not role "
+                             f"{self.role.value!r}")
+        return self
 
 
 @router.get("/whoami")
 def whoami(who: AnyRole) -> dict[str, Any]:
-    """The name and role of the calling token."""
-    return {"name": who.name, "role": who.role.value, "rate_per_min": who.rate_per_min}
+    """The name, role and (crew) scope of the calling token."""
+    return {"name": who.name, "role": who.role.value, "unit": who.unit, "member": who.member,
+            "rate_per_min": who.rate_per_min}
 
 
 @router.get("/tokens")
@@ -40,17 +62,28 @@ def tokens(reg: RegistryDep, _who: Admin) -> list[dict[str, Any]]:
 
 
 @router.post("/tokens", status_code=201)
-def new_token(body: TokenIn, reg: RegistryDep, _who: Admin) -> dict[str, Any]:
+def new_token(body: TokenIn, request: Request, reg: RegistryDep, _who: Admin) -> dict[str, Any]:
     """Create (or replace) a token; its secret is in this answer and nowhere else."""
-    secret = auth.create_token(reg.engine, body.name, body.role,
-                               rate_per_min=body.rate_per_min)
-    return {"name": body.name, "role": body.role.value, "token": secret}
+    if body.unit is not None:
+        check_unit(request, body.unit)
+    try:
+        secret = auth.create_token(reg.engine, body.name, body.role,
+                                   rate_per_min=body.rate_per_min, unit=body.unit,
+                                   member=body.member)
+    except auth.LastAdminToken as exc:
+        raise HTTPException(409, str(exc)) from None
+    return {"name": body.name, "role": body.role.value, "unit": body.unit,
+            "member": body.member, "token": secret}
 
 
 @router.delete("/tokens/{name}", status_code=204)
 def revoke_token(name: str, reg: RegistryDep, _who: Admin) -> None:
-    """Revoke a token."""
-    if not auth.revoke_token(reg.engine, name):
+    """Revoke a token (409 for the last valid admin token)."""
+    try:
+        found = auth.revoke_token(reg.engine, name)
+    except auth.LastAdminToken as exc:
+        raise HTTPException(409, str(exc)) from None
+    if not found:
         raise HTTPException(404, f"no token named {name!r}")
 
 

@@ -161,7 +161,7 @@ def test_config_defaults_and_no_secrets_in_repr_or_describe() -> None:
      "notify.channels.x.dingtalk.url", "access_token"),
     ({"channels": {"x": {"type": "wecom", "url": "ftp://tok-leak-1"}}},
      "notify.channels.x.wecom.url", "http"),
-    ({"channels": {"x": {"type": "sms", "url": "tok-leak-1"}}}, "notify.channels.x", "type"),
+    ({"channels": {"x": {"type": "pager", "url": "tok-leak-1"}}}, "notify.channels.x", "type"),
     ({"channels": {"Bad Name": {"type": "webhook", "url": "https://h"}}}, "notify.channels",
      "lower-case"),
     ({"channels": {"m": {"type": "mqtt", "crew": "n", "broker": "mqtt://u:tok-leak-1@h"}}},
