@@ -15,8 +15,15 @@ async function register() {
     if (typeof ev.data?.hash === "string" && ev.data.hash.startsWith("#incident-")) location.hash = ev.data.hash;
   });
   try {
-    await navigator.serviceWorker.register(WORKER);
-    registration = await navigator.serviceWorker.ready;
+    // The worker's scope is its folder, not the page: wait for this registration, not `ready`.
+    const reg = await navigator.serviceWorker.register(WORKER);
+    const worker = reg.installing || reg.waiting || reg.active;
+    if (worker && worker.state !== "activated") {
+      await new Promise((resolve) => worker.addEventListener("statechange", () => {
+        if (worker.state === "activated") resolve();
+      }));
+    }
+    registration = reg;
     document.body.dataset.sw = "ready";
   } catch (e) {
     document.body.dataset.sw = "failed";

@@ -14,7 +14,8 @@ let loaded = false;
 const rank = (i) => i.severity_rank ?? RANK[i.severity] ?? 5;
 /** Critical first, then the oldest first. */
 const urgency = (a, b) => rank(a) - rank(b) || Date.parse(a.opened_at) - Date.parse(b.opened_at) || a.id - b.id;
-const hhmm = (iso) => (iso ? new Date(iso).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"}) : "");
+const hhmm = (iso) => (iso ? new Date(iso).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", hourCycle: "h23"}) : "");
+const tel = (phone) => "tel:" + String(phone).replace(/[^0-9+]/g, "");
 
 function timerText(inc, now = serverNow()) {
   if (inc.trapped_since) {
@@ -95,13 +96,12 @@ function card(inc) {
     <dl class="facts">
       ${place.length ? html`<dt>Address</dt><dd class="address">${place.join(" · ")}</dd>` : ""}
       ${liftNow(inc.lift)}
-      ${contact.name || contact.phone ? html`<dt>Contact</dt><dd class="contact">${contact.name || ""}
-        ${contact.phone ? html` <a class="call" href="${safeUrl("tel:" + contact.phone.replace(/[^0-9+]/g, ""))}">${contact.phone}</a>` : ""}</dd>` : ""}
+      ${contact.name || contact.phone ? html`<dt>Contact</dt><dd class="contact">${contact.name || ""} ${contact.phone || ""}</dd>` : ""}
       <dt>Assigned</dt><dd class="assignee">${inc.assignee?.name || "nobody yet"}</dd>
       ${inc.arrive_by && !inc.on_site_at ? html`<dt>Arrive by</dt><dd>${hhmm(inc.arrive_by)}</dd>` : ""}
       <dt>Opened</dt><dd>${hhmm(inc.opened_at)}${inc.acknowledged_by ? ` · ack by ${inc.acknowledged_by}` : ""}${inc.occurrences > 1 ? ` · ${inc.occurrences}×` : ""}</dd>
     </dl>
-    <div class="links">${mapLinks(site)}</div>
+    <div class="links">${contact.phone ? html`<a class="call" href="${safeUrl(tel(contact.phone))}">Call ${contact.name ? "site contact" : contact.phone}</a>` : ""}${mapLinks(site)}</div>
     ${escalation(inc)}
     ${buttons.length ? html`<textarea placeholder="Note (optional)" aria-label="note for incident ${inc.id}"></textarea>
       <div class="actions">${buttons}</div>` : ""}

@@ -6,7 +6,7 @@ const incidents = new Map();
 const details = new Map();     // incident id -> {updated, history} for incidents with overrides
 const closing = new Map();     // incident id -> message: a refused Close awaiting a reason
 const hm = (iso) => (iso ? new Date(iso).toLocaleString() : "");
-const hhmm = (iso) => (iso ? new Date(iso).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"}) : "");
+const hhmm = (iso) => (iso ? new Date(iso).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", hourCycle: "h23"}) : "");
 
 function age(inc, now = serverNow()) {
   const end = inc.closed_at ? Date.parse(inc.closed_at) : now;
