@@ -3,7 +3,7 @@
 import {$, ApiError, api, clock, duration, html, live, render, serverNow, start} from "./common.js";
 
 const incidents = new Map();
-const details = new Map();     // incident id -> {updated, history} for incidents with overrides
+const details = new Map();     // incident id -> {version, history} for incidents with overrides
 const closing = new Map();     // incident id -> message: a refused Close awaiting a reason
 const hm = (iso) => (iso ? new Date(iso).toLocaleString() : "");
 const hhmm = (iso) => (iso ? new Date(iso).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", hourCycle: "h23"}) : "");
@@ -13,8 +13,18 @@ function age(inc, now = serverNow()) {
   return clock((end - Date.parse(inc.opened_at)) / 1000);
 }
 
-function cell(at, who) {
-  return at ? html`${hm(at)}${who ? html`<br><small>${who}</small>` : ""}` : "";
+/** A short time: "08:59" today, "3 Dec 08:59" on another day. */
+function short(iso) {
+  const t = new Date(iso);
+  const hhmmText = t.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", hourCycle: "h23"});
+  return t.toDateString() === new Date(serverNow()).toDateString() ? hhmmText
+    : t.toLocaleDateString([], {day: "numeric", month: "short"}) + " " + hhmmText;
+}
+
+function steps(i) {
+  const done = [["ack", i.acknowledged_at, i.acknowledged_by], ["on site", i.on_site_at, i.on_site_by],
+    ["resolved", i.resolved_at, i.resolved_by], ["closed", i.closed_at, i.closed_by]].filter(([, at]) => at);
+  return html`${done.map(([name, at, who]) => html`<div>${name} ${short(at)} <small>${who || ""}</small></div>`)}`;
 }
 
 function escalation(inc) {
@@ -45,8 +55,7 @@ function row(i) {
     <td class="title"><b>${name}</b> ${i.device !== "*" ? i.device : ""}<br><small>${site}${i.occurrences > 1 ? ` · ${i.occurrences}×` : ""}</small>
       ${i.arrival_overdue && !i.on_site_at ? html`<br><span class="tag">arrival overdue</span>` : ""}</td>
     <td class="esc">${escalation(i)}</td>
-    <td>${cell(i.acknowledged_at, i.acknowledged_by)}</td><td>${cell(i.on_site_at, i.on_site_by)}</td>
-    <td>${cell(i.resolved_at, i.resolved_by)}</td><td>${cell(i.closed_at, i.closed_by)}</td>
+    <td class="steps">${steps(i)}</td>
     <td class="num">${i.overrides || ""}</td><td>${closeCell(i)}</td></tr>`;
 }
 
@@ -72,14 +81,15 @@ function tick() {
 
 async function loadOverrides() {
   const wanted = [...incidents.values()].filter((i) => i.overrides);
-  await Promise.all(wanted.filter((i) => details.get(i.id)?.updated !== i.updated_at).map(async (i) => {
+  const version = (i) => `${i.updated_at}|${i.state}|${i.overrides}`;
+  await Promise.all(wanted.filter((i) => details.get(i.id)?.version !== version(i)).map(async (i) => {
     const d = await api(`/api/v1/incidents/${i.id}`);
-    details.set(i.id, {updated: i.updated_at, history: d.history || []});
+    details.set(i.id, {version: version(i), history: d.history || []});
   }));
   const rows = wanted.flatMap((i) => (details.get(i.id)?.history || []).filter((h) => h.override).map((h) => ({id: i.id, ...h})));
   rows.sort((a, b) => Date.parse(b.at) - Date.parse(a.at));
   render(document.querySelector("#overrides tbody"), rows.length ? html`${rows.map((h) => html`<tr data-incident="${h.id}">
-    <td>${h.id}</td><td>${hm(h.at)}</td><td>${h.who}</td><td>${h.from} → ${h.to}</td>
+    <td>${h.id}</td><td>${short(h.at)}</td><td>${h.who}</td><td>${h.from} → ${h.to}</td>
     <td>${(h.override.conditions || []).join(", ")}</td><td class="reason">${h.override.reason}</td></tr>`)}`
     : html`<tr><td colspan="6"><small>No step was forced.</small></td></tr>`);
   $("overrides").dataset.count = String(rows.length);
@@ -92,11 +102,11 @@ function scope(s) {
 
 async function loadSilences() {
   const list = await api("/api/v1/silences?include_expired=true&include_deleted=true");
-  const state = (s) => (s.deleted_at ? `ended by ${s.deleted_by || "?"} ${hm(s.deleted_at)}` : s.in_force ? "in force" : Date.parse(s.starts_at) > serverNow() ? "planned" : "expired");
+  const state = (s) => (s.deleted_at ? `ended by ${s.deleted_by || "?"} ${short(s.deleted_at)}` : s.in_force ? "in force" : Date.parse(s.starts_at) > serverNow() ? "planned" : "expired");
   render(document.querySelector("#silences tbody"), list.length ? html`${list.map((s) => html`<tr data-silence="${s.id}" class="${s.in_force ? "" : "closed-row"}">
     <td>${s.id}</td><td>${scope(s)}${s.life_safety ? html` <span class="tag">life safety</span>` : ""}</td>
     <td>${s.created_by}${s.role ? html` <small>(${s.role})</small>` : ""}</td><td class="reason">${s.reason}</td>
-    <td>${hm(s.starts_at)}</td><td>${hm(s.ends_at)}</td><td>${state(s)}</td></tr>`)}`
+    <td>${short(s.starts_at)}</td><td>${short(s.ends_at)}</td><td>${state(s)}</td></tr>`)}`
     : html`<tr><td colspan="7"><small>No silences.</small></td></tr>`);
   $("silences").dataset.count = String(list.length);
 }
@@ -171,7 +181,9 @@ async function makeSignInLink(ev) {
     const link = await api("/api/v1/signin-links", {method: "POST",
       body: {member: form.elements.member.value.trim(), unit: form.elements.unit.value.trim(), ttl: form.elements.ttl.value}});
     // The QR is generated SVG; shown as an image it cannot run anything whatever it holds.
-    const qr = link.qr_svg ? "data:image/svg+xml;charset=utf-8," + encodeURIComponent(link.qr_svg) : "";
+    const svg = link.qr_svg && !/^<svg[^>]*xmlns=/.test(link.qr_svg)
+      ? link.qr_svg.replace("<svg", '<svg xmlns="http://www.w3.org/2000/svg"') : link.qr_svg;
+    const qr = svg ? "data:image/svg+xml;charset=utf-8," + encodeURIComponent(svg) : "";
     render(out, html`${qr ? html`<img id="signin-qr" src="${qr}" alt="QR code of the sign-in link">` : ""}
       <div><p>Sign-in link for <b>${link.member}</b> (${link.unit}), valid until ${hm(link.expires)}, once:</p>
         <p class="url" id="signin-url">${link.url}</p>
