@@ -26,8 +26,8 @@ document.addEventListener("securitypolicyviolation",
 # Each page, what tells that it has drawn its data, and the hostile texts it must show.
 PAGES = [
     ("/", 'body[data-updated]', "#devices", [IMG, f"lift {IMG}"]),
-    ("/crew", '#incidents[data-count="1"]', "#incidents", [SCRIPT]),
-    ("/ops", '#incidents[data-count="1"]', "#incidents", [SCRIPT]),
+    ("/crew", '#incidents[data-count="1"]', "#incidents", [SCRIPT, f"Li {SVG}"]),
+    ("/ops", '#incidents[data-count="1"]', "#incidents", [SCRIPT, f"Li {SVG}"]),
     ("/parking", 'body[data-updated="1"]', "#zones", [f"Zone {SCRIPT}"]),
     ("/environment", 'body[data-updated="1"]', "#map", [f"Site {IMG}", f"District {SVG}"]),
 ]
