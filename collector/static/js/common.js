@@ -129,6 +129,7 @@ export function live(path, handlers, {onOpen} = {}) {
 /** Show the sign-in screen instead of the page (on a 401, or with no token at all). */
 export function showSignIn(message = "") {
   document.body.dataset.auth = "required";
+  if ($("conn")) $("conn").textContent = "signed out";
   let box = $("sign-in");
   if (!box) {
     box = document.createElement("section");

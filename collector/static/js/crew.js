@@ -112,11 +112,14 @@ function card(inc) {
 function renderCards() {
   const list = [...incidents.values()].filter((i) => SHOWN.includes(i.state)).sort(urgency);
   const box = $("incidents");
-  const notes = {};
-  box.querySelectorAll(".card textarea").forEach((t) => { if (t.value) notes[t.closest(".card").id] = t.value; });
+  // What the crew member is typing survives a pushed update.
+  const typed = {};
+  box.querySelectorAll(".card textarea, .card form.override input").forEach((t) => {
+    if (t.value) typed[`#${CSS.escape(t.closest(".card").id)} ${t.tagName === "TEXTAREA" ? "textarea" : "form.override input"}`] = t.value;
+  });
   render(box, list.length ? html`${list.map(card)}` : html`<p class="empty">No open incidents.</p>`);
-  for (const [id, value] of Object.entries(notes)) {
-    const t = document.querySelector(`#${CSS.escape(id)} textarea`);
+  for (const [selector, value] of Object.entries(typed)) {
+    const t = document.querySelector(selector);
     if (t) t.value = value;
   }
   box.dataset.count = String(list.length);

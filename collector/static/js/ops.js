@@ -65,7 +65,12 @@ function renderIncidents() {
   $("n-open").textContent = count(["open"]);
   $("n-working").textContent = count(["acknowledged", "on_site"]);
   $("n-resolved").textContent = count(["resolved"]);
+  const typed = [...document.querySelectorAll("form.close-form")].map((f) => [f.dataset.id, f.elements.reason.value]);
   render(document.querySelector("#incidents tbody"), html`${list.map(row)}`);
+  for (const [id, value] of typed) {  // a reason being typed survives a pushed update
+    const f = document.querySelector(`form.close-form[data-id="${CSS.escape(id)}"]`);
+    if (f && value) f.elements.reason.value = value;
+  }
   $("incidents").dataset.count = String(list.length);
   document.body.dataset.updated = String(Number(document.body.dataset.updated || 0) + 1);
   loadOverrides().catch(showError);
