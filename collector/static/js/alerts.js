@@ -36,19 +36,23 @@ function describe() {
   return {granted: "notifications on", denied: "notifications blocked in this browser", default: "notifications off"}[Notification.permission];
 }
 
-/** Register the worker (no prompt); say what the alerting can do now. */
+function unlockSound() {
+  try {
+    audio = audio || new AudioContext();
+    audio.resume();
+  } catch { /* no sound on this device */ }
+}
+
+/** Register the worker (no prompt); the first tap anywhere unlocks sound; say what works now. */
 export async function alertsReady() {
+  document.addEventListener("pointerdown", unlockSound, {once: true});
   await register();
-  if ("Notification" in window && Notification.permission === "granted") document.body.dataset.alertsEnabled = "1";
   return describe();
 }
 
 /** On a tap: unlock sound and ask for notification permission. */
 export async function enableAlerts() {
-  try {
-    audio = audio || new AudioContext();
-    await audio.resume();
-  } catch { /* no sound on this device */ }
+  unlockSound();
   if ("Notification" in window && Notification.permission === "default") await Notification.requestPermission();
   if (!registration) await register();
   document.body.dataset.alertsEnabled = "1";

@@ -6,7 +6,7 @@ const KEY = {dust: "pm10", boiler: "nox_converted"};
 const W = 800, H = 560, PAD = 30, NS = "http://www.w3.org/2000/svg";
 const params = new URLSearchParams(location.search);
 const REFRESH_S = Math.max(0.5, Number(params.get("refresh") || 5));
-let selected = null, updates = 0;
+let selected = null, updates = 0, mapDrawn = "";
 
 function el(name, attrs, parent) {
   const e = document.createElementNS(NS, name);
@@ -106,7 +106,11 @@ async function refresh() {
   try {
     const [districts, sites, alarms] = await Promise.all([api("/api/v1/environment/districts"),
       api("/api/v1/environment/sites"), api("/api/v1/environment/alarms?active=true")]);
-    drawMap(districts, sites);
+    const drawn = JSON.stringify([districts, sites]);
+    if (drawn !== mapDrawn) {  // redraw only on change: no flicker, focus and hover stay
+      drawMap(districts, sites);
+      mapDrawn = drawn;
+    }
     drawAlarms(alarms, sites);
     drawLegend(sites);
     if (selected) await select(selected);
