@@ -24,6 +24,17 @@ DEFAULT_LIFT_SCENARIOS = ("trapped_passenger@20:unit=2:for=90",)  # on gw-tcp-01
 RTU_LIFT_SCENARIOS = ("controller_fault@40:unit=3:for=60",)  # on gw-rtu-01: lift-r03
 LIFT_SITES = {"gw-tcp-01": ("jinshui-tower", "Jinshui Rd 12 tower", "lift-t"),
               "gw-rtu-01": ("erqi-plaza", "Erqi Plaza offices", "lift-r")}
+# Where a crew goes for each lift site (shown on the crew card; coordinates are WGS-84).
+LIFT_SITE_FACTS: dict[str, dict[str, Any]] = {
+    "jinshui-tower": {"address": "12 Jinshui Road, Jinshui District, Zhengzhou",
+                      "building": "Tower A", "entrance": "North lobby, lift bank 2",
+                      "contact_name": "Property desk (Ms Zhang)",
+                      "contact_phone": "0371-60000001", "lat": 34.7597, "lon": 113.6651},
+    "erqi-plaza": {"address": "1 Erqi Square, Erqi District, Zhengzhou",
+                   "building": "Office block B", "entrance": "East entrance, goods lift lobby",
+                   "contact_name": "Building manager (Mr Liu)",
+                   "contact_phone": "0371-60000002", "lat": 34.7530, "lon": 113.6603},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +134,11 @@ def collector_config(public_url: str, rx: Receivers, people: People,
             "members": [{"name": "Wang Wei", "phone": "13800000001",
                          "email": "wang.wei@demo.local", "token_hash": hash_token(people.crew)}],
             "escalation": [{"after": "0s", "channels": ["lift-crew-webhook", "crew-email",
-                                                        *extra]},
-                           {"after": "2min", "channels": ["supervisor-webhook"]}]},
+                                                        *extra], "to": "lift crew"},
+                           {"after": "2min", "channels": ["supervisor-webhook"],
+                            "to": "supervisor"},
+                           {"when": "not_arrived", "channels": ["supervisor-webhook"],
+                            "to": "supervisor"}]},
         "env-inspection": {
             "name": "Environmental inspection",
             "members": [{"name": "Li Na", "email": "li.na@demo.local",
@@ -139,7 +153,8 @@ def collector_config(public_url: str, rx: Receivers, people: People,
         "notify": {"retry_base": "2s", "retry_cap": "30s", "channels": channels},
         "alarms": {
             "group_wait": "5s",
-            "sites": {site: {"name": name, "gateways": [gw], "unit": "lift-maintenance"}
+            "sites": {site: {"name": name, "gateways": [gw], "unit": "lift-maintenance",
+                             **LIFT_SITE_FACTS[site]}
                       for gw, (site, name, _) in LIFT_SITES.items()},
             "units": units,
             "routes": [{"kinds": ["nox_limit", "pm10_district"], "unit": "env-inspection"}],

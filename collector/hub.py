@@ -151,7 +151,8 @@ def _alarm_sites(cfg: CollectorConfig) -> dict[str, Any]:
         if isinstance(site, dict) and "id" in site:
             sites.setdefault(site["id"], {"name": site.get("name") or site["id"],
                                           "devices": list(site.get("devices", [])),
-                                          "grid": site.get("district", "")})
+                                          "grid": site.get("district", ""),
+                                          "lat": site.get("lat"), "lon": site.get("lon")})
     raw["sites"] = sites
     return raw
 

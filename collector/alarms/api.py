@@ -173,9 +173,11 @@ def _states(state: str | None) -> list[str] | None:
 @router.get("/incidents")
 def list_incidents(desk: DeskDep, who: PrincipalDep, state: str | None = None,
                    unit: str | None = None,
-                   limit: Annotated[int, Query(ge=1, le=5000)] = 500) -> list[dict[str, Any]]:
-    """Incidents newest first; `state` is a state, a comma list, or `active`."""
-    return desk.incidents(_states(state), _units(who, unit), limit)
+                   limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+                   order: Literal["newest", "urgency"] = "newest") -> list[dict[str, Any]]:
+    """Incidents newest first, or by `order=urgency` (critical first, then longest waiting);
+    `state` is a state, a comma list, or `active`."""
+    return desk.incidents(_states(state), _units(who, unit), limit, order == "urgency")
 
 
 @router.get("/incidents/stats")

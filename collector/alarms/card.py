@@ -24,11 +24,11 @@ from collector.alarms.policy import (
     next_escalation,
     stage_label,
 )
+from collector.alarms.repo import SEVERITY_RANK
 from collector.alarms.views import incident_view
 from collector.api import iso
 
 FAULTS_FILE = Path(__file__).with_name("faults.toml")
-SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
 LIFT_POINTS = ("floor", "door_closed", "door_zone", "passenger_present", "car_running",
                "service_mode")
 _CODED_KINDS = {"gbt24476_fault": "gbt24476", "gbt24476_event": "gbt24476"}
@@ -59,15 +59,19 @@ class Facts:
     alarms: dict[int, dict[str, Any]] = field(default_factory=dict)
     points: dict[str, dict[str, tuple[Any, int]]] = field(default_factory=dict)
     escalations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    registry: dict[str, dict[str, Any]] = field(default_factory=dict)  # sites' name, lat, lon
 
 
 def gather(conn: sa.Connection, cfg: AlarmsConfig, rows: list[dict[str, Any]]) -> Facts:
     """The alarm episodes, device readings and fired stages of some incidents."""
     quantities = {*LIFT_POINTS, *(q for qs in cfg.still_present.values() for q in qs)}
     devices = [r["device_id"] for r in rows if r["device_id"] != SITE_DEVICE]
+    unplaced = [r["site"] for r in rows if (s := cfg.sites.get(r["site"])) is None
+                or s.lat is None]
     return Facts(repo.incident_alarms(conn, [r["alarm_id"] for r in rows]),
                  repo.latest_points(conn, devices, sorted(quantities)),
-                 repo.escalations_of(conn, [r["id"] for r in rows]))
+                 repo.escalations_of(conn, [r["id"] for r in rows]),
+                 repo.registry_sites(conn, unplaced))
 
 
 def conditions(row: dict[str, Any], facts: Facts, cfg: AlarmsConfig) -> list[str]:
@@ -87,13 +91,18 @@ def _member(cfg: AlarmsConfig, unit: str, name: str | None) -> Member | None:
     return next((m for m in u.members if m.name == name), None) if u else None
 
 
-def _site(cfg: AlarmsConfig, site_id: str) -> dict[str, Any]:
+def _site(cfg: AlarmsConfig, site_id: str, facts: Facts) -> dict[str, Any]:
+    """The site as configured; name and coordinates from the registry when config has none."""
     s = cfg.sites.get(site_id)
+    reg = facts.registry.get(site_id, {})
+    lat, lon = (s.lat, s.lon) if s is not None and s.lat is not None \
+        else (reg.get("lat"), reg.get("lon"))
+    name = (s.name if s is not None else "") or reg.get("name") or site_id
     if s is None:
-        return {"id": site_id, "name": site_id, "address": "", "building": "", "entrance": "",
-                "lat": None, "lon": None, "contact": {"name": "", "phone": ""}}
-    return {"id": site_id, "name": s.name or site_id, "address": s.address,
-            "building": s.building, "entrance": s.entrance, "lat": s.lat, "lon": s.lon,
+        return {"id": site_id, "name": name, "address": "", "building": "", "entrance": "",
+                "lat": lat, "lon": lon, "contact": {"name": "", "phone": ""}}
+    return {"id": site_id, "name": name, "address": s.address, "building": s.building,
+            "entrance": s.entrance, "lat": lat, "lon": lon,
             "contact": {"name": s.contact_name, "phone": s.contact_phone}}
 
 
@@ -166,7 +175,7 @@ def card_fields(row: dict[str, Any], facts: Facts, cfg: AlarmsConfig,
         "assignee": None if not row["assignee"] else {
             "name": row["assignee"], "phone": member.phone if member else "",
             "unit": row["unit"]},
-        "site_info": _site(cfg, row["site"]),
+        "site_info": _site(cfg, row["site"], facts),
         "lift": _lift(facts.points.get(row["device_id"], {})),
         "arrival_sla_s": None if sla is None else sla // 1000,
         "arrive_by": iso(arrive_by),

@@ -146,6 +146,9 @@ class Unit(_Section):
     name: str = ""
     members: tuple[Member, ...] = ()
     escalation: tuple[Stage, ...] = ()
+    # A chain without a `not_arrived` stage gets one at the kind's arrival SLA, to the
+    # audience of its last stage: nobody on site in time is never silent by omission.
+    arrival_escalation: bool = True
 
     @model_validator(mode="after")
     def _ordered(self) -> Unit:
@@ -155,6 +158,11 @@ class Unit(_Section):
             if delays != sorted(delays):
                 raise ValueError(f"escalation stages when = {when!r} must be in increasing "
                                  "`after` order")
+        if self.arrival_escalation and self.escalation \
+                and all(s.when != "not_arrived" for s in self.escalation):
+            last = self.escalation[-1]
+            arrival = Stage(channels=last.channels, when="not_arrived", to=last.audience)
+            object.__setattr__(self, "escalation", (*self.escalation, arrival))
         return self
 
 

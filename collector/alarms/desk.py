@@ -162,10 +162,10 @@ class IncidentDesk:
         return {**view, "history": [history_view(h) for h in steps]}
 
     def incidents(self, states: list[str] | None, units: list[str] | None,
-                  limit: int = 500) -> list[dict[str, Any]]:
-        """Incidents newest first, filtered by states and units (None: any)."""
+                  limit: int = 500, urgency: bool = False) -> list[dict[str, Any]]:
+        """Incidents newest (or most urgent) first, filtered by states and units (None: any)."""
         with self._db.connect() as conn:
-            return self._views(conn, repo.list_incidents(conn, states, units, limit))
+            return self._views(conn, repo.list_incidents(conn, states, units, limit, urgency))
 
     def stats(self, since: int, units: list[str] | None = None) -> dict[str, Any]:
         """Closed-loop figures for incidents opened since a time."""

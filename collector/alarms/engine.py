@@ -144,8 +144,7 @@ class AlarmEngine:
             self._changed.clear()
             raise
         self.book.dirty.clear()
-        self._publish()
-        self._send(list(pages.values()), now)
+        self._send(list(pages.values()), now)  # pages first; the streams follow (in _send)
 
     # --- deciding ------------------------------------------------------------------------------
 

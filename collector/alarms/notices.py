@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from collector.alarms.config import Unit
-from collector.alarms.policy import GATEWAY_OFFLINE, LABELS, SITE_DEVICE
+from collector.alarms.policy import GATEWAY_OFFLINE, SITE_DEVICE
 from collector.notify.facts import incident_facts
 from collector.notify.model import Notice
+
+_OVERDUE = {"not_acknowledged": "not acknowledged yet",
+            "not_arrived": "nobody on site yet (arrival time passed)",
+            "not_resolved": "not resolved yet"}
 
 
 def incident_link(public_url: str, incident_id: int) -> str:
@@ -51,7 +55,7 @@ def page_notice(inc: dict[str, Any], stage: int, unit: Unit | None, public_url: 
     if inc.get("assignee"):
         lines.append(f"- assigned to: {inc['assignee']}")
     if stage > 0 and unit is not None and stage < len(unit.escalation):
-        overdue = LABELS[unit.escalation[stage].when]
+        overdue = _OVERDUE[unit.escalation[stage].when]
         lines.append(f"- escalation stage {stage + 1}: {overdue}")
     lines += ["", f"[Acknowledge in CityGate]({link})"]
     phones, emails = _on_call(unit, inc.get("assignee"), stage)

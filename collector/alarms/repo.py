@@ -6,6 +6,7 @@ commit. Queries use the indexes declared in collector.alarms.tables.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -143,10 +144,21 @@ def history(conn: sa.Connection, incident_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in rows.mappings()]
 
 
+SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3, "info": 4}
+
+
+def severity_rank(column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
+    """0 for critical … 4 for info, 5 for anything else, in SQL."""
+    return sa.case(SEVERITY_RANK, value=column, else_=len(SEVERITY_RANK))
+
+
 def list_incidents(conn: sa.Connection, states: list[str] | None, units: list[str] | None,
-                   limit: int) -> list[dict[str, Any]]:
-    """Incidents, newest first, filtered by states and units (None: any)."""
-    stmt = sa.select(incidents).order_by(incidents.c.id.desc()).limit(limit)
+                   limit: int, urgency: bool = False) -> list[dict[str, Any]]:
+    """Incidents filtered by states and units (None: any): newest first, or most urgent first
+    (severity, then the longest waiting)."""
+    i = incidents
+    order = (severity_rank(i.c.severity), i.c.opened_at, i.c.id) if urgency else (i.c.id.desc(),)
+    stmt = sa.select(incidents).order_by(*order).limit(limit)
     if states:
         stmt = stmt.where(incidents.c.state.in_(states))
     if units is not None:
@@ -189,6 +201,23 @@ def latest_points(conn: sa.Connection, devices: list[str],
         out.setdefault(r.device_id, {})[r.quantity] = (
             typed_value(r.quantity, r.value, r.vtext), int(r.ts))
     return out
+
+
+_REGISTRY_SEEN: weakref.WeakSet[sa.Engine] = weakref.WeakSet()  # databases with reg_sites
+
+
+def registry_sites(conn: sa.Connection, site_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Name and coordinates of sites in the gateway registry (none when it is not installed)."""
+    if not site_ids:
+        return {}
+    if conn.engine not in _REGISTRY_SEEN:  # tables are never dropped: ask until it is there
+        if not sa.inspect(conn).has_table("reg_sites"):
+            return {}
+        _REGISTRY_SEEN.add(conn.engine)
+    t = sa.table("reg_sites", sa.column("site_id"), sa.column("name"), sa.column("lat"),
+                 sa.column("lon"))
+    rows = conn.execute(sa.select(t).where(t.c.site_id.in_(sorted(set(site_ids)))))
+    return {r.site_id: {"name": r.name, "lat": r.lat, "lon": r.lon} for r in rows}
 
 
 def gateway_of(conn: sa.Connection, device: str) -> str:

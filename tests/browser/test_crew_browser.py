@@ -46,7 +46,10 @@ def test_crew_page_receives_incident_and_acknowledges_it(page: Page, server: str
     expect(card.locator(".notice.cleared")).to_have_text(
         "Cleared by device, awaiting confirmation")
     expect(card).to_have_attribute("data-state", "acknowledged")
-    expect(card.locator('button[data-action="resolve"]')).to_be_visible()
+    assert rig.desk.incident(inc["id"])["awaiting_confirmation"] is True
+    card.locator('button[data-action="resolve"]').click()
+    expect(card).to_have_attribute("data-state", "resolved")
+    expect(card.locator('button[data-action="close"]')).to_be_visible()
 
 
 def test_ops_page_shows_all_incidents_and_figures(page: Page, server: str,  # noqa: F811
@@ -62,6 +65,7 @@ def test_ops_page_shows_all_incidents_and_figures(page: Page, server: str,  # no
     rig.events("gw-a", ("lift-2", "trapped_passenger", "raise"), severity="critical")
     expect(page.locator("#incidents")).to_have_attribute("data-count", "2")
     expect(page.locator("#stats")).to_have_attribute("data-found", "2")
-    # 95 s for the first; the second, not acknowledged, counts until now (0 s on this clock).
+    # 95 s for the first; the second, not acknowledged, counts with the 0 s it has waited so
+    # far: (95 + 0) / 2, shown rounded.
     expect(page.locator("#tta")).to_have_text("48 s")
     page.screenshot(path=str(ARTIFACTS / "ops.png"), full_page=True)

@@ -330,8 +330,14 @@ def test_escalation_stops_on_acknowledgement(rig: Rig) -> None:
     rig.at(5 * MIN)
     assert rig.channels()[2:] == ["wecom-supervisors", "email-ops"]
     assert {n.key for _, n in rig.notify.sent[2:]} == {f"incident-{second['id']}"}
-    rig.at(60 * MIN)
+    rig.at(10 * MIN - S)
     assert len(rig.notify.sent) == 4
+    # nobody arrived within the 10 min SLA: the chain's last audience hears it, once, for each
+    rig.at(10 * MIN)
+    assert rig.channels()[4:] == ["wecom-supervisors", "email-ops"] * 2
+    assert all("nobody on site yet" in n.text for _, n in rig.notify.sent[4:])
+    rig.at(60 * MIN)
+    assert len(rig.notify.sent) == 8
 
 
 def test_failed_enqueue_is_retried_by_the_next_tick(rig: Rig) -> None:
@@ -364,11 +370,11 @@ def test_bus_carries_incident_changes(rig: Rig) -> None:
     rig.engine.bus.publish = seen.append  # type: ignore[method-assign]
     rig.events("gw-a", ("lift-1", "trapped_passenger", "raise"))
     rig.desk.transition(rig.rows(incidents)[0]["id"], "ack", "Li Wei")
-    # opened, then its first stage fired (the card shows it), then acknowledged
+    # opened with its first stage fired (one message: the page went out first), then acked
     assert [(s["state"], s["unit"], len(s["escalations"])) for s in seen] == [
-        ("open", "crew-north", 0), ("open", "crew-north", 1), ("acknowledged", "crew-north", 1)]
-    assert seen[2]["allowed"] == ["arrive", "resolve"]
-    assert seen[2]["assignee"]["name"] == "Li Wei"
+        ("open", "crew-north", 1), ("acknowledged", "crew-north", 1)]
+    assert seen[1]["allowed"] == ["arrive", "resolve"]
+    assert seen[1]["assignee"]["name"] == "Li Wei"
 
 
 def test_hook_errors_never_reach_the_ingest_writer(rig: Rig,

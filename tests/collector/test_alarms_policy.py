@@ -250,3 +250,15 @@ def test_escalation_stages_must_be_ordered() -> None:
     with pytest.raises(AlarmsConfigError, match="increasing"):
         load_alarms_config({"units": {"u": {"escalation": [
             {"after": "5min", "channels": ["a"]}, {"after": "0s", "channels": ["b"]}]}}})
+
+
+def test_a_chain_without_arrival_stage_gets_one_at_the_sla() -> None:
+    cfg = load_alarms_config({"units": {
+        "u": {"escalation": [{"after": "0s", "channels": ["crew"]},
+                             {"after": "5min", "channels": ["sup"], "to": "supervisor"}]},
+        "v": {"escalation": [{"after": "0s", "channels": ["crew"]}],
+              "arrival_escalation": False}}})
+    added = cfg.units["u"].escalation[-1]
+    assert (added.when, added.after_ms, added.channels, added.to) == \
+        ("not_arrived", None, ("sup",), "supervisor")
+    assert [s.when for s in cfg.units["v"].escalation] == ["not_acknowledged"]

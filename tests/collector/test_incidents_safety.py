@@ -260,7 +260,7 @@ def test_not_arrived_escalation_fires_at_its_time_and_stops_on_arrival(
     assert rig.channels()[2:] == ["wecom-supervisors"]
     [(_, notice)] = rig.notify.sent[2:]
     assert notice.key == f"incident-{second}"
-    assert "not arrived" in notice.text
+    assert "escalation stage 3: nobody on site yet" in notice.text
     late = client.get(f"/api/v1/incidents/{second}", headers=LI).json()
     assert [e["text"] for e in late["escalations"]] == ["page → crew",
                                                         "not arrived → supervisor"]
@@ -328,11 +328,13 @@ def test_card_says_where_to_go_and_how_urgent(client: TestClient, rig: Rig) -> N
                     "action": "raise", "severity": "major", "code": 2,
                     "evidence": {"fault_code": 2}}]}), "gw-a")
     iid = entrapment(rig)
-    cards = client.get("/api/v1/incidents?state=active", headers=LI).json()
-    assert [(c["kind"], c["severity_rank"]) for c in sorted(
-        cards, key=lambda c: (c["severity_rank"], c["opened_at"]))] == [
-        ("trapped_passenger", 0), ("door_close_fault", 1)]  # gbt fault waits for group_wait
-    rig.at(62 * S)
+    rig.at(62 * S)  # the controller fault waited for group_wait: the newest incident
+    newest = client.get("/api/v1/incidents?state=active", headers=LI).json()
+    assert [c["kind"] for c in newest] == ["gbt24476_fault", "trapped_passenger",
+                                           "door_close_fault"]
+    urgent = client.get("/api/v1/incidents?state=active&order=urgency", headers=LI).json()
+    assert [(c["kind"], c["severity_rank"]) for c in urgent] == [
+        ("trapped_passenger", 0), ("door_close_fault", 1), ("gbt24476_fault", 1)]
     card = next(c for c in client.get("/api/v1/incidents", headers=LI).json() if c["id"] == iid)
     assert card["site_info"] == {
         "id": "jinshui-12", "name": "Jinshui Rd 12", "address": "12 Jinshui Road, Zhengzhou",
@@ -394,3 +396,19 @@ def test_migration_19_adds_columns_to_existing_tables(store: Store) -> None:  # 
         cols = {c["name"] for c in sa.inspect(conn).get_columns("incidents")}
     assert (row[0], bool(row[1])) == ("ops", False)  # an old silence never holds an entrapment
     assert {"assignee", "overrides"} <= cols
+
+
+def test_site_name_and_coordinates_come_from_the_registry_when_config_has_none(
+        client: TestClient, rig: Rig) -> None:
+    from collector.registry.tables import sites as reg_sites
+
+    with rig.store.engine.begin() as conn:
+        reg_sites.create(conn, checkfirst=True)
+        conn.execute(sa.insert(reg_sites).values(site_id="plant-7", name="Boiler house 7",
+                                                 lat=34.8012, lon=113.7021, created=0))
+    rig.events("gw-plant", ("boiler-1", "alarm_button", "raise"))
+    [card] = client.get("/api/v1/incidents", headers=OPS).json()
+    assert {k: card["site_info"][k] for k in ("id", "name", "lat", "lon", "address")} == {
+        "id": "plant-7", "name": "Boiler house 7", "lat": 34.8012, "lon": 113.7021,
+        "address": ""}
+    assert card["lift"] is None  # no lift readings for a boiler
