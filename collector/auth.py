@@ -137,12 +137,19 @@ def insert_token(conn: sa.Connection, name: str, role: Role, *,
 
 def revoke_token(engine: sa.Engine, name: str) -> bool:
     """Revoke a token by name; False when there is none; LastAdminToken for the last admin."""
+    other = api_tokens.alias("other")
+    other_admins = sa.select(sa.func.count()).select_from(other).where(
+        other.c.role == Role.ADMIN.value, other.c.revoked.is_(False),
+        other.c.name != name).scalar_subquery()
     with engine.begin() as conn:
         _lock_tokens(conn)
-        if _is_last_admin(conn, name):
+        # One statement, so two admins revoking each other at once cannot both succeed.
+        n = conn.execute(sa.update(api_tokens).where(
+            api_tokens.c.name == name,
+            sa.or_(api_tokens.c.role != Role.ADMIN.value, api_tokens.c.revoked.is_(True),
+                   other_admins > 0)).values(revoked=True)).rowcount
+        if not n and _is_last_admin(conn, name):
             raise LastAdminToken(name)
-        n = conn.execute(sa.update(api_tokens).where(api_tokens.c.name == name)
-                         .values(revoked=True)).rowcount
     if n:
         log.info("API token %r revoked", name)
     return bool(n)

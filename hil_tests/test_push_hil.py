@@ -1,6 +1,7 @@
 """End to end push: lift simulator (trapped passenger) → gateway process → Mosquitto → collector
-process (alarms, incidents, escalation, notify queue) → a real webhook receiver (HMAC checked)
-and a real SMTP server (aiosmtpd).
+process (alarms, incidents, escalation, notify queue) → a real webhook receiver (HMAC checked),
+a real SMTP server (aiosmtpd) and a fake Aliyun SMS gateway (signature recomputed) as the
+fallback when nobody acknowledges.
 
 Scenario times in the simulator count from its first read, i.e. from when the gateway starts
 polling; the lift rules are shortened (trapped after 3 s) so each case runs in seconds.
@@ -9,6 +10,7 @@ polling; the lift rules are shortened (trapped after 3 s) so each case runs in s
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from collector.alarms import hash_token
 pytestmark = pytest.mark.hil
 
 HOOK_SECRET = "whsec-hil-" + os.urandom(8).hex()
+SMS_SECRET = "sms-hil-" + os.urandom(8).hex()
 CREW_TOKEN = "crew-wang-" + os.urandom(8).hex()
 OPS_TOKEN = "ops-room-" + os.urandom(8).hex()
 PUBLIC_URL = "https://citygate.test"
@@ -33,12 +36,14 @@ KIND = "trapped_passenger"
 @pytest.fixture
 def receivers(tmp_path: Path) -> Iterator[Receivers]:
     """The department's webhook endpoint and mail server, on local ports."""
-    with Receivers(secret=HOOK_SECRET, directory=tmp_path / "pushes") as rx:
+    with Receivers(secret=HOOK_SECRET, sms_secret=SMS_SECRET,
+                   directory=tmp_path / "pushes") as rx:
         yield rx
 
 
 def collector_config(rx: Receivers, supervisor_after: str = "4s") -> dict[str, Any]:
-    """Trapped passengers go to the lift crew: webhook + e-mail at once, a supervisor later."""
+    """Trapped passengers go to the lift crew: webhook + e-mail at once; a supervisor and an
+    SMS to the on-call crew when nobody acknowledges."""
     hook = {"type": "webhook", "secret": HOOK_SECRET, "timeout": "2s"}
     return {
         "public_url": PUBLIC_URL,
@@ -47,7 +52,11 @@ def collector_config(rx: Receivers, supervisor_after: str = "4s") -> dict[str, A
             "crew-mail": {"type": "email", "host": "127.0.0.1", "port": rx.smtp_port,
                           "starttls": False, "from": "CityGate <citygate@city.test>",
                           "to": ["lift-crew@city.test"]},
-            "supervisor-hook": {**hook, "url": rx.webhook_url("supervisor")}}},
+            "supervisor-hook": {**hook, "url": rx.webhook_url("supervisor")},
+            "crew-sms": {"type": "sms", "provider": "aliyun", "url": rx.sms_url("aliyun"),
+                         "access_key_id": rx.sms_key_id, "access_key_secret": SMS_SECRET,
+                         "sign_name": "CityGate", "template": "SMS_100001", "timeout": "2s",
+                         "params": ["title", "site", "trapped_for", "link"]}}},
         "alarms": {
             "group_wait": "0s",
             "sites": {"tower-a": {"name": "Tower A", "devices": ["lift-01", "lift-02"]}},
@@ -56,7 +65,8 @@ def collector_config(rx: Receivers, supervisor_after: str = "4s") -> dict[str, A
                 "members": [{"name": "Wang Wei", "phone": "13800000001",
                              "email": "wang@city.test", "token_hash": hash_token(CREW_TOKEN)}],
                 "escalation": [{"after": "0s", "channels": ["crew-hook", "crew-mail"]},
-                               {"after": supervisor_after, "channels": ["supervisor-hook"]}]}},
+                               {"after": supervisor_after,
+                                "channels": ["supervisor-hook", "crew-sms"]}]}},
             "routes": [{"kinds": [KIND], "unit": "lift-crew"}],
             "ops": [{"name": "ops-room", "token_hash": hash_token(OPS_TOKEN)}]},
     }
@@ -94,12 +104,23 @@ def pushes_for(rx: Receivers, channel: str, incident_id: int, *,
             if p.key == f"incident-{incident_id}"]
 
 
-def ack(base: str, incident_id: int) -> dict[str, Any]:
+def ack(base: str, incident_id: int, token: str = CREW_TOKEN) -> dict[str, Any]:
     """Acknowledge as crew member Wang Wei."""
     result: dict[str, Any] = http_json(f"{base}/api/v1/incidents/{incident_id}/ack",
                                        method="POST", body={"note": "on my way"},
-                                       token=CREW_TOKEN)
+                                       token=token)
     return result
+
+
+def signed_in_crew_token(base: str) -> str:
+    """What Wang Wei's phone gets from a one-time sign-in link the operations room made."""
+    link = http_json(f"{base}/api/v1/signin-links", method="POST", token=OPS_TOKEN,
+                     body={"member": "Wang Wei", "unit": "lift-crew", "ttl": "5min"})
+    assert link["url"].startswith(f"{PUBLIC_URL}/signin/") and link["qr_svg"].startswith("<svg")
+    code = link["url"].rsplit("/", 1)[1]
+    got = http_json(f"{base}/api/v1/signin/{code}", method="POST")
+    assert (got["role"], got["unit"], got["member"]) == ("crew", "lift-crew", "Wang Wei")
+    return str(got["token"])
 
 
 def test_trapped_passenger_pages_crew_by_webhook_and_email_then_escalates(
@@ -118,6 +139,8 @@ def test_trapped_passenger_pages_crew_by_webhook_and_email_then_escalates(
     assert hook.title == "[CRITICAL] trapped passenger — lift-01 at Tower A"
     assert "- device: lift-01 (gateway gw-lifts)" in hook.body["text"]
     assert hook.body["mention_phones"] == ["13800000001"]
+    facts = {f["key"]: f["value"] for f in hook.body["facts"]}
+    assert facts["site"] == "tower-a" and re.fullmatch(r"00:0\d", facts["trapped_for"])
 
     mail = wait_for(lambda: receivers.pushes("email"), 20, "the crew e-mail")[0]
     assert (mail.key, mail.title, mail.link) == (hook.key, hook.title, hook.link)
@@ -130,9 +153,15 @@ def test_trapped_passenger_pages_crew_by_webhook_and_email_then_escalates(
     assert "escalation stage 2: not acknowledged yet" in sup[0].body["text"]
     assert sup[0].link == f"{PUBLIC_URL}/crew#incident-{n}"
     assert len(pushes_for(receivers, "webhook:crew", n)) == 1
+    # ... and the on-call crew gets an SMS through the provider's signed API.
+    sms = wait_for(lambda: pushes_for(receivers, "sms:aliyun", n), 20, "the fallback SMS")
+    assert len(sms) == 1 and sms[0].verified is True
+    assert sms[0].body["to"] == ["13800000001"] and sms[0].link == hook.link
+    assert sms[0].body["params"]["title"] == hook.title
+    assert re.fullmatch(r"00:\d\d", sms[0].body["params"]["trapped_for"])
     assert receivers.pushes(delivered=False) == []
 
-    acked = ack(base, n)
+    acked = ack(base, n, signed_in_crew_token(base))
     assert (acked["state"], acked["acknowledged_by"]) == ("acknowledged", "Wang Wei")
     assert [i["id"] for i in incidents(base)] == [n]
 
@@ -152,8 +181,12 @@ def test_acknowledgement_stops_the_escalation(
     second = wait_for(lambda: incident_of(base, "lift-02"), 20, "lift-02's incident")
     wait_for(lambda: pushes_for(receivers, "webhook:supervisor", second["id"]), 30,
              "the escalation of the unacknowledged lift-02")
+    wait_for(lambda: pushes_for(receivers, "sms:aliyun", second["id"]), 10,
+             "the SMS about the unacknowledged lift-02")
 
     assert pushes_for(receivers, "webhook:supervisor", first["id"]) == []
+    assert pushes_for(receivers, "sms:aliyun", first["id"]) == []
+    assert len(pushes_for(receivers, "sms:aliyun", second["id"])) == 1
     assert len(pushes_for(receivers, "webhook:crew", first["id"])) == 1
     after = http_json(f"{base}/api/v1/incidents/{first['id']}", token=CREW_TOKEN)
     assert (after["state"], after["escalation_stages_sent"]) == ("acknowledged", 1)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -33,6 +34,7 @@ from collector.auth import Role, admit, hash_token, lookup, presented_token
 from collector.pages import page
 
 KEEPALIVE_S = 15.0
+TOKEN_RECHECK_S = 5.0  # an open stream notices a revoked token within this time
 DEFAULT_STATS_WINDOW_MS = 30 * 86_400_000
 
 
@@ -196,18 +198,35 @@ async def incident_stream(request: Request, desk: DeskDep, who: PrincipalDep,
                           unit: str | None = None) -> StreamingResponse:
     """Server-sent events: `incident` with the incident's JSON on every change."""
     units = _units(who, unit)
-    return StreamingResponse(_events(request, desk, units), media_type="text/event-stream",
+    token = presented_token(request)
+    return StreamingResponse(_events(request, desk, units, lambda: _valid(request, desk, token)),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _events(request: Request, desk: IncidentDesk,
-                  units: list[str] | None) -> AsyncIterator[str]:
+def _valid(request: Request, desk: IncidentDesk, token: str) -> bool:
+    """Whether a stream's token still signs someone in (it may be revoked meanwhile)."""
+    if find_principal(desk.engine.cfg, token) is not None:
+        return True
+    return lookup(request.app.state.store.engine, token) is not None
+
+
+async def _events(request: Request, desk: IncidentDesk, units: list[str] | None,
+                  valid: Callable[[], bool]) -> AsyncIterator[str]:
+    checked = time.monotonic()
     with desk.engine.bus.subscribe() as sub:
         yield "retry: 3000\n: open\n\n"
         while not await request.is_disconnected():
             try:
                 item = await asyncio.wait_for(sub.queue.get(), timeout=KEEPALIVE_S)
             except TimeoutError:
+                item = None
+            if time.monotonic() - checked >= TOKEN_RECHECK_S or item is None:
+                checked = time.monotonic()
+                if not await asyncio.to_thread(valid):  # revoked: end the stream now
+                    yield "event: signed-out\ndata: {}\n\n"
+                    return
+            if item is None:
                 yield ": keepalive\n\n"
                 continue
             if sub.overflowed:  # this listener missed changes: tell the page to reload

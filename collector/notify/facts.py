@@ -48,6 +48,8 @@ def _text(*parts: Any) -> str:
 
 
 def _person(who: Any) -> tuple[str, str]:
+    if isinstance(who, str):  # a stored row names the person only
+        return who.strip(), ""
     if not isinstance(who, Mapping):
         return "", ""
     phone = str(who.get("phone") or "")

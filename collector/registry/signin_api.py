@@ -12,6 +12,7 @@ client address.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import threading
@@ -33,6 +34,7 @@ from collector.pages import page
 from collector.registry.tables import signin_codes
 from devices.durations import parse_duration
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["access"])
 pages = APIRouter(include_in_schema=False)
 
@@ -63,10 +65,12 @@ class FailureLimiter:
                 return 0.0
             return q[0] + self.window_s - now if len(q) >= self.max_failures else 0.0
 
-    def failed(self, key: str) -> None:
-        """Count one failed attempt of `key`."""
+    def failed(self, key: str) -> bool:
+        """Count one failed attempt of `key`; True when this one reached the limit."""
         with self._lock:
-            self._failures.setdefault(key, deque()).append(self._clock())
+            q = self._failures.setdefault(key, deque())
+            q.append(self._clock())
+            return len(q) == self.max_failures
 
 
 class SigninLinkIn(BaseModel):
@@ -144,6 +148,8 @@ def create_signin_link(body: SigninLinkIn, request: Request,
         conn.execute(sa.insert(signin_codes).values(
             code_hash=auth.hash_token(code), unit=body.unit, member=body.member,
             token_name=name, created=now, created_by=who.name, expires=expires))
+    log.info("sign-in link for %r of unit %r made by %r, valid until %s", body.member,
+             body.unit, who.name, _iso(expires))
     url = f"{desk.engine.public_url.rstrip('/')}/signin/{code}"
     return {"url": url, "qr_svg": segno.make(url, error="m").svg_inline(scale=4),
             "expires": _iso(expires), "code_expires": expires, "member": body.member,
@@ -163,8 +169,9 @@ def exchange_signin_code(code: str, request: Request) -> dict[str, Any]:
     try:
         return _exchange(request.app.state.store.engine, code)
     except HTTPException as exc:
-        if exc.status_code in (404, 410):
-            limiter.failed(client)
+        if exc.status_code in (404, 410) and limiter.failed(client):
+            log.warning("sign-in: %d failed attempts from %s; refusing it for a while",
+                        limiter.max_failures, client)
         raise
 
 

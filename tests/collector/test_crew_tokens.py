@@ -3,14 +3,17 @@ and one-time crew sign-in links (QR), next to the `[alarms]` TOML tokens that ke
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from citygate.rig import served
 from collector import auth, migrations
 from collector.alarms import MIGRATIONS as ALARM_MIGRATIONS
 from collector.alarms import pages, router
@@ -212,3 +215,29 @@ def test_only_ops_create_signin_links(api: Api, token: str, status: int) -> None
     ({"member": ""}, 422)])
 def test_signin_link_input_is_checked(api: Api, body: dict[str, Any], status: int) -> None:
     assert link(api, **body).status_code == status
+
+
+def test_an_open_stream_ends_when_its_token_is_revoked(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.alarms import api as incidents_api
+
+    monkeypatch.setattr(incidents_api, "KEEPALIVE_S", 0.2)
+    monkeypatch.setattr(incidents_api, "TOKEN_RECHECK_S", 0.2)
+    token = api.token("li-phone", "crew", unit="crew-north", member="Li Wei")
+    with served(api.client.app) as base, httpx.Client(base_url=base, timeout=10) as http, \
+            http.stream("GET", f"/api/v1/incidents/stream?token={token}") as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        assert next(lines) == "retry: 3000"
+        iid = api.trapped()
+        seen = ""
+        while f'"id":{iid}' not in seen:
+            seen = next(lines)
+        assert api.client.delete("/api/v1/tokens/li-phone",
+                                 headers=api.as_(ADMIN)).status_code == 204
+        deadline = time.monotonic() + 5
+        rest = []
+        for line in lines:  # ends when the server closes the stream
+            rest.append(line)
+            assert time.monotonic() < deadline, rest
+        assert "event: signed-out" in rest

@@ -216,4 +216,4 @@ def test_an_administrator_token_acts_as_ops_and_other_roles_do_not(client: TestC
     assert [i["id"] for i in client.get("/api/v1/incidents", headers=admin).json()] == [iid]
     assert client.post(f"/api/v1/incidents/{iid}/ack", headers=admin,
                        json={"note": "from the control room"}).status_code == 200
-    assert client.get("/api/v1/incidents", headers=reader).status_code == 403  # known, not permitted
+    assert client.get("/api/v1/incidents", headers=reader).status_code == 403
