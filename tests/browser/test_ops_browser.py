@@ -119,8 +119,13 @@ def test_ops_sees_overrides_silences_ages_and_closes_with_a_reason(page: Page, s
     assert last["override"]["reason"] == "closed after the site visit; sensor ticket raised"
 
 
-def test_a_sign_in_link_from_ops_signs_a_crew_phone_in_once(page: Page, server: str,
-                                                           browser: Browser, rig: Rig) -> None:
+def test_a_sign_in_link_from_ops_signs_a_crew_phone_in_once(
+        page: Page, server: str, browser: Browser, rig: Rig,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from collector.alarms import api as incidents_api
+
+    monkeypatch.setattr(incidents_api, "KEEPALIVE_S", 0.5)  # streams re-check tokens quickly
+    monkeypatch.setattr(incidents_api, "TOKEN_RECHECK_S", 0.5)
     ARTIFACTS.mkdir(exist_ok=True)
     rig.events("gw-a", ("lift-1", "trapped_passenger", "raise"), severity="critical")
     page.goto(f"{server}/ops?token={ADMIN}")
@@ -155,6 +160,12 @@ def test_a_sign_in_link_from_ops_signs_a_crew_phone_in_once(page: Page, server: 
     expect(again.locator("body")).to_have_attribute("data-signin", "failed")
     expect(again.locator("#signin-status")).to_contain_text("already been used")
     again.screenshot(path=str(ARTIFACTS / "signin-used-phone.png"), full_page=True)
+
+    # Ops revoke the phone's token: the open page signs out at the stream's next re-check.
+    assert auth.revoke_token(rig.store.engine, "crew.crew-north.li-wei")
+    expect(phone.locator("#sign-in")).to_be_visible(timeout=10_000)
+    expect(phone.locator("#sign-in-message")).to_contain_text("This sign-in has ended")
+    assert phone.evaluate("localStorage.getItem('citygate.token')") is None
     for p in (phone, again):
         p.context.close()
 

@@ -121,6 +121,12 @@ export function live(path, handlers, {onOpen} = {}) {
   for (const [name, handle] of Object.entries(handlers)) {
     es.addEventListener(name, (ev) => handle(JSON.parse(ev.data)));
   }
+  es.addEventListener("signed-out", () => {  // the token was revoked, or replaced on another phone
+    es.close();
+    signOut();
+    mark("closed", "signed out");
+    showSignIn("This sign-in has ended (revoked, or used on another phone). Sign in again.");
+  });
   return es;
 }
 

@@ -4,6 +4,7 @@ import {alertNewCritical, enableAlerts, alertsReady} from "./alerts.js";
 
 const LABELS = {ack: "Acknowledge", arrive: "Arrived", resolve: "Resolved", close: "Close"};
 const SHOWN = ["open", "acknowledged", "on_site", "resolved"];
+const LIFT_REFRESH_MS = 15000;
 const RANK = {critical: 0, major: 1, minor: 2, warning: 3, info: 4};
 const incidents = new Map();
 const overrides = new Map();  // incident id -> {action, message}: a refused step awaiting a reason
@@ -229,6 +230,8 @@ async function main() {
     reload: () => load().catch(showError),
   }, {onOpen: () => load().catch(showError)});
   setInterval(tick, 1000);
+  // The lift's floor and door as of now: pushes come on incident changes, not on every reading.
+  setInterval(() => { if (document.body.dataset.sse === "open") load().catch(showError); }, LIFT_REFRESH_MS);
 }
 
 main();
