@@ -5,6 +5,9 @@ import {alertNewCritical, enableAlerts, alertsReady} from "./alerts.js";
 const LABELS = {ack: "Acknowledge", arrive: "Arrived", resolve: "Resolved", close: "Close"};
 const SHOWN = ["open", "acknowledged", "on_site", "resolved"];
 const LIFT_REFRESH_MS = 15000;
+// devices/quantities.py SERVICE_MODES: the API gives the enum's number.
+const SERVICE_MODES = ["out of service", "normal", "inspection", "fire return", "firefighter",
+  "emergency power", "earthquake", "unknown"];
 const RANK = {critical: 0, major: 1, minor: 2, warning: 3, info: 4};
 const incidents = new Map();
 const overrides = new Map();  // incident id -> {action, message}: a refused step awaiting a reason
@@ -23,6 +26,7 @@ function timerText(inc, now = serverNow()) {
     const end = inc.device_cleared_at ? Date.parse(inc.device_cleared_at) : now;
     return "trapped for " + clock((end - Date.parse(inc.trapped_since)) / 1000);
   }
+  if (inc.resolved_at) return "resolved after " + clock((Date.parse(inc.resolved_at) - Date.parse(inc.opened_at)) / 1000);
   return "open for " + clock(since(inc.opened_at, now));
 }
 
@@ -43,7 +47,8 @@ function liftNow(lift) {
   if (lift.door) parts.push(`door ${lift.door}`);
   if (lift.passenger_present) parts.push("passenger present");
   if (lift.car_running) parts.push("car moving");
-  if (lift.service_mode && lift.service_mode !== "normal") parts.push(lift.service_mode.replaceAll("_", " "));
+  const mode = typeof lift.service_mode === "number" ? SERVICE_MODES[lift.service_mode] : lift.service_mode;
+  if (mode && mode !== "normal" && mode !== "unknown") parts.push(String(mode).replaceAll("_", " "));
   if (!parts.length) return "";
   return html`<dt>Lift now</dt><dd class="lift-now" data-floor="${lift.floor ?? ""}" data-door="${lift.door ?? ""}">${parts.join(" · ")}
     ${lift.at ? html`<small>(${ago(lift.at)})</small>` : ""}</dd>`;
@@ -110,6 +115,16 @@ function card(inc) {
     <p class="error" role="alert"></p></section>`;
 }
 
+/** A card; an incident the page cannot draw still shows as its title, never blanks the list. */
+function safeCard(inc) {
+  try {
+    return card(inc);
+  } catch (e) {
+    return html`<section class="card ${inc.severity}" id="incident-${inc.id}" data-state="${inc.state}">
+      <h2>${inc.title}</h2><p class="error">${e.message}</p></section>`;
+  }
+}
+
 function renderCards() {
   const list = [...incidents.values()].filter((i) => SHOWN.includes(i.state)).sort(urgency);
   const box = $("incidents");
@@ -118,7 +133,7 @@ function renderCards() {
   box.querySelectorAll(".card textarea, .card form.override input").forEach((t) => {
     if (t.value) typed[`#${CSS.escape(t.closest(".card").id)} ${t.tagName === "TEXTAREA" ? "textarea" : "form.override input"}`] = t.value;
   });
-  render(box, list.length ? html`${list.map(card)}` : html`<p class="empty">No open incidents.</p>`);
+  render(box, list.length ? html`${list.map(safeCard)}` : html`<p class="empty">No open incidents.</p>`);
   for (const [selector, value] of Object.entries(typed)) {
     const t = document.querySelector(selector);
     if (t) t.value = value;
