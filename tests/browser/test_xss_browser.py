@@ -35,8 +35,8 @@ PAGES = [
 
 @pytest.fixture
 def city(tmp_path: Path) -> Iterator[HostileCity]:
-    """The whole collector with hostile names in its config and hostile data stored."""
-    with hostile_city(tmp_path) as c:
+    """The whole collector with hostile names in its config and hostile data sent over MQTT."""
+    with hostile_city(tmp_path, over_mqtt=True) as c:
         c.feed_hostile()
         yield c
 

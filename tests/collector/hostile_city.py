@@ -7,6 +7,7 @@ writes it unescaped. Shared by the page-header tests and the browser XSS test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from citygate.rig import Broker, wait_for
 from collector.config import CollectorConfig
 from collector.hub import Hub, build_hub
 from collector.store import Accepted, Store
@@ -48,20 +50,31 @@ CONFIG: dict[str, Any] = {
 
 @dataclass
 class HostileCity:
-    """The hub, its store, and an admin token that may open every page."""
+    """The hub, its store, an admin token that may open every page, and how gateways reach it.
+
+    With `mqtt` set, messages go over a private broker to the collector's Ingest (the path a
+    gateway's messages take); without, they are decoded and stored as the Ingest would.
+    """
 
     hub: Hub
     store: Store
     token: str
+    mqtt: Any = None  # a connected paho client publishing to the Ingest's broker
     seq: int = 0
 
     def send(self, channel: str, body: dict[str, Any]) -> None:
-        """Decode a gateway message as the ingest does, store it and run the features' hooks."""
+        """Send one gateway message (an envelope gets its header here)."""
         now = int(time.time() * 1000)
         if channel in ("data", "events"):
             self.seq += 1
             body = {"v": 1, "gateway": GATEWAY, "seq": self.seq, "sent": now, **body}
-        got = decode(topic(GATEWAY, channel), orjson.dumps(body))
+        payload = orjson.dumps(body)
+        if self.mqtt is not None:
+            info = self.mqtt.publish(topic(GATEWAY, channel), payload, qos=1,
+                                     retain=channel == "state")
+            info.wait_for_publish(10)
+            return
+        got = decode(topic(GATEWAY, channel), payload)
         if channel == "state":
             m: Any = got.message
             self.store.record_state(GATEWAY, m.state, m.ts, m.reason, m.version, m.boot,
@@ -73,7 +86,7 @@ class HostileCity:
         self.hub.on_stored(result.fresh)
 
     def feed_hostile(self) -> None:
-        """A gateway announces its devices and sends hostile readings and events."""
+        """A gateway announces its devices and sends hostile readings and events; wait for them."""
         now = int(time.time() * 1000)
         self.send("state", {"v": 1, "gateway": GATEWAY, "state": "online", "ts": now,
                             "version": "1.0",
@@ -88,20 +101,55 @@ class HostileCity:
              "severity": "critical", "message": SCRIPT},
             {"device": "lift-1", "ts": now, "kind": IMG, "action": "raise",
              "severity": "major", "message": SVG, "evidence": {"note": SCRIPT}}]})
+        wait_for(self._stored, 15, "the hostile messages to be stored")
+
+    def _stored(self) -> bool:
+        latest = {r["quantity"] for r in self.store.latest("lift-1")}
+        opened = self.hub.app.state.alarms.incidents(None, None)
+        return "fault_code" in latest and any(i["kind"] == "trapped_passenger" for i in opened)
 
 
 @contextmanager
-def hostile_city(tmp: Path) -> Iterator[HostileCity]:
+def hostile_city(tmp: Path, *, over_mqtt: bool = False) -> Iterator[HostileCity]:
     """Build the collector around a fresh SQLite store with the hostile config."""
     store = Store.open(f"sqlite:///{tmp / 'hub.sqlite'}")
     token_file = tmp / "admin-token"
     hub = build_hub(store, CollectorConfig.model_validate(CONFIG), dict,
                     admin_token_file=token_file)
+    city = HostileCity(hub, store, token_file.read_text().strip())
+    with contextlib.ExitStack() as stack:
+        if over_mqtt:
+            city.mqtt = stack.enter_context(_broker_and_ingest(tmp, hub, store))
+        try:
+            yield city
+        finally:
+            # In its own thread: a browser test's driver keeps an event loop running in this one.
+            closing = threading.Thread(target=asyncio.run, args=(hub.close(),))
+            closing.start()
+            closing.join(10)
+    store.close()
+
+
+@contextmanager
+def _broker_and_ingest(tmp: Path, hub: Hub, store: Store) -> Iterator[Any]:
+    """A private broker, the collector's Ingest feeding the hub, and a gateway's MQTT client."""
+    import paho.mqtt.client as paho
+
+    from collector.ingest import Ingest
+
+    broker = Broker(tmp / "broker").start()
+    ingest = Ingest(store, broker.url, client_id="hostile-collector",
+                    on_stored=hub.on_stored, on_state=hub.on_state)
+    ingest.start()
+    gateway = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=GATEWAY,
+                          protocol=paho.MQTTv311)
     try:
-        yield HostileCity(hub, store, token_file.read_text().strip())
+        wait_for(lambda: ingest.stats.connected, 15, "the ingest to connect")
+        gateway.connect("127.0.0.1", broker.port)
+        gateway.loop_start()
+        yield gateway
     finally:
-        # In its own thread: a browser test's driver keeps an event loop running in this one.
-        closing = threading.Thread(target=asyncio.run, args=(hub.close(),))
-        closing.start()
-        closing.join(10)
-        store.close()
+        gateway.loop_stop()
+        gateway.disconnect()
+        ingest.stop()
+        broker.stop()
