@@ -222,7 +222,9 @@ class AlarmEngine:
                     repo.update_incident(conn, iid, {"device_cleared_at": now,
                                                      "updated_at": now})
                     repo.add_history(conn, iid, now, state, state, "system",
-                                     "cleared by device, awaiting confirmation",
+                                     "cleared by device, awaiting confirmation"
+                                     if can_auto_resolve(state)
+                                     else "device reported the condition cleared",
                                      event="device_cleared")
                     self._changed_row(conn, iid)
                 continue
