@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from collector import pages
 from collector.auth import Role, require
+from collector.pages import page
 from collector.params import install_error_shape, invalid, parse_time
 from collector.store import Store, typed_value
 from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE
 from devices.quantities import QUANTITIES
 
-STATIC = Path(__file__).parent / "static"
-__all__ = ["STATIC", "create_app", "iso", "parse_time"]  # parse_time: one helper for every router
+__all__ = ["create_app", "iso", "parse_time"]  # parse_time: one helper for every router
 
 
 def iso(ms: int | None) -> str | None:
@@ -363,8 +362,10 @@ def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
     app.include_router(router)
     app.include_router(admin)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def status_page() -> str:
-        return (STATIC / "status.html").read_text(encoding="utf-8")
+    pages.install(app)
+
+    @app.get("/", include_in_schema=False)
+    def status_page() -> Response:
+        return page("status.html")
 
     return app

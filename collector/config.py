@@ -31,6 +31,7 @@ class CollectorConfig(BaseModel):
     registry: dict[str, Any] = Field(default_factory=dict)
     # clock tolerances of ingest: max_skew, max_future, live_bound (collector.placement)
     ingest: dict[str, Any] = Field(default_factory=dict)
+    pages: dict[str, Any] = Field(default_factory=dict)  # what the web pages link to (map URL)
 
 
 def load_collector_config(path: str | Path | None) -> CollectorConfig:

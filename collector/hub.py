@@ -74,6 +74,7 @@ def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], 
               admin_token_file: Path | None = None) -> Hub:
     """Create the app and wire every feature to the store."""
     app = create_app(store, ingest_stats=ingest_stats)
+    app.state.pages = _pages_config(config, config_source)
     hub = Hub(store, config, app)
     engine = _push_and_alarms(hub, config_source)
     _environment(hub, engine)
@@ -84,6 +85,20 @@ def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], 
     _registry(hub, link, admin_token_file or Path("admin-token"))
     _updates(hub, link)
     return hub
+
+
+def _pages_config(config: CollectorConfig, source: str) -> Any:
+    from pydantic import ValidationError
+
+    from collector.config import CollectorConfigError
+    from collector.pages import PagesConfig
+
+    try:
+        return PagesConfig.model_validate(config.pages)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise CollectorConfigError(f"{source}: [pages] {key}: {first['msg']}") from None
 
 
 def _readers() -> list[Any]:

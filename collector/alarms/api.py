@@ -29,8 +29,9 @@ from collector.alarms.desk import (
     NotAllowed,
 )
 from collector.alarms.lifecycle import ACTIVE_STATES, IllegalTransition, State
-from collector.api import STATIC, parse_time
+from collector.api import parse_time
 from collector.auth import Role, admit, hash_token, lookup, presented_token
+from collector.pages import page
 from collector.params import RowId
 
 KEEPALIVE_S = 15.0
@@ -350,12 +351,12 @@ def delete_silence(silence_id: RowId, desk: DeskDep, who: PrincipalDep) -> None:
 
 
 @pages.get("/crew", response_class=HTMLResponse)
-def crew_page() -> str:
+def crew_page() -> HTMLResponse:
     """The crew's mobile page: my unit's open incidents, live."""
-    return (STATIC / "crew.html").read_text(encoding="utf-8")
+    return page("crew.html")
 
 
 @pages.get("/ops", response_class=HTMLResponse)
-def ops_page() -> str:
+def ops_page() -> HTMLResponse:
     """The operations page: all incidents and the closed-loop figures."""
-    return (STATIC / "ops.html").read_text(encoding="utf-8")
+    return page("ops.html")

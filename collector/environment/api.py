@@ -6,7 +6,6 @@ Wiring: ``install(app, monitor)`` sets ``app.state.environment`` and includes `r
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
@@ -17,11 +16,10 @@ from collector.api import iso, parse_time
 from collector.environment.config import Site
 from collector.environment.monitor import EnvironmentMonitor
 from collector.environment.rules import Status, site_status
+from collector.pages import page
 from collector.store import typed_value
 from devices.hj212.normalise import Interval, split_series_id
 from devices.quantities import QUANTITIES
-
-PAGE = Path(__file__).parent.parent / "static" / "environment.html"
 
 
 class ValueOut(BaseModel):
@@ -231,9 +229,9 @@ def districts(monitor: MonitorDep) -> list[DistrictOut]:
 
 
 @pages.get("/environment", response_class=HTMLResponse, include_in_schema=False)
-def page() -> str:
+def one_map_page() -> HTMLResponse:
     """The one-map page."""
-    return PAGE.read_text(encoding="utf-8")
+    return page("environment.html")
 
 
 def install(app: FastAPI, monitor: EnvironmentMonitor, dependencies: list[Any] | None = None,

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from collector.api import STATIC, iso
+from collector.api import iso
+from collector.pages import page
 from collector.parking.model import Spot, Zone
 from collector.parking.service import ParkingService
 
@@ -160,6 +161,6 @@ def alerts(parking: ParkingDep,
 
 
 @pages.get("/parking", response_class=HTMLResponse, include_in_schema=False)
-def parking_page() -> str:
+def parking_page() -> HTMLResponse:
     """The live availability page."""
-    return (STATIC / "parking.html").read_text(encoding="utf-8")
+    return page("parking.html")

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from collector import auth
 from collector.alarms.api import Principal, get_principal
-from collector.api import STATIC
+from collector.pages import page
 from collector.registry.tables import signin_codes
 from devices.durations import parse_duration
 
@@ -199,30 +199,8 @@ def _exchange(engine: sa.Engine, code: str) -> dict[str, Any]:
             "unit": row.unit, "member": row.member}
 
 
-FALLBACK_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer"><title>CityGate — sign in</title></head>
-<body><p id="status">Signing in…</p><script>
-(async () => {
-  const code = location.pathname.split("/").pop();
-  const r = await fetch("/api/v1/signin/" + encodeURIComponent(code), {method: "POST"});
-  const doc = await r.json().catch(() => ({}));
-  if (r.ok) {
-    localStorage.setItem("citygate.token", doc.token);
-    location.replace("/crew");
-  } else {
-    document.getElementById("status").textContent = doc.detail || ("sign-in failed: " + r.status);
-  }
-})();
-</script></body></html>
-"""
-
-
 @pages.get("/signin/{code}", response_class=HTMLResponse)
 def signin_page(code: str) -> HTMLResponse:
     """The page a sign-in link opens; it spends the code with a POST (never this GET)."""
     del code  # read by the page's script from its own URL
-    page = STATIC / "signin.html"
-    text = page.read_text(encoding="utf-8") if page.exists() else FALLBACK_PAGE
-    return HTMLResponse(text, headers={"Cache-Control": "no-store",
-                                       "Referrer-Policy": "no-referrer"})
+    return page("signin.html", cache="no-store")

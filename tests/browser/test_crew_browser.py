@@ -28,8 +28,8 @@ def test_crew_page_receives_incident_and_acknowledges_it(page: Page, server: str
     [inc] = rig.rows(incidents)
     card = page.locator(f"#incident-{inc['id']}")
     expect(card).to_have_attribute("data-state", "open", timeout=10_000)
-    expect(card.locator("h2")).to_have_text(
-        "[CRITICAL] trapped passenger — lift-1 at Jinshui Rd 12")
+    expect(card.locator(".fault-name")).to_have_text("Passenger trapped in the car")
+    expect(card.locator(".where")).to_have_text("lift-1 · Jinshui Rd 12")
     card.locator("textarea").fill("on my way, 8 min")
     card.locator('button[data-action="ack"]').click()
     expect(page.locator(f'#incident-{inc["id"]}[data-state="acknowledged"]')).to_be_visible()
@@ -40,9 +40,12 @@ def test_crew_page_receives_incident_and_acknowledges_it(page: Page, server: str
     assert (got["state"], got["acknowledged_by"]) == ("acknowledged", "Li Wei")
     assert got["history"][-1]["note"] == "on my way, 8 min"
 
-    # The device clears: a trapped passenger is never auto-resolved, a person confirms.
+    # The device clears: an entrapment waits for a person, and the card says so without a reload.
     rig.clock.now += 60_000
     rig.events("gw-a", ("lift-1", "trapped_passenger", "clear"))
+    expect(card.locator(".notice.cleared")).to_have_text(
+        "Cleared by device, awaiting confirmation")
+    expect(card).to_have_attribute("data-state", "acknowledged")
     assert rig.desk.incident(inc["id"])["awaiting_confirmation"] is True
     card.locator('button[data-action="resolve"]').click()
     expect(card).to_have_attribute("data-state", "resolved")
@@ -62,6 +65,7 @@ def test_ops_page_shows_all_incidents_and_figures(page: Page, server: str,  # no
     rig.events("gw-a", ("lift-2", "trapped_passenger", "raise"), severity="critical")
     expect(page.locator("#incidents")).to_have_attribute("data-count", "2")
     expect(page.locator("#stats")).to_have_attribute("data-found", "2")
-    # the new one counts too, with the 0 s it has waited so far: (95 + 0) / 2
-    expect(page.locator("#tta")).to_have_text("47.5 s")
+    # 95 s for the first; the second, not acknowledged, counts with the 0 s it has waited so
+    # far: (95 + 0) / 2, shown rounded.
+    expect(page.locator("#tta")).to_have_text("48 s")
     page.screenshot(path=str(ARTIFACTS / "ops.png"), full_page=True)

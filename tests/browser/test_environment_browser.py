@@ -54,7 +54,8 @@ def test_map_draws_every_site_and_the_alarmed_one_in_alarm_colour(
 
     page.set_viewport_size({"width": 1200, "height": 800})
     page.goto(f"{env_server}/environment?refresh=0.5")
-    page.wait_for_function("Number(document.body.dataset.updated) >= 1", timeout=10_000)
+    # A selector, not wait_for_function: the page's CSP refuses string evaluation.
+    page.wait_for_selector('body:not([data-updated="0"])', state="attached", timeout=10_000)
     circles = page.locator("circle.site")
     expect(circles).to_have_count(5)
     expect(page.locator("polygon.district")).to_have_count(1)  # d2 has no outline

@@ -173,8 +173,10 @@ def test_state_is_persisted_on_transitions_and_restored(city: City) -> None:
 def test_live_page_is_served_without_external_assets(city: City) -> None:
     resp = city.client.get("/parking")
     assert resp.status_code == 200
-    assert "/api/v1/parking/zones" in resp.text and "dataset.updated" in resp.text
+    assert "/api/v1/parking/zones" in resp.text and "/static/js/parking.js" in resp.text
     assert "http://" not in resp.text and "https://" not in resp.text
+    module = city.client.get("/static/js/parking.js").text
+    assert "/api/v1/parking/zones" in module and "dataset.updated" in module
 
 
 def test_unconfigured_collector_answers_503(tmp_path: Path) -> None:
