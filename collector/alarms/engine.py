@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from collector.alarms import repo
 from collector.alarms.book import AlarmBook
 from collector.alarms.bus import IncidentBus
-from collector.alarms.card import describe, escalation_view
+from collector.alarms.card import card_fields, describe, escalation_view, gather
 from collector.alarms.config import AlarmsConfig
 from collector.alarms.lifecycle import ACTIVE_STATES, State, can_auto_resolve, reopen_to
 from collector.alarms.notices import incident_title, page_notice
@@ -274,11 +274,18 @@ class AlarmEngine:
             pages[inc["id"]] = _Page(inc, due)
 
     def _send(self, pages: list[_Page], now: int) -> None:
+        if not pages:
+            self._publish()
+            return
+        # A page carries what the crew card shows: where to go, the lift now, who is assigned.
+        with self.store.engine.connect() as conn:
+            facts = gather(conn, self.cfg, [p.incident for p in pages])
         for page in pages:
             inc = page.incident
+            card = card_fields(inc, facts, self.cfg, now)
             unit = self.cfg.units.get(inc["unit"])
             chain = unit.escalation if unit else ()
-            out = [(c, page_notice(inc, i, unit, self.public_url, now))
+            out = [(c, page_notice(inc, i, unit, self.public_url, now, card))
                    for i in page.stages for c in chain[i].channels]
             try:
                 for channel, notice in out:

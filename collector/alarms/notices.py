@@ -40,8 +40,9 @@ def _on_call(unit: Unit | None, assignee: str | None,
 
 
 def page_notice(inc: dict[str, Any], stage: int, unit: Unit | None, public_url: str,
-                now: int) -> Notice:
-    """The notice of an escalation stage of an incident."""
+                now: int, card: dict[str, Any] | None = None) -> Notice:
+    """The notice of an escalation stage of an incident (its stored row), with the crew card's
+    fields (`collector.alarms.card.card_fields`: address, the lift now, contact) as facts."""
     link = incident_link(public_url, inc["id"])
     lines = [f"**{inc['title']}**", "",
              f"- incident: #{inc['id']} ({inc['state']}), unit {inc['unit'] or 'unassigned'}",
@@ -61,5 +62,5 @@ def page_notice(inc: dict[str, Any], stage: int, unit: Unit | None, public_url: 
     phones, emails = _on_call(unit, inc.get("assignee"), stage)
     return Notice(key=f"incident-{inc['id']}", title=inc["title"], text="\n".join(lines),
                   severity=inc["severity"], link=link, created_ms=now,
-                  mention_phones=phones, emails=emails, facts=incident_facts(inc))
+                  mention_phones=phones, emails=emails, facts=incident_facts({**inc, **(card or {})}))
 

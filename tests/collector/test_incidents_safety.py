@@ -412,3 +412,14 @@ def test_site_name_and_coordinates_come_from_the_registry_when_config_has_none(
         "id": "plant-7", "name": "Boiler house 7", "lat": 34.8012, "lon": 113.7021,
         "address": ""}
     assert card["lift"] is None  # no lift readings for a boiler
+
+
+def test_the_page_of_an_entrapment_carries_where_to_go(rig: Rig) -> None:
+    entrapment(rig)
+    [(_, page)] = rig.notify.sent
+    facts = {f.key: f for f in page.facts}
+    assert "12 Jinshui Road, Zhengzhou" in facts["address"].value
+    assert "7" in facts["floor"].value
+    assert facts["contact"].href == "tel:037160000001"
+    assert facts["assignee"].value.startswith("Li Wei")
+    assert facts["trapped_for"].since_ms == rig.clock.now
