@@ -159,6 +159,18 @@ class IngestCore:
             log.warning("collector: rejected message on %s: %s (counted from now on)",
                         topic_name, exc)
 
+    def _accepted(self, rec: Received, topic_name: str) -> None:
+        """Count the readings and events the contract left out of a sound envelope, by reason;
+        log once per gateway and reason. The envelope itself goes on to the store."""
+        for item in rec.refused:
+            self.stats.refused[item.reason] += 1
+            key = (rec.gateway, item.reason)
+            if key not in self._warned and len(self._warned) < 10_000:
+                self._warned.add(key)
+                log.warning("collector: left out item %d (device %r) of a message on %s: "
+                            "%s: %s (counted from now on)", item.index, item.device,
+                            topic_name, item.reason, item.detail)
+
     def store_entries(self, entries: Sequence[Entry], wait: Callable[[float], bool]) -> bool:
         """Store entries until each is stored or quarantined; False if told to stop first.
 
@@ -373,6 +385,7 @@ class Ingest(IngestCore):
             self._reject(msg.topic, exc)
             self._queue.put(_Item(msg.mid, msg.qos, None))
             return
+        self._accepted(rec, msg.topic)
         self._queue.put(_Item(msg.mid, msg.qos,
                               entry_of(rec, msg.topic, payload, received, self._live(received))))
 

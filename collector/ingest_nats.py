@@ -328,6 +328,7 @@ class NatsIngest(IngestCore):
         except ContractError as exc:
             self._reject(topic_name, exc)  # counted, then acknowledged: never redelivered
             return None
+        self._accepted(rec, topic_name)
         received = now_ms()
         # The stream's own time of the message: how long it waited is known exactly.
         stamp = getattr(msg.metadata, "timestamp", None)

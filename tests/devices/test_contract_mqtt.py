@@ -66,6 +66,10 @@ def test_poison_envelopes_do_not_stop_ingest_or_take_good_readings_with_them(
         wait_for(lambda: ingest.stats.stored_messages == 3, 20, "three envelopes stored")
         assert dict(ingest.stats.rejected) == {"bad_envelope": 1}  # seq beyond BIGINT
         assert ingest.stats.store_errors == 0
+        # Each left-out reading and event is counted by reason; its neighbours are stored.
+        assert dict(ingest.stats.refused) == {
+            "type_mismatch": 1, "bad_ts": 1, "too_long": 1, "bad_code": 1, "nul_in_text": 2,
+            "out_of_range": 1}
         assert (ingest.stats.readings, ingest.stats.events) == (6, 1)  # 3 lifts x 2 values
         assert sorted(d["device_id"] for d in store.devices()) == [
             "lift-1", "lift-2", "lift-5", "lift-9"]
