@@ -62,5 +62,6 @@ def page_notice(inc: dict[str, Any], stage: int, unit: Unit | None, public_url: 
     phones, emails = _on_call(unit, inc.get("assignee"), stage)
     return Notice(key=f"incident-{inc['id']}", title=inc["title"], text="\n".join(lines),
                   severity=inc["severity"], link=link, created_ms=now,
-                  mention_phones=phones, emails=emails, facts=incident_facts({**inc, **(card or {})}))
+                  mention_phones=phones, emails=emails,
+                  facts=incident_facts({**inc, **(card or {})}))
 
