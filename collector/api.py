@@ -123,7 +123,7 @@ def _device_out(d: dict[str, Any]) -> DeviceOut:
 
 
 def _require_device(store: Store, device_id: str) -> dict[str, Any]:
-    if not DEVICE_ID_RE.match(device_id):
+    if not DEVICE_ID_RE.fullmatch(device_id):
         raise invalid("path", "device_id", "has characters a device id cannot have", device_id)
     dev = store.device(device_id)
     if dev is None:

@@ -136,7 +136,7 @@ def reply_payload(gateway: str, command: str, command_id: str, ok: bool,
     Built as a plain dict: the pydantic contract models are the collector's, and importing them
     on the gateway for a reply would keep them in its memory for good.
     """
-    if not contract.GATEWAY_ID_RE.match(gateway):
+    if not contract.GATEWAY_ID_RE.fullmatch(gateway):
         raise contract.ContractError("bad_gateway_id", f"{gateway!r} is not a valid gateway id")
     return orjson.dumps({"v": contract.VERSION, "gateway": gateway, "command": str(command),
                          "id": str(command_id), "ok": bool(ok), "detail": dict(detail)})

@@ -106,7 +106,7 @@ class Member(_Section):
 
     @model_validator(mode="after")
     def _hash_shape(self) -> Member:
-        if self.token_hash and not _SHA256_RE.match(self.token_hash):
+        if self.token_hash and not _SHA256_RE.fullmatch(self.token_hash):
             raise ValueError(f"member {self.name!r}: token_hash must be 64 lower-case hex "
                              "digits (sha256 of the token), never the token itself")
         return self

@@ -75,7 +75,7 @@ router = APIRouter(prefix="/api/v1", tags=["elevators"])
 
 
 def _lift(store: Any, device_id: str) -> None:
-    if not DEVICE_ID_RE.match(device_id):
+    if not DEVICE_ID_RE.fullmatch(device_id):
         raise HTTPException(422, "device id has characters a device id cannot have")
     dev = store.device(device_id)
     if dev is None:

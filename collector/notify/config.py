@@ -194,7 +194,7 @@ class MqttChannel(_Channel):
     @field_validator("crew")
     @classmethod
     def _crew(cls, v: str) -> str:
-        if not CREW_RE.match(v):
+        if not CREW_RE.fullmatch(v):
             raise ValueError("crew ids are letters, digits, '_' and '-' (used in the topic)")
         return v
 
@@ -283,7 +283,7 @@ class NotifyConfig(BaseModel):
     @field_validator("channels")
     @classmethod
     def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
-        bad = [n for n in v if not CHANNEL_NAME_RE.match(n)]
+        bad = [n for n in v if not CHANNEL_NAME_RE.fullmatch(n)]
         if bad:
             raise ValueError(f"channel names {bad}: use lower-case letters, digits, '_.-'")
         return v

@@ -102,7 +102,7 @@ class ParkingConfig(_Model):
             seen_zones.add(zone.id)
             spots = self.spots_of(zone)
             for spot in spots:
-                if not DEVICE_ID_RE.match(spot):
+                if not DEVICE_ID_RE.fullmatch(spot):
                     raise ValueError(f"zones[{i}].spots: {spot!r} is not a device id")
                 if spot in owner:
                     raise ValueError(f"zones[{i}]: spot {spot!r} is already in zone "

@@ -87,7 +87,7 @@ NO_ANSWER: dict[int | str, dict[str, Any]] = {
 
 
 def _gw(gateway_id: str) -> str:
-    if not GATEWAY_ID_RE.match(gateway_id):
+    if not GATEWAY_ID_RE.fullmatch(gateway_id):
         raise invalid("path", "gateway_id", "not a valid gateway id", gateway_id)
     return gateway_id
 

@@ -87,7 +87,7 @@ def create_gateway(engine: sa.Engine, site_id: str, gateway_id: str | None,
 
 def _create_gateway(conn: sa.Connection, site_id: str, gateway_id: str | None,
                     created_by: str) -> Identity:
-    if gateway_id is not None and (not GATEWAY_ID_RE.match(gateway_id)
+    if gateway_id is not None and (not GATEWAY_ID_RE.fullmatch(gateway_id)
                                    or _reserved(gateway_id)):
         raise RegistryError(422, f"{gateway_id!r} cannot be a gateway id: use lower-case "
                                  "letters, digits, '-' and '_', not starting with 'citygate' "
@@ -162,7 +162,7 @@ def devices_of_config(config_toml: str) -> list[dict[str, Any]]:
         raise RegistryError(422, f"config is not valid TOML: {exc}") from None
     out = []
     for i, d in enumerate(doc.get("devices", [])):
-        if not isinstance(d, dict) or not DEVICE_ID_RE.match(str(d.get("id", ""))):
+        if not isinstance(d, dict) or not DEVICE_ID_RE.fullmatch(str(d.get("id", ""))):
             raise RegistryError(422, f"devices[{i}].id: missing or not a valid device id")
         out.append({"device_id": d["id"], "bus": str(d.get("bus", "")),
                     "profile": str(d.get("profile", "")), "unit": d.get("unit")})

@@ -74,6 +74,7 @@ def test_readings_filter_and_truncation(client: TestClient) -> None:
     ("/api/v1/devices/lift-1/readings?quantity=wattage", 422),
     ("/api/v1/devices/lift-1/readings?limit=0", 422),
     ("/api/v1/devices/%3Cscript%3E/latest", 422),
+    ("/api/v1/devices/lift-1%0A/latest", 422),  # "$" alone would let a trailing newline in
 ])
 def test_bad_requests_get_clear_errors(client: TestClient, url: str, status: int) -> None:
     resp = client.get(url)
