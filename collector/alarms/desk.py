@@ -75,9 +75,7 @@ class IncidentDesk:
         now = eng.clock()
         with eng.lock:
             with self._db.begin() as conn:
-                inc = repo.get_incident(conn, incident_id)
-                if inc is None:
-                    raise IncidentNotFound(incident_id)
+                inc = _incident(conn, incident_id)
                 current = State(inc["state"])
                 target = next_state(incident_id, current, action)
                 forced = self._forced(conn, inc, target, action, override, reason)
@@ -122,9 +120,7 @@ class IncidentDesk:
         now = eng.clock()
         with eng.lock:
             with self._db.begin() as conn:
-                inc = repo.get_incident(conn, incident_id)
-                if inc is None:
-                    raise IncidentNotFound(incident_id)
+                inc = _incident(conn, incident_id)
                 if inc["state"] == State.CLOSED:
                     raise BadRequest(f"incident {incident_id} is closed")
                 target = unit or inc["unit"]
@@ -154,9 +150,7 @@ class IncidentDesk:
     def incident(self, incident_id: int) -> dict[str, Any]:
         """One incident with its history, or raise IncidentNotFound."""
         with self._db.connect() as conn:
-            inc = repo.get_incident(conn, incident_id)
-            if inc is None:
-                raise IncidentNotFound(incident_id)
+            inc = _incident(conn, incident_id)
             steps = repo.history(conn, incident_id)
             view = self._views(conn, [inc])[0]
         return {**view, "history": [history_view(h) for h in steps]}
@@ -274,3 +268,11 @@ class IncidentDesk:
         with self._db.connect() as conn:
             rows = repo.list_silences(conn, now, False)
         self.engine.set_silences([repo.silence_of(r) for r in rows])
+
+
+def _incident(conn: sa.Connection, incident_id: int) -> dict[str, Any]:
+    """The stored incident, or IncidentNotFound."""
+    inc = repo.get_incident(conn, incident_id)
+    if inc is None:
+        raise IncidentNotFound(incident_id)
+    return inc
