@@ -9,6 +9,7 @@ command -v faketime >/dev/null 2>&1 || want+=(faketime)  # clock tests run gatew
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || want+=(nats-server)
 command -v coap-client-notls >/dev/null 2>&1 || want+=(libcoap3-bin)  # CoAP interop tests
 [ -x /usr/bin/chromium ] || want+=(chromium fonts-liberation)  # real-browser tests
+[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || want+=(fonts-wqy-microhei)  # Chinese fault names in screenshots
 for pkg in "$@"; do want+=("$pkg"); done
 
 if [ ${#want[@]} -eq 0 ]; then
