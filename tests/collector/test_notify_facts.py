@@ -104,6 +104,6 @@ def test_the_engine_pages_with_the_facts_it_has(rig: Rig) -> None:
     channel, sent = rig.notify.sent[0]
     assert channel == "dingtalk-north"
     facts = {f.key: f for f in sent.facts}
-    assert facts["site"].value == "jinshui-12"
+    assert facts["site"].value == "Jinshui Rd 12"  # the site's name from the config, not its id
     assert facts["trapped_for"].since_ms == rig.clock.now
     assert sent.link == "https://cg.test/crew#incident-1"
