@@ -26,21 +26,6 @@ OUTBOX = 'max_bytes = "3KB"\nmin_free_disk = "512KB"\nbacklog_rate = 500'
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A private Mosquitto whose persistence works when the tests run as root.
-
-    Run as root, Mosquitto drops to its own user, which cannot write into pytest's private
-    temporary directories: a restart would then forget every session and retained state, and
-    a gateway reconnecting before the collector would publish into the void.
-    """
-    b = Broker(tmp_path / "broker", extra_config="user root\n").start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@pytest.fixture
 def gw_disk(tmp_path: Path) -> Iterator[Path]:
     """The gateway's data directory (ChaosCity puts it at <root>/gw) on an 8 MB tmpfs."""
     with small_disk(tmp_path / "gw", "8m") as disk:
