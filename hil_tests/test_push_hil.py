@@ -140,7 +140,7 @@ def test_trapped_passenger_pages_crew_by_webhook_and_email_then_escalates(
     assert "- device: lift-01 (gateway gw-lifts)" in hook.body["text"]
     assert hook.body["mention_phones"] == ["13800000001"]
     facts = {f["key"]: f["value"] for f in hook.body["facts"]}
-    assert facts["site"] == "tower-a" and re.fullmatch(r"00:0\d", facts["trapped_for"])
+    assert facts["site"] == "Tower A" and re.fullmatch(r"00:0\d", facts["trapped_for"])
 
     mail = wait_for(lambda: receivers.pushes("email"), 20, "the crew e-mail")[0]
     assert (mail.key, mail.title, mail.link) == (hook.key, hook.title, hook.link)
