@@ -25,7 +25,7 @@ document.addEventListener("securitypolicyviolation",
 """
 # Each page, what tells that it has drawn its data, and the hostile texts it must show.
 PAGES = [
-    ("/", 'body[data-updated]', "#devices", [IMG, f"lift {IMG}"]),
+    ("/", 'body[data-updated]', "#devices", [f"lift {IMG}"]),
     ("/crew", '#incidents[data-count="1"]', "#incidents", [SCRIPT, f"Li {SVG}"]),
     ("/ops", '#incidents[data-count="1"]', "#incidents", [SCRIPT, f"Li {SVG}"]),
     ("/parking", 'body[data-updated="1"]', "#zones", [f"Zone {SCRIPT}"]),

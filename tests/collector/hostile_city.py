@@ -93,7 +93,9 @@ class HostileCity:
                             "devices": {"lift-1": {"kind": f"lift {IMG}", "profile": "gbt24476"},
                                         "dust-a": {"kind": "dust", "profile": "hj212"}}})
         self.send("data", {"readings": [
-            {"device": "lift-1", "ts": now, "values": {"fault_code": IMG, "floor": 7}},
+            {"device": "lift-1", "ts": now, "values": {"fault_code": 7, "floor": 7}},
+            # Text in an integer quantity (the stored XSS of old) is refused by the contract now.
+            {"device": "lift-1", "ts": now, "values": {"fault_code": IMG}},
             {"device": "dust-a", "ts": now, "values": {"pm10": 42.0}},
             {"device": "pk-1001", "ts": now, "values": {"occupied": False}}]})
         self.send("events", {"events": [
