@@ -19,6 +19,7 @@ from citygate.rig import (
     toml_document,
     wait_for,
 )
+from hil_tests.secure_rig import SecureBroker
 
 # Collectors started by these tests register this admin token, and rig.http_json sends it.
 TEST_TOKEN = "cg_hil-" + os.urandom(16).hex()
@@ -29,6 +30,17 @@ rig.DEFAULT_TOKEN = TEST_TOKEN
 def broker(tmp_path: Path) -> Iterator[Broker]:
     """A private MQTT broker on a free port, stopped after the test."""
     b = Broker(tmp_path / "broker").start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def secure(tmp_path: Path) -> Iterator[SecureBroker]:
+    """A private broker with TLS, per-gateway credentials and ACLs (hil_tests/secure_rig.py)."""
+    b = SecureBroker(tmp_path / "broker")
+    b.start()
     try:
         yield b
     finally:

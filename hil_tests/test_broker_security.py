@@ -5,8 +5,6 @@ from __future__ import annotations
 import ssl
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -17,16 +15,6 @@ from devices import contract
 from hil_tests.secure_rig import COLLECTOR_USER, SecureBroker, client
 
 pytestmark = pytest.mark.hil
-
-
-@pytest.fixture
-def secure(tmp_path: Path) -> Iterator[SecureBroker]:
-    b = SecureBroker(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 class Inbox:

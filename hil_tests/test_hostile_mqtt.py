@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -24,16 +22,6 @@ pytestmark = pytest.mark.hil
 
 QUEUED = 50
 NOT_AUTHORIZED = 135  # paho 2 reports a 3.1.1 CONNACK 5 as the MQTT 5 reason code
-
-
-@pytest.fixture
-def secure(tmp_path: Path) -> Iterator[SecureBroker]:
-    b = SecureBroker(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 class Session:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -16,28 +16,14 @@ import pytest
 from citygate.rig import free_port
 from devices import contract
 from devices.hj212 import build
-from devices.model import Event, Quality, Reading
+from devices.model import Quality, Reading
 from edge.config import DeviceSection, Hj212TcpBus
 from edge.hj212_source import Hj212Source, RecentFrames
 from edge.sources import build_source
+from tests.edge.test_hj212_source import Collected
 from tests.hj212_capture import GOOD_FRAMES, MN, REJECTED, interleaved, order
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Sink:
-    """What reached the outbox side of the guard."""
-
-    def __init__(self) -> None:
-        self.items: list[Reading | Event] = []
-
-    def __call__(self, items: Sequence[Reading | Event]) -> None:
-        self.items.extend(items)
-
-    @property
-    def readings(self) -> list[Reading]:
-        """Readings only."""
-        return [i for i in self.items if isinstance(i, Reading)]
 
 
 def frame(qn: str = "20240501100000000", data_time: str = "20240501100000", cn: str = "2011",
@@ -55,9 +41,9 @@ async def until(condition: Callable[[], Any], what: str, timeout: float = 10.0) 
 
 
 @contextlib.asynccontextmanager
-async def station_link() -> AsyncIterator[tuple[Hj212Source, Sink, socket.socket]]:
+async def station_link() -> AsyncIterator[tuple[Hj212Source, Collected, socket.socket]]:
     """An hj212-tcp bus built as the agent builds it, and a station connected to it."""
-    sink = Sink()
+    sink = Collected()
     port = free_port()
     bus = Hj212TcpBus(name="env", type="hj212-tcp", host="127.0.0.1", port=port)
     source = build_source(bus, [DeviceSection(id="dust-1", bus="env", profile="dust-hj212",
@@ -87,7 +73,7 @@ def collector_accepts(readings: list[Reading]) -> int:
 
 
 def test_gateway_reads_the_interleaved_capture_as_decode_hj212_does() -> None:
-    async def scenario() -> tuple[Hj212Source, Sink]:
+    async def scenario() -> tuple[Hj212Source, Collected]:
         async with station_link() as (source, sink, sock):
             data = interleaved()
             loop = asyncio.get_running_loop()
@@ -106,7 +92,7 @@ def test_gateway_reads_the_interleaved_capture_as_decode_hj212_does() -> None:
 
 
 def test_a_resent_frame_is_answered_again_but_stored_once() -> None:
-    async def scenario() -> tuple[Hj212Source, Sink]:
+    async def scenario() -> tuple[Hj212Source, Collected]:
         async with station_link() as (source, sink, sock):
             loop = asyncio.get_running_loop()
             first = frame(**{"a34002-Rtd": "85", "a34002-Flag": "N"})
@@ -133,7 +119,7 @@ def test_recent_frames_window_is_bounded() -> None:
 
 
 def test_bad_times_flags_and_values_cost_only_their_own_reading() -> None:
-    async def scenario() -> tuple[Hj212Source, Sink]:
+    async def scenario() -> tuple[Hj212Source, Collected]:
         async with station_link() as (source, sink, sock):
             loop = asyncio.get_running_loop()
             for data in (
