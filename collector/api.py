@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -11,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from collector import pages
 from collector.auth import Role, require
+from collector.clock import iso
 from collector.pages import page
 from collector.params import install_error_shape, invalid, parse_time
 from collector.store import Store, typed_value
@@ -18,14 +18,6 @@ from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE
 from devices.quantities import QUANTITIES
 
 __all__ = ["create_app", "iso", "parse_time"]  # parse_time: one helper for every router
-
-
-def iso(ms: int | None) -> str | None:
-    """Epoch milliseconds as an ISO 8601 UTC string with milliseconds."""
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
 
 
 # --- public models ------------------------------------------------------------------------------

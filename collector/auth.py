@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from collector.clock import now_ms
 from collector.registry.tables import api_tokens
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,6 @@ def hash_token(token: str) -> str:
 def token_matches(token: str, stored_hash: str) -> bool:
     """Compare a presented token with a stored hash in constant time."""
     return hmac.compare_digest(hash_token(token), stored_hash)
-
-
-def now_ms() -> int:
-    """Wall-clock epoch milliseconds."""
-    return int(time.time() * 1000)
 
 
 # --- persistence ----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ through the raw driver connection; everything else goes through SQLAlchemy Core.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from collector import partitions, schema
+from collector.clock import now_ms
 from collector.migrations import migrate
 from collector.placement import ClockPolicy, GatewayClock
 from collector.store_ingest import REGISTRY_DEVICES, IngestTx
@@ -63,11 +63,6 @@ class IngestResult:
     refused: Counter[str] = field(default_factory=Counter)  # entries not stored, by reason
     fresh: list[Accepted] = field(default_factory=list)  # stored now (not re-deliveries)
     states: list[tuple[str, str, list[str]]] = field(default_factory=list)  # gw, state, devices
-
-
-def now_ms() -> int:
-    """Wall-clock epoch milliseconds."""
-    return int(time.time() * 1000)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -26,7 +26,7 @@ from collector.alarms.policy import (
 )
 from collector.alarms.repo import SEVERITY_RANK
 from collector.alarms.views import incident_view
-from collector.api import iso
+from collector.clock import iso
 
 FAULTS_FILE = Path(__file__).with_name("faults.toml")
 LIFT_POINTS = ("floor", "door_closed", "door_zone", "passenger_present", "car_running",

@@ -37,8 +37,9 @@ from collector.alarms.policy import (
     stage_label,
 )
 from collector.alarms.tables import incidents
+from collector.clock import now_ms
 from collector.notify.model import Notice
-from collector.store import Accepted, Store, now_ms
+from collector.store import Accepted, Store
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import orjson
 
 from collector.alarms.lifecycle import State, allowed_actions
 from collector.alarms.notices import incident_link
-from collector.api import iso
+from collector.clock import iso
 
 
 def incident_view(row: dict[str, Any], public_url: str) -> dict[str, Any]:

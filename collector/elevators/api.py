@@ -13,7 +13,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from collector.api import StoreDep, iso
+from collector.api import StoreDep
+from collector.clock import iso, now_ms
 from collector.elevators import queries
 from collector.elevators.stats import (
     DAY_MS,
@@ -25,7 +26,6 @@ from collector.elevators.stats import (
     trips_per_day,
 )
 from collector.elevators.stream import EventStream
-from collector.store import now_ms
 from devices.contract import DEVICE_ID_RE
 
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies drop idle streams)

@@ -12,11 +12,12 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from collector.api import iso, parse_time
+from collector.clock import iso
 from collector.environment.config import Site
 from collector.environment.monitor import EnvironmentMonitor
 from collector.environment.rules import Status, site_status
 from collector.pages import page
+from collector.params import parse_time
 from collector.store import typed_value
 from devices.hj212.normalise import Interval, split_series_id
 from devices.quantities import QUANTITIES

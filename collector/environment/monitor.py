@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from collector import schema
+from collector.clock import now_ms
 from collector.environment.config import EnvironmentConfig, Site
 from collector.environment.rules import (
     HOUR_MS,
@@ -30,7 +31,7 @@ from collector.environment.rules import (
     hourly_step,
 )
 from collector.environment.tables import env_alarms
-from collector.store import Accepted, Store, now_ms
+from collector.store import Accepted, Store
 from devices.contract import DataEnvelope
 from devices.hj212.normalise import Interval, series_id, split_series_id
 

@@ -26,9 +26,10 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from collector import partitions, schema
-from collector.api import iso, parse_time
+from collector.clock import iso, now_ms
 from collector.ngsi.tables import DAY_MS, history_1h, history_1m
-from collector.store import Row, Store, now_ms
+from collector.params import parse_time
+from collector.store import Row, Store
 from devices.quantities import QUANTITIES, ValueKind
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+from collector.clock import iso
 from collector.store import typed_value
 from devices.quantities import QUANTITIES, ValueKind
 
@@ -27,14 +27,6 @@ UNIT_ONE = "C62"  # UN/CEFACT "one": counts and ratios
 
 ENTITY_TYPES = ("ParkingSpot", "OnStreetParking", "OffStreetParking", "AirQualityObserved",
                 "Device", "Alert")
-
-
-def iso(ms: int | None) -> str | None:
-    """Epoch ms as ISO 8601 UTC with milliseconds."""
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds") \
-        .replace("+00:00", "Z")
 
 
 def urn(entity_type: str, local_id: str) -> str:

@@ -16,11 +16,11 @@ from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import Response
 
 from collector.auth import Principal, Role, authenticate
+from collector.clock import now_ms
 from collector.ngsi import model
 from collector.ngsi.api import NgsiError, bad_request, get_source
 from collector.ngsi.egress import EgressPolicy, EgressRefused
 from collector.ngsi.tables import ngsi_subscriptions
-from collector.store import now_ms
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["NGSI-LD"])
 Caller = Annotated[Principal, Depends(authenticate)]

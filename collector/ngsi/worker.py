@@ -29,12 +29,12 @@ import httpx
 import orjson
 import sqlalchemy as sa
 
+from collector.clock import now_ms
 from collector.ngsi import model
 from collector.ngsi.egress import EgressPolicy, EgressRefused
 from collector.ngsi.feeds import Change
 from collector.ngsi.source import EntitySource, chunks
 from collector.ngsi.tables import ngsi_deliveries, ngsi_outbox, ngsi_subscriptions
-from collector.store import now_ms
 
 log = logging.getLogger(__name__)
 

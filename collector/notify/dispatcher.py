@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 
+from collector.clock import now_ms
 from collector.notify.config import Channel, NotifyConfig
 from collector.notify.policy import Due, TokenBucket, backoff_s, plan_channel, restored_bucket
 from collector.notify.queue import NotifyQueue
 from collector.notify.redact import RedactingFilter, install_log_redaction
 from collector.notify.transports import DeliveryError, Transports
-from collector.store import now_ms
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from collector import schema
+from collector.clock import now_ms
 from collector.notify.model import Notice
 from collector.notify.policy import DIGEST_KEY_PREFIX, Due, compose_digest
 from collector.notify.redact import redact
@@ -292,11 +292,6 @@ class NotifyQueue:
                 .where(t.c.channel == channel, a.c.ok.is_(True), a.c.at >= since))
         with self.store.engine.connect() as conn:
             return [int(x) for x in conn.scalars(stmt)]
-
-
-def now_ms() -> int:
-    """Wall-clock epoch milliseconds."""
-    return int(time.time() * 1000)
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

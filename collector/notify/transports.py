@@ -7,7 +7,6 @@ import smtplib
 import ssl
 import threading
 import uuid
-from datetime import UTC, datetime
 from email.utils import parseaddr
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -16,6 +15,7 @@ import httpx
 import orjson
 import paho.mqtt.client as mqtt
 
+from collector.clock import iso_seconds
 from collector.notify import render, signing
 from collector.notify.config import (
     Channel,
@@ -125,7 +125,7 @@ class Transports:
             query = signing.aliyun_signed(secret, "POST", signing.aliyun_sms_params(
                 cfg.access_key_id, phones=phones, sign_name=cfg.sign_name,
                 template_code=cfg.template, template_param=orjson.dumps(params).decode(),
-                timestamp=datetime.fromtimestamp(now / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                timestamp=iso_seconds(now),
                 nonce=uuid.uuid4().hex, region=cfg.region_name()))
             resp = await self._post(name, url, urlencode(query).encode(),
                                     {"Content-Type": "application/x-www-form-urlencoded"},

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from collector.api import iso
+from collector.clock import iso
 from collector.pages import page
 from collector.parking.model import Spot, Zone
 from collector.parking.service import ParkingService

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
+from collector.clock import now_ms
 from collector.parking.config import ParkingConfig
 from collector.parking.model import (
     SEVERITY,
@@ -33,11 +33,6 @@ from collector.store import Accepted, Store
 from devices.contract import DataEnvelope
 
 log = logging.getLogger(__name__)
-
-def now_ms() -> int:
-    """Wall-clock epoch milliseconds."""
-    return int(time.time() * 1000)
-
 
 _SPOT_UPSERT = (
     "INSERT INTO parking_spots (spot_id, zone_id, status, occupied, since, last_ts, battery_mv,"

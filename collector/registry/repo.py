@@ -10,7 +10,8 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from collector.auth import hash_token, now_ms
+from collector.auth import hash_token
+from collector.clock import now_ms
 from collector.registry import tables as t
 from collector.registry.mqtt_auth import collector_namespace, hash_password, new_password
 from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE

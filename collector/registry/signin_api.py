@@ -19,7 +19,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import segno
@@ -30,6 +29,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from collector import auth
 from collector.alarms.api import Principal, get_principal
+from collector.clock import iso_seconds
 from collector.pages import page
 from collector.registry.tables import signin_codes
 from devices.durations import parse_duration
@@ -130,10 +130,6 @@ def _failures(request: Request) -> FailureLimiter:
     return limiter
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @router.post("/signin-links", status_code=201)
 def create_signin_link(body: SigninLinkIn, request: Request,
                        who: Annotated[Principal, Depends(_ops)]) -> dict[str, Any]:
@@ -149,10 +145,10 @@ def create_signin_link(body: SigninLinkIn, request: Request,
             code_hash=auth.hash_token(code), unit=body.unit, member=body.member,
             token_name=name, created=now, created_by=who.name, expires=expires))
     log.info("sign-in link for %r of unit %r made by %r, valid until %s", body.member,
-             body.unit, who.name, _iso(expires))
+             body.unit, who.name, iso_seconds(expires))
     url = f"{desk.engine.public_url.rstrip('/')}/signin/{code}"
     return {"url": url, "qr_svg": segno.make(url, error="m").svg_inline(scale=4),
-            "expires": _iso(expires), "code_expires": expires, "member": body.member,
+            "expires": iso_seconds(expires), "code_expires": expires, "member": body.member,
             "unit": body.unit, "token_name": name}
 
 
@@ -188,7 +184,7 @@ def _exchange(engine: sa.Engine, code: str) -> dict[str, Any]:
         if not spent:
             if row.used_at is not None or row.expires > now:
                 raise HTTPException(410, f"this sign-in link has already been used — {AGAIN}")
-            raise HTTPException(410, f"this sign-in link expired at {_iso(row.expires)} — "
+            raise HTTPException(410, f"this sign-in link expired at {iso_seconds(row.expires)} — "
                                      f"{AGAIN}")
         try:
             token = auth.insert_token(conn, row.token_name, auth.Role.CREW, unit=row.unit,

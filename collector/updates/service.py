@@ -92,7 +92,7 @@ class UpdateService:
 
     def __init__(self, engine: sa.Engine, channel: CommandSender, public_url: str, *,
                  clock: Any = None) -> None:
-        from collector.store import now_ms
+        from collector.clock import now_ms
 
         self.engine, self.channel = engine, channel
         self.public_url = public_url.rstrip("/")
