@@ -24,7 +24,7 @@ At each size:
   the aggregates too (`HistoryKeeper.series` 1m/1h, the zone's hour on `history_1m`);
 - ingest of 100-reading envelopes (2 values each), one envelope per `Store.ingest`: "off" =
   `Store.ingest` alone, "on" = with `install_ngsi` wired (the history row writer inside the
-  transaction, then `Hub.on_stored(fresh)`, a webhook subscription, the context-broker push to
+  transaction, then the feeds' stored-batch hook, a webhook subscription, the broker push to
   a local HTTP server, `HubFeedWorker.run` in a background event loop). Runs alternate
   off,on,off,on,off,on (medians of 3 each), with how long the worker took to empty its queues
   after each "on" run; then one diagnostic run each with only the history row writer and with
@@ -60,6 +60,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -70,7 +71,6 @@ import sqlalchemy as sa
 from collector import partitions
 from collector.api import create_app
 from collector.config import CollectorConfig
-from collector.hub import Hub
 from collector.ngsi.egress import EgressPolicy
 from collector.ngsi.history import HistoryKeeper, Retention
 from collector.ngsi.install import HubFeedSettings, install_ngsi
@@ -515,9 +515,10 @@ class Feeds:
     def __init__(self, store: Store, sink: str, worker: bool = True) -> None:
         self.store = store
         self.writers = list(store.row_writers)
-        self.hub = Hub(store, CollectorConfig(), create_app(store))
-        self.worker: HubFeedWorker = install_ngsi(self.hub, HubFeedSettings(
-            broker_url=sink, egress=LOCAL_SINK))
+        core = SimpleNamespace(store=store, config=CollectorConfig(), app=create_app(store),
+                               readers=[])
+        self.feeds = install_ngsi(core, HubFeedSettings(broker_url=sink, egress=LOCAL_SINK))
+        self.worker: HubFeedWorker = self.feeds.worker
         self.busy = 0
         self._lock = threading.Lock()
         build = self.worker.enqueue_changes
@@ -645,7 +646,7 @@ class IngestBench:
             for items in work:
                 result = self.store.ingest(items)
                 if feeds is not None and result.fresh:
-                    feeds.hub.on_stored(result.fresh)
+                    feeds.feeds.on_stored(result.fresh)
             elapsed = time.perf_counter() - t0
             rate = batches * SPOTS * 2 / elapsed
             drain = math.nan

@@ -30,6 +30,9 @@ class HealthOut(BaseModel):
     database: str
     ingest: dict[str, Any]
     counts: dict[str, int]
+    features: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="failures of feature hooks and tasks: "
+        "{feature: {hook: {failures, failing, last_error}}}; only hooks that ever failed")
 
 
 class GatewayOut(BaseModel):
@@ -137,8 +140,12 @@ def health(request: Request, store: StoreDep) -> HealthOut:
         reasons.append("broker: not connected")
     if ingest.get("stuck"):
         reasons.append(f"ingest: {ingest['stuck']}")
+    features: dict[str, dict[str, dict[str, Any]]] = getattr(
+        request.app.state, "feature_failures", dict)()
+    reasons += [f"feature {name}: {hook} failing" for name, hooks in features.items()
+                for hook, rec in hooks.items() if rec["failing"]]
     return HealthOut(status="degraded" if reasons else "ok", reasons=reasons, database=db,
-                     ingest=ingest, counts=counts)
+                     ingest=ingest, counts=counts, features=features)
 
 
 def _gateway_out(g: dict[str, Any]) -> GatewayOut:

@@ -35,8 +35,8 @@ import sqlalchemy as sa
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from collector.auth_tables import api_tokens
 from collector.clock import now_ms
-from collector.registry.tables import api_tokens
 
 log = logging.getLogger(__name__)
 

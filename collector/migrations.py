@@ -1,126 +1,134 @@
-"""Versioned schema migrations, applied in order at start-up on SQLite and PostgreSQL alike.
+"""The one schema migration runner, for the core and every feature, on SQLite and PostgreSQL.
 
-A migration is appended, never edited once released: version numbers are forever.
+Each owner of tables (the core, each feature) declares a `MigrationSet`: its name and its
+ordered steps `(version, name, apply)`. A step is appended, never edited once released; its
+version is forever, and counts within its owner only. `migrate(engine, sets)` applies, in one
+transaction, every step not yet recorded in `feature_migrations` (primary key: feature,
+version), in the order the sets are given and by version within each set.
+
+Two collectors starting together on PostgreSQL take turns: the transaction begins with
+`pg_advisory_xact_lock(MIGRATION_LOCK)`, before anything is read or created, so the second
+one waits, then finds everything applied (PostgreSQL DDL is transactional). A collector on
+SQLite is alone on its file.
+
+Databases made before per-feature versions recorded one global `schema_migrations` table
+(versions 1-64, a range per owner). The first run of this runner adopts those rows: each legacy
+version becomes (owner, version) of the set that declares it, and is not applied again. The
+legacy table is left as it was.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from collector import schema
+from collector.clock import now_ms
 
 log = logging.getLogger(__name__)
 
-Migration = tuple[int, str, Callable[[sa.Connection], None]]
+Step = tuple[int, str, Callable[[sa.Connection], None]]
+
+MIGRATION_LOCK = 7212024  # the advisory lock key every collector of a database shares
 
 
-def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
+@dataclass(frozen=True, slots=True)
+class MigrationSet:
+    """The ordered schema steps of one owner of tables (the core or a feature)."""
+
+    feature: str
+    steps: Sequence[Step]
+
+    def __post_init__(self) -> None:
+        versions = [v for v, _, _ in self.steps]
+        if versions != sorted(set(versions)):
+            raise ValueError(f"{self.feature}: migration versions must be unique and "
+                             f"ascending, not {versions}")
+
+
+def creates(metadata: sa.MetaData, *tables: sa.Table) -> Callable[[sa.Connection], None]:
+    """A step that creates `tables` as `metadata` defines them (if not there yet)."""
     def apply(conn: sa.Connection) -> None:
-        schema.metadata.create_all(conn, tables=list(tables))
+        metadata.create_all(conn, tables=list(tables))
     return apply
 
 
-_PG_READINGS = """
-CREATE TABLE readings (
-    device_id TEXT NOT NULL, quantity TEXT NOT NULL, ts BIGINT NOT NULL,
-    value DOUBLE PRECISION, vtext TEXT, quality TEXT NOT NULL, gateway_id TEXT NOT NULL,
-    seq BIGINT NOT NULL, replay BOOLEAN NOT NULL
-) PARTITION BY RANGE (ts)
-"""
+def add_missing_columns(*tables: sa.Table) -> Callable[[sa.Connection], None]:
+    """A step that adds the columns an older version of each table lacks (a fresh database,
+    whose tables were created from the current definitions, already has them all)."""
+    def apply(conn: sa.Connection) -> None:
+        for table in tables:
+            have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have:
+                    ddl = sa.schema.CreateColumn(col).compile(dialect=conn.dialect)
+                    conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+    return apply
 
 
-def _partition_readings(conn: sa.Connection) -> None:
-    """PostgreSQL: make `readings` a table partitioned by day (SQLite: nothing to do).
-
-    Existing rows are kept: the old table becomes one partition covering the days it holds
-    (its index is adopted), so the conversion is a catalogue change plus one validation scan.
-    The days around now are made by `Store.maintain`, which `Store.open` runs after migrating.
-    """
-    from collector.partitions import DAY_MS, day_of
-
-    if conn.dialect.name != "postgresql":
-        return
-    conn.execute(sa.text("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE"))
-    lo, hi = conn.execute(sa.text("SELECT min(ts), max(ts) FROM readings")).one()
-    conn.execute(sa.text("ALTER TABLE readings RENAME TO readings_legacy"))
-    conn.execute(sa.text("ALTER INDEX readings_by_device RENAME TO readings_legacy_by_device"))
-    conn.execute(sa.text(_PG_READINGS))
-    conn.execute(sa.text("CREATE INDEX readings_by_device ON readings (device_id, quantity, ts)"))
-    conn.execute(sa.text("CREATE TABLE readings_default PARTITION OF readings DEFAULT"))
-    if lo is None:
-        conn.execute(sa.text("DROP TABLE readings_legacy"))
-    else:
-        conn.execute(sa.text(
-            f"ALTER TABLE readings ATTACH PARTITION readings_legacy "
-            f"FOR VALUES FROM ({day_of(lo)}) TO ({day_of(hi) + DAY_MS})"))
-
-
-_GATEWAY_CLOCK = (("clock_offset_ms", "BIGINT"), ("clock_measured_at", "BIGINT"),
-                  ("clock_source", "TEXT NOT NULL DEFAULT ''"),
-                  ("clock_wrong", "BOOLEAN NOT NULL DEFAULT FALSE"))
-
-
-def _gateway_clock_and_quarantine(conn: sa.Connection) -> None:
-    """Add the measured clock columns to `gateways` (unless migration 1 made them) and create
-    the quarantine table."""
-    have = {c["name"] for c in sa.inspect(conn).get_columns("gateways")}
-    for name, ddl in _GATEWAY_CLOCK:
-        if name not in have:
-            conn.execute(sa.text(f"ALTER TABLE gateways ADD COLUMN {name} {ddl}"))
-    schema.metadata.create_all(conn, tables=[schema.quarantine])
-
-
-MIGRATIONS: list[Migration] = [
-    (1, "core: gateways, devices, batches, readings, latest, events, active faults",
-     _create(schema.gateways, schema.devices, schema.batches, schema.readings, schema.latest,
-             schema.events, schema.active_faults)),
-    (2, "core: readings partitioned by day on PostgreSQL", _partition_readings),
-    (3, "core: measured gateway clocks, quarantined messages", _gateway_clock_and_quarantine),
-]
-
-
-def all_migrations() -> list[Migration]:
-    """The core migrations and those of every feature, in version order.
-
-    Version ranges: 1-9 core, 10-14 push notifications, 15-19 alarms and incidents,
-    20-29 environment, 30-39 parking, 40-49 hub feeds, 50-59 registry and security,
-    60-64 agent updates.
-    """
-    from collector.alarms.tables import MIGRATIONS as alarms
-    from collector.environment.tables import MIGRATIONS as environment
-    from collector.ngsi.tables import MIGRATIONS as hub_feeds
-    from collector.notify.queue import MIGRATIONS as notify
-    from collector.parking.schema import MIGRATIONS as parking
-    from collector.registry.tables import MIGRATIONS as registry
-    from collector.updates.tables import MIGRATIONS as updates
-
-    by_version: dict[int, Migration] = {}
-    for m in [*MIGRATIONS, *notify, *alarms, *environment, *parking, *hub_feeds, *registry,
-              *updates]:
-        known = by_version.setdefault(m[0], m)
-        if known[1] != m[1]:
-            raise RuntimeError(f"migration {m[0]} is both {known[1]!r} and {m[1]!r}")
-    return [by_version[v] for v in sorted(by_version)]
-
-
-def migrate(engine: sa.Engine) -> list[int]:
-    """Apply every migration not yet applied; return the versions applied now."""
-    applied_now: list[int] = []
+def migrate(engine: sa.Engine, sets: Sequence[MigrationSet]) -> list[tuple[str, int]]:
+    """Apply every step of `sets` not yet applied; return the (feature, version) applied now."""
+    _check_unique(sets)
+    applied: list[tuple[str, int]] = []
     with engine.begin() as conn:
-        schema.metadata.create_all(conn, tables=[schema.schema_migrations])
-        if conn.dialect.name == "postgresql":  # one migrator at a time across collectors
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7212024)"))
-        done = set(conn.scalars(sa.select(schema.schema_migrations.c.version)))
-        for version, name, apply in all_migrations():
-            if version in done:
-                continue
-            apply(conn)
-            conn.execute(sa.insert(schema.schema_migrations).values(
-                version=version, name=name, applied_at=int(time.time() * 1000)))
-            applied_now.append(version)
-            log.info("schema migration %d applied: %s", version, name)
-    return applied_now
+        if conn.dialect.name == "postgresql":  # one migrator at a time, before any read
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+        done = _recorded(conn, sets)
+        for mset in sets:
+            for version, name, apply in mset.steps:
+                if (mset.feature, version) in done:
+                    continue
+                apply(conn)
+                _record(conn, mset.feature, version, name, now_ms())
+                applied.append((mset.feature, version))
+                log.info("schema migration %s %d applied: %s", mset.feature, version, name)
+    return applied
+
+
+def applied_versions(engine: sa.Engine) -> set[tuple[str, int]]:
+    """Every (feature, version) recorded as applied."""
+    t = schema.feature_migrations
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(t.name):
+            return set()
+        return {(f, v) for f, v in conn.execute(sa.select(t.c.feature, t.c.version))}
+
+
+def _check_unique(sets: Sequence[MigrationSet]) -> None:
+    names = [s.feature for s in sets]
+    if len(names) != len(set(names)):
+        raise ValueError(f"two migration sets share a name: {names}")
+
+
+def _recorded(conn: sa.Connection, sets: Sequence[MigrationSet]) -> set[tuple[str, int]]:
+    """What is applied, creating the versions table (and adopting legacy rows) on first run."""
+    t = schema.feature_migrations
+    if not sa.inspect(conn).has_table(t.name):
+        schema.metadata.create_all(conn, tables=[t])
+        _adopt_legacy(conn, sets)
+    return {(f, v) for f, v in conn.execute(sa.select(t.c.feature, t.c.version))}
+
+
+def _adopt_legacy(conn: sa.Connection, sets: Sequence[MigrationSet]) -> None:
+    """Record the steps a `schema_migrations` table (one global version range) says are done."""
+    legacy = schema.schema_migrations
+    if not sa.inspect(conn).has_table(legacy.name):
+        return
+    rows = conn.execute(sa.select(legacy.c.version, legacy.c.name, legacy.c.applied_at))
+    for version, legacy_name, applied_at in rows:
+        owners = [(s.feature, name) for s in sets for v, name, _ in s.steps if v == version]
+        if len(owners) > 1:  # versions count per owner now: the recorded name decides
+            owners = [o for o in owners if o[1] == legacy_name]
+        if len(owners) == 1:
+            _record(conn, owners[0][0], version, owners[0][1], applied_at)
+        else:
+            log.warning("schema migration %d (%s) of an older collector is known to no feature",
+                        version, legacy_name)
+
+
+def _record(conn: sa.Connection, feature: str, version: int, name: str, at: int) -> None:
+    conn.execute(sa.insert(schema.feature_migrations).values(
+        feature=feature, version=version, name=name, applied_at=at))

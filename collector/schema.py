@@ -12,6 +12,16 @@ metadata = sa.MetaData()
 # An auto-incrementing 64-bit key that is also SQLite's rowid.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+# What the migration runner (collector.migrations) has applied, per owner of tables.
+feature_migrations = sa.Table(
+    "feature_migrations", metadata,
+    sa.Column("feature", sa.Text, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("applied_at", sa.BigInteger, nullable=False),
+)
+
+# Older collectors' record: one global version range (read once, to adopt its rows).
 schema_migrations = sa.Table(
     "schema_migrations", metadata,
     sa.Column("version", sa.Integer, primary_key=True),

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from collector import partitions, schema
 from collector.clock import now_ms
-from collector.migrations import migrate
+from collector.migrations import MigrationSet, migrate
 from collector.placement import ClockPolicy, GatewayClock
 from collector.store_ingest import REGISTRY_DEVICES, IngestTx
 from devices.contract import DataEnvelope, EventsEnvelope, HealthMessage, StateMessage
@@ -103,10 +103,15 @@ class Store:
         self.clock_policy = ClockPolicy()
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """Connect and bring the schema up to date."""
+    def open(cls, url: str, schema: Sequence[MigrationSet] | None = None) -> Store:
+        """Connect and bring the schema up to date: the given migration sets, by default
+        those of the whole collector as collector/features.py composes it."""
         store = cls(make_engine(url))
-        migrate(store.engine)
+        if schema is None:  # the composition names the features; the store names none
+            from collector.features import schema as composed
+
+            schema = composed()
+        migrate(store.engine, schema)
         store.maintain()
         return store
 

@@ -126,16 +126,13 @@ class HubServer:
     command channel on the secured broker: the composition the lead wires into the service."""
 
     def __init__(self, root: Path, broker: SecureBroker, install_dir: Path) -> None:
-        from collector import auth, migrations
+        from collector import auth
         from collector.api import create_app
         from collector.registry import install
         from collector.registry.commands import CommandChannel
         from collector.registry.service import Registry, RegistrySettings
-        from collector.registry.tables import MIGRATIONS
         from collector.store import Store
 
-        if not any(v == 50 for v, _, _ in migrations.MIGRATIONS):
-            migrations.MIGRATIONS = [*migrations.MIGRATIONS, *MIGRATIONS]
         root.mkdir(parents=True, exist_ok=True)
         self.store = Store.open(f"sqlite:///{root / 'hub.sqlite'}")
         settings = RegistrySettings(

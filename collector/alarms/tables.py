@@ -5,9 +5,9 @@ Times are epoch milliseconds like the rest of the collector schema.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlalchemy as sa
+
+from collector.migrations import MigrationSet, add_missing_columns, creates
 
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -130,35 +130,17 @@ silences = sa.Table(
 )
 
 
-def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
-    def apply(conn: sa.Connection) -> None:
-        metadata.create_all(conn, tables=list(tables))
-    return apply
-
-
-def _add_columns(*tables: sa.Table) -> Callable[[sa.Connection], None]:
-    """Add the columns a table gained since it was created (a fresh database has them all)."""
-    def apply(conn: sa.Connection) -> None:
-        for table in tables:
-            have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
-            for col in table.columns:
-                if col.name not in have:
-                    ddl = sa.schema.CreateColumn(col).compile(dialect=conn.dialect)
-                    conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
-    return apply
-
-
 def _v19(conn: sa.Connection) -> None:
-    _add_columns(incidents, incident_history, silences)(conn)
+    add_missing_columns(incidents, incident_history, silences)(conn)
     metadata.create_all(conn, tables=[incident_escalations])
 
 
 # Versions 15–19 are reserved for alarms and incidents; all are taken now.
-MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
-    (15, "alarms: alarm episodes with dedup key and occurrence count", _create(alarms)),
-    (16, "alarms: incidents", _create(incidents)),
-    (17, "alarms: incident history (who, when, notes)", _create(incident_history)),
-    (18, "alarms: silences for maintenance windows", _create(silences)),
+MIGRATIONS = MigrationSet("alarms", [
+    (15, "alarms: alarm episodes with dedup key and occurrence count", creates(metadata, alarms)),
+    (16, "alarms: incidents", creates(metadata, incidents)),
+    (17, "alarms: incident history (who, when, notes)", creates(metadata, incident_history)),
+    (18, "alarms: silences for maintenance windows", creates(metadata, silences)),
     (19, "alarms: assignee, device-cleared flag, overrides, escalations fired, scoped silences",
      _v19),
-]
+])

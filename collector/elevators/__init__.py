@@ -1,8 +1,8 @@
 """Lifts at the collector: daily trip/fault statistics, risk ranking and a live event stream.
 
-Wiring (collector/hub.py): call `install(hub, dependencies=_readers())` in `build_hub`; it
-adds the stored-batch hook feeding the stream and includes the router behind the readers'
-token check. No tables of its own: everything is computed from `readings` and `events`.
+Wiring (collector/features.py): `install(app, dependencies)` includes the router behind the
+readers' token check and returns the event stream, whose `on_stored` the feature's adapter
+calls. No tables of its own: everything is computed from `readings` and `events`.
 """
 
 from __future__ import annotations
@@ -10,17 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fastapi import FastAPI
+
 from collector.elevators.api import router
 from collector.elevators.stats import Risk, rank, risk_of, trips_per_day
 from collector.elevators.stream import EventStream
 
 
-def install(hub: Any, dependencies: Sequence[Any] = ()) -> EventStream:
-    """Wire the lift features into a collector hub; return the event stream."""
+def install(app: FastAPI, dependencies: Sequence[Any] = ()) -> EventStream:
+    """Add the lift routes to the app; return the live event stream to feed."""
     stream = EventStream()
-    hub.stored_hooks.append(stream.on_stored)
-    hub.app.state.event_stream = stream
-    hub.app.include_router(router, dependencies=list(dependencies))
+    app.state.event_stream = stream
+    app.include_router(router, dependencies=list(dependencies))
     return stream
 
 

@@ -13,7 +13,7 @@ from collector.environment.config import (
     load_environment_config,
 )
 from collector.environment.monitor import EnvAlarm, EnvironmentMonitor
-from collector.environment.tables import MIGRATIONS, env_alarms, migrate_environment
+from collector.environment.tables import MIGRATIONS, env_alarms
 
 __all__ = [
     "MIGRATIONS",
@@ -25,6 +25,5 @@ __all__ = [
     "env_alarms",
     "install",
     "load_environment_config",
-    "migrate_environment",
     "router",
 ]

@@ -6,12 +6,9 @@ through EnvironmentMonitor's ``on_alarm`` callback.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import sqlalchemy as sa
 
-from collector import schema
+from collector.migrations import MigrationSet, creates
 
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -34,27 +31,6 @@ env_alarms = sa.Table(
 )
 
 
-def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
-    def apply(conn: sa.Connection) -> None:
-        metadata.create_all(conn, tables=list(tables))
-    return apply
-
-
-MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
-    (20, "environment: threshold alarms of sites (env_alarms)", _create(env_alarms)),
-]
-
-
-def migrate_environment(engine: sa.Engine) -> list[int]:
-    """Apply the environment migrations not yet applied (after collector.migrations.migrate)."""
-    applied: list[int] = []
-    with engine.begin() as conn:
-        done = set(conn.scalars(sa.select(schema.schema_migrations.c.version)))
-        for version, name, apply in MIGRATIONS:
-            if version in done:
-                continue
-            apply(conn)
-            conn.execute(sa.insert(schema.schema_migrations).values(
-                version=version, name=name, applied_at=int(time.time() * 1000)))
-            applied.append(version)
-    return applied
+MIGRATIONS = MigrationSet("environment", [
+    (20, "environment: threshold alarms of sites (env_alarms)", creates(metadata, env_alarms)),
+])

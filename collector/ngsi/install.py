@@ -1,9 +1,9 @@
-"""Wiring of the hub feeds into a collector Hub (the one entry point: `install_ngsi`)."""
+"""Wiring of the hub feeds into the collector (the one entry point: `install_ngsi`)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,54 +71,59 @@ def topology(hub_app: Any, store: Any) -> feeds.Topology:
     return topo
 
 
-def install_ngsi(hub: Any, settings: HubFeedSettings | None = None) -> HubFeedWorker:
-    """Add the NGSI-LD API, live streams, webhooks, broker push and history to a Hub.
+@dataclass(slots=True)
+class HubFeeds:
+    """The running hub feeds: what the collector's feature adapter drives."""
 
-    Call after the environment and parking features are wired (it reads their config).
+    worker: HubFeedWorker
+    keeper: history.HistoryKeeper
+    bus: feeds.FeedBus
+    topo: feeds.Topology
+
+    def on_stored(self, items: list[Accepted]) -> None:
+        """Offer fresh envelopes to the broker/webhook worker and the live streams."""
+        for d in _new_devices(items, self.topo):
+            self.topo.kind.setdefault(d, "unknown")
+        self.worker.offer(feeds.changes(items, self.topo))
+        for channel, item in feeds.stream_items(items, self.topo):
+            self.bus.publish(channel, item)
+
+    def tasks(self) -> tuple[Callable[[], Coroutine[Any, Any, None]], ...]:
+        """The context-broker/webhook worker and history retention."""
+        return (self.worker.run, self.keeper.run_retention)
+
+    def close(self) -> None:
+        """Stop the worker."""
+        self.worker.stop()
+
+
+def install_ngsi(core: Any, settings: HubFeedSettings | None = None) -> HubFeeds:
+    """Add the NGSI-LD API, live streams, webhooks, broker push and history to the app of
+    `core` (a `collector.feature.Core`).
+
+    Call after the environment and parking features are mounted (it reads their config).
     """
     settings = settings or HubFeedSettings.from_section(
-        getattr(hub.config, "hub_feed", None))
-    app = hub.app
+        getattr(core.config, "hub_feed", None))
+    app = core.app
     env = getattr(app.state, "environment", None)
-    source = EntitySource(hub.store, sites_of(env.config if env else None),
-                          public_url=hub.config.public_url)
+    source = EntitySource(core.store, sites_of(env.config if env else None),
+                          public_url=core.config.public_url)
     worker = HubFeedWorker(source, settings.broker_url, timing=settings.timing,
                            egress=settings.egress)
-    keeper = history.HistoryKeeper(hub.store, settings.retention)
+    keeper = history.HistoryKeeper(core.store, settings.retention)
     bus = feeds.FeedBus()
-    topo = topology(app, hub.store)
     app.state.ngsi_source = source
     app.state.ngsi_worker = worker
     app.state.ngsi_egress = settings.egress
     app.state.ngsi_history = keeper
     app.state.ngsi_feeds = bus
     api.add_problem_handler(app)
-    from collector.hub import _readers
-
     for r in (api.router, subscriptions.router, feeds.stream_router, history.history_router):
-        app.include_router(r, dependencies=_readers())
-
-    def on_stored(items: list[Accepted]) -> None:
-        try:
-            for d in _new_devices(items, topo):
-                topo.kind.setdefault(d, "unknown")
-            worker.offer(feeds.changes(items, topo))
-            for channel, item in feeds.stream_items(items, topo):
-                bus.publish(channel, item)
-        except Exception:
-            log.exception("hub feed: stored hook failed; the data is stored")
-
-    hub.stored_hooks.append(on_stored)
-    hub.store.row_writers.append(keeper.write_rows)
+        app.include_router(r, dependencies=list(core.readers))
+    core.store.row_writers.append(keeper.write_rows)
     keeper.maintain()
-    hub.tasks.append(worker.run)
-    hub.tasks.append(keeper.run_retention)
-
-    async def close() -> None:
-        worker.stop()
-
-    hub.closers.append(close)
-    return worker
+    return HubFeeds(worker, keeper, bus, topology(app, core.store))
 
 
 def _new_devices(items: list[Accepted], topo: feeds.Topology) -> list[str]:

@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlalchemy as sa
+
+from collector.migrations import MigrationSet, creates
 
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -77,12 +77,6 @@ CREATE TABLE history_1m (
 """
 
 
-def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
-    def apply(conn: sa.Connection) -> None:
-        metadata.create_all(conn, tables=list(tables))
-    return apply
-
-
 def _create_history(conn: sa.Connection) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text(_PG_1M))
@@ -92,10 +86,10 @@ def _create_history(conn: sa.Connection) -> None:
         metadata.create_all(conn, tables=[history_1m, history_1h])
 
 
-MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
-    (40, "hub feeds: context-broker outbox", _create(ngsi_outbox)),
+MIGRATIONS = MigrationSet("hub_feeds", [
+    (40, "hub feeds: context-broker outbox", creates(metadata, ngsi_outbox)),
     (41, "hub feeds: webhook subscriptions and deliveries",
-     _create(ngsi_subscriptions, ngsi_deliveries)),
+     creates(metadata, ngsi_subscriptions, ngsi_deliveries)),
     (42, "hub feeds: 1-minute (day-partitioned on PostgreSQL) and 1-hour aggregates",
      _create_history),
-]
+])

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 from collector import schema
 from collector.clock import now_ms
+from collector.migrations import MigrationSet, creates
 from collector.notify.model import Notice
 from collector.notify.policy import DIGEST_KEY_PREFIX, Due, compose_digest
 from collector.notify.redact import redact
@@ -23,8 +24,6 @@ if TYPE_CHECKING:  # no runtime import: collector.migrations imports this module
 
 log = logging.getLogger(__name__)
 
-# Same shape as collector.migrations.Migration (not imported: that module imports this one).
-Migration = tuple[int, str, Callable[[sa.Connection], None]]
 STATES = ("queued", "sent", "failed", "expired", "digested")
 
 # Own MetaData: importing this module never changes what collector.schema.metadata creates.
@@ -65,32 +64,11 @@ notification_attempts = sa.Table(
 )
 
 
-def _create_tables(conn: sa.Connection) -> None:
-    metadata.create_all(conn, tables=[notifications, notification_attempts])
-
-
-# Versions 10-14 are reserved for notifications; 11-14 are still free.
-MIGRATIONS: list[Migration] = [
-    (10, "notify: notifications queue and delivery attempts", _create_tables),
-]
-
-
-def migrate_notify(engine: sa.Engine) -> list[int]:
-    """Apply the notify migrations not yet applied (until they join collector.migrations)."""
-    applied: list[int] = []
-    with engine.begin() as conn:
-        schema.metadata.create_all(conn, tables=[schema.schema_migrations])
-        if conn.dialect.name == "postgresql":  # the same lock as collector.migrations
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7212024)"))
-        done = set(conn.scalars(sa.select(schema.schema_migrations.c.version)))
-        for version, name, apply in MIGRATIONS:
-            if version not in done:
-                apply(conn)
-                conn.execute(sa.insert(schema.schema_migrations).values(
-                    version=version, name=name, applied_at=now_ms()))
-                applied.append(version)
-                log.info("schema migration %d applied: %s", version, name)
-    return applied
+# Versions 10-14 belong to notifications; 11-14 are still free.
+MIGRATIONS = MigrationSet("notify", [
+    (10, "notify: notifications queue and delivery attempts",
+     creates(metadata, notifications, notification_attempts)),
+])
 
 
 class NotifyQueue:

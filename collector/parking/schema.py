@@ -7,15 +7,9 @@ maintenance unit's list of sensor health alerts, one row per raise, closed by it
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable
-
 import sqlalchemy as sa
 
-from collector import schema as core
-
-log = logging.getLogger(__name__)
+from collector.migrations import MigrationSet, creates, migrate
 
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -63,35 +57,12 @@ parking_sensor_alerts = sa.Table(
     sa.Index("parking_alerts_by_spot", "spot_id", "kind", "cleared"),
 )
 
-Migration = tuple[int, str, Callable[[sa.Connection], None]]
-
-
-def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
-    def apply(conn: sa.Connection) -> None:
-        metadata.create_all(conn, tables=list(tables))
-    return apply
-
-
-MIGRATIONS: list[Migration] = [
+MIGRATIONS = MigrationSet("parking", [
     (30, "parking: zones, spots, sensor alerts",
-     _create(parking_zones, parking_spots, parking_sensor_alerts)),
-]
+     creates(metadata, parking_zones, parking_spots, parking_sensor_alerts)),
+])
 
 
-def apply_migrations(engine: sa.Engine) -> list[int]:
-    """Apply the parking migrations not yet applied (after collector.migrations.migrate)."""
-    applied: list[int] = []
-    with engine.begin() as conn:
-        core.metadata.create_all(conn, tables=[core.schema_migrations])
-        if conn.dialect.name == "postgresql":  # same lock as the core migrator
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7212024)"))
-        done = set(conn.scalars(sa.select(core.schema_migrations.c.version)))
-        for version, name, apply in MIGRATIONS:
-            if version in done:
-                continue
-            apply(conn)
-            conn.execute(sa.insert(core.schema_migrations).values(
-                version=version, name=name, applied_at=int(time.time() * 1000)))
-            applied.append(version)
-            log.info("schema migration %d applied: %s", version, name)
-    return applied
+def apply_migrations(engine: sa.Engine) -> list[tuple[str, int]]:
+    """Apply the parking steps not yet applied (the collector's runner, for parking alone)."""
+    return migrate(engine, [MIGRATIONS])

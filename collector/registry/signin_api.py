@@ -29,9 +29,9 @@ from pydantic import BaseModel, Field, field_validator
 
 from collector import auth
 from collector.alarms.api import Principal, get_principal
+from collector.auth_tables import signin_codes
 from collector.clock import iso_seconds
 from collector.pages import page
-from collector.registry.tables import signin_codes
 from devices.durations import parse_duration
 
 log = logging.getLogger(__name__)

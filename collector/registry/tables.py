@@ -1,4 +1,4 @@
-"""Tables of the gateway registry and API tokens, and their versioned migrations (50–59).
+"""Tables of the gateway registry and their versioned migrations (50–51).
 
 Credentials are never stored in clear: MQTT passwords as mosquitto PBKDF2-SHA512 (`$7$`) hashes,
 so the broker's password file can be rebuilt from the database; API and provisioning tokens as
@@ -7,9 +7,9 @@ SHA-256 hex digests of random 32-byte tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlalchemy as sa
+
+from collector.migrations import MigrationSet, creates
 
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -84,62 +84,10 @@ config_pushes = sa.Table(
     sa.Column("config_toml", sa.Text, nullable=False),
 )
 
-api_tokens = sa.Table(
-    "api_tokens", metadata,
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("role", sa.Text, nullable=False),
-    sa.Column("token_hash", sa.Text, nullable=False, unique=True),
-    sa.Column("created", sa.BigInteger, nullable=False),
-    sa.Column("revoked", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.Column("rate_per_min", sa.Integer),  # None: no limit
-    sa.Column("unit", sa.Text),  # role crew: the unit whose incidents it sees
-    sa.Column("member", sa.Text),  # role crew: the member's name (history, assignment)
-)
-
-# One-time crew sign-in links: the code is shown once (URL and QR) and stored as its SHA-256.
-signin_codes = sa.Table(
-    "signin_codes", metadata,
-    sa.Column("code_hash", sa.Text, primary_key=True),
-    sa.Column("unit", sa.Text, nullable=False),
-    sa.Column("member", sa.Text, nullable=False),
-    sa.Column("token_name", sa.Text, nullable=False),
-    sa.Column("created", sa.BigInteger, nullable=False),
-    sa.Column("created_by", sa.Text, nullable=False, server_default=""),
-    sa.Column("expires", sa.BigInteger, nullable=False),
-    sa.Column("used_at", sa.BigInteger),
-)
-
-
-def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
-    def apply(conn: sa.Connection) -> None:
-        metadata.create_all(conn, tables=list(tables))
-    return apply
-
-
-def _add_columns(table: sa.Table, *names: str) -> Callable[[sa.Connection], None]:
-    """Add columns an older version of `table` lacks (a fresh database already has them)."""
-    def apply(conn: sa.Connection) -> None:
-        have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
-        for name in names:
-            if name not in have:
-                col = table.c[name]
-                ddl = col.type.compile(dialect=conn.dialect)
-                conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {name} {ddl}"))
-    return apply
-
-
-def _crew_tokens(conn: sa.Connection) -> None:
-    _add_columns(api_tokens, "unit", "member")(conn)
-    metadata.create_all(conn, tables=[signin_codes])
-
-
-# Versions 50–59 are reserved for the registry and API security; 54–59 are still free.
-MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
+# Versions 50–51 belong to the registry (52–53, the API tokens, to collector.auth_tables).
+MIGRATIONS = MigrationSet("registry", [
     (50, "registry: sites, gateways, their devices, provisioning tokens",
-     _create(sites, gateways, devices, provision_tokens)),
+     creates(metadata, sites, gateways, devices, provision_tokens)),
     (51, "registry: commissioning results and remote config pushes",
-     _create(commissioning, config_pushes)),
-    (52, "security: API tokens with roles", _create(api_tokens)),
-    (53, "security: crew tokens scoped to a unit and member, one-time sign-in links",
-     _crew_tokens),
-]
+     creates(metadata, commissioning, config_pushes)),
+])

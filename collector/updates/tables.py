@@ -6,9 +6,9 @@ dependencies); download tokens only as SHA-256 digests.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlalchemy as sa
+
+from collector.migrations import MigrationSet, creates
 
 metadata = sa.MetaData()
 
@@ -49,14 +49,8 @@ targets = sa.Table(
 )
 
 
-def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
-    def apply(conn: sa.Connection) -> None:
-        metadata.create_all(conn, tables=list(tables))
-    return apply
-
-
 # Versions 60–64 are reserved for agent updates; 61–64 are still free.
-MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
+MIGRATIONS = MigrationSet("updates", [
     (60, "updates: signed agent bundles, staged rollouts and per-gateway results",
-     _create(bundles, rollouts, targets)),
-]
+     creates(metadata, bundles, rollouts, targets)),
+])

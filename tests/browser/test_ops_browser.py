@@ -12,14 +12,12 @@ from typing import Any
 import pytest
 
 from citygate.rig import served
-from collector import auth, migrations
-from collector.alarms import MIGRATIONS as ALARM_MIGRATIONS
+from collector import auth
 from collector.alarms import pages, router
 from collector.alarms.tables import incidents
 from collector.api import create_app
 from collector.registry import install
 from collector.registry.service import Registry, RegistrySettings
-from collector.registry.tables import MIGRATIONS as REGISTRY_MIGRATIONS
 from collector.store import Store
 from tests.browser.conftest import ARTIFACTS, CHROMIUM
 from tests.collector.test_alarms_engine import CONFIG, MIN, Rig
@@ -36,8 +34,6 @@ REASON = "car checked in person, the sensor is stuck"
 @pytest.fixture
 def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
     """Alarms and access tables on SQLite, the engine on (about) this machine's clock."""
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, *ALARM_MIGRATIONS,
-                                                   *REGISTRY_MIGRATIONS])
     store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
     r = Rig(store, CONFIG)
     r.clock.now = int(time.time() * 1000) - 15 * MIN  # the story below moves it 8 min on

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from collector import auth, migrations
+from collector import auth
 from collector.api import create_app
 from collector.registry import install
 from collector.registry.mqtt_auth import BrokerFiles, hash_password
 from collector.registry.service import Registry, RegistrySettings
-from collector.registry.tables import MIGRATIONS as REGISTRY_MIGRATIONS
 from collector.store import Store
 
 ROLES = ("admin", "technician", "crew", "reader", "broker")
@@ -36,8 +35,6 @@ class Hub:
 
 def open_store(path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     """A store with the registry's migrations applied (as the lead's wiring will do)."""
-    monkeypatch.setattr(migrations, "MIGRATIONS",
-                        [*migrations.MIGRATIONS, *REGISTRY_MIGRATIONS])
     return Store.open(f"sqlite:///{path}")
 
 

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from collector import migrations
-from collector.alarms import MIGRATIONS, AlarmEngine, IncidentDesk, hash_token, load_alarms_config
+from collector.alarms import AlarmEngine, IncidentDesk, hash_token, load_alarms_config
 from collector.alarms.tables import alarms, incidents
 from collector.notify.model import Notice
 from collector.store import Accepted, Store
@@ -120,7 +119,6 @@ class Rig:
 def store(request: pytest.FixtureRequest, tmp_path: Path,
           monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     """A store with the alarm migrations (15–18) applied, on SQLite and PostgreSQL."""
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, *MIGRATIONS])
     url = f"sqlite:///{tmp_path / 'hub.db'}" if request.param == "sqlite" \
         else request.getfixturevalue("pg_url")
     s = Store.open(url)

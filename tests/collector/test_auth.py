@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from collector import auth
 from collector.auth import RateLimiter, Role
-from collector.registry.tables import metadata
+from collector.auth_tables import metadata
 
 
 @pytest.fixture

@@ -14,13 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from citygate.rig import served
-from collector import auth, migrations
-from collector.alarms import MIGRATIONS as ALARM_MIGRATIONS
+from collector import auth
 from collector.alarms import pages, router
 from collector.api import create_app
 from collector.registry import install
 from collector.registry.service import Registry, RegistrySettings
-from collector.registry.tables import MIGRATIONS as REGISTRY_MIGRATIONS
 from collector.store import Store
 from tests.collector.test_alarms_engine import CONFIG, Rig
 
@@ -50,8 +48,6 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, *ALARM_MIGRATIONS,
-                                                   *REGISTRY_MIGRATIONS])
     store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
     rig = Rig(store, CONFIG)
     app = create_app(store)

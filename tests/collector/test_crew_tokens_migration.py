@@ -7,6 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from collector import auth, migrations, schema
+from collector.auth_tables import AUTH
 from collector.store import Store
 
 
@@ -21,15 +22,15 @@ def test_an_older_token_table_gains_unit_and_member(store: Store) -> None:
             "revoked BOOLEAN NOT NULL DEFAULT false, rate_per_min INTEGER)"))
         conn.execute(sa.text("INSERT INTO api_tokens VALUES ('root', 'admin', :h, 1, false, "
                              "NULL)"), {"h": auth.hash_token("cg_old-admin")})
-        conn.execute(sa.delete(schema.schema_migrations)
-                     .where(schema.schema_migrations.c.version == 53))
-    assert migrations.migrate(engine) == [53]
+        done = schema.feature_migrations
+        conn.execute(sa.delete(done).where(done.c.feature == "auth", done.c.version == 53))
+    assert migrations.migrate(engine, [AUTH]) == [("auth", 53)]
     old = auth.lookup(engine, "cg_old-admin")
     assert old is not None and (old.role, old.unit, old.member) == (auth.Role.ADMIN, None, None)
     secret = auth.create_token(engine, "li", auth.Role.CREW, unit="crew-north", member="Li Wei")
     who = auth.lookup(engine, secret)
     assert who is not None and (who.unit, who.member) == ("crew-north", "Li Wei")
-    assert migrations.migrate(engine) == []
+    assert migrations.migrate(engine, [AUTH]) == []
     with pytest.raises(auth.LastAdminToken):  # the upgraded table keeps its last admin
         auth.revoke_token(engine, "root")
     auth.create_token(engine, "root-2", auth.Role.ADMIN)

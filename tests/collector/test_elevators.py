@@ -6,7 +6,6 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
@@ -75,8 +74,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
                                    ev("lift-2", "trapped_passenger", NOW - 500, "clear"),
                                    ev("lift-1", "run_timeout", NOW - 100)])])
     app = create_app(store)
-    hub = SimpleNamespace(app=app, stored_hooks=[])
-    install(hub)
+    install(app)
     token = create_token(store.engine, "city-brain", Role.READER)
     with TestClient(app, headers={"Authorization": f"Bearer {token}"}) as c:
         yield c

@@ -11,11 +11,11 @@ from fastapi.testclient import TestClient
 
 from collector.api import create_app
 from collector.environment import (
+    MIGRATIONS,
     EnvAlarm,
     EnvironmentMonitor,
     install,
     load_environment_config,
-    migrate_environment,
 )
 from collector.environment.rules import HOUR_MS
 from collector.migrations import migrate
@@ -48,8 +48,7 @@ class Rig:
 
     def __init__(self, tmp: Path) -> None:
         self.store = Store.open(f"sqlite:///{tmp / 'hub.sqlite'}")
-        migrate(self.store.engine)
-        assert migrate_environment(self.store.engine) == []  # Store.open applied it
+        assert migrate(self.store.engine, [MIGRATIONS]) == []  # Store.open applied it
         self.clock = T0
         self.announced: list[EnvAlarm] = []
         self.monitor = self.make_monitor()

@@ -13,8 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from citygate.rig import served
-from collector import migrations
-from collector.alarms import MIGRATIONS, pages, router
+from collector.alarms import pages, router
 from collector.alarms.tables import incidents
 from collector.api import create_app
 from collector.store import Store
@@ -36,7 +35,6 @@ def make_app(rig: Rig) -> FastAPI:
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     """A SQLite store with the alarm migrations applied."""
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, *MIGRATIONS])
     s = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
     yield s
     s.close()

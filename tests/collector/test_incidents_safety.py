@@ -380,7 +380,7 @@ def test_stats_include_time_to_arrive_with_share_within_sla(client: TestClient,
 # --- migration ----------------------------------------------------------------------------------
 
 def test_migration_19_adds_columns_to_existing_tables(store: Store) -> None:  # noqa: F811
-    assert ALARM_MIGRATIONS[-1][0] == 19
+    assert ALARM_MIGRATIONS.steps[-1][0] == 19
     with store.engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE incident_escalations"))
         for table, column in [("incidents", "assignee"), ("incidents", "overrides"),

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -18,16 +19,18 @@ import jsonschema
 import pytest
 import sqlalchemy as sa
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.testclient import TestClient
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from collector.api import create_app
-from collector.auth import Role, create_token
+from collector.api import READ_ROLES, create_app
+from collector.auth import Role, create_token, require
 from collector.config import CollectorConfig
 from collector.environment import load_environment_config
+from collector.feature import BaseFeature
 from collector.hub import Hub
+from collector.migrations import applied_versions
 from collector.ngsi import MIGRATIONS, HubFeedSettings, install_ngsi, model
 from collector.ngsi.egress import EgressPolicy
 from collector.ngsi.history import HistoryKeeper, Retention
@@ -54,10 +57,19 @@ SITES = {"sites": [
 
 
 def ensure_ngsi_tables(store: Store) -> None:
-    """Store.open applied migrations 40-49: check they are recorded."""
-    with store.engine.connect() as conn:
-        done = set(conn.scalars(sa.text("SELECT version FROM schema_migrations")))
-    assert {v for v, _n, _a in MIGRATIONS} <= done
+    """Store.open applied the hub feeds' migrations: check they are recorded."""
+    assert {("hub_feeds", v) for v, _n, _a in MIGRATIONS.steps} <= applied_versions(store.engine)
+
+
+class Hooked(BaseFeature):
+    """A test feature: one stored-batch hook."""
+
+    def __init__(self, name: str, hook: Any) -> None:
+        self.name, self.hook = name, hook
+
+    def on_stored(self, items: list[Accepted]) -> None:
+        """Call the hook."""
+        self.hook(items)
 
 
 class City:
@@ -70,7 +82,7 @@ class City:
         self.clock = T0
         self.seq = 0
         app = create_app(store)
-        self.hub = Hub(store, CollectorConfig(public_url="http://hub.test"), app)
+        config = CollectorConfig(public_url="http://hub.test")
         self.parking = ParkingService(store, PARKING, clock=lambda: self.clock).open()
         app.state.parking = self.parking
 
@@ -78,10 +90,14 @@ class City:
             config = load_environment_config(SITES)
 
         app.state.environment = Env()
-        self.hub.stored_hooks.append(self.parking.on_stored)
-        self.worker = install_ngsi(self.hub, HubFeedSettings(
+        core = SimpleNamespace(store=store, config=config, app=app,
+                               readers=[Depends(require(*READ_ROLES))])
+        feeds = install_ngsi(core, HubFeedSettings(
             broker_url=broker_url, timing=FeedTiming(backoff_base=0.0, backoff_cap=0.0),
             egress=EgressPolicy.parse(webhook_allow)))
+        self.worker = feeds.worker
+        self.hub = Hub(store, config, app, features=[
+            Hooked("parking", self.parking.on_stored), Hooked("hub_feeds", feeds.on_stored)])
         token = create_token(store.engine, "city-brain", Role.READER)
         self.client = TestClient(app, headers={"Authorization": f"Bearer {token}"})
 
@@ -574,7 +590,7 @@ def test_a_failing_aggregate_never_loses_raw_readings(store: Store) -> None:
 
 
 def test_migrations_are_in_the_hub_feed_range() -> None:
-    assert all(40 <= v <= 49 for v, _n, _a in MIGRATIONS)
+    assert all(40 <= v <= 49 for v, _n, _a in MIGRATIONS.steps)
     assert set(ngsi_metadata.tables) >= {"ngsi_outbox", "history_1m"}
 
 

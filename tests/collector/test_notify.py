@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector.config import CollectorConfig, CollectorConfigError
+from collector.migrations import migrate
 from collector.notify import render, signing
 from collector.notify.config import NotifyConfig, load_notify_config
 from collector.notify.model import Notice
@@ -29,7 +30,7 @@ from collector.notify.policy import (
     plan_channel,
     restored_bucket,
 )
-from collector.notify.queue import NotifyQueue, migrate_notify
+from collector.notify.queue import MIGRATIONS, NotifyQueue
 from collector.notify.redact import MASK, RedactingFilter, redact
 from collector.notify.transports import (
     DINGTALK_THROTTLED,
@@ -320,7 +321,7 @@ def test_clip_table(text: str, limit: int, expected: str) -> None:
 @pytest.fixture
 def store(store: Store) -> Store:
     """conftest's store (SQLite and PostgreSQL): Store.open created the notify tables."""
-    assert migrate_notify(store.engine) == []
+    assert migrate(store.engine, [MIGRATIONS]) == []
     return store
 
 

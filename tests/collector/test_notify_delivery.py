@@ -27,7 +27,7 @@ from collector.notify import signing
 from collector.notify.config import NotifyConfig, load_notify_config
 from collector.notify.dispatcher import Dispatcher
 from collector.notify.model import Notice
-from collector.notify.queue import NotifyQueue, migrate_notify
+from collector.notify.queue import NotifyQueue
 from collector.store import Store, now_ms
 
 pytestmark = pytest.mark.timeout(90)
@@ -190,8 +190,7 @@ class Subscriber:
 
 @pytest.fixture
 def store(store: Store) -> Store:
-    """conftest's store (SQLite and PostgreSQL) with the notify tables."""
-    migrate_notify(store.engine)
+    """conftest's store (SQLite and PostgreSQL): Store.open created the notify tables."""
     return store
 
 

@@ -19,7 +19,7 @@ from collector.notify import render, signing
 from collector.notify.config import load_notify_config
 from collector.notify.dispatcher import Dispatcher
 from collector.notify.model import Fact, Notice
-from collector.notify.queue import NotifyQueue, migrate_notify
+from collector.notify.queue import NotifyQueue
 from collector.store import Store, now_ms
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,7 +81,6 @@ def receivers() -> Iterator[Receivers]:
 @pytest.fixture
 def queue(tmp_path: Path) -> Iterator[NotifyQueue]:
     store = Store.open(f"sqlite:///{tmp_path / 'n.db'}")
-    migrate_notify(store.engine)
     yield NotifyQueue(store)
     store.close()
 

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from collector import partitions, schema
-from collector.migrations import _partition_readings
+from collector.core_tables import _partition_readings
 from collector.ngsi.history import HistoryKeeper, Retention
 from collector.store import Accepted, Store, make_engine
 from devices.contract import DataEnvelope

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from collector import schema
-from collector.migrations import all_migrations, migrate
 from collector.store import Accepted, Store
 from devices.contract import DataEnvelope, EventsEnvelope
 
@@ -127,8 +126,3 @@ def test_times_are_never_stored_before_2000_or_in_the_future(store: Store) -> No
     assert {r["ts"] for d in ("l1", "l2") for r in store.latest(d)} == {T0 + 10}
 
 
-def test_migrations_are_recorded_and_not_applied_twice(store: Store) -> None:
-    assert migrate(store.engine) == []
-    with store.engine.connect() as conn:
-        versions = list(conn.scalars(sa.select(schema.schema_migrations.c.version)))
-    assert sorted(versions) == [v for v, _, _ in all_migrations()]

@@ -11,15 +11,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 
-from collector import auth, migrations
+from collector import auth
 from collector.api import create_app
-from collector.registry.tables import MIGRATIONS as REGISTRY_MIGRATIONS
 from collector.store import Store
 from collector.updates import install
 from collector.updates.metrics import render
 from collector.updates.metrics import router as metrics_router
 from collector.updates.service import Target, UpdateService, next_step
-from collector.updates.tables import MIGRATIONS as UPDATE_MIGRATIONS
 from devices.contract import ReplyMessage
 from edge.update import build_bundle
 
@@ -68,8 +66,6 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
-    monkeypatch.setattr(migrations, "MIGRATIONS",
-                        [*migrations.MIGRATIONS, *REGISTRY_MIGRATIONS, *UPDATE_MIGRATIONS])
     store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     channel = FakeChannel()
     service = UpdateService(store.engine, channel, "http://collector.example")
