@@ -11,7 +11,6 @@ Wiring (see each name's docstring):
 """
 
 from collector.alarms.api import hash_token, pages, router
-from collector.alarms.bus import IncidentBus
 from collector.alarms.config import AlarmsConfig, AlarmsConfigError, load_alarms_config
 from collector.alarms.desk import IncidentDesk, IncidentNotFound
 from collector.alarms.engine import AlarmEngine, Notify, run_escalations
@@ -24,7 +23,6 @@ __all__ = [
     "AlarmsConfig",
     "AlarmsConfigError",
     "IllegalTransition",
-    "IncidentBus",
     "IncidentDesk",
     "IncidentNotFound",
     "Notify",

@@ -31,6 +31,7 @@ from collector.alarms.desk import (
 from collector.alarms.lifecycle import ACTIVE_STATES, IllegalTransition, State
 from collector.api import parse_time
 from collector.auth import Role, admit, hash_token, lookup, presented_token
+from collector.broadcast import DROPPED, HEARTBEAT, updates
 from collector.pages import page
 from collector.params import RowId
 
@@ -215,25 +216,20 @@ def _valid(request: Request, desk: IncidentDesk, token: str) -> bool:
 async def _events(request: Request, desk: IncidentDesk, units: list[str] | None,
                   valid: Callable[[], bool]) -> AsyncIterator[str]:
     checked = time.monotonic()
-    with desk.engine.bus.subscribe() as sub:
+    mine = None if units is None else (lambda item: item["unit"] in units)
+    with desk.engine.bus.subscribe(mine) as sub:
         yield "retry: 3000\n: open\n\n"
-        while not await request.is_disconnected():
-            try:
-                item = await asyncio.wait_for(sub.queue.get(), timeout=KEEPALIVE_S)
-            except TimeoutError:
-                item = None
-            if time.monotonic() - checked >= TOKEN_RECHECK_S or item is None:
+        async for item in updates(sub, request, KEEPALIVE_S):
+            if time.monotonic() - checked >= TOKEN_RECHECK_S or item is HEARTBEAT:
                 checked = time.monotonic()
                 if not await asyncio.to_thread(valid):  # revoked: end the stream now
                     yield "event: signed-out\ndata: {}\n\n"
                     return
-            if item is None:
+            if item is HEARTBEAT:
                 yield ": keepalive\n\n"
-                continue
-            if sub.overflowed:  # this listener missed changes: tell the page to reload
-                sub.overflowed = False
+            elif item is DROPPED:  # this listener missed changes: reload, then reconnect
                 yield "event: reload\ndata: {}\n\n"
-            if units is None or item["unit"] in units:
+            else:
                 yield f"event: incident\ndata: {orjson.dumps(item).decode()}\n\n"
 
 

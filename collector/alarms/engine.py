@@ -20,7 +20,6 @@ import sqlalchemy as sa
 
 from collector.alarms import repo
 from collector.alarms.book import AlarmBook
-from collector.alarms.bus import IncidentBus
 from collector.alarms.card import card_fields, describe, escalation_view, gather
 from collector.alarms.config import AlarmsConfig
 from collector.alarms.lifecycle import ACTIVE_STATES, State, can_auto_resolve, reopen_to
@@ -37,6 +36,7 @@ from collector.alarms.policy import (
     stage_label,
 )
 from collector.alarms.tables import incidents
+from collector.broadcast import Broadcast
 from collector.clock import now_ms
 from collector.notify.model import Notice
 from collector.store import Accepted, Store
@@ -68,13 +68,13 @@ class AlarmEngine:
     """Alarms from events, thresholds and gateway states; incidents, escalation and notices."""
 
     def __init__(self, store: Store, config: AlarmsConfig, notify: Notify, *,
-                 public_url: str, bus: IncidentBus | None = None,
+                 public_url: str, bus: Broadcast | None = None,
                  clock: Callable[[], int] = now_ms) -> None:
         self.store = store
         self.cfg = config
         self.notify = notify
         self.public_url = public_url
-        self.bus = bus or IncidentBus()
+        self.bus = bus or Broadcast()
         self.clock = clock
         self.stats = EngineStats()
         self.book = AlarmBook(config)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -14,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from collector.api import StoreDep
+from collector.broadcast import DROPPED, HEARTBEAT, updates
 from collector.clock import iso, now_ms
 from collector.elevators import queries
 from collector.elevators.stats import (
@@ -131,18 +130,17 @@ async def event_stream(request: Request, stream: StreamDep, device: str | None =
     async def frames() -> AsyncIterator[bytes]:
         try:
             yield b": connected\n\n"
-            while not await request.is_disconnected():
-                try:
-                    event = await asyncio.wait_for(sub.queue.get(), KEEPALIVE)
-                except TimeoutError:
+            async for event in updates(sub, request, KEEPALIVE):
+                if event is HEARTBEAT:
                     yield b": keep-alive\n\n"
-                    continue
-                data = {**event, "observed_at": iso(event["ts"])}
-                yield (f"id: {event['id']}\nevent: {event['kind']}\n".encode()
-                       + b"data: " + orjson.dumps(data) + b"\n\n")
+                elif event is DROPPED:  # too slow: say so and end; the client reconnects
+                    yield b"event: overflow\ndata: {}\n\n"
+                else:
+                    data = {**event, "observed_at": iso(event["ts"])}
+                    yield (f"id: {event['id']}\nevent: {event['kind']}\n".encode()
+                           + b"data: " + orjson.dumps(data) + b"\n\n")
         finally:
-            with contextlib.suppress(Exception):
-                stream.unsubscribe(sub)
+            stream.unsubscribe(sub)
 
     return StreamingResponse(frames(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -7,7 +7,6 @@ matching and delivery happen in the hub-feed worker (collector.ngsi.worker).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -16,7 +15,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from collector.alarms.bus import IncidentBus
+from collector.broadcast import DROPPED, HEARTBEAT, Broadcast, updates
 from collector.ngsi import model
 from collector.store import Accepted
 from devices.contract import DataEnvelope, EventsEnvelope
@@ -106,10 +105,10 @@ def matches(item: Mapping[str, Any], filters: Mapping[str, str | None]) -> bool:
 
 
 class FeedBus:
-    """Readings and events fanned out to SSE listeners (one IncidentBus per channel)."""
+    """Readings and events fanned out to SSE listeners (one Broadcast per channel)."""
 
     def __init__(self, maxsize: int = 1000) -> None:
-        self.channels = {"readings": IncidentBus(maxsize), "events": IncidentBus(maxsize)}
+        self.channels = {"readings": Broadcast(maxsize), "events": Broadcast(maxsize)}
 
     def publish(self, channel: str, item: dict[str, Any]) -> None:
         """Hand an item to the channel's listeners (never blocks)."""
@@ -119,21 +118,18 @@ class FeedBus:
 PING_S = 15.0
 
 
-async def sse(bus: IncidentBus, request: Request,
+async def sse(bus: Broadcast, request: Request,
               filters: Mapping[str, str | None]) -> AsyncIterator[bytes]:
-    """Server-sent events of a bus, filtered; a comment line every PING_S keeps proxies open."""
-    with bus.subscribe() as sub:
+    """Server-sent events of a bus, filtered; a comment line every PING_S keeps proxies open.
+    A listener too slow to keep up gets `event: overflow` and the stream ends (reconnect)."""
+    with bus.subscribe(lambda item: matches(item, filters)) as sub:
         yield b": connected\n\n"
-        while not await request.is_disconnected():
-            try:
-                item = await asyncio.wait_for(sub.queue.get(), PING_S)
-            except TimeoutError:
+        async for item in updates(sub, request, PING_S):
+            if item is HEARTBEAT:
                 yield b": ping\n\n"
-                continue
-            if sub.overflowed:
-                sub.overflowed = False
+            elif item is DROPPED:
                 yield b"event: overflow\ndata: {}\n\n"
-            if matches(item, filters):
+            else:
                 yield b"data: " + orjson.dumps(item) + b"\n\n"
 
 
