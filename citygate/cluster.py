@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import paho.mqtt.client as mqtt
-
 from citygate.rig import Proc, free_port, http_json, port_open, wait_for
+from collector.mqtt_link import probe
 
 NATS_SERVER_PATHS = ("nats-server", "/usr/sbin/nats-server")
 # `$MQTT_msgs` and its subjects are NATS internals, not a versioned API: the version is pinned
@@ -199,15 +198,8 @@ class NatsCluster:
     def create_mqtt_streams(self, timeout: float = 30.0) -> None:
         """Make NATS create its MQTT streams (it does so on the first MQTT connection)."""
         def connect_once() -> bool:
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="citygate-rig-probe",
-                            protocol=mqtt.MQTTv311)
-            try:
-                c.connect("127.0.0.1", self.nodes[0].mqtt_port, keepalive=10)
-                rc = c.loop(timeout=5)
-                c.disconnect()
-                return rc == mqtt.MQTT_ERR_SUCCESS
-            except OSError:
-                return False
+            return asyncio.run(probe(f"mqtt://127.0.0.1:{self.nodes[0].mqtt_port}", timeout=5,
+                                     client_id="citygate-rig-probe"))
         wait_for(lambda: connect_once() and self.stream_info(MQTT_MSGS_STREAM) is not None,
                  timeout, f"the {MQTT_MSGS_STREAM} stream", interval=0.5)
 

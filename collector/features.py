@@ -219,12 +219,15 @@ class Registry(BaseFeature):
         registry.install(core.app, service)
         if settings.broker_files is not None:
             service.sync_broker()
-        self.commands.start()
+
+    def tasks(self) -> Sequence[Task]:
+        """The command channel's broker link."""
+        return (self.commands.run,)
 
     async def close(self) -> None:
         """Disconnect the command channel."""
         if hasattr(self, "commands"):
-            self.commands.stop()
+            await self.commands.aclose()
 
 
 def registry_settings(cfg: dict[str, Any], broker: BrokerLink) -> Any:
@@ -270,16 +273,15 @@ class Updates(BaseFeature):
         self.channel.on_reply = self.service.on_reply
         updates.install(core.app, self.service)
         core.app.include_router(metrics_router)
-        self.channel.start()
 
     def tasks(self) -> Sequence[Task]:
-        """The rollout driver."""
-        return (self.service.run,)
+        """The update channel's broker link and the rollout driver."""
+        return (self.channel.run, self.service.run)
 
     async def close(self) -> None:
         """Disconnect the update channel."""
         if hasattr(self, "channel"):
-            self.channel.stop()
+            await self.channel.aclose()
 
 
 def default_features() -> list[Feature]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import ssl
-import threading
 import uuid
 from email.utils import parseaddr
 from typing import Any
@@ -13,9 +12,9 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 import orjson
-import paho.mqtt.client as mqtt
 
 from collector.clock import iso_seconds
+from collector.mqtt_link import ConnectRefused, LinkError, LinkSettings, MqttLink
 from collector.notify import render, signing
 from collector.notify.config import (
     Channel,
@@ -33,7 +32,6 @@ from collector.notify.redact import redact
 DINGTALK_THROTTLED = {130101: 600.0, 130102: 600.0}
 WECOM_THROTTLED = {45009: 60.0}
 RETRYABLE_HTTP = {408, 425, 429}
-MQTT_BAD_CREDENTIALS = {4, 5, 134, 135}
 # SMS provider codes that mean "too fast" (retry later) or "try again" (their side).
 SMS_THROTTLED = ("isv.BUSINESS_LIMIT_CONTROL", "Throttling", "LimitExceeded",
                  "RequestLimitExceeded")
@@ -73,8 +71,7 @@ class Transports:
             return await _to_thread(send_email, name, cfg, notice, self.clock_ms())
         if isinstance(cfg, SmsChannel):
             return await self._sms(name, cfg, notice, notification_id)
-        return await _to_thread(publish_mqtt, name, cfg, notice, notification_id,
-                                self.clock_ms())
+        return await publish_mqtt(name, cfg, notice, notification_id, self.clock_ms())
 
     async def _webhook(self, name: str, cfg: WebhookChannel, notice: Notice, nid: int) -> int:
         ts = self.clock_ms()
@@ -285,49 +282,29 @@ def send_email(name: str, cfg: EmailChannel, notice: Notice, sent_ms: int | None
     return 250
 
 
-def publish_mqtt(name: str, cfg: MqttChannel, notice: Notice, nid: int, sent_ms: int) -> int:
-    """Publish one notice at QoS 1 and wait for the PUBACK (blocking; run in a thread).
+async def publish_mqtt(name: str, cfg: MqttChannel, notice: Notice, nid: int,
+                       sent_ms: int) -> int:
+    """Publish one notice at QoS 1 and return once the broker acknowledged it (PUBACK).
 
     One short connection per notice: notices are rare and a connection per send has no
     state to go stale; the PUBACK is the only success signal.
     """
-    url = urlsplit(cfg.broker)
-    tls = url.scheme == "mqtts"
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                         client_id=f"citygate-notify-{uuid.uuid4().hex[:12]}",
-                         clean_session=True, protocol=mqtt.MQTTv311)
-    client.connect_timeout = cfg.timeout
-    if cfg.username:
-        client.username_pw_set(cfg.username,
-                               cfg.password.get_secret_value() if cfg.password else None)
-    if tls:
-        client.tls_set(ca_certs=cfg.ca_file)
-    connack: dict[str, Any] = {}
-    connected = threading.Event()
-
-    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        connack["rc"] = rc
-        connected.set()
-
-    client.on_connect = on_connect
+    link = MqttLink(LinkSettings.from_url(
+        cfg.broker, username=cfg.username,
+        password=cfg.password.get_secret_value() if cfg.password else None,
+        client_id=f"citygate-notify-{uuid.uuid4().hex[:12]}", ca_file=cfg.ca_file,
+        connect_timeout=cfg.timeout))
+    payload = render.mqtt_payload(notice, nid, sent_ms)
+    stage = "CONNACK"
     try:
-        client.connect(url.hostname or "127.0.0.1", url.port or (8883 if tls else 1883), 30)
-        client.loop_start()
-        if not connected.wait(cfg.timeout):
-            raise DeliveryError(name, f"no CONNACK within {cfg.timeout:g} s")
-        rc = connack["rc"]
-        code = int(getattr(rc, "value", rc))
-        if code != 0:  # 4/5 (v3) and 134/135 (paho's v5 codes): credentials, not transient
-            raise DeliveryError(name, f"broker refused the connection: {rc}", status=code,
-                                retryable=code not in MQTT_BAD_CREDENTIALS,
-                                hint="check the channel's username and password")
-        info = client.publish(cfg.topic_name(), render.mqtt_payload(notice, nid, sent_ms), qos=1)
-        info.wait_for_publish(cfg.timeout)
-        if not info.is_published():
-            raise DeliveryError(name, f"no PUBACK within {cfg.timeout:g} s")
-    except (OSError, ValueError, RuntimeError) as exc:
+        async with link.connect_once(cfg.timeout):
+            stage = "PUBACK"
+            await link.publish(cfg.topic_name(), payload, qos=1, timeout=cfg.timeout)
+    except ConnectRefused as exc:  # credentials are not transient; other refusals may be
+        raise DeliveryError(name, str(exc), status=exc.code, retryable=not exc.bad_credentials,
+                            hint="check the channel's username and password") from None
+    except TimeoutError:
+        raise DeliveryError(name, f"no {stage} within {cfg.timeout:g} s") from None
+    except (OSError, ValueError, LinkError) as exc:
         raise DeliveryError(name, f"MQTT {type(exc).__name__}: {exc}") from None
-    finally:
-        client.disconnect()
-        client.loop_stop()
     return 0

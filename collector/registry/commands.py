@@ -1,26 +1,27 @@
 """The collector's command channel: publishes `cmd/<name>` to a gateway and collects replies.
 
-A separate, clean-session MQTT client beside ingest (which keeps its persistent session for
+A separate, clean-session broker link beside ingest (which keeps its persistent session for
 data): commands are worth nothing once their caller gave up, so none is queued across restarts.
+The link is the collector's `MqttLink`, driven by an event loop: inside the collector `run()`
+is one of the feature's tasks; `start()` / `stop()` run it on a private loop thread for
+synchronous users (tools, tests).
 """
 
 from __future__ import annotations
 
-import contextlib
+import concurrent.futures
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlparse
 
-import paho.mqtt.client as mqtt
-
+from collector.mqtt_link import LinkSettings, LoopThread, Message, MqttLink, NotConnected
 from devices import contract
 from devices.contract import ReplyMessage
 
 log = logging.getLogger(__name__)
 REPLIES_KEPT = 2000
+PUBACK_TIMEOUT_S = 30.0
 
 
 class CommandChannel:
@@ -30,52 +31,43 @@ class CommandChannel:
                  password: str | None = None, client_id: str = "citygate-collector-cmd",
                  ca_file: str | None = None,
                  on_reply: Callable[[ReplyMessage], None] | None = None) -> None:
-        u = urlparse(broker_url)
-        self.host, self.tls = u.hostname or "127.0.0.1", u.scheme == "mqtts"
-        self.port = u.port or (8883 if self.tls else 1883)
-        self.username, self.password, self.ca_file = username, password, ca_file
-        self.client_id = client_id
+        self.link = MqttLink(LinkSettings.from_url(
+            broker_url, username=username, password=password, client_id=client_id,
+            ca_file=ca_file, clean_session=True, keepalive=30), on_message=self._on_message)
+        self.link.subscribe(f"{contract.ROOT}/+/{contract.REPLY}", contract.QOS)
+        self.connected = self.link.connected  # threading.Event: is the link up now
         self.on_reply = on_reply or (lambda reply: None)
-        self.connected = threading.Event()
+        self.send_failures = 0
         self._replies: OrderedDict[tuple[str, str], ReplyMessage] = OrderedDict()
         self._cond = threading.Condition()
-        self._client: mqtt.Client | None = None
+        self._thread: LoopThread | None = None
+
+    async def run(self) -> None:
+        """Stay connected (reconnecting with backoff) until cancelled or closed."""
+        await self.link.run()
+
+    async def aclose(self) -> None:
+        """Disconnect (idempotent)."""
+        await self.link.aclose()
 
     def start(self) -> None:
-        """Connect in the background (paho reconnects by itself)."""
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        clean_session=True, protocol=mqtt.MQTTv311)
-        if self.username:
-            c.username_pw_set(self.username, self.password)
-        if self.tls:
-            c.tls_set(ca_certs=self.ca_file)
-        c.reconnect_delay_set(1, 10)
-        c.on_connect = self._on_connect
-        c.on_disconnect = lambda *_a: self.connected.clear()
-        c.on_message = self._on_message
-        self._client = c
-        c.connect_async(self.host, self.port, keepalive=30)
-        c.loop_start()
+        """Connect on a private event-loop thread (for callers without a loop of their own)."""
+        if self._thread is None:
+            self._thread = LoopThread(f"{self.link.settings.client_id}-loop")
+            self._thread.submit(self.run())
 
     def stop(self) -> None:
-        """Disconnect (idempotent)."""
-        c, self._client = self._client, None
-        if c is not None:
-            with contextlib.suppress(Exception):
-                c.disconnect()
-            c.loop_stop()
-        self.connected.clear()
+        """Disconnect and stop the private thread (idempotent)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            try:
+                thread.submit(self.aclose()).result(5)
+            finally:
+                thread.stop()
 
-    def _on_connect(self, c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if rc.is_failure:
-            log.warning("command channel: broker refused connection: %s", rc)
-            return
-        c.subscribe(f"{contract.ROOT}/+/{contract.REPLY}", contract.QOS)
-        self.connected.set()
-
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, msg: Message) -> None:
         try:
-            rec = contract.decode(msg.topic, bytes(msg.payload))
+            rec = contract.decode(msg.topic, msg.payload)
         except contract.ContractError as exc:
             log.debug("command channel: ignored %s: %s", msg.topic, exc)
             return
@@ -84,7 +76,7 @@ class CommandChannel:
             return
         try:
             self.on_reply(reply)  # before waking waiters: they read what it records
-        except Exception:  # paho's network thread must survive a failing handler
+        except Exception:  # the link must survive a failing handler
             log.exception("command channel: reply handler failed for %s", reply.id)
         with self._cond:
             self._replies[(reply.gateway, reply.id)] = reply
@@ -93,12 +85,24 @@ class CommandChannel:
             self._cond.notify_all()
 
     def send(self, gateway: str, name: str, payload: bytes) -> bool:
-        """Publish a command at QoS 1; False when the broker link is down."""
-        c = self._client
-        if c is None or not self.connected.is_set():
+        """Publish a command at QoS 1 (from any thread, never blocking); False when the broker
+        link is down. A PUBACK that never comes is counted in `send_failures`."""
+        if not self.connected.is_set():
             return False
-        info = c.publish(contract.topic(gateway, contract.CMD, name), payload, qos=contract.QOS)
-        return info.rc == mqtt.MQTT_ERR_SUCCESS
+        try:
+            done = self.link.publish_threadsafe(contract.topic(gateway, contract.CMD, name),
+                                                payload, qos=contract.QOS,
+                                                timeout=PUBACK_TIMEOUT_S)
+        except NotConnected:
+            return False
+        done.add_done_callback(self._sent)
+        return True
+
+    def _sent(self, done: concurrent.futures.Future[None]) -> None:
+        exc = None if done.cancelled() else done.exception()
+        if exc is not None:
+            self.send_failures += 1
+            log.warning("command channel: a command was not acknowledged: %s", exc)
 
     def reply(self, gateway: str, reply_id: str) -> ReplyMessage | None:
         """A reply seen recently, or None."""
