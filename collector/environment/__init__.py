@@ -1,8 +1,8 @@
 """Environment "one map": dust and boiler sites, threshold alarms and their REST API.
 
-Wiring (see docs/hj212.md): add `MIGRATIONS` to collector.migrations, build an
-`EnvironmentMonitor(store, load_environment_config(config.sites), on_alarm=...)`, pass its
-`on_stored` to Ingest, and `install(app, monitor)`.
+Wiring (collector/features.py, docs/collector-internals.md): the `Environment` adapter declares
+`MIGRATIONS`, builds an `EnvironmentMonitor(store, load_environment_config(config.sites),
+on_alarm=...)`, calls its `on_stored` from the stored-batch hook, and `install(app, monitor)`.
 """
 
 from collector.environment.api import install, router

@@ -1,9 +1,9 @@
 """Roadside and off-street parking: spot status, zone availability, sensor health, REST, page.
 
-Wiring into the collector (see the names exported here):
+Wiring into the collector (the `Parking` adapter in collector/features.py):
     migrations  collector.parking.MIGRATIONS (versions 30-39), or apply_migrations(engine)
     service     ParkingService(store, load_parking_config(...)).open(); .start(); .close()
-    ingest      Ingest(..., on_stored=service.on_stored)
+    hook        the adapter's on_stored calls service.on_stored
     API         app.state.parking = service; app.include_router(collector.parking.router)
 """
 
