@@ -34,7 +34,7 @@ class Hub:
 
 
 def open_store(path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
-    """A store with the registry's migrations applied (as the lead's wiring will do)."""
+    """A store with every table of the collector, the registry's included."""
     return Store.open(f"sqlite:///{path}")
 
 
