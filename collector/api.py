@@ -33,6 +33,9 @@ class HealthOut(BaseModel):
     features: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict, description="failures of feature hooks and tasks: "
         "{feature: {hook: {failures, failing, last_error}}}; only hooks that ever failed")
+    streams: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="live SSE streams: items published, subscribers "
+        "connected, subscribers dropped for being too slow")
 
 
 class GatewayOut(BaseModel):
@@ -145,7 +148,9 @@ def health(request: Request, store: StoreDep) -> HealthOut:
     reasons += [f"feature {name}: {hook} failing" for name, hooks in features.items()
                 for hook, rec in hooks.items() if rec["failing"]]
     return HealthOut(status="degraded" if reasons else "ok", reasons=reasons, database=db,
-                     ingest=ingest, counts=counts, features=features)
+                     ingest=ingest, counts=counts, features=features,
+                     streams={name: bus.stats() for name, bus in
+                              getattr(request.app.state, "live_streams", {}).items()})
 
 
 def _gateway_out(g: dict[str, Any]) -> GatewayOut:
@@ -356,6 +361,7 @@ def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
                               "docs/data-model.md.")
     app.state.store = store
     app.state.ingest_stats = ingest_stats or (dict)
+    app.state.live_streams = {}  # name -> collector.broadcast.Broadcast, shown by health
     install_error_shape(app)
     app.include_router(public)
     app.include_router(router)

@@ -51,6 +51,7 @@ class AlarmsAndPush(BaseFeature):
         self.engine.load()
         core.app.state.alarms = alarms.IncidentDesk(self.engine)
         core.app.state.notify_queue = queue
+        core.app.state.live_streams["incidents"] = self.engine.bus
         core.app.include_router(alarms.router)
         core.app.include_router(alarms.pages)
 
@@ -166,6 +167,7 @@ class Elevators(BaseFeature):
     def mount(self, core: Core) -> None:
         """Add the lift routes and the live event stream."""
         self.stream = elevators.install(core.app, dependencies=core.readers)
+        core.app.state.live_streams["lift_events"] = self.stream.broadcast
 
     def on_stored(self, items: list[Accepted]) -> None:
         """Publish fresh lift events to the stream's subscribers."""
@@ -185,6 +187,8 @@ class HubFeeds(BaseFeature):
         except ValueError as exc:
             raise CollectorConfigError(f"{core.config_source}: {exc}") from None
         self.feeds = ngsi.install_ngsi(core, settings)
+        for channel, bus in self.feeds.bus.channels.items():
+            core.app.state.live_streams[f"feed_{channel}"] = bus
 
     def on_stored(self, items: list[Accepted]) -> None:
         """Turn fresh envelopes into entity changes and live-stream items."""

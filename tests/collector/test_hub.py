@@ -108,6 +108,9 @@ def test_a_failing_stored_hook_skips_no_other_feature_and_shows_in_health(hub: H
     assert health["features"]["alarms"]["on_stored"]["failing"] is True
     assert "feature alarms: on_stored failing" in health["reasons"]
     assert health["status"] == "degraded"
+    assert health["streams"]["lift_events"] == {"published": 1, "subscribers": 0,
+                                                "slow_dropped": 0}
+    assert {"incidents", "feed_readings", "feed_events"} <= set(health["streams"])
 
 
 def test_failures_are_counted_per_feature_and_hook_and_recovery_clears_them(
