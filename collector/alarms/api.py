@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from collector.alarms import repo
 from collector.alarms.config import AlarmsConfig, parse_duration
 from collector.alarms.desk import (
     BadRequest,
@@ -29,6 +30,7 @@ from collector.alarms.desk import (
     NotAllowed,
 )
 from collector.alarms.lifecycle import ACTIVE_STATES, IllegalTransition, State
+from collector.alarms.models import HistoryStepOut, IncidentDetailOut, IncidentOut
 from collector.api import parse_time
 from collector.auth import Role, admit, hash_token, lookup, presented_token
 from collector.pages import page
@@ -130,6 +132,12 @@ class NoteIn(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
+class NoteOnlyIn(BaseModel):
+    """A note for the incident's history."""
+
+    note: str = Field(min_length=1, max_length=2000, description="free text, kept as written")
+
+
 class AssignIn(BaseModel):
     """Give an incident to a member and/or another unit (a unit alone: its on-call first)."""
 
@@ -173,14 +181,47 @@ def _states(state: str | None) -> list[str] | None:
     return names
 
 
-@router.get("/incidents")
-def list_incidents(desk: DeskDep, who: PrincipalDep, state: str | None = None,
-                   unit: str | None = None,
-                   limit: Annotated[int, Query(ge=1, le=5000)] = 500,
-                   order: Literal["newest", "urgency"] = "newest") -> list[dict[str, Any]]:
-    """Incidents newest first, or by `order=urgency` (critical first, then longest waiting);
-    `state` is a state, a comma list, or `active`."""
-    return desk.incidents(_states(state), _units(who, unit), limit, order == "urgency")
+def _csv(name: str, text: str | None) -> list[str] | None:
+    """A comma list query parameter, each item bounded."""
+    if not text:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if len(items) > 50 or any(len(t) > 128 for t in items):
+        raise HTTPException(422, f"{name}: at most 50 comma-separated values of 128 characters")
+    return items or None
+
+
+@router.get("/incidents", response_model=list[IncidentOut])
+def list_incidents(
+    desk: DeskDep, who: PrincipalDep,
+    state: Annotated[str | None, Query(description="a state, a comma list of states, or "
+                                                   "`active` (open, acknowledged, on_site)")]
+    = None,
+    unit: Annotated[str | None, Query(description="responsible unit id (crew: one of theirs)")]
+    = None,
+    kind: Annotated[str | None, Query(description="incident kind(s), comma-separated, e.g. "
+                                                  "trapped_passenger,gateway_offline")] = None,
+    district: Annotated[str | None, Query(description="district (grid) id(s), comma-separated")]
+    = None,
+    site: Annotated[str | None, Query(description="site id(s), comma-separated")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000, description="at most this many")] = 500,
+    order: Annotated[Literal["newest", "urgency"],
+                     Query(description="legacy order: newest, or urgency (critical first, "
+                                       "then longest waiting); `sort` wins when given")]
+    = "newest",
+    sort: Annotated[str | None, Query(
+        description="sort key, `-` in front for descending: opened_at, age, severity, state, "
+                    "unit, kind, district, site, id, or urgency", max_length=16)] = None,
+) -> list[dict[str, Any]]:
+    """Incidents newest first, filtered by state, unit, kind, district and site, in any order;
+    each with its running age and arrival-SLA state."""
+    if sort is not None and sort != "urgency" and sort.lstrip("-") not in repo.SORT_KEYS:
+        raise HTTPException(422, f"sort={sort!r}: one of {list(repo.SORT_KEYS)} "
+                                 "(optionally with a leading -) or urgency")
+    where = repo.IncidentFilter(kinds=_csv("kind", kind), grids=_csv("district", district),
+                                sites=_csv("site", site), sort=sort or "-opened_at")
+    return desk.incidents(_states(state), _units(who, unit), limit,
+                          sort is None and order == "urgency", where)
 
 
 @router.get("/incidents/stats")
@@ -237,7 +278,7 @@ async def _events(request: Request, desk: IncidentDesk, units: list[str] | None,
                 yield f"event: incident\ndata: {orjson.dumps(item).decode()}\n\n"
 
 
-@router.get("/incidents/{incident_id}")
+@router.get("/incidents/{incident_id}", response_model=IncidentDetailOut)
 def get_incident(incident_id: RowId, desk: DeskDep, who: PrincipalDep) -> dict[str, Any]:
     """One incident with its history (who did what, when, with which note)."""
     inc = _incident(desk, incident_id)
@@ -246,7 +287,24 @@ def get_incident(incident_id: RowId, desk: DeskDep, who: PrincipalDep) -> dict[s
     return inc
 
 
-@router.post("/incidents/{incident_id}/assign")
+@router.get("/incidents/{incident_id}/history", response_model=list[HistoryStepOut])
+def incident_history(incident_id: RowId, desk: DeskDep,
+                     who: PrincipalDep) -> list[dict[str, Any]]:
+    """The steps of an incident oldest first: transitions, notes, assignments, pages sent,
+    and every forced step with its override reason and the conditions it overrode."""
+    _visible(desk, incident_id, who)
+    return desk.history(incident_id)
+
+
+@router.post("/incidents/{incident_id}/note", response_model=IncidentDetailOut)
+def add_note(incident_id: RowId, body: NoteOnlyIn, desk: DeskDep,
+             who: PrincipalDep) -> dict[str, Any]:
+    """Add a note to the incident's history (no state change)."""
+    _visible(desk, incident_id, who)
+    return desk.note(incident_id, who.name, body.note)
+
+
+@router.post("/incidents/{incident_id}/assign", response_model=IncidentOut)
 def assign(incident_id: RowId, body: AssignIn, desk: DeskDep,
            who: PrincipalDep) -> dict[str, Any]:
     """Re-assign to another member and/or unit (crew: within their own units); recorded."""
@@ -263,7 +321,7 @@ def assign(incident_id: RowId, body: AssignIn, desk: DeskDep,
         raise HTTPException(422, str(exc)) from None
 
 
-@router.post("/incidents/{incident_id}/{action}")
+@router.post("/incidents/{incident_id}/{action}", response_model=IncidentOut)
 def act(incident_id: RowId, action: Literal["ack", "arrive", "resolve", "close"],
         desk: DeskDep, who: PrincipalDep, body: NoteIn | None = None) -> dict[str, Any]:
     """Move an incident one step; 409 with the allowed next steps when the step is illegal,
