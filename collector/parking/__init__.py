@@ -9,6 +9,7 @@ Wiring into the collector (see the names exported here):
 
 from __future__ import annotations
 
+from collector.parking import driver_api  # noqa: F401  (its routes hang on `router`)
 from collector.parking.api import router
 from collector.parking.config import ParkingConfig, ParkingConfigError, load_parking_config
 from collector.parking.model import ParkingModel, SpotStatus

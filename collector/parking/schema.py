@@ -33,6 +33,20 @@ parking_zones = sa.Table(
     sa.Column("unknown", sa.Integer, nullable=False),
     sa.Column("closed", sa.Integer, nullable=False),
     sa.Column("updated", sa.BigInteger),
+    sa.Column("district", sa.Text, nullable=False, server_default=""),
+    sa.Column("outline", sa.Text, nullable=False, server_default=""),  # JSON [[lon, lat], ...]
+)
+
+# A zone's counts sampled every `history_every` (and on start): occupancy by hour and day.
+parking_zone_samples = sa.Table(
+    "parking_zone_samples", metadata,
+    sa.Column("zone_id", sa.Text, primary_key=True),
+    sa.Column("ts", sa.BigInteger, primary_key=True),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("available", sa.Integer, nullable=False),
+    sa.Column("occupied", sa.Integer, nullable=False),
+    sa.Column("unknown", sa.Integer, nullable=False),
+    sa.Column("closed", sa.Integer, nullable=False),
 )
 
 parking_spots = sa.Table(
@@ -45,6 +59,8 @@ parking_spots = sa.Table(
     sa.Column("last_ts", sa.BigInteger),  # observation time of the last report
     sa.Column("battery_mv", sa.Integer),
     sa.Column("rssi", sa.Integer),
+    sa.Column("lat", sa.Float(precision=53)),  # the bay's own position, when configured
+    sa.Column("lon", sa.Float(precision=53)),
     sa.Index("parking_spots_by_zone", "zone_id", "spot_id"),
 )
 
@@ -72,9 +88,26 @@ def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
     return apply
 
 
+def _add_columns(table: str, columns: list[str]) -> Callable[[sa.Connection], None]:
+    def apply(conn: sa.Connection) -> None:
+        have = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+        for column in columns:
+            if column.split()[0] not in have:
+                conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column}"))
+    return apply
+
+
+def _places(conn: sa.Connection) -> None:
+    _add_columns("parking_spots", ["lat DOUBLE PRECISION", "lon DOUBLE PRECISION"])(conn)
+    _add_columns("parking_zones", ["district TEXT NOT NULL DEFAULT ''",
+                                   "outline TEXT NOT NULL DEFAULT ''"])(conn)
+
+
 MIGRATIONS: list[Migration] = [
     (30, "parking: zones, spots, sensor alerts",
      _create(parking_zones, parking_spots, parking_sensor_alerts)),
+    (31, "parking: bay positions, zone district and outline", _places),
+    (32, "parking: zone occupancy samples", _create(parking_zone_samples)),
 ]
 
 
