@@ -262,3 +262,14 @@ class EnvironmentMonitor:
                      self.store.readings(sid, quantity, since, until, limit)]
         rows.sort(key=lambda r: (r["ts"], r["device"]))
         return rows[:limit]
+
+    def newest_values(self, site: Site, quantity: str, since: int,
+                      limit: int = 20_000) -> list[dict[str, Any]]:
+        """A site's real-time values of one quantity since a time, newest first (bounded)."""
+        r = schema.readings
+        stmt = (sa.select(r.c.ts, r.c.value, r.c.quality)
+                .where(r.c.device_id.in_(list(site.devices)), r.c.quantity == quantity,
+                       r.c.ts >= since)
+                .order_by(r.c.ts.desc()).limit(limit))
+        with self.store.engine.connect() as conn:
+            return [dict(x) for x in conn.execute(stmt).mappings()]
