@@ -10,7 +10,7 @@ from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
-P = TypeVar("P", bound=BaseModel)
+P = TypeVar("P")
 
 
 class PointGeometry(BaseModel):

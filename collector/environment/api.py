@@ -223,7 +223,8 @@ def exceedance_of(monitor: EnvironmentMonitor, site: Site, latest: dict[str, dic
                     for o in e.over])
 
 
-def _all_sites(monitor: EnvironmentMonitor) -> list[SiteOut]:
+def all_sites(monitor: EnvironmentMonitor) -> list[SiteOut]:
+    """Every configured site with its status, latest values, alarms and exceedance."""
     rows = monitor.latest_rows()
     active: dict[str, list[dict[str, Any]]] = {}
     for a in monitor.alarms(active=True):
@@ -245,7 +246,7 @@ def _require_site(monitor: EnvironmentMonitor, site_id: str) -> Site:
 def sites(monitor: MonitorDep, status: Status | None = None, district: str | None = None,
           kind: Literal["dust", "boiler"] | None = None) -> list[SiteOut]:
     """Every site with status (ok, exceeded, fault, offline), latest values and alarms."""
-    return [s for s in _all_sites(monitor)
+    return [s for s in all_sites(monitor)
             if (status is None or s.status == status)
             and (district is None or s.district == district)
             and (kind is None or s.kind == kind)]
@@ -255,7 +256,7 @@ def sites(monitor: MonitorDep, status: Status | None = None, district: str | Non
 def site(site_id: str, monitor: MonitorDep) -> SiteOut:
     """One site with its latest real-time and hourly values, status and active alarms."""
     _require_site(monitor, site_id)
-    return next(s for s in _all_sites(monitor) if s.id == site_id)
+    return next(s for s in all_sites(monitor) if s.id == site_id)
 
 
 @router.get(f"{API}/sites/{{site_id}}/history")
