@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -30,11 +30,18 @@ from collector.alarms.desk import (
     NotAllowed,
 )
 from collector.alarms.lifecycle import ACTIVE_STATES, IllegalTransition, State
-from collector.alarms.models import HistoryStepOut, IncidentDetailOut, IncidentOut
+from collector.alarms.models import (
+    AlarmEpisodeOut,
+    HistoryStepOut,
+    IncidentDetailOut,
+    IncidentOut,
+    SilenceOut,
+    StatsOut,
+)
 from collector.api import parse_time
 from collector.auth import Role, admit, hash_token, lookup, presented_token
 from collector.pages import page
-from collector.params import RowId
+from collector.params import SSE_RESPONSES, RowId
 
 KEEPALIVE_S = 15.0
 TOKEN_RECHECK_S = 5.0  # an open stream notices a revoked token within this time
@@ -85,7 +92,10 @@ DeskDep = Annotated[IncidentDesk, Depends(get_desk)]
 
 
 def get_principal(request: Request, desk: DeskDep,
-                  token: Annotated[str | None, Query()] = None) -> Principal:
+                  token: Annotated[str | None, Query(
+                      description="the bearer token, for clients that cannot send the "
+                                  "Authorization header (EventSource); the header wins")]
+                  = None) -> Principal:
     """Authenticate `Authorization: Bearer <token>` or `?token=`; 401 otherwise.
 
     One token system: API tokens (collector.auth; role crew scoped to its unit, ops, admin
@@ -224,9 +234,14 @@ def list_incidents(
                           sort is None and order == "urgency", where)
 
 
-@router.get("/incidents/stats")
-def incident_stats(desk: DeskDep, who: PrincipalDep, since: str | None = None,
-                   unit: str | None = None) -> dict[str, Any]:
+@router.get("/incidents/stats", response_model=StatsOut)
+def incident_stats(
+    desk: DeskDep, who: PrincipalDep,
+    since: Annotated[str | None, Query(max_length=40, description="ISO 8601 or epoch ms: "
+                                       "incidents opened since; default 30 days ago")] = None,
+    unit: Annotated[str | None, Query(max_length=128, description="one unit (crew: one of "
+                                      "theirs)")] = None,
+) -> dict[str, Any]:
     """Per unit and per kind: found, acknowledged, resolved, closed; mean and p90 time to
     acknowledge, arrive and resolve, with the share arrived within the SLA."""
     start = parse_time(since, "since")
@@ -235,9 +250,11 @@ def incident_stats(desk: DeskDep, who: PrincipalDep, since: str | None = None,
     return desk.stats(start, _units(who, unit))
 
 
-@router.get("/incidents/stream")
+@router.get("/incidents/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)
 async def incident_stream(request: Request, desk: DeskDep, who: PrincipalDep,
-                          unit: str | None = None) -> StreamingResponse:
+                          unit: Annotated[str | None, Query(
+                              max_length=128, description="only this unit's incidents")]
+                          = None) -> StreamingResponse:
     """Server-sent events: `incident` with the incident's JSON on every change."""
     units = _units(who, unit)
     token = presented_token(request)
@@ -322,7 +339,9 @@ def assign(incident_id: RowId, body: AssignIn, desk: DeskDep,
 
 
 @router.post("/incidents/{incident_id}/{action}", response_model=IncidentOut)
-def act(incident_id: RowId, action: Literal["ack", "arrive", "resolve", "close"],
+def act(incident_id: RowId,
+        action: Annotated[Literal["ack", "arrive", "resolve", "close"], Path(
+            description="the lifecycle step: ack(nowledge), arrive (on site), resolve, close")],
         desk: DeskDep, who: PrincipalDep, body: NoteIn | None = None) -> dict[str, Any]:
     """Move an incident one step; 409 with the allowed next steps when the step is illegal,
     or with the conditions still present when resolve/close lacks an override."""
@@ -356,23 +375,30 @@ def _incident(desk: IncidentDesk, incident_id: int) -> dict[str, Any]:
         raise HTTPException(404, str(exc)) from None
 
 
-@router.get("/alarms")
-def list_alarms(desk: DeskDep, _who: PrincipalDep, active: bool | None = None,
-                limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[dict[str, Any]]:
+@router.get("/alarms", response_model=list[AlarmEpisodeOut])
+def list_alarms(
+    desk: DeskDep, _who: PrincipalDep,
+    active: Annotated[bool | None, Query(description="true: active only; false: cleared "
+                                         "only; omit: both")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many")] = 1000,
+) -> list[dict[str, Any]]:
     """Alarm episodes newest first; `held` says why an active one has no incident."""
     return desk.alarms(active, limit)
 
 
-@router.get("/silences")
-def list_silences(desk: DeskDep, who: PrincipalDep, include_expired: bool = False,
-                  include_deleted: bool = False) -> list[dict[str, Any]]:
+@router.get("/silences", response_model=list[SilenceOut])
+def list_silences(
+    desk: DeskDep, who: PrincipalDep,
+    include_expired: Annotated[bool, Query(description="also windows that have ended")] = False,
+    include_deleted: Annotated[bool, Query(description="also windows deleted early")] = False,
+) -> list[dict[str, Any]]:
     """Maintenance windows in force or planned (past and deleted ones on request: the audit
     trail); crew see their units' and ops' silences."""
     return desk.silences(include_expired, include_deleted,
                          None if who.role == "ops" else who.units)
 
 
-@router.post("/silences", status_code=201)
+@router.post("/silences", status_code=201, response_model=SilenceOut)
 def create_silence(body: SilenceIn, desk: DeskDep, who: PrincipalDep) -> dict[str, Any]:
     """Open a maintenance window: matching alarms raise no incident and no notice."""
     if not (body.site or body.device or body.kind):

@@ -175,3 +175,74 @@ class IncidentDetailOut(IncidentOut):
     """An incident with its full history."""
 
     history: list[HistoryStepOut]
+
+
+class AlarmEpisodeOut(_Out):
+    """An alarm episode; `held` says why it has no incident (wait, silenced:..., suppressed:...)."""
+
+    id: int
+    site: str
+    device: str
+    kind: str
+    gateway: str
+    source: str = Field(description="event, threshold or group")
+    severity: str
+    active: bool
+    occurrences: int
+    first_seen: str | None
+    last_seen: str | None
+    cleared_at: str | None
+    incident_id: int | None
+    held: str
+    message: str
+    evidence: Any
+
+
+class SilenceOut(_Out):
+    """A maintenance window and whether it is in force now."""
+
+    id: int
+    site: str | None
+    device: str | None
+    kind: str | None
+    starts_at: str | None
+    ends_at: str | None
+    created_by: str
+    reason: str
+    created_at: str | None
+    role: str | None
+    unit: str | None
+    life_safety: bool
+    deleted_at: str | None
+    deleted_by: str | None
+    in_force: bool
+
+
+class DurationFigures(_Out):
+    """Mean and 90th percentile of a duration, seconds (null without data)."""
+
+    mean_s: float | None = None
+    p90_s: float | None = None
+
+
+class ClosedLoopFigures(_Out):
+    """Found, handled and closed incidents and how fast, for one group."""
+
+    found: int
+    acknowledged: int
+    unacknowledged: int
+    resolved: int
+    auto_resolved: int
+    closed: int
+    time_to_acknowledge: DurationFigures
+    time_to_arrive: dict[str, Any] = Field(description="mean and p90 seconds, and the share "
+                                                   "arrived within the SLA")
+    time_to_resolve: DurationFigures
+
+
+class StatsOut(_Out):
+    """Closed-loop figures of incidents opened since a time: all, per unit, per kind."""
+
+    total: ClosedLoopFigures
+    units: dict[str, ClosedLoopFigures]
+    kinds: dict[str, ClosedLoopFigures]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from collector import schema
@@ -122,7 +122,8 @@ def map_layers(
 @router.get("/map/layers/{layer}")
 def map_layer(
     request: Request, store: StoreDep, viewer: ViewerDep,
-    layer: Annotated[L.LayerName, "the layer"],
+    layer: Annotated[L.LayerName, Path(description="incidents, lifts, gateways, parking or "
+                                                   "environment")],
     bbox: BBoxQ = None, state: StateQ = None, unit: UnitQ = None, kind: KindQ = None,
     district: DistrictQ = None,
 ) -> FeatureCollection[L.AnyProps]:

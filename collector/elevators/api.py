@@ -26,6 +26,7 @@ from collector.elevators.stats import (
     usage_scaled,
 )
 from collector.elevators.stream import EventStream
+from collector.params import SSE_RESPONSES, DeviceIdPath
 from collector.store import now_ms
 from devices.contract import DEVICE_ID_RE
 
@@ -134,8 +135,9 @@ def risk(
 
 
 @router.get("/elevators/{device_id}/stats")
-def stats(device_id: str, store: StoreDep,
-          days: Annotated[int, Query(ge=1, le=366)] = 30) -> StatsOut:
+def stats(device_id: DeviceIdPath, store: StoreDep,
+          days: Annotated[int, Query(ge=1, le=366, description="whole UTC days back, today "
+                                                               "included")] = 30) -> StatsOut:
     """Trips (from trip_count increases), faults per kind and entrapments per UTC day."""
     _lift(store, device_id)
     until = now_ms() + 1
@@ -155,9 +157,13 @@ def stats(device_id: str, store: StoreDep,
                     totals=totals, per_day=per_day)
 
 
-@router.get("/events/stream")
-async def event_stream(request: Request, stream: StreamDep, device: str | None = None,
-                       kind: str | None = None) -> StreamingResponse:
+@router.get("/events/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)
+async def event_stream(
+    request: Request, stream: StreamDep,
+    device: Annotated[str | None, Query(max_length=128, description="only this device")] = None,
+    kind: Annotated[str | None, Query(max_length=128, description="only this event kind")]
+    = None,
+) -> StreamingResponse:
     """Server-sent events: every event as the collector commits it (filters: device, kind)."""
     sub = stream.subscribe(device, kind)
 

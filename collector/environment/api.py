@@ -19,6 +19,7 @@ from collector.environment.exceedance import exceedance, is_measurement, run_sta
 from collector.environment.monitor import EnvironmentMonitor
 from collector.environment.rules import Status, site_status
 from collector.pages import page
+from collector.params import SiteIdPath
 from collector.store import typed_value
 from devices.hj212.normalise import Interval, split_series_id
 from devices.quantities import QUANTITIES
@@ -243,8 +244,14 @@ def _require_site(monitor: EnvironmentMonitor, site_id: str) -> Site:
 
 
 @router.get(f"{API}/sites")
-def sites(monitor: MonitorDep, status: Status | None = None, district: str | None = None,
-          kind: Literal["dust", "boiler"] | None = None) -> list[SiteOut]:
+def sites(
+    monitor: MonitorDep,
+    status: Annotated[Status | None, Query(description="only sites in this status")] = None,
+    district: Annotated[str | None, Query(max_length=128, description="only this district")]
+    = None,
+    kind: Annotated[Literal["dust", "boiler"] | None, Query(description="dust (construction) "
+                                                            "or boiler sites")] = None,
+) -> list[SiteOut]:
     """Every site with status (ok, exceeded, fault, offline), latest values and alarms."""
     return [s for s in all_sites(monitor)
             if (status is None or s.status == status)
@@ -253,7 +260,7 @@ def sites(monitor: MonitorDep, status: Status | None = None, district: str | Non
 
 
 @router.get(f"{API}/sites/{{site_id}}")
-def site(site_id: str, monitor: MonitorDep) -> SiteOut:
+def site(site_id: SiteIdPath, monitor: MonitorDep) -> SiteOut:
     """One site with its latest real-time and hourly values, status and active alarms."""
     _require_site(monitor, site_id)
     return next(s for s in all_sites(monitor) if s.id == site_id)
@@ -261,12 +268,14 @@ def site(site_id: str, monitor: MonitorDep) -> SiteOut:
 
 @router.get(f"{API}/sites/{{site_id}}/history")
 def history(
-    site_id: str, monitor: MonitorDep,
-    quantity: str | None = None,
+    site_id: SiteIdPath, monitor: MonitorDep,
+    quantity: Annotated[str | None, Query(max_length=64, description="canonical quantity; "
+                                          "omit for all")] = None,
     since: Annotated[str | None, Query(description="ISO 8601 or epoch ms, inclusive")] = None,
     until: Annotated[str | None, Query(description="ISO 8601 or epoch ms, exclusive")] = None,
     interval: Annotated[Interval, Query(description="rt, min, hour or day")] = Interval.REALTIME,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 5000,
+    limit: Annotated[int, Query(ge=1, le=100_000, description="at most this many values")]
+    = 5000,
 ) -> HistoryOut:
     """A site's stored values of one averaging period in observation-time order."""
     s = _require_site(monitor, site_id)
@@ -315,7 +324,7 @@ class AveragesOut(BaseModel):
 
 @router.get(f"{API}/sites/{{site_id}}/averages")
 def site_averages(
-    site_id: str, monitor: MonitorDep,
+    site_id: SiteIdPath, monitor: MonitorDep,
     quantity: Annotated[str, Query(max_length=64, description="canonical quantity, e.g. pm10 "
                                                               "or nox_converted")],
     interval: Annotated[Interval, Query(description="rt (real time), min, hour or day")]
@@ -355,8 +364,12 @@ def site_averages(
 
 
 @router.get(f"{API}/alarms")
-def alarms(monitor: MonitorDep, active: bool | None = None,
-           site: str | None = None) -> list[AlarmOut]:
+def alarms(
+    monitor: MonitorDep,
+    active: Annotated[bool | None, Query(description="true: active; false: cleared; omit: "
+                                         "both")] = None,
+    site: Annotated[str | None, Query(max_length=128, description="only this site")] = None,
+) -> list[AlarmOut]:
     """Threshold alarm episodes, newest first."""
     return [_alarm_out(a) for a in monitor.alarms(active=active, site=site)]
 

@@ -155,8 +155,7 @@ OptionsQ = Annotated[str | None, Query(
 ENTITY_RESPONSES: dict[int | str, dict[str, Any]] = {200: {
     "model": list[EntityOut],
     "description": "entities as NGSI-LD JSON (@context in a Link header) or JSON-LD "
-                   "(Accept: application/ld+json, @context inline)",
-    "content": {"application/ld+json": {}}}}
+                   "(Accept: application/ld+json, @context inline)"}}
 
 
 @router.get("/entities", response_model=None, responses=ENTITY_RESPONSES)
@@ -216,8 +215,7 @@ def query_entities(
 
 
 @router.get("/entities/{entity_id}", response_model=None, responses={200: {
-    "model": EntityOut, "description": "the entity (JSON or JSON-LD as for /entities)",
-    "content": {"application/ld+json": {}}}})
+    "model": EntityOut, "description": "the entity (JSON or JSON-LD as for /entities)"}})
 def get_entity(request: Request,
                entity_id: Annotated[str, Path(max_length=600, description="the entity's URN, "
                                               "urn:ngsi-ld:<Type>:<id>")],
@@ -272,8 +270,7 @@ def _instances(rows: list[Any], etype: str) -> dict[str, list[dict[str, Any]]]:
 
 @router.get("/temporal/entities", response_model=None, responses={200: {
     "model": list[TemporalEntityOut],
-    "description": "entities with each attribute an array of instances (observedAt)",
-    "content": {"application/ld+json": {}}}})
+    "description": "entities with each attribute an array of instances (observedAt)"}})
 def temporal_entities(
     request: Request, source: SourceDep,
     type: TypeQ = None,
@@ -346,8 +343,7 @@ def _available(source: EntitySource) -> dict[str, list[str]]:
 
 @router.get("/types", response_model=None, responses={200: {
     "model": EntityTypeListOut | list[EntityTypeOut],
-    "description": "EntityTypeList, or with details=true a list of EntityType",
-    "content": {"application/ld+json": {}}}})
+    "description": "EntityTypeList, or with details=true a list of EntityType"}})
 def entity_types(
     request: Request, source: SourceDep,
     details: Annotated[bool, Query(description="true: one EntityType per type with the "

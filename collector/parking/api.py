@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from collector.api import iso
 from collector.pages import page
+from collector.params import ZoneIdPath
 from collector.parking.model import Spot, Zone
 from collector.parking.service import ParkingService
 from collector.parking.views import spot_health
@@ -133,7 +134,7 @@ def zones(
 
 
 @router.get("/api/v1/parking/zones/{zone_id}")
-def zone(zone_id: str, parking: ParkingDep) -> ZoneOut:
+def zone(zone_id: ZoneIdPath, parking: ParkingDep) -> ZoneOut:
     """One zone: total, available, occupied, unknown, closed, updated."""
     with parking.lock:
         z = parking.model.zones.get(zone_id)
@@ -145,8 +146,10 @@ def zone(zone_id: str, parking: ParkingDep) -> ZoneOut:
 @router.get("/api/v1/parking/spots")
 def spots(parking: ParkingDep,
           zone: Annotated[str | None, Query(description="zone id; omit for all")] = None,
-          status: Literal["free", "occupied", "closed", "unknown"] | None = None,
-          limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> list[SpotOut]:
+          status: Annotated[Literal["free", "occupied", "closed", "unknown"] | None,
+                            Query(description="only spots in this status")] = None,
+          limit: Annotated[int, Query(ge=1, le=100_000, description="at most this many")]
+          = 10_000) -> list[SpotOut]:
     """Spots and their status, optionally of one zone or one status."""
     with parking.lock:
         if zone is not None and zone not in parking.model.zones:
@@ -167,9 +170,12 @@ def zone_id_hint(parking: ParkingService, zone: str) -> str:
 def alerts(parking: ParkingDep,
            active: Annotated[bool | None, Query(description="true: open, false: cleared, "
                                                             "omit: both")] = True,
-           kind: Literal["low_battery", "silent", "flapping", "magnetic_jump"] | None = None,
-           zone: str | None = None,
-           limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[AlertOut]:
+           kind: Annotated[Literal["low_battery", "silent", "flapping", "magnetic_jump"]
+                           | None, Query(description="only alerts of this kind")] = None,
+           zone: Annotated[str | None, Query(max_length=64, description="only this zone's")]
+           = None,
+           limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many")]
+           = 1000) -> list[AlertOut]:
     """Sensor health alerts (newest first) for the maintenance unit."""
     rows: list[dict[str, Any]] = parking.alerts(active=active, kind=kind, zone=zone, limit=limit)
     return [_alert_out(r) for r in rows]

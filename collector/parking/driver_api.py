@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from collector.api import iso, parse_time
 from collector.geojson import Feature, FeatureCollection, point, polygon
-from collector.params import RowId
+from collector.params import RowId, ZoneIdPath
 from collector.parking.api import (
     AlertOut,
     ParkingDep,
@@ -252,7 +252,7 @@ class ZoneHistoryOut(BaseModel):
 
 @router.get("/api/v1/parking/zones/{zone_id}/history")
 def zone_history(
-    zone_id: str, parking: ParkingDep,
+    zone_id: ZoneIdPath, parking: ParkingDep,
     by: Annotated[Literal["hour", "day"], Query(description="bucket size")] = "hour",
     since: Annotated[str | None, Query(description="ISO 8601 or epoch ms, inclusive; default: "
                                                    "24 h (by hour) or 30 days (by day) ago")]
