@@ -117,11 +117,15 @@ def risk(
              for d in store.devices(kind="elevator")]
     if district is not None:
         lifts = [(d, p) for d, p in lifts if p.district == district]
+    ranked = rank(risk_of(d, by_device.get(d, []), now) for d, _ in lifts)
+    if rank_by == "score":  # trips are read only for the lifts returned
+        ranked = ranked[:limit]
+    where = dict(lifts)
     out = []
-    for r in rank(risk_of(d, by_device.get(d, []), now) for d, _ in lifts):
+    for r in ranked:
         baseline, samples = queries.trip_samples(store, r.device, now - 30 * DAY_MS, now + 1)
         usage = usage_scaled(r, sum(trips_per_day(samples, baseline).values()))
-        place = dict(lifts)[r.device]
+        place = where[r.device]
         out.append(RiskOut(device=r.device, score=r.score, faults_30d=r.faults,
                            entrapments_30d=r.entrapments, door_faults_30d=r.door_faults,
                            faults_last_7d=r.last_7_days,
