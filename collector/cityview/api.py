@@ -201,6 +201,16 @@ def _stale_limits(request: Request) -> dict[str, float]:
     return limits
 
 
+def _devices(request: Request, store: Store, gateway: str | None = None) -> list[dict[str, Any]]:
+    """Devices, with parking sensors known as such when their gateway did not name a kind."""
+    rows = store.devices(gateway=gateway)
+    parking = getattr(request.app.state, "parking", None)
+    if parking is None:
+        return rows
+    return [{**d, "kind": "parking_sensor"} if d["kind"] == "unknown"
+            and parking.model.is_parking(d["device_id"]) else d for d in rows]
+
+
 def _offline_devices(store: Store) -> set[str]:
     t = schema.active_faults
     with store.engine.connect() as conn:
@@ -219,7 +229,7 @@ def overview(request: Request, store: StoreDep, viewer: ViewerDep) -> OverviewOu
     """Gateways and devices online/offline, data freshness per kind, active incidents."""
     now = now_ms()
     gws = store.gateways()
-    kinds, listed = figures(store.devices(), {g["gateway_id"]: g["state"] for g in gws},
+    kinds, listed = figures(_devices(request, store), {g["gateway_id"]: g["state"] for g in gws},
                             _offline_devices(store), now, _stale_limits(request))
     by_state = {s: sum(1 for d in listed if d["state"] == s)
                 for s in ("online", "offline", "stale", "unknown")}
@@ -267,7 +277,7 @@ def overview_devices(
     del viewer
     now = now_ms()
     gws = {g["gateway_id"]: g["state"] for g in store.gateways()}
-    _, listed = figures(store.devices(gateway=gateway), gws, _offline_devices(store), now,
+    _, listed = figures(_devices(request, store, gateway), gws, _offline_devices(store), now,
                         _stale_limits(request))
     chosen = [d for d in listed if (kind is None or kind in (d["family"], d["kind"]))
               and (state is None or d["state"] == state)]

@@ -92,8 +92,8 @@ def city(store: Store, tmp_path: Path) -> Iterator[City]:
             c = City(hub, client, reader)
             c.state("gw-lift", "online", {"lift-1": "elevator", "lift-2": "elevator"})
             c.state("gw-env", "online", {"dust-1": "dust_monitor"})
-            c.state("gw-park", "online", {"pk-1001": "parking_sensor",
-                                          "pk-1002": "parking_sensor"})
+            c.state("gw-park", "online", {"pk-1001": "unknown",  # sensors behind a concentrator
+                                          "pk-1002": "unknown"})
             yield c
     finally:
         asyncio.run(hub.close())
@@ -159,7 +159,7 @@ def test_map_access_and_bounds(city: City) -> None:
 def test_overview_counts_freshness_and_links_to_raw_values(city: City) -> None:
     city.send("gw-lift", "lift-1", trip_count=10)
     city.send("gw-env", "dust-1", pm10=80)
-    city.state("gw-park", "offline", {"pk-1001": "parking_sensor", "pk-1002": "parking_sensor"})
+    city.state("gw-park", "offline", {"pk-1001": "unknown", "pk-1002": "unknown"})
     got = city.get("/api/v1/overview", city.reader)
     assert got["gateways"] == {"total": 3, "online": 2, "offline": 1, "unknown": 0}
     kinds = {k["kind"]: k for k in got["kinds"]}
