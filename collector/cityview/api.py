@@ -14,6 +14,7 @@ from collector.cityview import layers as L
 from collector.cityview.overview import DEFAULT_STALE_S, KindFigures, figures, gateway_counts
 from collector.cityview.places import Places
 from collector.cityview.viewer import Viewer, ViewerDep
+from collector.elevators.api import RiskOut, risk
 from collector.geojson import BBox, FeatureCollection, parse_bbox
 from collector.params import invalid
 from collector.store import Store, now_ms
@@ -291,3 +292,18 @@ def overview_devices(
                          latest_url=f"/api/v1/devices/{d['device_id']}/latest")
             for d in chosen[:limit]]
 
+
+
+@router.get("/overview/lift-risk")
+def lift_risk(
+    request: Request, store: StoreDep, viewer: ViewerDep,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many lifts")] = 20,
+    district: Annotated[str | None, Query(max_length=128, description="only lifts of this "
+                                                                      "district")] = None,
+    rank_by: Annotated[Literal["score", "per_1000_trips"], Query(
+        description="score, or score per 1000 trips (usage-scaled)")] = "per_1000_trips",
+) -> list[RiskOut]:
+    """The high-risk lift ranking with its explanations, for the control room's logins (the
+    same as GET /api/v1/elevators/risk, ranked by use by default)."""
+    del viewer
+    return risk(request, store, limit, district, rank_by)

@@ -195,5 +195,8 @@ def test_lift_risk_is_scaled_by_trips_and_filtered_by_district(city: City) -> No
     assert (quiet["trips_30d"], quiet["district"], quiet["site"]) == (500, "jinshui", "tower")
     assert quiet["explanation"][-1].startswith("500 trip(s) in 30 days (counted as 1000)")
     assert city.get("/api/v1/elevators/risk?district=erqi", city.reader) == []
+    # the control room's ops login reads the same ranking, by use unless told otherwise
+    assert [r["device"] for r in city.get("/api/v1/overview/lift-risk")] == ["lift-2", "lift-1"]
+    assert city.client.get("/api/v1/elevators/risk", headers=OPS).status_code == 401
     assert city.client.get("/api/v1/elevators/risk?rank_by=mood",
                            headers=city.reader).status_code == 422
