@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from collector.api import iso, parse_time
 from collector.environment.averages import DEFAULT_RANGE_MS, MAX_RANGE_MS, averages
 from collector.environment.config import Site
-from collector.environment.exceedance import exceedance, is_measurement, run_start
+from collector.environment.exceedance import exceedance, is_measurement
 from collector.environment.monitor import EnvironmentMonitor
 from collector.environment.rules import Status, site_status
 from collector.pages import page
@@ -209,8 +209,7 @@ def exceedance_of(monitor: EnvironmentMonitor, site: Site, latest: dict[str, dic
                 del latest[q]
     for q, row in latest.items():
         if q in limits and is_measurement(row) and float(row["value"]) > limits[q]:
-            found = run_start(monitor.newest_values(site, q, now - EXCEEDANCE_LOOKBACK_MS),
-                              limits[q])
+            found = monitor.run_above(site, q, limits[q], now - EXCEEDANCE_LOOKBACK_MS)
             if found is not None:
                 runs[q] = found
     e = exceedance(latest, limits, now, fresh_ms, runs)

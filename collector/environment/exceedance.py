@@ -7,7 +7,7 @@ flagged bad (instrument fault) are not measurements and are left out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -41,23 +41,6 @@ class Exceedance:
 def is_measurement(row: Mapping[str, Any]) -> bool:
     """A stored value that is a number and not flagged as an instrument fault."""
     return row.get("quality") != "bad" and isinstance(row.get("value"), int | float)
-
-
-def run_start(newest_first: Iterable[Mapping[str, Any]], limit: float) -> tuple[int, bool] | None:
-    """Start of the current run above `limit` over values newest first: (ts, exact).
-
-    None when the newest measurement is not above the limit; exact is False when every value
-    looked at is above it (the run began earlier than the rows given).
-    """
-    start: int | None = None
-    for row in newest_first:
-        if not is_measurement(row):
-            continue
-        if float(row["value"]) > limit:
-            start = int(row["ts"])
-            continue
-        return (start, True) if start is not None else None
-    return None if start is None else (start, False)
 
 
 def exceedance(latest: Mapping[str, Mapping[str, Any]], limits: Mapping[str, float],

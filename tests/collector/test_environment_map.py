@@ -120,3 +120,11 @@ def test_a_bad_responsible_phone_is_refused() -> None:
     bad = {"sites": [{**SECTION["sites"][1], "responsible": {"phone": "<script>"}}]}
     with pytest.raises(ValueError, match="phone"):
         load_environment_config(bad)
+
+
+def test_a_run_older_than_the_values_looked_at_is_not_exact(rig: Rig) -> None:
+    rig.send("dust-2", T0, pm10=200)
+    rig.send("dust-2", T0 + MIN, pm10=300)
+    rig.now = T0 + 2 * MIN
+    [over] = rig.get("/api/v1/environment/sites/quiet")["exceedance"]["quantities"]
+    assert (over["since"], over["since_exact"]) == ("2026-01-01T00:00:00.000Z", False)
