@@ -121,9 +121,11 @@ def risk(
     if rank_by == "score":  # trips are read only for the lifts returned
         ranked = ranked[:limit]
     where = dict(lifts)
+    trips = queries.trip_samples_many(store, [r.device for r in ranked], now - 30 * DAY_MS,
+                                      now + 1)
     out = []
     for r in ranked:
-        baseline, samples = queries.trip_samples(store, r.device, now - 30 * DAY_MS, now + 1)
+        baseline, samples = trips[r.device]
         usage = usage_scaled(r, sum(trips_per_day(samples, baseline).values()))
         place = where[r.device]
         out.append(RiskOut(device=r.device, score=r.score, faults_30d=r.faults,
