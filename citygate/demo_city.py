@@ -29,11 +29,13 @@ LIFT_SITE_FACTS: dict[str, dict[str, Any]] = {
     "jinshui-tower": {"address": "12 Jinshui Road, Jinshui District, Zhengzhou",
                       "building": "Tower A", "entrance": "North lobby, lift bank 2",
                       "contact_name": "Property desk (Ms Zhang)",
-                      "contact_phone": "0371-60000001", "lat": 34.7597, "lon": 113.6651},
+                      "contact_phone": "0371-60000001", "lat": 34.7700, "lon": 113.6900,
+                      "grid": "jinshui"},
     "erqi-plaza": {"address": "1 Erqi Square, Erqi District, Zhengzhou",
                    "building": "Office block B", "entrance": "East entrance, goods lift lobby",
                    "contact_name": "Building manager (Mr Liu)",
-                   "contact_phone": "0371-60000002", "lat": 34.7530, "lon": 113.6603},
+                   "contact_phone": "0371-60000002", "lat": 34.7530, "lon": 113.6603,
+                   "grid": "erqi"},
 }
 
 
@@ -63,22 +65,46 @@ STATIONS = (
 )
 STATION_TIMING = ("--interval", "1s", "--hour-every", "5s", "--seed", "7")
 
+# The demo city's districts: four boxes tiling a Zhengzhou-like centre (lon 113.60-113.76,
+# lat 34.70-34.86). The pages' offline base map draws the same boxes; every demo lift site,
+# gateway, parking zone and monitoring site lies inside one of them.
+DISTRICT_BOXES: dict[str, tuple[str, float, float, float, float]] = {
+    # id: (name, min lon, min lat, max lon, max lat)
+    "zhongyuan": ("Zhongyuan", 113.60, 34.757, 113.67, 34.86),
+    "jinshui": ("Jinshui", 113.67, 34.757, 113.76, 34.86),
+    "erqi": ("Erqi", 113.60, 34.70, 113.67, 34.757),
+    "guancheng": ("Guancheng", 113.67, 34.70, 113.76, 34.757),
+}
+
+
+def _box(w: float, s: float, e: float, n: float) -> list[list[float]]:
+    return [[w, s], [e, s], [e, n], [w, n]]
+
+
+def _person(name: str, phone: str, unit: str) -> dict[str, str]:
+    return {"name": name, "phone": phone, "unit": unit}
+
+
 ENVIRONMENT: dict[str, Any] = {
     "defaults": {"nox_duration": "10s"},
-    "districts": [{"id": "jinshui", "name": "Jinshui",
-                   "outline": [[113.60, 34.76], [113.75, 34.76], [113.75, 34.86],
-                               [113.60, 34.86]]}],
+    "districts": [{"id": d, "name": name, "outline": _box(w, s, e, n)}
+                  for d, (name, w, s, e, n) in DISTRICT_BOXES.items()],
     "sites": [
         {"id": "metro-12-works", "name": "Metro line 12 works", "lat": 34.80, "lon": 113.68,
-         "district": "jinshui", "kind": "dust", "devices": ["dust-1"]},
+         "district": "jinshui", "kind": "dust", "devices": ["dust-1"],
+         "responsible": _person("Zhang Wei", "13900000011", "Metro Line 12 Construction Co.")},
         {"id": "garden-rd-build", "name": "Garden Rd housing", "lat": 34.81, "lon": 113.70,
-         "district": "jinshui", "kind": "dust", "devices": ["dust-2"]},
+         "district": "jinshui", "kind": "dust", "devices": ["dust-2"],
+         "responsible": _person("Chen Jie", "13900000012", "Garden Road Housing Ltd.")},
         {"id": "north-ring-works", "name": "North ring road works", "lat": 34.83,
-         "lon": 113.72, "district": "jinshui", "kind": "dust", "devices": ["dust-3"]},
+         "lon": 113.72, "district": "jinshui", "kind": "dust", "devices": ["dust-3"],
+         "responsible": _person("Liu Yang", "13900000013", "City Roads Bureau")},
         {"id": "heat-plant-a", "name": "District heating plant A", "lat": 34.77,
-         "lon": 113.65, "district": "jinshui", "kind": "boiler", "devices": ["boiler-1"]},
+         "lon": 113.65, "district": "zhongyuan", "kind": "boiler", "devices": ["boiler-1"],
+         "responsible": _person("Zhao Min", "13900000014", "Zhengzhou Heating Co.")},
         {"id": "hospital-boilers", "name": "Hospital boiler house", "lat": 34.78,
-         "lon": 113.73, "district": "jinshui", "kind": "boiler", "devices": ["boiler-2"]},
+         "lon": 113.73, "district": "jinshui", "kind": "boiler", "devices": ["boiler-2"],
+         "responsible": _person("Sun Li", "13900000015", "First People's Hospital")},
     ],
 }
 
@@ -86,13 +112,20 @@ PARKING_SERIAL_SENSORS = "1001-1024"
 PARKING_COAP_SENSORS = "2001-2012"
 PARKING: dict[str, Any] = {
     "heartbeat": "30min",
+    "history_every": "30s",  # a sample per simulated half hour: the history fills in minutes
     "zones": [
         {"id": "renmin-rd-n", "name": "Renmin Rd north side (concentrator)", "lat": 34.7466,
-         "lon": 113.6253, "sensors": ["1001-1012"], "closed": ["pk-1012"]},
+         "lon": 113.6253, "district": "erqi", "sensors": ["1001-1012"], "closed": ["pk-1012"],
+         "kerb": [[113.6247, 34.74665], [113.6259, 34.74665]],
+         "outline": _box(113.6246, 34.74660, 113.6260, 34.74672)},
         {"id": "renmin-rd-s", "name": "Renmin Rd south side (concentrator)", "lat": 34.7460,
-         "lon": 113.6255, "sensors": ["1013-1024"]},
+         "lon": 113.6255, "district": "erqi", "sensors": ["1013-1024"],
+         "kerb": [[113.6249, 34.74605], [113.6261, 34.74605]],
+         "outline": _box(113.6248, 34.74598, 113.6262, 34.74610)},
         {"id": "erqi-square", "name": "Erqi Square lot (NB-IoT nodes)", "kind": "offStreet",
-         "lat": 34.7538, "lon": 113.6650, "sensors": ["2001-2012"]},
+         "lat": 34.7538, "lon": 113.6650, "district": "erqi", "sensors": ["2001-2012"],
+         "kerb": [[113.6645, 34.7538], [113.6655, 34.7538]],
+         "outline": _box(113.6644, 34.7535, 113.6656, 34.7541)},
     ],
 }
 # Random traffic, an hour of the street every minute: arrivals, dwell times and heartbeats.

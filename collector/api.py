@@ -12,7 +12,7 @@ from collector import pages
 from collector.auth import Role, require
 from collector.clock import iso
 from collector.pages import page
-from collector.params import install_error_shape, invalid, parse_time
+from collector.params import DeviceIdPath, GatewayIdPath, install_error_shape, invalid, parse_time
 from collector.store import Store, typed_value
 from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE
 from devices.quantities import QUANTITIES
@@ -170,7 +170,7 @@ def gateways(store: StoreDep) -> list[GatewayOut]:
 
 
 @router.get("/gateways/{gateway_id}")
-def gateway(gateway_id: str, store: StoreDep) -> GatewayOut:
+def gateway(gateway_id: GatewayIdPath, store: StoreDep) -> GatewayOut:
     """One gateway: its state, latest health and measured clock."""
     for g in store.gateways():
         if g["gateway_id"] == gateway_id:
@@ -179,14 +179,19 @@ def gateway(gateway_id: str, store: StoreDep) -> GatewayOut:
 
 
 @router.get("/devices")
-def devices(store: StoreDep, kind: str | None = None,
-            gateway: str | None = None) -> list[DeviceOut]:
+def devices(store: StoreDep,
+            kind: Annotated[str | None, Query(
+                max_length=128, description="device kind, e.g. elevator, dust_monitor, "
+                                            "boiler_cems")] = None,
+            gateway: Annotated[str | None, Query(
+                max_length=128, description="only the devices of this gateway")] = None,
+            ) -> list[DeviceOut]:
     """Every field device: id, kind, gateway and when it last reported."""
     return [_device_out(d) for d in store.devices(kind=kind, gateway=gateway)]
 
 
 @router.get("/devices/{device_id}/latest")
-def latest(device_id: str, store: StoreDep) -> LatestOut:
+def latest(device_id: DeviceIdPath, store: StoreDep) -> LatestOut:
     """Latest value and observation time of every quantity of a device."""
     _require_device(store, device_id)
     out = {}
@@ -201,11 +206,14 @@ def latest(device_id: str, store: StoreDep) -> LatestOut:
 
 @router.get("/devices/{device_id}/readings")
 def readings(
-    device_id: str, store: StoreDep,
-    quantity: str | None = None,
+    device_id: DeviceIdPath, store: StoreDep,
+    quantity: Annotated[str | None, Query(
+        max_length=128, description="canonical quantity name (docs/data-model.md); omit for "
+                                    "all")] = None,
     since: Annotated[str | None, Query(description="ISO 8601 or epoch ms, inclusive")] = None,
     until: Annotated[str | None, Query(description="ISO 8601 or epoch ms, exclusive")] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    limit: Annotated[int, Query(ge=1, le=100_000, description="at most this many readings")]
+    = 10_000,
 ) -> ReadingsOut:
     """Stored readings of a device in observation-time order."""
     _require_device(store, device_id)
@@ -272,10 +280,15 @@ def _event_out(e: dict[str, Any]) -> EventOut:
 
 @router.get("/events")
 def events(
-    store: StoreDep, device: str | None = None, kind: str | None = None,
+    store: StoreDep,
+    device: Annotated[str | None, Query(max_length=128, description="only this device's "
+                                                                    "events")] = None,
+    kind: Annotated[str | None, Query(max_length=128, description="event kind, e.g. "
+                                      "trapped_passenger, data_gap")] = None,
     since: Annotated[str | None, Query(description="ISO 8601 or epoch ms")] = None,
     until: Annotated[str | None, Query(description="ISO 8601 or epoch ms")] = None,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many events")]
+    = 1000,
 ) -> list[EventOut]:
     """Events (faults raised and cleared, alarms, state changes, data gaps), newest first."""
     rows = store.events(device, kind, parse_time(since, "since"), parse_time(until, "until"),
@@ -284,7 +297,7 @@ def events(
 
 
 @router.get("/devices/{device_id}/faults")
-def device_faults(device_id: str, store: StoreDep) -> list[FaultOut]:
+def device_faults(device_id: DeviceIdPath, store: StoreDep) -> list[FaultOut]:
     """Faults currently active on a device."""
     _require_device(store, device_id)
     return [FaultOut(device=f["device_id"], kind=f["kind"], severity=f["severity"],
@@ -294,7 +307,7 @@ def device_faults(device_id: str, store: StoreDep) -> list[FaultOut]:
 
 
 @router.get("/gateways/{gateway_id}/sequence")
-def gateway_sequence(gateway_id: str, store: StoreDep) -> SequenceOut:
+def gateway_sequence(gateway_id: GatewayIdPath, store: StoreDep) -> SequenceOut:
     """Missing sequence ranges of a gateway and the data gaps it reported (outbox evictions)."""
     gws = {g["gateway_id"]: g for g in store.gateways()}
     if gateway_id not in gws:
@@ -325,7 +338,9 @@ class QuarantinedOut(BaseModel):
 
 @router.get("/quarantine")
 def quarantine(store: StoreDep,
-               limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[QuarantinedOut]:
+               limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many "
+                                                                     "messages")] = 1000,
+               ) -> list[QuarantinedOut]:
     """Messages the store refused (a poison message), newest first: kept, never retried."""
     return [QuarantinedOut(id=q["id"], gateway=q["gateway_id"], channel=q["channel"],
                            topic=q["topic"], seq=q["seq"], error=q["error"],
@@ -345,7 +360,7 @@ admin = APIRouter(prefix="/api/v1", dependencies=[Depends(require(Role.ADMIN))])
 
 
 @admin.put("/devices/{device_id}/gateway")
-def move_device(device_id: str, body: DeviceMoveIn, store: StoreDep) -> DeviceOut:
+def move_device(device_id: DeviceIdPath, body: DeviceMoveIn, store: StoreDep) -> DeviceOut:
     """Give a device to another gateway (a replacement gateway): from now on only that
     gateway's readings, events and inventory of it are stored."""
     _require_device(store, device_id)
@@ -366,6 +381,9 @@ def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
     app.include_router(public)
     app.include_router(router)
     app.include_router(admin)
+    from collector.cityview import router as cityview  # reads the features' state per request
+
+    app.include_router(cityview)
 
     pages.install(app)
 

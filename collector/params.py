@@ -95,3 +95,24 @@ def install_error_shape(app: FastAPI) -> None:
         return await http_exception_handler(request, exc)
 
     app.add_exception_handler(StarletteHTTPException, handler)
+
+# Path parameters that mean the same on every route (described once for the API docs).
+GatewayIdPath = Annotated[str, Path(description="a gateway id, e.g. gw-tcp-01")]
+DeviceIdPath = Annotated[str, Path(description="a field device id, e.g. lift-t01 or pk-1001")]
+SiteIdPath = Annotated[str, Path(description="a site id (an environmental site, or a registry "
+                                             "site)")]
+ZoneIdPath = Annotated[str, Path(description="a parking zone id, e.g. renmin-rd-n")]
+
+# OpenAPI response of routes that stream server-sent events or return non-JSON bodies.
+SSE_RESPONSES: dict[int | str, dict[str, Any]] = {200: {
+    "description": "server-sent events (text/event-stream): `event:` names the kind, `data:` "
+                   "holds one JSON object; comments keep the connection alive",
+    "content": {"text/event-stream": {"schema": {
+        "type": "string", "description": "an endless stream of SSE frames"}}}}}
+
+
+def binary_response(media_type: str, what: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI 200 of a route whose body is a file or text, not JSON."""
+    schema = {"type": "string", "format": "binary"} if "text" not in media_type \
+        else {"type": "string"}
+    return {200: {"description": what, "content": {media_type: {"schema": schema}}}}

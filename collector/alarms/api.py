@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
+from collector.alarms import repo
 from collector.alarms.config import AlarmsConfig, parse_duration
 from collector.alarms.desk import (
     BadRequest,
@@ -29,11 +30,19 @@ from collector.alarms.desk import (
     NotAllowed,
 )
 from collector.alarms.lifecycle import ACTIVE_STATES, IllegalTransition, State
+from collector.alarms.models import (
+    AlarmEpisodeOut,
+    HistoryStepOut,
+    IncidentDetailOut,
+    IncidentOut,
+    SilenceOut,
+    StatsOut,
+)
 from collector.api import parse_time
 from collector.auth import Role, admit, hash_token, lookup, presented_token
 from collector.broadcast import DROPPED, HEARTBEAT, updates
 from collector.pages import page
-from collector.params import RowId
+from collector.params import SSE_RESPONSES, RowId
 
 KEEPALIVE_S = 15.0
 TOKEN_RECHECK_S = 5.0  # an open stream notices a revoked token within this time
@@ -84,7 +93,10 @@ DeskDep = Annotated[IncidentDesk, Depends(get_desk)]
 
 
 def get_principal(request: Request, desk: DeskDep,
-                  token: Annotated[str | None, Query()] = None) -> Principal:
+                  token: Annotated[str | None, Query(
+                      description="the bearer token, for clients that cannot send the "
+                                  "Authorization header (EventSource); the header wins")]
+                  = None) -> Principal:
     """Authenticate `Authorization: Bearer <token>` or `?token=`; 401 otherwise.
 
     One token system: API tokens (collector.auth; role crew scoped to its unit, ops, admin
@@ -131,6 +143,12 @@ class NoteIn(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
+class NoteOnlyIn(BaseModel):
+    """A note for the incident's history."""
+
+    note: str = Field(min_length=1, max_length=2000, description="free text, kept as written")
+
+
 class AssignIn(BaseModel):
     """Give an incident to a member and/or another unit (a unit alone: its on-call first)."""
 
@@ -174,19 +192,57 @@ def _states(state: str | None) -> list[str] | None:
     return names
 
 
-@router.get("/incidents")
-def list_incidents(desk: DeskDep, who: PrincipalDep, state: str | None = None,
-                   unit: str | None = None,
-                   limit: Annotated[int, Query(ge=1, le=5000)] = 500,
-                   order: Literal["newest", "urgency"] = "newest") -> list[dict[str, Any]]:
-    """Incidents newest first, or by `order=urgency` (critical first, then longest waiting);
-    `state` is a state, a comma list, or `active`."""
-    return desk.incidents(_states(state), _units(who, unit), limit, order == "urgency")
+def _csv(name: str, text: str | None) -> list[str] | None:
+    """A comma list query parameter, each item bounded."""
+    if not text:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if len(items) > 50 or any(len(t) > 128 for t in items):
+        raise HTTPException(422, f"{name}: at most 50 comma-separated values of 128 characters")
+    return items or None
 
 
-@router.get("/incidents/stats")
-def incident_stats(desk: DeskDep, who: PrincipalDep, since: str | None = None,
-                   unit: str | None = None) -> dict[str, Any]:
+@router.get("/incidents", response_model=list[IncidentOut])
+def list_incidents(
+    desk: DeskDep, who: PrincipalDep,
+    state: Annotated[str | None, Query(description="a state, a comma list of states, or "
+                                                   "`active` (open, acknowledged, on_site)")]
+    = None,
+    unit: Annotated[str | None, Query(description="responsible unit id (crew: one of theirs)")]
+    = None,
+    kind: Annotated[str | None, Query(description="incident kind(s), comma-separated, e.g. "
+                                                  "trapped_passenger,gateway_offline")] = None,
+    district: Annotated[str | None, Query(description="district (grid) id(s), comma-separated")]
+    = None,
+    site: Annotated[str | None, Query(description="site id(s), comma-separated")] = None,
+    limit: Annotated[int, Query(ge=1, le=5000, description="at most this many")] = 500,
+    order: Annotated[Literal["newest", "urgency"],
+                     Query(description="legacy order: newest, or urgency (critical first, "
+                                       "then longest waiting); `sort` wins when given")]
+    = "newest",
+    sort: Annotated[str | None, Query(
+        description="sort key, `-` in front for descending: opened_at, age, severity, state, "
+                    "unit, kind, district, site, id, or urgency", max_length=16)] = None,
+) -> list[dict[str, Any]]:
+    """Incidents newest first, filtered by state, unit, kind, district and site, in any order;
+    each with its running age and arrival-SLA state."""
+    if sort is not None and sort != "urgency" and sort.lstrip("-") not in repo.SORT_KEYS:
+        raise HTTPException(422, f"sort={sort!r}: one of {list(repo.SORT_KEYS)} "
+                                 "(optionally with a leading -) or urgency")
+    where = repo.IncidentFilter(kinds=_csv("kind", kind), grids=_csv("district", district),
+                                sites=_csv("site", site), sort=sort or "-opened_at")
+    return desk.incidents(_states(state), _units(who, unit), limit,
+                          sort is None and order == "urgency", where)
+
+
+@router.get("/incidents/stats", response_model=StatsOut)
+def incident_stats(
+    desk: DeskDep, who: PrincipalDep,
+    since: Annotated[str | None, Query(max_length=40, description="ISO 8601 or epoch ms: "
+                                       "incidents opened since; default 30 days ago")] = None,
+    unit: Annotated[str | None, Query(max_length=128, description="one unit (crew: one of "
+                                      "theirs)")] = None,
+) -> dict[str, Any]:
     """Per unit and per kind: found, acknowledged, resolved, closed; mean and p90 time to
     acknowledge, arrive and resolve, with the share arrived within the SLA."""
     start = parse_time(since, "since")
@@ -195,9 +251,11 @@ def incident_stats(desk: DeskDep, who: PrincipalDep, since: str | None = None,
     return desk.stats(start, _units(who, unit))
 
 
-@router.get("/incidents/stream")
+@router.get("/incidents/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)
 async def incident_stream(request: Request, desk: DeskDep, who: PrincipalDep,
-                          unit: str | None = None) -> StreamingResponse:
+                          unit: Annotated[str | None, Query(
+                              max_length=128, description="only this unit's incidents")]
+                          = None) -> StreamingResponse:
     """Server-sent events: `incident` with the incident's JSON on every change."""
     units = _units(who, unit)
     token = presented_token(request)
@@ -233,7 +291,7 @@ async def _events(request: Request, desk: IncidentDesk, units: list[str] | None,
                 yield f"event: incident\ndata: {orjson.dumps(item).decode()}\n\n"
 
 
-@router.get("/incidents/{incident_id}")
+@router.get("/incidents/{incident_id}", response_model=IncidentDetailOut)
 def get_incident(incident_id: RowId, desk: DeskDep, who: PrincipalDep) -> dict[str, Any]:
     """One incident with its history (who did what, when, with which note)."""
     inc = _incident(desk, incident_id)
@@ -242,7 +300,24 @@ def get_incident(incident_id: RowId, desk: DeskDep, who: PrincipalDep) -> dict[s
     return inc
 
 
-@router.post("/incidents/{incident_id}/assign")
+@router.get("/incidents/{incident_id}/history", response_model=list[HistoryStepOut])
+def incident_history(incident_id: RowId, desk: DeskDep,
+                     who: PrincipalDep) -> list[dict[str, Any]]:
+    """The steps of an incident oldest first: transitions, notes, assignments, pages sent,
+    and every forced step with its override reason and the conditions it overrode."""
+    _visible(desk, incident_id, who)
+    return desk.history(incident_id)
+
+
+@router.post("/incidents/{incident_id}/note", response_model=IncidentDetailOut)
+def add_note(incident_id: RowId, body: NoteOnlyIn, desk: DeskDep,
+             who: PrincipalDep) -> dict[str, Any]:
+    """Add a note to the incident's history (no state change)."""
+    _visible(desk, incident_id, who)
+    return desk.note(incident_id, who.name, body.note)
+
+
+@router.post("/incidents/{incident_id}/assign", response_model=IncidentOut)
 def assign(incident_id: RowId, body: AssignIn, desk: DeskDep,
            who: PrincipalDep) -> dict[str, Any]:
     """Re-assign to another member and/or unit (crew: within their own units); recorded."""
@@ -259,8 +334,10 @@ def assign(incident_id: RowId, body: AssignIn, desk: DeskDep,
         raise HTTPException(422, str(exc)) from None
 
 
-@router.post("/incidents/{incident_id}/{action}")
-def act(incident_id: RowId, action: Literal["ack", "arrive", "resolve", "close"],
+@router.post("/incidents/{incident_id}/{action}", response_model=IncidentOut)
+def act(incident_id: RowId,
+        action: Annotated[Literal["ack", "arrive", "resolve", "close"], Path(
+            description="the lifecycle step: ack(nowledge), arrive (on site), resolve, close")],
         desk: DeskDep, who: PrincipalDep, body: NoteIn | None = None) -> dict[str, Any]:
     """Move an incident one step; 409 with the allowed next steps when the step is illegal,
     or with the conditions still present when resolve/close lacks an override."""
@@ -294,23 +371,30 @@ def _incident(desk: IncidentDesk, incident_id: int) -> dict[str, Any]:
         raise HTTPException(404, str(exc)) from None
 
 
-@router.get("/alarms")
-def list_alarms(desk: DeskDep, _who: PrincipalDep, active: bool | None = None,
-                limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[dict[str, Any]]:
+@router.get("/alarms", response_model=list[AlarmEpisodeOut])
+def list_alarms(
+    desk: DeskDep, _who: PrincipalDep,
+    active: Annotated[bool | None, Query(description="true: active only; false: cleared "
+                                         "only; omit: both")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many")] = 1000,
+) -> list[dict[str, Any]]:
     """Alarm episodes newest first; `held` says why an active one has no incident."""
     return desk.alarms(active, limit)
 
 
-@router.get("/silences")
-def list_silences(desk: DeskDep, who: PrincipalDep, include_expired: bool = False,
-                  include_deleted: bool = False) -> list[dict[str, Any]]:
+@router.get("/silences", response_model=list[SilenceOut])
+def list_silences(
+    desk: DeskDep, who: PrincipalDep,
+    include_expired: Annotated[bool, Query(description="also windows that have ended")] = False,
+    include_deleted: Annotated[bool, Query(description="also windows deleted early")] = False,
+) -> list[dict[str, Any]]:
     """Maintenance windows in force or planned (past and deleted ones on request: the audit
     trail); crew see their units' and ops' silences."""
     return desk.silences(include_expired, include_deleted,
                          None if who.role == "ops" else who.units)
 
 
-@router.post("/silences", status_code=201)
+@router.post("/silences", status_code=201, response_model=SilenceOut)
 def create_silence(body: SilenceIn, desk: DeskDep, who: PrincipalDep) -> dict[str, Any]:
     """Open a maintenance window: matching alarms raise no incident and no notice."""
     if not (body.site or body.device or body.kind):

@@ -27,6 +27,9 @@ from collector.alarms.repo import AlarmRow
 from collector.store import Accepted
 from devices.contract import DataEnvelope, WireEvent, WireReading
 
+# A gateway_offline alarm lists at most this many of its devices (the count is always exact).
+MAX_LISTED_DEVICES = 1000
+
 
 class AlarmBook:
     """Live alarm episodes by dedup key, plus what grouping and thresholds need to remember."""
@@ -178,19 +181,32 @@ class AlarmBook:
         inventory = self.inventory.get(gateway, set())
         down = gateway in self._down or gateway_all_offline(inventory,
                                                             self._offline.get(gateway, set()))
-        sites = {self.sites.site_of(d, gateway) for d in inventory} \
-            or {self.sites.site_of(None, gateway)}
-        for site in sorted(sites):
-            key = (site, gateway, GATEWAY_OFFLINE)
-            row = self.live.get(key)
-            active = row is not None and row.active
-            if down and not active:
-                why = "state offline" if gateway in self._down else "all devices offline"
-                # Collector time on both edges: the gateway's clock may not be trusted here.
-                self.raise_(key, gateway, "group", "major", now, now, f"gateway {why}",
-                            {"devices": len(inventory), "why": why})
-            elif not down and active:
-                self.clear(key, now)
+        key = self._gateway_key(gateway, inventory)
+        row = self.live.get(key)
+        active = row is not None and row.active
+        if down and not active:
+            why = "state offline" if gateway in self._down else "all devices offline"
+            devices = sorted(inventory)
+            # Collector time on both edges: the gateway's clock may not be trusted here.
+            self.raise_(key, gateway, "group", "major", now, now, f"gateway {why}",
+                        {"devices": len(devices), "why": why,
+                         "device_ids": devices[:MAX_LISTED_DEVICES]})
+        elif not down and active:
+            self.clear(key, now)
+
+    def _gateway_key(self, gateway: str, inventory: set[str]) -> AlarmKey:
+        """The one dedup key of a gateway being down, whatever sites its devices are at.
+
+        A gateway serving several sites is one fault, so one episode: at its own site, at the
+        one site all its devices share, or at `gw:<gateway>`. A live episode keeps its key.
+        """
+        for key in self.live:
+            if key[1] == gateway and key[2] == GATEWAY_OFFLINE:
+                return key
+        sites = {self.sites.site_of(d, gateway) for d in inventory}
+        own = self.sites.by_gateway.get(gateway)
+        site = own or (sites.pop() if len(sites) == 1 else f"gw:{gateway}")
+        return (site, gateway, GATEWAY_OFFLINE)
 
     # --- episodes ---------------------------------------------------------------------------
 
@@ -256,13 +272,18 @@ class AlarmBook:
     def _set_group(self, row: AlarmRow, active: bool) -> None:
         if row.source != "group":
             return
-        group = self._inhibitors.setdefault(row.site, set())
+        # A gateway down explains its devices' alarms at every site; a site alarm, its site's.
+        scope = f"gw:{row.gateway}" if row.kind == GATEWAY_OFFLINE else row.site
+        group = self._inhibitors.setdefault(scope, set())
         (group.add if active else group.discard)(row.key)
 
     def inhibitor(self, row: AlarmRow) -> str | None:
-        """The active site-wide alarm that explains this per-device alarm, if any."""
-        group = self._inhibitors.get(row.site)
-        if not group or row.source == "group":
+        """The active site-wide or gateway-wide alarm that explains this per-device alarm."""
+        if row.source == "group":
+            return None
+        group = self._inhibitors.get(row.site, set()) | \
+            self._inhibitors.get(f"gw:{row.gateway}", set())
+        if not group:
             return None
         return "/".join(min(group))
 

@@ -19,6 +19,7 @@ from collector.alarms import repo
 from collector.alarms.config import AlarmsConfig, Member
 from collector.alarms.lifecycle import ACTIVE_STATES
 from collector.alarms.policy import (
+    GATEWAY_OFFLINE,
     SITE_DEVICE,
     EscalationView,
     next_escalation,
@@ -184,7 +185,50 @@ def card_fields(row: dict[str, Any], facts: Facts, cfg: AlarmsConfig,
         "escalations": [_fired_view(e) for e in fired],
         "next_escalation": _next(row, cfg, fired),
         "overrides": row["overrides"],
+        "devices": devices_of(row, alarm),
+        "age_s": age_s(row, now),
+        "sla": sla_view(row, sla, now),
+        "district": row["grid"],
     }
+
+
+def devices_of(row: dict[str, Any], alarm: dict[str, Any]) -> list[str]:
+    """The devices an incident is about: every device behind a gateway that is down."""
+    if row["kind"] == GATEWAY_OFFLINE:
+        listed = (alarm.get("evidence") or {}).get("device_ids")
+        return [str(d) for d in listed] if isinstance(listed, list) else []
+    return [] if row["device_id"] == SITE_DEVICE else [row["device_id"]]
+
+
+def age_s(row: dict[str, Any], now: int) -> float:
+    """How long the incident has been open, or was open until it was resolved or closed."""
+    end = now if row["state"] in ACTIVE_STATES else \
+        (row["resolved_at"] or row["closed_at"] or now)
+    return max(0.0, (end - row["opened_at"]) / 1000)
+
+
+def sla_view(row: dict[str, Any], target_ms: int | None, now: int) -> dict[str, Any]:
+    """Where an incident stands against its arrival SLA, with the colour the ops map uses.
+
+    ok (green) while more than a quarter of the target is left, due_soon (amber) in the last
+    quarter, breached (red) past it; met (green) or missed (red) once someone arrived; none
+    (grey) when the kind has no SLA or the incident ended before anyone had to go.
+    """
+    if target_ms is None:
+        return {"state": "none", "colour": "grey", "target_s": None, "due_at": None}
+    due = row["opened_at"] + target_ms
+    arrived = row["arrived_at"]
+    if arrived is not None:
+        state = "met" if arrived <= due else "missed"
+    elif row["state"] not in ACTIVE_STATES:
+        state = "none"
+    elif now >= due:
+        state = "breached"
+    else:
+        state = "due_soon" if due - now <= target_ms // 4 else "ok"
+    colour = {"ok": "green", "met": "green", "due_soon": "amber", "breached": "red",
+              "missed": "red", "none": "grey"}[state]
+    return {"state": state, "colour": colour, "target_s": target_ms / 1000, "due_at": iso(due)}
 
 
 def describe(conn: sa.Connection, cfg: AlarmsConfig, public_url: str,

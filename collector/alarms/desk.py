@@ -156,10 +156,27 @@ class IncidentDesk:
         return {**view, "history": [history_view(h) for h in steps]}
 
     def incidents(self, states: list[str] | None, units: list[str] | None,
-                  limit: int = 500, urgency: bool = False) -> list[dict[str, Any]]:
+                  limit: int = 500, urgency: bool = False,
+                  where: repo.IncidentFilter | None = None) -> list[dict[str, Any]]:
         """Incidents newest (or most urgent) first, filtered by states and units (None: any)."""
         with self._db.connect() as conn:
-            return self._views(conn, repo.list_incidents(conn, states, units, limit, urgency))
+            return self._views(conn, repo.list_incidents(conn, states, units, limit, urgency,
+                                                         where))
+
+    def history(self, incident_id: int) -> list[dict[str, Any]]:
+        """The steps of an incident, oldest first (transitions, notes, overrides, pages)."""
+        with self._db.connect() as conn:
+            _incident(conn, incident_id)
+            return [history_view(h) for h in repo.history(conn, incident_id)]
+
+    def note(self, incident_id: int, who: str, note: str) -> dict[str, Any]:
+        """Add a note to an incident's history without changing its state."""
+        eng = self.engine
+        with eng.lock, self._db.begin() as conn:
+            inc = _incident(conn, incident_id)
+            repo.add_history(conn, incident_id, eng.clock(), inc["state"], inc["state"],
+                             who, note[:MAX_NOTE], event="note")
+        return self.incident(incident_id)
 
     def stats(self, since: int, units: list[str] | None = None) -> dict[str, Any]:
         """Closed-loop figures for incidents opened since a time."""

@@ -152,15 +152,48 @@ def severity_rank(column: sa.ColumnElement[Any]) -> sa.ColumnElement[int]:
     return sa.case(SEVERITY_RANK, value=column, else_=len(SEVERITY_RANK))
 
 
-def list_incidents(conn: sa.Connection, states: list[str] | None, units: list[str] | None,
-                   limit: int, urgency: bool = False) -> list[dict[str, Any]]:
-    """Incidents filtered by states and units (None: any): newest first, or most urgent first
-    (severity, then the longest waiting)."""
+@dataclass(frozen=True, slots=True)
+class IncidentFilter:
+    """Which incidents a list shows (None: any) and in what order."""
+
+    states: list[str] | None = None
+    units: list[str] | None = None
+    kinds: list[str] | None = None
+    grids: list[str] | None = None
+    sites: list[str] | None = None
+    sort: str = "-opened_at"
+
+
+def _order(sort: str) -> tuple[sa.ColumnElement[Any], ...]:
+    """SQL order of a list sort key; `-` in front reverses it, ties by id."""
     i = incidents
-    order = (severity_rank(i.c.severity), i.c.opened_at, i.c.id) if urgency else (i.c.id.desc(),)
+    if sort == "urgency":
+        return (severity_rank(i.c.severity), i.c.opened_at, i.c.id)
+    desc = sort.startswith("-")
+    key = sort.lstrip("-")
+    column: sa.ColumnElement[Any] = {
+        "opened_at": i.c.opened_at, "age": -i.c.opened_at, "severity": severity_rank(i.c.severity),
+        "state": i.c.state, "unit": i.c.unit, "kind": i.c.kind, "district": i.c.grid,
+        "site": i.c.site, "id": i.c.id}[key]
+    return (column.desc(), i.c.id.desc()) if desc else (column.asc(), i.c.id.asc())
+
+
+SORT_KEYS = ("opened_at", "age", "severity", "state", "unit", "kind", "district", "site", "id")
+
+
+def list_incidents(conn: sa.Connection, states: list[str] | None, units: list[str] | None,
+                   limit: int, urgency: bool = False,
+                   where: IncidentFilter | None = None) -> list[dict[str, Any]]:
+    """Incidents filtered by states and units (None: any): newest first, or most urgent first
+    (severity, then the longest waiting); `where` adds filters and another order."""
+    i = incidents
+    f = where or IncidentFilter()
+    order = _order("urgency" if urgency else f.sort)
     stmt = sa.select(incidents).order_by(*order).limit(limit)
-    if states:
-        stmt = stmt.where(incidents.c.state.in_(states))
+    for column, wanted in ((i.c.state, states), (i.c.kind, f.kinds), (i.c.grid, f.grids),
+                           (i.c.site, f.sites)):
+        if wanted:
+            stmt = stmt.where(column.in_(wanted))
     if units is not None:
         stmt = stmt.where(incidents.c.unit.in_(units))
     return [dict(r) for r in conn.execute(stmt).mappings()]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from collector.api import StoreDep
 from collector.broadcast import DROPPED, HEARTBEAT, updates
@@ -23,8 +23,10 @@ from collector.elevators.stats import (
     rank,
     risk_of,
     trips_per_day,
+    usage_scaled,
 )
 from collector.elevators.stream import EventStream
+from collector.params import SSE_RESPONSES, DeviceIdPath
 from devices.contract import DEVICE_ID_RE
 
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies drop idle streams)
@@ -61,6 +63,12 @@ class RiskOut(BaseModel):
     faults_last_7d: int
     faults_previous_23d: int
     explanation: list[str]
+    trips_30d: int = Field(description="trips in the last 30 days (from trip_count)")
+    score_per_1000_trips: float = Field(
+        description="score x 1000 / trips, with at least 1000 trips assumed so that a lift "
+                    "barely used is not ranked on a handful of trips")
+    site: str = Field(description="the lift's site ('' when not configured)")
+    district: str = Field(description="the site's district ('' when not known)")
 
 
 def get_stream(request: Request) -> EventStream:
@@ -84,24 +92,57 @@ def _lift(store: Any, device_id: str) -> None:
 
 
 @router.get("/elevators/risk")
-def risk(store: StoreDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[RiskOut]:
-    """Lifts ranked by risk from their last 30 days of faults, each score explained."""
+def risk(
+    request: Request, store: StoreDep,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many lifts")] = 100,
+    district: Annotated[str | None, Query(max_length=128, description="only lifts of this "
+                                                                      "district")] = None,
+    rank_by: Annotated[Literal["score", "per_1000_trips"], Query(
+        description="score: the 30-day fault score; per_1000_trips: the score per 1000 trips "
+                    "(usage-scaled: a busy lift's faults weigh less than an idle one's)")]
+    = "score",
+) -> list[RiskOut]:
+    """Lifts ranked by risk from their last 30 days of faults, each score explained, with the
+    trips that scale it, per district."""
+    from collector.cityview.places import Places
+
     now = now_ms()
     events = queries.raised_events(store, now - 30 * DAY_MS, now + 1)
     by_device: dict[str, list[dict[str, Any]]] = {}
     for e in events:
         by_device.setdefault(e["device_id"], []).append(e)
-    lifts = [d["device_id"] for d in store.devices(kind="elevator")]
-    ranked = rank(risk_of(d, by_device.get(d, []), now) for d in lifts)
-    return [RiskOut(device=r.device, score=r.score, faults_30d=r.faults,
-                    entrapments_30d=r.entrapments, door_faults_30d=r.door_faults,
-                    faults_last_7d=r.last_7_days, faults_previous_23d=r.previous_23_days,
-                    explanation=r.explanation) for r in ranked[:limit]]
+    places = Places(request.app.state, store)
+    lifts = [(d["device_id"], places.lift(d["device_id"], d["gateway_id"]))
+             for d in store.devices(kind="elevator")]
+    if district is not None:
+        lifts = [(d, p) for d, p in lifts if p.district == district]
+    ranked = rank(risk_of(d, by_device.get(d, []), now) for d, _ in lifts)
+    if rank_by == "score":  # trips are read only for the lifts returned
+        ranked = ranked[:limit]
+    where = dict(lifts)
+    trips = queries.trip_samples_many(store, [r.device for r in ranked], now - 30 * DAY_MS,
+                                      now + 1)
+    out = []
+    for r in ranked:
+        baseline, samples = trips[r.device]
+        usage = usage_scaled(r, sum(trips_per_day(samples, baseline).values()))
+        place = where[r.device]
+        out.append(RiskOut(device=r.device, score=r.score, faults_30d=r.faults,
+                           entrapments_30d=r.entrapments, door_faults_30d=r.door_faults,
+                           faults_last_7d=r.last_7_days,
+                           faults_previous_23d=r.previous_23_days,
+                           explanation=[*r.explanation, usage.words], trips_30d=usage.trips,
+                           score_per_1000_trips=usage.per_1000, site=place.site,
+                           district=place.district))
+    if rank_by == "per_1000_trips":
+        out.sort(key=lambda o: (-o.score_per_1000_trips, -o.entrapments_30d, o.device))
+    return out[:limit]
 
 
 @router.get("/elevators/{device_id}/stats")
-def stats(device_id: str, store: StoreDep,
-          days: Annotated[int, Query(ge=1, le=366)] = 30) -> StatsOut:
+def stats(device_id: DeviceIdPath, store: StoreDep,
+          days: Annotated[int, Query(ge=1, le=366, description="whole UTC days back, today "
+                                                               "included")] = 30) -> StatsOut:
     """Trips (from trip_count increases), faults per kind and entrapments per UTC day."""
     _lift(store, device_id)
     until = now_ms() + 1
@@ -121,9 +162,13 @@ def stats(device_id: str, store: StoreDep,
                     totals=totals, per_day=per_day)
 
 
-@router.get("/events/stream")
-async def event_stream(request: Request, stream: StreamDep, device: str | None = None,
-                       kind: str | None = None) -> StreamingResponse:
+@router.get("/events/stream", response_class=StreamingResponse, responses=SSE_RESPONSES)
+async def event_stream(
+    request: Request, stream: StreamDep,
+    device: Annotated[str | None, Query(max_length=128, description="only this device")] = None,
+    kind: Annotated[str | None, Query(max_length=128, description="only this event kind")]
+    = None,
+) -> StreamingResponse:
     """Server-sent events: every event as the collector commits it (filters: device, kind)."""
     sub = stream.subscribe(device, kind)
 

@@ -127,3 +127,23 @@ def _trend_words(recent: int, earlier: int) -> str:
 def rank(risks: Iterable[Risk]) -> list[Risk]:
     """Riskiest first; ties by most entrapments, then by device id."""
     return sorted(risks, key=lambda r: (-r.score, -r.entrapments, r.device))
+
+
+MIN_TRIPS = 1000  # usage scaling assumes at least this many trips (a month of a quiet lift)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A risk score scaled by how much the lift is used, with its explanation."""
+
+    trips: int
+    per_1000: float
+    words: str
+
+
+def usage_scaled(risk: Risk, trips: int) -> Usage:
+    """Score per 1000 trips (at least MIN_TRIPS assumed): faults per use, not per lift."""
+    per_1000 = round(risk.score * 1000 / max(trips, MIN_TRIPS), 2)
+    floor = f" (counted as {MIN_TRIPS})" if trips < MIN_TRIPS else ""
+    return Usage(trips, per_1000, f"{trips} trip(s) in 30 days{floor}: {per_1000:g} points "
+                                  f"per 1000 trips")

@@ -18,6 +18,7 @@ In collector.toml the ``[sites]`` section holds it::
     kind = "dust"
     devices = ["dust-1"]
     limits = { pm10_margin = 60 }   # per-site override
+    responsible = { name = "Zhang Wei", phone = "13900000001", unit = "Metro Construction Co." }
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ class District(_Model):
     outline: list[tuple[float, float]] = Field(default_factory=list)
 
 
+class Responsible(_Model):
+    """The person answerable for a site: who the map names and the inspector calls."""
+
+    name: str = Field(default="", max_length=100)
+    phone: str = Field(default="", max_length=40, pattern=r"^[0-9+()\- ]*$")
+    unit: str = Field(default="", max_length=100, description="company or department")
+
+
 class Site(_Model):
     """A monitored site: a construction site with dust monitors or a boiler house."""
 
@@ -74,6 +83,7 @@ class Site(_Model):
     kind: Literal["dust", "boiler"]
     devices: list[str] = Field(min_length=1)
     limits: dict[str, Any] = Field(default_factory=dict)
+    responsible: Responsible = Field(default_factory=Responsible)
 
 
 class EnvironmentConfig(_Model):

@@ -263,3 +263,32 @@ class EnvironmentMonitor:
                      self.store.readings(sid, quantity, since, until, limit)]
         rows.sort(key=lambda r: (r["ts"], r["device"]))
         return rows[:limit]
+
+    def newest_values(self, site: Site, quantity: str, since: int,
+                      limit: int = 20_000) -> list[dict[str, Any]]:
+        """A site's real-time values of one quantity since a time, newest first (bounded)."""
+        r = schema.readings
+        stmt = (sa.select(r.c.ts, r.c.value, r.c.quality)
+                .where(r.c.device_id.in_(list(site.devices)), r.c.quantity == quantity,
+                       r.c.ts >= since)
+                .order_by(r.c.ts.desc()).limit(limit))
+        with self.store.engine.connect() as conn:
+            return [dict(x) for x in conn.execute(stmt).mappings()]
+
+    def run_above(self, site: Site, quantity: str, limit: float,
+                  since: int) -> tuple[int, bool] | None:
+        """Start of the current run of measurements above `limit` (looked for since `since`):
+        (ts, exact), exact False when the run is older than `since`; None without one.
+
+        Two indexed queries (the last measurement at or below the limit, then the first above
+        it after that), whatever the reporting rate.
+        """
+        r = schema.readings
+        where = (r.c.device_id.in_(list(site.devices)), r.c.quantity == quantity,
+                 r.c.ts >= since, r.c.quality != "bad", r.c.value.is_not(None))
+        with self.store.engine.connect() as conn:
+            last_ok = conn.scalar(sa.select(sa.func.max(r.c.ts)).where(*where,
+                                                                       r.c.value <= limit))
+            start = conn.scalar(sa.select(sa.func.min(r.c.ts)).where(
+                *where, r.c.value > limit, r.c.ts > (last_ok if last_ok is not None else -1)))
+        return None if start is None else (int(start), last_ok is not None)

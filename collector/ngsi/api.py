@@ -7,23 +7,56 @@ https://uri.etsi.org/ngsi-ld/errors/). The @context goes in a Link header for
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from collector import schema
 from collector.api import parse_time
 from collector.ngsi import model
 from collector.ngsi.source import EntitySource
-from collector.params import Offset
+from collector.params import INT64_MAX
 
 MAX_LIMIT = 1000
 TEMPORAL_MAX = 10_000
+TYPE_SAMPLE = 50  # entities looked at per type for /types?details=true attribute names
+
+
+class EntityOut(BaseModel):
+    """An NGSI-LD entity: id, type and its attributes (Property, GeoProperty, Relationship)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="urn:ngsi-ld:<Type>:<local id>")
+    type: str
+
+
+class TemporalEntityOut(EntityOut):
+    """An entity whose attributes are arrays of instances, each with observedAt."""
+
+
+class EntityTypeListOut(BaseModel):
+    """NGSI-LD EntityTypeList: the types of entities available now."""
+
+    id: str = Field(description="urn:ngsi-ld:EntityTypeList:<digest of the list>")
+    type: Literal["EntityTypeList"] = "EntityTypeList"
+    typeList: list[str]
+
+
+class EntityTypeOut(BaseModel):
+    """NGSI-LD EntityType: a type and the attributes its entities carry."""
+
+    id: str = Field(description="the type (short name, expanded by the core @context)")
+    type: Literal["EntityType"] = "EntityType"
+    typeName: str
+    attributeNames: list[str]
 
 
 class NgsiError(Exception):
@@ -106,16 +139,52 @@ def _shape(entity: dict[str, Any], attrs: set[str] | None, options: str | None) 
     return model.key_values(out) if {"keyValues", "simplified"} & opts else out
 
 
-@router.get("/entities")
+TypeQ = Annotated[str | None, Query(
+    max_length=500, description="entity type(s), comma-separated: ParkingSpot, "
+    "OnStreetParking, OffStreetParking, AirQualityObserved, Device, Alert (see /types); "
+    "type or id is required")]
+IdQ = Annotated[str | None, Query(
+    max_length=20_000, description="entity URN(s), comma-separated, e.g. "
+    "urn:ngsi-ld:ParkingSpot:pk-1001")]
+AttrsQ = Annotated[str | None, Query(
+    max_length=2000, description="only these attributes, comma-separated (e.g. "
+    "status,location); id and type are always returned")]
+OptionsQ = Annotated[str | None, Query(
+    max_length=100, description="keyValues (or simplified): plain values instead of "
+    "Property objects")]
+ENTITY_RESPONSES: dict[int | str, dict[str, Any]] = {200: {
+    "model": list[EntityOut],
+    "description": "entities as NGSI-LD JSON (@context in a Link header) or JSON-LD "
+                   "(Accept: application/ld+json, @context inline)"}}
+
+
+@router.get("/entities", response_model=None, responses=ENTITY_RESPONSES)
 def query_entities(
     request: Request, source: SourceDep,
-    type: Annotated[str | None, Query()] = None,
-    id: Annotated[str | None, Query()] = None,
-    q: str | None = None, attrs: str | None = None, georel: str | None = None,
-    geometry: str | None = None, coordinates: str | None = None,
-    limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 20,
-    offset: Offset = 0,
-    count: bool = False, options: str | None = None,
+    type: TypeQ = None,
+    id: IdQ = None,
+    q: Annotated[str | None, Query(
+        max_length=2000, description="NGSI-LD query language: attribute comparisons "
+        "joined by ; (and), e.g. status==\"free\" or availableSpotNumber>0; attribute "
+        "paths with . for sub-attributes")] = None,
+    attrs: AttrsQ = None,
+    georel: Annotated[str | None, Query(
+        max_length=100, description="geo relation to `geometry`/`coordinates`: "
+        "near;maxDistance==<metres> (nearest first) or within; needs geometry and "
+        "coordinates")] = None,
+    geometry: Annotated[str | None, Query(
+        max_length=20, description="shape of the geo-query reference: Point (near) or "
+        "Polygon (within)")] = None,
+    coordinates: Annotated[str | None, Query(
+        max_length=20_000, description="GeoJSON coordinates of the reference, [lon,lat] for a "
+        "Point, [[[lon,lat],...]] for a Polygon")] = None,
+    limit: Annotated[int, Query(ge=0, le=MAX_LIMIT, description="page size (0 with count=true "
+                                                                "gives only the count)")] = 20,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX, description="entities to skip (paging)")]
+    = 0,
+    count: Annotated[bool, Query(description="add the NGSILD-Results-Count header with the "
+                                             "number of matches")] = False,
+    options: OptionsQ = None,
 ) -> Response:
     """Entities of the given types matching q, a geo-query and id; paginated."""
     try:
@@ -145,9 +214,12 @@ def query_entities(
     return ngsi_response(request, page, headers)
 
 
-@router.get("/entities/{entity_id}")
-def get_entity(request: Request, entity_id: str, source: SourceDep,
-               attrs: str | None = None, options: str | None = None) -> Response:
+@router.get("/entities/{entity_id}", response_model=None, responses={200: {
+    "model": EntityOut, "description": "the entity (JSON or JSON-LD as for /entities)"}})
+def get_entity(request: Request,
+               entity_id: Annotated[str, Path(max_length=600, description="the entity's URN, "
+                                              "urn:ngsi-ld:<Type>:<id>")],
+               source: SourceDep, attrs: AttrsQ = None, options: OptionsQ = None) -> Response:
     """One entity by its URN."""
     if model.split_urn(entity_id) is None:
         raise bad_request(f"{entity_id!r} is not an NGSI-LD URN (urn:ngsi-ld:<Type>:<id>)")
@@ -196,16 +268,24 @@ def _instances(rows: list[Any], etype: str) -> dict[str, list[dict[str, Any]]]:
     return attrs
 
 
-@router.get("/temporal/entities")
+@router.get("/temporal/entities", response_model=None, responses={200: {
+    "model": list[TemporalEntityOut],
+    "description": "entities with each attribute an array of instances (observedAt)"}})
 def temporal_entities(
     request: Request, source: SourceDep,
-    type: Annotated[str | None, Query()] = None,
-    id: Annotated[str | None, Query()] = None,
-    timerel: str | None = None, timeAt: str | None = None,
-    endTimeAt: str | None = None, attrs: str | None = None,
-    lastN: Annotated[int | None, Query(ge=1, le=TEMPORAL_MAX)] = None,
-    limit: Annotated[int, Query(ge=0, le=MAX_LIMIT)] = 20,
-    offset: Offset = 0,
+    type: TypeQ = None,
+    id: IdQ = None,
+    timerel: Annotated[str | None, Query(max_length=10, description="before, after or between "
+                                         "(with endTimeAt); required")] = None,
+    timeAt: Annotated[str | None, Query(max_length=40, description="ISO 8601 time the "
+                                        "relation refers to; required")] = None,
+    endTimeAt: Annotated[str | None, Query(max_length=40, description="ISO 8601 end of a "
+                                           "between interval (exclusive)")] = None,
+    attrs: AttrsQ = None,
+    lastN: Annotated[int | None, Query(ge=1, le=TEMPORAL_MAX, description="at most this many "
+                                       "instances per series (oldest first)")] = None,
+    limit: Annotated[int, Query(ge=0, le=MAX_LIMIT, description="entities per page")] = 20,
+    offset: Annotated[int, Query(ge=0, le=INT64_MAX, description="entities to skip")] = 0,
 ) -> Response:
     """Attribute histories (arrays of instances with observedAt) over a time interval."""
     since, until = _time_interval(timerel, timeAt, endTimeAt)
@@ -251,3 +331,34 @@ def _time_interval(timerel: str | None, time_at: str | None,
     if timerel == "before":
         return 0, at
     raise bad_request(f"timerel {timerel!r} is not before, after or between")
+
+
+# --- discovery ----------------------------------------------------------------------------------
+
+def _available(source: EntitySource) -> dict[str, list[str]]:
+    """Sample local ids of every type that has entities now."""
+    found = {t: source.sample_ids(t, TYPE_SAMPLE) for t in model.ENTITY_TYPES}
+    return {t: ids for t, ids in found.items() if ids}
+
+
+@router.get("/types", response_model=None, responses={200: {
+    "model": EntityTypeListOut | list[EntityTypeOut],
+    "description": "EntityTypeList, or with details=true a list of EntityType"}})
+def entity_types(
+    request: Request, source: SourceDep,
+    details: Annotated[bool, Query(description="true: one EntityType per type with the "
+                                               "attribute names its entities carry")] = False,
+) -> Response:
+    """The entity types available now (NGSI-LD discovery, EntityTypeList / EntityType)."""
+    available = _available(source)
+    if not details:
+        digest = hashlib.sha256(",".join(sorted(available)).encode()).hexdigest()[:16]
+        body: Any = EntityTypeListOut(id=f"urn:ngsi-ld:EntityTypeList:{digest}",
+                                      typeList=sorted(available)).model_dump()
+        return ngsi_response(request, body)
+    out = []
+    for etype, ids in sorted(available.items()):
+        entities = source.entities_by_id(model.urn(etype, i) for i in ids).values()
+        names = sorted({k for e in entities for k in e if k not in ("id", "type", "@context")})
+        out.append(EntityTypeOut(id=etype, typeName=etype, attributeNames=names).model_dump())
+    return ngsi_response(request, out)

@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 
 from collector.broadcast import DROPPED, HEARTBEAT, Broadcast, updates
 from collector.ngsi import model
+from collector.params import SSE_RESPONSES
 from collector.store import Accepted
 from devices.contract import DataEnvelope, EventsEnvelope
 from devices.hj212.normalise import Interval, split_series_id
@@ -134,7 +135,11 @@ async def sse(bus: Broadcast, request: Request,
 
 
 stream_router = APIRouter(prefix="/api/v1/stream", tags=["live feeds"])
-Filter = Annotated[str | None, Query()]
+KindQ = Annotated[str | None, Query(max_length=128, description="device kind (readings) or "
+                                     "event/incident kind")]
+SiteQ = Annotated[str | None, Query(max_length=128, description="environment site id")]
+ZoneQ = Annotated[str | None, Query(max_length=64, description="parking zone id")]
+DeviceQ = Annotated[str | None, Query(max_length=128, description="one device id")]
 
 
 def _stream(request: Request, channel: str, filters: dict[str, str | None]) -> \
@@ -149,25 +154,25 @@ def _stream(request: Request, channel: str, filters: dict[str, str | None]) -> \
                              headers={"Cache-Control": "no-store"})
 
 
-@stream_router.get("/readings")
-def stream_readings(request: Request, kind: Filter = None, site: Filter = None,
-                    zone: Filter = None, device: Filter = None) -> StreamingResponse:
+@stream_router.get("/readings", response_class=StreamingResponse, responses=SSE_RESPONSES)
+def stream_readings(request: Request, kind: KindQ = None, site: SiteQ = None,
+                    zone: ZoneQ = None, device: DeviceQ = None) -> StreamingResponse:
     """Live readings as SSE, filtered by device kind, site, parking zone or device."""
     return _stream(request, "readings", {"kind": kind, "site": site, "zone": zone,
                                          "device": device})
 
 
-@stream_router.get("/events")
-def stream_events(request: Request, kind: Filter = None, site: Filter = None,
-                  zone: Filter = None, device: Filter = None) -> StreamingResponse:
+@stream_router.get("/events", response_class=StreamingResponse, responses=SSE_RESPONSES)
+def stream_events(request: Request, kind: KindQ = None, site: SiteQ = None,
+                  zone: ZoneQ = None, device: DeviceQ = None) -> StreamingResponse:
     """Live events (faults raised/cleared, alarms) as SSE, filtered by event kind and place."""
     return _stream(request, "events", {"kind": kind, "site": site, "zone": zone,
                                        "device": device})
 
 
-@stream_router.get("/incidents")
-def stream_incidents(request: Request, kind: Filter = None, site: Filter = None,
-                     device: Filter = None) -> StreamingResponse:
+@stream_router.get("/incidents", response_class=StreamingResponse, responses=SSE_RESPONSES)
+def stream_incidents(request: Request, kind: KindQ = None, site: SiteQ = None,
+                     device: DeviceQ = None) -> StreamingResponse:
     """Live incident changes as SSE (from the alarm engine), filtered by kind, site, device."""
     return _stream(request, "incidents", {"kind": kind, "site": site, "device": device})
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from collector import partitions, schema
 from collector.clock import iso, now_ms
 from collector.ngsi.tables import DAY_MS, history_1h, history_1m
-from collector.params import parse_time
+from collector.params import DeviceIdPath, parse_time
 from collector.store import Row, Store
 from devices.quantities import QUANTITIES, ValueKind
 
@@ -205,12 +205,15 @@ history_router = APIRouter(prefix="/api/v1", tags=["history"])
 
 @history_router.get("/devices/{device_id}/history")
 def device_history(
-    request: Request, device_id: str, quantity: str,
+    request: Request, device_id: DeviceIdPath,
+    quantity: Annotated[str, Query(max_length=64, description="canonical quantity name")],
     since: Annotated[str | None, Query(description="ISO 8601 or epoch ms (default: 24 h ago)")]
     = None,
     until: Annotated[str | None, Query(description="ISO 8601 or epoch ms (default: now)")] = None,
-    resolution: Literal["raw", "1m", "1h"] = "1m",
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    resolution: Annotated[Literal["raw", "1m", "1h"], Query(
+        description="raw readings, or 1-minute / 1-hour min/avg/max/count")] = "1m",
+    limit: Annotated[int, Query(ge=1, le=100_000, description="at most this many points")]
+    = 10_000,
 ) -> HistoryOut:
     """A device quantity over time: raw readings or 1-minute / 1-hour min/avg/max/count."""
     keeper: HistoryKeeper = request.app.state.ngsi_history

@@ -112,7 +112,8 @@ def zone_type(kind: str) -> str:
 
 
 def parking_spot(row: Mapping[str, Any], zone: ZoneInfo | None) -> dict[str, Any]:
-    """A ParkingSpot from a `parking_spots` row; a spot without zone has no site or place."""
+    """A ParkingSpot from a `parking_spots` row, located at its bay when configured, else at its
+    zone; a spot without zone or bay position has no site or place."""
     observed = row.get("last_ts") or row.get("since")
     e: dict[str, Any] = {
         "id": urn("ParkingSpot", row["spot_id"]), "type": "ParkingSpot",
@@ -123,6 +124,8 @@ def parking_spot(row: Mapping[str, Any], zone: ZoneInfo | None) -> dict[str, Any
     if zone is not None:
         e["refParkingSite"] = rel(urn(zone_type(zone.kind), zone.id))
         e["location"] = geo_point(zone.lon, zone.lat)
+    if row.get("lat") is not None and row.get("lon") is not None:  # the bay's own position
+        e["location"] = geo_point(float(row["lon"]), float(row["lat"]))
     return e
 
 

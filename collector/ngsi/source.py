@@ -183,6 +183,29 @@ class EntitySource:
             rows = self._rows(conn, stmt, a.c.id, nums)
         return [model.alert(dict(r), self.source_url(r["device_id"])) for r in rows]
 
+    def sample_ids(self, entity_type: str, n: int) -> list[str]:
+        """Local ids of up to `n` entities of a type ([] when none exist): cheap, for discovery."""
+        with self.store.engine.connect() as conn:
+            if entity_type == "ParkingSpot":
+                return list(conn.scalars(sa.select(parking_spots.c.spot_id).limit(n)))
+            if entity_type in ("OnStreetParking", "OffStreetParking"):
+                z = parking_zones
+                kind = "offStreet" if entity_type == "OffStreetParking" else "onStreet"
+                return list(conn.scalars(sa.select(z.c.zone_id).where(z.c.kind == kind)
+                                         .limit(n)))
+            if entity_type == "Device":
+                devs = list(conn.scalars(sa.select(schema.devices.c.device_id).limit(n)))
+                gws = list(conn.scalars(sa.select(schema.gateways.c.gateway_id).limit(n)))
+                return (devs + [f"gateway:{g}" for g in gws])[:n]
+            if entity_type == "Alert":
+                a = alarms
+                return [str(i) for i in conn.scalars(
+                    sa.select(a.c.id).where(a.c.active.is_(True), a.c.closed.is_(False))
+                    .limit(n))]
+        if entity_type == "AirQualityObserved":
+            return sorted(self.sites)[:n]
+        return []
+
     def source_url(self, device_id: str) -> str:
         """Where the Device entity behind an alert can be fetched."""
         base = self.public_url or "urn:citygate"

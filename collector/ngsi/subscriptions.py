@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 import orjson
 import sqlalchemy as sa
-from fastapi import APIRouter, Body, Depends, Request
+from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from collector.auth import Principal, Role, authenticate
 from collector.clock import now_ms
@@ -21,6 +22,24 @@ from collector.ngsi import model
 from collector.ngsi.api import NgsiError, bad_request, get_source
 from collector.ngsi.egress import EgressPolicy, EgressRefused
 from collector.ngsi.tables import ngsi_subscriptions
+
+SubId = Annotated[str, Path(max_length=300, description="the subscription's URN")]
+
+
+class SubscriptionOut(BaseModel):
+    """An NGSI-LD Subscription as stored (its secret is never returned again)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    type: str = Field(description="Subscription")
+
+
+class SubscriptionCreatedOut(BaseModel):
+    """The new subscription's id and the HMAC secret of its notifications (shown once)."""
+
+    id: str
+    secret: str = Field(description="key of the X-CityGate-Signature HMAC; store it now")
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["NGSI-LD"])
 Caller = Annotated[Principal, Depends(authenticate)]
@@ -62,7 +81,8 @@ def validate_subscription(body: dict[str, Any], egress: EgressPolicy) -> dict[st
     return {**body, "id": sub_id}
 
 
-@router.post("/subscriptions", status_code=201)
+@router.post("/subscriptions", status_code=201, response_model=None, responses={201: {
+    "model": SubscriptionCreatedOut, "description": "created; the secret is shown only now"}})
 def create_subscription(request: Request, who: Caller,
                         body: Annotated[dict[str, Any], Body()]) -> Response:
     """Register a webhook; the HMAC secret for X-CityGate-Signature is returned once."""
@@ -81,7 +101,8 @@ def create_subscription(request: Request, who: Caller,
                     headers={"Location": f"/ngsi-ld/v1/subscriptions/{sub['id']}"})
 
 
-@router.get("/subscriptions")
+@router.get("/subscriptions", response_model=None, responses={200: {
+    "model": list[SubscriptionOut], "description": "the caller's subscriptions"}})
 def list_subscriptions(request: Request, who: Caller) -> Response:
     """The caller's subscriptions (without secrets)."""
     engine = get_source(request).store.engine
@@ -92,8 +113,9 @@ def list_subscriptions(request: Request, who: Caller) -> Response:
                     media_type="application/json")
 
 
-@router.get("/subscriptions/{sub_id}")
-def get_subscription(request: Request, sub_id: str, who: Caller) -> Response:
+@router.get("/subscriptions/{sub_id}", response_model=None, responses={200: {
+    "model": SubscriptionOut, "description": "the subscription (without its secret)"}})
+def get_subscription(request: Request, sub_id: SubId, who: Caller) -> Response:
     """One of the caller's subscriptions."""
     engine = get_source(request).store.engine
     with engine.connect() as conn:
@@ -105,7 +127,7 @@ def get_subscription(request: Request, sub_id: str, who: Caller) -> Response:
 
 
 @router.delete("/subscriptions/{sub_id}", status_code=204)
-def delete_subscription(request: Request, sub_id: str, who: Caller) -> Response:
+def delete_subscription(request: Request, sub_id: SubId, who: Caller) -> Response:
     """Remove one of the caller's subscriptions; the worker drops its queued deliveries."""
     engine = get_source(request).store.engine
     with engine.begin() as conn:

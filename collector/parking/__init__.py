@@ -9,6 +9,7 @@ Wiring into the collector (the `Parking` adapter in collector/features.py):
 
 from __future__ import annotations
 
+from collector.parking import driver_api  # noqa: F401  (its routes hang on `router`)
 from collector.parking.api import router
 from collector.parking.config import ParkingConfig, ParkingConfigError, load_parking_config
 from collector.parking.model import ParkingModel, SpotStatus

@@ -10,8 +10,10 @@ from pydantic import BaseModel, Field
 
 from collector.clock import iso
 from collector.pages import page
+from collector.params import ZoneIdPath
 from collector.parking.model import Spot, Zone
 from collector.parking.service import ParkingService
+from collector.parking.views import spot_health
 
 
 class ZoneOut(BaseModel):
@@ -22,6 +24,12 @@ class ZoneOut(BaseModel):
     kind: Literal["onStreet", "offStreet"] | str
     lat: float
     lon: float
+    district: str = Field(default="", description="district id ('' when not configured)")
+    outline: list[tuple[float, float]] | None = Field(
+        default=None, description="the zone's outline as [lon, lat] points, when drawn")
+    free_share: float | None = Field(
+        default=None, description="available / (total - closed), 0..1; null when no space "
+                                  "is in use")
     total: int = Field(description="totalSpotNumber: capacity of the zone")
     available: int = Field(description="availableSpotNumber: spots known to be free")
     occupied: int
@@ -41,6 +49,11 @@ class SpotOut(BaseModel):
     last_report: str | None
     battery_mv: int | None
     rssi: int | None
+    lat: float | None = Field(default=None, description="the bay's position, when configured")
+    lon: float | None = None
+    health: list[str] = Field(
+        default_factory=list, description="problems of its sensor: offline, low_battery, "
+                                          "stuck, flapping, magnetic_jump; [] when healthy")
 
 
 class AlertOut(BaseModel):
@@ -76,13 +89,19 @@ def zone_out(z: Zone, distance: float | None = None) -> ZoneOut:
     return ZoneOut(id=z.id, name=z.name, kind=z.kind, lat=z.lat, lon=z.lon, total=z.total,
                    available=z.available, occupied=z.occupied, unknown=z.unknown,
                    closed=z.closed, updated=iso(z.updated),
-                   distance_m=None if distance is None else round(distance, 1))
+                   distance_m=None if distance is None else round(distance, 1),
+                   district=z.district, outline=list(z.outline) or None,
+                   free_share=z.free_share)
 
 
-def spot_out(s: Spot) -> SpotOut:
-    """The public form of a spot."""
+def spot_out(s: Spot, parking: ParkingService | None = None) -> SpotOut:
+    """The public form of a spot (with its position and health when the service is given)."""
+    where = parking.model.locations.get(s.id) if parking else None
     return SpotOut(id=s.id, zone=s.zone, status=s.status.value, since=iso(s.since),
-                   last_report=iso(s.last_ts), battery_mv=s.battery_mv, rssi=s.rssi)
+                   last_report=iso(s.last_ts), battery_mv=s.battery_mv, rssi=s.rssi,
+                   lat=where[0] if where else None, lon=where[1] if where else None,
+                   health=spot_health(s, parking.clock(), parking.cfg.alerts.stuck_after)
+                   if parking else [])
 
 
 def parse_near(text: str) -> tuple[float, float]:
@@ -115,7 +134,7 @@ def zones(
 
 
 @router.get("/api/v1/parking/zones/{zone_id}")
-def zone(zone_id: str, parking: ParkingDep) -> ZoneOut:
+def zone(zone_id: ZoneIdPath, parking: ParkingDep) -> ZoneOut:
     """One zone: total, available, occupied, unknown, closed, updated."""
     with parking.lock:
         z = parking.model.zones.get(zone_id)
@@ -127,8 +146,10 @@ def zone(zone_id: str, parking: ParkingDep) -> ZoneOut:
 @router.get("/api/v1/parking/spots")
 def spots(parking: ParkingDep,
           zone: Annotated[str | None, Query(description="zone id; omit for all")] = None,
-          status: Literal["free", "occupied", "closed", "unknown"] | None = None,
-          limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000) -> list[SpotOut]:
+          status: Annotated[Literal["free", "occupied", "closed", "unknown"] | None,
+                            Query(description="only spots in this status")] = None,
+          limit: Annotated[int, Query(ge=1, le=100_000, description="at most this many")]
+          = 10_000) -> list[SpotOut]:
     """Spots and their status, optionally of one zone or one status."""
     with parking.lock:
         if zone is not None and zone not in parking.model.zones:
@@ -136,7 +157,7 @@ def spots(parking: ParkingDep,
         chosen = [s for s in parking.model.spots.values()
                   if (zone is None or s.zone == zone) and (status is None or s.status == status)]
         chosen.sort(key=lambda s: s.id)
-        return [spot_out(s) for s in chosen[:limit]]
+        return [spot_out(s, parking) for s in chosen[:limit]]
 
 
 def zone_id_hint(parking: ParkingService, zone: str) -> str:
@@ -149,15 +170,22 @@ def zone_id_hint(parking: ParkingService, zone: str) -> str:
 def alerts(parking: ParkingDep,
            active: Annotated[bool | None, Query(description="true: open, false: cleared, "
                                                             "omit: both")] = True,
-           kind: Literal["low_battery", "silent", "flapping", "magnetic_jump"] | None = None,
-           zone: str | None = None,
-           limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[AlertOut]:
+           kind: Annotated[Literal["low_battery", "silent", "flapping", "magnetic_jump"]
+                           | None, Query(description="only alerts of this kind")] = None,
+           zone: Annotated[str | None, Query(max_length=64, description="only this zone's")]
+           = None,
+           limit: Annotated[int, Query(ge=1, le=10_000, description="at most this many")]
+           = 1000) -> list[AlertOut]:
     """Sensor health alerts (newest first) for the maintenance unit."""
     rows: list[dict[str, Any]] = parking.alerts(active=active, kind=kind, zone=zone, limit=limit)
-    return [AlertOut(id=r["id"], spot=r["spot_id"], zone=r["zone_id"], kind=r["kind"],
-                     severity=r["severity"], raised=iso(r["raised"]) or "",
-                     cleared=iso(r["cleared"]), active=r["cleared"] is None, value=r["value"],
-                     message=r["message"]) for r in rows]
+    return [_alert_out(r) for r in rows]
+
+
+def _alert_out(r: dict[str, Any]) -> AlertOut:
+    return AlertOut(id=r["id"], spot=r["spot_id"], zone=r["zone_id"], kind=r["kind"],
+                    severity=r["severity"], raised=iso(r["raised"]) or "",
+                    cleared=iso(r["cleared"]), active=r["cleared"] is None, value=r["value"],
+                    message=r["message"])
 
 
 @pages.get("/parking", response_class=HTMLResponse, include_in_schema=False)

@@ -13,6 +13,12 @@ Read from a dict (e.g. the `parking` entry of CollectorConfig.sites) or a TOML f
     sensors = ["1001-1030"]      # device ids pk-1001 .. pk-1030
     spots = ["pk-2001"]          # and/or explicit device ids
     closed = ["pk-1007"]         # out of use (roadworks)
+    district = "erqi"            # for the maps and per-district figures
+    outline = [[113.6250, 34.7467], [113.6262, 34.7467], [113.6262, 34.7465], [113.6250, 34.7465]]
+    kerb = [[113.6250, 34.7466], [113.6262, 34.7466]]   # bays spread evenly along this line
+    bays = { "pk-2001" = [113.6251, 34.7466] }          # or placed one by one ([lon, lat])
+
+Coordinates of outlines, kerbs and bays are [lon, lat] (GeoJSON order), WGS-84 degrees.
 """
 
 from __future__ import annotations
@@ -35,6 +41,12 @@ from devices.contract import DEVICE_ID_RE
 from devices.durations import parse_duration
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Lon = Annotated[float, Field(ge=-180, le=180)]
+Lat = Annotated[float, Field(ge=-90, le=90)]
+LonLat = tuple[Lon, Lat]
+DEFAULT_NAVIGATION_URL = ("https://www.openstreetmap.org/directions?engine=fossgis_osrm_foot"
+                          "&route={from_lat}%2C{from_lon}%3B{to_lat}%2C{to_lon}")
+NAV_FIELDS = ("from_lat", "from_lon", "to_lat", "to_lon")
 ZONE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 
@@ -71,6 +83,18 @@ class ZoneConfig(_Model):
     sensors: list[str] = Field(default_factory=list)  # id ranges, prefixed with device_prefix
     closed: list[str] = Field(default_factory=list)
     heartbeat: Duration | None = None  # default: the parking-wide heartbeat
+    district: str = Field(default="", max_length=64)
+    outline: list[LonLat] = Field(default_factory=list, max_length=1000)  # polygon ring
+    kerb: list[LonLat] = Field(default_factory=list, max_length=1000)  # bays spread along it
+    bays: dict[str, LonLat] = Field(default_factory=dict)  # explicit bay positions
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ZoneConfig:
+        if self.outline and len(self.outline) < 3:
+            raise ValueError("outline: a polygon needs at least 3 [lon, lat] points")
+        if len(self.kerb) == 1:
+            raise ValueError("kerb: a line needs at least 2 [lon, lat] points")
+        return self
 
 
 class AlertSettings(_Model):
@@ -81,6 +105,9 @@ class AlertSettings(_Model):
     flapping_changes_per_hour: int = Field(default=12, ge=2)
     mag_jump_mg: int = Field(default=300, gt=0)  # field jump without an occupancy change
     mag_jump_quiet: Duration = 3600.0  # cleared after this long without another jump
+    # A sensor still reporting but whose occupancy has not changed for this long is "stuck"
+    # (a bay occupied for two days is rare; a frozen detector is not).
+    stuck_after: Duration = 172_800.0
 
 
 class ParkingConfig(_Model):
@@ -91,6 +118,23 @@ class ParkingConfig(_Model):
     silent_factor: float = Field(default=2.0, ge=1.0)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     zones: list[ZoneConfig] = Field(default_factory=list)
+    # "Nearest free parking": walking distance = great-circle distance x detour_factor (streets
+    # are not straight lines; ~1.2-1.4 in gridded city centres), time at walking_speed.
+    detour_factor: float = Field(default=1.3, ge=1.0, le=3.0)
+    walking_speed: float = Field(default=1.3, gt=0, le=3.0, description="m/s")
+    navigation_url: str = Field(default=DEFAULT_NAVIGATION_URL, max_length=500)
+    history_every: Duration = 300.0  # a zone's counts are sampled this often for its history
+
+    @model_validator(mode="after")
+    def _navigation(self) -> ParkingConfig:
+        if not self.navigation_url.startswith(("https://", "http://")):
+            raise ValueError("navigation_url: must start with https:// or http://")
+        try:
+            self.navigation_url.format(**dict.fromkeys(NAV_FIELDS, 0.0))
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"navigation_url: only the placeholders {list(NAV_FIELDS)} "
+                             f"may appear ({exc})") from None
+        return self
 
     @model_validator(mode="after")
     def _one_zone_per_spot(self) -> ParkingConfig:
@@ -108,6 +152,10 @@ class ParkingConfig(_Model):
                     raise ValueError(f"zones[{i}]: spot {spot!r} is already in zone "
                                      f"{owner[spot]!r}; a spot belongs to one zone")
                 owner[spot] = zone.id
+            strays = set(zone.bays) - set(spots)
+            if strays:
+                raise ValueError(f"zones[{i}].bays: {sorted(strays)[:5]} are not spots of this "
+                                 "zone")
             stray = set(zone.closed) - set(spots)
             if stray:
                 raise ValueError(f"zones[{i}].closed: {sorted(stray)} are not spots of this zone")

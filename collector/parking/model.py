@@ -17,9 +17,12 @@ from enum import StrEnum
 from typing import Any
 
 from collector.parking.config import ParkingConfig
+from collector.parking.geo import bay_positions, haversine_m
+
+__all__ = ["SEVERITY", "AlertChange", "Changes", "ParkingModel", "Spot", "SpotStatus", "Transition",
+           "Zone", "haversine_m"]
 
 HOUR_MS = 3_600_000
-EARTH_RADIUS_M = 6_371_008.8
 
 
 class SpotStatus(StrEnum):
@@ -76,6 +79,8 @@ class Zone:
     lon: float
     total: int
     unmonitored: int  # capacity without a sensor: always counted unknown
+    district: str = ""
+    outline: tuple[tuple[float, float], ...] = ()  # [lon, lat] ring, empty when not drawn
     counts: dict[SpotStatus, int] = field(default_factory=lambda: dict.fromkeys(SpotStatus, 0))
     updated: int | None = None
 
@@ -83,6 +88,12 @@ class Zone:
     def available(self) -> int:
         """Free spaces."""
         return self.counts[SpotStatus.FREE]
+
+    @property
+    def free_share(self) -> float | None:
+        """Free spaces over the spaces in use (capacity less closed); None when none are."""
+        usable = self.total - self.closed
+        return round(self.available / usable, 4) if usable > 0 else None
 
     @property
     def occupied(self) -> int:
@@ -134,14 +145,6 @@ class Changes:
     zones: set[str] = field(default_factory=set)
 
 
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
-
-
 def _int(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -159,11 +162,13 @@ class ParkingModel:
         # One queue per silence limit, in report order: the front is always the next to expire.
         self._watch: dict[int, OrderedDict[str, None]] = {}
         self._flagged: set[str] = set()  # spots with a flapping or magnetic-jump alert
+        self.locations: dict[str, tuple[float, float]] = {}  # spot -> (lat, lon) when known
         for z in cfg.zones:
             ids = cfg.spots_of(z)
             limit = int((z.heartbeat or cfg.heartbeat) * cfg.silent_factor * 1000)
             zone = Zone(z.id, z.name, z.kind, z.lat, z.lon, z.capacity or len(ids),
-                        (z.capacity or len(ids)) - len(ids))
+                        (z.capacity or len(ids)) - len(ids), z.district, tuple(z.outline))
+            self.locations.update(bay_positions(z, ids))
             self.zones[z.id] = zone
             closed = set(z.closed)
             for sid in ids:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from collector.migrations import MigrationSet, creates, migrate
+from collector.migrations import MigrationSet, add_missing_columns, creates, migrate
 
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -27,6 +27,20 @@ parking_zones = sa.Table(
     sa.Column("unknown", sa.Integer, nullable=False),
     sa.Column("closed", sa.Integer, nullable=False),
     sa.Column("updated", sa.BigInteger),
+    sa.Column("district", sa.Text, nullable=False, server_default=""),
+    sa.Column("outline", sa.Text, nullable=False, server_default=""),  # JSON [[lon, lat], ...]
+)
+
+# A zone's counts sampled every `history_every` (and on start): occupancy by hour and day.
+parking_zone_samples = sa.Table(
+    "parking_zone_samples", metadata,
+    sa.Column("zone_id", sa.Text, primary_key=True),
+    sa.Column("ts", sa.BigInteger, primary_key=True),
+    sa.Column("total", sa.Integer, nullable=False),
+    sa.Column("available", sa.Integer, nullable=False),
+    sa.Column("occupied", sa.Integer, nullable=False),
+    sa.Column("unknown", sa.Integer, nullable=False),
+    sa.Column("closed", sa.Integer, nullable=False),
 )
 
 parking_spots = sa.Table(
@@ -39,6 +53,8 @@ parking_spots = sa.Table(
     sa.Column("last_ts", sa.BigInteger),  # observation time of the last report
     sa.Column("battery_mv", sa.Integer),
     sa.Column("rssi", sa.Integer),
+    sa.Column("lat", sa.Float(precision=53)),  # the bay's own position, when configured
+    sa.Column("lon", sa.Float(precision=53)),
     sa.Index("parking_spots_by_zone", "zone_id", "spot_id"),
 )
 
@@ -60,6 +76,9 @@ parking_sensor_alerts = sa.Table(
 MIGRATIONS = MigrationSet("parking", [
     (30, "parking: zones, spots, sensor alerts",
      creates(metadata, parking_zones, parking_spots, parking_sensor_alerts)),
+    (31, "parking: bay positions, zone district and outline",
+     add_missing_columns(parking_spots, parking_zones)),
+    (32, "parking: zone occupancy samples", creates(metadata, parking_zone_samples)),
 ])
 
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 
 from collector.clock import now_ms
@@ -28,6 +29,7 @@ from collector.parking.schema import (
     apply_migrations,
     parking_sensor_alerts,
     parking_spots,
+    parking_zone_samples,
 )
 from collector.store import Accepted, Store
 from devices.contract import DataEnvelope
@@ -36,31 +38,44 @@ log = logging.getLogger(__name__)
 
 _SPOT_UPSERT = (
     "INSERT INTO parking_spots (spot_id, zone_id, status, occupied, since, last_ts, battery_mv,"
-    " rssi) VALUES (:spot_id, :zone_id, :status, :occupied, :since, :last_ts, :battery_mv,"
-    " :rssi) ON CONFLICT (spot_id) DO UPDATE SET zone_id = excluded.zone_id,"
-    " status = excluded.status, occupied = excluded.occupied, since = excluded.since,"
-    " last_ts = excluded.last_ts, battery_mv = excluded.battery_mv, rssi = excluded.rssi")
+    " rssi, lat, lon) VALUES (:spot_id, :zone_id, :status, :occupied, :since, :last_ts,"
+    " :battery_mv, :rssi, :lat, :lon) ON CONFLICT (spot_id) DO UPDATE SET"
+    " zone_id = excluded.zone_id, status = excluded.status, occupied = excluded.occupied,"
+    " since = excluded.since, last_ts = excluded.last_ts, battery_mv = excluded.battery_mv,"
+    " rssi = excluded.rssi, lat = excluded.lat, lon = excluded.lon")
 _ZONE_UPSERT = (
     "INSERT INTO parking_zones (zone_id, name, kind, lat, lon, total, available, occupied,"
-    " unknown, closed, updated) VALUES (:zone_id, :name, :kind, :lat, :lon, :total, :available,"
-    " :occupied, :unknown, :closed, :updated) ON CONFLICT (zone_id) DO UPDATE SET"
+    " unknown, closed, updated, district, outline) VALUES (:zone_id, :name, :kind, :lat, :lon,"
+    " :total, :available, :occupied, :unknown, :closed, :updated, :district, :outline)"
+    " ON CONFLICT (zone_id) DO UPDATE SET"
     " name = excluded.name, kind = excluded.kind, lat = excluded.lat, lon = excluded.lon,"
     " total = excluded.total, available = excluded.available, occupied = excluded.occupied,"
-    " unknown = excluded.unknown, closed = excluded.closed, updated = excluded.updated")
+    " unknown = excluded.unknown, closed = excluded.closed, updated = excluded.updated,"
+    " district = excluded.district, outline = excluded.outline")
+_SAMPLE = (
+    "INSERT INTO parking_zone_samples (zone_id, ts, total, available, occupied, unknown,"
+    " closed) VALUES (:zone_id, :ts, :total, :available, :occupied, :unknown, :closed)"
+    " ON CONFLICT (zone_id, ts) DO UPDATE SET total = excluded.total,"
+    " available = excluded.available, occupied = excluded.occupied,"
+    " unknown = excluded.unknown, closed = excluded.closed")
+_PLACE = "UPDATE parking_spots SET lat = :lat, lon = :lon WHERE spot_id = :spot_id"
 
 
 def zone_row(z: Zone) -> dict[str, Any]:
     """The stored row of a zone."""
     return {"zone_id": z.id, "name": z.name, "kind": z.kind, "lat": z.lat, "lon": z.lon,
             "total": z.total, "available": z.available, "occupied": z.occupied,
-            "unknown": z.unknown, "closed": z.closed, "updated": z.updated}
+            "unknown": z.unknown, "closed": z.closed, "updated": z.updated,
+            "district": z.district,
+            "outline": orjson.dumps([list(p) for p in z.outline]).decode() if z.outline else ""}
 
 
-def spot_row(s: Spot) -> dict[str, Any]:
-    """The stored row of a spot."""
+def spot_row(s: Spot, where: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The stored row of a spot (`where`: its configured (lat, lon))."""
     return {"spot_id": s.id, "zone_id": s.zone, "status": s.status.value,
             "occupied": s.occupied, "since": s.since, "last_ts": s.last_ts,
-            "battery_mv": s.battery_mv, "rssi": s.rssi}
+            "battery_mv": s.battery_mv, "rssi": s.rssi,
+            "lat": where[0] if where else None, "lon": where[1] if where else None}
 
 
 class ParkingService:
@@ -76,6 +91,7 @@ class ParkingService:
         self.lock = threading.Lock()
         self.stats: dict[str, int] = {"readings": 0, "transitions": 0, "alerts": 0,
                                       "store_errors": 0}
+        self._next_sample = 0
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
@@ -97,6 +113,8 @@ class ParkingService:
             out = Changes()
             self.model.tick(now, out)
             self._persist(out, all_zones=True)
+            self._place_bays()
+            self._sample(now)
         log.info("parking: %d zones, %d spots (%d restored)", len(self.model.zones),
                  len(self.model.spots), len(rows))
         return self
@@ -124,12 +142,33 @@ class ParkingService:
                 log.exception("parking: tick failed")
 
     def tick(self) -> Changes:
-        """Advance the model to now and persist what changed."""
+        """Advance the model to now and persist what changed (and a history sample if due)."""
         out = Changes()
         with self.lock:
-            self.model.tick(self.clock(), out)
+            now = self.clock()
+            self.model.tick(now, out)
             self._persist(out)
+            if now >= self._next_sample:
+                self._sample(now)
         return out
+
+    def _place_bays(self) -> None:
+        """Write the configured bay positions onto the spots already stored (lock held)."""
+        rows = [{"spot_id": s, "lat": lat, "lon": lon}
+                for s, (lat, lon) in self.model.locations.items()]
+        if rows:
+            with self.store.engine.begin() as conn:
+                conn.execute(sa.text(_PLACE), rows)
+
+    def _sample(self, now: int) -> None:
+        """Record every zone's counts for its occupancy history (lock held)."""
+        self._next_sample = now + int(self.cfg.history_every * 1000)
+        rows = [{"zone_id": z.id, "ts": now, "total": z.total, "available": z.available,
+                 "occupied": z.occupied, "unknown": z.unknown, "closed": z.closed}
+                for z in self.model.zones.values()]
+        if rows:
+            with self.store.engine.begin() as conn:
+                conn.execute(sa.text(_SAMPLE), rows)
 
     def on_stored(self, items: Sequence[Accepted]) -> None:
         """Ingest hook: apply the parking readings of a committed batch."""
@@ -163,7 +202,9 @@ class ParkingService:
             return
         with self.store.engine.begin() as conn:
             if spots:
-                conn.execute(sa.text(_SPOT_UPSERT), [spot_row(s) for s in spots])
+                where = self.model.locations
+                conn.execute(sa.text(_SPOT_UPSERT), [spot_row(s, where.get(s.id))
+                                                     for s in spots])
             if zones:
                 conn.execute(sa.text(_ZONE_UPSERT), [zone_row(z) for z in zones])
             for alert in out.alerts:
@@ -196,5 +237,21 @@ class ParkingService:
             stmt = stmt.where(t.c.kind == kind)
         if zone:
             stmt = stmt.where(t.c.zone_id == zone)
+        with self.store.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(stmt).mappings()]
+
+    def alert(self, alert_id: int) -> dict[str, Any] | None:
+        """One stored alert, or None."""
+        t = parking_sensor_alerts
+        with self.store.engine.connect() as conn:
+            row = conn.execute(sa.select(t).where(t.c.id == alert_id)).mappings().first()
+        return None if row is None else dict(row)
+
+    def samples(self, zone: str, since: int, until: int,
+                limit: int = 200_000) -> list[dict[str, Any]]:
+        """A zone's count samples in [since, until), oldest first."""
+        t = parking_zone_samples
+        stmt = (sa.select(t).where(t.c.zone_id == zone, t.c.ts >= since, t.c.ts < until)
+                .order_by(t.c.ts).limit(limit))
         with self.store.engine.connect() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from pydantic import BaseModel, Field, model_validator
 
 from collector import auth
 from collector.auth import Principal, Role, require
 from collector.registry.api import RegistryDep
+from collector.registry.models import MqttVerdictOut, NewTokenOut, TokenOut, WhoAmIOut
 from collector.registry.signin_api import check_unit
 
 router = APIRouter(prefix="/api/v1", tags=["access"])
@@ -46,20 +47,20 @@ class TokenIn(BaseModel):
         return self
 
 
-@router.get("/whoami")
+@router.get("/whoami", response_model=WhoAmIOut)
 def whoami(who: AnyRole) -> dict[str, Any]:
     """The name, role and (crew) scope of the calling token."""
     return {"name": who.name, "role": who.role.value, "unit": who.unit, "member": who.member,
             "rate_per_min": who.rate_per_min}
 
 
-@router.get("/tokens")
+@router.get("/tokens", response_model=list[TokenOut])
 def tokens(reg: RegistryDep, _who: Admin) -> list[dict[str, Any]]:
     """Every API token (names and roles; secrets are never stored)."""
     return auth.list_tokens(reg.engine)
 
 
-@router.post("/tokens", status_code=201)
+@router.post("/tokens", status_code=201, response_model=NewTokenOut)
 def new_token(body: TokenIn, request: Request, reg: RegistryDep, _who: Admin) -> dict[str, Any]:
     """Create (or replace) a token; its secret is in this answer and nowhere else."""
     if body.unit is not None:
@@ -75,7 +76,8 @@ def new_token(body: TokenIn, request: Request, reg: RegistryDep, _who: Admin) ->
 
 
 @router.delete("/tokens/{name}", status_code=204)
-def revoke_token(name: str, reg: RegistryDep, _who: Admin) -> None:
+def revoke_token(name: Annotated[str, Path(max_length=128, description="the token's name")],
+                 reg: RegistryDep, _who: Admin) -> None:
     """Revoke a token (409 for the last valid admin token)."""
     try:
         found = auth.revoke_token(reg.engine, name)
@@ -104,14 +106,14 @@ class MqttAclIn(BaseModel):
     clientid: str = ""
 
 
-@router.post("/mqtt/auth")
+@router.post("/mqtt/auth", response_model=MqttVerdictOut)
 def mqtt_auth(body: MqttAuthIn, reg: RegistryDep, _who: Broker) -> dict[str, Any]:
     """Allow a broker connection when the password matches and the client id is the user's."""
     ok = reg.mqtt_authenticate(body.username, body.password, body.clientid)
     return {"result": "allow" if ok else "deny", "is_superuser": False}
 
 
-@router.post("/mqtt/acl")
+@router.post("/mqtt/acl", response_model=MqttVerdictOut)
 def mqtt_acl(body: MqttAclIn, reg: RegistryDep, _who: Broker) -> dict[str, Any]:
     """Allow a publish/subscribe when the registry's topic policy permits it."""
     ok = reg.mqtt_authorize(body.username, body.clientid, body.topic, body.action)

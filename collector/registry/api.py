@@ -10,13 +10,33 @@ import secrets
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi import Path as FastPath
 from pydantic import BaseModel, Field
 
 from collector.auth import Principal, Role, require
-from collector.params import NO_NUL, TIME_MAX_MS, TIME_MIN_MS, Name, Text, invalid
+from collector.params import (
+    NO_NUL,
+    TIME_MAX_MS,
+    TIME_MIN_MS,
+    GatewayIdPath,
+    Name,
+    SiteIdPath,
+    Text,
+    invalid,
+)
 from collector.registry import repo
+from collector.registry.models import (
+    CommissioningRunOut,
+    IssuedOut,
+    ProvisionTokenOut,
+    PushOut,
+    RegisteredGatewayOut,
+    RegistrationOut,
+    RegistrySiteOut,
+    ReplyOut,
+    StoredOut,
+)
 from collector.registry.service import Registry
 from devices.contract import GATEWAY_ID_RE
 
@@ -31,7 +51,8 @@ def get_registry(request: Request) -> Registry:
 
 
 RegistryDep = Annotated[Registry, Depends(get_registry)]
-SiteId = Annotated[str, FastPath(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+SiteId = Annotated[str, FastPath(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f/]+$",
+                                  description="a registry site id")]
 Admin = Annotated[Principal, Depends(require(A))]
 Technician = Annotated[Principal, Depends(require(T))]
 Crew = Annotated[Principal, Depends(require(T, C))]
@@ -101,7 +122,7 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 # --- sites and identities ---------------------------------------------------------------------
 
-@router.get("/sites")
+@router.get("/sites", response_model=list[RegistrySiteOut])
 def list_sites(reg: RegistryDep, _who: Anyone) -> list[dict[str, Any]]:
     """Every site with its location, district and responsible unit."""
     return repo.sites(reg.engine)
@@ -113,15 +134,18 @@ def put_site(site_id: SiteId, body: SiteIn, reg: RegistryDep, _who: Admin) -> No
     repo.upsert_site(reg.engine, {"site_id": site_id, **body.model_dump()})
 
 
-@router.post("/gateways", status_code=201)
+@router.post("/gateways", status_code=201, response_model=IssuedOut)
 def new_gateway(body: GatewayIn, reg: RegistryDep, who: Technician) -> dict[str, Any]:
     """Create a gateway identity with MQTT credentials (the password is shown only here)."""
     ident = _call(repo.create_gateway, reg.engine, body.site, body.id, who.name)
     return reg.issue(ident)
 
 
-@router.get("/registry/gateways")
-def registered(reg: RegistryDep, _who: Crew, site: str | None = None) -> list[dict[str, Any]]:
+@router.get("/registry/gateways", response_model=list[RegisteredGatewayOut])
+def registered(reg: RegistryDep, _who: Crew,
+               site: Annotated[str | None, Query(max_length=100, description="only this "
+                                                 "site's gateways")] = None,
+               ) -> list[dict[str, Any]]:
     """Registered gateways (no credentials)."""
     return [_public(g) for g in repo.gateways(reg.engine, site)]
 
@@ -132,36 +156,36 @@ def _public(g: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@router.get("/gateways/{gateway_id}/registration")
-def registration(gateway_id: str, reg: RegistryDep, _who: Crew) -> dict[str, Any]:
+@router.get("/gateways/{gateway_id}/registration", response_model=RegistrationOut)
+def registration(gateway_id: GatewayIdPath, reg: RegistryDep, _who: Crew) -> dict[str, Any]:
     """One gateway's registration, last commissioning results and registered devices."""
     g = _public(_call(repo.gateway, reg.engine, _gw(gateway_id)))
     g["devices"] = repo.devices(reg.engine, gateway_id)
     return g
 
 
-@router.post("/gateways/{gateway_id}/credentials")
-def rotate(gateway_id: str, reg: RegistryDep, _who: Admin) -> dict[str, Any]:
+@router.post("/gateways/{gateway_id}/credentials", response_model=IssuedOut)
+def rotate(gateway_id: GatewayIdPath, reg: RegistryDep, _who: Admin) -> dict[str, Any]:
     """Issue new MQTT credentials for a gateway (the old password stops working)."""
     return reg.issue(_call(repo.rotate_credentials, reg.engine, _gw(gateway_id)))
 
 
 @router.delete("/gateways/{gateway_id}/credentials", status_code=204)
-def revoke(gateway_id: str, reg: RegistryDep, _who: Admin) -> None:
+def revoke(gateway_id: GatewayIdPath, reg: RegistryDep, _who: Admin) -> None:
     """Revoke a gateway's MQTT credentials."""
     _call(repo.revoke_gateway, reg.engine, _gw(gateway_id))
     reg.sync_broker()
 
 
-@router.post("/sites/{site_id}/provision-tokens", status_code=201)
-def provision_token(site_id: str, reg: RegistryDep, who: Technician) -> dict[str, Any]:
+@router.post("/sites/{site_id}/provision-tokens", status_code=201, response_model=ProvisionTokenOut)
+def provision_token(site_id: SiteIdPath, reg: RegistryDep, who: Technician) -> dict[str, Any]:
     """A one-time, expiring token with which a gateway at this site can claim an identity."""
     token, expires = _call(repo.create_provision_token, reg.engine, site_id,
                            reg.settings.provision_ttl_s, who.name)
     return {"token": token, "site_id": site_id, "expires": expires}
 
 
-@router.post("/provision/claim", status_code=201)
+@router.post("/provision/claim", status_code=201, response_model=IssuedOut)
 def claim(body: ClaimIn, reg: RegistryDep) -> dict[str, Any]:
     """Exchange a provisioning token for the gateway's id, MQTT credentials and config."""
     return reg.issue(_call(repo.claim, reg.engine, body.token, body.gateway_id))
@@ -169,8 +193,8 @@ def claim(body: ClaimIn, reg: RegistryDep) -> dict[str, Any]:
 
 # --- commissioning ------------------------------------------------------------------------------
 
-@router.post("/gateways/{gateway_id}/commissioning")
-def upload_run(gateway_id: str, body: RunIn, reg: RegistryDep, response: Response,
+@router.post("/gateways/{gateway_id}/commissioning", response_model=StoredOut)
+def upload_run(gateway_id: GatewayIdPath, body: RunIn, reg: RegistryDep, response: Response,
                _who: Technician) -> dict[str, Any]:
     """Store a commissioning run (a repeated upload of the same run is accepted once)."""
     fresh = _call(repo.record_commissioning, reg.engine, _gw(gateway_id), body.model_dump())
@@ -178,8 +202,8 @@ def upload_run(gateway_id: str, body: RunIn, reg: RegistryDep, response: Respons
     return {"stored": fresh}
 
 
-@router.get("/gateways/{gateway_id}/commissioning")
-def runs(gateway_id: str, reg: RegistryDep, _who: Crew) -> list[dict[str, Any]]:
+@router.get("/gateways/{gateway_id}/commissioning", response_model=list[CommissioningRunOut])
+def runs(gateway_id: GatewayIdPath, reg: RegistryDep, _who: Crew) -> list[dict[str, Any]]:
     """Every commissioning run of a gateway, newest first."""
     _call(repo.gateway, reg.engine, _gw(gateway_id))
     return repo.commissioning_runs(reg.engine, gateway_id)
@@ -193,8 +217,12 @@ def _channel(reg: Registry) -> Any:
     return reg.commands
 
 
-@router.get("/gateways/{gateway_id}/replies/{reply_id}", responses=BROKER_AWAY)
-def reply(gateway_id: str, reply_id: str, reg: RegistryDep,
+@router.get("/gateways/{gateway_id}/replies/{reply_id}", responses=BROKER_AWAY,
+            response_model=ReplyOut)
+def reply(gateway_id: GatewayIdPath,
+          reply_id: Annotated[str, FastPath(max_length=64, description="the id the command "
+                                                                       "was sent with")],
+          reg: RegistryDep,
           _who: Technician) -> dict[str, Any]:
     """A reply the gateway published recently (404 while it has not arrived)."""
     got = _channel(reg).reply(_gw(gateway_id), reply_id)
@@ -203,9 +231,12 @@ def reply(gateway_id: str, reply_id: str, reg: RegistryDep,
     return dict(got.model_dump())
 
 
-@router.post("/gateways/{gateway_id}/echo", responses={**BROKER_AWAY, **NO_ANSWER})
-def echo(gateway_id: str, reg: RegistryDep, _who: Technician,
-         wait_s: float = 10.0) -> dict[str, Any]:
+@router.post("/gateways/{gateway_id}/echo", responses={**BROKER_AWAY, **NO_ANSWER},
+             response_model=ReplyOut)
+def echo(gateway_id: GatewayIdPath, reg: RegistryDep, _who: Technician,
+         wait_s: Annotated[float, Query(ge=0, le=120, description="seconds to wait for the "
+                                                                  "reply")] = 10.0,
+         ) -> dict[str, Any]:
     """Send cmd/echo to a running gateway and wait for its reply."""
     ch = _channel(reg)
     nonce = secrets.token_hex(8)
@@ -217,8 +248,9 @@ def echo(gateway_id: str, reg: RegistryDep, _who: Technician,
     return dict(got.model_dump())
 
 
-@router.post("/gateways/{gateway_id}/config", status_code=202, responses=BROKER_AWAY)
-def push_config(gateway_id: str, body: ConfigIn, reg: RegistryDep,
+@router.post("/gateways/{gateway_id}/config", status_code=202, responses=BROKER_AWAY,
+             response_model=PushOut)
+def push_config(gateway_id: GatewayIdPath, body: ConfigIn, reg: RegistryDep,
                 _who: Technician) -> dict[str, Any]:
     """Send a new config over cmd/config; wait up to wait_s for the gateway's verdict."""
     gw = _call(repo.gateway, reg.engine, _gw(gateway_id))
@@ -242,8 +274,10 @@ def push_status(gateway_id: str, push_id: str, reg: Registry) -> dict[str, Any]:
     return {k: p[k] for k in ("push_id", "gateway_id", "version", "sent", "status", "detail")}
 
 
-@router.get("/gateways/{gateway_id}/config/{push_id}")
-def get_push(gateway_id: str, push_id: str, reg: RegistryDep,
+@router.get("/gateways/{gateway_id}/config/{push_id}", response_model=PushOut)
+def get_push(gateway_id: GatewayIdPath,
+             push_id: Annotated[str, FastPath(max_length=64, description="the push's id")],
+             reg: RegistryDep,
              _who: Technician) -> dict[str, Any]:
     """Whether a config push was applied, refused or rolled back."""
     return dict(_call(push_status, _gw(gateway_id), push_id, reg))

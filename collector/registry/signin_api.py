@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import segno
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, field_validator
 
@@ -32,6 +32,7 @@ from collector.alarms.api import Principal, get_principal
 from collector.auth_tables import signin_codes
 from collector.clock import iso_seconds
 from collector.pages import page
+from collector.registry.models import SigninLinkOut, SigninTokenOut
 from devices.durations import parse_duration
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def _failures(request: Request) -> FailureLimiter:
     return limiter
 
 
-@router.post("/signin-links", status_code=201)
+@router.post("/signin-links", status_code=201, response_model=SigninLinkOut)
 def create_signin_link(body: SigninLinkIn, request: Request,
                        who: Annotated[Principal, Depends(_ops)]) -> dict[str, Any]:
     """A one-time link (and QR code) that signs `member` of `unit` in on their phone."""
@@ -152,8 +153,10 @@ def create_signin_link(body: SigninLinkIn, request: Request,
             "unit": body.unit, "token_name": name}
 
 
-@router.post("/signin/{code}")
-def exchange_signin_code(code: str, request: Request) -> dict[str, Any]:
+@router.post("/signin/{code}", response_model=SigninTokenOut)
+def exchange_signin_code(code: Annotated[str, Path(max_length=128, description="the one-time "
+                                                  "sign-in code from the link")],
+                         request: Request) -> dict[str, Any]:
     """Spend a sign-in code (once, before it expires) for a fresh crew token."""
     limiter = _failures(request)
     client = request.client.host if request.client else "?"

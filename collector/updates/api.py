@@ -10,11 +10,52 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from collector.auth import Principal, Role, require
+from collector.params import binary_response
 from collector.updates.service import UpdateError, UpdateService
+
+
+class BundleOut(BaseModel):
+    """A stored update bundle."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str
+    sha256: str
+    size: int
+
+
+class RolloutStartedOut(BaseModel):
+    """A rollout started: its id and the gateways it targets."""
+
+    rollout_id: str
+    gateways: list[str]
+
+
+class UpdatesOverviewOut(BaseModel):
+    """Bundles, rollouts (with their targets) and each gateway's latest update."""
+
+    bundles: list[BundleOut]
+    rollouts: list[dict[str, Any]]
+    gateways: dict[str, UpdateTargetOut]
+
+
+class UpdateTargetOut(BaseModel):
+    """An update offered to one gateway in a rollout, and its result."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rollout_id: str
+    gateway_id: str
+    wave: int = Field(description="0: canary, 1: the rest")
+    status: str = Field(description="pending, sent, applied, refused, failed, rolled_back, "
+                                    "timeout or skipped")
+    sent: int | None
+    finished: int | None
+    detail: Any
 
 router = APIRouter(prefix="/api/v1/updates", tags=["updates"])
 MAX_BUNDLE = 200 * 1024 * 1024
@@ -45,19 +86,20 @@ def _http(exc: UpdateError) -> HTTPException:
     return HTTPException(exc.status, exc.detail)
 
 
-@router.get("")
+@router.get("", response_model=UpdatesOverviewOut)
 def overview(updates: Updates, _who: Reader) -> dict[str, Any]:
     """Bundles, rollouts and each gateway's latest update result."""
     return updates.overview()
 
 
-@router.get("/gateways/{gateway}")
-def gateway_updates(gateway: str, updates: Updates, _who: Reader) -> list[dict[str, Any]]:
+@router.get("/gateways/{gateway}", response_model=list[UpdateTargetOut])
+def gateway_updates(gateway: Annotated[str, Path(description="a gateway id")], updates: Updates,
+                    _who: Reader) -> list[dict[str, Any]]:
     """Every update offered to one gateway and its result."""
     return updates.gateway(gateway)
 
 
-@router.post("/bundles", status_code=201)
+@router.post("/bundles", status_code=201, response_model=BundleOut)
 async def upload(request: Request, updates: Updates, who: Admin) -> dict[str, Any]:
     """Upload a signed bundle (the raw .tar.gz as the request body)."""
     body = await request.body()
@@ -69,7 +111,7 @@ async def upload(request: Request, updates: Updates, who: Admin) -> dict[str, An
         raise _http(exc) from None
 
 
-@router.post("/rollouts", status_code=201)
+@router.post("/rollouts", status_code=201, response_model=RolloutStartedOut)
 def rollout(spec: RolloutIn, updates: Updates, who: Admin, request: Request) -> dict[str, Any]:
     """Start a staged rollout: canaries first, the rest only when every canary applied it."""
     gateways = list(spec.gateways)
@@ -83,8 +125,10 @@ def rollout(spec: RolloutIn, updates: Updates, who: Admin, request: Request) -> 
     return {"rollout_id": rid, "gateways": gateways}
 
 
-@router.get("/bundles/{version}/download")
-def download(version: str, request: Request, updates: Updates) -> Response:
+@router.get("/bundles/{version}/download", response_class=Response,
+            responses=binary_response("application/gzip", "the signed update bundle"))
+def download(version: Annotated[str, Path(max_length=64, description="bundle version")],
+             request: Request, updates: Updates) -> Response:
     """The bundle, for a gateway presenting its one-time download token."""
     auth = request.headers.get("authorization", "")
     token = auth[7:] if auth.lower().startswith("bearer ") else ""

@@ -13,6 +13,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from collector.params import binary_response
+
 router = APIRouter(tags=["metrics"])
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
@@ -36,7 +38,8 @@ def render(ingest: dict[str, Any], counts: dict[str, Any], up: bool) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response,
+            responses=binary_response("text/plain", "Prometheus text exposition format"))
 def metrics(request: Request) -> Response:
     """Ingest counters and store counts in the Prometheus text format."""
     ingest = dict(request.app.state.ingest_stats())

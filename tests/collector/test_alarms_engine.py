@@ -387,3 +387,30 @@ def test_hook_errors_never_reach_the_ingest_writer(rig: Rig,
     rig.at(S)  # reloads from the database; the raise is lost but the engine lives on
     rig.events("gw-a", ("lift-2", "trapped_passenger", "raise"))
     assert len(rig.rows(incidents)) == 1
+
+
+SPREAD: dict[str, Any] = {
+    **CONFIG,
+    # One gateway serving six buildings, each its own site (a concentrator on a street).
+    "sites": {f"bldg-{n}": {"name": f"Building {n}", "devices": [f"lift-{n}"], "grid": "north",
+                            "unit": "crew-north"} for n in range(1, 7)},
+}
+
+
+def test_gateway_offline_over_six_sites_is_one_incident_listing_its_devices(
+        store: Store) -> None:
+    rig = Rig(store, SPREAD)
+    lifts = [f"lift-{n}" for n in range(1, 7)]
+    rig.engine.on_gateway_state("gw-a", "online", lifts)
+    rig.engine.on_gateway_state("gw-a", "offline", lifts)
+    rig.events("gw-a", ("lift-4", "door_open_fault", "raise"))
+    rig.at(2 * MIN)
+    [inc] = rig.rows(incidents)
+    assert (inc["kind"], inc["device_id"]) == ("gateway_offline", "gw-a")
+    assert rig.desk.incident(inc["id"])["devices"] == lifts
+    # the building's own fault is explained by the gateway being down: held back
+    [held] = [a["held"] for a in rig.rows(alarms) if a["device_id"] == "lift-4"]
+    assert held.startswith("suppressed:") and held.endswith("/gw-a/gateway_offline")
+    rig.engine.on_gateway_state("gw-a", "online", lifts)
+    rig.at(3 * MIN)
+    assert rig.desk.incident(inc["id"])["state"] == "resolved"

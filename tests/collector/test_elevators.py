@@ -117,3 +117,22 @@ def test_stream_fans_out_events_from_the_writer_thread() -> None:
     assert [(e["device"], e["kind"]) for e in got] == [("lift-1", "run_timeout"),
                                                        ("lift-2", "trapped_passenger")]
     assert stream.subscribers == 0 and stream.published == 2
+
+
+def test_trip_samples_of_many_lifts_equal_one_by_one(tmp_path: Path) -> None:
+    from collector.elevators import queries
+
+    store = Store.open(f"sqlite:///{tmp_path / 'trips.sqlite'}")
+    since = NOW - 5 * DAY_MS
+    readings = [{"device": d, "ts": ts, "values": {"trip_count": v}}
+                for d, points in {"a": [(since - DAY_MS, 10), (since - 1000, 40), (since, 45),
+                                        (NOW - 10, 90)],
+                                  "b": [(since + 5, 7)], "c": [(since - 7, 3)]}.items()
+                for ts, v in points]
+    store.ingest([Accepted("gw-a", DataEnvelope.model_validate(
+        {"v": 1, "gateway": "gw-a", "seq": 1, "sent": NOW, "readings": readings}), NOW)])
+    many = queries.trip_samples_many(store, ["a", "b", "c", "none"], since, NOW)
+    assert many == {d: queries.trip_samples(store, d, since, NOW)
+                    for d in ("a", "b", "c", "none")}
+    assert many["a"] == (40.0, [(since, 45.0), (NOW - 10, 90.0)])
+    store.close()

@@ -215,3 +215,55 @@ def test_an_administrator_token_acts_as_ops_and_other_roles_do_not(client: TestC
     assert client.post(f"/api/v1/incidents/{iid}/ack", headers=admin,
                        json={"note": "from the control room"}).status_code == 200
     assert client.get("/api/v1/incidents", headers=reader).status_code == 403
+
+
+def test_filters_sorting_running_age_and_arrival_sla(client: TestClient, rig: Rig) -> None:
+    a = trapped(rig, "lift-1")
+    rig.clock.now += 60 * S
+    rig.events("gw-plant", ("boiler-9", "burner_fault", "raise"))
+    rig.at(2 * MIN)
+    b = max(int(i["id"]) for i in rig.rows(incidents))
+    url = "/api/v1/incidents"
+    assert [i["id"] for i in client.get(f"{url}?kind=trapped_passenger", headers=OPS).json()] \
+        == [a]
+    assert [i["id"] for i in client.get(f"{url}?district=east", headers=OPS).json()] == [b]
+    assert [i["id"] for i in client.get(f"{url}?site=plant-7,jinshui-12&sort=opened_at",
+                                        headers=OPS).json()] == [a, b]
+    assert [i["id"] for i in client.get(f"{url}?sort=-age", headers=OPS).json()] == [a, b]
+    assert [i["id"] for i in client.get(f"{url}?sort=severity", headers=OPS).json()] == [a, b]
+    assert client.get(f"{url}?sort=password", headers=OPS).status_code == 422
+    assert client.get(f"{url}?kind=" + ",".join(["k"] * 51), headers=OPS).status_code == 422
+    first = client.get(f"{url}?kind=trapped_passenger", headers=OPS).json()[0]
+    assert (first["district"], first["devices"], first["age_s"]) == ("north", ["lift-1"], 120.0)
+    assert first["sla"] == {"state": "ok", "colour": "green", "target_s": 600.0,
+                            "due_at": "2026-01-01T00:10:00.000Z"}
+    rig.clock.now = T0 + 8 * MIN
+    assert client.get(f"{url}/{a}", headers=OPS).json()["sla"]["state"] == "due_soon"
+    rig.clock.now = T0 + 11 * MIN
+    assert client.get(f"{url}/{a}", headers=OPS).json()["sla"]["colour"] == "red"
+    other = client.get(f"{url}/{b}", headers=OPS).json()
+    assert (other["sla"]["state"], other["devices"]) == ("none", ["boiler-9"])
+
+
+def test_notes_and_override_history(client: TestClient, rig: Rig) -> None:
+    iid = trapped(rig)
+    url = f"/api/v1/incidents/{iid}"
+    got = client.post(f"{url}/note", headers=LI, json={"note": "called the property desk"})
+    assert got.status_code == 200
+    assert got.json()["history"][-1]["event"] == "note"
+    assert client.post(f"{url}/note", headers=LI, json={"note": ""}).status_code == 422
+    assert client.post(f"{url}/note", headers=ZHAO, json={"note": "x"}).status_code == 403
+    assert client.post("/api/v1/incidents/999/note", headers=OPS,
+                       json={"note": "x"}).status_code == 404
+    client.post(f"{url}/ack", headers=LI)
+    forced = client.post(f"{url}/resolve", headers=OPS,
+                         json={"override": True, "reason": "sensor stuck, car empty"})
+    assert forced.json()["overrides"] == 1
+    steps = client.get(f"{url}/history", headers=LI).json()
+    assert [s["event"] for s in steps if s["event"] in ("note", "transition")] == \
+        ["note", "transition", "transition"]
+    assert steps[-1]["override"] == {"reason": "sensor stuck, car empty",
+                                     "conditions": ["trapped_passenger still raised by the "
+                                                    "device"]}
+    assert steps[-1]["from"] == "acknowledged"
+    assert client.get("/api/v1/incidents/999/history", headers=OPS).status_code == 404

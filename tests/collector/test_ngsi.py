@@ -686,3 +686,20 @@ def test_two_types_give_each_once(mixed_city: City) -> None:
     assert ids == ["urn:ngsi-ld:OffStreetParking:erqi-garage",
                    "urn:ngsi-ld:OnStreetParking:erqi-sq",
                    "urn:ngsi-ld:OnStreetParking:renmin-n"]
+
+
+def test_types_list_what_is_available_for_discovery(city: City) -> None:
+    listed = city.get("/ngsi-ld/v1/types")
+    assert listed["type"] == "EntityTypeList"
+    assert listed["id"].startswith("urn:ngsi-ld:EntityTypeList:")
+    assert listed["typeList"] == ["AirQualityObserved", "Alert", "Device", "OnStreetParking",
+                                  "ParkingSpot"]  # no off-street zone in this city
+    detailed = {t["typeName"]: t for t in city.get("/ngsi-ld/v1/types?details=true")}
+    assert detailed["ParkingSpot"]["type"] == "EntityType"
+    assert {"status", "location", "refParkingSite"} <= set(
+        detailed["ParkingSpot"]["attributeNames"])
+    assert "pm10" in detailed["AirQualityObserved"]["attributeNames"]
+    ld = city.client.get("/ngsi-ld/v1/types", headers={"Accept": "application/ld+json"})
+    assert ld.json()["@context"] == model.CONTEXT
+    assert city.client.get("/ngsi-ld/v1/types", headers={"Authorization": ""}) \
+        .status_code == 401
