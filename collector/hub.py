@@ -78,6 +78,7 @@ def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], 
     hub = Hub(store, config, app)
     engine = _push_and_alarms(hub, config_source)
     _environment(hub, engine)
+    _sources(hub)
     _parking(hub)
     _elevators(hub)
     _hub_feeds(hub, config_source)
@@ -181,6 +182,24 @@ def _environment(hub: Hub, engine: Any) -> None:
                                  on_alarm=bridge)
     hub.stored_hooks.append(monitor.on_stored)
     install(hub.app, monitor, dependencies=_readers())
+
+
+def _sources(hub: Hub) -> None:
+    """Pollution sources: registry, truck tracks, attribution and owner tasks."""
+    from collector.config import CollectorConfigError
+    from collector.sources import SourcesService, install, load_sources_config, run_upkeep, wire
+
+    try:
+        cfg = load_sources_config(hub.config.sources)
+    except ValueError as exc:
+        raise CollectorConfigError(f"collector.toml [sources]: {exc}") from None
+    monitor = hub.app.state.environment
+    svc = SourcesService(hub.store, cfg, monitor.config, hub.app.state.notify_queue.enqueue,
+                         public_url=hub.config.public_url).load()
+    wire(monitor, svc)
+    hub.stored_hooks.append(svc.on_stored)
+    install(hub.app, svc)
+    hub.tasks.append(lambda: run_upkeep(svc))
 
 
 def _parking(hub: Hub) -> None:

@@ -88,7 +88,7 @@ def all_migrations() -> list[Migration]:
 
     Version ranges: 1-9 core, 10-14 push notifications, 15-19 alarms and incidents,
     20-29 environment, 30-39 parking, 40-49 hub feeds, 50-59 registry and security,
-    60-64 agent updates.
+    60-64 agent updates, 70-79 pollution sources.
     """
     from collector.alarms.tables import MIGRATIONS as alarms
     from collector.environment.tables import MIGRATIONS as environment
@@ -96,11 +96,12 @@ def all_migrations() -> list[Migration]:
     from collector.notify.queue import MIGRATIONS as notify
     from collector.parking.schema import MIGRATIONS as parking
     from collector.registry.tables import MIGRATIONS as registry
+    from collector.sources.tables import MIGRATIONS as sources
     from collector.updates.tables import MIGRATIONS as updates
 
     by_version: dict[int, Migration] = {}
     for m in [*MIGRATIONS, *notify, *alarms, *environment, *parking, *hub_feeds, *registry,
-              *updates]:
+              *updates, *sources]:
         known = by_version.setdefault(m[0], m)
         if known[1] != m[1]:
             raise RuntimeError(f"migration {m[0]} is both {known[1]!r} and {m[1]!r}")
