@@ -72,6 +72,7 @@ class StationSim:
     max_segment: int = 1024  # smaller values force split packets
     utc_offset_minutes: int = 480
     wind_from: float | None = None  # dust: a steady wind direction (°) instead of a random one
+    wind_speed: float | None = None  # dust: a steady wind speed (m/s)
     rng: random.Random = field(default_factory=random.Random)
 
     def values(self) -> dict[str, tuple[float, str]]:
@@ -80,6 +81,8 @@ class StationSim:
                for code, (_, mean, spread) in TABLES[self.kind].items()}
         if self.kind == "dust" and self.wind_from is not None:
             out["a01008"] = (self.wind_from % 360.0, "N")
+        if self.kind == "dust" and self.wind_speed is not None:
+            out["a01007"] = (max(0.0, self.wind_speed), "N")
         if self.kind == "fume":
             out.update(self._fume_values())
         if self.scenario == "dust_exceedance" and self.kind == "dust":
@@ -300,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-segment", type=int, default=1024, help="split longer uploads")
     p.add_argument("--seed", type=int)
     p.add_argument("--wind-from", type=float, help="dust: steady wind direction in degrees")
+    p.add_argument("--wind-speed", type=float, help="dust: steady wind speed in m/s")
     return p
 
 
@@ -312,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = StationSim(kind=args.kind, mn=args.mn, scenario=args.scenario,
                      codes_2005=args.codes == "2005", unit_mg=args.unit == "mg", ack=args.ack,
                      max_segment=args.max_segment, wind_from=args.wind_from,
+                     wind_speed=args.wind_speed,
                      rng=random.Random(args.seed))
 
     async def runner() -> None:
