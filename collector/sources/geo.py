@@ -8,6 +8,7 @@ truck fixes arrive all the time, so they go to a grid of cells keyed by rounded 
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
@@ -135,12 +136,13 @@ class TruckGrid:
                     self.refused += 1
                     continue
                 track = self._tracks[fix.device] = deque()
-            if track and fix.ts < track[-1].ts:
-                items = sorted([*track, fix], key=lambda f: f.ts)
-                track.clear()
-                track.extend(items)
-            else:
+            if not track or fix.ts > track[-1].ts:
                 track.append(fix)
+            else:  # late or repeated: keep the track in time order, each instant once
+                at = bisect.bisect_left(track, fix.ts, key=lambda f: f.ts)
+                if at < len(track) and track[at].ts == fix.ts:
+                    continue
+                track.insert(at, fix)
             self._cells[self._cell(fix.lat, fix.lon)].add(fix.device)
 
     def prune(self, now: int) -> None:
@@ -188,8 +190,14 @@ def dwell_near(track: Iterable[Fix], lat: float, lon: float, radius_m: float, si
     best: tuple[float, Fix] | None = None
     inside_ms = 0
     previous: tuple[Fix, bool] | None = None
+    # A box a little larger than the circle: fixes outside it are far, no haversine needed.
+    dlat = radius_m * 1.01 / 111_000.0
+    dlon = dlat / max(0.05, math.cos(math.radians(lat)))
     for fix in track:
         if fix.ts < since or fix.ts > until:
+            continue
+        if abs(fix.lat - lat) > dlat or abs(fix.lon - lon) > dlon:
+            previous = (fix, False)
             continue
         d = distance_m(lat, lon, fix.lat, fix.lon)
         inside = d <= radius_m

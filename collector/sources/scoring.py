@@ -71,7 +71,8 @@ def angle_between(a: float, b: float) -> float:
     return 360.0 - d if d > 180.0 else d
 
 
-def wind_factor(bearing: float | None, wind: Wind | None, w: Weights) -> tuple[float, str]:
+def wind_factor(bearing: float | None, wind: Wind | None, w: Weights,
+                explain: bool = True) -> tuple[float, str]:
     """How much the wind points from the source to the exceedance, and why."""
     if bearing is None:
         return 1.0, "the point lies on the source: wind direction not used"
@@ -82,35 +83,51 @@ def wind_factor(bearing: float | None, wind: Wind | None, w: Weights) -> tuple[f
     strength = min(1.0, (wind.speed - w.calm_wind) / max(1e-9, w.full_wind - w.calm_wind))
     delta = angle_between(bearing, wind.direction)
     factor = 1.0 + w.upwind * math.cos(math.radians(delta)) * strength
+    if not explain:
+        return factor, ""
     side = "upwind" if delta < 60 else "downwind" if delta > 120 else "crosswind"
     return factor, (f"{side}: wind from {wind.direction:.0f}° ({compass(wind.direction)}) at"
                     f" {wind.speed:.1f} m/s ({wind.station}), source lies {bearing:.0f}°"
                     f" ({compass(bearing)}) of the point, {delta:.0f}° off the wind")
 
 
-def score(ev: Evidence, wind: Wind | None, w: Weights) -> Scored:
-    """Score one candidate and explain it."""
-    distance = math.exp(-ev.distance_m / w.distance_scale_m)
-    windf, wind_why = wind_factor(ev.bearing, wind, w)
-    reasons = [f"{ev.distance_m:.0f} m from the point" if ev.distance_m > 0
-               else "the point lies on the source's site", wind_why]
-    monitor = 1.0
+def factors(ev: Evidence, wind: Wind | None, w: Weights) -> dict[str, float]:
+    """The four factors of one candidate (no text: cheap enough for thousands)."""
+    windf = wind_factor(ev.bearing, wind, w, explain=False)[0]
+    monitor = 1.0 if ev.monitor_ratio is None else \
+        1.0 + w.monitor * min(max(ev.monitor_ratio, 0.0), 2.0)
+    dwell = 1.0 if ev.dwell_min is None else \
+        1.0 + w.dwell * min(ev.dwell_min / w.dwell_full_min, 1.0)
+    return {"distance": math.exp(-ev.distance_m / w.distance_scale_m), "wind": windf,
+            "monitor": monitor, "dwell": dwell}
+
+
+def reasons(ev: Evidence, wind: Wind | None, w: Weights) -> list[str]:
+    """Why a candidate scored as it did, in words."""
+    out = [f"{ev.distance_m:.0f} m from the point" if ev.distance_m > 0
+           else "the point lies on the source's site", wind_factor(ev.bearing, wind, w)[1]]
     if ev.monitor_ratio is not None:
-        monitor = 1.0 + w.monitor * min(max(ev.monitor_ratio, 0.0), 2.0)
-        reasons.append(f"own monitor: {ev.monitor_detail} = {ev.monitor_ratio:.1f}× its limit")
+        out.append(f"own monitor: {ev.monitor_detail} = {ev.monitor_ratio:.1f}× its limit")
     else:
-        reasons.append("own monitor: no recent data")
-    dwell = 1.0
+        out.append("own monitor: no recent data")
     if ev.dwell_min is not None:
-        dwell = 1.0 + w.dwell * min(ev.dwell_min / w.dwell_full_min, 1.0)
-        reasons.append(f"truck stayed {ev.dwell_min:.0f} min near the point")
-    factors = {"distance": distance, "wind": windf, "monitor": monitor, "dwell": dwell}
-    return Scored(ev.source_id, 100.0 * distance * windf * monitor * dwell, factors, reasons)
+        out.append(f"truck stayed {ev.dwell_min:.0f} min near the point")
+    return out
 
 
-def rank(evidence: list[Evidence], wind: Wind | None, w: Weights) -> list[Scored]:
-    """Every candidate scored, best first (ties: nearer, then by id)."""
+def score(ev: Evidence, wind: Wind | None, w: Weights, *, explain: bool = True) -> Scored:
+    """Score one candidate and, when asked, explain it."""
+    f = factors(ev, wind, w)
+    return Scored(ev.source_id, 100.0 * math.prod(f.values()), f,
+                  reasons(ev, wind, w) if explain else [])
+
+
+def rank(evidence: list[Evidence], wind: Wind | None, w: Weights,
+         explain_top: int = 50) -> list[Scored]:
+    """Every candidate scored, best first (ties: nearer, then by id); the first
+    `explain_top` carry their reasons."""
     by_id = {e.source_id: e for e in evidence}
-    scored = [score(e, wind, w) for e in evidence]
+    scored = [score(e, wind, w, explain=False) for e in evidence]
     scored.sort(key=lambda s: (-s.score, by_id[s.source_id].distance_m, s.source_id))
-    return scored
+    return [Scored(s.source_id, s.score, s.factors, reasons(by_id[s.source_id], wind, w))
+            if i < explain_top else s for i, s in enumerate(scored)]

@@ -93,6 +93,7 @@ class SourcesService:
         with self._lock:
             self._rows = {r["id"]: _decoded(r) for r in rows}
             self._reindex()
+            self.grid = TruckGrid(keep_ms=self.grid.keep_ms, max_trucks=self.grid.max_trucks)
             self.grid.add(fixes)
         return self
 
@@ -106,23 +107,25 @@ class SourcesService:
     def upsert(self, sources: Sequence[SourceIn]) -> dict[str, int]:
         """Insert or replace sources (one transaction); counts of created and updated."""
         now = self.now()
-        created = updated = 0
+        t = pollution_sources
+        rows = {s.id: {"id": s.id, **_row(s, now)} for s in sources}  # the last copy wins
         with self._lock, self.store.engine.begin() as conn:
-            known = set(conn.scalars(sa.select(pollution_sources.c.id).where(
-                pollution_sources.c.id.in_([s.id for s in sources]))))
-            for s in sources:
-                row = _row(s, now)
-                if s.id in known:
-                    conn.execute(sa.update(pollution_sources).where(
-                        pollution_sources.c.id == s.id).values(**row))
-                    updated += 1
-                else:
-                    conn.execute(sa.insert(pollution_sources).values(id=s.id, **row))
-                    known.add(s.id)
-                    created += 1
-                self._rows[s.id] = _decoded({"id": s.id, **row})
+            known: set[str] = set()
+            ids = list(rows)
+            for start in range(0, len(ids), 5000):
+                known |= set(conn.scalars(sa.select(t.c.id).where(
+                    t.c.id.in_(ids[start:start + 5000]))))
+            new = [r for i, r in rows.items() if i not in known]
+            old = [{**r, "key": i} for i, r in rows.items() if i in known]
+            if new:
+                conn.execute(sa.insert(t), new)
+            if old:
+                conn.execute(sa.update(t).where(t.c.id == sa.bindparam("key")).values(
+                    {c.name: sa.bindparam(c.name) for c in t.c if c.name != "id"}), old)
+            for i, r in rows.items():
+                self._rows[i] = _decoded(r)
             self._reindex()
-        return {"created": created, "updated": updated}
+        return {"created": len(new), "updated": len(old)}
 
     def delete(self, source_id: str) -> bool:
         """Remove a source from the registry (its past tasks stay)."""
@@ -354,7 +357,7 @@ class SourcesService:
         for channel, notice in (p for p in pushes if p is not None):
             self.enqueue(channel, notice)
             self.counters["tasks_pushed"] += 1
-        log.warning("sources: exceedance %d at %s (%s): %d candidate(s), %d pushed", eid,
+        log.info("sources: exceedance %d at %s (%s): %d candidate(s), %d pushed", eid,
                     ex.site_id or f"{ex.lat:.5f},{ex.lon:.5f}", ex.origin, len(ranked),
                     sum(p is not None for p in pushes))
         return self.exceedance(eid) or {}

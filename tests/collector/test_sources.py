@@ -187,6 +187,11 @@ def test_owner_loop_over_rest(hub: tuple[TestClient, str, Any]) -> None:
     r = client.post("/api/v1/sources/import", content=csv, headers={
         **ops, "Content-Type": "text/csv"})
     assert r.json() == {"created": 2, "updated": 0, "refused": 0, "errors": []}
+    r = client.post("/api/v1/sources/import", content=csv.replace("Plant Co", "Plant Group"),
+                    headers={**ops, "Content-Type": "text/csv"})
+    assert r.json()["updated"] == 2
+    assert client.get("/api/v1/sources/factory-s", headers=ops).json()["company"] == \
+        "Plant Group"
     ingest(h, 1, [{"device": "dust-1", "ts": T0, "values": {
         "wind_direction": 5.0, "wind_speed": 3.0, "pm10": 420.0}}])
     r = client.post("/api/v1/sources/exceedances", headers=ops, json={
@@ -227,7 +232,7 @@ def test_owner_loop_over_rest(hub: tuple[TestClient, str, Any]) -> None:
     assert client.get(f"{base}/photo", headers=ops).content == photo
     figures = client.get("/api/v1/sources/figures", params={"by": "owner"}, headers=ops).json()
     assert [(f["owner"], f["tasks_pushed"], f["handled"], f["closed"]) for f in figures] == \
-        [("Build Co", 1, 1, 1), ("Plant Co", 1, 0, 1)]
+        [("Build Co", 1, 1, 1), ("Plant Group", 1, 0, 1)]
     assert h.app.state.sources.escalate() == 0  # both tasks are past acknowledgement
 
 
@@ -278,3 +283,13 @@ def test_bad_registry_input_gets_clear_errors(hub: tuple[TestClient, str, Any]) 
     r = client.put("/api/v1/sources/s1", headers={"Authorization": f"Bearer {reader}"},
                    json={"id": "s1", "kind": "other", "lat": 1, "lon": 2})
     assert r.status_code == 403
+
+
+def test_late_and_repeated_fixes_keep_one_track_in_time_order() -> None:
+    grid = TruckGrid()
+    t0 = 1_700_000_000_000
+    grid.add([Fix("t1", t0 + 60_000, *P), Fix("t1", t0, *P), Fix("t1", t0 + 60_000, *P),
+              Fix("t1", t0 + 30_000, *P)])
+    dwell = grid.near(*P, 100, t0, t0 + 60_000)
+    assert dwell[0].minutes == 1.0
+    assert grid.latest()["t1"].ts == t0 + 60_000
