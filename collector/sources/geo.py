@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy
 import shapely
 from shapely import STRtree
 from shapely.geometry import Point, Polygon
@@ -69,7 +70,7 @@ class SourceIndex:
         self.sources = list(sources)
         lat0 = sum(s.lat for s in self.sources) / len(self.sources) if self.sources else 0.0
         self.frame = Frame(lat0)
-        self._geoms = [self._geometry(s) for s in self.sources]
+        self._geoms = numpy.array([self._geometry(s) for s in self.sources], dtype=object)
         self._tree = STRtree(self._geoms)
 
     def _geometry(self, s: Located) -> Any:
@@ -88,7 +89,8 @@ class SourceIndex:
             return []
         here = Point(self.frame.xy(lat, lon))
         hits = self._tree.query(here, predicate="dwithin", distance=radius_m)
-        out = [(self.sources[i], float(self._geoms[i].distance(here))) for i in hits]
+        distances = shapely.distance(self._geoms[hits], here)  # vectorised over the hits
+        out = [(self.sources[i], float(d)) for i, d in zip(hits, distances, strict=True)]
         out.sort(key=lambda pair: (pair[1], pair[0].id))
         return out
 

@@ -80,6 +80,11 @@ class SourcesService:
         self._rows: dict[str, dict[str, Any]] = {}
         self._index = SourceIndex([])
         self._truck_of: dict[str, str] = {}  # tracker device id -> source id
+        self._monitor_of: dict[str, str] = {}  # monitor device id -> source id
+        self._monitor_values: dict[str, dict[str, tuple[int, float]]] = {}
+        self._wind_sites = {series_id(d, i): s for s in sites.sites for d in s.devices
+                            for i in (Interval.REALTIME, Interval.MINUTE, Interval.HOUR)}
+        self._wind_values: dict[str, dict[str, tuple[int, float]]] = {}
 
     # --- registry ----------------------------------------------------------------------------
 
@@ -89,12 +94,20 @@ class SourcesService:
             rows = [dict(r) for r in conn.execute(sa.select(pollution_sources)).mappings()]
             since = self.now() - self.grid.keep_ms
             fixes = [Fix(r.device_id, r.ts, r.lat, r.lon) for r in conn.execute(
-                sa.select(truck_fixes).where(truck_fixes.c.ts >= since))]
+                sa.select(truck_fixes.c.device_id, truck_fixes.c.ts, truck_fixes.c.lat,
+                          truck_fixes.c.lon).where(truck_fixes.c.ts >= since))]
+            t = schema.latest
+            latest = conn.execute(sa.select(t.c.device_id, t.c.quantity, t.c.ts, t.c.value)
+                                  .where(t.c.quantity.in_([*self.config.monitor_limits,
+                                                           "wind_direction", "wind_speed"]),
+                                         t.c.quality == "good", t.c.value.is_not(None))).all()
         with self._lock:
             self._rows = {r["id"]: _decoded(r) for r in rows}
             self._reindex()
             self.grid = TruckGrid(keep_ms=self.grid.keep_ms, max_trucks=self.grid.max_trucks)
             self.grid.add(fixes)
+            for row in latest:
+                self._remember(row.device_id, row.quantity, row.ts, float(row.value))
         return self
 
     def _reindex(self) -> None:
@@ -103,6 +116,10 @@ class SourcesService:
         self._index = SourceIndex(fixed)
         self._truck_of = {d: r["id"] for r in self._rows.values() if r["kind"] == "muck_truck"
                           for d in r["devices"]}
+        self._monitor_of = {d: r["id"] for r in self._rows.values() if r["kind"] != "muck_truck"
+                            for d in r["devices"]}
+        self._monitor_values = {d: v for d, v in self._monitor_values.items()
+                                if d in self._monitor_of}
 
     def upsert(self, sources: Sequence[SourceIn]) -> dict[str, int]:
         """Insert or replace sources (one transaction); counts of created and updated."""
@@ -178,21 +195,27 @@ class SourcesService:
     # --- trucks ------------------------------------------------------------------------------
 
     def on_stored(self, items: list[Accepted]) -> None:
-        """Ingest hook: keep the fixes of readings that carry latitude and longitude."""
+        """Ingest hook: keep truck fixes, source-monitor values and wind (never raises)."""
+        readings = [r for a in items if isinstance(a.envelope, DataEnvelope)
+                    for r in a.envelope.readings]
         fixes: list[tuple[Fix, float | None]] = []
-        for a in items:
-            if not isinstance(a.envelope, DataEnvelope):
+        with self._lock:
+            for r in readings:
+                if r.q == "good" and (r.device in self._monitor_of or
+                                      r.device in self._wind_sites):
+                    for q, v in r.values.items():
+                        if _number(v):
+                            self._remember(r.device, q, r.ts, float(v))
+        for r in readings:
+            lat, lon = r.values.get("latitude"), r.values.get("longitude")
+            if lat is None or lon is None:
                 continue
-            for r in a.envelope.readings:
-                lat, lon = r.values.get("latitude"), r.values.get("longitude")
-                if lat is None or lon is None:
-                    continue
-                if r.q != "good" or not _number(lat) or not _number(lon):
-                    self.counters["bad_fixes"] += 1
-                    continue
-                speed = r.values.get("vehicle_speed")
-                fixes.append((Fix(r.device, r.ts, float(lat), float(lon)),
-                              float(speed) if _number(speed) else None))
+            if r.q != "good" or not _number(lat) or not _number(lon):
+                self.counters["bad_fixes"] += 1
+                continue
+            speed = r.values.get("vehicle_speed")
+            fixes.append((Fix(r.device, r.ts, float(lat), float(lon)),
+                          float(speed) if _number(speed) else None))
         if not fixes:
             return
         try:
@@ -269,52 +292,46 @@ class SourcesService:
                         ts: int) -> dict[str, tuple[float, str]]:
         """Per source: the highest ratio of its monitors' recent GOOD readings to their limits."""
         limits = self.config.monitor_limits
-        owner = {d: r["id"] for r in rows if r["kind"] != "muck_truck" for d in r["devices"]}
-        if not owner:
-            return {}
         window = int(self.config.monitor_window * 1000)
-        t = schema.latest
-        stmt = sa.select(t.c.device_id, t.c.quantity, t.c.value).where(
-            t.c.device_id.in_(list(owner)), t.c.quantity.in_(list(limits)),
-            t.c.quality == "good", t.c.ts >= ts - window, t.c.ts <= ts + window)
         out: dict[str, tuple[float, str]] = {}
-        with self.store.engine.connect() as conn:
-            for row in conn.execute(stmt):
-                if row.value is None:
-                    continue
-                ratio = float(row.value) / limits[row.quantity]
-                sid = owner[row.device_id]
-                if sid not in out or ratio > out[sid][0]:
-                    out[sid] = (ratio, f"{row.quantity} {row.value:g} at {row.device_id}"
-                                       f" (limit {limits[row.quantity]:g})")
+        for r in rows:
+            for device in r["devices"]:
+                for quantity, (seen, value) in self._monitor_values.get(device, {}).items():
+                    if abs(seen - ts) > window:
+                        continue
+                    ratio = value / limits[quantity]
+                    if r["id"] not in out or ratio > out[r["id"]][0]:
+                        out[r["id"]] = (ratio, f"{quantity} {value:g} at {device}"
+                                               f" (limit {limits[quantity]:g})")
         return out
 
     def _wind(self, lat: float, lon: float, ts: int) -> Wind | None:
         """Wind at the nearest station (environment site) with both direction and speed."""
-        where = {series_id(d, i): s for s in self.sites.sites for d in s.devices
-                 for i in (Interval.REALTIME, Interval.MINUTE, Interval.HOUR)}
-        if not where:
-            return None
         window = int(self.config.wind_window * 1000)
-        t = schema.latest
-        stmt = sa.select(t.c.device_id, t.c.quantity, t.c.value).where(
-            t.c.device_id.in_(list(where)), t.c.quantity.in_(["wind_direction", "wind_speed"]),
-            t.c.quality == "good", t.c.ts >= ts - window, t.c.ts <= ts + window)
-        seen: dict[str, dict[str, float]] = {}
-        with self.store.engine.connect() as conn:
-            for row in conn.execute(stmt):
-                if row.value is not None:
-                    seen.setdefault(row.device_id, {})[row.quantity] = float(row.value)
         best: Wind | None = None
-        for device, values in sorted(seen.items()):
-            if len(values) < 2:
+        for series, values in sorted(self._wind_values.items()):
+            direction, speed = values.get("wind_direction"), values.get("wind_speed")
+            if direction is None or speed is None or abs(direction[0] - ts) > window \
+                    or abs(speed[0] - ts) > window:
                 continue
-            site = where[device]
+            site = self._wind_sites[series]
             d = distance_m(lat, lon, site.lat, site.lon)
             if best is None or d < best.distance_m:
-                best = Wind(values["wind_direction"] % 360.0, max(0.0, values["wind_speed"]),
-                            split_series_id(device)[0], d)
+                best = Wind(direction[1] % 360.0, max(0.0, speed[1]),
+                            split_series_id(series)[0], d)
         return best
+
+    def _remember(self, device: str, quantity: str, ts: int, value: float) -> None:
+        """Keep the newest GOOD value of a source monitor or a wind station (in memory:
+        attribution reads no database)."""
+        if quantity in self.config.monitor_limits and device in self._monitor_of:
+            table = self._monitor_values.setdefault(device, {})
+        elif quantity in ("wind_direction", "wind_speed") and device in self._wind_sites:
+            table = self._wind_values.setdefault(device, {})
+        else:
+            return
+        if quantity not in table or table[quantity][0] <= ts:
+            table[quantity] = (ts, value)
 
     # --- exceedances and tasks ---------------------------------------------------------------
 
