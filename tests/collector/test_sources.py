@@ -182,7 +182,7 @@ def test_owner_loop_over_rest(hub: tuple[TestClient, str, Any]) -> None:
     client, token, h = hub
     ops = {"Authorization": f"Bearer {token}"}
     csv = (f"id,name,kind,lat,lon,company,contact_phone,devices\n"
-           f"site-n,North works,construction_site,{P[0] + DLAT_600M},{P[1]},Build Co,138,\n"
+           f"site-n,North works,construction_site,{P[0] + DLAT_600M},{P[1]},Build Co,138,mon-n\n"
            f"factory-s,South plant,industrial,{P[0] - DLAT_600M},{P[1]},Plant Co,139,\n")
     r = client.post("/api/v1/sources/import", content=csv, headers={
         **ops, "Content-Type": "text/csv"})
@@ -193,7 +193,8 @@ def test_owner_loop_over_rest(hub: tuple[TestClient, str, Any]) -> None:
     assert client.get("/api/v1/sources/factory-s", headers=ops).json()["company"] == \
         "Plant Group"
     ingest(h, 1, [{"device": "dust-1", "ts": T0, "values": {
-        "wind_direction": 5.0, "wind_speed": 3.0, "pm10": 420.0}}])
+        "wind_direction": 5.0, "wind_speed": 3.0, "pm10": 420.0}},
+        {"device": "mon-n", "ts": T0 - 60_000, "values": {"pm10": 300.0}}])
     r = client.post("/api/v1/sources/exceedances", headers=ops, json={
         "lat": P[0], "lon": P[1], "ts": T0, "quantity": "pm10", "value": 420.0})
     ex = r.json()
@@ -207,6 +208,9 @@ def test_owner_loop_over_rest(hub: tuple[TestClient, str, Any]) -> None:
     notice = h.app.state.notify_queue.load(row["id"])[0]
     assert notice.mention_phones == ("138",)
     assert any(r.startswith("upwind") for r in ex["candidates"][0]["reasons"])
+    assert "own monitor: pm10 300 at mon-n (limit 150) = 2.0× its limit" in \
+        ex["candidates"][0]["reasons"]
+    assert ex["candidates"][0]["factors"]["monitor"] == 2.0
     key = notice.link.split("key=")[1]
     base = f"/api/v1/sources/tasks/{task['id']}"
     assert client.post(f"{base}/ack", params={"key": "wrong"}).status_code == 403
