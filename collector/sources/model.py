@@ -109,7 +109,7 @@ class SourcesConfig(BaseModel):
     radius_m: float = Field(default=3000.0, gt=0, le=50_000)
     top: int = Field(default=3, ge=1, le=20)  # candidates pushed per exceedance
     min_score: float = Field(default=5.0, ge=0)  # weaker candidates are shown, not pushed
-    rules: tuple[str, ...] = ("pm10_district", "pm10_limit")  # env alarms that trigger
+    rules: tuple[str, ...] = ("pm10_district",)  # environment alarm rules that open one
     owner_channel: str = ""  # notify channel for owners without their own `channel`
     escalation: tuple[Stage, ...] = ()  # as incidents: when = not_acknowledged | not_resolved
     wind_window: Duration = 3600.0  # a wind reading at most this far from the exceedance
