@@ -151,8 +151,7 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
 @pytest.fixture
-def hub(tmp_path: Path) -> Iterator[tuple[TestClient, str, Any]]:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+def hub(store: Store, tmp_path: Path) -> Iterator[tuple[TestClient, str, Any]]:
     cfg = CollectorConfig(
         sites={"sites": [{"id": "station-1", "lat": P[0], "lon": P[1], "kind": "dust",
                           "devices": ["dust-1"], "district": "jinshui"}]},
@@ -167,7 +166,6 @@ def hub(tmp_path: Path) -> Iterator[tuple[TestClient, str, Any]]:
             yield client, admin, hub
     finally:
         asyncio.run(hub.close())
-        store.close()
 
 
 def ingest(hub: Any, seq: int, readings: list[dict[str, Any]]) -> None:
