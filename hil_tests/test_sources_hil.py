@@ -134,6 +134,10 @@ def test_exceedance_is_attributed_pushed_to_the_owner_and_closed(
 
     wait_for(lambda: ("noodle-house", "fan_without_purifier") in alarms(), 60,
              "the fan-without-purifier alarm")
+    kitchen = http_json(f"{base}/api/v1/environment/sites?kind=restaurant", token=TEST_TOKEN)
+    assert [(s["id"], s["status"]) for s in kitchen] == [("noodle-house", "exceeded")]
+    assert kitchen[0]["latest"]["fan_state"]["value"] == 1
+    assert kitchen[0]["latest"]["purifier_state"]["value"] == 0
 
     # The dust exceedance is attributed and pushed to the construction site's owner only.
     owner = wait_for(lambda: pushes(receivers, "site-owner"), 60, "the push to the site owner")

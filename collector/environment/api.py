@@ -174,7 +174,7 @@ def _require_site(monitor: EnvironmentMonitor, site_id: str) -> Site:
 
 @router.get(f"{API}/sites")
 def sites(monitor: MonitorDep, status: Status | None = None, district: str | None = None,
-          kind: Literal["dust", "boiler"] | None = None) -> list[SiteOut]:
+          kind: Literal["dust", "boiler", "restaurant"] | None = None) -> list[SiteOut]:
     """Every site with status (ok, exceeded, fault, offline), latest values and alarms."""
     return [s for s in _all_sites(monitor)
             if (status is None or s.status == status)
