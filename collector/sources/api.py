@@ -140,11 +140,12 @@ def truck_track(svc: Service, device: DevicePath, since: Ms = None, until: Ms = 
 @router.post("/attribution", dependencies=readers)
 def attribution(svc: Service, point: PointIn) -> dict[str, Any]:
     """Rank the sources around a point now or at `ts` (a question: nothing is pushed)."""
-    wind, ranked = svc.attribute(point.lat, point.lon, point.ts or now_ms(), point.radius_m)
+    wind, ranked, considered = svc.attribute(point.lat, point.lon, point.ts or now_ms(),
+                                             point.radius_m)
     return {"wind": None if wind is None else {
                 "direction": wind.direction, "speed": wind.speed, "station": wind.station,
                 "distance_m": round(wind.distance_m)},
-            "candidates": [s.as_dict() for s in ranked[:100]]}
+            "considered": considered, "candidates": [s.as_dict() for s in ranked]}
 
 
 @router.post("/exceedances")

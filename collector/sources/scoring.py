@@ -122,12 +122,19 @@ def score(ev: Evidence, wind: Wind | None, w: Weights, *, explain: bool = True) 
                   reasons(ev, wind, w) if explain else [])
 
 
+def value(ev: Evidence, wind: Wind | None, w: Weights) -> float:
+    """The score alone (the product of `factors`), without building anything per candidate."""
+    monitor = 1.0 if ev.monitor_ratio is None else \
+        1.0 + w.monitor * min(max(ev.monitor_ratio, 0.0), 2.0)
+    dwell = 1.0 if ev.dwell_min is None else \
+        1.0 + w.dwell * min(ev.dwell_min / w.dwell_full_min, 1.0)
+    return 100.0 * math.exp(-ev.distance_m / w.distance_scale_m) * wind_factor(
+        ev.bearing, wind, w, explain=False)[0] * monitor * dwell
+
+
 def rank(evidence: list[Evidence], wind: Wind | None, w: Weights,
-         explain_top: int = 50) -> list[Scored]:
-    """Every candidate scored, best first (ties: nearer, then by id); the first
-    `explain_top` carry their reasons."""
-    by_id = {e.source_id: e for e in evidence}
-    scored = [score(e, wind, w, explain=False) for e in evidence]
-    scored.sort(key=lambda s: (-s.score, by_id[s.source_id].distance_m, s.source_id))
-    return [Scored(s.source_id, s.score, s.factors, reasons(by_id[s.source_id], wind, w))
-            if i < explain_top else s for i, s in enumerate(scored)]
+         limit: int = 100) -> list[Scored]:
+    """The best `limit` candidates scored and explained, best first (ties: nearer, then id)."""
+    keyed = sorted(((-value(e, wind, w), e.distance_m, e.source_id, e) for e in evidence),
+                   key=lambda k: k[:3])
+    return [score(k[3], wind, w) for k in keyed[:limit]]

@@ -263,9 +263,10 @@ class SourcesService:
 
     # --- attribution -------------------------------------------------------------------------
 
-    def attribute(self, lat: float, lon: float, ts: int,
-                  radius_m: float | None = None) -> tuple[Wind | None, list[Scored]]:
-        """Rank the sources around a point at a time, with reasons (pushes nothing)."""
+    def attribute(self, lat: float, lon: float, ts: int, radius_m: float | None = None,
+                  ) -> tuple[Wind | None, list[Scored], int]:
+        """The best 100 sources around a point at a time, with reasons, and how many were
+        considered (pushes nothing)."""
         radius = radius_m or self.config.radius_m
         cfg = self.config
         with self._lock:
@@ -286,7 +287,7 @@ class SourcesService:
                 evidence.append(Evidence(truck, dw.closest_m, bearing_deg(
                     lat, lon, dw.closest.lat, dw.closest.lon), dwell_min=dw.minutes))
         wind = self._wind(lat, lon, ts)
-        return wind, rank(evidence, wind, cfg.weights)
+        return wind, rank(evidence, wind, cfg.weights), len(evidence)
 
     def _monitor_ratios(self, rows: Iterable[dict[str, Any]],
                         ts: int) -> dict[str, tuple[float, str]]:
@@ -355,7 +356,7 @@ class SourcesService:
 
     def open_exceedance(self, ex: Exceedance) -> dict[str, Any]:
         """Record an exceedance, rank the sources around it and push the best as tasks."""
-        wind, ranked = self.attribute(ex.lat, ex.lon, ex.ts)
+        wind, ranked, considered = self.attribute(ex.lat, ex.lon, ex.ts)
         now = self.now()
         wind_doc = {} if wind is None else {"direction": wind.direction, "speed": wind.speed,
                                             "station": wind.station,
@@ -375,7 +376,7 @@ class SourcesService:
             self.enqueue(channel, notice)
             self.counters["tasks_pushed"] += 1
         log.info("sources: exceedance %d at %s (%s): %d candidate(s), %d pushed", eid,
-                    ex.site_id or f"{ex.lat:.5f},{ex.lon:.5f}", ex.origin, len(ranked),
+                    ex.site_id or f"{ex.lat:.5f},{ex.lon:.5f}", ex.origin, considered,
                     sum(p is not None for p in pushes))
         return self.exceedance(eid) or {}
 
