@@ -258,6 +258,12 @@ def test_geojson_and_truck_tracks(hub: tuple[TestClient, str, Any]) -> None:
         "lat": P[0], "lon": P[1], "ts": T0 + 6 * 60_000}).json()["candidates"]
     truck = next(c for c in ranked if c["source"] == "truck-7")
     assert truck["reasons"][-1] == "truck stayed 6 min near the point"
+    svc = h.app.state.sources
+    svc.now = lambda: T0 + 6 * 86_400_000 + 5 * 30_000  # within the 7-day retention of some
+    assert svc.sweep() == 0
+    svc.now = lambda: T0 + 7 * 86_400_000 + 5 * 30_000 + 1
+    assert svc.sweep() == 6  # the first six fixes are past 7 days
+    assert len(client.get("/api/v1/sources/trucks/trk-7/track", headers=ops).json()) == 6
 
 
 def test_escalation_reaches_inspectors_when_nobody_acknowledges(
