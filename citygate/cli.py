@@ -403,6 +403,7 @@ _TOOLS = {
     "provision": ("provisioning.cli", "the technician's tool: identities, bundles, scan, "
                                       "preview, commission"),
     "cluster-demo": ("citygate.cluster_demo", "the city on a 3-node NATS cluster"),
+    "sources": ("citygate.sources_cli", "pollution-source registry: import, list, attribute"),
 }
 
 

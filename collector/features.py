@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from collector import alarms, elevators, environment, ngsi, parking, registry, updates
+from collector import alarms, elevators, environment, ngsi, parking, registry, sources, updates
 from collector.auth_tables import AUTH
 from collector.clock import now_ms
 from collector.config import CollectorConfig, CollectorConfigError
@@ -130,6 +130,37 @@ class Environment(BaseFeature):
     def on_stored(self, items: list[Accepted]) -> None:
         """Check fresh readings against the sites' thresholds."""
         self.monitor.on_stored(items)
+
+
+class Sources(BaseFeature):
+    """Pollution sources: registry, truck tracks, attribution and owner tasks."""
+
+    name = "sources"
+    migrations = (sources.MIGRATIONS,)
+
+    def __init__(self, environment_feature: Environment) -> None:
+        self.environment = environment_feature
+
+    def mount(self, core: Core) -> None:
+        """Build the registry on the environment's sites; push through the notify queue."""
+        try:
+            cfg = sources.load_sources_config(core.config.sources)
+        except ValueError as exc:
+            raise CollectorConfigError(f"{core.config_source}: [sources] {exc}") from None
+        monitor = self.environment.monitor
+        self.service = sources.SourcesService(
+            core.store, cfg, monitor.config, core.app.state.notify_queue.enqueue,
+            public_url=core.config.public_url).load()
+        sources.wire(monitor, self.service)
+        sources.install(core.app, self.service)
+
+    def on_stored(self, items: list[Accepted]) -> None:
+        """Keep truck tracks, monitor values and wind; attribute fresh exceedances."""
+        self.service.on_stored(items)
+
+    def tasks(self) -> Sequence[Task]:
+        """Task escalation and track retention."""
+        return (lambda: sources.run_upkeep(self.service),)
 
 
 class Parking(BaseFeature):
@@ -291,8 +322,9 @@ class Updates(BaseFeature):
 def default_features() -> list[Feature]:
     """Every feature of a collector, in mount order."""
     alarms_and_push = AlarmsAndPush()
-    return [alarms_and_push, Environment(alarms_and_push), Parking(), Elevators(), HubFeeds(),
-            Registry(), Updates()]
+    env = Environment(alarms_and_push)
+    return [alarms_and_push, env, Sources(env), Parking(), Elevators(), HubFeeds(), Registry(),
+            Updates()]
 
 
 def schema(features: Sequence[Feature] | None = None) -> list[MigrationSet]:

@@ -89,16 +89,20 @@ class Placed:
 
 
 def place_in_time(ts: int, mono: int | None, clock: ClockInfo, sent: int, received: int,
-                  trusted: bool = True, policy: ClockPolicy | None = None) -> Placed:
+                  trusted: bool = True, policy: ClockPolicy | None = None,
+                  station_time: bool = False) -> Placed:
     """Observation time on the collector's clock, and how it was obtained.
 
     A synchronised gateway whose clock is not shown wrong (`trusted`) keeps its time. Otherwise,
     within one boot the monotonic clock gives the exact age of the reading at sending; across a
     reboot only the send/receive offset is left. Nothing is placed before 2000 or in the future:
-    such a time becomes the receive time, and says why.
+    such a time becomes the receive time, and says why. A `station_time` reading was timed by
+    the instrument's own clock (HJ 212 DataTime), which the gateway's clock does not shift.
     """
     policy = policy or ClockPolicy()
-    if clock.synced and trusted:
+    if station_time:
+        how, placed = "station", ts
+    elif clock.synced and trusted:
         how, placed = "gateway", ts
     elif mono is not None and clock.mono is not None and clock.boot and (
             clock.sent_boot in ("", clock.boot)):

@@ -229,7 +229,8 @@ class IngestTx:
                                e.code, orjson.dumps(e.evidence).decode(), e.message,
                                it.received))
             for rd in msg.readings if isinstance(msg, DataEnvelope) else ():
-                ts, clamped = self._placed(rd.ts, rd.mono, msg, it.received, trusted)
+                ts, clamped = self._placed(rd.ts, rd.mono, msg, it.received, trusted,
+                                           rd.station_time)
                 quality = "uncertain" if clamped and rd.q == "good" else rd.q
                 for q, v in rd.values.items():
                     if v is None:
@@ -244,11 +245,11 @@ class IngestTx:
         return rows, events
 
     def _placed(self, ts: int, mono: int | None, env: DataEnvelope | EventsEnvelope,
-                received: int, trusted: bool) -> tuple[int, bool]:
+                received: int, trusted: bool, station: bool = False) -> tuple[int, bool]:
         p = place_in_time(ts, mono, env.clock, env.sent, received, trusted,
-                          self.store.clock_policy)
+                          self.store.clock_policy, station)
         r = self.result
-        if p.how != "gateway":
+        if p.how not in ("gateway", "station"):
             r.time_corrected[p.how] = r.time_corrected.get(p.how, 0) + 1
         if p.clamped:
             r.flagged[p.clamped] = r.flagged.get(p.clamped, 0) + 1

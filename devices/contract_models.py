@@ -96,6 +96,7 @@ class WireReading(_Strict):
     q: Literal["good", "uncertain", "bad"] = "good"
     mono: Ms | None = None
     flag: Flag | None = None
+    station_time: Annotated[bool, Field(strict=True)] = False  # ts is the instrument's clock
 
 
 class WireEvent(_Strict):

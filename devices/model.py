@@ -45,6 +45,9 @@ class Reading:
     quality: Quality = Quality.GOOD
     mono: int | None = None  # gateway monotonic clock at observation, ms
     source_flag: str | None = None  # raw vendor flag, e.g. HJ 212 data flag "D"
+    # `ts` is the instrument's own clock (HJ 212 DataTime), not the gateway's: a collector
+    # correcting an unsynchronised gateway's clock must leave it alone.
+    station_time: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         """Return the JSON-ready form used in the MQTT envelope."""
@@ -55,6 +58,8 @@ class Reading:
             out["mono"] = self.mono
         if self.source_flag is not None:
             out["flag"] = self.source_flag
+        if self.station_time:
+            out["station_time"] = True
         return out
 
 

@@ -53,6 +53,9 @@ SERVICE_MODES = {
 DIRECTIONS = {0: "none", 1: "up", 2: "down"}
 POWER_SUPPLIES = {0: "mains", 1: "battery", 2: "none"}
 PARKING_REPORT_TYPES = {1: "change", 2: "heartbeat", 3: "startup"}
+# HJ 212 equipment running state (SBn-RS; fume platforms send 1 on / 0 off as ga0701/ga2101)
+EQUIPMENT_STATES = {0: "off", 1: "running", 2: "calibrating", 3: "maintenance", 4: "alarm",
+                    5: "blowback"}
 RESET_CAUSES = {0: "unknown", 1: "power_on", 2: "hard_reset", 3: "watchdog",
                 4: "deep_sleep_wake", 5: "soft_reset", 6: "brown_out", 7: "firmware_update"}
 
@@ -109,6 +112,22 @@ _ALL: tuple[Quantity, ...] = (
     _Q("flue_pressure", ValueKind.NUMBER, "kPa", "KPA", "Flue gas pressure"),
     _Q("flue_humidity", ValueKind.NUMBER, "%", "P1", "Flue gas humidity"),
     _Q("flue_flow", ValueKind.NUMBER, "m³/h", "MQH", "Flue gas flow"),
+    # Restaurant cooking-fume monitors (饮食业油烟在线监控, HJ 212 with platform codes)
+    _Q("cooking_fume", ValueKind.NUMBER, "mg/m³", "GP", "Cooking fume (油烟) concentration"),
+    _Q("nmhc", ValueKind.NUMBER, "mg/m³", "GP", "Non-methane hydrocarbons"),
+    _Q("purifier_current", ValueKind.NUMBER, "A", "AMP", "Fume purifier current"),
+    _Q("purifier_voltage", ValueKind.NUMBER, "V", "VLT", "Fume purifier voltage"),
+    _Q("purifier_state", ValueKind.ENUM, description="Fume purifier running state",
+       labels=EQUIPMENT_STATES),
+    _Q("fan_current", ValueKind.NUMBER, "A", "AMP", "Exhaust fan current"),
+    _Q("fan_voltage", ValueKind.NUMBER, "V", "VLT", "Exhaust fan voltage"),
+    _Q("fan_state", ValueKind.ENUM, description="Exhaust fan running state",
+       labels=EQUIPMENT_STATES),
+    # Vehicles reporting their position (muck trucks)
+    _Q("latitude", ValueKind.NUMBER, "°", "DD", "WGS-84 latitude", limits=(-90, 90)),
+    _Q("longitude", ValueKind.NUMBER, "°", "DD", "WGS-84 longitude", limits=(-180, 180)),
+    _Q("vehicle_speed", ValueKind.NUMBER, "km/h", "KMH", "Vehicle speed over ground",
+       limits=(0, 500)),
     # Parking sensors
     _Q("occupied", ValueKind.BOOL, description="Parking space occupied"),
     _Q("battery_mv", ValueKind.INTEGER, "mV", "2Z", "Battery voltage", limits=_INT32),

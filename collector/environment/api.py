@@ -248,8 +248,8 @@ def sites(
     status: Annotated[Status | None, Query(description="only sites in this status")] = None,
     district: Annotated[str | None, Query(max_length=128, description="only this district")]
     = None,
-    kind: Annotated[Literal["dust", "boiler"] | None, Query(description="dust (construction) "
-                                                            "or boiler sites")] = None,
+    kind: Annotated[Literal["dust", "boiler", "restaurant"] | None,
+                    Query(description="dust (construction), boiler or restaurant sites")] = None,
 ) -> list[SiteOut]:
     """Every site with status (ok, exceeded, fault, offline), latest values and alarms."""
     return [s for s in all_sites(monitor)

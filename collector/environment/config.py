@@ -47,11 +47,18 @@ class Limits(_Model):
     particulates_limit: float = Field(default=30.0, gt=0, description="map colour, mg/m³ converted")
     so2_limit: float = Field(default=50.0, gt=0, description="map colour, mg/m³ converted")
     offline_after: Duration = 600.0  # no data this long: the site is offline
+    fume_limit: float = Field(default=2.0, gt=0, description="cooking fume, mg/m³ (GB 18483)")
+    fume_duration: Duration = 600.0  # fume must stay above the limit this long, seconds
+    unpurified_hold: Duration = 300.0  # fan on with the purifier off this long raises, seconds
+    fan_on_current: float = Field(default=0.5, ge=0, description="A: fan running above it")
+    purifier_on_current: float = Field(default=0.1, ge=0, description="A: purifier running")
 
     def colour_limits(self, kind: str) -> dict[str, float]:
         """The latest-value thresholds a site of this kind is coloured by."""
         if kind == "dust":
             return {"pm10": self.pm10_limit}
+        if kind == "restaurant":
+            return {"cooking_fume": self.fume_limit}
         return {"nox_converted": self.nox_limit, "particulates_converted":
                 self.particulates_limit, "so2_converted": self.so2_limit}
 
@@ -73,14 +80,15 @@ class Responsible(_Model):
 
 
 class Site(_Model):
-    """A monitored site: a construction site with dust monitors or a boiler house."""
+    """A monitored site: a construction site with dust monitors, a boiler house or a
+    restaurant kitchen with a cooking-fume monitor."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     name: str = ""
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
     district: str = ""
-    kind: Literal["dust", "boiler"]
+    kind: Literal["dust", "boiler", "restaurant"]
     devices: list[str] = Field(min_length=1)
     limits: dict[str, Any] = Field(default_factory=dict)
     responsible: Responsible = Field(default_factory=Responsible)

@@ -29,6 +29,8 @@ from collector.environment.rules import (
     district_average,
     duration_step,
     hourly_step,
+    running,
+    unpurified,
 )
 from collector.environment.tables import env_alarms
 from collector.store import Accepted, Store
@@ -38,6 +40,9 @@ from devices.hj212.normalise import Interval, series_id, split_series_id
 log = logging.getLogger(__name__)
 
 NOX_RULE, PM10_RULE = "nox_limit", "pm10_district"
+FUME_RULE, UNPURIFIED_RULE = "fume_limit", "fan_without_purifier"
+FUME_QUANTITIES = frozenset({"cooking_fume", "fan_state", "fan_current", "purifier_state",
+                             "purifier_current"})
 SERIES = (Interval.REALTIME, Interval.MINUTE, Interval.HOUR, Interval.DAY)
 
 
@@ -81,6 +86,8 @@ class EnvironmentMonitor:
         self.counters = {"evaluated": 0, "raised": 0, "cleared": 0, "errors": 0}
         self._nox: dict[str, DurationState] = {}
         self._pm10: dict[str, HourlyState] = {}
+        self._fume: dict[str, DurationState] = {}
+        self._unpurified: dict[str, DurationState] = {}
         self._lock = threading.Lock()
         self._loaded = False
 
@@ -109,6 +116,7 @@ class EnvironmentMonitor:
             self._load()
             changes: list[EnvAlarm] = []
             hours: set[tuple[str, int]] = set()
+            kitchens: dict[tuple[int, str], dict[str, float]] = defaultdict(dict)
             for ob in sorted(observations, key=lambda o: o.ts):
                 self.counters["evaluated"] += 1
                 device, interval = split_series_id(ob.device)
@@ -118,6 +126,11 @@ class EnvironmentMonitor:
                     changes.extend(self._nox_step(site, ob))
                 elif site.kind == "dust" and interval is Interval.HOUR and ob.quantity == "pm10":
                     hours.add((site.district, ob.ts - ob.ts % HOUR_MS))
+                elif site.kind == "restaurant" and interval is Interval.REALTIME and \
+                        ob.quantity in FUME_QUANTITIES and ob.quality == "good":
+                    kitchens[(ob.ts, site.id)][ob.quantity] = ob.value
+            for (ts, site_id), values in sorted(kitchens.items()):
+                changes.extend(self._kitchen_step(self.site_of_id(site_id), ts, values))
             for district, hour in sorted(hours, key=lambda k: k[1]):
                 changes.extend(self._district_hour(district, hour))
             self._persist(changes)
@@ -140,6 +153,45 @@ class EnvironmentMonitor:
                 f"converted NOx back to {ob.value:g} mg/m³")
         return [self._alarm(site, NOX_RULE, "nox_converted", change, ob.ts, ob.value,
                             limits.nox_limit, what)]
+
+    def site_of_id(self, site_id: str) -> Site:
+        """The configured site of this id (it exists: observations are only of known sites)."""
+        site = self.config.site(site_id)
+        assert site is not None
+        return site
+
+    def _kitchen_step(self, site: Site, ts: int, values: dict[str, float]) -> list[EnvAlarm]:
+        """One upload of a restaurant's fume monitor: the fume limit and the evasion rule."""
+        limits = self.config.limits_of(site)
+        out: list[EnvAlarm] = []
+        fume = values.get("cooking_fume")
+        if fume is not None:
+            state, change = duration_step(self._fume.get(site.id, DurationState()), ts, fume,
+                                          limits.fume_limit, int(limits.fume_duration * 1000))
+            self._fume[site.id] = state
+            if change is not None:
+                what = (f"cooking fume {fume:g} mg/m³ above {limits.fume_limit:g} for"
+                        f" {limits.fume_duration:g} s" if change == "raise" else
+                        f"cooking fume back to {fume:g} mg/m³")
+                out.append(self._alarm(site, FUME_RULE, "cooking_fume", change, ts, fume,
+                                       limits.fume_limit, what))
+        fan = running(values.get("fan_state"), values.get("fan_current"), limits.fan_on_current)
+        purifier = running(values.get("purifier_state"), values.get("purifier_current"),
+                           limits.purifier_on_current)
+        evading = unpurified(fan, purifier)
+        if evading is None:
+            return out
+        state, change = duration_step(self._unpurified.get(site.id, DurationState()), ts,
+                                      1.0 if evading else 0.0, 0.5,
+                                      int(limits.unpurified_hold * 1000))
+        self._unpurified[site.id] = state
+        if change is not None:
+            what = (f"exhaust fan running with the fume purifier off for"
+                    f" {limits.unpurified_hold:g} s" if change == "raise" else
+                    "fume purifier running again (or the fan stopped)")
+            out.append(self._alarm(site, UNPURIFIED_RULE, "purifier_state", change, ts,
+                                   values.get("purifier_state"), None, what))
+        return out
 
     def _district_hour(self, district: str, hour: int) -> list[EnvAlarm]:
         sites = [s for s in self.config.sites if s.kind == "dust" and s.district == district]
@@ -215,6 +267,10 @@ class EnvironmentMonitor:
                     self._nox[row.site_id] = DurationState(None, True)
                 elif row.rule == PM10_RULE:
                     self._pm10[row.site_id] = HourlyState({}, True)
+                elif row.rule == FUME_RULE:
+                    self._fume[row.site_id] = DurationState(None, True)
+                elif row.rule == UNPURIFIED_RULE:
+                    self._unpurified[row.site_id] = DurationState(None, True)
         self._loaded = True
 
     # --- queries ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Threshold rules as small pure functions: converted NOx for a duration, PM10 vs district."""
+"""Threshold rules as small pure functions: converted NOx for a duration, PM10 vs district,
+cooking fume above its limit and the fan running while the fume purifier is off."""
 
 from __future__ import annotations
 
@@ -85,3 +86,20 @@ def site_status(*, alarm_active: bool, last_seen: int | None, now: int, offline_
     if over_limit:
         return "exceeded", "latest value above the limit"
     return "ok", ""
+
+
+def running(state: float | None, current: float | None, on_current: float) -> bool | None:
+    """Whether a fan or purifier runs: its state when sent (1 running), else its current above
+    `on_current` amperes (platforms set it from the rating); None when neither is known."""
+    if state is not None:
+        return int(state) == 1
+    if current is not None:
+        return current > on_current
+    return None
+
+
+def unpurified(fan: bool | None, purifier: bool | None) -> bool | None:
+    """The classic evasion: the exhaust fan runs while the purifier is off (None: unknown)."""
+    if fan is None or purifier is None:
+        return None
+    return fan and not purifier

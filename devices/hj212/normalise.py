@@ -136,10 +136,12 @@ def _number(text: str) -> float | None:
 
 
 def _reading(series: str, ts: int, mono: int | None, flag: str | None,
-             values: dict[str, Value]) -> Reading:
+             values: dict[str, Value], station_time: bool) -> Reading:
     if flag == BAD_FLAG:
-        return Reading(series, ts, values, quality=Quality.UNCERTAIN, mono=mono)
-    return Reading(series, ts, values, quality=flag_quality(flag), mono=mono, source_flag=flag)
+        return Reading(series, ts, values, quality=Quality.UNCERTAIN, mono=mono,
+                       station_time=station_time)
+    return Reading(series, ts, values, quality=flag_quality(flag), mono=mono, source_flag=flag,
+                   station_time=station_time)
 
 
 def normalise(frame: Frame, profile: Profile, device: str, *, received_ms: int,
@@ -183,6 +185,8 @@ def normalise(frame: Frame, profile: Profile, device: str, *, received_ms: int,
             flag = BAD_FLAG
         by_flag.setdefault(flag, {})[quantity] = converted_value
     series = series_id(device, interval)
-    readings = [_reading(series, ts, mono, flag, values) for flag, values in by_flag.items()]
+    timed = "DataTime" in cp  # otherwise `ts` is the gateway's receive time
+    readings = [_reading(series, ts, mono, flag, values, timed)
+                for flag, values in by_flag.items()]
     return Normalised(interval, readings, tuple(unknown), bad, ignored,
                       bad_flags=tuple(f for f in bad_flags if f is not None))

@@ -1,11 +1,12 @@
-"""Simulated HJ 212 data loggers of construction-dust and boiler stations.
+"""Simulated HJ 212 data loggers of construction-dust, boiler and restaurant-fume stations.
 
 A station writes real-time (2011) frames every interval and, when asked, minute (2051) and
 hourly (2061) averages, onto a serial line (a pty it creates and links at a path, or a real
 port) or over TCP as a client of the gateway's listener, reconnecting as real loggers do.
 Scenarios (names shared with the tests and the demo): normal, dust_exceedance,
-boiler_nox_exceedance, instrument_fault (flag D), calibration (flag C), babbling_line
-(garbage and corrupt frames between good ones). Frame content is a pure function of the
+boiler_nox_exceedance, fume_exceedance, purifier_off (the exhaust fan runs while the fume
+purifier is off), instrument_fault (flag D), calibration (flag C), babbling_line (garbage and
+corrupt frames between good ones). Frame content is a pure function of the
 scenario, the time and a seeded random source.
 """
 
@@ -29,9 +30,9 @@ from devices.hj212 import StreamDecoder, build, split
 
 log = logging.getLogger("citygate.sim.environment")
 
-Kind = Literal["dust", "boiler"]
-SCENARIOS = ("normal", "dust_exceedance", "boiler_nox_exceedance", "instrument_fault",
-             "calibration", "babbling_line")
+Kind = Literal["dust", "boiler", "fume"]
+SCENARIOS = ("normal", "dust_exceedance", "boiler_nox_exceedance", "fume_exceedance",
+             "purifier_off", "instrument_fault", "calibration", "babbling_line")
 O2_REF = 3.5  # gas boilers; coal boilers refer to 9 %
 # code -> (2005 code, typical value, spread); particles in µg/m³, gases in mg/m³
 DUST = {"a34001": ("a34001", 110.0, 15.0), "a34002": ("a34002", 65.0, 10.0),
@@ -44,6 +45,15 @@ BOILER = {"a21026": ("02", 5.0, 1.0), "a21002": ("03", 18.0, 2.0), "a34013": ("0
           "a01012": ("S03", 95.0, 3.0), "a01011": ("S02", 6.0, 0.5),
           "a01013": ("S08", 0.1, 0.01), "a01014": ("S05", 9.0, 0.5),
           "a00000": ("B02", 2.5, 0.2)}
+# Cooking-fume platform codes (docs/hj212.md): fume, particulates, NMHC in mg/m³; purifier and
+# fan current (A) and state (1 running, 0 off).
+FUME = {"a34041": ("a34041", 0.6, 0.1), "a34000": ("a34000", 1.5, 0.3),
+        "a24088": ("a24088", 3.0, 0.5), "ga0601": ("ga0601", 0.8, 0.05),
+        "ga0701": ("ga0701", 1.0, 0.0), "ga2001": ("ga2001", 2.2, 0.1),
+        "ga2101": ("ga2101", 1.0, 0.0)}
+TABLES = {"dust": DUST, "boiler": BOILER, "fume": FUME}
+KEY_CODE = {"dust": "a34002", "boiler": "a21002", "fume": "a34041"}
+ST = {"dust": "39", "boiler": "31", "fume": "31"}
 PARTICLES = ("a34001", "a34002", "a34004", "a34005")
 CONVERTED = ("a21026", "a21002", "a34013")  # values with a -Zs counterpart
 
@@ -61,23 +71,40 @@ class StationSim:
     ack: bool = False  # ask for the 9014 data answer (Flag bit A)
     max_segment: int = 1024  # smaller values force split packets
     utc_offset_minutes: int = 480
+    wind_from: float | None = None  # dust: a steady wind direction (°) instead of a random one
+    wind_speed: float | None = None  # dust: a steady wind speed (m/s)
     rng: random.Random = field(default_factory=random.Random)
 
     def values(self) -> dict[str, tuple[float, str]]:
         """Current instrument values and data flags per 2017 code for this scenario."""
-        table = DUST if self.kind == "dust" else BOILER
         out = {code: (max(0.0, self.rng.gauss(mean, spread)), "N")
-               for code, (_, mean, spread) in table.items()}
+               for code, (_, mean, spread) in TABLES[self.kind].items()}
+        if self.kind == "dust" and self.wind_from is not None:
+            out["a01008"] = (self.wind_from % 360.0, "N")
+        if self.kind == "dust" and self.wind_speed is not None:
+            out["a01007"] = (max(0.0, self.wind_speed), "N")
+        if self.kind == "fume":
+            out.update(self._fume_values())
         if self.scenario == "dust_exceedance" and self.kind == "dust":
             out["a34002"] = (self.rng.gauss(420.0, 15.0), "N")
             out["a34001"] = (self.rng.gauss(650.0, 20.0), "N")
         if self.scenario == "boiler_nox_exceedance" and self.kind == "boiler":
             out["a21002"] = (self.rng.gauss(36.0, 1.0), "N")
-        key = "a34002" if self.kind == "dust" else "a21002"
+        key = KEY_CODE[self.kind]
         if self.scenario == "instrument_fault":
             out[key] = (0.0, "D")
         if self.scenario == "calibration":
             out[key] = (out[key][0], "C")
+        return out
+
+    def _fume_values(self) -> dict[str, tuple[float, str]]:
+        """The fume scenarios: a concentration above the limit, or the purifier left off."""
+        out: dict[str, tuple[float, str]] = {}
+        if self.scenario == "fume_exceedance":
+            out["a34041"] = (self.rng.gauss(3.5, 0.2), "N")
+        if self.scenario == "purifier_off":  # fan on, purifier off: fumes go out unpurified
+            out |= {"ga0601": (0.0, "N"), "ga0701": (0.0, "N"),
+                    "a34041": (self.rng.gauss(2.6, 0.2), "N")}
         return out
 
     def cp(self, interval: Literal["rt", "avg"]) -> dict[str, str]:
@@ -89,6 +116,10 @@ class StationSim:
             o2 = values["a19001"][0]
         for code, (value, flag) in values.items():
             wire = BOILER[code][0] if self.codes_2005 and self.kind == "boiler" else code
+            if code in ("ga0701", "ga2101"):  # states are integers on the wire
+                cp[f"{wire}-Rtd" if interval == "rt" else f"{wire}-Avg"] = f"{value:.0f}"
+                cp[f"{wire}-Flag"] = flag
+                continue
             scale = 0.001 if self.unit_mg and code in PARTICLES else 1.0
             shown = f"{value * scale:.4f}" if scale != 1.0 else f"{value:.2f}"
             if interval == "rt":
@@ -113,7 +144,7 @@ class StationSim:
             local = local.replace(second=0, microsecond=0)
         cp = {"DataTime": local.strftime("%Y%m%d%H%M%S"),
               **self.cp("rt" if cn == "2011" else "avg")}
-        st = "39" if self.kind == "dust" else "31"
+        st = ST[self.kind]
         if self.codes_2005:
             return [build(st=st, cn=cn, pw=self.pw, mn=self.mn, cp=cp)]
         qn = (at.astimezone(UTC).replace(tzinfo=None) + timedelta(
@@ -251,7 +282,7 @@ async def run_tcp(sim: StationSim, args: argparse.Namespace, stop: asyncio.Event
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of `citygate sim environment`."""
     p = argparse.ArgumentParser(prog="citygate sim environment", description=__doc__)
-    p.add_argument("--kind", choices=("dust", "boiler"), required=True)
+    p.add_argument("--kind", choices=tuple(TABLES), required=True)
     p.add_argument("--mn", required=True, help="the station's MN code")
     p.add_argument("--scenario", choices=SCENARIOS, default="normal")
     where = p.add_mutually_exclusive_group(required=True)
@@ -271,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ack", action="store_true", help="ask for 9014 data answers (Flag=5)")
     p.add_argument("--max-segment", type=int, default=1024, help="split longer uploads")
     p.add_argument("--seed", type=int)
+    p.add_argument("--wind-from", type=float, help="dust: steady wind direction in degrees")
+    p.add_argument("--wind-speed", type=float, help="dust: steady wind speed in m/s")
     return p
 
 
@@ -282,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     sim = StationSim(kind=args.kind, mn=args.mn, scenario=args.scenario,
                      codes_2005=args.codes == "2005", unit_mg=args.unit == "mg", ack=args.ack,
-                     max_segment=args.max_segment, rng=random.Random(args.seed))
+                     max_segment=args.max_segment, wind_from=args.wind_from,
+                     wind_speed=args.wind_speed,
+                     rng=random.Random(args.seed))
 
     async def runner() -> None:
         stop = asyncio.Event()
