@@ -32,6 +32,8 @@ class CollectorConfig(BaseModel):
     # clock tolerances of ingest: max_skew, max_future, live_bound (collector.placement)
     ingest: dict[str, Any] = Field(default_factory=dict)
     pages: dict[str, Any] = Field(default_factory=dict)  # what the web pages link to (map URL)
+    # ingest processes (collector.workers); more than one needs PostgreSQL
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 def load_collector_config(path: str | Path | None) -> CollectorConfig:

@@ -354,8 +354,10 @@ class Ingest(IngestCore):
         self._probe_back = None  # nothing is live until a probe came back through the queue
         log.info("collector connected to %s:%d (session present: %s)", self.host, self.port,
                  getattr(flags, "session_present", "?"))
-        client.subscribe([(t, contract.QOS) for t in contract.subscriptions(self.share_group)]
-                         + [(self.probe_topic, contract.QOS)])
+        topics = contract.subscriptions(self.share_group)
+        if self.share_group:  # a session once subscribed without the group would get copies
+            client.unsubscribe([t for t in contract.subscriptions() if t not in topics])
+        client.subscribe([(t, contract.QOS) for t in topics] + [(self.probe_topic, contract.QOS)])
         client.publish(contract.collector_state_topic(self.client_id),
                        contract.collector_state_payload(self.client_id, "online", now_ms()),
                        qos=1, retain=True)

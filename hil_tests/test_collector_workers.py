@@ -1,0 +1,155 @@
+"""`collector run --workers 2` on real Mosquitto and PostgreSQL: a worker killed with -9 mid-stream
+is restarted with its client id and nothing is lost or stored twice; a fault reported through
+both workers is one incident."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import sqlalchemy as sa
+
+from citygate.feeder import Feeder
+from citygate.rig import Broker, collector_health, http_json, wait_for
+from collector.alarms import hash_token
+from collector.store import Store
+from devices import contract
+from devices.model import Action, Event, Severity
+from hil_tests.conftest import Procs
+
+pytestmark = [pytest.mark.hil, pytest.mark.postgres]
+PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+GATEWAYS, PER_GATEWAY, RATE = 4, 1500, 300.0
+OPS_TOKEN = "ops-room-" + os.urandom(8).hex()
+
+
+def _pg_admin() -> Any:
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+
+
+@pytest.fixture
+def pg_db() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards."""
+    try:
+        with _pg_admin():
+            pass
+    except Exception as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
+    name = f"citygate_workers_{uuid.uuid4().hex[:10]}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with _pg_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def workers_of(base: str) -> list[dict[str, Any]]:
+    """The workers as the health endpoint lists them."""
+    return list(((collector_health(base) or {}).get("ingest") or {}).get("workers") or [])
+
+
+def all_running(base: str, n: int) -> bool:
+    """Every worker running and connected to the broker."""
+    ws = workers_of(base)
+    return len(ws) == n and all(w["state"] == "running" and (w["ingest"] or {}).get(
+        "broker_connected") for w in ws)
+
+
+def tally(db: str) -> dict[str, tuple[int, int, int]]:
+    """Per gateway: batch rows, distinct seqs, readings."""
+    store = Store.open(db)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT b.gateway_id, count(*), count(DISTINCT b.seq),"
+                " (SELECT count(*) FROM readings r WHERE r.gateway_id = b.gateway_id)"
+                " FROM batches b WHERE b.channel = 'data' GROUP BY b.gateway_id")).all()
+        return {gw: (int(n), int(d), int(r)) for gw, n, d, r in rows}
+    finally:
+        store.close()
+
+
+def raise_trapped(broker: Broker, times: int) -> None:
+    """A lift gateway reporting the same entrapment in `times` successive envelopes, which the
+    shared subscription hands to both workers in turn."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-lift-fault")
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    try:
+        for seq in range(1, times + 1):
+            ev = Event("lift-07", 1_780_000_000_000 + seq, "trapped_passenger", Action.RAISE,
+                       Severity.CRITICAL, evidence={"floor": 3})
+            payload = contract.envelope("gw-lift-fault", contract.EVENTS, seq,
+                                        1_780_000_000_000 + seq, contract.encode_batch([ev]))
+            c.publish(contract.topic("gw-lift-fault", contract.EVENTS), payload,
+                      qos=1).wait_for_publish(5)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+def test_worker_kill9_mid_stream_exact_counts_and_one_incident(broker: Broker, pg_db: str,
+                                                               procs: Procs) -> None:
+    config = {"alarms": {"group_wait": "0s",
+                         "ops": [{"name": "ops-room", "token_hash": hash_token(OPS_TOKEN)}]}}
+    proc, base = procs.collector(broker, pg_db, "collector", "--workers", "2", config=config)
+    wait_for(lambda: all_running(base, 2), 30, "two ingest workers connected")
+    before = {w["index"]: w for w in workers_of(base)}
+    assert before[1]["client_id"] == "citygate-collector"
+    assert before[2]["client_id"] == "citygate-collector-2"
+
+    feeders = [Feeder(f"gw{i + 1}", [broker.url], count=PER_GATEWAY, rate=RATE).start()
+               for i in range(GATEWAYS)]
+    try:
+        wait_for(lambda: sum(f.counts.acked for f in feeders) > GATEWAYS * PER_GATEWAY // 3, 20,
+                 "a third of the stream acknowledged by the broker")
+        victim = before[2]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        raise_trapped(broker, 6)
+        wait_for(lambda: all(f.done for f in feeders), 40, "every feeder acknowledged")
+        wait_for(lambda: all(v[1] == PER_GATEWAY for v in tally(pg_db).values())
+                 and len(tally(pg_db)) == GATEWAYS, 30, "every envelope stored")
+    finally:
+        for f in feeders:
+            f.stop()
+
+    for gw, (rows, distinct, readings) in sorted(tally(pg_db).items()):
+        assert (rows, distinct, readings) == (PER_GATEWAY, PER_GATEWAY, PER_GATEWAY), gw
+    after = {w["index"]: w for w in workers_of(base)}
+    assert after[2]["restarts"] == 1 and after[2]["pid"] != victim, after[2]
+    assert after[2]["last_exit"] == "killed by SIGKILL"
+    assert after[1]["restarts"] == 0
+    log = proc.tail()
+    assert "restarting it" in log and "citygate-collector-2" in log
+    assert "session present: True" in log  # the restarted worker found its queued messages
+
+    def trapped() -> list[dict[str, Any]]:
+        got = http_json(f"{base}/api/v1/incidents", token=OPS_TOKEN)
+        return [i for i in got if i["device"] == "lift-07"]
+    wait_for(lambda: trapped(), 20, "the entrapment incident")
+    health = collector_health(base) or {}
+    feed = health["ingest"]["feed"]
+    wait_for(lambda: (collector_health(base) or {})["ingest"]["feed"]["messages"]
+             >= GATEWAYS * PER_GATEWAY + 6, 20, "every stored envelope fed to the hooks")
+    assert len(trapped()) == 1, trapped()
+    assert health["ingest"]["leader"] is True, feed
+
+
+def test_workers_refused_on_sqlite(tmp_path: Any) -> None:
+    out = subprocess.run([sys.executable, "-m", "citygate.cli", "collector", "run",
+                          "--workers", "2", "--db", f"sqlite:///{tmp_path / 'hub.sqlite'}"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "--workers 2 needs PostgreSQL" in out.stderr
+    assert not (tmp_path / "hub.sqlite").exists()
