@@ -130,7 +130,7 @@ def test_worker_kill9_mid_stream_exact_counts_and_one_incident(broker: Broker, p
     assert after[2]["restarts"] == 1 and after[2]["pid"] != victim, after[2]
     assert after[2]["last_exit"] == "killed by SIGKILL"
     assert after[1]["restarts"] == 0
-    log = proc.tail()
+    log = proc.log.read_text()
     assert "restarting it" in log and "citygate-collector-2" in log
     assert "session present: True" in log  # the restarted worker found its queued messages
 
