@@ -137,7 +137,7 @@ def test_worker_kill9_mid_stream_exact_counts_and_one_incident(broker: Broker, p
     def trapped() -> list[dict[str, Any]]:
         got = http_json(f"{base}/api/v1/incidents", token=OPS_TOKEN)
         return [i for i in got if i["device"] == "lift-07"]
-    wait_for(lambda: trapped(), 20, "the entrapment incident")
+    wait_for(trapped, 20, "the entrapment incident")
     health = collector_health(base) or {}
     feed = health["ingest"]["feed"]
     wait_for(lambda: (collector_health(base) or {})["ingest"]["feed"]["messages"]
@@ -149,7 +149,7 @@ def test_worker_kill9_mid_stream_exact_counts_and_one_incident(broker: Broker, p
 def test_workers_refused_on_sqlite(tmp_path: Any) -> None:
     out = subprocess.run([sys.executable, "-m", "citygate.cli", "collector", "run",
                           "--workers", "2", "--db", f"sqlite:///{tmp_path / 'hub.sqlite'}"],
-                         capture_output=True, text=True, timeout=30)
+                         check=False, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "--workers 2 needs PostgreSQL" in out.stderr
     assert not (tmp_path / "hub.sqlite").exists()
