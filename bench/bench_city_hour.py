@@ -313,6 +313,12 @@ def offer(stack: Stack, rate: float, duration: float) -> dict[str, float]:
         "rss_mosquitto_mb": rss.get("mosquitto", 0.0),
         "load1": os.getloadavg()[0],
     }
+    stack_cpu = sum(v for k, v in cpu.items() if not k.startswith("gen"))
+    figures["stack_cpu_us_per_env"] = stack_cpu / max(figures["stored_env_s"], 1.0) * 1e6
+    # What the stack's own CPU per envelope allows on an otherwise idle machine of this size.
+    figures["idle_machine_env_s_est"] = (os.cpu_count() or 2) * 1e6 / max(
+        figures["stack_cpu_us_per_env"], 1.0)
+    figures["hub_us_per_env"] = figures["cpu_hub"] / max(figures["stored_env_s"], 1.0) * 1e6
     figures["holds"] = float(figures["stored_env_s"] >= HOLD_STORED * figures["offered_env_s"]
                              and figures["lag_p99_s"] < HOLD_LAG_P99_S
                              and figures["backlog_after_10s"] == 0)
@@ -344,6 +350,10 @@ def show(workers: int, f: dict[str, float]) -> None:
           f"{f['cpu_mosquitto']:.2f}, postgres {f['cpu_postgres']:.2f}, load generators "
           f"{f['cpu_generators']:.2f}, machine busy "
           f"{f['machine_busy_cores']:.2f} of {os.cpu_count()}; load1 {f['load1']:.1f}", flush=True)
+    print(f"  stack CPU per stored envelope {f['stack_cpu_us_per_env']:.0f} us -> an idle "
+          f"{os.cpu_count()}-core machine would store ~{f['idle_machine_env_s_est']:.0f}/s; "
+          f"hub {f['hub_us_per_env']:.0f} us per envelope (one core: "
+          f"~{1e6 / max(f['hub_us_per_env'], 1.0):.0f}/s)", flush=True)
     print(f"  peak RSS MB: hub {f['rss_hub_mb']:.0f}, worker max {f['rss_worker_max_mb']:.0f}, "
           f"mosquitto {f['rss_mosquitto_mb']:.0f}", flush=True)
 
