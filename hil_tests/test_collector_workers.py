@@ -17,11 +17,12 @@ import pytest
 import sqlalchemy as sa
 
 from citygate.feeder import Feeder
-from citygate.rig import Broker, collector_health, http_json, wait_for
+from citygate.rig import Broker, collector_health, free_port, http_json, wait_for
 from collector.alarms import hash_token
 from collector.store import Store
 from devices import contract
 from devices.model import Action, Event, Severity
+from hil_tests import test_cluster as tc
 from hil_tests.conftest import Procs
 
 pytestmark = [pytest.mark.hil, pytest.mark.postgres]
@@ -153,3 +154,51 @@ def test_workers_refused_on_sqlite(tmp_path: Any) -> None:
     assert out.returncode == 2
     assert "--workers 2 needs PostgreSQL" in out.stderr
     assert not (tmp_path / "hub.sqlite").exists()
+
+
+@pytest.fixture
+def nats(tmp_path: Any) -> Iterator[Any]:
+    """A 3-node NATS cluster with the collectors' consumer (as hil_tests/test_cluster.py)."""
+    from citygate.cluster import NatsCluster, NatsServerMissing, nats_server_binary
+    from collector.ingest_nats import DURABLE
+
+    try:
+        nats_server_binary()
+    except NatsServerMissing as exc:
+        pytest.skip(str(exc))
+    c = NatsCluster(tmp_path / "nats").start()
+    try:
+        c.create_consumer(DURABLE, ack_wait=tc.ACK_WAIT)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_nats_workers_share_the_durable_consumer_through_a_kill9(nats: Any, pg_db: str,
+                                                                procs: Procs) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    procs.start("collector", "collector", "run", "--workers", "2", "--ingest", "nats",
+                "--nats", ",".join(nats.nats_urls), "--broker", ",".join(nats.mqtt_urls),
+                "--db", pg_db, "--http", f"127.0.0.1:{port}")
+    wait_for(lambda: len(workers_of(base)) == 2 and all(
+        w["state"] == "running" and w["ingest"] for w in workers_of(base)), 30,
+        "two NATS ingest workers")
+    feeders = tc.run_feeders(nats, 3, count=1000, rate=250)
+    try:
+        wait_for(lambda: sum(f.counts.acked for f in feeders) > 1000, 20, "a third acknowledged")
+        victim = {w["index"]: w for w in workers_of(base)}[1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        tc.finish(feeders, 40)
+        wait_for(lambda: tc.all_stored(pg_db, feeders), tc.ACK_WAIT * 3 + 20,
+                 "every envelope stored after redelivery")
+        report = tc.assert_exact(pg_db, feeders)
+    finally:
+        for f in feeders:
+            f.stop()
+    workers = {w["index"]: w for w in workers_of(base)}
+    assert workers[1]["restarts"] == 1 and workers[1]["pid"] != victim, workers[1]
+    assert all(w["ingest"]["source"] == "nats" for w in workers.values())
+    assert all(w["ingest"]["stored_messages"] > 0 for w in workers.values()), report
+    wait_for(lambda: (collector_health(base) or {})["ingest"]["feed"]["messages"] >= 3000, 20,
+             "every stored envelope fed to the hooks")
