@@ -31,6 +31,8 @@ import argparse
 import multiprocessing as mp
 import os
 import random
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -336,8 +338,10 @@ def _drained(stack: Stack, want: int, within: float) -> int:
 
 
 def warm_up(stack: Stack, seconds: float) -> None:
-    """Every gateway and device once, so the runs measure steady state."""
-    offer(stack, 4000.0, seconds)
+    """Most gateways and devices once, and that stored, so the runs measure steady state."""
+    before = stack.stored()
+    f = offer(stack, 1000.0, seconds)
+    _drained(stack, before + int(f["offered_env_s"] * seconds), 180.0)
 
 
 def show(workers: int, f: dict[str, float]) -> None:
@@ -374,6 +378,72 @@ def search(stack: Stack, lo: float, hi: float, duration: float, steps: int) -> f
     return best
 
 
+def hub_cost(envelopes: int) -> dict[str, float]:
+    """CPU of the hub process per envelope fed (decode, then the features' hooks), measured
+    in-process on the mix: what one hub core can feed, however loaded the machine is."""
+    import psycopg
+
+    from collector.config import CollectorConfig
+    from collector.feed import FeedReader, FeedWriter, ensure_feed
+    from collector.hub import build_hub
+    from collector.ingest import entry_of
+    from collector.store import Store
+
+    name = f"citygate_city_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store.open(url)
+            ensure_feed(store.engine)
+            hub = build_hub(store, CollectorConfig(), dict, admin_token_file=Path(tmp) / "t")
+            feed = FeedWriter("bench")
+            store.tx_writers.append(feed)
+            rng, seqs = random.Random(3), dict[str, int]()
+            total = sum(n for _, n, _ in MIX)
+            kinds = [k for k, n, _ in MIX for _ in range(max(1, round(200 * n / total)))]
+            for start in range(0, envelopes, 200):
+                now = int(time.time() * 1000)
+                entries = []
+                for _ in range(min(200, envelopes - start)):
+                    kind = rng.choice(kinds)
+                    gw = gateway_of(kind, rng.randrange(GATEWAYS[kind]))
+                    seq = seqs[gw] = seqs.get(gw, 0) + 1
+                    topic = contract.topic(gw, contract.DATA)
+                    payload = contract.envelope(gw, contract.DATA, seq, now, contract.encode_batch(
+                        values_of(kind, gw, rng, now)))
+                    entries.append(entry_of(contract.decode(topic, payload), topic, payload,
+                                            now, True))
+                feed.expect(entries)
+                store.ingest([e.record for e in entries if e.record is not None])
+            decoded: list[Any] = []
+            reader = FeedReader(store, decoded.extend, lambda *_: None, limit=50)
+            c0 = time.process_time()
+            while reader.poll():
+                pass
+            decode_s = time.process_time() - c0
+            c0 = time.process_time()
+            for i in range(0, len(decoded), 200):
+                hub.on_stored(decoded[i:i + 200])
+            hooks_s = time.process_time() - c0
+            asyncio_close(hub)
+            store.close()
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    n = max(1, len(decoded))
+    return {"read_decode_us": decode_s / n * 1e6, "hooks_us": hooks_s / n * 1e6,
+            "hub_env_s_per_core": n / max(decode_s + hooks_s, 1e-9)}
+
+
+def asyncio_close(hub: Any) -> None:
+    """Stop the features' own threads and connections."""
+    import asyncio
+
+    asyncio.run(hub.close())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the busiest-hour mix against 1..N workers."""
     p = argparse.ArgumentParser(prog="python -m bench city_hour")
@@ -385,7 +455,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--search", nargs=2, type=float, metavar=("LO", "HI"))
+    p.add_argument("--hub-cost", type=int, metavar="ENVELOPES",
+                   help="only measure the hub's CPU per envelope fed, on this many envelopes")
     args = p.parse_args(argv or [])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stack on the way out
+    if args.hub_cost:
+        for _ in range(args.runs):
+            c = hub_cost(args.hub_cost)
+            print(f"hub per envelope fed: read+decode {c['read_decode_us']:.0f} us, hooks "
+                  f"{c['hooks_us']:.0f} us -> one hub core feeds ~{c['hub_env_s_per_core']:.0f}"
+                  " envelopes/s", flush=True)
+        return
     for n in (int(x) for x in args.workers.split(",")):
         with tempfile.TemporaryDirectory(prefix="bench-city-") as tmp:
             stack = Stack(n, Path(tmp))
