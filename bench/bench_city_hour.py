@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,7 @@ class Probe(threading.Thread):
         self.lags: list[float] = []
         self.stop = threading.Event()
         self.gateway = f"probe{uuid.uuid4().hex[:6]}"
+        self.sent = 0
 
     def run(self) -> None:
         import psycopg
@@ -164,6 +165,7 @@ class Probe(threading.Thread):
                                                 contract.encode_batch([Reading(
                                                     f"{self.gateway}-l0", now, {"floor": seq})]))
                     sent[seq] = time.monotonic()
+                    self.sent = seq
                     cl.publish(contract.topic(self.gateway, contract.DATA), payload, qos=1)
                     next_send += 0.25
                 row = conn.execute("SELECT max(seq) FROM batches WHERE gateway_id = %s",
@@ -188,7 +190,7 @@ class Stack:
     base: str = ""
     broker: Broker | None = None
     collector: Proc | None = None
-    procs: dict[str, int] = field(default_factory=dict)
+    sent: int = 0  # envelopes offered so far (each stored once when all is drained)
 
     def start(self) -> Stack:
         import psycopg
@@ -262,6 +264,9 @@ def machine_cpu() -> tuple[float, float]:
 def offer(stack: Stack, rate: float, duration: float) -> dict[str, float]:
     """Offer `rate` envelopes/s for `duration` s; the figures of the run."""
     assert stack.broker is not None
+    left = _drained(stack, stack.sent, 180.0)  # each run starts with nothing queued
+    if left:
+        print(f"  (the previous run's {left} envelopes are still queued)", flush=True)
     seq_base = int(time.time()) * 1_000_000
     out: Any = mp.get_context("fork").Queue()
     start_at = time.time() + 1.0
@@ -293,9 +298,10 @@ def offer(stack: Stack, rate: float, duration: float) -> dict[str, float]:
     for g in gens:
         g.join(10)
     published = sum(r[1] for r in results)
-    drained = _drained(stack, stored0 + published + len(probe.lags), 10.0)
     probe.stop.set()
     probe.join(5)
+    stack.sent += published + probe.sent
+    drained = _drained(stack, stack.sent, 10.0)
     pg = [k for k in cpu if k.startswith("pg")]
     figures = {
         "offered_env_s": published / duration,
@@ -339,9 +345,8 @@ def _drained(stack: Stack, want: int, within: float) -> int:
 
 def warm_up(stack: Stack, seconds: float) -> None:
     """Most gateways and devices once, and that stored, so the runs measure steady state."""
-    before = stack.stored()
-    f = offer(stack, 1000.0, seconds)
-    _drained(stack, before + int(f["offered_env_s"] * seconds), 180.0)
+    offer(stack, 1000.0, seconds)
+    _drained(stack, stack.sent, 180.0)
 
 
 def show(workers: int, f: dict[str, float]) -> None:
