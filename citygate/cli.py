@@ -143,7 +143,8 @@ def cmd_collector_run(args: argparse.Namespace) -> int:
                                   password=password, make_ingest=_nats_ingest(args, password),
                                   config=config, share_group=args.share,
                                   config_source=str(args.config or "defaults"),
-                                  workers=WorkerPlan(workers, _worker_argv(args))))
+                                  workers=WorkerPlan(workers, _worker_argv(args),
+                                                     sessions=args.ingest == "mqtt")))
     except CollectorConfigError as exc:  # a feature's own section, checked as it starts
         print(str(exc), file=sys.stderr)
         return 2
@@ -166,7 +167,7 @@ def _nats_ingest(args: argparse.Namespace, password: str | None) -> Any:
 
 def _worker_argv(args: argparse.Namespace) -> Callable[[int, str], list[str]]:
     """How the collector starts its ingest worker `index` as `collector worker`."""
-    from collector.workers import DEFAULT_SHARE_GROUP
+    from collector.ingest import DEFAULT_SHARE_GROUP
 
     def argv(_index: int, client_id: str) -> list[str]:
         out = [sys.executable, "-m", "citygate.cli", *(["--verbose"] if args.verbose else []),
@@ -189,9 +190,19 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
     from collector.ngsi.history import HistoryKeeper
     from collector.placement import clock_policy
     from collector.store import Store
-    from collector.workers import FeedingIngest, nats_source, run_worker
+    from collector.workers import (
+        DrainingIngest,
+        FeedingIngest,
+        forget_session,
+        nats_source,
+        run_drain,
+        run_worker,
+    )
 
     _setup_logging(args.verbose)
+    if args.drain and args.ingest != "mqtt":
+        print("--drain is for MQTT sessions (--ingest mqtt)", file=sys.stderr)
+        return 2
     password = os.environ.get("CITYGATE_MQTT_PASSWORD")
     try:
         config = load_collector_config(args.config)
@@ -210,12 +221,16 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
             return nats_source(feed, store, args.nats, mqtt_urls=args.broker.split(","),
                                client_id=args.client_id, username=args.username,
                                password=password)
-        ingest = FeedingIngest(store, args.broker.split(",")[0], client_id=args.client_id,
-                               share_group=args.share, username=args.username,
-                               password=password)
+        kind = DrainingIngest if args.drain else FeedingIngest
+        ingest = kind(store, args.broker.split(",")[0], client_id=args.client_id,
+                      share_group=args.share, username=args.username, password=password)
         ingest.feed = feed
         return ingest
     try:
+        if args.drain:
+            drained = source(FeedWriter(args.client_id))
+            return run_drain(drained, lambda: forget_session(
+                drained.host, drained.port, args.client_id, args.username, password))
         return run_worker(source)
     finally:
         store.close()
@@ -425,6 +440,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     cwork = coll.add_parser("worker", help="one ingest worker (started by `collector run "
                                            "--workers N`)")
     _collector_args(cwork)
+    cwork.add_argument("--drain", action="store_true",
+                       help="store what the session of a removed worker holds, then delete it")
     cwork.set_defaults(func=cmd_collector_worker)
 
     sim = sub.add_parser("sim", help="device simulators").add_subparsers(dest="sim_cmd",

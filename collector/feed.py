@@ -50,6 +50,8 @@ _DDL = (
     " last_id BIGINT NOT NULL)",
     f"INSERT INTO ingest_feed_cursor (name, last_id) VALUES ('{CURSOR}', 0)"
     " ON CONFLICT DO NOTHING",
+    # how many worker sessions the broker may hold (collector.workers)
+    "CREATE TABLE IF NOT EXISTS ingest_pool (name TEXT PRIMARY KEY, workers INTEGER NOT NULL)",
 )
 
 
@@ -126,7 +128,7 @@ class FeedReader:
     """Hub side: feeds committed rows to the hooks in commit order, exactly once per row."""
 
     def __init__(self, store: Store, on_stored: Callable[[list[Accepted]], None],
-                 on_state: Callable[[str, str, list[str]], None], *, limit: int = 200) -> None:
+                 on_state: Callable[[str, str, list[str]], None], *, limit: int = 20) -> None:
         self.store = store
         self.on_stored, self.on_state = on_stored, on_state
         self.limit = limit

@@ -25,7 +25,14 @@ from collector.ingest import Ingest
 from collector.leader import LeaderLock, dsn_of, lead
 from collector.placement import clock_policy
 from collector.store import Store
-from collector.workers import WorkerPool, check_workers, feed_loop
+from collector.workers import (
+    WorkerPool,
+    check_workers,
+    feed_loop,
+    record_workers,
+    recorded_workers,
+    worker_client_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,7 @@ class WorkerPlan:
 
     count: int
     argv: Callable[[int, str], list[str]]
+    sessions: bool = True  # one persistent MQTT session per worker (not with NATS)
 
 
 async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
@@ -110,9 +118,15 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
                                     timeout_graceful_shutdown=2, access_log=False))
     log.info("collector: API on http://%s:%d, broker %s, database %s", host, port, broker_url,
              db_url.rsplit("@", maxsplit=1)[-1])
+    previous = 1
+    if store.is_pg:
+        ensure_feed(store.engine)
+        previous = recorded_workers(store.engine)
     try:
-        if workers is not None and workers.count > 1:
-            await _run_pooled(hub, server, sock, workers, client_id, stats)
+        # Sessions of removed workers still hold messages: drained by a pool, even of one.
+        if workers is not None and (workers.count > 1
+                                    or (workers.sessions and previous > workers.count)):
+            await _run_pooled(hub, server, sock, workers, client_id, stats, previous)
         else:
             def mqtt_ingest(s: Store, on_stored: StoredHook, on_state: StateHook) -> IngestSource:
                 return Ingest(s, broker_url, client_id=client_id, share_group=share_group,
@@ -143,10 +157,15 @@ async def _run_single(hub: Hub, server: _Server, sock: socket.socket | None,
 
 
 async def _run_pooled(hub: Hub, server: _Server, sock: socket.socket | None, plan: WorkerPlan,
-                      client_id: str, stats: list[Callable[[], dict[str, Any]]]) -> None:
+                      client_id: str, stats: list[Callable[[], dict[str, Any]]],
+                      previous: int) -> None:
     """The hub of N ingest workers: the API here; hooks and tasks while this process leads."""
-    ensure_feed(hub.store.engine)
-    pool = WorkerPool(plan.count, plan.argv, client_id)
+    engine = hub.store.engine
+    retired = [worker_client_id(client_id, k) for k in range(plan.count + 1, previous + 1)]
+    if plan.sessions:
+        record_workers(engine, max(previous, plan.count))
+    pool = WorkerPool(plan.count, plan.argv, client_id, retired=retired if plan.sessions else (),
+                      on_drained=lambda: record_workers(engine, plan.count))
     reader = FeedReader(hub.store, hub.on_stored, hub.on_state)
     leading = asyncio.Event()
 

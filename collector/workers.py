@@ -57,16 +57,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 
 from collector.feed import FeedReader, FeedWriter
 from collector.ingest import Entry, Ingest
+from devices import contract
 
 log = logging.getLogger(__name__)
 
 RESTART_MIN_S, RESTART_MAX_S = 0.5, 30.0
 STABLE_AFTER_S = 60.0  # a worker up this long restarts after the shortest delay again
 STOP_GRACE_S = 15.0  # a worker asked to stop flushes and acknowledges within this
-DEFAULT_SHARE_GROUP = "citygate-collectors"
+DRAIN_IDLE_S = 2.0  # a retired session that sent nothing this long holds nothing more
 MAX_WORKERS = 64
 
 
@@ -107,6 +109,86 @@ class FeedingIngest(Ingest):
         """Store as Ingest does, with the feed row in the same transaction."""
         self.feed.expect(entries)
         return super().store_entries(entries, wait)
+
+
+class DrainingIngest(FeedingIngest):
+    """The session of a retired worker (`<client id>-k`, k > N): store what the broker kept
+    for it, leave the shared group, then delete the session (`run_drain`)."""
+
+    def start(self) -> None:
+        """Connect to the retired session, without subscribing anything new."""
+        self.last_message = time.monotonic()
+        self.left = threading.Event()
+        super().start()
+        assert self._client is not None
+        self._client.on_unsubscribe = lambda *_: self.left.set()
+
+    def _on_connect(self, client: Any, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        if not rc.is_failure:
+            self.stats.connected = True
+            self.last_message = time.monotonic()
+
+    def _on_message(self, client: Any, _u: Any, msg: Any) -> None:
+        if msg.topic != self.probe_topic:  # its own probes are no sign of a queue left
+            self.last_message = time.monotonic()
+        super()._on_message(client, _u, msg)
+
+    def idle(self) -> bool:
+        """Connected, everything received stored and acknowledged, nothing new for a while."""
+        return (self.stats.connected and self.stats.pending == 0
+                and time.monotonic() - self.last_message > DRAIN_IDLE_S)
+
+    def leave(self) -> None:
+        """Unsubscribe every filter a collector session may hold."""
+        assert self._client is not None
+        self._client.unsubscribe(sorted({*contract.subscriptions(self.share_group),
+                                         *contract.subscriptions(), self.probe_topic}))
+
+
+def run_drain(source: DrainingIngest, forget: Callable[[], None],
+              timeout: float = 600.0) -> int:
+    """Drain a retired session, leave the group, delete the session; 0 when all went well."""
+    def until(ready: Callable[[], bool]) -> bool:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    source.start()
+    try:
+        if not until(source.idle):
+            return 1
+        source.leave()
+        if not source.left.wait(10):
+            return 1
+        source.last_message = time.monotonic()  # what was queued before the UNSUBACK
+        if not until(source.idle):
+            return 1
+    finally:
+        source.stop()
+    forget()
+    return 0
+
+
+def forget_session(host: str, port: int, client_id: str, username: str | None,
+                   password: str | None) -> None:
+    """Delete a drained session and its retained collector state (a clean-session connect)."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         clean_session=True, protocol=mqtt.MQTTv311)
+    if username:
+        client.username_pw_set(username, password)
+    client.connect(host, port, keepalive=10)
+    client.loop_start()
+    try:
+        client.publish(contract.collector_state_topic(client_id), b"", qos=1,
+                       retain=True).wait_for_publish(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def nats_source(feed: FeedWriter, store: Any, servers: str, **kw: Any) -> Any:
@@ -185,12 +267,16 @@ class WorkerPool:
     """Starts N ingest workers, restarts each that dies with its client id, gathers counters."""
 
     def __init__(self, count: int, argv: Callable[[int, str], list[str]], base_client_id: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, retired: Sequence[str] = (),
+                 on_drained: Callable[[], None] | None = None) -> None:
         self.argv = argv
         self.env = env
+        self.retired = list(retired)
+        self.on_drained = on_drained or (lambda: None)
         self.workers = [WorkerState(i, worker_client_id(base_client_id, i))
                         for i in range(1, count + 1)]
         self._procs: dict[int, asyncio.subprocess.Process] = {}
+        self._drains: list[asyncio.subprocess.Process] = []
         self._stopping = False
 
     async def run(self) -> None:
@@ -199,13 +285,15 @@ class WorkerPool:
             async with asyncio.TaskGroup() as tg:
                 for w in self.workers:
                     tg.create_task(self._supervise(w), name=f"worker-{w.index}")
+                if self.retired:
+                    tg.create_task(self._drain_retired(), name="retired-sessions")
         finally:
             await self.stop()
 
     async def stop(self) -> None:
         """Ask every worker to flush and stop; kill those that do not within the grace time."""
         self._stopping = True
-        procs = [p for p in self._procs.values() if p.returncode is None]
+        procs = [p for p in [*self._procs.values(), *self._drains] if p.returncode is None]
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
                 p.send_signal(signal.SIGTERM)
@@ -245,6 +333,27 @@ class WorkerPool:
                         "holds for it", w.index, proc.pid, w.last_exit, delay, w.client_id)
             await asyncio.sleep(delay)
 
+    async def _drain_retired(self) -> None:
+        """Store what the sessions of removed workers hold, then remove those sessions."""
+        for client_id in self.retired:
+            delay = 0.0
+            while True:
+                log.info("collector: draining the session of removed worker %s", client_id)
+                proc = await asyncio.create_subprocess_exec(
+                    *self.argv(0, client_id), "--drain", stdout=asyncio.subprocess.DEVNULL,
+                    env=self.env, preexec_fn=_die_with_parent)
+                self._drains.append(proc)
+                code = await proc.wait()
+                if code == 0:
+                    log.info("collector: session of removed worker %s drained and deleted",
+                             client_id)
+                    break
+                delay = restart_delay(delay, 0.0)
+                log.warning("collector: draining %s %s; again in %.1f s", client_id,
+                            exit_reason(code), delay)
+                await asyncio.sleep(delay)
+        self.on_drained()
+
     async def _read_counters(self, w: WorkerState, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         async for line in proc.stdout:
@@ -256,6 +365,21 @@ class WorkerPool:
     def stats(self) -> dict[str, Any]:
         """The workers' counters added up, plus each worker, for the health endpoint."""
         return merged_stats([w.as_dict() for w in self.workers])
+
+
+def recorded_workers(engine: sa.Engine) -> int:
+    """How many worker sessions the broker may still hold (the largest count not drained)."""
+    with engine.connect() as conn:
+        found = conn.scalar(sa.text("SELECT workers FROM ingest_pool WHERE name = 'mqtt'"))
+    return int(found or 1)
+
+
+def record_workers(engine: sa.Engine, count: int) -> None:
+    """Remember how many worker sessions exist at the broker."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO ingest_pool (name, workers) VALUES ('mqtt', :n) "
+                             "ON CONFLICT (name) DO UPDATE SET workers = excluded.workers"),
+                     {"n": count})
 
 
 _SUMMED = ("received", "stored_messages", "duplicates", "readings", "events", "store_errors",

@@ -147,6 +147,47 @@ def test_worker_kill9_mid_stream_exact_counts_and_one_incident(broker: Broker, p
     assert health["ingest"]["leader"] is True, feed
 
 
+def session_present(broker: Broker, client_id: str) -> bool:
+    """Does the broker hold a persistent session for this client id?"""
+    flags: dict[str, bool] = {}
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.on_connect = lambda _c, _u, f, _rc, _p: flags.setdefault("present", f.session_present)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    try:
+        wait_for(lambda: "present" in flags, 10, f"connected as {client_id}")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return flags["present"]
+
+
+@pytest.mark.slow  # ~50 s: two collector starts and two idle waits of the drain
+def test_fewer_workers_drain_and_delete_the_removed_sessions(broker: Broker, pg_db: str,
+                                                            procs: Procs) -> None:
+    first, base = procs.collector(broker, pg_db, "three", "--workers", "3")
+    wait_for(lambda: all_running(base, 3), 30, "three ingest workers connected")
+    first.stop()
+    down = Feeder("gw-down", [broker.url], count=300, rate=600).start()
+    try:
+        wait_for(lambda: down.done, 20, "300 envelopes queued at the broker for three sessions")
+    finally:
+        down.stop()
+    second, base = procs.collector(broker, pg_db, "two", "--workers", "2")
+    wait_for(lambda: tally(pg_db).get("gw-down", (0, 0, 0))[1] == 300, 30,
+             "the removed worker's share stored too")
+    wait_for(lambda: "drained and deleted" in second.log.read_text(), 20, "the drain")
+    assert not session_present(broker, "citygate-collector-3")
+    after = Feeder("gw-after", [broker.url], count=200, rate=400).start()
+    try:
+        wait_for(lambda: after.done, 20, "200 more acknowledged")
+        wait_for(lambda: tally(pg_db).get("gw-after", (0, 0, 0))[1] == 200, 20,
+                 "every envelope after the drain stored by the two workers")
+    finally:
+        after.stop()
+    assert tally(pg_db)["gw-down"] == (300, 300, 300)
+
+
 def test_workers_refused_on_sqlite(tmp_path: Any) -> None:
     out = subprocess.run([sys.executable, "-m", "citygate.cli", "collector", "run",
                           "--workers", "2", "--db", f"sqlite:///{tmp_path / 'hub.sqlite'}"],
