@@ -151,7 +151,11 @@ def session_present(broker: Broker, client_id: str) -> bool:
     """Does the broker hold a persistent session for this client id?"""
     flags: dict[str, bool] = {}
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-    c.on_connect = lambda _c, _u, f, _rc, _p: flags.setdefault("present", f.session_present)
+
+    def on_connect(_c: Any, _u: Any, f: Any, _rc: Any, _p: Any) -> None:
+        flags["present"] = f.session_present
+
+    c.on_connect = on_connect
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
     try:
