@@ -38,6 +38,11 @@ Decisions, and why:
   with the hub (PR_SET_PDEATHSIG), so systemd restarting the hub restarts everything. Each
   worker reports its ingest counters once a second on its stdout; `GET /api/v1/health` lists
   every worker (pid, state, restarts, counters) under `ingest.workers`.
+- **Fewer workers than last time.** A removed worker's session stays a member of the shared
+  group and keeps taking its share, which nobody would read. The hub remembers the largest
+  count it ran with (`ingest_pool`) and, started with fewer, runs `collector worker --drain`
+  for each removed client id: store what the session holds, unsubscribe, wait until nothing
+  more arrives, delete the session with a clean-session connect.
 """
 
 from __future__ import annotations
