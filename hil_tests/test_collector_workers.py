@@ -143,6 +143,8 @@ def test_worker_kill9_mid_stream_exact_counts_and_one_incident(broker: Broker, p
     feed = health["ingest"]["feed"]
     wait_for(lambda: (collector_health(base) or {})["ingest"]["feed"]["messages"]
              >= GATEWAYS * PER_GATEWAY + 6, 20, "every stored envelope fed to the hooks")
+    fed = (collector_health(base) or {})["ingest"]["feed"]
+    assert fed["messages"] == GATEWAYS * PER_GATEWAY + 6, fed  # each stored envelope once
     assert len(trapped()) == 1, trapped()
     assert health["ingest"]["leader"] is True, feed
 
@@ -192,9 +194,13 @@ def test_fewer_workers_drain_and_delete_the_removed_sessions(broker: Broker, pg_
     assert tally(pg_db)["gw-down"] == (300, 300, 300)
 
 
-def test_workers_refused_on_sqlite(tmp_path: Any) -> None:
-    out = subprocess.run([sys.executable, "-m", "citygate.cli", "collector", "run",
-                          "--workers", "2", "--db", f"sqlite:///{tmp_path / 'hub.sqlite'}"],
+@pytest.mark.parametrize("how", ["flag", "collector.toml"])
+def test_workers_refused_on_sqlite(tmp_path: Any, how: str) -> None:
+    toml = tmp_path / "collector.toml"
+    toml.write_text("workers = 2\n")
+    extra = ["--workers", "2"] if how == "flag" else ["--config", str(toml)]
+    out = subprocess.run([sys.executable, "-m", "citygate.cli", "collector", "run", *extra,
+                          "--db", f"sqlite:///{tmp_path / 'hub.sqlite'}"],
                          check=False, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "--workers 2 needs PostgreSQL" in out.stderr
