@@ -15,8 +15,9 @@ Decisions, and why:
   subscription (retained messages are not sent to shared subscriptions) and each worker's clock
   probe `citygate/v1/_collector/<its client id>/probe` too, so every worker measures its own
   broker queue (collector.placement).
-- **Mosquitto 2.0.11 and a dead member**, tested (two shared members, one killed with -9
-  holding 10 unacknowledged QoS 1 messages, then 20 more published): the broker does *not*
+- **Mosquitto 2.0.11 and a dead member** (hil_tests/test_collector_workers.py: two shared
+  members, one killed with -9 holding 10 unacknowledged QoS 1 messages, then 20 more
+  published): the broker does *not*
   hand the dead member's in-flight messages to the other member, and it keeps queueing the dead
   member's round-robin share (10 of the 20) in its persistent session; everything reaches it
   when a client with the same id reconnects (40 of 40 delivered, none twice). Hence a dead

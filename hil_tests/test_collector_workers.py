@@ -253,3 +253,69 @@ def test_nats_workers_share_the_durable_consumer_through_a_kill9(nats: Any, pg_d
     assert all(w["ingest"]["stored_messages"] > 0 for w in workers.values()), report
     wait_for(lambda: (collector_health(base) or {})["ingest"]["feed"]["messages"] >= 3000, 20,
              "every stored envelope fed to the hooks")
+
+
+_MEMBER = """
+import sys, time
+import paho.mqtt.client as mqtt
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="member-a", clean_session=False,
+                manual_ack=True)
+got = []
+c.on_message = lambda *a: got.append(1)  # never acknowledged
+c.on_connect = lambda cl, *a: cl.subscribe("$share/g/t/#", 1)
+c.connect("127.0.0.1", int(sys.argv[1]))
+c.loop_start()
+while True:
+    print(len(got), flush=True)
+    time.sleep(0.05)
+"""
+
+
+def shared_member(broker: Broker, client_id: str, got: list[str]) -> mqtt.Client:
+    """A member of the shared group g that acknowledges what it receives."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.on_message = lambda _c, _u, m: got.append(m.payload.decode())
+    c.on_connect = lambda cl, *_: cl.subscribe("$share/g/t/#", 1)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    return c
+
+
+def test_mosquitto_keeps_a_dead_shared_members_messages_for_its_session(broker: Broker) -> None:
+    """What collector/workers.py relies on (and so restarts a worker with its client id)."""
+    member = subprocess.Popen([sys.executable, "-c", _MEMBER, str(broker.port)],
+                              stdout=subprocess.PIPE, text=True)
+    got_b: list[str] = []
+    b = shared_member(broker, "member-b", got_b)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="publisher")
+    pub.connect("127.0.0.1", broker.port)
+    pub.loop_start()
+    try:
+        assert member.stdout is not None and member.stdout.readline()
+        wait_for(lambda: pub.is_connected() and b.is_connected(), 10, "clients connected")
+        for i in range(20):
+            pub.publish("t/x", f"a{i}", qos=1).wait_for_publish(5)
+        wait_for(lambda: len(got_b) == 10, 10, "member b's half of the first 20")
+        held = 0
+        while held < 10:  # member a holds its half, unacknowledged
+            held = int(member.stdout.readline())
+        member.kill()
+        member.wait(10)
+        for i in range(20):
+            pub.publish("t/x", f"b{i}", qos=1).wait_for_publish(5)
+        wait_for(lambda: len(got_b) >= 20, 10, "member b's half of the next 20")
+        assert sorted(m[0] for m in got_b) == ["a"] * 10 + ["b"] * 10, got_b  # nothing moved
+        got_a: list[str] = []
+        back = shared_member(broker, "member-a", got_a)
+        try:
+            wait_for(lambda: len(got_a) >= 20, 10, "member a's session delivered on return")
+        finally:
+            back.disconnect()
+            back.loop_stop()
+        assert len(got_a) == 20 and not set(got_a) & set(got_b)
+        assert len(set(got_a) | set(got_b)) == 40
+    finally:
+        member.kill()
+        for c in (b, pub):
+            c.disconnect()
+            c.loop_stop()
