@@ -90,6 +90,27 @@ def test_every_fresh_envelope_is_fed_once_in_order_and_redelivery_is_not(pg_stor
     assert again.poll() == 0 and len(got) == 3
 
 
+def test_the_feed_carries_what_the_store_kept_of_a_rewritten_envelope(pg_store: Store,
+                                                                     pg_url: str) -> None:
+    """A device reported by a gateway that does not own it is left out: of the hooks too."""
+    w = Worker(pg_url)
+    got: list[Accepted] = []
+    reader = FeedReader(pg_store, got.extend, lambda *_: None)
+    topic = contract.topic("gw2", contract.DATA)
+    payload = contract.envelope("gw2", contract.DATA, 1, T0, contract.encode_batch(
+        [Reading("lift-1", T0, {"floor": 7}), Reading("lift-9", T0, {"floor": 2})]))
+    try:
+        w.ingest(data_entry("gw1", 1, 3))  # gw1 owns lift-1
+        w.ingest(entry_of(contract.decode(topic, payload), topic, payload, T0 + 5, False))
+        while reader.poll():
+            pass
+    finally:
+        w.store.close()
+    assert [(a.gateway, [r.device for r in a.envelope.readings]) for a in got] == \
+        [("gw1", ["lift-1"]), ("gw2", ["lift-9"])]
+    assert reader.stats.undecodable == 0
+
+
 def test_a_feed_row_waits_for_its_commit_and_keeps_commit_order(pg_store: Store,
                                                               pg_url: str) -> None:
     """An ingest transaction holding the feed lock blocks the next one, so ids follow commits."""
