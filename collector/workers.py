@@ -323,11 +323,8 @@ class WorkerPool:
             w.pid, w.state, w.started = proc.pid, "running", time.monotonic()
             log.info("collector: ingest worker %d started (pid %d, client id %s)", w.index,
                      proc.pid, w.client_id)
-            try:
-                await self._read_counters(w, proc)
-                code = await proc.wait()
-            except asyncio.CancelledError:
-                raise
+            await self._read_counters(w, proc)
+            code = await proc.wait()
             if self._stopping:
                 return
             w.restarts += 1
