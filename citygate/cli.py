@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -112,44 +111,6 @@ def cmd_edge_run(args: argparse.Namespace) -> int:
         return run_until_signal(main)
     except OutboxError:  # logged as the reason; a non-zero exit lets systemd restart us
         return 1
-
-
-def cmd_collector_run(args: argparse.Namespace) -> int:
-    """Run the collector (ingest + API)."""
-    from collector.config import CollectorConfigError, load_collector_config
-    from collector.service import run_collector
-
-    _setup_logging(args.verbose)
-    host, port = args.http
-    password = os.environ.get("CITYGATE_MQTT_PASSWORD")
-    make_ingest = None
-    if args.ingest == "nats":
-        from collector.ingest_nats import NatsIngest
-        from collector.store import Store
-
-        if not args.nats:
-            print("--ingest nats needs --nats nats://HOST:PORT[,...]", file=sys.stderr)
-            return 2
-
-        def make_ingest(store: Store, on_stored: Any, on_state: Any) -> NatsIngest:
-            return NatsIngest(store, args.nats, mqtt_urls=args.broker.split(","),
-                              client_id=args.client_id, username=args.username,
-                              password=password, on_stored=on_stored, on_state=on_state)
-    try:
-        config = load_collector_config(args.config)
-    except CollectorConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(run_collector(args.db, args.broker.split(",")[0], host, port,
-                                  client_id=args.client_id, username=args.username,
-                                  password=password, make_ingest=make_ingest, config=config,
-                                  share_group=args.share,
-                                  config_source=str(args.config or "defaults")))
-    except CollectorConfigError as exc:  # a feature's own section, checked as it starts
-        print(str(exc), file=sys.stderr)
-        return 2
-    return 0
 
 
 def _behaviours(args: argparse.Namespace) -> dict[int, Any]:
@@ -322,27 +283,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, type=Path)
     check.set_defaults(func=cmd_edge_check)
 
-    coll = sub.add_parser("collector", help="the collector").add_subparsers(dest="coll_cmd",
-                                                                           required=True)
-    crun = coll.add_parser("run", help="run ingest and the API")
-    crun.add_argument("--db", default=DEFAULT_DB,
-                      help="sqlite:///PATH (default) or postgresql://USER@HOST:PORT/DB")
-    crun.add_argument("--broker", default="mqtt://127.0.0.1:1883")
-    crun.add_argument("--http", type=host_port, default=("127.0.0.1", 8080))
-    crun.add_argument("--config", type=Path, help="collector.toml (push channels, alarms, "
-                      "sites); defaults apply without it")
-    crun.add_argument("--client-id", default="citygate-collector",
-                      help="fixed MQTT client id of the persistent session")
-    crun.add_argument("--username", help="MQTT user (password from CITYGATE_MQTT_PASSWORD)")
-    crun.add_argument("--share", metavar="GROUP",
-                      help="split the ingest with the other collectors of GROUP ($share "
-                           "subscription; give each collector its own --client-id)")
-    crun.add_argument("--ingest", choices=("mqtt", "nats"), default="mqtt",
-                      help="mqtt: subscribe at --broker (default); nats: pull from the shared "
-                           "JetStream consumer of a NATS cluster (--broker then lists the "
-                           "nodes' MQTT URLs, comma-separated, for retained states)")
-    crun.add_argument("--nats", help="NATS URLs of the cluster nodes, comma-separated")
-    crun.set_defaults(func=cmd_collector_run)
+    from citygate.cli_collector import add_collector_commands
+
+    add_collector_commands(sub)
 
     sim = sub.add_parser("sim", help="device simulators").add_subparsers(dest="sim_cmd",
                                                                         required=True)

@@ -34,6 +34,8 @@ class CollectorConfig(BaseModel):
     pages: dict[str, Any] = Field(default_factory=dict)  # what the web pages link to (map URL)
     # pollution-source attribution: radius, weights, owner push channel and escalation
     sources: dict[str, Any] = Field(default_factory=dict)
+    # ingest processes (collector.workers); more than one needs PostgreSQL
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 def load_collector_config(path: str | Path | None) -> CollectorConfig:

@@ -41,6 +41,7 @@ RETRY_NOW_LIMIT = 20  # deadlock victims retried at once, then like any other fa
 STUCK_AFTER_S = 5.0  # the store failing this long: ingest is stuck (health degraded)
 STALLED_AFTER_S = 30.0  # messages waiting and nothing stored for this long: stuck too
 PROBE_INTERVAL_S = 2.0  # the collector's own timestamped probe through the broker
+DEFAULT_SHARE_GROUP = "citygate-collectors"  # the group of `collector run --workers N`
 
 
 @dataclass
@@ -354,8 +355,12 @@ class Ingest(IngestCore):
         self._probe_back = None  # nothing is live until a probe came back through the queue
         log.info("collector connected to %s:%d (session present: %s)", self.host, self.port,
                  getattr(flags, "session_present", "?"))
-        client.subscribe([(t, contract.QOS) for t in contract.subscriptions(self.share_group)]
-                         + [(self.probe_topic, contract.QOS)])
+        topics = contract.subscriptions(self.share_group)
+        # A session once subscribed otherwise (alone, or as a worker of the default group)
+        # would be sent every message twice.
+        client.unsubscribe(sorted({*contract.subscriptions(),
+                                   *contract.subscriptions(DEFAULT_SHARE_GROUP)} - set(topics)))
+        client.subscribe([(t, contract.QOS) for t in topics] + [(self.probe_topic, contract.QOS)])
         client.publish(contract.collector_state_topic(self.client_id),
                        contract.collector_state_payload(self.client_id, "online", now_ms()),
                        qos=1, retain=True)

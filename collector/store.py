@@ -100,6 +100,9 @@ class Store:
         # savepoint and counted; the raw rows are stored regardless.
         self.row_writers: list[RowWriter] = []
         self.row_writer_errors = 0
+        # Written last in each ingest transaction with what it stored (collector.feed): a
+        # failure here fails the transaction, so nothing is stored that they did not see.
+        self.tx_writers: list[Callable[[Any, IngestResult], None]] = []
         self.clock_policy = ClockPolicy()
 
     @classmethod
@@ -162,7 +165,10 @@ class Store:
         """
         result = IngestResult()
         with self.raw() as conn:
-            IngestTx(self, conn.cursor(), result).run(items)
+            cur = conn.cursor()
+            IngestTx(self, cur, result).run(items)
+            for write in self.tx_writers:
+                write(cur, result)
         return result
 
     def _insert_readings(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
