@@ -403,6 +403,7 @@ _TOOLS = {
     "provision": ("provisioning.cli", "the technician's tool: identities, bundles, scan, "
                                       "preview, commission"),
     "cluster-demo": ("citygate.cluster_demo", "the city on a 3-node NATS cluster"),
+    "grid": ("collector.grid.cli", "district/area/grid outlines and department figures"),
 }
 
 

@@ -78,6 +78,7 @@ def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], 
     hub = Hub(store, config, app)
     engine = _push_and_alarms(hub, config_source)
     _environment(hub, engine)
+    _grid(hub, engine)
     _parking(hub)
     _elevators(hub)
     _hub_feeds(hub, config_source)
@@ -181,6 +182,13 @@ def _environment(hub: Hub, engine: Any) -> None:
                                  on_alarm=bridge)
     hub.stored_hooks.append(monitor.on_stored)
     install(hub.app, monitor, dependencies=_readers())
+
+
+def _grid(hub: Hub, engine: Any) -> None:
+    """Grids as geography, routing by place, rosters, reported events, assessment."""
+    from collector.grid import install
+
+    install(hub.app, engine)
 
 
 def _parking(hub: Hub) -> None:

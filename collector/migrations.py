@@ -88,10 +88,11 @@ def all_migrations() -> list[Migration]:
 
     Version ranges: 1-9 core, 10-14 push notifications, 15-19 alarms and incidents,
     20-29 environment, 30-39 parking, 40-49 hub feeds, 50-59 registry and security,
-    60-64 agent updates.
+    60-64 agent updates, 70-79 grid governance.
     """
     from collector.alarms.tables import MIGRATIONS as alarms
     from collector.environment.tables import MIGRATIONS as environment
+    from collector.grid.tables import MIGRATIONS as grid
     from collector.ngsi.tables import MIGRATIONS as hub_feeds
     from collector.notify.queue import MIGRATIONS as notify
     from collector.parking.schema import MIGRATIONS as parking
@@ -100,7 +101,7 @@ def all_migrations() -> list[Migration]:
 
     by_version: dict[int, Migration] = {}
     for m in [*MIGRATIONS, *notify, *alarms, *environment, *parking, *hub_feeds, *registry,
-              *updates]:
+              *updates, *grid]:
         known = by_version.setdefault(m[0], m)
         if known[1] != m[1]:
             raise RuntimeError(f"migration {m[0]} is both {known[1]!r} and {m[1]!r}")

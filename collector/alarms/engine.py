@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,17 +22,20 @@ from collector.alarms import repo
 from collector.alarms.book import AlarmBook
 from collector.alarms.bus import IncidentBus
 from collector.alarms.card import card_fields, describe, escalation_view, gather
-from collector.alarms.config import AlarmsConfig
+from collector.alarms.config import AlarmsConfig, Member
 from collector.alarms.lifecycle import ACTIVE_STATES, State, can_auto_resolve, reopen_to
 from collector.alarms.notices import incident_title, page_notice
 from collector.alarms.policy import (
     DEVICE_OFFLINE,
     AlarmKey,
+    Assignee,
+    RouteDecision,
+    RouteQuery,
     Silence,
+    config_route,
     decide,
     due_escalations,
     pick_assignee,
-    route,
     silenced_by,
     stage_label,
 )
@@ -43,6 +46,7 @@ from collector.store import Accepted, Store, now_ms
 log = logging.getLogger(__name__)
 
 Notify = Callable[[str, Notice], object]  # e.g. NotifyQueue(store).enqueue
+Router = Callable[[sa.Connection, RouteQuery], RouteDecision]
 _HELD = {"page": "", "wait": "wait", "silenced": "silenced:", "suppressed": "suppressed:"}
 
 
@@ -81,6 +85,26 @@ class AlarmEngine:
         self._lock = threading.RLock()
         self._changed: dict[int, dict[str, Any]] = {}
         self._reload = True
+        self.router: Router = lambda _conn, q: config_route(q, self.cfg, self.book.sites)
+        self.assignee: Assignee = lambda unit, _now: pick_assignee(self.cfg.units.get(unit))
+
+    def set_site_resolver(self, resolve: Callable[[str | None, str], str | None]) -> None:
+        """Let sites the config does not list be found (e.g. in the gateway registry)."""
+        with self._lock:
+            self.book.sites = replace(self.book.sites, resolve=resolve)
+
+    def set_config(self, config: AlarmsConfig) -> None:
+        """Use new units and rosters from now on (sites and thresholds stay as loaded)."""
+        with self._lock:
+            self.cfg = config
+
+    def route_for(self, conn: sa.Connection, query: RouteQuery) -> RouteDecision:
+        """Where an incident of this kind at this site would go now, and why."""
+        return self.router(conn, query)
+
+    def on_call(self, unit: str, now: int | None = None) -> Member | None:
+        """Who of a unit gets a new incident now."""
+        return self.assignee(unit, self.clock() if now is None else now)
 
     def load(self) -> None:
         """Read live alarms, silences and what the collector knows of gateways and faults."""
@@ -183,14 +207,18 @@ class AlarmEngine:
     def _open_incident(self, conn: sa.Connection, key: AlarmKey, now: int) -> dict[str, Any]:
         row = self.book.live[key]
         site = self.cfg.sites.get(row.site)
-        grid = self.book.sites.grid_of(row.site)
-        unit = route(row.kind, row.site, grid, self.cfg.routes,
-                     self.book.sites.units.get(row.site, ""), self.cfg.default_unit)
+        routed = self.router(conn, RouteQuery(row.kind, row.site, row.device, row.gateway,
+                                              row.evidence))
+        unit = routed.unit
         title = incident_title(row.kind, row.severity, site.name if site and site.name
                                else row.site, row.device)
-        member = pick_assignee(self.cfg.units.get(unit))
+        member = self.assignee(unit, now)
+        found_by = str(row.evidence.get("found_by", "patrol")) if row.source == "report" \
+            else "device"
         iid = repo.insert_incident(conn, {
-            "alarm_id": row.id, "unit": unit, "site": row.site, "grid": grid, "kind": row.kind,
+            "alarm_id": row.id, "unit": unit, "site": row.site, "grid": routed.grid,
+            "area": routed.area, "district": routed.district, "found_by": found_by,
+            "route_reason": routed.reason, "kind": row.kind,
             "device_id": row.device, "gateway_id": row.gateway, "severity": row.severity,
             "title": title, "state": State.OPEN, "occurrences": row.occurrences,
             "opened_at": now, "updated_at": now, "stages_sent": 0, "unit_since": now,

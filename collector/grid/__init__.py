@@ -1,0 +1,25 @@
+"""Grid governance: outlines of districts, areas and grids, routing by place, rosters,
+reported events and the assessment of departments.
+
+Wiring (collector.hub): `install(app, alarm_engine)` after the alarm engine is built.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from collector.alarms.engine import AlarmEngine
+from collector.grid.service import GridService
+
+
+def install(app: FastAPI, engine: AlarmEngine) -> GridService:
+    """Attach the grid service to the app and to the alarm engine; add its routes."""
+    from collector.grid.api import router
+
+    grid = GridService(app.state.store.engine, engine).open()
+    app.state.grid = grid
+    app.include_router(router)
+    return grid
+
+
+__all__ = ["GridService", "install"]
