@@ -19,7 +19,6 @@ from collector.alarms.policy import RouteDecision, RouteQuery
 from collector.grid import repo
 from collector.grid.geo import Outlines, check_hierarchy, parse_collection
 from collector.grid.routing import SiteFacts, decide
-from collector.store import now_ms
 
 REGISTRY_TTL_S = 10.0  # an unknown device or gateway re-reads the registry at most this often
 
@@ -28,14 +27,17 @@ class GridService:
     """Outlines, placement and routing of one collector."""
 
     def __init__(self, db: sa.Engine, engine: AlarmEngine,
-                 clock: Callable[[], int] = now_ms) -> None:
+                 clock: Callable[[], int] | None = None) -> None:
         self.db = db
         self.alarms = engine
-        self.clock = clock
+        self.clock: Callable[[], int] = clock or self._engine_now
         self.outlines = Outlines()
         self._lock = threading.Lock()
         self._links: tuple[dict[str, str], dict[str, str]] = ({}, {})
         self._links_at = float("-inf")
+
+    def _engine_now(self) -> int:
+        return self.alarms.clock()  # read at each call: the engine's clock can be replaced
 
     def open(self) -> GridService:
         """Load the outlines and take over routing and site lookup of the alarm engine."""

@@ -27,6 +27,43 @@ outlines = sa.Table(
     sa.Column("updated_by", sa.Text, nullable=False, server_default=""),
 )
 
+# Units defined through the API (over those of collector.toml): the unit as JSON, in the
+# shape of an `[alarms.units.<id>]` table (members, escalation).
+roster_units = sa.Table(
+    "roster_units", metadata,
+    sa.Column("unit_id", sa.Text, primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_by", sa.Text, nullable=False, server_default=""),
+)
+
+# A named person on call for a unit from `starts_at` until `ends_at`; the latest started of
+# the shifts covering a moment wins (a hand-over is a shift that starts now).
+roster_shifts = sa.Table(
+    "roster_shifts", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("unit_id", sa.Text, nullable=False),
+    sa.Column("member", sa.Text, nullable=False),
+    sa.Column("starts_at", sa.BigInteger, nullable=False),
+    sa.Column("ends_at", sa.BigInteger, nullable=False),
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+    sa.Column("handover_from", sa.Text),  # the member who handed over, for a hand-over
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False, server_default=""),
+    sa.Index("roster_shifts_by_unit_end", "unit_id", "ends_at"),
+)
+
+# A rotation: members take turns of `period_ms` each, starting with the first at `starts_at`.
+roster_rotations = sa.Table(
+    "roster_rotations", metadata,
+    sa.Column("unit_id", sa.Text, primary_key=True),
+    sa.Column("members", sa.Text, nullable=False),  # JSON list of member names
+    sa.Column("starts_at", sa.BigInteger, nullable=False),
+    sa.Column("period_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_by", sa.Text, nullable=False, server_default=""),
+)
+
 
 def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
     def apply(conn: sa.Connection) -> None:
@@ -49,4 +86,6 @@ MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
     (70, "grid: district, area and grid outlines with line departments", _create(outlines)),
     (71, "grid: incidents record who found them and why they went to their unit",
      _add_columns(incidents, ("found_by", "route_reason", "area", "district"))),
+    (72, "grid: units, shifts and on-call rotations by API",
+     _create(roster_units, roster_shifts, roster_rotations)),
 ]
