@@ -32,6 +32,8 @@ class CollectorConfig(BaseModel):
     # clock tolerances of ingest: max_skew, max_future, live_bound (collector.placement)
     ingest: dict[str, Any] = Field(default_factory=dict)
     pages: dict[str, Any] = Field(default_factory=dict)  # what the web pages link to (map URL)
+    # reported events (citizen kinds and rate limits) and assessment (SLAs, week time zone)
+    grid: dict[str, Any] = Field(default_factory=dict)
 
 
 def load_collector_config(path: str | Path | None) -> CollectorConfig:

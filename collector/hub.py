@@ -78,7 +78,7 @@ def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], 
     hub = Hub(store, config, app)
     engine = _push_and_alarms(hub, config_source)
     _environment(hub, engine)
-    _grid(hub, engine)
+    _grid(hub, engine, config_source)
     _parking(hub)
     _elevators(hub)
     _hub_feeds(hub, config_source)
@@ -184,11 +184,11 @@ def _environment(hub: Hub, engine: Any) -> None:
     install(hub.app, monitor, dependencies=_readers())
 
 
-def _grid(hub: Hub, engine: Any) -> None:
+def _grid(hub: Hub, engine: Any, source: str) -> None:
     """Grids as geography, routing by place, rosters, reported events, assessment."""
     from collector.grid import install
 
-    install(hub.app, engine)
+    install(hub.app, engine, hub.config.grid, source)
 
 
 def _parking(hub: Hub) -> None:

@@ -118,6 +118,17 @@ class AlarmEngine:
 
     # --- hooks --------------------------------------------------------------------------------
 
+    def report(self, site: str, device: str, kind: str, severity: str, message: str,
+               evidence: dict[str, Any]) -> int | None:
+        """An event a person found (patrol, citizen): an alarm that pages at once, routed and
+        tracked like a device's; `evidence["found_by"]` is recorded. Return its incident id
+        (None when it could not be stored: the caller answers 503)."""
+        key = (site, device, kind)
+        self._guarded(lambda now: self.book.raise_(key, "", "report", severity, now, now,
+                                                   message, evidence))
+        row = self.book.live.get(key)
+        return None if row is None else row.incident_id
+
     def on_stored(self, items: list[Accepted]) -> None:
         """Ingest hook: called in the writer thread after each committed batch; never raises."""
         self._guarded(lambda now: self.book.absorb(items, now))
@@ -190,7 +201,8 @@ class AlarmEngine:
                 continue
             d = decide(key, self.book.since.get(key, now), now,
                        is_group=row.source == "group", immediate=row.kind in
-                       self.cfg.immediate_kinds, group_wait_ms=self.cfg.group_wait_ms,
+                       self.cfg.immediate_kinds or row.source == "report",
+                       group_wait_ms=self.cfg.group_wait_ms,
                        inhibitor=self.book.inhibitor(row),
                        silence=silenced_by(self._silences, key, now,
                                            row.kind in self.cfg.life_safety_kinds))

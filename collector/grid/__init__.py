@@ -6,23 +6,33 @@ Wiring (collector.hub): `install(app, alarm_engine)` after the alarm engine is b
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 
 from collector.alarms.engine import AlarmEngine
 from collector.grid.service import GridService
 
 
-def install(app: FastAPI, engine: AlarmEngine) -> GridService:
+def install(app: FastAPI, engine: AlarmEngine, section: dict[str, Any] | None = None,
+            source: str = "collector.toml") -> GridService:
     """Attach the grid service to the app and to the alarm engine; add its routes."""
+    from collector.grid import intake_api
     from collector.grid.api import router
+    from collector.grid.config import load_grid_settings
+    from collector.grid.intake import Intake
     from collector.grid.roster import Roster
     from collector.grid.roster_api import router as roster_router
 
-    grid = GridService(app.state.store.engine, engine).open()
+    settings = load_grid_settings(section or {}, source)
+    db = app.state.store.engine
+    grid = GridService(db, engine).open()
     app.state.grid = grid
-    app.state.roster = Roster(app.state.store.engine, engine).open()
-    app.include_router(router)
-    app.include_router(roster_router)
+    app.state.grid_settings = settings
+    app.state.roster = Roster(db, engine).open()
+    app.state.intake = Intake(db, grid, engine, settings)
+    for r in (router, roster_router, intake_api.router, intake_api.pages):
+        app.include_router(r)
     return grid
 
 

@@ -64,6 +64,30 @@ roster_rotations = sa.Table(
     sa.Column("updated_by", sa.Text, nullable=False, server_default=""),
 )
 
+# An event a person reported: where, what, the photo (type sniffed from its bytes), where it
+# was placed and the incident it became.
+reports = sa.Table(
+    "grid_reports", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("found_by", sa.Text, nullable=False),  # patrol | citizen
+    sa.Column("reporter", sa.Text, nullable=False, server_default=""),
+    sa.Column("contact", sa.Text, nullable=False, server_default=""),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("severity", sa.Text, nullable=False),
+    sa.Column("lat", sa.Float, nullable=False),
+    sa.Column("lon", sa.Float, nullable=False),
+    sa.Column("text", sa.Text, nullable=False, server_default=""),
+    sa.Column("site", sa.Text, nullable=False, server_default=""),
+    sa.Column("grid", sa.Text, nullable=False, server_default=""),
+    sa.Column("area", sa.Text, nullable=False, server_default=""),
+    sa.Column("district", sa.Text, nullable=False, server_default=""),
+    sa.Column("photo_type", sa.Text),
+    sa.Column("photo", sa.LargeBinary),
+    sa.Column("incident_id", sa.BigInteger),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Index("grid_reports_by_created", "created_at"),
+)
+
 
 def _create(*tables: sa.Table) -> Callable[[sa.Connection], None]:
     def apply(conn: sa.Connection) -> None:
@@ -88,4 +112,5 @@ MIGRATIONS: list[tuple[int, str, Callable[[sa.Connection], None]]] = [
      _add_columns(incidents, ("found_by", "route_reason", "area", "district"))),
     (72, "grid: units, shifts and on-call rotations by API",
      _create(roster_units, roster_shifts, roster_rotations)),
+    (73, "grid: events reported by patrols and citizens, with photos", _create(reports)),
 ]
