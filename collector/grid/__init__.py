@@ -17,7 +17,7 @@ from collector.grid.service import GridService
 def install(app: FastAPI, engine: AlarmEngine, section: dict[str, Any] | None = None,
             source: str = "collector.toml") -> GridService:
     """Attach the grid service to the app and to the alarm engine; add its routes."""
-    from collector.grid import intake_api
+    from collector.grid import assessment_api, intake_api
     from collector.grid.api import router
     from collector.grid.config import load_grid_settings
     from collector.grid.intake import Intake
@@ -31,7 +31,8 @@ def install(app: FastAPI, engine: AlarmEngine, section: dict[str, Any] | None = 
     app.state.grid_settings = settings
     app.state.roster = Roster(db, engine).open()
     app.state.intake = Intake(db, grid, engine, settings)
-    for r in (router, roster_router, intake_api.router, intake_api.pages):
+    for r in (router, roster_router, intake_api.router, intake_api.pages,
+              assessment_api.router, assessment_api.pages):
         app.include_router(r)
     return grid
 
