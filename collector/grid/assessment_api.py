@@ -24,16 +24,15 @@ MAX_PERIOD_MS = 3 * 366 * 86_400_000
 
 @router.get("/assessment", response_model=None)
 def assessment(request: Request, _who: Reader,
-               start: Annotated[str, Query(alias="from", max_length=40)],
-               end: Annotated[str, Query(alias="to", max_length=40)],
+               start: Annotated[str, Query(alias="from", min_length=1, max_length=40)],
+               end: Annotated[str, Query(alias="to", min_length=1, max_length=40)],
                by: Literal["unit", "grid", "district"] = "unit",
                format: Literal["json", "csv"] = "json") -> dict[str, Any] | Response:
     """Per unit, grid or district over [from, to): found (by source), dispatched,
     acknowledged, arrived, handled, closed, reopened, overdue; mean and p90 times; share
     within SLA; the same per week."""
     lo, hi = parse_time(start, "from"), parse_time(end, "to")
-    assert lo is not None and hi is not None
-    if not lo < hi <= lo + MAX_PERIOD_MS:
+    if lo is None or hi is None or not lo < hi <= lo + MAX_PERIOD_MS:
         raise invalid("query", "to", "the period ends after it starts, within 3 years")
     settings: GridSettings = request.app.state.grid_settings
     engine = request.app.state.alarms.engine

@@ -14,13 +14,13 @@ from collector.alarms.config import DurationMs, Unit
 from collector.api import iso, parse_time
 from collector.grid.roster import Roster, RosterError
 from collector.grid.shifts import OnCall
-from collector.params import RowId
+from collector.params import RowId, invalid
 
 router = APIRouter(prefix="/api/v1/units", tags=["rosters"])
 UnitId = Annotated[str, FastPath(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
 MemberName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 Note = Annotated[str, Field(max_length=2000, pattern=r"^[^\x00]*$")]
-When = Annotated[str, Field(max_length=40, description="ISO 8601 or epoch ms")]
+When = Annotated[str, Field(min_length=1, max_length=40, description="ISO 8601 or epoch ms")]
 
 
 def get_roster(request: Request) -> Roster:
@@ -53,8 +53,11 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise HTTPException(exc.status, str(exc)) from None
 
 
-def _time(text: str | None, name: str) -> int | None:
-    return parse_time(text, name, "body")
+def _time(text: str, name: str) -> int:
+    ms = parse_time(text, name, "body")
+    if ms is None:
+        raise invalid("body", name, "a time is required")
+    return ms
 
 
 class ShiftIn(BaseModel):
@@ -139,7 +142,6 @@ def list_shifts(unit_id: UnitId, roster: RosterDep, who: PrincipalDep,
 def add_shift(unit_id: UnitId, body: ShiftIn, roster: RosterDep, who: Ops) -> dict[str, Any]:
     """Put a member on call over a period."""
     start, end = _time(body.starts_at, "starts_at"), _time(body.ends_at, "ends_at")
-    assert start is not None and end is not None
     sid = _call(roster.add_shift, unit_id, body.member, start, end, who.name, body.note)
     return {"id": sid}
 
@@ -154,7 +156,6 @@ def delete_shift(unit_id: UnitId, shift_id: RowId, roster: RosterDep, _who: Ops)
 def put_rotation(unit_id: UnitId, body: RotationIn, roster: RosterDep, who: Ops) -> None:
     """Set the unit's on-call rotation."""
     start = _time(body.starts_at, "starts_at")
-    assert start is not None
     _call(roster.set_rotation, unit_id, body.members, start, body.period_ms, who.name)
 
 
@@ -170,5 +171,5 @@ def handover(unit_id: UnitId, body: HandoverIn, roster: RosterDep,
     """`to` takes over now; the unit's active incidents of the one handing over follow."""
     _sees(who, unit_id)
     got = _call(roster.handover, unit_id, body.to, who.name, body.note,
-                _time(body.until, "until"))
+                _time(body.until, "until") if body.until else None)
     return {**got, "until": iso(got["until"])}
