@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,8 +118,9 @@ class GridCity:
                 sa.select(incidents).order_by(incidents.c.id)).mappings()]
 
 
-@pytest.fixture
-def grid_city(store: Store, tmp_path: Path) -> Iterator[GridCity]:
+@contextlib.contextmanager
+def grid_city_on(store: Store, tmp_path: Path) -> Iterator[GridCity]:
+    """The whole collector app over a store, with a settable clock and a recording notify."""
     clock = Clock()
     hub = build_hub(store, CollectorConfig(alarms=ALARMS), ingest_stats=dict,
                     broker=BrokerLink(f"mqtt://127.0.0.1:{free_port()}"),
@@ -132,4 +135,12 @@ def grid_city(store: Store, tmp_path: Path) -> Iterator[GridCity]:
             rig.client = client
             yield rig
     finally:
-        asyncio.run(hub.close())
+        # in a thread of its own: the browser tests' Playwright keeps a loop in this one
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, hub.close()).result()
+
+
+@pytest.fixture
+def grid_city(store: Store, tmp_path: Path) -> Iterator[GridCity]:
+    with grid_city_on(store, tmp_path) as rig:
+        yield rig
