@@ -186,9 +186,10 @@ def _environment(hub: Hub, engine: Any) -> None:
 
 def _grid(hub: Hub, engine: Any, source: str) -> None:
     """Grids as geography, routing by place, rosters, reported events, assessment."""
-    from collector.grid import install
+    from collector.grid import install, keep_fresh
 
     install(hub.app, engine, hub.config.grid, source)
+    hub.tasks.append(lambda: keep_fresh(hub.app))
 
 
 def _parking(hub: Hub) -> None:

@@ -37,4 +37,19 @@ def install(app: FastAPI, engine: AlarmEngine, section: dict[str, Any] | None = 
     return grid
 
 
-__all__ = ["GridService", "install"]
+async def keep_fresh(app: FastAPI, interval_s: float = 30.0) -> None:
+    """Re-read outlines and API units every `interval_s`, so that collectors sharing a database
+    follow each other's changes (run in the hub's TaskGroup until cancelled)."""
+    import asyncio
+    import logging
+
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await asyncio.to_thread(app.state.grid.reload)
+            await asyncio.to_thread(app.state.roster.refresh)
+        except Exception:
+            logging.getLogger(__name__).exception("grid: cannot re-read outlines and units")
+
+
+__all__ = ["GridService", "install", "keep_fresh"]

@@ -41,11 +41,17 @@ class GridService:
 
     def open(self) -> GridService:
         """Load the outlines and take over routing and site lookup of the alarm engine."""
-        with self.db.connect() as conn:
-            self.outlines = Outlines.of(repo.load_outlines(conn))
+        self.reload()
         self.alarms.router = self.route
         self.alarms.set_site_resolver(self.site_of)
         return self
+
+    def reload(self) -> None:
+        """Re-read the outlines (another collector on this database may have imported some)."""
+        with self.db.connect() as conn:
+            fresh = Outlines.of(repo.load_outlines(conn))
+        with self._lock:
+            self.outlines = fresh
 
     # --- outlines ---------------------------------------------------------------------------
 

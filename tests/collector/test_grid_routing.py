@@ -149,3 +149,24 @@ def test_cli_imports_a_file_and_names_the_bad_feature(grid_city: GridCity, tmp_p
         err = capsys.readouterr().err
         assert "features[3] (g2)" in err and "invalid polygon" in err
     assert len(g.client.get("/api/v1/grid/outlines", headers=g.h()).json()["features"]) == 4
+
+
+def test_a_collector_sharing_the_database_follows_another_ones_changes(
+        grid_city: GridCity) -> None:
+    import sqlalchemy as sa
+
+    from collector.grid import repo
+    from collector.grid.geo import parse_collection
+    from collector.grid.tables import roster_units
+
+    g = grid_city
+    grid, roster = g.hub.app.state.grid, g.hub.app.state.roster
+    with g.hub.store.engine.begin() as conn:  # as another collector would write them
+        repo.save_outlines(conn, parse_collection(city()), replace=True, who="other", now=0)
+        conn.execute(sa.insert(roster_units).values(
+            unit_id="night-desk", body='{"members": [{"name": "Ma"}]}', updated_at=0))
+    assert not grid.outlines.locate(*IN_G1).placed
+    grid.reload()
+    roster.refresh()
+    assert grid.outlines.locate(*IN_G1).grid == "g1"
+    assert g.engine.on_call("night-desk").name == "Ma"
