@@ -7,8 +7,11 @@ import csv
 import io
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
+from citygate.cli import main
+from citygate.rig import served
 from collector.alarms.tables import incident_history, incidents
 from tests.collector.grid_fixtures import MIN, GridCity, grid_city
 
@@ -160,3 +163,19 @@ def test_assessment_csv_page_and_access(grid_city: GridCity) -> None:
                         headers=g.h()).status_code == 422
     page = g.client.get("/assessment")
     assert page.status_code == 200 and "/static/js/assessment.js" in page.text
+
+
+def test_cli_prints_the_assessment_as_csv(grid_city: GridCity,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    g = grid_city
+    seed(g)
+    g.clock.now = NOW
+    with served(g.hub.app) as url:
+        assert main(["grid", "assess", "--by", "district", "--from", JAN, "--to", FEB,
+                     "--collector", url, "--token", g.admin]) == 0
+        rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+        assert [(r["key"], r["found"], r["handled"]) for r in rows if not r["week"]] == \
+            [("d1", "6", "3"), ("*", "6", "3")]
+        assert main(["grid", "assess", "--from", FEB, "--to", JAN, "--collector", url,
+                     "--token", g.admin]) == 2
+        assert "error: assessment refused (422)" in capsys.readouterr().err
