@@ -8,6 +8,7 @@ import orjson
 import sqlalchemy as sa
 from shapely.geometry import shape
 
+from collector import schema
 from collector.grid.geo import Outline
 from collector.grid.tables import outlines
 from collector.registry import tables as reg
@@ -64,3 +65,10 @@ def registry_links(conn: sa.Connection) -> tuple[dict[str, str], dict[str, str]]
     devices = {r.device_id: r.gateway_id for r in conn.execute(
         sa.select(d.c.device_id, d.c.gateway_id).order_by(d.c.gateway_id))}
     return devices, sites
+
+
+def seen_devices(conn: sa.Connection) -> dict[str, str]:
+    """Devices the collector has heard from, and the gateway each last reported through."""
+    d = schema.devices
+    return {r.device_id: r.gateway_id for r in conn.execute(sa.select(d.c.device_id,
+                                                                      d.c.gateway_id))}

@@ -124,6 +124,7 @@ class GridService:
         with self.db.connect() as conn:
             registered = repo.registry_sites(conn)
             devices, gateway_site = repo.registry_links(conn)
+            seen = repo.seen_devices(conn)
         out: dict[str, dict[str, Any]] = {}
         for s in registered:
             out[s["site_id"]] = {"type": "site", "id": s["site_id"], "lat": s["lat"],
@@ -135,7 +136,9 @@ class GridService:
         for entry in out.values():
             entry.update(self.outlines.locate(entry["lat"], entry["lon"]).as_dict())
         rows = sorted(out.values(), key=lambda e: e["id"])
+        # the gateway a device reports through, then the one it is registered under, then config
         site_of = {d: gateway_site.get(gw, "") for d, gw in devices.items()}
+        site_of.update({d: gateway_site[gw] for d, gw in seen.items() if gw in gateway_site})
         site_of.update({d: name for name, conf in cfg.sites.items() for d in conf.devices})
         for device, site in sorted(site_of.items()):
             where = out.get(site, {})

@@ -16,9 +16,9 @@ from tests.browser.conftest import CHROMIUM
 from tests.collector.grid_fixtures import IN_G1, GridCity, city, grid_city_on
 
 if Path(CHROMIUM).exists():
-    from playwright.sync_api import Browser, expect
+    from playwright.sync_api import Browser, Dialog, expect
 else:  # pragma: no cover - the module is skipped
-    Browser = Any
+    Browser = Dialog = Any  # type: ignore[misc, assignment]
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
 HOSTILE = '<img src=x onerror="alert(1)">'
@@ -76,7 +76,12 @@ def test_assessment_page_shows_figures_and_hostile_names_as_text(
                 acked_at=t0 + 60_000))
     page = browser.new_page()
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def refuse(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", refuse)
     page.goto(f"{base}/assessment?token={rig.admin}")
     page.fill("#from", "2026-01-01")
     page.fill("#to", "2026-02-01")

@@ -55,6 +55,10 @@ def test_registered_site_lands_in_its_grid_and_reaches_its_unit(grid_city: GridC
     assert "line department for door_fault of g1" in view["routing"]["reason"]
     assert view["found_by"] == "device"
     assert [c for c, _ in g.sent] == ["push-crew-g1"]
+    placed = {p["id"]: p for p in g.client.get("/api/v1/grid/placements",
+                                               headers=g.h()).json()}
+    assert {k: placed["lift-77"][k] for k in ("type", "site", "grid", "district")} == \
+        {"type": "device", "site": "tower-9", "grid": "g1", "district": "d1"}
 
 
 def test_changing_an_outline_reroutes_new_events(grid_city: GridCity) -> None:
@@ -169,4 +173,5 @@ def test_a_collector_sharing_the_database_follows_another_ones_changes(
     grid.reload()
     roster.refresh()
     assert grid.outlines.locate(*IN_G1).grid == "g1"
-    assert g.engine.on_call("night-desk").name == "Ma"
+    member = g.engine.on_call("night-desk")
+    assert member is not None and member.name == "Ma"
