@@ -22,7 +22,7 @@ from collector.alarms import repo
 from collector.alarms.book import AlarmBook
 from collector.alarms.bus import IncidentBus
 from collector.alarms.card import card_fields, describe, escalation_view, gather
-from collector.alarms.config import AlarmsConfig, Member
+from collector.alarms.config import AlarmsConfig, Member, Unit
 from collector.alarms.lifecycle import ACTIVE_STATES, State, can_auto_resolve, reopen_to
 from collector.alarms.notices import incident_title, page_notice
 from collector.alarms.policy import (
@@ -87,6 +87,10 @@ class AlarmEngine:
         self._reload = True
         self.router: Router = lambda _conn, q: config_route(q, self.cfg, self.book.sites)
         self.assignee: Assignee = lambda unit, _now: pick_assignee(self.cfg.units.get(unit))
+        # A unit as it stands at a moment: whose `on_call` flag is set follows shifts, so later
+        # escalation stages mention whoever is on call then.
+        self.roster_now: Callable[[str, int], Unit | None] = \
+            lambda unit, _now: self.cfg.units.get(unit)
 
     def set_site_resolver(self, resolve: Callable[[str | None, str], str | None]) -> None:
         """Let sites the config does not list be found (e.g. in the gateway registry)."""
@@ -323,7 +327,7 @@ class AlarmEngine:
         for page in pages:
             inc = page.incident
             card = card_fields(inc, facts, self.cfg, now)
-            unit = self.cfg.units.get(inc["unit"])
+            unit = self.roster_now(inc["unit"], now)
             chain = unit.escalation if unit else ()
             out = [(c, page_notice(inc, i, unit, self.public_url, now, card))
                    for i in page.stages for c in chain[i].channels]

@@ -24,6 +24,16 @@ MAX_SHIFT_MS = 31 * 86_400_000
 DEFAULT_HANDOVER_MS = 12 * 3_600_000
 
 
+def unit_document(unit: Unit) -> dict[str, Any]:
+    """A unit as an `[alarms.units.<id>]` table that validates back to the same unit
+    (durations written with their unit: a bare number would be read as seconds)."""
+    doc = unit.model_dump(mode="json", by_alias=True)
+    for stage in doc["escalation"]:
+        if stage.get("after") is not None:
+            stage["after"] = f"{stage['after']}ms"
+    return doc
+
+
 class RosterError(ValueError):
     """A roster change that names something unknown or breaks a limit (status: 404/409/422)."""
 
@@ -49,6 +59,7 @@ class Roster:
         """Load the units put through the API and take over the engine's choice of assignee."""
         self.refresh()
         self.alarms.assignee = self.assignee
+        self.alarms.roster_now = self.unit_now
         return self
 
     def refresh(self) -> None:
@@ -82,7 +93,7 @@ class Roster:
 
     def put_unit(self, unit_id: str, unit: Unit, who: str) -> None:
         """Create or replace a unit (its members and escalation chain)."""
-        body = orjson.dumps(unit.model_dump(mode="json", by_alias=True)).decode()
+        body = orjson.dumps(unit_document(unit)).decode()
         with self.db.begin() as conn:
             conn.execute(sa.delete(roster_units).where(roster_units.c.unit_id == unit_id))
             conn.execute(sa.insert(roster_units).values(unit_id=unit_id, body=body,
@@ -181,6 +192,17 @@ class Roster:
     def assignee(self, unit_id: str, now: int) -> Member | None:
         """The engine's hook: the member a new incident of this unit goes to now."""
         return self.on_call(unit_id, now).member
+
+    def unit_now(self, unit_id: str, now: int) -> Unit | None:
+        """The unit with `on_call` set on the one member a shift or the rotation puts on call
+        at a moment (the roster's own flags when neither does)."""
+        unit = self.units.get(unit_id)
+        oc = self.on_call(unit_id, now)
+        if unit is None or oc.member is None or oc.why in ("roster", "nobody"):
+            return unit
+        name = oc.member.name
+        members = tuple(m.model_copy(update={"on_call": m.name == name}) for m in unit.members)
+        return unit.model_copy(update={"members": members})
 
     # --- hand-over --------------------------------------------------------------------------
 

@@ -144,3 +144,13 @@ def test_outline_document_bounds() -> None:
 ])
 def test_csv_cells_never_run_as_formulas(value: Any, cell: Any) -> None:
     assert _cell(value) == cell
+
+
+def test_a_unit_document_validates_back_to_the_same_unit() -> None:
+    from collector.alarms.config import Unit
+    from collector.grid.roster import unit_document
+
+    unit = Unit.model_validate({"members": [{"name": "A", "on_call": False}], "escalation": [
+        {"after": "0s", "channels": ["a"]}, {"after": "5min", "channels": ["b"], "to": "boss"},
+        {"when": "not_resolved", "after": "2h", "channels": ["c"]}]})
+    assert Unit.model_validate(unit_document(unit)) == unit

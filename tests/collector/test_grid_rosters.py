@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.collector.grid_fixtures import HOUR, T0, GridCity, grid_city
+from tests.collector.grid_fixtures import HOUR, MIN, T0, GridCity, grid_city
 
 __all__ = ["grid_city"]
 
@@ -90,3 +90,23 @@ def test_roster_changes_need_ops_and_known_members(grid_city: GridCity) -> None:
     r = g.client.post("/api/v1/units/crew-g1/handover", headers=g.h(crew),
                       json={"to": "Wang Fang"})
     assert r.status_code == 200, r.text
+
+
+def test_later_stages_mention_whoever_is_on_call_then(grid_city: GridCity) -> None:
+    g = grid_city
+    people = [{"name": n, "phone": p} for n, p in
+              (("Desk", "100"), ("Night Desk", "200"), ("Spare", "300"))]  # all on_call
+    r = g.client.put("/api/v1/units/city-desk", headers=g.h(), json={
+        "members": people,
+        "escalation": [{"after": "0s", "channels": ["push-desk"]},
+                       {"after": "5min", "channels": ["push-boss"], "to": "supervisor"}]})
+    assert r.status_code == 204, r.text
+    g.client.post("/api/v1/units/city-desk/shifts", headers=g.h(), json={
+        "member": "Night Desk", "starts_at": str(T0), "ends_at": str(T0 + 8 * HOUR)})
+    g.event("gw-a", "lift-1", "door_fault")
+    assert page_to(g) == ("Night Desk", ("200",))
+    g.clock.now = T0 + 6 * MIN
+    g.engine.tick()
+    channel, notice = g.sent[-1]
+    # the roster flags all three as on call; the shift says only Night Desk is
+    assert (channel, notice.mention_phones) == ("push-boss", ("200",))
