@@ -347,6 +347,7 @@ _TOOLS = {
                                       "preview, commission"),
     "cluster-demo": ("citygate.cluster_demo", "the city on a 3-node NATS cluster"),
     "sources": ("citygate.sources_cli", "pollution-source registry: import, list, attribute"),
+    "grid": ("collector.grid.cli", "district/area/grid outlines and department figures"),
 }
 
 

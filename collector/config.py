@@ -36,6 +36,8 @@ class CollectorConfig(BaseModel):
     sources: dict[str, Any] = Field(default_factory=dict)
     # ingest processes (collector.workers); more than one needs PostgreSQL
     workers: int = Field(default=1, ge=1, le=64)
+    # reported events (citizen kinds and rate limits) and assessment (SLAs, week time zone)
+    grid: dict[str, Any] = Field(default_factory=dict)
 
 
 def load_collector_config(path: str | Path | None) -> CollectorConfig:

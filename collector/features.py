@@ -15,7 +15,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from collector import alarms, elevators, environment, ngsi, parking, registry, sources, updates
+from collector import (
+    alarms,
+    elevators,
+    environment,
+    grid,
+    ngsi,
+    parking,
+    registry,
+    sources,
+    updates,
+)
 from collector.auth_tables import AUTH
 from collector.clock import now_ms
 from collector.config import CollectorConfig, CollectorConfigError
@@ -161,6 +171,26 @@ class Sources(BaseFeature):
     def tasks(self) -> Sequence[Task]:
         """Task escalation and track retention."""
         return (lambda: sources.run_upkeep(self.service),)
+
+
+class Grid(BaseFeature):
+    """Grids as geography, routing by place, rosters, reported events and assessment."""
+
+    name = "grid"
+    migrations = (grid.MIGRATIONS,)
+
+    def __init__(self, alarms_feature: AlarmsAndPush) -> None:
+        self.alarms = alarms_feature
+
+    def mount(self, core: Core) -> None:
+        """Place and route the alarm engine's incidents; add the grid, roster, report and
+        assessment routes and pages."""
+        self.app = core.app
+        grid.install(core.app, self.alarms.engine, core.config.grid, core.config_source)
+
+    def tasks(self) -> Sequence[Task]:
+        """Follow outline and roster changes made through another collector."""
+        return (lambda: grid.keep_fresh(self.app),)
 
 
 class Parking(BaseFeature):
@@ -323,8 +353,8 @@ def default_features() -> list[Feature]:
     """Every feature of a collector, in mount order."""
     alarms_and_push = AlarmsAndPush()
     env = Environment(alarms_and_push)
-    return [alarms_and_push, env, Sources(env), Parking(), Elevators(), HubFeeds(), Registry(),
-            Updates()]
+    return [alarms_and_push, env, Sources(env), Grid(alarms_and_push), Parking(), Elevators(),
+            HubFeeds(), Registry(), Updates()]
 
 
 def schema(features: Sequence[Feature] | None = None) -> list[MigrationSet]:

@@ -10,7 +10,7 @@ from collector.alarms import repo
 from collector.alarms.card import conditions, describe, gather
 from collector.alarms.engine import AlarmEngine
 from collector.alarms.lifecycle import State, closed_loop_stats, next_state
-from collector.alarms.policy import pick_assignee, route
+from collector.alarms.policy import RouteQuery
 from collector.alarms.views import alarm_view, history_view, silence_view
 
 MAX_NOTE = 2000
@@ -130,7 +130,7 @@ class IncidentDesk:
                 if crew is None:
                     raise BadRequest(f"no unit {target!r} (known: {sorted(eng.cfg.units)})")
                 chosen = next((m for m in crew.members if m.name == member), None) \
-                    if member else pick_assignee(crew)
+                    if member else eng.on_call(target, now)
                 if member and chosen is None:
                     raise BadRequest(f"{member!r} is not a member of unit {target!r}")
                 values: dict[str, Any] = {"assignee": chosen.name if chosen else None,
@@ -193,18 +193,19 @@ class IncidentDesk:
 
     def unit_of(self, site: str | None, device: str | None, kind: str | None) -> tuple[str, str]:
         """(site, responsible unit) of what a silence names, as routing would decide."""
-        cfg, sites = self.engine.cfg, self.engine.book.sites
-        if device is not None:
-            with self._db.connect() as conn:
+        sites = self.engine.book.sites
+        with self._db.connect() as conn:
+            gateway = ""
+            if device is not None:
                 gateway = repo.gateway_of(conn, device)
-            found = sites.site_of(device, gateway)
-            if site is not None and site != found:
-                raise BadRequest(f"device {device!r} is at site {found!r}, not {site!r}")
-            site = found
-        assert site is not None
-        unit = route(kind or "", site, sites.grid_of(site), cfg.routes,
-                     sites.units.get(site, ""), cfg.default_unit)
-        return site, unit
+                found = sites.site_of(device, gateway)
+                if site is not None and site != found:
+                    raise BadRequest(f"device {device!r} is at site {found!r}, not {site!r}")
+                site = found
+            assert site is not None
+            routed = self.engine.route_for(conn, RouteQuery(kind or "", site, device or "",
+                                                            gateway))
+        return site, routed.unit
 
     def add_silence(self, *, site: str | None, device: str | None, kind: str | None,
                     starts_at: int, ends_at: int, who: str, reason: str, role: str = "ops",

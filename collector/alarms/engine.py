@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,17 +21,20 @@ import sqlalchemy as sa
 from collector.alarms import repo
 from collector.alarms.book import AlarmBook
 from collector.alarms.card import card_fields, describe, escalation_view, gather
-from collector.alarms.config import AlarmsConfig
+from collector.alarms.config import AlarmsConfig, Member, Unit
 from collector.alarms.lifecycle import ACTIVE_STATES, State, can_auto_resolve, reopen_to
 from collector.alarms.notices import incident_title, page_notice
 from collector.alarms.policy import (
     DEVICE_OFFLINE,
     AlarmKey,
+    Assignee,
+    RouteDecision,
+    RouteQuery,
     Silence,
+    config_route,
     decide,
     due_escalations,
     pick_assignee,
-    route,
     silenced_by,
     stage_label,
 )
@@ -44,6 +47,7 @@ from collector.store import Accepted, Store
 log = logging.getLogger(__name__)
 
 Notify = Callable[[str, Notice], object]  # e.g. NotifyQueue(store).enqueue
+Router = Callable[[sa.Connection, RouteQuery], RouteDecision]
 _HELD = {"page": "", "wait": "wait", "silenced": "silenced:", "suppressed": "suppressed:"}
 
 
@@ -82,6 +86,30 @@ class AlarmEngine:
         self._lock = threading.RLock()
         self._changed: dict[int, dict[str, Any]] = {}
         self._reload = True
+        self.router: Router = lambda _conn, q: config_route(q, self.cfg, self.book.sites)
+        self.assignee: Assignee = lambda unit, _now: pick_assignee(self.cfg.units.get(unit))
+        # A unit as it stands at a moment: whose `on_call` flag is set follows shifts, so later
+        # escalation stages mention whoever is on call then.
+        self.roster_now: Callable[[str, int], Unit | None] = \
+            lambda unit, _now: self.cfg.units.get(unit)
+
+    def set_site_resolver(self, resolve: Callable[[str | None, str], str | None]) -> None:
+        """Let sites the config does not list be found (e.g. in the gateway registry)."""
+        with self._lock:
+            self.book.sites = replace(self.book.sites, resolve=resolve)
+
+    def set_config(self, config: AlarmsConfig) -> None:
+        """Use new units and rosters from now on (sites and thresholds stay as loaded)."""
+        with self._lock:
+            self.cfg = config
+
+    def route_for(self, conn: sa.Connection, query: RouteQuery) -> RouteDecision:
+        """Where an incident of this kind at this site would go now, and why."""
+        return self.router(conn, query)
+
+    def on_call(self, unit: str, now: int | None = None) -> Member | None:
+        """Who of a unit gets a new incident now."""
+        return self.assignee(unit, self.clock() if now is None else now)
 
     def load(self) -> None:
         """Read live alarms, silences and what the collector knows of gateways and faults."""
@@ -94,6 +122,17 @@ class AlarmEngine:
             self._reload = False
 
     # --- hooks --------------------------------------------------------------------------------
+
+    def report(self, site: str, device: str, kind: str, severity: str, message: str,
+               evidence: dict[str, Any]) -> int | None:
+        """An event a person found (patrol, citizen): an alarm that pages at once, routed and
+        tracked like a device's; `evidence["found_by"]` is recorded. Return its incident id
+        (None when it could not be stored: the caller answers 503)."""
+        key = (site, device, kind)
+        self._guarded(lambda now: self.book.raise_(key, "", "report", severity, now, now,
+                                                   message, evidence))
+        row = self.book.live.get(key)
+        return None if row is None else row.incident_id
 
     def on_stored(self, items: list[Accepted]) -> None:
         """Ingest hook: called in the writer thread after each committed batch; never raises."""
@@ -167,7 +206,8 @@ class AlarmEngine:
                 continue
             d = decide(key, self.book.since.get(key, now), now,
                        is_group=row.source == "group", immediate=row.kind in
-                       self.cfg.immediate_kinds, group_wait_ms=self.cfg.group_wait_ms,
+                       self.cfg.immediate_kinds or row.source == "report",
+                       group_wait_ms=self.cfg.group_wait_ms,
                        inhibitor=self.book.inhibitor(row),
                        silence=silenced_by(self._silences, key, now,
                                            row.kind in self.cfg.life_safety_kinds))
@@ -184,14 +224,18 @@ class AlarmEngine:
     def _open_incident(self, conn: sa.Connection, key: AlarmKey, now: int) -> dict[str, Any]:
         row = self.book.live[key]
         site = self.cfg.sites.get(row.site)
-        grid = self.book.sites.grid_of(row.site)
-        unit = route(row.kind, row.site, grid, self.cfg.routes,
-                     self.book.sites.units.get(row.site, ""), self.cfg.default_unit)
+        routed = self.router(conn, RouteQuery(row.kind, row.site, row.device, row.gateway,
+                                              row.evidence))
+        unit = routed.unit
         title = incident_title(row.kind, row.severity, site.name if site and site.name
                                else row.site, row.device)
-        member = pick_assignee(self.cfg.units.get(unit))
+        member = self.assignee(unit, now)
+        found_by = str(row.evidence.get("found_by", "patrol")) if row.source == "report" \
+            else "device"
         iid = repo.insert_incident(conn, {
-            "alarm_id": row.id, "unit": unit, "site": row.site, "grid": grid, "kind": row.kind,
+            "alarm_id": row.id, "unit": unit, "site": row.site, "grid": routed.grid,
+            "area": routed.area, "district": routed.district, "found_by": found_by,
+            "route_reason": routed.reason, "kind": row.kind,
             "device_id": row.device, "gateway_id": row.gateway, "severity": row.severity,
             "title": title, "state": State.OPEN, "occurrences": row.occurrences,
             "opened_at": now, "updated_at": now, "stages_sent": 0, "unit_since": now,
@@ -284,7 +328,7 @@ class AlarmEngine:
         for page in pages:
             inc = page.incident
             card = card_fields(inc, facts, self.cfg, now)
-            unit = self.cfg.units.get(inc["unit"])
+            unit = self.roster_now(inc["unit"], now)
             chain = unit.escalation if unit else ()
             out = [(c, page_notice(inc, i, unit, self.public_url, now, card))
                    for i in page.stages for c in chain[i].channels]

@@ -6,9 +6,9 @@ paging can be tested with tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from collector.alarms.config import AlarmsConfig, Member, Route, Stage, ThresholdRule, Unit
 
@@ -29,6 +29,8 @@ class SiteIndex:
     by_gateway: dict[str, str]
     grids: dict[str, str]
     units: dict[str, str]
+    # Sites the config does not list: the registry's (device or gateway -> site), or None.
+    resolve: Callable[[str | None, str], str | None] | None = None
 
     @classmethod
     def from_config(cls, cfg: AlarmsConfig) -> SiteIndex:
@@ -40,10 +42,14 @@ class SiteIndex:
             units={name: s.unit for name, s in cfg.sites.items() if s.unit})
 
     def site_of(self, device: str | None, gateway: str) -> str:
-        """Site of a device: listed device, else its gateway's site, else `gw:<gateway>`."""
+        """Site of a device: listed device, else its gateway's listed site, else the
+        registry's site of the device or gateway, else `gw:<gateway>`."""
         if device is not None and device in self.by_device:
             return self.by_device[device]
-        return self.by_gateway.get(gateway, f"gw:{gateway}")
+        if gateway in self.by_gateway:
+            return self.by_gateway[gateway]
+        found = self.resolve(device, gateway) if self.resolve is not None else None
+        return found or f"gw:{gateway}"
 
     def grid_of(self, site: str) -> str:
         """Grid area of a site ("" when not configured)."""
@@ -178,6 +184,44 @@ def gateway_all_offline(inventory: set[str], offline: set[str]) -> bool:
 
 # --- routing ------------------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class RouteQuery:
+    """What routing knows of a new incident: its kind, where it is and what it carries."""
+
+    kind: str
+    site: str
+    device: str = ""
+    gateway: str = ""
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """The responsible unit of an incident, where it lies, and why it went there."""
+
+    unit: str
+    grid: str = ""
+    reason: str = ""
+    area: str = ""
+    district: str = ""
+
+
+def config_route(q: RouteQuery, cfg: AlarmsConfig, sites: SiteIndex) -> RouteDecision:
+    """Routing by collector.toml alone: first matching route, site unit, default unit."""
+    grid = sites.grid_of(q.site)
+    for i, r in enumerate(cfg.routes):
+        if ((not r.kinds or q.kind in r.kinds) and (not r.sites or q.site in r.sites)
+                and (not r.grids or grid in r.grids)):
+            return RouteDecision(r.unit, grid, f"[alarms] routes[{i}] matches {q.kind} at "
+                                               f"{q.site}")
+    if q.site in sites.units:
+        return RouteDecision(sites.units[q.site], grid,
+                             f"site {q.site} names its unit in [alarms.sites]")
+    if cfg.default_unit:
+        return RouteDecision(cfg.default_unit, grid, "default unit: no route or site unit")
+    return RouteDecision("", grid, "no route, site unit or default unit")
+
+
 def route(kind: str, site: str, grid: str, routes: Sequence[Route], site_unit: str = "",
           default_unit: str = "") -> str:
     """Responsible unit: first matching route, else the site's unit, else the default ("")."""
@@ -189,6 +233,9 @@ def route(kind: str, site: str, grid: str, routes: Sequence[Route], site_unit: s
 
 
 # --- assignment ---------------------------------------------------------------------------------
+
+Assignee = Callable[[str, int], Member | None]  # (unit, now) -> who is on call
+
 
 def pick_assignee(unit: Unit | None) -> Member | None:
     """The one named person of a new incident: the first on-call member, else the first one."""

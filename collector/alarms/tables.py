@@ -72,6 +72,12 @@ incidents = sa.Table(
     sa.Column("unit_since", sa.BigInteger),
     sa.Column("device_cleared_at", sa.BigInteger),
     sa.Column("overrides", sa.Integer, nullable=False, server_default="0"),
+    # Added by the grid migrations (71): how the incident was found (device, patrol,
+    # citizen), why it went to its unit, and the area and district it lies in.
+    sa.Column("found_by", sa.Text, nullable=False, server_default="device"),
+    sa.Column("route_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("area", sa.Text, nullable=False, server_default=""),
+    sa.Column("district", sa.Text, nullable=False, server_default=""),
     sa.Index("incidents_by_state_unit", "state", "unit"),
     sa.Index("incidents_by_unit_opened", "unit", "opened_at"),
     sa.Index("incidents_by_opened", "opened_at"),

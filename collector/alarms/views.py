@@ -15,7 +15,10 @@ def incident_view(row: dict[str, Any], public_url: str) -> dict[str, Any]:
     """An incident as the API returns it: ISO times, who did each step, what may come next."""
     return {
         "id": row["id"], "state": row["state"], "unit": row["unit"], "site": row["site"],
-        "grid": row["grid"], "kind": row["kind"], "device": row["device_id"],
+        "grid": row["grid"], "area": row.get("area", ""), "district": row.get("district", ""),
+        "found_by": row.get("found_by", "device"),
+        "routing": {"unit": row["unit"], "reason": row.get("route_reason", "")},
+        "kind": row["kind"], "device": row["device_id"],
         "gateway": row["gateway_id"], "severity": row["severity"], "title": row["title"],
         "occurrences": row["occurrences"],
         "opened_at": iso(row["opened_at"]),

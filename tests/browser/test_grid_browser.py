@@ -1,0 +1,94 @@
+"""The phone report page and the assessment page in a real browser."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from citygate.rig import served
+from collector.alarms.tables import incidents
+from collector.store import Store
+from tests.browser.conftest import CHROMIUM
+from tests.collector.grid_fixtures import IN_G1, GridCity, city, grid_city_on
+
+if Path(CHROMIUM).exists():
+    from playwright.sync_api import Browser, Dialog, expect
+else:  # pragma: no cover - the module is skipped
+    Browser = Dialog = Any  # type: ignore[misc, assignment]
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(64)
+HOSTILE = '<img src=x onerror="alert(1)">'
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[GridCity]:
+    store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        with grid_city_on(store, tmp_path) as g:
+            g.client.put("/api/v1/grid/outlines", json=city(), headers=g.h())
+            yield g
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def base(rig: GridCity) -> Iterator[str]:
+    with served(rig.hub.app) as url:
+        yield url
+
+
+def test_citizen_reports_from_the_phone_page_with_location_and_photo(
+        browser: Browser, base: str, rig: GridCity, tmp_path: Path, artifacts: Path) -> None:
+    photo = tmp_path / "kerb.png"
+    photo.write_bytes(PNG)
+    context = browser.new_context(geolocation={"latitude": IN_G1[0], "longitude": IN_G1[1]},
+                                  permissions=["geolocation"], viewport={"width": 390,
+                                                                         "height": 844})
+    page = context.new_page()
+    page.goto(f"{base}/report")
+    expect(page.locator("#who")).to_have_text("citizen")
+    page.select_option("#kind", "garbage")
+    page.click("#locate")
+    expect(page.locator("#send")).to_be_enabled(timeout=10_000)
+    page.fill("#text", "bins overflowing")
+    page.set_input_files("#photo", str(photo))
+    page.click("#send")
+    page.wait_for_selector('body[data-sent="yes"]', state="attached", timeout=10_000)
+    expect(page.locator("#status")).to_contain_text("is with grid g1")
+    page.screenshot(path=str(artifacts / "grid-report.png"))
+    context.close()
+    (inc,) = rig.incidents()
+    assert (inc["unit"], inc["found_by"], inc["grid"]) == ("crew-g1", "citizen", "g1")
+
+
+def test_assessment_page_shows_figures_and_hostile_names_as_text(
+        browser: Browser, base: str, rig: GridCity, artifacts: Path) -> None:
+    t0 = 1_767_312_000_000  # 2026-01-02T00:00:00Z
+    with rig.hub.store.engine.begin() as conn:
+        for n, unit in enumerate(["crew-g1", HOSTILE, "crew-g1"]):
+            conn.execute(sa.insert(incidents).values(
+                alarm_id=n, unit=unit, site="s", grid="g1", kind="door_fault", device_id="d",
+                severity="major", title="t", state="open", opened_at=t0, updated_at=t0,
+                acked_at=t0 + 60_000))
+    page = browser.new_page()
+    dialogs: list[str] = []
+
+    def refuse(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", refuse)
+    page.goto(f"{base}/assessment?token={rig.admin}")
+    page.fill("#from", "2026-01-01")
+    page.fill("#to", "2026-02-01")
+    page.click("button[type=submit]")
+    table = page.locator("#figures")
+    expect(table).to_contain_text(HOSTILE, timeout=10_000)
+    expect(table.locator("tr", has_text="crew-g1").locator("td").first).to_have_text("2")
+    expect(page.locator("#weeks")).to_contain_text("2025-12-29")
+    page.screenshot(path=str(artifacts / "grid-assessment.png"), full_page=True)
+    assert dialogs == [] and page.locator("#figures img").count() == 0
