@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
 CHUNK = 500  # ids per IN list
+CLAIMS = 1000  # (gateway, seq) claims per statement (7 parameters each: SQLite allows 32,766)
 REGISTRY_DEVICES = "reg_devices"  # the registry's (gateway_id, device_id) assignments
 REGISTRY_GATEWAYS = "reg_gateways"  # a revoked gateway's assignments no longer count
 _warned_foreign: set[tuple[str, str]] = set()
@@ -110,19 +111,48 @@ class IngestTx:
     # --- 2. (gateway, seq) claims ------------------------------------------------------------
 
     def _claim(self, envs: Sequence[Accepted]) -> set[int]:
-        """Claim each envelope's (gateway, seq) in key order; the ids of those stored now."""
-        fresh: set[int] = set()
-        for a in sorted(envs, key=lambda a: (a.gateway, a.envelope.seq)):
-            env = a.envelope
-            n = len(env.readings) if isinstance(env, DataEnvelope) else len(env.events)
-            channel = "data" if isinstance(env, DataEnvelope) else "events"
-            self.cur.execute(self.store.sql(
-                "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay) "
-                "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING seq"),
-                (a.gateway, env.seq, channel, env.sent, a.received, n, env.replay))
-            if self.cur.fetchone() is not None:
-                fresh.add(id(a))
-        return fresh
+        """Claim every envelope's (gateway, seq) in key order, in one statement per CLAIMS
+        keys; the ids of those stored now.
+
+        An envelope whose key an earlier one of the same batch holds is a duplicate like one
+        stored before: the first in arrival order is the one stored.
+        """
+        first: dict[tuple[str, int], Accepted] = {}
+        for a in envs:
+            first.setdefault((a.gateway, a.envelope.seq), a)
+        keys = sorted(first)
+        claimed: set[tuple[str, int]] = set()
+        for i in range(0, len(keys), CLAIMS):
+            rows = []
+            for key in keys[i:i + CLAIMS]:
+                a = first[key]
+                env = a.envelope
+                if isinstance(env, DataEnvelope):
+                    rows.append((a.gateway, env.seq, "data", env.sent, a.received,
+                                 len(env.readings), env.replay))
+                else:
+                    rows.append((a.gateway, env.seq, "events", env.sent, a.received,
+                                 len(env.events), env.replay))
+            claimed.update(self._claim_rows(rows))
+        return {id(first[k]) for k in claimed}
+
+    def _claim_rows(self, rows: list[Row]) -> list[tuple[str, int]]:
+        """Insert claim rows (in the order given) skipping keys already held; the new keys."""
+        if self.store.is_pg:  # one prepared statement whatever the batch size
+            self.cur.execute(
+                "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay)"
+                " SELECT gateway_id, seq, channel, sent, received, n, replay FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[],"
+                " %s::bigint[], %s::integer[], %s::boolean[]) WITH ORDINALITY AS"
+                " t(gateway_id, seq, channel, sent, received, n, replay, o) ORDER BY o"
+                " ON CONFLICT DO NOTHING RETURNING gateway_id, seq",
+                [list(col) for col in zip(*rows, strict=True)])
+        else:
+            self.cur.execute(
+                "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay)"
+                " VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * len(rows))
+                + " ON CONFLICT DO NOTHING RETURNING gateway_id, seq",
+                [v for row in rows for v in row])
+        return [(gw, int(seq)) for gw, seq in self.cur.fetchall()]
 
     # --- 3. devices and their owners ---------------------------------------------------------
 
