@@ -16,7 +16,7 @@ import uvicorn
 
 from collector.config import CollectorConfig, CollectorConfigError
 from collector.hub import BrokerLink, StateHook, StoredHook, build_hub
-from collector.ingest import Ingest
+from collector.ingest import Ingest, pending_budget
 from collector.placement import clock_policy
 from collector.store import Store
 
@@ -74,6 +74,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
     """Serve until the process is asked to stop (SIGINT/SIGTERM)."""
     try:
         policy = clock_policy((config or CollectorConfig()).ingest)
+        max_pending = pending_budget((config or CollectorConfig()).ingest)
     except ValueError as exc:
         raise CollectorConfigError(f"{config_source}: {exc}") from None
     store = Store.open(db_url)
@@ -88,7 +89,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
     def mqtt_ingest(s: Store, on_stored: StoredHook, on_state: StateHook) -> IngestSource:
         return Ingest(s, broker_url, client_id=client_id, share_group=share_group,
                       username=username, password=password, on_stored=on_stored,
-                      on_state=on_state)
+                      on_state=on_state, max_pending_bytes=max_pending)
 
     ingest = (make_ingest or mqtt_ingest)(store, hub.on_stored, hub.on_state)
     sources.append(ingest)

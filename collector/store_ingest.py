@@ -141,7 +141,8 @@ class IngestTx:
         if self.store.is_pg:  # one prepared statement whatever the batch size
             self.cur.execute(
                 "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay)"
-                " SELECT gateway_id, seq, channel, sent, received, n, replay FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[],"
+                " SELECT gateway_id, seq, channel, sent, received, n, replay"
+                " FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[],"
                 " %s::bigint[], %s::integer[], %s::boolean[]) WITH ORDINALITY AS"
                 " t(gateway_id, seq, channel, sent, received, n, replay, o) ORDER BY o"
                 " ON CONFLICT DO NOTHING RETURNING gateway_id, seq",
