@@ -125,12 +125,6 @@ def one_run(backend: str, checkout: str | None, root: Path,
         assert coll.popen is not None
         pid, n = coll.popen.pid, len(items)
         spy = None
-        if profile:  # py-spy's collapsed stacks of the collector while it works
-            import subprocess
-
-            spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-t", "-r", "200",
-                                    "--format", "raw", "-o", profile],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         first: tuple[float, int] | None = None
         s0 = None
         deadline = time.monotonic() + 900
@@ -141,6 +135,13 @@ def one_run(backend: str, checkout: str | None, root: Path,
             stored = h["ingest"]["stored_messages"] if h else 0
             if first is None and stored > 0:
                 first, s0 = (now, stored), sample(pid)
+                if profile:  # py-spy: where the collector holds the GIL while it stores
+                    import subprocess
+
+                    spy = subprocess.Popen(
+                        ["py-spy", "record", "-p", str(pid), "-t", "--gil", "-r", "250",
+                         "--format", "raw", "-o", profile],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if stored >= n:
                 break
             time.sleep(0.1)
