@@ -152,9 +152,11 @@ def one_run(backend: str, checkout: str | None, root: Path,
         if first is None or stored < n or s0 is None:
             raise RuntimeError(f"stored {stored} of {n}:\n{coll.tail()}")
         elapsed = max(now - first[0], 1e-3)
+        commits = (h or {}).get("ingest", {}).get("commits")
         return {"envelopes/s": (n - first[1]) / elapsed,
                 "cpu s/1000 env": (s1.cpu_s - s0.cpu_s) / (n - first[1]) * 1000,
-                "peak RSS MiB": s1.rss_peak_kb / 1024}
+                "peak RSS MiB": s1.rss_peak_kb / 1024,
+                **({"envelopes/commit": n / commits} if commits else {})}
     finally:
         coll.stop()
         broker.stop()

@@ -122,6 +122,7 @@ class IngestStats:
     hook_errors: int = 0
     connected: bool = False
     last_commit_ms: float = 0.0
+    commits: int = 0  # ingest transactions committed (stored_messages / commits: batch size)
     failing_since: float | None = None  # monotonic time the store started failing
     last_error: str = ""
     handled: int = 0  # received and then stored, quarantined or rejected (and acknowledged)
@@ -166,7 +167,7 @@ class IngestStats:
             "store_errors": self.store_errors, "store_retries_now": self.store_retries_now,
             "quarantined": self.quarantined, "hook_errors": self.hook_errors,
             "broker_connected": self.connected, "source": "mqtt",
-            "last_commit_ms": round(self.last_commit_ms, 2),
+            "last_commit_ms": round(self.last_commit_ms, 2), "commits": self.commits,
             "pending": self.pending, "stuck": self.stuck(),
             **({"pending_bytes": self.budget.used, "max_pending_bytes": self.budget.limit,
                 "backpressure_waits": self.budget.waits,
@@ -340,6 +341,7 @@ class IngestCore:
         Re-delivered duplicates are not handed on: every feature sees each message once.
         """
         self.stats.last_commit_ms = (time.perf_counter() - started) * 1000
+        self.stats.commits += 1
         self.stats.add(result)
         for gateway, state, devices in result.states:
             self._hook(self.on_state, gateway, state, devices)

@@ -71,6 +71,22 @@ def fold(rows: Iterable[Row], width_ms: int) -> dict[Key, list[float]]:
     return acc
 
 
+def rollup(acc: dict[Key, list[float]], width_ms: int) -> dict[Key, list[float]]:
+    """Accumulators of `fold` at a coarser width (a multiple of theirs), without the rows."""
+    out: dict[Key, list[float]] = {}
+    for (device, q, bucket), (n, total, low, high) in acc.items():
+        key = (device, q, bucket - bucket % width_ms)
+        cur = out.get(key)
+        if cur is None:
+            out[key] = [n, total, low, high]
+        else:
+            cur[0] += n
+            cur[1] += total
+            cur[2] = min(cur[2], low)
+            cur[3] = max(cur[3], high)
+    return out
+
+
 _UPSERT = ("INSERT INTO {t} (device_id, quantity, bucket, n, vsum, vmin, vmax) "
            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, quantity, bucket) "
            "DO UPDATE SET n = {t}.n + excluded.n, vsum = {t}.vsum + excluded.vsum, "
@@ -90,7 +106,8 @@ class HistoryKeeper:
     def write_rows(self, cur: Any, rows: list[Row]) -> None:
         """Store row writer: fold the fresh rows of an ingest transaction into both
         resolutions, in that transaction (driver cursor), so aggregates match raw data."""
-        minute, hour = fold(rows, MINUTE_MS), fold(rows, HOUR_MS)
+        minute = fold(rows, MINUTE_MS)
+        hour = rollup(minute, HOUR_MS)
         if not minute:
             return
         for table, acc in (("history_1m", minute), ("history_1h", hour)):

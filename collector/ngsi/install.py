@@ -103,8 +103,9 @@ def install_ngsi(hub: Any, settings: HubFeedSettings | None = None) -> HubFeedWo
             for d in _new_devices(items, topo):
                 topo.kind.setdefault(d, "unknown")
             worker.offer(feeds.changes(items, topo))
-            for channel, item in feeds.stream_items(items, topo):
-                bus.publish(channel, item)
+            if bus.listening():
+                for channel, item in feeds.stream_items(items, topo):
+                    bus.publish(channel, item)
         except Exception:
             log.exception("hub feed: stored hook failed; the data is stored")
 
