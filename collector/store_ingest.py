@@ -139,6 +139,7 @@ class IngestTx:
     def _claim_rows(self, rows: list[Row]) -> list[tuple[str, int]]:
         """Insert claim rows (in the order given) skipping keys already held; the new keys."""
         if self.store.is_pg:  # one prepared statement whatever the batch size
+            gws, seqs, channels, sents, receiveds, ns, replays = zip(*rows, strict=True)
             self.cur.execute(
                 "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay)"
                 " SELECT gateway_id, seq, channel, sent, received, n, replay"
@@ -146,7 +147,10 @@ class IngestTx:
                 " %s::bigint[], %s::integer[], %s::boolean[]) WITH ORDINALITY AS"
                 " t(gateway_id, seq, channel, sent, received, n, replay, o) ORDER BY o"
                 " ON CONFLICT DO NOTHING RETURNING gateway_id, seq",
-                [list(col) for col in zip(*rows, strict=True)])
+                # array literals: built in one join each, where psycopg dumps item by item
+                (_text_array(gws), _int_array(seqs), _text_array(channels), _int_array(sents),
+                 _int_array(receiveds), _int_array(ns),
+                 "{" + ",".join("t" if r else "f" for r in replays) + "}"))
         else:
             self.cur.execute(
                 "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay)"
@@ -331,6 +335,17 @@ class IngestTx:
             " clock_wrong = ? WHERE gateway_id = ?"),
             [(c.offset_ms, c.measured_at, c.source, c.wrong, gw)
              for gw, c in sorted(clocks.items()) if c.source])
+
+
+def _int_array(values: Sequence[int]) -> str:
+    """A PostgreSQL array literal of integers."""
+    return "{" + ",".join(map(str, map(int, values))) + "}"
+
+
+def _text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of texts, each quoted."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for v in values) + "}"
 
 
 def _devices_of(it: Accepted | GatewayMessage, fresh: set[int]) -> list[str]:

@@ -157,3 +157,16 @@ def test_migrations_are_recorded_and_not_applied_twice(store: Store) -> None:
     with store.engine.connect() as conn:
         versions = list(conn.scalars(sa.select(schema.schema_migrations.c.version)))
     assert sorted(versions) == [v for v, _, _ in all_migrations()]
+
+
+def test_claim_array_literals_read_back_as_sent(store: Store) -> None:
+    from collector.store_ingest import _int_array, _text_array
+
+    texts = ['gw-1', 'a"b', 'c\\d', '{x,y}', 'NULL', ' sp ', '']
+    ints = [0, -1, 2**63 - 1, 7]
+    if not store.is_pg:
+        return  # (PostgreSQL's array syntax; SQLite claims with a VALUES list)
+    with store.raw() as conn:
+        got = conn.execute("SELECT %s::text[], %s::bigint[]",
+                           (_text_array(texts), _int_array(ints))).fetchone()
+    assert got == (texts, ints)
