@@ -5,7 +5,7 @@ to a private Mosquitto and stops; BENCH_INGEST_N lift-change envelopes (one read
 changed values each, as a gateway sends when a lift moves) from BENCH_INGEST_GATEWAYS gateways
 are then queued at the broker for its persistent session, and the collector is started again.
 The rate is envelopes stored / seconds between the first and the last stored (the health
-endpoint's `stored_messages`, sampled every 0.1 s), so start-up and the publisher's own speed
+endpoint's `stored_messages`, sampled every 0.25 s), so start-up and the publisher's own speed
 are outside the figure. Peak RSS and CPU of the collector process are printed too.
 
 Old and new code side by side in the same run: `--baseline PATH` runs the same collector from
@@ -144,7 +144,7 @@ def one_run(backend: str, checkout: str | None, root: Path,
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if stored >= n:
                 break
-            time.sleep(0.1)
+            time.sleep(0.25)
         s1 = sample(pid)
         if spy is not None:
             spy.send_signal(2)
