@@ -41,6 +41,10 @@ RETRY_NOW_LIMIT = 20  # deadlock victims retried at once, then like any other fa
 STUCK_AFTER_S = 5.0  # the store failing this long: ingest is stuck (health degraded)
 STALLED_AFTER_S = 30.0  # messages waiting and nothing stored for this long: stuck too
 PROBE_INTERVAL_S = 2.0  # the collector's own timestamped probe through the broker
+# Messages per transaction: half the broker's in-flight window for the collector (Mosquitto
+# `max_inflight_messages 1000`, docs/deployment.md), so that the broker sends the next half
+# while a batch commits; a batch as large as the window would wait for its own acks.
+MAX_BATCH = 500
 DEFAULT_MAX_PENDING = 64 * 1024 * 1024  # collector.toml [ingest] max_pending
 # What a received message holds in memory until it is stored, its payload and its decoded
 # form: 6 bytes per payload byte plus 600 per message (measured with tracemalloc: 5.8 per byte
@@ -363,7 +367,7 @@ class Ingest(IngestCore):
     def __init__(self, store: Store, broker_url: str, *, client_id: str = "citygate-collector",
                  share_group: str | None = None,
                  username: str | None = None, password: str | None = None,
-                 max_batch: int = 1000, max_wait: float = 0.05,
+                 max_batch: int = MAX_BATCH, max_wait: float = 0.05,
                  max_pending_bytes: int = DEFAULT_MAX_PENDING,
                  on_stored: Callable[[list[Accepted]], None] | None = None,
                  on_state: Callable[[str, str, list[str]], None] | None = None) -> None:

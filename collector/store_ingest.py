@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from collector.placement import GatewayClock, judge, place_in_time
+from collector.placement import EARLIEST_MS, GatewayClock, judge, place_in_time
 from devices.contract import DataEnvelope, EventsEnvelope, HealthMessage, StateMessage
 from devices.quantities import QUANTITIES
 
@@ -258,14 +258,21 @@ class IngestTx:
                 continue
             clock = clocks[it.gateway] = judge(known, msg.sent, it.received, it.live, policy)
             trusted = not clock.wrong
+            # A synchronised, trusted gateway's time stands unless it is out of bounds: those
+            # readings skip place_in_time (which gives the same answer).
+            keep = msg.clock.synced and trusted
+            latest = it.received + policy.max_future_ms
             for e in msg.events if isinstance(msg, EventsEnvelope) else ():
                 ts, _ = self._placed(e.ts, e.mono, msg, it.received, trusted)
                 events.append((e.device, it.gateway, msg.seq, ts, e.kind, e.action, e.severity,
                                e.code, orjson.dumps(e.evidence).decode(), e.message,
                                it.received))
             for rd in msg.readings if isinstance(msg, DataEnvelope) else ():
-                ts, clamped = self._placed(rd.ts, rd.mono, msg, it.received, trusted)
-                quality = "uncertain" if clamped and rd.q == "good" else rd.q
+                if keep and EARLIEST_MS <= rd.ts <= latest:
+                    ts, quality = rd.ts, rd.q
+                else:
+                    ts, clamped = self._placed(rd.ts, rd.mono, msg, it.received, trusted)
+                    quality = "uncertain" if clamped and rd.q == "good" else rd.q
                 for q, v in rd.values.items():
                     if v is None:
                         continue
