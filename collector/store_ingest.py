@@ -355,6 +355,25 @@ def _text_array(values: Sequence[str]) -> str:
                           for v in values) + "}"
 
 
+def pg_array(values: Sequence[Any]) -> str:
+    """A PostgreSQL array literal of texts, numbers or booleans, None as NULL.
+
+    Hot-path statements on PostgreSQL pass a batch column as one such literal (with a cast,
+    unnest in SQL): one join in Python where the driver dumps item by item.
+    """
+    out = []
+    for v in values:
+        if v is None:
+            out.append("NULL")
+        elif isinstance(v, str):
+            out.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif isinstance(v, bool):
+            out.append("t" if v else "f")
+        else:
+            out.append(repr(v))
+    return "{" + ",".join(out) + "}"
+
+
 def _devices_of(it: Accepted | GatewayMessage, fresh: set[int]) -> list[str]:
     msg = it.envelope if hasattr(it, "envelope") else it.message
     if isinstance(msg, DataEnvelope | EventsEnvelope):

@@ -29,6 +29,7 @@ from collector import partitions, schema
 from collector.api import iso, parse_time
 from collector.ngsi.tables import DAY_MS, history_1h, history_1m
 from collector.store import Row, Store, now_ms
+from collector.store_ingest import pg_array
 from devices.quantities import QUANTITIES, ValueKind
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,14 @@ def rollup(acc: dict[Key, list[float]], width_ms: int) -> dict[Key, list[float]]
     return out
 
 
+_UPSERT_PG = ("INSERT INTO {t} (device_id, quantity, bucket, n, vsum, vmin, vmax)"
+              " SELECT d, q, b, n, s, lo, hi FROM unnest(%s::text[], %s::text[], %s::bigint[],"
+              " %s::bigint[], %s::float8[], %s::float8[], %s::float8[]) WITH ORDINALITY"
+              " AS x(d, q, b, n, s, lo, hi, o) ORDER BY o"
+              " ON CONFLICT (device_id, quantity, bucket) DO UPDATE SET n = {t}.n + excluded.n,"
+              " vsum = {t}.vsum + excluded.vsum,"
+              " vmin = CASE WHEN excluded.vmin < {t}.vmin THEN excluded.vmin ELSE {t}.vmin END,"
+              " vmax = CASE WHEN excluded.vmax > {t}.vmax THEN excluded.vmax ELSE {t}.vmax END")
 _UPSERT = ("INSERT INTO {t} (device_id, quantity, bucket, n, vsum, vmin, vmax) "
            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, quantity, bucket) "
            "DO UPDATE SET n = {t}.n + excluded.n, vsum = {t}.vsum + excluded.vsum, "
@@ -111,8 +120,12 @@ class HistoryKeeper:
         if not minute:
             return
         for table, acc in (("history_1m", minute), ("history_1h", hour)):
-            cur.executemany(self.store.sql(_UPSERT.format(t=table)), [
-                (d, q, b, int(v[0]), v[1], v[2], v[3]) for (d, q, b), v in sorted(acc.items())])
+            rows = [(d, q, b, int(v[0]), v[1], v[2], v[3]) for (d, q, b), v in sorted(acc.items())]
+            if self.store.is_pg:  # one statement, rows in key order
+                cur.execute(_UPSERT_PG.format(t=table),
+                            [pg_array(col) for col in zip(*rows, strict=True)])
+            else:
+                cur.executemany(_UPSERT.format(t=table), rows)
         self.stats["aggregated"] += len(minute)
 
     def maintain(self, now: int | None = None, not_before: int | None = None) -> list[str]:

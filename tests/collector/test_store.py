@@ -160,13 +160,16 @@ def test_migrations_are_recorded_and_not_applied_twice(store: Store) -> None:
 
 
 def test_claim_array_literals_read_back_as_sent(store: Store) -> None:
-    from collector.store_ingest import _int_array, _text_array
+    from collector.store_ingest import _int_array, _text_array, pg_array
 
-    texts = ['gw-1', 'a"b', 'c\\d', '{x,y}', 'NULL', ' sp ', '']
+    texts = ['gw-1', 'a"b', 'c\\d', '{x,y}', 'NULL', ' sp ', '', 'é\t,"\\"']
     ints = [0, -1, 2**63 - 1, 7]
+    floats = [0.1, -1e15, 1e15, 1e-7, 2.5e-300, 3.0, None]
     if not store.is_pg:
         return  # (PostgreSQL's array syntax; SQLite claims with a VALUES list)
     with store.raw() as conn:
-        got = conn.execute("SELECT %s::text[], %s::bigint[]",
-                           (_text_array(texts), _int_array(ints))).fetchone()
-    assert got == (texts, ints)
+        got = conn.execute("SELECT %s::text[], %s::bigint[], %s::text[], %s::float8[],"
+                           " %s::boolean[]",
+                           (_text_array(texts), _int_array(ints), pg_array([*texts, None]),
+                            pg_array(floats), pg_array([True, False, None]))).fetchone()
+    assert got == (texts, ints, [*texts, None], floats, [True, False, None])
