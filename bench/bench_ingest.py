@@ -106,7 +106,8 @@ def one_run(backend: str, checkout: str | None, root: Path,
     broker = Broker(root / "broker").start()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {"PYTHONPATH": checkout} if checkout else None
+    # PYTHONSAFEPATH: the working directory is not put before PYTHONPATH (`python -m`)
+    env = {"PYTHONPATH": checkout, "PYTHONSAFEPATH": "1"} if checkout else None
     argv = citygate("collector", "run", "--db", url, "--broker", broker.url, "--http",
                     f"127.0.0.1:{port}", "--client-id", CLIENT)
 

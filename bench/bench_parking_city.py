@@ -204,7 +204,8 @@ def run_city(spaces: int, root: Path, checkout: str | None = None) -> None:
     coll = Proc("collector", [sys.executable, "-m", "bench.bench_parking_city", "--serve",
                               "--db", f"sqlite:///{root / 'hub.sqlite'}", "--broker", broker.url,
                               "--port", str(port), "--parking", str(cfg)],
-                root / "collector.log", env={"PYTHONPATH": checkout} if checkout else None).start()
+                root / "collector.log",  # PYTHONSAFEPATH: no working directory before PYTHONPATH
+                env={"PYTHONPATH": checkout, "PYTHONSAFEPATH": "1"} if checkout else None).start()
     pub = None
     try:
         wait_for(lambda: _answers(base) or not coll.alive, 120, "the bench collector")
