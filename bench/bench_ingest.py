@@ -12,6 +12,11 @@ Old and new code side by side in the same run: `--baseline PATH` runs the same c
 another checkout (PYTHONPATH=PATH) in alternation with this one; medians of BENCH_RUNS runs.
 
     python -m bench ingest --backends sqlite,postgresql --baseline /work/main
+
+`--hot-path` measures instead the collector's own CPU per envelope on the hot path, in one
+process without broker or features: `contract.decode` of every payload, then `Store.ingest` in
+batches of 500 (process CPU time, so the figures hold on a loaded machine), for this code and
+the baseline in alternation.
 """
 
 from __future__ import annotations
@@ -164,6 +169,52 @@ def one_run(backend: str, checkout: str | None, root: Path,
         drop(dbname)
 
 
+HOT_PATH = """
+import sys, tempfile, time
+import orjson
+from collector.store import Accepted, Store
+from devices import contract
+n, url = int(sys.argv[1]), sys.argv[2]
+items = []
+for i in range(n):  # as payloads() above
+    g, k, ts = i % 20, i // 20, 1_763_690_000_000 + i
+    gw = f"gw-lift-{g:03d}"
+    reading = {"device": f"lift-{g:03d}-{k % 5}", "ts": ts, "mono": 1_000_000 + i,
+               "values": {"floor": k % 20, "car_running": bool(k % 2), "door_closed": not k % 3}}
+    items.append((contract.topic(gw, "data"),
+                  contract.envelope(gw, "data", k + 1, ts + 5, orjson.dumps([reading]))))
+c0 = time.process_time()
+recs = [contract.decode(t, p) for t, p in items]
+c1 = time.process_time()
+with tempfile.TemporaryDirectory() as d:
+    store = Store.open(url.replace("DIR", d))
+    acc = [Accepted(r.gateway, r.message, int(time.time() * 1000), False) for r in recs]
+    c2 = time.process_time()
+    for i in range(0, n, 500):
+        store.ingest(acc[i:i + 500])
+    c3 = time.process_time()
+    store.close()
+print((c1 - c0) / n * 1e6, (c3 - c2) / n * 1e6)
+"""
+
+
+def hot_path(backend: str, checkout: str, n: int) -> dict[str, float]:
+    """µs of CPU per envelope to decode and to store, in a process of `checkout`'s code."""
+    import subprocess
+    import sys
+
+    url, dbname = ("sqlite:///DIR/hub.sqlite", None) if backend == "sqlite" else \
+        database(backend, Path("."))
+    try:
+        out = subprocess.run([sys.executable, "-c", HOT_PATH, str(n), url], check=True,
+                             capture_output=True, text=True,
+                             env={**os.environ, "PYTHONSAFEPATH": "1",
+                                  "PYTHONPATH": checkout}).stdout.split()
+    finally:
+        drop(dbname)
+    return {"decode us/env": float(out[0]), "store cpu us/env": float(out[1])}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Alternate baseline and this code per backend; print every run and the medians."""
     p = argparse.ArgumentParser(prog="bench ingest")
@@ -172,9 +223,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=RUNS)
     p.add_argument("-n", type=int, default=N)
     p.add_argument("--profile", metavar="DIR", help="py-spy collapsed stacks of each run here")
+    p.add_argument("--hot-path", action="store_true",
+                   help="CPU per envelope of decode and Store.ingest, in one process")
     args = p.parse_args(argv or [])
     here = str(Path(__file__).resolve().parent.parent)
     codes = [("this", here)] + ([("baseline", args.baseline)] if args.baseline else [])
+    if args.hot_path:
+        for backend in args.backends.split(","):
+            hot: dict[str, list[dict[str, float]]] = {name: [] for name, _ in codes}
+            for run in range(args.runs):
+                for name, checkout in codes:
+                    hot[name].append(hot_path(backend, checkout, min(args.n, 20_000)))
+                    print(f"  {backend} hot path run {run + 1} {name:8s}: " + ", ".join(
+                        f"{k} {v:.1f}" for k, v in hot[name][-1].items()), flush=True)
+            for name, runs in hot.items():
+                print(f"{backend} hot path, median of {args.runs}, {name}: " + ", ".join(
+                    f"{k} {median([r[k] for r in runs]):.1f}" for k in runs[0]), flush=True)
+        return
     items = payloads(args.n, GATEWAYS)
     print(f"ingest ceiling: {args.n:,} lift-change envelopes (1 reading, 3 values) from "
           f"{GATEWAYS} gateways queued at the broker, one `collector run` with every feature "
