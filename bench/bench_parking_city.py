@@ -11,7 +11,8 @@ are measured alone. Prints ingest rate, end-to-end lag (a probe spot flipped eve
 zone API shows it), availability-query latency p50/p99, collector CPU and peak RSS.
 
 Run: `python -m bench parking_city` (BENCH_PARKING_SPACES=30000,300000 BENCH_PARKING_COMPRESS=10
-BENCH_PARKING_STEADY=60).
+BENCH_PARKING_STEADY=60). BENCH_BASELINE=PATH runs the collector of another checkout too
+(PYTHONPATH=PATH), right after this one at each size, for figures side by side.
 """
 
 from __future__ import annotations
@@ -193,8 +194,8 @@ def steady(pub: Publisher, state: dict[int, bool], seconds: float, rng: random.R
     return sent / seconds
 
 
-def run_city(spaces: int, root: Path) -> None:
-    """One measured run for `spaces` spaces."""
+def run_city(spaces: int, root: Path, checkout: str | None = None) -> None:
+    """One measured run for `spaces` spaces (the collector from `checkout` if given)."""
     broker = Broker(root / "broker").start()
     cfg = root / "parking.json"
     cfg.write_text(json.dumps(city_config(spaces)))
@@ -203,7 +204,8 @@ def run_city(spaces: int, root: Path) -> None:
     coll = Proc("collector", [sys.executable, "-m", "bench.bench_parking_city", "--serve",
                               "--db", f"sqlite:///{root / 'hub.sqlite'}", "--broker", broker.url,
                               "--port", str(port), "--parking", str(cfg)],
-                root / "collector.log").start()
+                root / "collector.log",  # PYTHONSAFEPATH: no working directory before PYTHONPATH
+                env={"PYTHONPATH": checkout, "PYTHONSAFEPATH": "1"} if checkout else None).start()
     pub = None
     try:
         wait_for(lambda: _answers(base) or not coll.alive, 120, "the bench collector")
@@ -248,6 +250,10 @@ def run_city(spaces: int, root: Path) -> None:
         print(f"  collector CPU in steady state {(s3.cpu_s - s2.cpu_s) / (t3 - t2) * 100:.0f} % "
               f"of one core; RSS {s3.rss_kb / 1024:.0f} MiB, peak {s3.rss_peak_kb / 1024:.0f} "
               f"MiB; {pub.messages:,} MQTT messages in all", flush=True)
+        park = stats(base)["parking"]
+        if "spot_writes" in park:
+            print(f"  spot rows written {park['spot_writes']:,}, heartbeats "
+                  f"{park['heartbeats']:,} (of {park['readings']:,} reports)", flush=True)
     finally:
         if pub is not None:
             pub.close()
@@ -303,8 +309,13 @@ def main() -> None:
     for spaces in SPACES:
         print(f"\n{spaces:,} spaces ({spaces // PER_GATEWAY} gateways, {spaces // PER_ZONE} "
               "zones):", flush=True)
-        with tempfile.TemporaryDirectory(prefix="bench-parking-") as tmp:
-            run_city(spaces, Path(tmp))
+        codes = [("this code", None)]
+        if os.environ.get("BENCH_BASELINE"):
+            codes.append((f"baseline {os.environ['BENCH_BASELINE']}", os.environ["BENCH_BASELINE"]))
+        for name, checkout in codes:
+            print(f" {name}:", flush=True)
+            with tempfile.TemporaryDirectory(prefix="bench-parking-") as tmp:
+                run_city(spaces, Path(tmp), checkout)
 
 
 if __name__ == "__main__":

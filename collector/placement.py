@@ -35,14 +35,17 @@ class ClockPolicy:
     live_bound_ms: int = 10_000  # a message is live if it waited at the broker at most this
 
 
+QUEUE_KEYS = ("max_pending",)  # [ingest] keys of the receiving queue (collector.ingest)
+
+
 def clock_policy(section: dict[str, object]) -> ClockPolicy:
     """The `[ingest]` section of collector.toml: max_skew, max_future, live_bound durations."""
     keys = {"max_skew": "max_skew_ms", "max_future": "max_future_ms",
             "live_bound": "live_bound_ms"}
-    unknown = sorted(set(section) - set(keys))
+    unknown = sorted(set(section) - set(keys) - set(QUEUE_KEYS))
     if unknown:
         raise ValueError(f"ingest: unknown key(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(keys)}")
+                         f"{', '.join([*keys, *QUEUE_KEYS])}")
     values = {}
     for key, attr in keys.items():
         if key in section:

@@ -21,7 +21,7 @@ import uvicorn
 from collector.config import CollectorConfig, CollectorConfigError
 from collector.feed import FeedReader, ensure_feed
 from collector.hub import BrokerLink, Hub, StateHook, StoredHook, build_hub
-from collector.ingest import Ingest
+from collector.ingest import Ingest, pending_budget
 from collector.leader import LeaderLock, dsn_of, lead
 from collector.placement import clock_policy
 from collector.store import Store
@@ -102,6 +102,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
     """
     try:
         policy = clock_policy((config or CollectorConfig()).ingest)
+        max_pending = pending_budget((config or CollectorConfig()).ingest)
     except ValueError as exc:
         raise CollectorConfigError(f"{config_source}: {exc}") from None
     if workers is not None and workers.count > 1:
@@ -131,7 +132,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
             def mqtt_ingest(s: Store, on_stored: StoredHook, on_state: StateHook) -> IngestSource:
                 return Ingest(s, broker_url, client_id=client_id, share_group=share_group,
                               username=username, password=password, on_stored=on_stored,
-                              on_state=on_state)
+                              on_state=on_state, max_pending_bytes=max_pending)
 
             ingest = (make_ingest or mqtt_ingest)(store, hub.on_stored, hub.on_state)
             stats.append(ingest.stats.as_dict)

@@ -19,7 +19,7 @@ from collector import partitions, schema
 from collector.clock import now_ms
 from collector.migrations import MigrationSet, migrate
 from collector.placement import ClockPolicy, GatewayClock
-from collector.store_ingest import REGISTRY_DEVICES, IngestTx
+from collector.store_ingest import REGISTRY_DEVICES, IngestTx, pg_array
 from devices.contract import DataEnvelope, EventsEnvelope, HealthMessage, StateMessage
 from devices.quantities import QUANTITIES, ValueKind
 
@@ -201,13 +201,24 @@ class Store:
             key = (row[0], row[1])
             if key not in newest or row[2] >= newest[key][2]:
                 newest[key] = row
-        cur.executemany(self.sql(
-            "INSERT INTO latest (device_id, quantity, ts, value, vtext, quality, gateway_id) "
-            "VALUES (?,?,?,?,?,?,?) ON CONFLICT (device_id, quantity) DO UPDATE SET "
-            "ts = excluded.ts, value = excluded.value, vtext = excluded.vtext, "
-            "quality = excluded.quality, gateway_id = excluded.gateway_id "
-            "WHERE excluded.ts >= latest.ts"),
-            [newest[k][:7] for k in sorted(newest)])
+        if not newest:
+            return
+        update = (" ON CONFLICT (device_id, quantity) DO UPDATE SET "
+                  "ts = excluded.ts, value = excluded.value, vtext = excluded.vtext, "
+                  "quality = excluded.quality, gateway_id = excluded.gateway_id "
+                  "WHERE excluded.ts >= latest.ts")
+        ordered = [newest[k][:7] for k in sorted(newest)]
+        if self.is_pg:  # one statement, rows in key order
+            cur.execute(
+                "INSERT INTO latest (device_id, quantity, ts, value, vtext, quality, gateway_id)"
+                " SELECT d, q, ts, v, t, ql, g FROM unnest(%s::text[], %s::text[], %s::bigint[],"
+                " %s::float8[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY"
+                " AS x(d, q, ts, v, t, ql, g, o) ORDER BY o" + update,
+                [pg_array(col) for col in zip(*ordered, strict=True)])
+        else:
+            cur.executemany(
+                "INSERT INTO latest (device_id, quantity, ts, value, vtext, quality, gateway_id) "
+                "VALUES (?,?,?,?,?,?,?)" + update, ordered)
 
     def _insert_events(self, cur: Any, events: list[tuple[Any, ...]]) -> None:
         if not events:

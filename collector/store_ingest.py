@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from collector.placement import GatewayClock, judge, place_in_time
+from collector.placement import EARLIEST_MS, GatewayClock, judge, place_in_time
 from devices.contract import DataEnvelope, EventsEnvelope, HealthMessage, StateMessage
 from devices.quantities import QUANTITIES
 
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
 CHUNK = 500  # ids per IN list
+CLAIMS = 1000  # (gateway, seq) claims per statement (7 parameters each: SQLite allows 32,766)
 REGISTRY_DEVICES = "reg_devices"  # the registry's (gateway_id, device_id) assignments
 REGISTRY_GATEWAYS = "reg_gateways"  # a revoked gateway's assignments no longer count
 _warned_foreign: set[tuple[str, str]] = set()
@@ -110,19 +111,53 @@ class IngestTx:
     # --- 2. (gateway, seq) claims ------------------------------------------------------------
 
     def _claim(self, envs: Sequence[Accepted]) -> set[int]:
-        """Claim each envelope's (gateway, seq) in key order; the ids of those stored now."""
-        fresh: set[int] = set()
-        for a in sorted(envs, key=lambda a: (a.gateway, a.envelope.seq)):
-            env = a.envelope
-            n = len(env.readings) if isinstance(env, DataEnvelope) else len(env.events)
-            channel = "data" if isinstance(env, DataEnvelope) else "events"
-            self.cur.execute(self.store.sql(
-                "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay) "
-                "VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING seq"),
-                (a.gateway, env.seq, channel, env.sent, a.received, n, env.replay))
-            if self.cur.fetchone() is not None:
-                fresh.add(id(a))
-        return fresh
+        """Claim every envelope's (gateway, seq) in key order, in one statement per CLAIMS
+        keys; the ids of those stored now.
+
+        An envelope whose key an earlier one of the same batch holds is a duplicate like one
+        stored before: the first in arrival order is the one stored.
+        """
+        first: dict[tuple[str, int], Accepted] = {}
+        for a in envs:
+            first.setdefault((a.gateway, a.envelope.seq), a)
+        keys = sorted(first)
+        claimed: set[tuple[str, int]] = set()
+        for i in range(0, len(keys), CLAIMS):
+            rows = []
+            for key in keys[i:i + CLAIMS]:
+                a = first[key]
+                env = a.envelope
+                if isinstance(env, DataEnvelope):
+                    rows.append((a.gateway, env.seq, "data", env.sent, a.received,
+                                 len(env.readings), env.replay))
+                else:
+                    rows.append((a.gateway, env.seq, "events", env.sent, a.received,
+                                 len(env.events), env.replay))
+            claimed.update(self._claim_rows(rows))
+        return {id(first[k]) for k in claimed}
+
+    def _claim_rows(self, rows: list[Row]) -> list[tuple[str, int]]:
+        """Insert claim rows (in the order given) skipping keys already held; the new keys."""
+        if self.store.is_pg:  # one prepared statement whatever the batch size
+            gws, seqs, channels, sents, receiveds, ns, replays = zip(*rows, strict=True)
+            self.cur.execute(
+                "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay)"
+                " SELECT gateway_id, seq, channel, sent, received, n, replay"
+                " FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::bigint[],"
+                " %s::bigint[], %s::integer[], %s::boolean[]) WITH ORDINALITY AS"
+                " t(gateway_id, seq, channel, sent, received, n, replay, o) ORDER BY o"
+                " ON CONFLICT DO NOTHING RETURNING gateway_id, seq",
+                # array literals: built in one join each, where psycopg dumps item by item
+                (_text_array(gws), _int_array(seqs), _text_array(channels), _int_array(sents),
+                 _int_array(receiveds), _int_array(ns),
+                 "{" + ",".join("t" if r else "f" for r in replays) + "}"))
+        else:
+            self.cur.execute(
+                "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay)"
+                " VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * len(rows))
+                + " ON CONFLICT DO NOTHING RETURNING gateway_id, seq",
+                [v for row in rows for v in row])
+        return [(gw, int(seq)) for gw, seq in self.cur.fetchall()]
 
     # --- 3. devices and their owners ---------------------------------------------------------
 
@@ -223,15 +258,22 @@ class IngestTx:
                 continue
             clock = clocks[it.gateway] = judge(known, msg.sent, it.received, it.live, policy)
             trusted = not clock.wrong
+            # A synchronised, trusted gateway's time stands unless it is out of bounds: those
+            # readings skip place_in_time (which gives the same answer).
+            keep = msg.clock.synced and trusted
+            latest = it.received + policy.max_future_ms
             for e in msg.events if isinstance(msg, EventsEnvelope) else ():
                 ts, _ = self._placed(e.ts, e.mono, msg, it.received, trusted)
                 events.append((e.device, it.gateway, msg.seq, ts, e.kind, e.action, e.severity,
                                e.code, orjson.dumps(e.evidence).decode(), e.message,
                                it.received))
             for rd in msg.readings if isinstance(msg, DataEnvelope) else ():
-                ts, clamped = self._placed(rd.ts, rd.mono, msg, it.received, trusted,
-                                           rd.station_time)
-                quality = "uncertain" if clamped and rd.q == "good" else rd.q
+                if keep and EARLIEST_MS <= rd.ts <= latest:
+                    ts, quality = rd.ts, rd.q
+                else:
+                    ts, clamped = self._placed(rd.ts, rd.mono, msg, it.received, trusted,
+                                               rd.station_time)
+                    quality = "uncertain" if clamped and rd.q == "good" else rd.q
                 for q, v in rd.values.items():
                     if v is None:
                         continue
@@ -301,6 +343,36 @@ class IngestTx:
             " clock_wrong = ? WHERE gateway_id = ?"),
             [(c.offset_ms, c.measured_at, c.source, c.wrong, gw)
              for gw, c in sorted(clocks.items()) if c.source])
+
+
+def _int_array(values: Sequence[int]) -> str:
+    """A PostgreSQL array literal of integers."""
+    return "{" + ",".join(map(str, map(int, values))) + "}"
+
+
+def _text_array(values: Sequence[str]) -> str:
+    """A PostgreSQL array literal of texts, each quoted."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for v in values) + "}"
+
+
+def pg_array(values: Sequence[Any]) -> str:
+    """A PostgreSQL array literal of texts, numbers or booleans, None as NULL.
+
+    Hot-path statements on PostgreSQL pass a batch column as one such literal (with a cast,
+    unnest in SQL): one join in Python where the driver dumps item by item.
+    """
+    out = []
+    for v in values:
+        if v is None:
+            out.append("NULL")
+        elif isinstance(v, str):
+            out.append('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"')
+        elif isinstance(v, bool):
+            out.append("t" if v else "f")
+        else:
+            out.append(repr(v))
+    return "{" + ",".join(out) + "}"
 
 
 def _devices_of(it: Accepted | GatewayMessage, fresh: set[int]) -> list[str]:

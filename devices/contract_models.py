@@ -1,7 +1,9 @@
 """MQTT wire contract v1: the validation models of what gateways send (versioned).
 
 Separate from devices/contract.py so that a gateway, which only builds payloads, does not load
-pydantic models it never uses; `devices.contract` re-exports these names on first use. Every
+pydantic models it never uses; `devices.contract` re-exports these names on first use. A data or
+events envelope is held as a struct of devices/contract_structs.py: its model here says what
+is wrong with a payload the fast path refused, and its result is converted to the struct. Every
 limit comes from devices/contract.py, and the composite checks (a reading's values, an event's
 evidence, text) are the same pure functions a gateway calls before its outbox.
 """
@@ -43,6 +45,16 @@ from devices.contract import (
     text_problem,
     values_problem,
 )
+from devices.contract_structs import (  # what the data and events models validate into
+    ClockInfo,
+    DataEnvelope,
+    EventsEnvelope,
+    WireEvent,
+    WireReading,
+)
+
+__all__ = ["MODELS", "ClockInfo", "DataEnvelope", "EventsEnvelope", "HealthMessage", "Message",
+           "ReplyMessage", "StateMessage", "WireEvent", "WireReading"]
 
 Scalar = float | int | bool | str | None
 DeviceId = Annotated[str, Field(strict=True, pattern=DEVICE_ID_RE.pattern)]
@@ -87,7 +99,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class WireReading(_Strict):
+class WireReadingModel(_Strict):
     """A reading as carried in a data envelope (see devices.contract.reading_problem)."""
 
     device: DeviceId
@@ -99,7 +111,7 @@ class WireReading(_Strict):
     station_time: Annotated[bool, Field(strict=True)] = False  # ts is the instrument's clock
 
 
-class WireEvent(_Strict):
+class WireEventModel(_Strict):
     """An event as carried in an events envelope (see devices.contract.event_problem)."""
 
     device: DeviceId
@@ -113,7 +125,7 @@ class WireEvent(_Strict):
     mono: Ms | None = None
 
 
-class ClockInfo(_Strict):
+class ClockInfoModel(_Strict):
     """What the gateway knew of its clock when it observed, and its clock when it sends."""
 
     synced: bool = True  # was the wall clock synchronised when these readings were taken
@@ -127,20 +139,20 @@ class _Envelope(_Strict):
     gateway: GatewayId
     seq: Annotated[int, Field(strict=True, ge=1, le=INT64_MAX)]
     sent: Ms
-    clock: ClockInfo = Field(default_factory=ClockInfo)
+    clock: ClockInfoModel = Field(default_factory=ClockInfoModel)
     replay: bool = False
 
 
-class DataEnvelope(_Envelope):
+class DataEnvelopeModel(_Envelope):
     """A batch of readings."""
 
-    readings: list[WireReading] = Field(max_length=MAX_BATCH)
+    readings: list[WireReadingModel] = Field(max_length=MAX_BATCH)
 
 
-class EventsEnvelope(_Envelope):
+class EventsEnvelopeModel(_Envelope):
     """A batch of events."""
 
-    events: list[WireEvent] = Field(max_length=MAX_BATCH)
+    events: list[WireEventModel] = Field(max_length=MAX_BATCH)
 
 
 class StateMessage(_Strict):
@@ -183,8 +195,8 @@ class ReplyMessage(_Strict):
 
 Message = DataEnvelope | EventsEnvelope | StateMessage | HealthMessage | ReplyMessage
 MODELS: dict[str, type[BaseModel]] = {
-    DATA: DataEnvelope,
-    EVENTS: EventsEnvelope,
+    DATA: DataEnvelopeModel,
+    EVENTS: EventsEnvelopeModel,
     STATE: StateMessage,
     HEALTH: HealthMessage,
     REPLY: ReplyMessage,

@@ -39,11 +39,22 @@ class Topology:
 
 
 Change = tuple[str, frozenset[str]]  # entity id, attribute names
+_ATTRS: dict[str, str] = {"battery_mv": "batteryLevel"}  # quantity -> Device attribute name
+
+
+def _attr(quantity: str) -> str:
+    name = _ATTRS.get(quantity)
+    if name is None:
+        name = model.camel(quantity)
+        if len(_ATTRS) < 10_000:  # quantity names are bounded by the contract, not by count
+            _ATTRS[quantity] = name
+    return name
 
 
 def changes(items: Iterable[Accepted], topo: Topology) -> list[Change]:
     """Entities and attributes a committed batch changed."""
     out: dict[str, set[str]] = {}
+    attr = _ATTRS.get
     for a in items:
         env = a.envelope
         if isinstance(env, EventsEnvelope):
@@ -53,8 +64,7 @@ def changes(items: Iterable[Accepted], topo: Topology) -> list[Change]:
         for r in env.readings:
             base, interval = split_series_id(r.device)
             dev = out.setdefault(model.urn("Device", r.device), {"dateLastValueReported"})
-            for q in r.values:
-                dev.add({"battery_mv": "batteryLevel"}.get(q, model.camel(q)))
+            dev.update([attr(q) or _attr(q) for q in r.values])
             site = topo.site.get(base)
             if site and interval is Interval.REALTIME:
                 attrs = {model.AIR_ATTRS[q][0] for q in r.values if q in model.AIR_ATTRS}
@@ -114,6 +124,10 @@ class FeedBus:
     def publish(self, channel: str, item: dict[str, Any]) -> None:
         """Hand an item to the channel's listeners (never blocks)."""
         self.channels[channel].publish(item)
+
+    def listening(self) -> bool:
+        """Is any stream open? (Items are built for listeners only.)"""
+        return any(bus.listeners for bus in self.channels.values())
 
 
 PING_S = 15.0

@@ -30,6 +30,7 @@ from collector.clock import iso, now_ms
 from collector.ngsi.tables import DAY_MS, history_1h, history_1m
 from collector.params import DeviceIdPath, parse_time
 from collector.store import Row, Store
+from collector.store_ingest import pg_array
 from devices.quantities import QUANTITIES, ValueKind
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,30 @@ def fold(rows: Iterable[Row], width_ms: int) -> dict[Key, list[float]]:
     return acc
 
 
+def rollup(acc: dict[Key, list[float]], width_ms: int) -> dict[Key, list[float]]:
+    """Accumulators of `fold` at a coarser width (a multiple of theirs), without the rows."""
+    out: dict[Key, list[float]] = {}
+    for (device, q, bucket), (n, total, low, high) in acc.items():
+        key = (device, q, bucket - bucket % width_ms)
+        cur = out.get(key)
+        if cur is None:
+            out[key] = [n, total, low, high]
+        else:
+            cur[0] += n
+            cur[1] += total
+            cur[2] = min(cur[2], low)
+            cur[3] = max(cur[3], high)
+    return out
+
+
+_UPSERT_PG = ("INSERT INTO {t} (device_id, quantity, bucket, n, vsum, vmin, vmax)"
+              " SELECT d, q, b, n, s, lo, hi FROM unnest(%s::text[], %s::text[], %s::bigint[],"
+              " %s::bigint[], %s::float8[], %s::float8[], %s::float8[]) WITH ORDINALITY"
+              " AS x(d, q, b, n, s, lo, hi, o) ORDER BY o"
+              " ON CONFLICT (device_id, quantity, bucket) DO UPDATE SET n = {t}.n + excluded.n,"
+              " vsum = {t}.vsum + excluded.vsum,"
+              " vmin = CASE WHEN excluded.vmin < {t}.vmin THEN excluded.vmin ELSE {t}.vmin END,"
+              " vmax = CASE WHEN excluded.vmax > {t}.vmax THEN excluded.vmax ELSE {t}.vmax END")
 _UPSERT = ("INSERT INTO {t} (device_id, quantity, bucket, n, vsum, vmin, vmax) "
            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id, quantity, bucket) "
            "DO UPDATE SET n = {t}.n + excluded.n, vsum = {t}.vsum + excluded.vsum, "
@@ -91,12 +116,17 @@ class HistoryKeeper:
     def write_rows(self, cur: Any, rows: list[Row]) -> None:
         """Store row writer: fold the fresh rows of an ingest transaction into both
         resolutions, in that transaction (driver cursor), so aggregates match raw data."""
-        minute, hour = fold(rows, MINUTE_MS), fold(rows, HOUR_MS)
+        minute = fold(rows, MINUTE_MS)
+        hour = rollup(minute, HOUR_MS)
         if not minute:
             return
         for table, acc in (("history_1m", minute), ("history_1h", hour)):
-            cur.executemany(self.store.sql(_UPSERT.format(t=table)), [
-                (d, q, b, int(v[0]), v[1], v[2], v[3]) for (d, q, b), v in sorted(acc.items())])
+            rows = [(d, q, b, int(v[0]), v[1], v[2], v[3]) for (d, q, b), v in sorted(acc.items())]
+            if self.store.is_pg:  # one statement, rows in key order
+                cur.execute(_UPSERT_PG.format(t=table),
+                            [pg_array(col) for col in zip(*rows, strict=True)])
+            else:
+                cur.executemany(_UPSERT.format(t=table), rows)
         self.stats["aggregated"] += len(minute)
 
     def maintain(self, now: int | None = None, not_before: int | None = None) -> list[str]:

@@ -85,8 +85,9 @@ class HubFeeds:
         for d in _new_devices(items, self.topo):
             self.topo.kind.setdefault(d, "unknown")
         self.worker.offer(feeds.changes(items, self.topo))
-        for channel, item in feeds.stream_items(items, self.topo):
-            self.bus.publish(channel, item)
+        if self.bus.listening():  # live-stream items only for open streams
+            for channel, item in feeds.stream_items(items, self.topo):
+                self.bus.publish(channel, item)
 
     def tasks(self) -> tuple[Callable[[], Coroutine[Any, Any, None]], ...]:
         """The context-broker/webhook worker and history retention."""

@@ -574,6 +574,28 @@ def test_redelivered_batches_are_not_counted_twice(store: Store) -> None:
     assert keeper.series("d", "speed", T0 - MIN, T0 + MIN, "1m", 10)[0]["count"] == 1
 
 
+def test_aggregates_stay_exact_when_a_batch_repeats_envelopes_old_and_new(store: Store) -> None:
+    ensure_ngsi_tables(store)
+    keeper = HistoryKeeper(store)
+    store.row_writers.append(keeper.write_rows)
+
+    def env(seq: int) -> Accepted:  # seq s: speed s/10 at T0 + s seconds (2 minutes, 1 hour)
+        return Accepted("g", DataEnvelope.model_validate({
+            "v": 1, "gateway": "g", "seq": seq, "sent": T0 + 200_000, "readings": [
+                {"device": "d", "ts": T0 - T0 % 3_600_000 + seq * 1000,
+                 "values": {"speed": seq / 10}}]}), T0 + 200_000)
+
+    store.ingest([env(s) for s in range(1, 60)])
+    # re-delivered ones, new ones, and new ones twice in the same batch
+    store.ingest([env(s) for s in [*range(30, 120), *range(100, 110), 5]])
+    hour = T0 - T0 % 3_600_000
+    minutes = keeper.series("d", "speed", hour, hour + 3_600_000, "1m", 10)
+    hours = keeper.series("d", "speed", hour, hour + 3_600_000, "1h", 10)
+    assert [m["count"] for m in minutes] == [59, 60]  # seq 1..59, then 60..119
+    assert [(h["count"], h["min"], h["max"]) for h in hours] == [(119, 0.1, 11.9)]
+    assert hours[0]["avg"] == pytest.approx(sum(range(1, 120)) / 10 / 119)
+
+
 def test_a_failing_aggregate_never_loses_raw_readings(store: Store) -> None:
     def broken(cur: Any, rows: list[Any]) -> None:
         cur.execute("INSERT INTO history_1h (device_id) VALUES ('half-done')")  # NOT NULLs

@@ -170,6 +170,38 @@ def test_state_is_persisted_on_transitions_and_restored(city: City) -> None:
     assert len(again.get("/api/v1/parking/alerts?kind=low_battery")) == 1  # not raised twice
 
 
+def test_heartbeats_do_not_rewrite_spot_rows_and_their_time_survives_a_restart(
+        city: City) -> None:
+    writes: list[str] = []
+    sa.event.listen(city.store.engine, "before_cursor_execute",
+                    lambda _c, _cur, sql, *_a: writes.append(sql)
+                    if "parking_spots" in sql and not sql.lstrip().startswith("SELECT") else None)
+    city.send(("pk-1001", T0, occ(True)), ("pk-1002", T0, occ(False)))
+    assert city.service.stats["spot_writes"] == 2
+    for minute in range(1, 6):  # five heartbeats each, nothing else changes
+        city.clock.now = T0 + minute * MIN
+        city.send(("pk-1001", T0 + minute * MIN, occ(True)),
+                  ("pk-1002", T0 + minute * MIN, occ(False)))
+    assert city.service.stats["spot_writes"] == 2  # no row rewritten
+    assert len([w for w in writes if w.startswith("INSERT")]) == 1
+    city.send(("pk-1002", T0 + 6 * MIN, occ(True)))  # a change is written at once
+    assert city.service.stats["spot_writes"] == 3
+    city.service.tick()  # the heartbeat of pk-1001 (pk-1002's change carried its time)
+    assert city.service.stats["heartbeats"] == 1
+    assert len([w for w in writes if w.lstrip().startswith("UPDATE")]) == 1
+    with city.store.engine.connect() as conn:
+        rows = {r["spot_id"]: r for r in conn.execute(sa.select(parking_spots)).mappings()}
+    assert rows["pk-1001"]["last_ts"] == T0 + 5 * MIN and rows["pk-1001"]["status"] == "occupied"
+    assert rows["pk-1002"]["last_ts"] == T0 + 6 * MIN and rows["pk-1002"]["occupied"]
+    city.clock.now = T0 + 7 * MIN
+    city.send(("pk-1001", T0 + 7 * MIN, occ(True)))
+    city.service.close()  # the heartbeat not yet written goes out on close
+    again = City(city.store)
+    again.clock.now = T0 + 16 * MIN  # 9 minutes after the last report: not silent yet
+    again.service.tick()
+    assert again.get("/api/v1/parking/spots?zone=renmin-n")[0]["status"] == "occupied"
+
+
 def test_live_page_is_served_without_external_assets(city: City) -> None:
     resp = city.client.get("/parking")
     assert resp.status_code == 200

@@ -41,6 +41,31 @@ def test_ingest_is_idempotent_on_gateway_and_seq(store: Store) -> None:
     assert store.counts()["batches"] == 3
 
 
+def test_a_key_twice_in_one_batch_is_stored_once_the_first_as_sent(store: Store) -> None:
+    first = data("gw1", 5, [reading("l1", 1000, floor=3)])
+    twin = data("gw1", 5, [reading("l1", 1000, floor=8)])  # same key, other content
+    r = store.ingest([first, data("gw1", 6, [reading("l1", 2000, floor=4)]), twin])
+    assert (r.messages, r.duplicates, r.readings) == (2, 1, 2)
+    assert [a.envelope.seq for a in r.fresh] == [5, 6]
+    assert r.fresh[0] is first
+    assert [h["value"] for h in store.readings("l1", "floor", None, None, 10)] == [3.0, 4.0]
+
+
+def test_claims_of_a_batch_larger_than_one_statement_count_exactly(store: Store) -> None:
+    from collector.store_ingest import CLAIMS
+
+    n = CLAIMS + 250  # two claim statements, with keys held before in both
+    store.ingest([data("gw1", s, [reading("l1", s, floor=1)]) for s in range(1, n + 1, 7)])
+    batch = [data("gw1", s, [reading("l1", s, floor=1)]) for s in range(n, 0, -1)]
+    r = store.ingest(batch)
+    held = len(range(1, n + 1, 7))
+    assert (r.messages, r.duplicates) == (n - held, held)
+    assert [a.envelope.seq for a in r.fresh] == [s for s in range(n, 0, -1) if s % 7 != 1]
+    assert store.counts()["batches"] == n
+    assert store.counts()["readings"] == n
+    assert store.seq_gaps("gw1") == []
+
+
 def test_same_seq_from_another_gateway_is_not_a_duplicate(store: Store) -> None:
     r = store.ingest([data("gw1", 7, [reading("a", 1, floor=1)]),
                       data("gw2", 7, [reading("b", 1, floor=1)])])
@@ -126,3 +151,17 @@ def test_times_are_never_stored_before_2000_or_in_the_future(store: Store) -> No
     assert {r["ts"] for d in ("l1", "l2") for r in store.latest(d)} == {T0 + 10}
 
 
+def test_claim_array_literals_read_back_as_sent(store: Store) -> None:
+    from collector.store_ingest import _int_array, _text_array, pg_array
+
+    texts = ['gw-1', 'a"b', 'c\\d', '{x,y}', 'NULL', ' sp ', '', 'é\t,"\\"']
+    ints = [0, -1, 2**63 - 1, 7]
+    floats = [0.1, -1e15, 1e15, 1e-7, 2.5e-300, 3.0, None]
+    if not store.is_pg:
+        return  # (PostgreSQL's array syntax; SQLite claims with a VALUES list)
+    with store.raw() as conn:
+        got = conn.execute("SELECT %s::text[], %s::bigint[], %s::text[], %s::float8[],"
+                           " %s::boolean[]",
+                           (_text_array(texts), _int_array(ints), pg_array([*texts, None]),
+                            pg_array(floats), pg_array([True, False, None]))).fetchone()
+    assert got == (texts, ints, [*texts, None], floats, [True, False, None])

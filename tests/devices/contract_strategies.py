@@ -71,9 +71,10 @@ def wire_events() -> st.SearchStrategy[dict[str, Any]]:
 
 
 # Values a store cannot hold, or that are of the wrong kind, or of the wrong shape.
+HOSTILE_VALUES = [2**63, 2**64, -1, -(2**63) - 1, 2**31, -(2**31) - 1, 1.7e308, -1.7e308,
+                  1e15 + 1, 2.5, True, False, None, "", "a\x00b", "\x00", "x" * (MAX_TEXT + 1),
+                  "B2", [], {}, [1, 2], {"a": 1}, {"a": "\x00"}, 0, 1, 1.0, "good", "raise"]
 hostile = st.one_of(
-    st.sampled_from([2**63, 2**64, -1, -(2**63) - 1, 2**31, -(2**31) - 1, 1.7e308, -1.7e308,
-                     1e15 + 1, 2.5, True, False, None, "", "a\x00b", "\x00", "x" * (MAX_TEXT + 1),
-                     "B2", [], {}, [1, 2], {"a": 1}, {"a": "\x00"}, 0, 1, 1.0, "good", "raise"]),
+    st.sampled_from(HOSTILE_VALUES),
     st.integers(-(2**70), 2**70), st.floats(-1e300, 1e300), st.text(max_size=20),
 )
