@@ -25,11 +25,11 @@ document.addEventListener("securitypolicyviolation",
 """
 # Each page, what tells that it has drawn its data, and the hostile texts it must show.
 PAGES = [
-    ("/", 'body[data-updated]', "#devices", [f"lift {IMG}"]),
+    ("/", 'body:not([data-updated="0"])', "#devices", [f"lift {IMG}"]),
     ("/crew", '#incidents[data-count="1"]', "#incidents", [SCRIPT, f"Li {SVG}"]),
     ("/ops", '#incidents[data-count="1"]', "#incidents", [SCRIPT, f"Li {SVG}"]),
     ("/parking", 'body[data-updated="1"]', "#zones", [f"Zone {SCRIPT}"]),
-    ("/environment", 'body[data-updated="1"]', "#map", [f"Site {IMG}", f"District {SVG}"]),
+    ("/environment", 'body[data-updated="1"]', "#sites", [f"Site {IMG}"]),
 ]
 
 
