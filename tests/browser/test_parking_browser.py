@@ -99,7 +99,7 @@ def test_a_tapped_point_finds_the_free_zone_nearest_to_it(page: Page,
     # Tap beside Erqi Square (full): the nearest zone with a free bay is Renmin Rd north.
     full, free = zone(page, "erqi-sq").bounding_box(), zone(page, "renmin-n").bounding_box()
     assert full is not None and free is not None
-    x, y = (3 * full["x"] + free["x"]) / 4, (3 * full["y"] + free["y"]) / 4
+    x, y = (2 * full["x"] + free["x"]) / 3, (2 * full["y"] + free["y"]) / 3
     page.mouse.click(x, y - 20)
     expect(page.locator("#nearest")).to_have_attribute("data-zone", "renmin-n")
     expect(page.locator("#driver")).to_have_attribute("data-state", "found")

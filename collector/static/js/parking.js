@@ -65,13 +65,13 @@ async function drawBays() {
 // --- the driver's nearest free parking --------------------------------------------------------
 async function nearest(lat, lon) {
   try {
-    const n = await api(`/api/v1/parking/nearest?lat=${lat}&lon=${lon}&limit=3&radius=3000`);
+    const n = await api(`/api/v1/parking/nearest?lat=${lat}&lon=${lon}&limit=3&radius=5000`);
     return n.results.map((r) => ({zone: r.zone, walking_m: r.walking_m, walking_min: r.walking_min,
       target: r.target || {lat: r.zone.lat, lon: r.zone.lon}, web: r.navigation?.web, geo: r.navigation?.geo}));
   } catch (e) {
     if (!missing(e) && e.status !== 422) throw e;
   }
-  const list = await api(`/api/v1/parking/zones?near=${lat},${lon}&radius=3000`);
+  const list = await api(`/api/v1/parking/zones?near=${lat},${lon}&radius=5000`);
   return list.filter((z) => z.available > 0).slice(0, 3).map((z) => {
     const walking = (z.distance_m ?? metres(lat, lon, z.lat, z.lon)) * DETOUR;
     return {zone: z, walking_m: walking, walking_min: walking / WALK_M_S / 60, target: {lat: z.lat, lon: z.lon}};
@@ -90,7 +90,7 @@ async function findNear(lat, lon, how) {
   try {
     const [results, cfg] = await Promise.all([nearest(lat, lon), settings()]);
     if (!results.length) {
-      render(box, html`<p><b>No free space within 3 km of ${how}.</b> Zones fill and empty all the time: try again in a few minutes.</p>`);
+      render(box, html`<p><b>No free space within a 5 km walk of ${how}.</b> Zones fill and empty all the time: try again in a few minutes.</p>`);
       box.dataset.zone = "";
       $("driver").dataset.state = "none";
       return;
