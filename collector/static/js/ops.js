@@ -251,8 +251,12 @@ const MAP_STATE = {parking: (p) => p.level || p.state, environment: (p) => (p.st
 async function layerData() {
   try {
     const all = await api("/api/v1/map/layers");
-    return Object.fromEntries(Object.entries(all.layers).map(([name, fc]) => [name, fc.features.map((f) => ({
-      ...f.properties, ...point(f), state: (MAP_STATE[name] || ((p) => p.state))(f.properties)}))]));
+    const collections = Object.entries(all.layers || all).filter(([, fc]) => Array.isArray(fc?.features));
+    return Object.fromEntries(collections.map(([name, fc]) => [name, fc.features.map((f) => {
+      const p = f.properties;
+      const flatSla = p.sla_state ? {state: p.sla_state, colour: p.sla_colour, due_at: p.sla_due_at} : undefined;
+      return {...p, ...point(f), sla: p.sla || flatSla, state: (MAP_STATE[name] || ((x) => x.state))(p)};
+    })]));
   } catch (e) {
     if (!missing(e)) throw e;
   }
