@@ -94,7 +94,7 @@ export function markerLayer(map, name, {onClick} = {}) {
       if (item.lat == null || item.lon == null) continue;
       const key = String(item.id);
       seen.add(key);
-      const colour = item.colour || colourOf(item.state);
+      const colour = COLOURS[item.colour] || colourOf(item.state);  // a palette name, or the state's
       let m = byId.get(key);
       if (!m) {
         m = L.circleMarker([item.lat, item.lon], {radius: item.radius || 8, weight: 2, color: "#fff",

@@ -240,7 +240,7 @@ function point(f) {
 }
 
 const LABEL = {
-  incidents: (p) => `#${p.id} ${p.title || p.kind} — ${p.state}${p.sla?.state && p.sla.state !== "none" ? `, SLA ${p.sla.state}` : ""}`,
+  incidents: (p) => `#${p.id} ${p.title || p.name || p.kind} — ${p.state}${p.sla?.state && p.sla.state !== "none" ? `, SLA ${p.sla.state}` : ""}`,
   lifts: (p) => `${p.name || p.id} — ${p.state}${p.risk_score ? `, risk ${p.risk_score}` : ""}`,
   gateways: (p) => `${p.id} — ${p.state}${p.outbox_age_s ? `, outbox ${duration(p.outbox_age_s)} old` : ""}`,
   parking: (p) => `${p.name} — ${p.available} of ${p.total} free`,
