@@ -83,7 +83,7 @@ async function vectorBase(map, url) {
 
 /**
  * A layer of point markers kept in step with data: `update(items)` adds, moves, recolours and
- * removes markers by id. Each item: {id, lat, lon, state, colour?, label, popup?, radius?}.
+ * removes markers by id. Each item: {id, lat, lon, state, label, radius?}.
  */
 export function markerLayer(map, name, {onClick} = {}) {
   const group = L.featureGroup().addTo(map);
@@ -94,7 +94,7 @@ export function markerLayer(map, name, {onClick} = {}) {
       if (item.lat == null || item.lon == null) continue;
       const key = String(item.id);
       seen.add(key);
-      const colour = COLOURS[item.colour] || colourOf(item.state);  // a palette name, or the state's
+      const colour = colourOf(item.state);  // one legend on every page: the state names the colour
       let m = byId.get(key);
       if (!m) {
         m = L.circleMarker([item.lat, item.lon], {radius: item.radius || 8, weight: 2, color: "#fff",
