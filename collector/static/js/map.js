@@ -22,6 +22,16 @@ const STATE_COLOUR = {
 /** The colour (hex) of a state name. */
 export const colourOf = (state) => COLOURS[STATE_COLOUR[state] || "grey"];
 
+/** A parking zone's level: free (30 % or more of its usable bays), filling, full, or unknown
+ *  when no sensor of it has reported (the collector's `level` when it sends one). */
+export function parkingLevel(z) {
+  if (z.level) return z.level;
+  const usable = z.total - z.closed;
+  if (usable <= 0 || z.unknown >= usable) return "unknown";
+  const share = z.free_share ?? z.available / usable;
+  return z.available === 0 ? "full" : share >= 0.3 ? "free" : "filling";
+}
+
 /** Create a map in `el` with the deployment's base map; resolves to {map, fit, base}. */
 export async function cityMap(el, {zoom = 13} = {}) {
   const cfg = await settings();

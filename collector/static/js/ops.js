@@ -3,7 +3,7 @@
 // history), gateway health, summary tiles, the high-risk lifts per district, overrides,
 // silences, closed-loop figures and sign-in links for crew phones.
 import {$, ApiError, ago, api, clock, duration, html, live, missing, render, serverNow, start} from "./common.js";
-import {cityMap, legend, markerLayer} from "./map.js";
+import {cityMap, legend, markerLayer, parkingLevel} from "./map.js";
 
 const incidents = new Map();
 const details = new Map();     // incident id -> {version, history} for incidents with overrides
@@ -272,7 +272,7 @@ async function layerData() {
       lat: liftAt.get(d.id)?.lat ?? null, lon: liftAt.get(d.id)?.lon ?? null})),
     gateways: gws.map((g) => ({id: g.id, state: g.state, last_seen: g.last_seen, outbox_age_s: g.health?.counters?.outbox_oldest_age_s ?? null,
       device_count: g.device_count, lat: null, lon: null})),
-    parking: zones.map((z) => ({...z, state: z.available === 0 ? "full" : (z.free_share ?? z.available / Math.max(1, z.total - z.closed)) >= 0.3 ? "free" : "filling"})),
+    parking: zones.map((z) => ({...z, state: parkingLevel(z)})),
     environment: sites.map((s) => ({...s, state: s.exceedance?.state === "normal" ? "ok" : s.exceedance?.state || (s.status === "exceeded" ? "exceeded" : s.status === "offline" ? "unknown" : "ok")})),
   };
 }
@@ -461,10 +461,8 @@ async function main() {
   $("signin-link").addEventListener("submit", makeSignInLink);
   view = await cityMap($("map"));
   const overlays = {};
-  for (const [name, title] of LAYERS) {
-    layers[name] = markerLayer(view.map, name);
-    overlays[title] = layers[name].group;
-  }
+  for (const [name] of [...LAYERS].reverse()) layers[name] = markerLayer(view.map, name);  // incidents on top
+  for (const [name, title] of LAYERS) overlays[title] = layers[name].group;
   window.L.control.layers(null, overlays, {collapsed: matchMedia("(max-width: 600px)").matches}).addTo(view.map);
   legend(view.map, [["exceeded", "alarm, fault, offline, full"], ["acknowledged", "acknowledged, filling"],
     ["on_site", "crew on site"], ["ok", "normal, online, free"], ["unknown", "no data"]]);

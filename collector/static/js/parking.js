@@ -2,7 +2,7 @@
 // parking" (from the phone's location or a tapped point), a zone's occupancy history and its
 // sensors' health, refreshed every 3 s.
 import {$, ago, api, fill, html, metres, missing, num, render, safeUrl, settings, start} from "./common.js";
-import {cityMap, markerLayer} from "./map.js";
+import {cityMap, markerLayer, parkingLevel} from "./map.js";
 
 const DETOUR = 1.3, WALK_M_S = 1.3;  // streets are not straight lines; an easy walking pace
 const BAYS_FROM_ZOOM = 17;
@@ -10,14 +10,7 @@ let rounds = 0, zones = [], selected = null, by = "hour", view = null, zoneLayer
 let fitted = false, origin = null, originMarker = null;
 
 const share = (n, total) => (total ? (100 * n) / total : 0);
-/** free ≥ 30 %, filling, full, or unknown when the zone has no live bays. */
-export function level(z) {
-  if (z.level) return z.level;
-  const usable = z.total - z.closed;
-  if (usable <= 0 || z.unknown >= usable) return "unknown";
-  const s = z.free_share ?? z.available / usable;
-  return z.available === 0 ? "full" : s >= 0.3 ? "free" : "filling";
-}
+const level = parkingLevel;
 const ROW_CLASS = {free: "plenty", filling: "few", full: "full", unknown: ""};
 
 function bar(z) {
