@@ -44,8 +44,6 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 DEFAULT_MAP_URL = "https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=18/{lat}/{lon}"
-DEFAULT_ROUTE_URL = ("https://www.openstreetmap.org/directions?engine=fossgis_osrm_foot"
-                     "&route={from_lat},{from_lon};{lat},{lon}")
 
 
 class PagesConfig(BaseModel):
@@ -55,11 +53,9 @@ class PagesConfig(BaseModel):
 
     map_url: str = Field(default=DEFAULT_MAP_URL, pattern=r"^https://", max_length=500,
                          description="map/navigation link; {lat} and {lon} are filled in")
-    route_url: str = Field(default=DEFAULT_ROUTE_URL, pattern=r"^https://", max_length=500,
-                           description="walking directions link of the driver view; "
-                                       "{from_lat}, {from_lon}, {lat} and {lon} are filled in")
     tile_url: str | None = Field(
-        default=None, pattern=r"^https://(\{s\}\.)?[^/{}\s]+/\S*\{z\}\S*\{x\}\S*\{y\}", max_length=500,
+        default=None, max_length=500,
+        pattern=r"^https://(\{s\}\.)?[^/{}\s]+/\S*\{z\}\S*\{x\}\S*\{y\}",
         description="raster tiles of the production base map ({z}/{x}/{y}); unset, the pages "
                     "draw the offline vector map shipped with the collector")
     tile_attribution: str = Field(default="", max_length=300,

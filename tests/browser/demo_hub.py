@@ -67,7 +67,7 @@ class DemoHub:
                                     m.devices)
             self.hub.on_state(gateway, m.state, list(m.devices))
             return
-        result = self.store.ingest([Accepted(gateway, got.message, now)])  # type: ignore[arg-type]
+        result = self.store.ingest([Accepted(gateway, got.message, now)])
         self.hub.on_stored(result.fresh)
 
     def online(self) -> None:
@@ -83,10 +83,9 @@ class DemoHub:
                 for d in lifts]})
         stations = {d: "dust" if d.startswith("dust") else "boiler"
                     for s in ENVIRONMENT["sites"] for d in s["devices"]}
-        self.send("gw-env-01", "state", {"v": 1, "gateway": "gw-env-01", "state": "online", "ts": now,
-                            "version": "1.0", "devices": {
-                                d: {"kind": k, "profile": f"{k}-hj212"}
-                                for d, k in stations.items()}})
+        self.send("gw-env-01", "state", {
+            "v": 1, "gateway": "gw-env-01", "state": "online", "ts": now, "version": "1.0",
+            "devices": {d: {"kind": k, "profile": f"{k}-hj212"} for d, k in stations.items()}})
         self.send("gw-env-01", "data", {"readings": [
             {"device": d, "ts": now, "values": {"pm10": 60.0} if k == "dust"
              else {"nox_converted": 20.0, "o2": 9.0}} for d, k in stations.items()]})

@@ -20,7 +20,8 @@ if Path(CHROMIUM).exists():
 else:  # pragma: no cover - the module is skipped
     Browser = Page = Any
 
-SIZES = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+SIZES: dict[str, Any] = {"desktop": {"width": 1280, "height": 800},
+                         "phone": {"width": 390, "height": 844}}
 # Recorded by an init script (it runs before the page's own scripts, outside its CSP).
 WATCH = """
 window.__violations = [];
@@ -117,3 +118,21 @@ def test_without_a_token_every_page_asks_to_sign_in(page: Page, city: DemoHub,
         page.wait_for_selector(PAGES[path], state="attached", timeout=10_000)
         expect(page.locator("#sign-in")).to_have_count(0)
         settled(page, ARTIFACTS / "signed-in-parking-phone.png")
+
+
+def test_a_one_time_link_pasted_in_the_sign_in_screen_signs_in_and_returns(
+        page: Page, city: DemoHub) -> None:
+    made = page.request.post(f"{city.base}/api/v1/signin-links",
+                             headers={"Authorization": f"Bearer {city.token}"},
+                             data={"member": "Wang Wei", "unit": "lift-maintenance",
+                                   "ttl": "15min"})
+    assert made.ok, made.text()
+    page.set_viewport_size(SIZES["phone"])
+    page.goto(f"{city.base}/environment")
+    expect(page.locator("#sign-in")).to_be_visible(timeout=10_000)
+    page.locator("#sign-in-token").fill(made.json()["url"])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{city.base}/environment", timeout=10_000)
+    page.wait_for_selector(PAGES["/environment"], state="attached", timeout=10_000)
+    expect(page.locator("#sign-in")).to_have_count(0)
+    assert page.evaluate("localStorage.getItem('citygate.token')") not in (None, city.token)

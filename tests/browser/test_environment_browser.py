@@ -12,14 +12,13 @@ import pytest
 
 from citygate.rig import served
 from collector.api import create_app
-from collector.environment import install
+from collector.environment import EnvironmentMonitor, install, load_environment_config
 from tests.browser.conftest import ARTIFACTS, CHROMIUM, settled
-from collector.environment import EnvironmentMonitor, load_environment_config
 from tests.collector.test_environment_api import MIN, SECTION, Rig, r
 
 RED, GREEN = "#c62828", "#1a9c48"
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1280, "height": 800}
+PHONE: Any = {"width": 390, "height": 844}
+DESKTOP: Any = {"width": 1280, "height": 800}
 
 if Path(CHROMIUM).exists():
     from playwright.sync_api import Page, expect
@@ -65,7 +64,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Rig, str]]:
         rig.store.close()
 
 
-def open_page(page: Page, base: str, size: dict[str, int]) -> None:
+def open_page(page: Page, base: str, size: Any) -> None:
     page.set_viewport_size(size)
     page.goto(f"{base}/environment?refresh=0.5")
     page.wait_for_selector('body:not([data-updated="0"])', state="attached", timeout=10_000)

@@ -15,9 +15,9 @@ from collector.store import Store
 from tests.browser.conftest import ARTIFACTS, CHROMIUM, settled
 from tests.collector.test_parking_api import MIN, T0, City, occ
 
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1280, "height": 800}
-NEAR_RENMIN = {"latitude": 34.7470, "longitude": 113.6262}  # ~100 m from Renmin Rd north
+PHONE: Any = {"width": 390, "height": 844}
+DESKTOP: Any = {"width": 1280, "height": 800}
+NEAR_RENMIN: Any = {"latitude": 34.7470, "longitude": 113.6262}  # ~100 m from Renmin Rd north
 
 if Path(CHROMIUM).exists():
     from playwright.sync_api import Browser, Page, expect

@@ -1,11 +1,13 @@
 // Parking: zones on the map by free share, bays when zoomed in, a driver's "nearest free
 // parking" (from the phone's location or a tapped point), a zone's occupancy history and its
 // sensors' health, refreshed every 3 s.
-import {$, ago, api, fill, html, metres, missing, num, render, safeUrl, settings, start} from "./common.js";
+import {$, ago, api, fill, html, metres, missing, num, render, safeUrl, start} from "./common.js";
 import {cityMap, markerLayer, parkingLevel} from "./map.js";
 
 const DETOUR = 1.3, WALK_M_S = 1.3;  // streets are not straight lines; an easy walking pace
 const BAYS_FROM_ZOOM = 17;
+// Directions on foot when the collector sends no link of its own ([parking] navigation_url).
+const ROUTE = "https://www.openstreetmap.org/directions?engine=fossgis_osrm_foot&route={from_lat},{from_lon};{lat},{lon}";
 let rounds = 0, zones = [], selected = null, by = "hour", view = null, zoneLayer = null, bayLayer = null;
 let fitted = false, origin = null, originMarker = null;
 
@@ -81,7 +83,7 @@ async function findNear(lat, lon, how) {
   else originMarker = window.L.circleMarker([lat, lon], {radius: 7, color: "#fff", weight: 3, fillColor: "#1a73e8",
     fillOpacity: 1, className: "origin"}).addTo(view.map);
   try {
-    const [results, cfg] = await Promise.all([nearest(lat, lon), settings()]);
+    const results = await nearest(lat, lon);
     if (!results.length) {
       render(box, html`<p><b>No free space within a 5 km walk of ${how}.</b> Zones fill and empty all the time: try again in a few minutes.</p>`);
       box.dataset.zone = "";
@@ -90,7 +92,7 @@ async function findNear(lat, lon, how) {
     }
     const [best, ...others] = results;
     const to = best.target;
-    const web = best.web || fill(cfg.route_url, {from_lat: lat, from_lon: lon, lat: to.lat, lon: to.lon});
+    const web = best.web || fill(ROUTE, {from_lat: lat, from_lon: lon, lat: to.lat, lon: to.lon});
     const geo = best.geo || `geo:${to.lat},${to.lon}?q=${to.lat},${to.lon}`;
     render(box, html`<div class="best"><b class="big">${best.zone.available}</b> free at <b>${best.zone.name}</b></div>
       <div id="walk">≈ ${num(best.walking_m)} m walk from ${how} (about ${Math.max(1, Math.round(best.walking_min))} min)</div>
