@@ -146,7 +146,9 @@ async function drawHistory(id) {
     if (!missing(e)) throw e;
     $("history-note").textContent = "This collector keeps no occupancy history yet.";
   }
-  const W = 480, H = 160, l = 30, b = 20, t = 8;
+  const W = 480, H = 160, l = 38, b = 20, t = 8;
+  const sampled = points.filter((p) => p.free_share_avg != null);
+  if (points.length && !sampled.length) $("history-note").textContent = `No samples in this range (by ${by}).`;
   const bw = points.length ? (W - l - 4) / points.length : 0;
   const Y = (v) => H - b - v * (H - t - b);
   render(svg, html`${[0, 0.5, 1].map((v) => html`<text x="${l - 4}" y="${Y(v) + 3}" text-anchor="end">${v * 100}%</text>`)}
@@ -156,6 +158,7 @@ async function drawHistory(id) {
       return html`<rect class="h ${cls}" x="${(l + i * bw + 1).toFixed(1)}" width="${Math.max(1, bw - 2).toFixed(1)}"
         y="${Y(s).toFixed(1)}" height="${(H - b - Y(s)).toFixed(1)}"><title>${new Date(p.t).toLocaleString()}: ${Math.round(s * 100)} % free</title></rect>`;
     })}
+    ${!points.length ? html`<text x="${(l + W) / 2}" y="${H / 2}" text-anchor="middle">no history in this range</text>` : ""}
     ${points.length ? html`<text x="${l}" y="${H - 5}">${new Date(points[0].t).toLocaleString()}</text>
       <text x="${W - 4}" y="${H - 5}" text-anchor="end">${new Date(points[points.length - 1].t).toLocaleString()}</text>` : ""}`);
   svg.dataset.points = String(points.length);
