@@ -52,7 +52,7 @@ function drawSites() {
       <td data-label="Site"><b>${s.name || s.id}</b></td><td data-label="District">${s.district}</td>
       <td data-label="State"><span class="chip" data-colour="${chipColour[ex.state]}">${STATE_TEXT[ex.state]}</span></td>
       <td data-label="Value">${keyValue(s)}</td>
-      <td data-label="Data"><small>${s.status === "fault" ? `device/data fault: ${s.status_reason}` : s.status_reason || ""}</small></td></tr>`;
+      <td data-label="Data">${s.status_reason ? html`<small>${s.status === "fault" ? `device/data fault: ${s.status_reason}` : s.status_reason}</small>` : ""}</td></tr>`;
   })}`);
   $("sites").dataset.count = String(sites.length);
   const n = (st) => sites.filter((s) => exceedance(s).state === st).length;
@@ -180,6 +180,12 @@ async function loadChart(s) {
     (pts.some((p) => p.flagged) ? " · yellow dots: values flagged by the logger" : "");
 }
 
+/** A site chosen by the user: its panel, brought into view on a phone. */
+async function choose(id) {
+  await select(id);
+  if (matchMedia("(max-width: 900px)").matches) $("site-panel").scrollIntoView({behavior: "smooth", block: "start"});
+}
+
 function tick() {
   const lasting = $("lasting");
   if (lasting) lasting.textContent = clock(since(lasting.dataset.since));
@@ -215,7 +221,7 @@ function wire() {
   });
   const pick = (ev) => {
     const row = ev.target.closest("[data-site]");
-    if (row && (ev.type === "click" || ev.key === "Enter")) select(row.dataset.site);
+    if (row && (ev.type === "click" || ev.key === "Enter")) choose(row.dataset.site);
   };
   $("sites").addEventListener("click", pick);
   $("alarms").addEventListener("click", pick);
@@ -227,7 +233,7 @@ async function main() {
   if (!start()) return;
   wire();
   view = await cityMap($("map"));
-  layer = markerLayer(view.map, "environment", {onClick: (item) => select(item.id)});
+  layer = markerLayer(view.map, "environment", {onClick: (item) => choose(item.id)});
   legend(view.map, [["exceeded", "over a limit"], ["ok", "within limits"], ["unknown", "no recent data"]], "Sites");
   setInterval(tick, 1000);
   refresh();
