@@ -224,7 +224,10 @@ function wire() {
   $("near-me").addEventListener("click", nearMe);
   $("zones").addEventListener("click", (ev) => {
     const tr = ev.target.closest("tr[data-zone]");
-    if (tr) showZone(tr.dataset.zone);
+    if (!tr) return;
+    const z = zones.find((x) => x.id === tr.dataset.zone);
+    if (z) view.map.setView([z.lat, z.lon], BAYS_FROM_ZOOM + 1);  // close enough for its bays
+    showZone(tr.dataset.zone);
   });
   for (const list of ["alert-list", "health"]) {
     const on = (ev) => {
