@@ -54,7 +54,7 @@ async function drawBays() {
   const lists = await Promise.all(shown.map((z) => api(`/api/v1/parking/spots?zone=${encodeURIComponent(z.id)}`).catch(() => [])));
   bayLayer.update(lists.flat().filter((s) => s.lat != null).map((s) => ({id: s.id, lat: s.lat, lon: s.lon,
     state: s.status === "free" ? "free" : s.status === "occupied" ? "full" : "unknown", radius: 4,
-    label: `${s.id}: ${s.status}${s.health && s.health !== "ok" ? " · " + s.health : ""}`})));
+    label: `${s.id}: ${s.status}${[].concat(s.health || []).filter((h) => h && h !== "ok").map((h) => " · " + h).join("")}`})));
 }
 
 // --- the driver's nearest free parking --------------------------------------------------------
