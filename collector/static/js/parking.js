@@ -2,14 +2,14 @@
 // parking" (from the phone's location or a tapped point), a zone's occupancy history and its
 // sensors' health, refreshed every 3 s.
 import {$, ago, api, fill, html, metres, missing, num, render, safeUrl, start} from "./common.js";
-import {cityMap, markerLayer, parkingLevel} from "./map.js";
+import {cityMap, colourOf, markerLayer, parkingLevel} from "./map.js";
 
 const DETOUR = 1.3, WALK_M_S = 1.3;  // streets are not straight lines; an easy walking pace
 const BAYS_FROM_ZOOM = 17;
 // Directions on foot when the collector sends no link of its own ([parking] navigation_url).
 const ROUTE = "https://www.openstreetmap.org/directions?engine=fossgis_osrm_foot&route={from_lat},{from_lon};{lat},{lon}";
 let rounds = 0, zones = [], selected = null, by = "hour", view = null, zoneLayer = null, bayLayer = null;
-let fitted = false, origin = null, originMarker = null;
+let fitted = false, origin = null, originMarker = null, outlines = null;
 
 const share = (n, total) => (total ? (100 * n) / total : 0);
 const level = parkingLevel;
@@ -38,6 +38,12 @@ function drawZones() {
   zoneLayer.update(zones.map((z) => ({id: z.id, lat: z.lat, lon: z.lon, state: level(z), radius: 11,
     label: `${z.name}: ${z.available} of ${z.total} free`})));
   if (!fitted && zones.length) { view.fit(zones.map((z) => [z.lat, z.lon])); fitted = true; }
+  // A zone's outline (when the collector knows it) shows its extent once zoomed in.
+  outlines.clearLayers();
+  for (const z of zones.filter((x) => Array.isArray(x.outline) && x.outline.length > 2)) {
+    window.L.polygon(z.outline.map(([lon, lat]) => [lat, lon]), {color: colourOf(level(z)), weight: 1.5,
+      fillOpacity: 0.15, interactive: false}).addTo(outlines);
+  }
   render(document.querySelector("#zones tbody"), html`${zones.map(row)}`);
   const sum = (k) => zones.reduce((a, z) => a + z[k], 0);
   $("free").textContent = sum("available");
@@ -250,6 +256,7 @@ async function main() {
   start();
   wire();
   view = await cityMap($("map"));
+  outlines = window.L.layerGroup().addTo(view.map);
   zoneLayer = markerLayer(view.map, "parking", {onClick: (item) => showZone(item.id)});
   bayLayer = markerLayer(view.map, "bays");
   view.map.on("click", (ev) => findNear(ev.latlng.lat, ev.latlng.lng, "the point you tapped"));
