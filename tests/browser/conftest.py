@@ -44,8 +44,8 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-def settled(page: Any, path: Path) -> None:
+def settled(page: Any, path: Path, full_page: bool = True) -> None:
     """Screenshot a page once its maps have stopped panning and zooming."""
     page.wait_for_selector('.leaflet-container[data-moving="1"]', state="detached", timeout=5_000)
     page.wait_for_selector(".leaflet-zoom-anim", state="detached", timeout=5_000)
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)

@@ -77,7 +77,7 @@ def test_every_page_draws_from_the_collector_alone(browser: Browser, city: DemoH
             link = page.locator(".links a").first.bounding_box()
             assert link is not None and link["height"] < 80
         name = path.strip("/") or "overview"
-        settled(page, ARTIFACTS / f"page-{name}-{size}.png")
+        settled(page, ARTIFACTS / f"page-{name}-{size}.png", full_page=path != "/docs")
     finally:
         context.close()
 
