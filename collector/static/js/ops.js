@@ -203,11 +203,12 @@ async function loadSilences() {
 function statsRow(name, f) {
   const arrive = f.time_to_arrive || {};
   const share = arrive.share_within_sla;
-  return html`<tr><td>${name}</td><td>${f.found}</td><td>${f.acknowledged}</td><td>${f.resolved}</td><td>${f.closed}</td>
-    <td>${duration(f.time_to_acknowledge.mean_s)}</td><td>${duration(f.time_to_acknowledge.p90_s)}</td>
-    <td>${duration(arrive.mean_s)}</td><td>${duration(arrive.p90_s)}</td>
-    <td>${share === null || share === undefined ? "–" : `${Math.round(share * 100)}% (${arrive.within_sla}/${arrive.with_sla})`}</td>
-    <td>${duration(f.time_to_resolve.mean_s)}</td><td>${duration(f.time_to_resolve.p90_s)}</td></tr>`;
+  return html`<tr><td data-label="For"><b>${name}</b></td><td data-label="Found">${f.found}</td><td data-label="Acked">${f.acknowledged}</td>
+    <td data-label="Resolved">${f.resolved}</td><td data-label="Closed">${f.closed}</td>
+    <td data-label="TTA mean">${duration(f.time_to_acknowledge.mean_s)}</td><td data-label="TTA p90">${duration(f.time_to_acknowledge.p90_s)}</td>
+    <td data-label="Arrive mean">${duration(arrive.mean_s)}</td><td data-label="Arrive p90">${duration(arrive.p90_s)}</td>
+    <td data-label="Within SLA">${share === null || share === undefined ? "–" : `${Math.round(share * 100)}% (${arrive.within_sla}/${arrive.with_sla})`}</td>
+    <td data-label="TTR mean">${duration(f.time_to_resolve.mean_s)}</td><td data-label="TTR p90">${duration(f.time_to_resolve.p90_s)}</td></tr>`;
 }
 
 async function loadStats() {
