@@ -38,7 +38,7 @@ PAGES = {
     "/ops": '#map:not([data-layers=""])',
     "/parking": 'body:not([data-updated="0"])',
     "/environment": 'body:not([data-updated="0"])',
-    "/crew": "#incidents[data-count]",
+    "/crew": '#incidents:not([data-count="0"])',
     "/docs": 'body[data-docs="ready"]',
 }
 
