@@ -202,6 +202,8 @@ function openAlert(li) {
     const z = zones.find((x) => x.id === zone);
     if (z) view.map.setView([z.lat, z.lon], BAYS_FROM_ZOOM + 1);
     showZone(zone);
+    // The bay itself, when its position is known: its label opens once the bays are drawn.
+    drawBays().then(() => bayLayer.marker(li.dataset.spot)?.openTooltip()).catch(() => {});
   }
 }
 
