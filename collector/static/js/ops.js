@@ -295,6 +295,18 @@ async function drawMap() {
   drawTiles(data);
 }
 
+/** A marker clicked: its row in the lists, or the page that has it. */
+function focusRow(layer, item) {
+  const row = layer === "incidents" ? $(`incident-${item.id}`)
+    : layer === "gateways" ? document.querySelector(`#gateways tr[data-gateway="${CSS.escape(String(item.id))}"]`) : null;
+  if (row) {
+    document.querySelectorAll("tr.focused").forEach((r) => r.classList.remove("focused"));
+    row.classList.add("focused");
+    row.scrollIntoView({behavior: "smooth", block: "center"});
+  } else if (layer === "parking") location.assign("/parking");
+  else if (layer === "environment") location.assign("/environment");
+}
+
 let mapTimer = null;
 function mapSoon() {
   clearTimeout(mapTimer);
@@ -462,7 +474,9 @@ async function main() {
   $("signin-link").addEventListener("submit", makeSignInLink);
   view = await cityMap($("map"));
   const overlays = {};
-  for (const [name] of [...LAYERS].reverse()) layers[name] = markerLayer(view.map, name);  // incidents on top
+  for (const [name] of [...LAYERS].reverse()) {  // incidents on top
+    layers[name] = markerLayer(view.map, name, {onClick: (item) => focusRow(name, item)});
+  }
   for (const [name, title] of LAYERS) overlays[title] = layers[name].group;
   window.L.control.layers(null, overlays, {collapsed: matchMedia("(max-width: 600px)").matches}).addTo(view.map);
   legend(view.map, [["exceeded", "alarm, fault, offline, full"], ["acknowledged", "acknowledged, filling"],
