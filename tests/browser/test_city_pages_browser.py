@@ -5,6 +5,7 @@ incident when it is acknowledged; without a token every page shows the sign-in s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,8 @@ def test_the_control_room_map_shows_the_city_and_follows_an_incident(page: Page,
     page.locator(f'#incident-{incident["id"]} button[data-history]').click()
     expect(page.locator(f'tr[data-history-of="{incident["id"]}"]')).to_contain_text(
         "open → acknowledged")
+    dot.click()  # the marker leads to its row
+    expect(page.locator(f'#incident-{incident["id"]}')).to_have_class(re.compile("focused"))
     settled(page, ARTIFACTS / "ops-acknowledged.png")
 
 

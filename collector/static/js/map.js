@@ -95,7 +95,10 @@ async function vectorBase(map, url) {
  * A layer of point markers kept in step with data: `update(items)` adds, moves, recolours and
  * removes markers by id. Each item: {id, lat, lon, state, label, radius?}.
  */
-export function markerLayer(map, name, {onClick} = {}) {
+export function markerLayer(map, name, {onClick, above = 0} = {}) {
+  // Each layer in its own pane: `above` orders layers whose markers share a place.
+  const pane = "layer-" + name;
+  if (!map.getPane(pane)) map.createPane(pane).style.zIndex = String(410 + above);
   const group = L.featureGroup().addTo(map);
   const byId = new Map();
   function update(items) {
@@ -108,7 +111,8 @@ export function markerLayer(map, name, {onClick} = {}) {
       let m = byId.get(key);
       if (!m) {
         m = L.circleMarker([item.lat, item.lon], {radius: item.radius || 8, weight: 2, color: "#fff",
-          fillOpacity: 0.92, fillColor: colour, className: "marker marker-" + name, bubblingMouseEvents: false});
+          fillOpacity: 0.92, fillColor: colour, className: "marker marker-" + name, bubblingMouseEvents: false,
+          pane});
         m.addTo(group);
         if (onClick) m.on("click", () => onClick(m.item));
         byId.set(key, m);
@@ -131,7 +135,7 @@ export function markerLayer(map, name, {onClick} = {}) {
     for (const [key, m] of byId) {
       if (!seen.has(key)) { group.removeLayer(m); byId.delete(key); }
     }
-    group.getPane().dataset[name] = String(byId.size);
+    map.getPane(pane).dataset.count = String(byId.size);
     return byId.size;
   }
   return {group, update, marker: (id) => byId.get(String(id))};

@@ -474,9 +474,9 @@ async function main() {
   $("signin-link").addEventListener("submit", makeSignInLink);
   view = await cityMap($("map"));
   const overlays = {};
-  for (const [name] of [...LAYERS].reverse()) {  // incidents on top
-    layers[name] = markerLayer(view.map, name, {onClick: (item) => focusRow(name, item)});
-  }
+  LAYERS.forEach(([name], i) => {  // incidents on top, then lifts, gateways, …
+    layers[name] = markerLayer(view.map, name, {onClick: (item) => focusRow(name, item), above: LAYERS.length - i});
+  });
   for (const [name, title] of LAYERS) overlays[title] = layers[name].group;
   window.L.control.layers(null, overlays, {collapsed: matchMedia("(max-width: 600px)").matches}).addTo(view.map);
   legend(view.map, [["exceeded", "alarm, fault, offline, full"], ["acknowledged", "acknowledged, filling"],
