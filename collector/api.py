@@ -370,7 +370,8 @@ def move_device(device_id: DeviceIdPath, body: DeviceMoveIn, store: StoreDep) ->
 
 def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
     """Build the collector's web app around a store."""
-    app = FastAPI(title="CityGate data hub", version="1",
+    # /docs is Swagger UI from the package's own assets (collector.pages), not from a CDN.
+    app = FastAPI(title="CityGate data hub", version="1", docs_url=None, redoc_url=None,
                   description="Normalised data from the city's field equipment. "
                               "Times are ISO 8601 UTC; values use the canonical units of "
                               "docs/data-model.md.")

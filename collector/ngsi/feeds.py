@@ -127,7 +127,7 @@ class FeedBus:
 
     def listening(self) -> bool:
         """Is any stream open? (Items are built for listeners only.)"""
-        return any(bus.listeners for bus in self.channels.values())
+        return any(bus.subscribers for bus in self.channels.values())
 
 
 PING_S = 15.0

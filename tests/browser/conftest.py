@@ -42,3 +42,10 @@ def artifacts() -> Path:
     """Where screenshots are kept (git-ignored); look at them."""
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def settled(page: Any, path: Path, full_page: bool = True) -> None:
+    """Screenshot a page once its maps have stopped panning and zooming."""
+    page.wait_for_selector('.leaflet-container[data-moving="1"]', state="detached", timeout=5_000)
+    page.wait_for_selector(".leaflet-zoom-anim", state="detached", timeout=5_000)
+    page.screenshot(path=str(path), full_page=full_page)

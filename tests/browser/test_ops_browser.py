@@ -19,7 +19,7 @@ from collector.api import create_app
 from collector.registry import install
 from collector.registry.service import Registry, RegistrySettings
 from collector.store import Store
-from tests.browser.conftest import ARTIFACTS, CHROMIUM
+from tests.browser.conftest import ARTIFACTS, CHROMIUM, settled
 from tests.collector.test_alarms_engine import CONFIG, MIN, Rig
 
 if Path(CHROMIUM).exists():
@@ -105,11 +105,11 @@ def test_ops_sees_overrides_silences_ages_and_closes_with_a_reason(page: Page, s
     expect(form).to_contain_text("passenger_present")
     form.locator("input").fill("closed after the site visit; sensor ticket raised")
     form.locator("button").click()
+    expect(page.locator(f"#incident-{first}")).to_have_count(0)  # the list shows active ones
+    page.select_option('#filters select[name="state"]', "")
     expect(page.locator(f"#incident-{first}")).to_have_attribute("data-state", "closed")
     expect(page.locator("#overrides")).to_have_attribute("data-count", "2")
-    page.screenshot(path=str(ARTIFACTS / "ops-desktop.png"), full_page=True)
-    page.set_viewport_size({"width": 360, "height": 740})
-    page.screenshot(path=str(ARTIFACTS / "ops-phone.png"), full_page=True)
+    settled(page, ARTIFACTS / "ops-overrides-desktop.png")
     last = rig.desk.incident(first)["history"][-1]
     assert (last["to"], last["who"]) == ("closed", "root")
     assert last["override"]["reason"] == "closed after the site visit; sensor ticket raised"

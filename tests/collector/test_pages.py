@@ -17,7 +17,7 @@ from collector.pages import CONTENT_SECURITY_POLICY, DEFAULT_MAP_URL, STATIC
 from collector.store import Store
 from tests.collector.hostile_city import hostile_city
 
-PAGES = ["/", "/crew", "/ops", "/parking", "/environment", "/signin/not-a-code"]
+PAGES = ["/", "/crew", "/ops", "/parking", "/environment", "/signin/not-a-code", "/docs"]
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'none'; "
        "form-action 'self'; frame-ancestors 'none'")
@@ -75,8 +75,10 @@ def test_every_page_carries_the_security_headers_and_no_inline_code(client: Test
     assert resp.headers["referrer-policy"] == "no-referrer"
     m = parse(resp.text)
     assert m.inline == []
-    assert len(m.scripts) == 1 and m.scripts[0].startswith("/static/js/")
-    assert m.sheets[0] == "/static/css/base.css"
+    # One module of ours, after the vendored libraries it uses (Leaflet, Swagger UI).
+    assert m.scripts[-1].startswith("/static/js/")
+    assert all(s.startswith("/static/vendor/") for s in m.scripts[:-1])
+    assert "/static/css/base.css" in m.sheets
     for asset in m.scripts + m.sheets:
         got = client.get(asset)
         assert got.status_code == 200, asset
@@ -106,8 +108,46 @@ def test_static_module_imports_resolve(client: TestClient) -> None:
             assert client.get(f"/static/js/{name}").status_code == 200, (js.name, name)
 
 
-def test_the_api_docs_keep_their_own_headers(client: TestClient) -> None:
-    assert "content-security-policy" not in client.get("/docs").headers
+def test_the_api_docs_come_from_the_package_under_the_pages_csp(client: TestClient) -> None:
+    docs = client.get("/docs")
+    assert docs.headers["content-security-policy"] == CSP
+    assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in parse(docs.text).scripts
+    assert client.get("/openapi.json").json()["info"]["title"] == "CityGate data hub"
+    assert client.get("/redoc").status_code == 404  # it would load its script from a CDN
+
+
+def test_a_tile_server_is_the_one_origin_added_and_only_for_images(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    tiles = {"tile_url": "https://{s}.tiles.example.org/{z}/{x}/{y}.png",
+             "tile_attribution": "© Example"}
+    hub = build_hub(store, CollectorConfig(pages=tiles), dict, admin_token_file=tmp_path / "t")
+    try:
+        c = TestClient(hub.app)
+        for path in ("/parking", "/static/js/map.js"):
+            csp = c.get(path).headers["content-security-policy"]
+            assert csp == CSP.replace("img-src 'self' data:",
+                                      "img-src 'self' data: https://*.tiles.example.org"), path
+        assert c.get("/pages/settings.json").json()["tile_url"] == tiles["tile_url"]
+        for bad in ("http://tiles.example.org/{z}/{x}/{y}.png", "https://x.org/{z}/{y}.png",
+                    "https://x.org'; script-src *; /{z}/{x}/{y}"):
+            with pytest.raises(CollectorConfigError, match=r"\[pages\] tile_url"):
+                build_hub(store, CollectorConfig(pages={"tile_url": bad}), dict,
+                          admin_token_file=tmp_path / "t")
+    finally:
+        asyncio.run(hub.close())
+        store.close()
+
+
+def test_the_demo_base_map_is_shipped_and_covers_the_districts(client: TestClient) -> None:
+    base = client.get("/static/map/demo-city.geojson").json()
+    layers = {f["properties"]["layer"] for f in base["features"]}
+    assert layers == {"district", "road", "place"}
+    districts = {f["properties"]["id"] for f in base["features"]
+                 if f["properties"]["layer"] == "district"}
+    assert districts == {"zhongyuan", "jinshui", "erqi", "guancheng"}
+    for asset in ("vendor/leaflet/leaflet.js", "vendor/leaflet/leaflet.css",
+                  "vendor/swagger-ui/swagger-ui-bundle.js", "vendor/swagger-ui/swagger-ui.css"):
+        assert client.get(f"/static/{asset}").status_code == 200, asset
 
 
 def test_map_link_base_comes_from_the_config(tmp_path: Path) -> None:
@@ -122,9 +162,9 @@ def test_map_link_base_comes_from_the_config(tmp_path: Path) -> None:
             asyncio.run(hub.close())
 
     try:
-        assert settings({}) == {"map_url": DEFAULT_MAP_URL}
+        assert settings({})["map_url"] == DEFAULT_MAP_URL  # type: ignore[index]
         amap = "https://uri.amap.com/marker?position={lon},{lat}"
-        assert settings({"map_url": amap}) == {"map_url": amap}
+        assert settings({"map_url": amap})["map_url"] == amap  # type: ignore[index]
         with pytest.raises(CollectorConfigError, match=r"\[pages\] map_url"):
             build_hub(store, CollectorConfig(pages={"map_url": "javascript:alert(1)"}), dict,
                       admin_token_file=tmp_path / "t")

@@ -132,6 +132,21 @@ export function live(path, handlers, {onOpen} = {}) {
 
 // --- sign-in screen ---------------------------------------------------------------------------
 
+/** A one-time sign-in link (or its bare code) pasted where a token would go: its code. */
+export function signInCode(text) {
+  const value = String(text || "").trim();
+  const m = value.match(/(?:^|\/)signin\/([A-Za-z0-9_-]{8,200})\/?(?:[?#].*)?$/);
+  return m ? m[1] : "";
+}
+
+const NEXT_KEY = "citygate.next";
+/** Where a one-time link sends the browser after signing in: this page, or /crew. */
+export function nextPage() {
+  const next = sessionStorage.getItem(NEXT_KEY) || "";
+  sessionStorage.removeItem(NEXT_KEY);
+  return /^\/(?!\/)[\w/.-]*$/.test(next) ? next : "/crew";
+}
+
 /** Show the sign-in screen instead of the page (on a 401, or with no token at all). */
 export function showSignIn(message = "") {
   document.body.dataset.auth = "required";
@@ -142,18 +157,27 @@ export function showSignIn(message = "") {
     box.id = "sign-in";
     box.className = "sign-in";
     render(box, html`<h2>Sign in to CityGate</h2>
-      <p>Open the sign-in link or QR code the operations room gave you, or paste your token.
-        It is kept in this browser only.</p>
+      <p>Paste your access token, or the one-time sign-in link the operations room gave you
+        (or scan its QR code with this phone). The sign-in is kept in this browser only.</p>
       <p class="error" id="sign-in-message" role="alert"></p>
       <form id="sign-in-form">
-        <label>Token <input id="sign-in-token" type="password" autocomplete="current-password" required></label>
+        <label for="sign-in-token">Token or sign-in link</label>
+        <input id="sign-in-token" type="password" autocomplete="current-password" required
+          maxlength="2000" spellcheck="false">
         <button type="submit">Sign in</button>
       </form>`);
     const main = document.querySelector("main") || document.body;
     main.prepend(box);
     $("sign-in-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
-      setToken($("sign-in-token").value);
+      const value = $("sign-in-token").value;
+      const code = signInCode(value);
+      if (code) {  // a one-time link: spend it on its own page, then come back here
+        sessionStorage.setItem(NEXT_KEY, location.pathname);
+        location.assign("/signin/" + encodeURIComponent(code));
+        return;
+      }
+      setToken(value);
       location.reload();
     });
   }
@@ -196,8 +220,8 @@ export const since = (iso, now = serverNow()) => (iso ? (now - Date.parse(iso)) 
 
 // --- navigation -------------------------------------------------------------------------------
 
-const PAGES = [["/", "Status"], ["/crew", "Crew"], ["/ops", "Operations"], ["/parking", "Parking"],
-  ["/environment", "Environment"]];
+const PAGES = [["/", "Overview"], ["/ops", "Control room"], ["/parking", "Parking"],
+  ["/environment", "Environment"], ["/crew", "Crew"], ["/docs", "API"]];
 
 /** Fill the page's <nav id="nav"> and wire the sign-out link. */
 export function navigation() {
@@ -209,8 +233,36 @@ export function navigation() {
   $("sign-out").addEventListener("click", (ev) => { ev.preventDefault(); signOut(); showSignIn("Signed out."); });
 }
 
-/** Every page's start: the token from the address, then navigation. A 401 signs in. */
+/** Every page's start: the token from the address, then navigation. A 401 signs in (an
+ *  open collector needs no token, so the pages ask the API before asking the user). */
 export function start() {
   takeToken();
   navigation();
+  return true;
 }
+
+let pageSettings = null;
+/** The deployment's page settings (map links, base map), fetched once. */
+export function settings() {
+  pageSettings ??= fetch("/pages/settings.json").then((r) => (r.ok ? r.json() : {})).catch(() => ({}));
+  return pageSettings;
+}
+
+/** Fill a template URL's {name} fields with URL-encoded values. */
+export const fill = (template, values) =>
+  String(template || "").replace(/\{(\w+)\}/g, (m, k) => (k in values ? encodeURIComponent(values[k]) : m));
+
+/** A number with thousands grouping, or "–". */
+export const num = (n, digits = 0) => (n === null || n === undefined || Number.isNaN(n) ? "–"
+  : Number(n).toLocaleString("en", {maximumFractionDigits: digits, minimumFractionDigits: digits}));
+
+/** Great-circle distance in metres between two [lat, lon] points. */
+export function metres(lat1, lon1, lat2, lon2) {
+  const r = Math.PI / 180, R = 6371008.8;
+  const a = Math.sin((lat2 - lat1) * r / 2) ** 2 +
+    Math.cos(lat1 * r) * Math.cos(lat2 * r) * Math.sin((lon2 - lon1) * r / 2) ** 2;
+  return 2 * R * Math.asin(Math.min(1, Math.sqrt(a)));
+}
+
+/** True when an API error means "this collector has no such route/feature" (older or unconfigured). */
+export const missing = (e) => e instanceof ApiError && (e.status === 404 || e.status === 405 || e.status === 503);

@@ -1,5 +1,5 @@
 // A one-time sign-in link: spend its code (POST, once) for a crew token kept on this phone.
-import {$, setToken} from "./common.js";
+import {$, nextPage, setToken} from "./common.js";
 
 async function signIn() {
   const code = location.pathname.split("/").pop();
@@ -20,9 +20,11 @@ async function signIn() {
   setToken(body.token);
   document.body.dataset.signin = "done";
   $("signin-title").textContent = `Signed in as ${body.member}`;
-  $("signin-status").textContent = `Unit ${body.unit}. Opening your incidents…`;
+  const next = nextPage();
+  $("signin-status").textContent = `Unit ${body.unit}. Opening ${next === "/crew" ? "your incidents" : next}…`;
+  $("signin-next").href = next;
   $("signin-next").hidden = false;
-  location.replace("/crew");
+  location.replace(next);
 }
 
 function fail(message) {
