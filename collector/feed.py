@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 import sqlalchemy as sa
 
@@ -92,7 +93,7 @@ class FeedWriter:
                 channel = contract.DATA if isinstance(a.envelope, contract.DataEnvelope) \
                     else contract.EVENTS
                 topic = contract.topic(a.gateway, channel)
-                payload = a.envelope.model_dump_json(exclude_none=True)
+                payload = msgspec.json.encode(a.envelope).decode()
             items.append(["m", a.gateway, topic, payload, a.received, a.live])
         stamps = iter(getattr(self._local, "state_ts", []))
         for gw, state, devices in result.states:

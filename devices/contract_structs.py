@@ -54,7 +54,7 @@ class WireReading(_Wire, frozen=True, kw_only=True):
     q: str = "good"
     mono: int | None = None
     flag: str | None = None
-    station_time: bool = False  # ts is the instrument's own clock (HJ 212 DataTime)
+    station_time: bool = False  # ts is the instrument's clock (HJ 212 DataTime)
 
 
 class WireEvent(_Wire, frozen=True, kw_only=True):

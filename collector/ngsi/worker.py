@@ -79,6 +79,24 @@ def subscription_matches(sub: dict[str, Any], entity: dict[str, Any],
     return not q or model.matches_q(entity, model.parse_q(q))
 
 
+def could_match(sub: dict[str, Any], entity_id: str, changed: frozenset[str]) -> bool:
+    """Could a change of these attributes of the entity with this URN concern a subscription?
+
+    The part of `subscription_matches` that needs no entity (type and id are in the URN, the
+    watched attributes in the change): an entity failing it is never built for that
+    subscription. Only `q` needs the built entity.
+    """
+    infos = sub.get("entities") or []
+    if infos:
+        parsed = model.split_urn(entity_id)
+        etype = parsed[0] if parsed is not None else None
+        if not any(i.get("type") == etype and (not i.get("id") or i["id"] == entity_id)
+                   for i in infos):
+            return False
+    watched = sub.get("watchedAttributes") or []
+    return not watched or not changed.isdisjoint(watched)
+
+
 def notification(sub: dict[str, Any], entities: list[dict[str, Any]],
                  now: int) -> dict[str, Any]:
     """The NGSI-LD Notification of some entities for a subscription."""
@@ -107,7 +125,8 @@ class HubFeedWorker:
         self.pending: collections.deque[Change] = collections.deque(
             maxlen=self.timing.max_pending_changes)
         self.stats = {"changes": 0, "upserted": 0, "broker_failures": 0, "delivered": 0,
-                      "delivery_failures": 0, "dropped_changes": 0, "egress_refused": 0}
+                      "delivery_failures": 0, "dropped_changes": 0, "egress_refused": 0,
+                      "skipped_builds": 0}
         self._lock = threading.Lock()
         self._stop = asyncio.Event()
 
@@ -171,7 +190,13 @@ class HubFeedWorker:
         with self.engine.connect() as conn:
             subs = [orjson.loads(r.body) for r in conn.execute(
                 sa.select(ngsi_subscriptions.c.body).where(ngsi_subscriptions.c.active))]
-        entities = self.source.entities_by_id(merged)
+        changes = {k: frozenset(v) for k, v in merged.items()}
+        # The broker takes every changed entity; webhooks only those a subscription could
+        # want. Nothing else is built (no broker, no subscription: no entity is read at all).
+        wanted = list(changes) if self.broker_url else \
+            [k for k, attrs in changes.items() if any(could_match(s, k, attrs) for s in subs)]
+        self.stats["skipped_builds"] += len(changes) - len(wanted)
+        entities = self.source.entities_by_id(wanted) if wanted else {}
         outbox: list[dict[str, Any]] = []
         matched: dict[str, list[dict[str, Any]]] = {sub["id"]: [] for sub in subs}
         for entity_id, entity in sorted(entities.items()):
@@ -179,7 +204,7 @@ class HubFeedWorker:
                 outbox.append({"entity_id": entity_id, "body": orjson.dumps(entity).decode(),
                                "enqueued": now, "attempts": 0, "next_try": now,
                                "last_error": ""})
-            changed = frozenset(merged[entity_id])
+            changed = changes[entity_id]
             for sub in subs:
                 if subscription_matches(sub, entity, changed):
                     matched[sub["id"]].append(entity)

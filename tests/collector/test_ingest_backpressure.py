@@ -93,3 +93,35 @@ def test_the_budget_is_read_from_the_ingest_section() -> None:
     clock_policy({"max_pending": "256MiB", "max_skew": "1min"})  # a key of the same section
     with pytest.raises(ValueError, match=r"unknown key.*max_queue.*known: .*max_pending"):
         clock_policy({"max_queue": 5})
+
+
+def test_a_stored_batch_is_acknowledged_in_one_write_and_never_redelivered(
+        broker: Broker, store: Store) -> None:  # noqa: F811
+    """Many envelopes per commit: their PUBACKs reach the broker (in order, in one write),
+    so a collector restarted on the same session receives none of them again."""
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-pub-acks")
+    first = Ingest(store, broker.url, client_id="coll-acks")
+    first.start()
+    n = 300
+    try:
+        wait_for(lambda: first.stats.connected, 10, "collector connected")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        for seq in range(1, n + 1):
+            pub.publish(contract.topic("gw-b", contract.DATA), payload("gw-b", seq), qos=1)
+        wait_for(lambda: first.stats.stored_messages == n, 30, "every envelope stored")
+        assert first.stats.commits < n  # several envelopes per commit, acknowledged together
+    finally:
+        first.stop()
+    again = Ingest(store, broker.url, client_id="coll-acks")
+    again.start()
+    try:
+        wait_for(lambda: again.stats.connected, 10, "collector connected again")
+        pub.publish(contract.topic("gw-b", contract.DATA), payload("gw-b", n + 1), qos=1)
+        wait_for(lambda: again.stats.stored_messages == 1, 10, "the new envelope stored")
+        assert again.stats.received == 1 and again.stats.duplicates == 0
+        assert store.counts()["batches"] == n + 1
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        again.stop()
