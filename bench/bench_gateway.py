@@ -73,9 +73,14 @@ class LatencyWatcher:
 
 
 def bytes_written(pid: int) -> tuple[int, int]:
-    """(storage bytes, bytes passed to write calls) a process caused so far (/proc/PID/io)."""
+    """(bytes bound for storage, bytes passed to write calls) a process caused so far.
+
+    From /proc/PID/io: `write_bytes` less `cancelled_write_bytes` (dirty pages dropped by a
+    truncation before they were written back never reach the card), and `wchar`, the upper
+    bound: everything handed to write calls, log lines included.
+    """
     io = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    return int(io["write_bytes"]), int(io["wchar"])
+    return int(io["write_bytes"]) - int(io["cancelled_write_bytes"]), int(io["wchar"])
 
 
 class HealthWatcher:
