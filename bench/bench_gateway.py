@@ -34,6 +34,8 @@ WINDOW = float(os.environ.get("BENCH_WINDOW", "30"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 POINTS = len(load_profile("elevator-gbt24476").points)
 BASELINE = os.environ.get("BENCH_BASELINE", "")  # a checkout of the code to compare with
+OUTBOX = os.environ.get("BENCH_OUTBOX", "")  # [outbox] lines for the current code, e.g.
+# 'send_delay = "5ms"', several separated by ';' (the baseline runs with its defaults)
 
 
 class LatencyWatcher:
@@ -122,11 +124,11 @@ def totals(health: dict[str, Any]) -> dict[str, float]:
             "overruns": c["bus_overruns"]}
 
 
-def config(root: Path, broker: Broker, modbus_port: int) -> Path:
+def config(root: Path, broker: Broker, modbus_port: int, outbox: str = "") -> Path:
     """A gateway with BUSES Modbus TCP connections sharing LIFTS lifts, health every 5 s."""
     lines = ["schema_version = 1", "[gateway]", 'id = "gw-bench"', f'data_dir = "{root}/gw"',
              "[uplink]", f'brokers = ["{broker.url}"]', 'health_interval = "5s"',
-             "[outbox]"]  # the product default group commit (1 s)
+             "[outbox]", *outbox.split(";")]  # the product defaults unless told
     for b in range(BUSES):
         lines += ["[[buses]]", f'name = "tcp{b}"', 'type = "modbus-tcp"', 'host = "127.0.0.1"',
                   f"port = {modbus_port}"]
@@ -150,7 +152,8 @@ def one_run(root: Path, code: str = "") -> dict[str, float]:
     latency = LatencyWatcher(broker, "gw-bench")
     try:
         wait_for(lambda: port_open(modbus_port), 20, "simulator")
-        argv = citygate("edge", "run", "--config", str(config(root, broker, modbus_port)))
+        cfg = config(root, broker, modbus_port, "" if code else OUTBOX)
+        argv = citygate("edge", "run", "--config", str(cfg))
         if code:  # -P: the working directory must not come before the checkout on the path
             argv.insert(1, "-P")
         gw = Proc("gw", argv, root / "gw.log",

@@ -289,9 +289,11 @@ class Outbox:
             self._journaled.add(row[0])
             if row[2] == PRIO_DATA:
                 self._held[row[0]] = spans_of_bodies([row[7]])
-        self.counters["recovered_messages"] += len(rows) - len(have)
-        log.info("outbox journal: %d messages sealed before the last stop are sent again",
-                 len(rows) - len(have))
+        taken = len(rows) - len(have)
+        self.counters["recovered_messages"] += taken
+        if taken:
+            log.info("outbox journal: %d messages sealed before the last stop are sent again",
+                     taken)
 
     def _connect_checked(self) -> tuple[sqlite3.Connection, int]:
         try:
@@ -432,7 +434,8 @@ class Outbox:
 
     @property
     def has_urgent(self) -> bool:
-        """True when events wait: they are committed at once, not after the window."""
+        """True when events or the outbox's own incidents wait (with a durability window of
+        0 every item is committed at once; otherwise only incidents are)."""
         return bool(self._pending[EVENTS]) or bool(self.incidents)
 
     def flush(self) -> int:
@@ -472,7 +475,7 @@ class Outbox:
     def _journal_failed(self, exc: OSError) -> None:
         if not self._journal_failing:
             self._journal_failing = True
-            log.error("outbox journal %s cannot be written (%s): messages wait for the next "
+            log.error("outbox cannot seal or journal messages (%s: %s): they wait for the next "
                       "commit before they are sent", self.journal_path, exc)
 
     # --- the uplink ----------------------------------------------------------------------------
