@@ -4,6 +4,7 @@ stays on the poll grid instead of drifting round it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -202,3 +203,37 @@ def test_the_commit_tick_does_not_drift_over_a_drift_cycle(tmp_path: Path,
     lat = latencies(up, submitted)
     first, last = statistics.median(lat[:15]), statistics.median(lat[-15:])
     assert last < first + 0.02, (first, last)
+
+
+def test_a_modbus_bus_gives_the_grid_its_polls_keep_to(tmp_path: Path) -> None:
+    from devices.sim.elevator import make_bank
+    from tests.edge.test_bus_faults import Collected, make_bus, simulated_line, until
+
+    sink = Collected()
+    polled: list[float] = []
+
+    async def main() -> tuple[float | None, float | None]:
+        loop = asyncio.get_running_loop()
+        async with simulated_line(make_bank([1], static=True), tmp_path):
+            bus = make_bus(str(tmp_path / "ttyLIFTS"), [1], sink, poll=0.2)
+            assert bus.grid is None and bus.poll_period == 0.2
+            real_poll = bus.poll
+
+            async def poll(link: Any, dev: Any) -> None:
+                polled.append(loop.time())
+                await real_poll(link, dev)
+
+            bus.poll = poll  # type: ignore[method-assign]
+            task = asyncio.create_task(bus.run())
+            await until(lambda: len(polled) >= 4, 10, bus)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return bus.grid, bus.poll_period
+
+    grid, period = asyncio.run(main())
+    assert grid is not None and period == 0.2
+    # Each poll starts on the grid (give or take the loop's jitter), so ticks anchored to it
+    # stay between polls.
+    offsets = [((t - grid) % 0.2) for t in polled]
+    assert all(o < 0.05 or o > 0.19 for o in offsets), offsets
