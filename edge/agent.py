@@ -17,6 +17,7 @@ from devices import contract
 from devices.model import Event, Reading
 from edge.clock import clock_synced, mono_ms, now_ms
 from edge.config import GatewayConfig
+from edge.grid import grid_anchor, next_tick
 from edge.metrics import MetricsServer, process_figures
 from edge.outbox import Outbox, OutboxError, Pending, Quota
 from edge.pacing import TokenBucket
@@ -90,6 +91,7 @@ class Agent:
         self.backlog = TokenBucket(rate=ob.backlog_rate, burst=max(ob.backlog_rate, ob.max_batch))
         self._urgent = asyncio.Event()
         self._wake = asyncio.Event()
+        self._flush_at: asyncio.TimerHandle | None = None
         self._inflight: dict[int, int] = {}  # paho mid -> outbox seq, for this connection
         self._generation = -1
         self._write_failures = 0
@@ -117,12 +119,23 @@ class Agent:
         return Path(pf).read_text(encoding="utf-8").strip()
 
     def submit(self, items: Sequence[Reading | Event]) -> None:
-        """Accept readings/events from a source; events are committed and sent at once."""
+        """Accept readings/events from a source: sealed, journaled and sent within the send
+        delay (with a durability window of 0: committed at once, then sent)."""
         if not items:
             return
         self.outbox.add(items)
-        if self.outbox.has_urgent or not self.cfg.outbox.durability_window:
+        ob = self.cfg.outbox
+        if not ob.durability_window or self.outbox.incidents:
             self._urgent.set()
+        if ob.durability_window and self._flush_at is None:
+            delay = min(ob.send_delay, ob.durability_window)
+            self._flush_at = asyncio.get_running_loop().call_later(delay, self._flush)
+
+    def _flush(self) -> None:
+        """Seal what the sources gave since the last flush; wake the forwarder to send it."""
+        self._flush_at = None
+        if self.outbox.is_open and self.outbox.flush():
+            self._wake.set()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Run until `stop` is set (or the task is cancelled); everything is closed on exit."""
@@ -194,14 +207,27 @@ class Agent:
 
     # --- outbox writer --------------------------------------------------------------------------
 
+    def commit_anchor(self, started: float) -> float:
+        """Where commit ticks are anchored: mid-way between polls on the earliest poll grid."""
+        grids = [(g, getattr(bus, "poll_period", None)) for bus in self.buses
+                 if (g := getattr(bus, "grid", None)) is not None]
+        origin, poll = min(grids, key=lambda x: x[0]) if grids else (started, None)
+        return grid_anchor(origin, poll)
+
     async def _writer(self) -> None:
         window = self.cfg.outbox.durability_window
+        loop = asyncio.get_running_loop()
+        after = started = loop.time()  # the last tick reached
         next_disk_check = 0.0
         try:
             while True:
+                target = next_tick(self.commit_anchor(started), window, after) if window \
+                    else loop.time() + WRITER_TICK
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._urgent.wait(), min(window or WRITER_TICK,
-                                                                    WRITER_TICK))
+                    await asyncio.wait_for(self._urgent.wait(),
+                                           min(max(0.0, target - loop.time()), WRITER_TICK))
+                if loop.time() >= target - 0.001:  # on the grid: the next tick is one on
+                    after = max(target, loop.time())
                 self._urgent.clear()
                 self.progress["outbox-writer"] = time.monotonic()
                 now = time.monotonic()

@@ -133,6 +133,12 @@ class ModbusBus:
         self._reopen_warned = False
         self._finishing = False
         self._in_poll = False
+        self.grid: float | None = None  # loop time the poll grid started from
+
+    @property
+    def poll_period(self) -> float | None:
+        """The shortest poll period of the bus's devices (its grid's step)."""
+        return min((d.cfg.poll for d in self.devices), default=None)
 
     def device_health(self) -> dict[str, dict[str, object]]:
         """Per-device online state and counters for the health message."""
@@ -190,7 +196,7 @@ class ModbusBus:
 
     async def _schedule(self, link: ModbusLink) -> None:
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        self.grid = start = loop.time()
         queue = [(start + i * 0.001, i) for i in range(len(self.devices))]
         heapq.heapify(queue)
         while queue and not self._finishing:

@@ -114,6 +114,9 @@ class OutboxSection(_Section, frozen=True, kw_only=True):
     # group commit: readings wait in memory at most this long; longer windows write less to the
     # SD card per reading (bench/bench_outbox.py), shorter ones risk less at a power cut
     durability_window: Seconds = Seconds(1.0)
+    # readings and events read within this long share one message, journaled and sent at once
+    # (the commit above follows); at most the durability window; 0 = one message per poll
+    send_delay: Seconds = Seconds(0.02)
     synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     max_batch: Annotated[int, Meta(ge=1, le=10_000)] = 500  # readings per MQTT message
     max_bytes: Bytes = Bytes(256 * 1024 * 1024)  # oldest telemetry is evicted beyond this
@@ -530,7 +533,9 @@ def explain(config: GatewayConfig) -> list[str]:
              f" data in {config.gateway.data_dir}",
              f"uplink: {', '.join(config.uplink.brokers)}",
              f"outbox: {config.outbox_path}, group commit every "
-             f"{config.outbox.durability_window * 1000:.0f} ms"]
+             f"{config.outbox.durability_window * 1000:.0f} ms"
+             + (f", sent within {config.outbox.send_delay * 1000:.0f} ms through its journal"
+                if config.outbox.durability_window else ", sent after each commit")]
     for bus in config.buses:
         devs = [d for d in config.devices if d.bus == bus.name]
         where = (f"{bus.port} {bus.baudrate} {bus.bytesize}{bus.parity}{bus.stopbits}"

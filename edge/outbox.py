@@ -1,9 +1,13 @@
-"""Durable outbox: every reading is on disk before it is published, and leaves only on PUBACK.
+"""Durable outbox: every message is on disk before it is published, and leaves only on PUBACK.
 
-Readings and events wait in memory for at most the durability window, then one transaction
-writes them as ready-to-send message rows, each with its sequence number. A row is deleted
-only after the broker acknowledged its message; rows left at a crash are sent again on restart
-with the same sequence number, so the collector's (gateway, seq) key makes re-sending harmless.
+Readings and events are sealed into messages, each with its sequence number, as soon as the
+gateway's send delay allows (`flush`): appended to the write-ahead journal
+(edge/outbox_journal.py) and then sendable at once. At most the durability window later one
+transaction (`commit`) writes the messages not yet acknowledged as ready-to-send rows and
+deletes the acknowledged ones; a message acknowledged before that commit never reaches the
+outbox file. A row is deleted only after the broker acknowledged its message; rows left at a
+crash, in the outbox or the journal, are sent again on restart with the same sequence number,
+so the collector's (gateway, seq) key makes re-sending harmless.
 
 Sequence numbers never repeat across restarts: the last one used is stored in the same
 transaction as the rows, and numbers are also reserved in blocks in a separate small file, so
@@ -53,6 +57,7 @@ from edge.outbox_disk import (
     spans_of_bodies,
     take_over_file,
 )
+from edge.outbox_journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +202,11 @@ class Outbox:
         self._seq: SeqAllocator | None = None
         self._pending: dict[str, list[Reading | Event]] = {DATA: [], EVENTS: []}
         self._acked: list[int] = []
-        self._unwritten: list[Row] = []  # rows with their seqs, not yet committed
+        self._unwritten: dict[int, Row] = {}  # rows with their seqs, not yet committed
+        self._journaled: set[int] = set()  # unwritten rows safe in the journal: sendable
+        self._to_journal: list[int] = []  # rows sealed by flush() the journal refused
+        self._journal: Journal | None = None
+        self._journal_failing = False
         self._held: dict[int, Spans] = {}  # readings per device of unwritten data rows
         self._shed: Spans = {}  # readings dropped from memory, recorded at the next commit
         self._shedding = False
@@ -210,7 +219,14 @@ class Outbox:
         self.protected: frozenset[int] = frozenset()  # seqs awaiting PUBACK: never evicted
         self.counters = {"appended": 0, "stored_messages": 0, "acked_messages": 0, "commits": 0,
                          "evicted_messages": 0, "evicted_readings": 0, "quarantined": 0,
-                         "shed_readings": 0, "lost_readings": 0, "taken_over_messages": 0}
+                         "shed_readings": 0, "lost_readings": 0, "taken_over_messages": 0,
+                         "journaled_messages": 0, "acked_before_commit": 0,
+                         "recovered_messages": 0}
+
+    @property
+    def journal_path(self) -> Path:
+        """The write-ahead journal of messages sealed since the last commit."""
+        return self.path.with_name(self.path.name + ".journal")
 
     @property
     def ledger_path(self) -> Path:
@@ -234,16 +250,50 @@ class Outbox:
         try:
             attach_ledger(db, self.ledger_path, self.synchronous)
             last = max(last, ledger_last_seq(db))
-            self._db = db
-            self._seq = SeqAllocator(self.path.with_name(self.path.name + ".seq"), floor=last)
+            journal = Journal(self.journal_path, sync=self.synchronous == "FULL")
+            recovered, journal_last = journal.open()
+        except (sqlite3.Error, OSError) as exc:
+            db.close()
+            raise OutboxUnavailable(f"{self.path}: cannot open the outbox: {exc}"
+                                    f"{_hint(exc, self.path)}") from exc
+        try:
+            self._db, self._journal = db, journal
+            self._seq = SeqAllocator(self.path.with_name(self.path.name + ".seq"),
+                                     floor=max(last, journal_last))
             self._bytes = self._stored_bytes()
+            self._recover(db, recovered)
             self.take_over()
         except (sqlite3.Error, OSError) as exc:
-            self._db = None
+            self._db, self._journal = None, None
+            journal.close()
             db.close()
             raise OutboxUnavailable(f"{self.path}: cannot open the outbox: {exc}"
                                     f"{_hint(exc, self.path)}") from exc
         return self
+
+    def _recover(self, db: sqlite3.Connection, rows: list[Row]) -> None:
+        """Take the journal's rows back (sendable at once, committed at the next commit);
+        rows a commit already wrote before the crash are left out."""
+        if not rows:
+            return
+        have: set[int] = set()
+        seqs = [r[0] for r in rows]
+        for i in range(0, len(seqs), 500):
+            chunk = seqs[i:i + 500]
+            have.update(s for (s,) in db.execute(
+                f"SELECT seq FROM messages WHERE seq IN ({','.join('?' * len(chunk))})", chunk))
+        for row in rows:
+            if row[0] in have:
+                continue
+            self._unwritten[row[0]] = row
+            self._journaled.add(row[0])
+            if row[2] == PRIO_DATA:
+                self._held[row[0]] = spans_of_bodies([row[7]])
+        taken = len(rows) - len(have)
+        self.counters["recovered_messages"] += taken
+        if taken:
+            log.info("outbox journal: %d messages sealed before the last stop are sent again",
+                     taken)
 
     def _connect_checked(self) -> tuple[sqlite3.Connection, int]:
         try:
@@ -353,7 +403,8 @@ class Outbox:
     @property
     def unwritten_readings(self) -> int:
         """Readings accepted but not yet on disk (pending, or kept by a failed commit)."""
-        return sum(r[4] for r in self._unwritten if r[2] == PRIO_DATA) + \
+        return sum(r[4] for s, r in self._unwritten.items()
+                   if r[2] == PRIO_DATA and s not in self._journaled) + \
             len(self._pending[DATA])
 
     @property
@@ -369,6 +420,9 @@ class Outbox:
             finally:
                 self._db.close()
                 self._db = None
+                if self._journal is not None:
+                    self._journal.close()
+                    self._journal = None
 
     # --- producers ---------------------------------------------------------------------------
 
@@ -380,13 +434,61 @@ class Outbox:
 
     @property
     def has_urgent(self) -> bool:
-        """True when events wait: they are committed at once, not after the window."""
+        """True when events or the outbox's own incidents wait (with a durability window of
+        0 every item is committed at once; otherwise only incidents are)."""
         return bool(self._pending[EVENTS]) or bool(self.incidents)
+
+    def flush(self) -> int:
+        """Seal what is pending into messages and journal them; return how many became
+        sendable. They are written to the outbox file by the next commit unless their PUBACK
+        comes first. A journal that refuses the write (full disk) keeps them in memory, to be
+        journaled next time or committed: they are not sent before one of the two worked."""
+        journal = self._journal
+        if journal is None:
+            raise OutboxError("outbox is not open")
+        if self._gaps_taken:  # gap events wait in `pending`: only a commit may settle them
+            return 0
+        before = len(self._unwritten)
+        try:
+            self._rows()
+        except OSError as exc:  # no sequence number could be reserved: the items wait
+            self._journal_failed(exc)
+            return 0
+        self._to_journal.extend(list(self._unwritten)[before:])
+        if not self._to_journal:
+            return 0
+        rows = [self._unwritten[s] for s in self._to_journal if s in self._unwritten]
+        try:
+            journal.append(rows)
+        except OSError as exc:
+            self._journal_failed(exc)
+            self._shed_excess()
+            return 0
+        if self._journal_failing:
+            self._journal_failing = False
+            log.info("outbox journal writes work again")
+        self._journaled.update(r[0] for r in rows)
+        self._to_journal = []
+        self.counters["journaled_messages"] += len(rows)
+        return len(rows)
+
+    def _journal_failed(self, exc: OSError) -> None:
+        if not self._journal_failing:
+            self._journal_failing = True
+            log.error("outbox cannot seal or journal messages (%s: %s): they wait for the next "
+                      "commit before they are sent", self.journal_path, exc)
 
     # --- the uplink ----------------------------------------------------------------------------
 
     def ack(self, seq: int) -> None:
-        """Record the broker's PUBACK for a message; the row goes at the next commit."""
+        """Record the broker's PUBACK for a message; the row goes at the next commit (one not
+        yet committed is never written)."""
+        if self._unwritten.pop(seq, None) is not None:
+            self._journaled.discard(seq)
+            self._held.pop(seq, None)
+            self.counters["acked_before_commit"] += 1
+            self.counters["acked_messages"] += 1
+            return
         self._acked.append(seq)
 
     def commit(self) -> int:
@@ -408,9 +510,10 @@ class Outbox:
             self._shed_excess()
             raise OutboxWriteError(f"{self.path}: cannot reserve sequence numbers: {exc}") \
                 from exc
-        rows, acked, shed = self._unwritten, self._acked, self._shed
+        rows, acked, shed = list(self._unwritten.values()), self._acked, self._shed
         self._acked = []
         if not rows and not acked and not shed:
+            self._reset_journal()  # what it held was acknowledged before any commit
             return 0
         try:
             gone = self._write(db, rows, acked, shed)
@@ -423,9 +526,11 @@ class Outbox:
             if isinstance(exc, sqlite3.Error):
                 raise OutboxWriteError(f"{self.path}: {exc}") from exc
             raise
-        self._unwritten, self._shed = [], {}
+        self._unwritten, self._shed = {}, {}
+        self._journaled, self._to_journal = set(), []
         for r in rows:
             self._held.pop(r[0], None)
+        self._reset_journal()
         self._shedding = False
         self._gaps_taken = []
         self._bytes += sum(len(r[7]) for r in rows) - gone
@@ -434,6 +539,16 @@ class Outbox:
         self.counters["commits"] += 1
         self.enforce_quota(protect=self.protected)
         return len(rows)
+
+    def _reset_journal(self) -> None:
+        """Empty the journal: every row in it is committed or acknowledged."""
+        journal = self._journal
+        if journal is None or not journal.dirty:
+            return
+        try:
+            journal.reset(self._require_seq().last)
+        except OSError as exc:  # its rows are re-sent after a crash: harmless duplicates
+            log.warning("outbox journal %s cannot be emptied: %s", self.journal_path, exc)
 
     def _write(self, db: sqlite3.Connection, rows: list[Row], acked: list[int],
                shed: Spans) -> int:
@@ -465,8 +580,8 @@ class Outbox:
                 chunk = items[: self.max_batch]
                 seq = self._require_seq().take()  # OSError: the chunk stays pending
                 ts = [it.ts for it in chunk]
-                self._unwritten.append((seq, channel, prio, now, len(chunk), min(ts), max(ts),
-                                        encode_batch(chunk), self.boot, int(self.synced)))
+                self._unwritten[seq] = (seq, channel, prio, now, len(chunk), min(ts), max(ts),
+                                        encode_batch(chunk), self.boot, int(self.synced))
                 if channel == DATA:
                     self._held[seq] = spans_of(chunk)
                 del items[: self.max_batch]
@@ -476,14 +591,15 @@ class Outbox:
         excess = self.unwritten_readings - self.memory_readings
         if excess <= 0:
             return
-        dropped, keep = 0, []
-        for row in self._unwritten:  # oldest first
-            if dropped < excess and row[2] == PRIO_DATA:
-                merge_spans(self._shed, self._held.pop(row[0]))
+        dropped, keep = 0, {}
+        for seq, row in self._unwritten.items():  # oldest first; journaled rows are on disk
+            if dropped < excess and row[2] == PRIO_DATA and seq not in self._journaled:
+                merge_spans(self._shed, self._held.pop(seq))
                 dropped += row[4]
             else:
-                keep.append(row)
+                keep[seq] = row
         self._unwritten = keep
+        self._to_journal = [s for s in self._to_journal if s in keep]
         data = self._pending[DATA]
         if dropped < excess:
             cut = excess - dropped
@@ -534,6 +650,14 @@ class Outbox:
             f"ORDER BY {order} LIMIT ?", args)
         out = [Pending(seq, channel, created, n, body, boot, bool(synced))
                for seq, channel, created, n, body, boot, synced in cur if seq not in exclude]
+        sendable = [self._unwritten[s] for s in self._journaled if s not in exclude]
+        if sendable:  # journaled, not yet committed: merged in the same order
+            out += [Pending(r[0], r[1], r[3], r[4], r[7], r[8], bool(r[9])) for r in sendable]
+
+            def key(p: Pending) -> tuple[int, bool, int]:
+                return (p.channel != EVENTS,
+                        live_after is not None and p.created < live_after, p.seq)
+            out.sort(key=key)
         return out[:limit]
 
     # --- quotas --------------------------------------------------------------------------------
@@ -627,7 +751,7 @@ class Outbox:
             "SELECT COUNT(*), COALESCE(SUM(n), 0), COALESCE(MIN(created), 0) FROM messages"
         ).fetchone()
         queued = sum(len(v) for v in self._pending.values()) + sum(
-            r[4] for r in self._unwritten)
+            r[4] for r in self._unwritten.values())
         return {"messages": msgs, "readings": readings + queued, "oldest_created": oldest,
                 "bytes": self._bytes}
 

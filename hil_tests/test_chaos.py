@@ -57,6 +57,33 @@ def test_gateway_kill9_loses_nothing_it_committed(tmp_path: Path, broker: Broker
     assert acc.lost_before_kill <= len(city.kills) * len(UNITS), acc
 
 
+def test_gateway_kill9_after_sending_before_the_commit_loses_nothing(
+        tmp_path: Path, broker: Broker, procs: Any) -> None:
+    # With the default window a message is sent through the journal before its commit: sent
+    # into a dead link (no PUBACK) and killed before the commit, it is sent again on restart.
+    proxy = NetProxy(free_port(), broker.port).start()
+    try:
+        city = ChaosCity(tmp_path, procs, broker, window="1s", poll="200ms",
+                         uplink_url=f"mqtt://127.0.0.1:{proxy.port}").start()
+        for _ in range(full_or(10, 2)):
+            hold(1.5)
+            proxy.set_mode("blackhole")  # what is published from now on is never acknowledged
+            hold(0.7)
+            city.kill_gateway()
+            proxy.set_mode("drop")  # the dead link's connections go
+            proxy.set_mode("pass")
+            assert city.gateway is not None
+            city.gateway.start()
+        hold(3)
+        acc = city.finish()
+    finally:
+        proxy.stop()
+    assert acc.duplicates == 0, acc
+    # Only a read answered in the instant before a kill (not yet journaled) may be missing.
+    assert acc.lost == acc.lost_before_kill, acc
+    assert acc.lost_before_kill <= len(city.kills) * len(UNITS), acc
+
+
 def test_collector_kill9_during_backlog_drain(tmp_path: Path, broker: Broker,
                                               procs: Any) -> None:
     city = ChaosCity(tmp_path, procs, broker,

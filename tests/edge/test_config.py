@@ -147,6 +147,7 @@ def test_minimal_config_defaults() -> None:
     cfg = parse_config(MINIMAL)
     assert cfg.uplink.brokers == ["mqtt://127.0.0.1:1883"]
     assert cfg.outbox.durability_window == pytest.approx(1.0)
+    assert cfg.outbox.send_delay == pytest.approx(0.02)
     assert cfg.outbox.max_bytes == 256 * 1024 * 1024
     assert cfg.outbox_path == Path("/var/lib/citygate/outbox.sqlite")
     assert cfg.bus("rs485-1").baudrate == 9600
@@ -187,7 +188,8 @@ def test_explain_describes_the_config() -> None:
     assert lines[0] == ("gateway zz-jinshui-01 (site Jinshui district, block 7),"
                         " data in /var/lib/citygate-test")
     assert lines[1] == "uplink: mqtts://collector-a.city.example:8883, mqtt://10.0.0.2:1883"
-    assert lines[2] == "outbox: /data/outbox.sqlite, group commit every 250 ms"
+    assert lines[2] == ("outbox: /data/outbox.sqlite, group commit every 250 ms, sent within "
+                        "20 ms through its journal")
     assert "bus rs485-1: modbus-rtu at /dev/ttyS1 19200 8E1, 2 device(s)" in lines
     assert "bus plant-net: modbus-tcp at 192.168.10.20:5020, 1 device(s)" in lines
     assert "  lift-A1: unit 1, elevator-gbt24476 (20 points), every 0.5s" in lines
