@@ -183,8 +183,8 @@ class ElevatorBank:
                         set_values: Any) -> Any:
         """pymodbus action hook: refresh the block from the model before it is answered; a
         write (function 6 or 16) to writable points goes into the model."""
-        if function_code in (6, 16):
-            return self.on_write(unit, address, list(set_values or []))
+        if function_code in (6, 16):  # pymodbus also calls without values before it writes
+            return self.on_write(unit, address, list(set_values)) if set_values else None
         table = {3: Table.HOLDING, 4: Table.INPUT}.get(function_code)
         if table is None:
             return None
