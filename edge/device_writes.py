@@ -11,12 +11,15 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from devices.commands import DONE, EXPIRED, FAILED, CommandResult
 from devices.modbus import codec
 from devices.modbus.writes import WritePlan, read_back_matches
 from edge.clock import now_ms
-from edge.modbus_link import ModbusLink, ModbusReadError
+
+if TYPE_CHECKING:  # a gateway without Modbus buses never loads the Modbus link
+    from edge.modbus_link import ModbusLink
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ class PendingWrite:
 async def run_write(link: ModbusLink, unit: int, timeout: float,
                     pending: PendingWrite) -> CommandResult:
     """Write, read back and compare; the result of the command (never raises for the bus)."""
+    from edge.modbus_link import ModbusReadError
+
     plan = pending.plan
     if not pending.start(now_ms()):
         return CommandResult(EXPIRED, now_ms())
