@@ -69,6 +69,10 @@ class CommandRunner:
         entry, new = self.book.admit(cmd, now_ms())
         if not new:
             self.counters["duplicates"] += 1
+        elif entry.status != "accepted":
+            self.counters[entry.status] = self.counters.get(entry.status, 0) + 1
+            log.warning("device command %s for %s arrived after its expiry; not executed",
+                        cmd.id, cmd.device)
         self._report(entry)
         if new and entry.status == "accepted":
             self._spawn(self._execute(cmd))
