@@ -79,6 +79,14 @@ async def of_device(device_id: DeviceId, who: Commander, service: Service,
         raise _http(exc) from None
 
 
+@router.get("/commands/stats")
+async def stats(_who: Commander, service: Service) -> dict[str, Any]:
+    """Counters of the command service (issued, refused, sent, bad replies, ...) and whether
+    its broker link is up."""
+    return {"counters": dict(service.counters),
+            "broker_connected": service.channel.connected.is_set()}
+
+
 @router.get("/commands/{command_id}")
 async def show(command_id: CommandId, who: Commander, service: Service) -> dict[str, Any]:
     """One command with its audit trail (who, when, what, result)."""

@@ -3,6 +3,7 @@ two-step confirmation, rate limit, idempotency, results from replies, expiry and
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class Channel:
     def __init__(self) -> None:
         self.sent: list[tuple[str, str, bytes]] = []
         self.up = True
+        self.connected = threading.Event()
+        self.connected.set()
 
     def send(self, gateway: str, name: str, payload: bytes) -> bool:
         if self.up:
@@ -109,6 +112,10 @@ def test_writes_the_profile_forbids_are_refused_with_the_reason(rig: Rig, point:
     status, out = rig.post("ops", "lift-a1", point=point, value=value)
     assert status == 422 and out["detail"]["reason"] == reason, out  # type: ignore[index]
     assert rig.channel.sent == []
+    _, stats = rig.get("ops", "/api/v1/commands/stats")
+    assert stats == {"counters": {"issued": 0, "refused": 1, "sent": 0, "send_failures": 0,
+                                  "replies": 0, "bad_replies": 0, "expired_here": 0},
+                     "broker_connected": True}
 
 
 def test_a_lift_company_commands_only_its_own_lifts(rig: Rig) -> None:
