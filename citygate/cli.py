@@ -348,6 +348,7 @@ _TOOLS = {
     "cluster-demo": ("citygate.cluster_demo", "the city on a 3-node NATS cluster"),
     "sources": ("citygate.sources_cli", "pollution-source registry: import, list, attribute"),
     "grid": ("collector.grid.cli", "district/area/grid outlines and department figures"),
+    "command": ("citygate.command_cli", "writes to field devices: send, confirm, list, show"),
 }
 
 

@@ -38,6 +38,8 @@ class CollectorConfig(BaseModel):
     workers: int = Field(default=1, ge=1, le=64)
     # reported events (citizen kinds and rate limits) and assessment (SLAs, week time zone)
     grid: dict[str, Any] = Field(default_factory=dict)
+    # device commands: rate per token, confirmation window, re-send delay (collector.commands)
+    commands: dict[str, Any] = Field(default_factory=dict)
 
 
 def load_collector_config(path: str | Path | None) -> CollectorConfig:

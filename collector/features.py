@@ -17,6 +17,7 @@ from typing import Any
 
 from collector import (
     alarms,
+    commands,
     elevators,
     environment,
     grid,
@@ -349,12 +350,59 @@ class Updates(BaseFeature):
             await self.channel.aclose()
 
 
+class DeviceCommands(BaseFeature):
+    """Audited writes to field devices: issue, confirm, deliver, follow up, expire."""
+
+    name = "commands"
+    migrations = (commands.MIGRATIONS,)
+
+    def __init__(self, alarms_feature: AlarmsAndPush) -> None:
+        self.alarms = alarms_feature
+
+    def mount(self, core: Core) -> None:
+        """Build the command service and its channel to gateways; add its routes."""
+        from collector.commands.api import router
+        from collector.commands.service import CommandService, CommandSettings
+        from collector.registry.commands import CommandChannel
+
+        try:
+            settings = CommandSettings.from_section(core.config.commands)
+        except ValueError as exc:
+            raise CollectorConfigError(f"{core.config_source}: {exc}") from None
+        self.channel = CommandChannel(core.broker.url, username=core.broker.username,
+                                      password=core.broker.password,
+                                      client_id=f"{core.broker.client_id}-dev")
+        self.service = CommandService(core.store.engine, self.channel, self.unit_of, settings)
+        self.channel.on_reply = self.service.on_reply
+        core.app.state.commands = self.service
+        core.app.include_router(router)
+
+    def unit_of(self, device: str, gateway: str) -> str:
+        """The unit responsible for a device: its site's unit in `[alarms.sites]`."""
+        sites = self.alarms.engine.book.sites
+        return sites.units.get(sites.site_of(device, gateway), "")
+
+    def on_state(self, gateway: str, state: str, devices: list[str]) -> None:
+        """A gateway back online gets what it has not taken yet."""
+        if state == "online":
+            self.service.resend_to(gateway)
+
+    def tasks(self) -> Sequence[Task]:
+        """The channel's broker link and the sweeper."""
+        return (self.channel.run, self.service.run)
+
+    async def close(self) -> None:
+        """Disconnect the channel."""
+        if hasattr(self, "channel"):
+            await self.channel.aclose()
+
+
 def default_features() -> list[Feature]:
     """Every feature of a collector, in mount order."""
     alarms_and_push = AlarmsAndPush()
     env = Environment(alarms_and_push)
     return [alarms_and_push, env, Sources(env), Grid(alarms_and_push), Parking(), Elevators(),
-            HubFeeds(), Registry(), Updates()]
+            HubFeeds(), Registry(), Updates(), DeviceCommands(alarms_and_push)]
 
 
 def schema(features: Sequence[Feature] | None = None) -> list[MigrationSet]:

@@ -69,6 +69,7 @@ _ALL: tuple[Quantity, ...] = (
     _Q("car_running", ValueKind.BOOL, description="Car is running"),
     _Q("direction", ValueKind.ENUM, description="Direction of travel", labels=DIRECTIONS),
     _Q("floor", ValueKind.INTEGER, description="Car position (floor number)"),
+    _Q("home_floor", ValueKind.INTEGER, description="Floor an idle car parks at (a setting)"),
     _Q("door_zone", ValueKind.BOOL, description="Car is in the unlocking / levelling zone"),
     _Q("door_closed", ValueKind.BOOL, description="Car door fully closed"),
     _Q("passenger_present", ValueKind.BOOL, description="Passenger detected in the car"),

@@ -14,8 +14,11 @@ from pathlib import Path
 import orjson
 
 from devices import contract
+from devices.commands import COMMAND_NAME
 from devices.model import Event, Reading
 from edge.clock import clock_synced, mono_ms, now_ms
+from edge.command_book import CommandBook, CommandBookError
+from edge.commands import CommandRunner
 from edge.config import GatewayConfig
 from edge.grid import grid_anchor, next_tick
 from edge.metrics import MetricsServer, process_figures
@@ -88,6 +91,8 @@ class Agent:
         self.buses: list[Source] = [
             build_source(b, [d for d in cfg.devices if d.bus == b.name], self.submit)
             for b in cfg.buses]
+        self.commands = CommandRunner(self.gateway, CommandBook(
+            cfg.outbox_path.parent / "commands.sqlite"), self.buses, self._publish_reply)
         self.backlog = TokenBucket(rate=ob.backlog_rate, burst=max(ob.backlog_rate, ob.max_batch))
         self._urgent = asyncio.Event()
         self._wake = asyncio.Event()
@@ -146,6 +151,10 @@ class Agent:
             raise
         self._check_clock()
         try:
+            self.commands.book.open()
+        except CommandBookError as exc:  # commands off; data collection goes on
+            log.error("device commands are off: %s", exc)
+        try:
             await self._start_metrics()
             async with asyncio.TaskGroup() as tg:
                 polls = [tg.create_task(b.run(), name=f"bus-{c.name}")
@@ -157,6 +166,8 @@ class Agent:
                     tg.create_task(self._health(), name="health"),
                     tg.create_task(self._watchdog(), name="watchdog"),
                     *polls,
+                    *([tg.create_task(self.commands.run(), name="commands")]
+                      if self.commands.book.is_open else []),
                 ]
                 self.started.set()
                 self.notifier.notify(READY=1, STATUS=f"gateway {self.gateway} running")
@@ -168,6 +179,7 @@ class Agent:
             self.notifier.close()
             if self.metrics is not None:
                 await self.metrics.close()
+            self.commands.book.close()
             self._close_outbox()
 
     def _close_outbox(self) -> None:
@@ -279,6 +291,7 @@ class Agent:
             if up.counters["connects"] != self._generation:
                 self._generation = up.counters["connects"]
                 self._inflight.clear()  # that connection's messages are re-sent from the outbox
+                self.commands.forget_inflight()
             self._wake.clear()
             pause = self._send_some()
             with contextlib.suppress(TimeoutError):
@@ -310,7 +323,12 @@ class Agent:
         return contract.envelope(self.gateway, msg.channel, msg.seq, now, msg.body,
                                  clock=clock, replay=backlog)
 
+    def _publish_reply(self, payload: bytes) -> int | None:
+        return self.uplink.publish(contract.topic(self.gateway, contract.REPLY), payload)
+
     def _on_ack(self, mid: int) -> None:
+        if mid not in self._inflight and self.commands.on_ack(mid):
+            return
         seq = self._inflight.pop(mid, None)
         if seq is not None:
             self.outbox.protected = self.outbox.protected - {seq}
@@ -318,6 +336,9 @@ class Agent:
             self._wake.set()
 
     def _on_command(self, name: str, payload: bytes) -> None:
+        if name == COMMAND_NAME and self.commands.book.is_open:
+            self.commands.handle(payload)
+            return
         log.info("command %r received (%d bytes); no handler", name, len(payload))
 
     # --- watchdog ---------------------------------------------------------------------------------
@@ -383,6 +404,8 @@ class Agent:
             counters[f"outbox_{k}"] = v
         for k, v in self.uplink.counters.items():
             counters[f"uplink_{k}"] = v
+        for k, v in self.commands.counters.items():
+            counters[f"commands_{k}"] = v
         devices: dict[str, dict[str, object]] = {}
         for bus in self.buses:
             for k, v in bus.counters.items():

@@ -27,6 +27,7 @@ from devices.model import Action, Event, Reading, Severity, Value
 from devices.profiles import Profile, load_profile
 from edge.clock import mono_ms, now_ms
 from edge.config import DeviceSection, ModbusRtuBus, ModbusTcpBus
+from edge.device_writes import PendingWrite, run_waiting
 from edge.health import DeviceHealth, probe_fits, suspect_retries
 from edge.modbus_link import ILLEGAL_DATA_ADDRESS, ModbusLink, ModbusReadError
 from edge.report import ChangeFilter
@@ -127,18 +128,26 @@ class ModbusBus:
         self.sink = sink
         self.counters = {"cycles": 0, "transactions": 0, "overruns": 0, "late_polls": 0,
                          "readings": 0, "deferred_probes": 0, "splits": 0, "reopens": 0,
-                         "decode_errors": 0}
+                         "decode_errors": 0, "writes": 0}
         self.link: ModbusLink | None = None
         self.progress = time.monotonic()  # last time the loop made progress (watchdog)
         self._reopen_warned = False
         self._finishing = False
         self._in_poll = False
+        self.writes: dict[str, list[PendingWrite]] = {}  # device id -> writes waiting
         self.grid: float | None = None  # loop time the poll grid started from
 
     @property
     def poll_period(self) -> float | None:
         """The shortest poll period of the bus's devices (its grid's step)."""
         return min((d.cfg.poll for d in self.devices), default=None)
+
+    def submit_write(self, device_id: str, pending: PendingWrite) -> bool:
+        """Queue a write for after the device's next poll; False for a device not on this bus."""
+        if not any(d.cfg.id == device_id for d in self.devices):
+            return False
+        self.writes.setdefault(device_id, []).append(pending)
+        return True
 
     def device_health(self) -> dict[str, dict[str, object]]:
         """Per-device online state and counters for the health message."""
@@ -222,6 +231,9 @@ class ModbusBus:
             self._in_poll = True
             try:
                 await self.poll(link, dev)
+                if self.writes.get(dev.cfg.id):  # between cycles: never inside a poll
+                    self.counters["writes"] += await run_waiting(
+                        link, dev.cfg.unit, dev.timeout, self.writes[dev.cfg.id])
             finally:
                 self._in_poll = False
             self.counters["cycles"] += 1

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from devices import contract
+from devices.commands import COMMAND_NAME
 from edge.agent import VERSION, Agent
 from edge.config import GatewayConfig, load_config
 from edge.heap import tune_malloc
@@ -57,6 +58,9 @@ class ManagedAgent(Agent):
         super().__init__(cfg)
 
     def _on_command(self, name: str, payload: bytes) -> None:
+        if name == COMMAND_NAME:  # device commands belong to the running agent
+            super()._on_command(name, payload)
+            return
         self.supervisor.command(name, payload)
 
 

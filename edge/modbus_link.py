@@ -144,6 +144,38 @@ class ModbusLink:
             raise ModbusReadError("io", f"short answer: {len(data)} of {count}")
         return [int(v) for v in data]
 
+    async def write(self, function: int, address: int, words: list[int], unit: int,
+                    timeout: float) -> None:
+        """Write with function 5, 6, 15 or 16; raise ModbusReadError when it was not confirmed.
+
+        Never retried here: a write whose answer was lost may have been applied, and the
+        caller reads the point back to find out.
+        """
+        from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+        ctx = self._client.ctx
+        ctx.comm_params.timeout_connect = timeout
+        ctx.retries = 0
+        ctx.count_until_disconnect = ctx.max_until_disconnect
+        c = self._client
+        call = {5: lambda: c.write_coil(address, bool(words[0]), device_id=unit),
+                6: lambda: c.write_register(address, words[0], device_id=unit),
+                15: lambda: c.write_coils(address, [bool(w) for w in words], device_id=unit),
+                16: lambda: c.write_registers(address, words, device_id=unit)}[function]
+        await self._keep_gap()
+        self.flush_input()
+        try:
+            rr = await call()
+        except ModbusIOException as exc:
+            raise ModbusReadError("timeout", str(exc).splitlines()[0][:200]) from None
+        except (ConnectionException, OSError, ModbusException) as exc:
+            raise ModbusReadError("io", str(exc)[:200]) from None
+        finally:
+            self._quiet_from = time.monotonic()
+        if rr.isError():
+            code = getattr(rr, "exception_code", None)
+            raise ModbusReadError("exception", f"exception code {code}", code)
+
     def close(self) -> None:
         """Close the transport (idempotent)."""
         with contextlib.suppress(Exception):

@@ -80,6 +80,21 @@ class CodecError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class WriteSpec:
+    """How a point may be written: function code, bounds and allowed values (canonical).
+
+    A point without one is never written; `dangerous` asks the collector for a second,
+    confirming step before the command is sent.
+    """
+
+    function: int  # 5 (one coil), 6 (one register), 15 (coils), 16 (registers)
+    minimum: float | None = None
+    maximum: float | None = None
+    allowed: tuple[float | int | bool, ...] = ()
+    dangerous: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Point:
     """Where a canonical quantity lives in a device's register map and how to decode it."""
 
@@ -94,6 +109,7 @@ class Point:
     enum: dict[int, str] = field(default_factory=dict)  # raw value -> canonical label
     not_available: tuple[int, ...] = ()  # raw values meaning "no value" (e.g. 0xFFFF)
     deadband: float = 0.0  # report-on-change threshold for numbers
+    write: WriteSpec | None = None  # None: never written
 
     @property
     def count(self) -> int:

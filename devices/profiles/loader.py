@@ -12,7 +12,8 @@ from typing import Any
 
 from devices.contract import MAX_NUMBER
 from devices.durations import parse_duration
-from devices.modbus.codec import DataType, Point, Table, WordOrder
+from devices.modbus.codec import DataType, Point, Table, WordOrder, WriteSpec
+from devices.modbus.writes import spec_problems
 from devices.profiles.hj212_codes import (
     CodeTableError,
     Hj212Code,
@@ -140,6 +141,7 @@ def _build(path: Path, data: dict[str, Any]) -> Profile:
     else:
         if data["protocol"] == "hj212" and not codes:
             problems.append("an hj212 profile needs a [codes] table")
+    problems += _never_written_problems(data.get("never_write", []), points)
     if problems:
         raise ProfileError(where, problems)
     return Profile(
@@ -151,9 +153,38 @@ def _build(path: Path, data: dict[str, Any]) -> Profile:
 
 
 _TOP_KEYS = frozenset({"name", "kind", "protocol", "description", "max_gap", "timing", "report",
-                       "rules", "points", "codes", "hj212", "high_addresses"})
+                       "rules", "points", "codes", "hj212", "high_addresses",
+                       "never_write"})
 _POINT_KEYS = frozenset({"address", "table", "type", "order", "scale", "offset", "bits", "enum",
-                         "not_available", "deadband"})
+                         "not_available", "deadband", "write"})
+_WRITE_KEYS = frozenset({"function", "min", "max", "allowed", "dangerous"})
+
+
+def _never_written_problems(names: Any, points: list[Point]) -> list[str]:
+    """Safety points listed in `never_write` must carry no write rules (a guard against a
+    profile edit that makes, say, the safety circuit writable)."""
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return ["never_write: must be a list of point names"]
+    return [f"points.{p.quantity}.write: {p.quantity} is listed in never_write; remove one"
+            for p in points if p.quantity in names and p.write is not None]
+
+
+def _write_spec(spec: Any) -> WriteSpec | None:
+    """The `write` table of a point (None when absent); ValueError names what is wrong."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ValueError("write must be a table, e.g. { function = 6, min = 0, max = 10 }")
+    unknown = sorted(set(spec) - _WRITE_KEYS)
+    if unknown:
+        raise ValueError(f"write: unknown key(s) {unknown}; known: {sorted(_WRITE_KEYS)}")
+    bound = {k: None if spec.get(k) is None else float(spec[k]) for k in ("min", "max")}
+    allowed = spec.get("allowed", [])
+    if not isinstance(allowed, list):
+        raise ValueError("write.allowed must be a list of values")
+    return WriteSpec(function=_integer(spec.get("function", 6)), minimum=bound["min"],
+                     maximum=bound["max"], allowed=tuple(allowed),
+                     dangerous=bool(spec.get("dangerous", False)))
 
 
 def _point(quantity: str, spec: Any,
@@ -180,6 +211,7 @@ def _point(quantity: str, spec: Any,
             enum={int(k): str(v) for k, v in spec.get("enum", {}).items()},
             not_available=tuple(_integer(v) for v in spec.get("not_available", ())),
             deadband=float(spec.get("deadband", 0.0)),
+            write=_write_spec(spec.get("write")),
         )
     except KeyError as exc:
         return None, [*problems, f"{key}: missing {exc.args[0]!r}"]
@@ -188,6 +220,7 @@ def _point(quantity: str, spec: Any,
     if bits is not None and len(bits) != 2:
         problems.append(f"{key}.bits: {bits!r} is not [lowest bit, width]")
     problems += [f"{key}.{k}: {msg}" for k, msg in point_problems(point, high_addresses)]
+    problems += [f"{key}.{k}: {msg}" for k, msg in spec_problems(point)]
     return (None if problems else point), problems
 
 

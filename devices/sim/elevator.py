@@ -51,6 +51,7 @@ def idle_values(unit: int) -> dict[str, Value]:
         "brake_open": False,
         "door_cycles": 20_000 + unit * 311,
         "overload": False,
+        "home_floor": 1,
     }
 
 
@@ -160,6 +161,7 @@ class ElevatorBank:
     models: dict[int, ElevatorModel]
     clock: Callable[[], float] = field(default_factory=lambda: asyncio.get_running_loop().time)
     reads: int = 0
+    writes: int = 0  # write requests applied to a model
     # Counting mode (chaos tests): every read of a unit bumps its trip counter, so each reading
     # is unique, and "<monotonic s> <unit> <value>" is appended to `count_log` before answering.
     count_log: TextIO | None = None
@@ -179,8 +181,10 @@ class ElevatorBank:
     async def on_access(self, unit: int, function_code: int, start_address: int,
                         address: int, count: int, current: list[int],
                         set_values: Any) -> Any:
-        """pymodbus action hook: refresh the block from the model before it is answered."""
-        del set_values
+        """pymodbus action hook: refresh the block from the model before it is answered; a
+        write (function 6 or 16) to writable points goes into the model."""
+        if function_code in (6, 16):  # pymodbus also calls without values before it writes
+            return self.on_write(unit, address, list(set_values)) if set_values else None
         table = {3: Table.HOLDING, 4: Table.INPUT}.get(function_code)
         if table is None:
             return None
@@ -211,6 +215,29 @@ class ElevatorBank:
             i = addr - start_address
             if 0 <= i < len(current):
                 current[i] = word
+        return None
+
+    def on_write(self, unit: int, address: int, words: list[int]) -> Any:
+        """Apply written holding registers to the model, as a controller would; exception 2
+        (illegal data address) for registers that are not writable settings."""
+        from pymodbus.constants import ExcCodes
+
+        from devices.modbus.codec import CodecError, decode
+
+        end = address + len(words)
+        points = [p for p in self.profile.points if p.table is Table.HOLDING
+                  and p.address < end and p.end > address]
+        if not points or any(p.write is None or p.address < address or p.end > end
+                             for p in points):
+            return ExcCodes.ILLEGAL_ADDRESS
+        model = self.models[unit]
+        try:
+            for p in points:
+                model.values[p.quantity] = decode(p, words[p.address - address:
+                                                         p.end - address])
+        except CodecError:
+            return ExcCodes.ILLEGAL_VALUE
+        self.writes += 1
         return None
 
     async def _late(self, unit: int, delay: float) -> None:

@@ -84,7 +84,8 @@ def hub(store: Store, tmp_path: Path) -> Iterator[Hub]:
 def test_every_default_feature_meets_the_contract() -> None:
     features = default_features()
     assert [f.name for f in features] == ["alarms", "environment", "sources", "grid", "parking",
-                                          "elevators", "hub_feeds", "registry", "updates"]
+                                          "elevators", "hub_feeds", "registry", "updates",
+                                          "commands"]
     assert all(isinstance(f, Feature) for f in features)
 
 

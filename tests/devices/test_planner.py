@@ -189,7 +189,7 @@ def test_shipped_elevator_profile_plans_into_one_block() -> None:
     blocks = plan_reads(profile.points, max_gap=profile.max_gap)
     assert len(blocks) == 1
     (block,) = blocks
-    assert (block.table, block.start, block.count) == (Table.HOLDING, 0, 23)
+    assert (block.table, block.start, block.count) == (Table.HOLDING, 0, 24)
     assert [p.quantity for p in block.points] == [p.quantity for p in profile.points]
 
 

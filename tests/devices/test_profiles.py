@@ -58,7 +58,7 @@ def test_shipped_profiles_load(name: str) -> None:
 def test_elevator_profile_contents() -> None:
     profile = load_profile("elevator-gbt24476")
     assert (profile.kind, profile.protocol) == ("elevator", "modbus")
-    assert len(profile.points) == 20
+    assert len(profile.points) == 21  # 20 GB/T 24476 items and the home floor setting
     assert profile.timing.response_timeout == pytest.approx(0.3)
     assert profile.timing.retries == 1
     assert profile.heartbeat == 60.0

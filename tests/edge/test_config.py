@@ -192,9 +192,9 @@ def test_explain_describes_the_config() -> None:
                         "20 ms through its journal")
     assert "bus rs485-1: modbus-rtu at /dev/ttyS1 19200 8E1, 2 device(s)" in lines
     assert "bus plant-net: modbus-tcp at 192.168.10.20:5020, 1 device(s)" in lines
-    assert "  lift-A1: unit 1, elevator-gbt24476 (20 points), every 0.5s" in lines
+    assert "  lift-A1: unit 1, elevator-gbt24476 (21 points), every 0.5s" in lines
     # Devices are listed under their own bus.
-    assert lines.index("  lift-B1: unit 1, elevator-gbt24476 (20 points), every 1s") > lines.index(
+    assert lines.index("  lift-B1: unit 1, elevator-gbt24476 (21 points), every 1s") > lines.index(
         "bus plant-net: modbus-tcp at 192.168.10.20:5020, 1 device(s)")
 
 

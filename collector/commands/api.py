@@ -1,0 +1,109 @@
+"""REST API of device commands: issue, confirm, follow and audit writes to field devices.
+
+Ops and admin tokens command every device; a crew token (a maintenance company's unit) only
+the devices of the sites its unit is responsible for (`[alarms.sites.<site>] unit`); others
+none. Each token may issue `[commands] rate_per_min` commands a minute. A write to a point
+the profile marks dangerous waits for `POST /api/v1/commands/{id}/confirm`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from collector.auth import Principal, Role, require
+from collector.commands.service import CommandError, CommandService
+from devices.contract import DEVICE_ID_RE
+
+router = APIRouter(prefix="/api/v1", tags=["commands"])
+Commander = Annotated[Principal, Depends(require(Role.OPS, Role.CREW))]
+DeviceId = Annotated[str, Path(pattern=DEVICE_ID_RE.pattern)]
+CommandId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+Scalar = float | int | bool
+
+
+class CommandIn(BaseModel):
+    """A write to one point of a device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: str = Field("write", pattern="^write$", description="the operation (write)")
+    point: str = Field(max_length=64, pattern=r"^[a-z][a-z0-9_]{0,63}$",
+                       description="canonical quantity of a writable point of the profile")
+    value: Scalar = Field(description="canonical value (unit of docs/data-model.md)")
+    ttl_s: float = Field(60.0, ge=1, le=7 * 86400,
+                         description="seconds until it expires; never executed after")
+    key: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+                            description="idempotency key: the same key gives the same command")
+    wait_s: float = Field(0.0, ge=0, le=60, description="wait this long for a final status")
+
+
+def _service(request: Request) -> CommandService:
+    service: CommandService = request.app.state.commands
+    return service
+
+
+Service = Annotated[CommandService, Depends(_service)]
+
+
+def _http(exc: CommandError) -> HTTPException:
+    headers = {"Retry-After": "60"} if exc.status == 429 else None
+    return HTTPException(exc.status, {"reason": exc.reason, "message": str(exc)},
+                         headers=headers)
+
+
+@router.post("/devices/{device_id}/commands", status_code=202)
+async def issue(device_id: DeviceId, body: CommandIn, who: Commander,
+                service: Service) -> dict[str, Any]:
+    """Issue a write; 202 with the command (status awaiting_confirmation for dangerous points)."""
+    try:
+        out = await asyncio.to_thread(service.submit, who, device_id, body.point, body.value,
+                                      body.ttl_s, body.key)
+        if body.wait_s and out["status"] != "awaiting_confirmation":
+            out = await asyncio.to_thread(service.wait, out["id"], body.wait_s)
+    except CommandError as exc:
+        raise _http(exc) from None
+    return out
+
+
+@router.get("/devices/{device_id}/commands")
+async def of_device(device_id: DeviceId, who: Commander, service: Service,
+                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+    """The device's commands, newest first."""
+    try:
+        return await asyncio.to_thread(service.of_device, who, device_id, limit)
+    except CommandError as exc:
+        raise _http(exc) from None
+
+
+@router.get("/commands/stats")
+async def stats(_who: Commander, service: Service) -> dict[str, Any]:
+    """Counters of the command service (issued, refused, sent, bad replies, ...) and whether
+    its broker link is up."""
+    return {"counters": dict(service.counters),
+            "broker_connected": service.channel.connected.is_set()}
+
+
+@router.get("/commands/{command_id}")
+async def show(command_id: CommandId, who: Commander, service: Service) -> dict[str, Any]:
+    """One command with its audit trail (who, when, what, result)."""
+    try:
+        return await asyncio.to_thread(service.get, command_id, who)
+    except CommandError as exc:
+        raise _http(exc) from None
+
+
+@router.post("/commands/{command_id}/confirm")
+async def confirm(command_id: CommandId, who: Commander, service: Service,
+                  wait_s: Annotated[float, Query(ge=0, le=60)] = 0.0) -> dict[str, Any]:
+    """Confirm a dangerous command (the second step); it is sent at once."""
+    try:
+        out = await asyncio.to_thread(service.confirm, who, command_id)
+        if wait_s:
+            out = await asyncio.to_thread(service.wait, command_id, wait_s)
+    except CommandError as exc:
+        raise _http(exc) from None
+    return out
