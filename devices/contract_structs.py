@@ -54,6 +54,7 @@ class WireReading(_Wire, frozen=True, kw_only=True):
     q: str = "good"
     mono: int | None = None
     flag: str | None = None
+    station_time: bool = False  # ts is the instrument's clock (HJ 212 stations)
 
 
 class WireEvent(_Wire, frozen=True, kw_only=True):
