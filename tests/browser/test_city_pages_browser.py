@@ -40,6 +40,7 @@ PAGES = {
     "/parking": 'body:not([data-updated="0"])',
     "/environment": 'body:not([data-updated="0"])',
     "/crew": '#incidents:not([data-count="0"])',
+    "/assessment": 'body[data-loaded="yes"]',
     "/docs": 'body[data-docs="ready"]',
 }
 
