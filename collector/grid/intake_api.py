@@ -17,7 +17,7 @@ from collector.api import iso
 from collector.auth import RateLimiter
 from collector.grid.api import bounded_json
 from collector.grid.intake import Intake, Report, ReportError
-from collector.grid.models import AcceptedReportOut, CitizenReceiptOut, ReportOut
+from collector.grid.models import AcceptedReportOut, CitizenReceiptOut, ReportKindsOut, ReportOut
 from collector.pages import page
 from collector.params import RowId, invalid
 
@@ -94,6 +94,13 @@ def _limiter(request: Request) -> RateLimiter:
     if limiter is None:
         limiter = request.app.state.citizen_limiter = RateLimiter()
     return limiter
+
+
+@router.get("/public/report-kinds", response_model=ReportKindsOut)
+def report_kinds(intake: IntakeDep) -> dict[str, Any]:
+    """The kinds a citizen may report and the largest photo, for the report page (no token)."""
+    s = intake.settings
+    return {"kinds": list(s.citizen_kinds), "photo_max_bytes": s.photo_max_bytes}
 
 
 @router.post("/public/reports", status_code=201, response_model=CitizenReceiptOut)

@@ -157,6 +157,13 @@ class AcceptedReportOut(_Out):
     district: str
 
 
+class ReportKindsOut(_Out):
+    """What the report page offers: the kinds citizens may report ([grid] citizen_kinds)."""
+
+    kinds: list[str]
+    photo_max_bytes: int = Field(description="the largest photo taken, in bytes")
+
+
 class CitizenReceiptOut(_Out):
     """What a citizen learns of their report: its number and where it lies."""
 

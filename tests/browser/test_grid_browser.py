@@ -49,6 +49,8 @@ def test_citizen_reports_from_the_phone_page_with_location_and_photo(
         browser: Browser, base: str, rig: GridCity, tmp_path: Path, artifacts: Path) -> None:
     photo = tmp_path / "kerb.png"
     photo.write_bytes(PNG)
+    intake = rig.hub.app.state.intake  # the city's own list of what citizens may report
+    intake.settings = intake.settings.model_copy(update={"citizen_kinds": ("garbage", "potholes")})
     context = browser.new_context(geolocation={"latitude": IN_G1[0], "longitude": IN_G1[1]},
                                   permissions=["geolocation"], viewport=PHONE)
     page = context.new_page()
@@ -56,6 +58,8 @@ def test_citizen_reports_from_the_phone_page_with_location_and_photo(
     expect(page.locator("#who")).to_have_text("citizen")
     expect(page.locator("#sign-in")).to_have_count(0)  # public: no sign-in, no navigation
     assert page.locator("#nav").count() == 0 and not page.evaluate(SIDEWAYS)
+    page.wait_for_selector('body[data-ready="yes"]', state="attached")
+    assert page.locator("#kind option").all_inner_texts() == ["garbage", "potholes"]
     page.select_option("#kind", "garbage")
     page.click("#locate")
     expect(page.locator("#send")).to_be_enabled(timeout=10_000)

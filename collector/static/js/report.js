@@ -3,14 +3,13 @@
 
 import {$, api, html, render, start, token} from "./common.js";
 
-const KINDS = ["dust", "garbage", "illegal_parking", "road_damage", "lift_fault", "noise", "water_leak", "other"];
-const MAX_PHOTO = 2_000_000;
+let maxPhoto = 2_000_000;  // the collector says its own limit ([grid] photo_max_bytes)
 let position = null;
 
 function readPhoto(file) {
   return new Promise((resolve, reject) => {
     if (!file) { resolve(null); return; }
-    if (file.size > MAX_PHOTO) { reject(new Error("The photo is larger than 2 MB.")); return; }
+    if (file.size > maxPhoto) { reject(new Error(`The photo is larger than ${Math.floor(maxPhoto / 1e6 * 10) / 10} MB.`)); return; }
     const reader = new FileReader();
     reader.onload = () => resolve(String(reader.result));
     reader.onerror = () => reject(new Error("The photo could not be read."));
@@ -50,10 +49,16 @@ async function send(event) {
 }
 
 // A public page: citizens have no token (and no navigation); a patrol link carries one.
-start();
-render($("kind"), html`${KINDS.map((k) => html`<option value="${k}">${k.replace(/_/g, " ")}</option>`)}`);
-$("who").textContent = token() ? "patrol" : "citizen";
-$("contact-row").hidden = Boolean(token());
-$("locate").addEventListener("click", locate);
-$("report-form").addEventListener("submit", send);
-document.body.dataset.ready = "yes";
+async function main() {
+  start();
+  $("who").textContent = token() ? "patrol" : "citizen";
+  $("contact-row").hidden = Boolean(token());
+  $("locate").addEventListener("click", locate);
+  $("report-form").addEventListener("submit", send);
+  const offered = await api("/api/v1/public/report-kinds");  // the city's own list
+  maxPhoto = offered.photo_max_bytes;
+  render($("kind"), html`${offered.kinds.map((k) => html`<option value="${k}">${k.replace(/_/g, " ")}</option>`)}`);
+  document.body.dataset.ready = "yes";
+}
+
+main().catch((e) => { $("status").className = "error"; $("status").textContent = e.message; });
