@@ -236,6 +236,7 @@ def test_owner_loop_over_rest(hub: tuple[TestClient, str, Any]) -> None:
     figures = client.get("/api/v1/sources/figures", params={"by": "owner"}, headers=ops).json()
     assert [(f["owner"], f["tasks_pushed"], f["handled"], f["closed"]) for f in figures] == \
         [("Build Co", 1, 1, 1), ("Plant Group", 1, 0, 1)]
+    assert all("district" not in f for f in figures)  # a group names only what it was asked by
     assert h.app.state.sources.escalate() == 0  # both tasks are past acknowledgement
 
 
