@@ -188,7 +188,7 @@ def card_fields(row: dict[str, Any], facts: Facts, cfg: AlarmsConfig,
         "devices": devices_of(row, alarm),
         "age_s": age_s(row, now),
         "sla": sla_view(row, sla, now),
-        "district": row["grid"],
+        "district": row.get("district") or row["grid"],  # no outlines: the grid names it
     }
 
 

@@ -13,6 +13,7 @@ from collector.alarms.policy import RouteQuery
 from collector.api import READ_ROLES
 from collector.auth import Principal, Role, require
 from collector.grid.geo import MAX_BYTES, OutlineError
+from collector.grid.models import ImportedOut, OutlinesOut, PlacementOut, PlaceOut, RouteOut
 from collector.grid.service import GridService
 from collector.params import invalid
 
@@ -20,10 +21,12 @@ router = APIRouter(prefix="/api/v1/grid", tags=["grid"])
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 Reader = Annotated[Principal, Depends(require(*READ_ROLES, Role.OPS))]
 OutlineId = Annotated[str, FastPath(min_length=1, max_length=100,
-                                    pattern=r"^[^\x00-\x1f\x7f/]+$")]
-Lat = Annotated[float, Query(ge=-90, le=90)]
-Lon = Annotated[float, Query(ge=-180, le=180)]
-Kind = Annotated[str, Query(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+                                    pattern=r"^[^\x00-\x1f\x7f/]+$",
+                                    description="a district, area or grid id")]
+Lat = Annotated[float, Query(ge=-90, le=90, description="latitude, WGS-84 degrees")]
+Lon = Annotated[float, Query(ge=-180, le=180, description="longitude, WGS-84 degrees")]
+Kind = Annotated[str, Query(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
+                            description="the event kind, e.g. lift or dust")]
 
 
 def get_grid(request: Request) -> GridService:
@@ -58,19 +61,19 @@ def _import(grid: GridService, doc: Any, replace: bool, who: Principal) -> dict[
         raise invalid("body", exc.where, exc.reason) from None
 
 
-@router.get("/outlines")
+@router.get("/outlines", response_model=OutlinesOut)
 def get_outlines(grid: GridDep, _who: Reader) -> dict[str, Any]:
     """Every district, area and grid as a GeoJSON FeatureCollection."""
     return grid.feature_collection()
 
 
-@router.put("/outlines")
+@router.put("/outlines", response_model=ImportedOut)
 async def put_outlines(request: Request, grid: GridDep, who: Admin) -> dict[str, Any]:
     """Replace every outline by a FeatureCollection (the city's grid plan)."""
     return _import(grid, await bounded_json(request), True, who)
 
 
-@router.post("/outlines")
+@router.post("/outlines", response_model=ImportedOut)
 async def post_outlines(request: Request, grid: GridDep, who: Admin) -> dict[str, Any]:
     """Add outlines or change some (by id), keeping the others."""
     return _import(grid, await bounded_json(request), False, who)
@@ -88,22 +91,25 @@ def delete_outline(outline_id: OutlineId, grid: GridDep, _who: Admin) -> None:
 
 
 @router.get("/locate")
-def locate(lat: Lat, lon: Lon, grid: GridDep, _who: Reader) -> dict[str, str]:
+def locate(lat: Lat, lon: Lon, grid: GridDep, _who: Reader) -> PlaceOut:
     """The grid, area and district a point is in."""
-    return grid.outlines.locate(lat, lon).as_dict()
+    return PlaceOut.model_validate(grid.outlines.locate(lat, lon).as_dict())
 
 
-@router.get("/placements")
+# exclude_unset: only a device names its `site`.
+@router.get("/placements", response_model=list[PlacementOut], response_model_exclude_unset=True)
 def placements(grid: GridDep, _who: Reader) -> list[dict[str, Any]]:
     """Every known site and device with its grid, area and district, as of now."""
     return grid.placements()
 
 
-@router.get("/route")
+@router.get("/route", response_model=RouteOut)
 def route_preview(kind: Kind, grid: GridDep, _who: Reader,
-                  site: Annotated[str, Query(max_length=100)] = "",
-                  lat: Annotated[float | None, Query(ge=-90, le=90)] = None,
-                  lon: Annotated[float | None, Query(ge=-180, le=180)] = None) -> dict[str, Any]:
+                  site: Annotated[str, Query(max_length=100, description="the site's id")] = "",
+                  lat: Annotated[float | None, Query(ge=-90, le=90, description=(
+                      "latitude of the event, WGS-84 (with lon)"))] = None,
+                  lon: Annotated[float | None, Query(ge=-180, le=180, description=(
+                      "longitude of the event, WGS-84 (with lat)"))] = None) -> dict[str, Any]:
     """Who would answer for an event of this kind at a site or point now, and why."""
     evidence = {"lat": lat, "lon": lon} if lat is not None and lon is not None else {}
     with grid.db.connect() as conn:

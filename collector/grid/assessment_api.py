@@ -13,6 +13,7 @@ from collector.api import iso, parse_time
 from collector.auth import Principal, Role, require
 from collector.grid.assessment import assess, cases, to_csv
 from collector.grid.config import GridSettings
+from collector.grid.models import AssessmentOut
 from collector.pages import page
 from collector.params import invalid
 
@@ -22,12 +23,22 @@ Reader = Annotated[Principal, Depends(require(Role.READER, Role.OPS))]
 MAX_PERIOD_MS = 3 * 366 * 86_400_000
 
 
-@router.get("/assessment", response_model=None)
+CSV_RESPONSE: dict[int | str, dict[str, Any]] = {200: {
+    "description": "the figures (JSON), or with format=csv one row per group and week",
+    "content": {"text/csv": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/assessment", response_model=AssessmentOut, responses=CSV_RESPONSE)
 def assessment(request: Request, _who: Reader,
-               start: Annotated[str, Query(alias="from", min_length=1, max_length=40)],
-               end: Annotated[str, Query(alias="to", min_length=1, max_length=40)],
-               by: Literal["unit", "grid", "district"] = "unit",
-               format: Literal["json", "csv"] = "json") -> dict[str, Any] | Response:
+               start: Annotated[str, Query(alias="from", min_length=1, max_length=40,
+                                           description="period start, ISO 8601 or epoch ms")],
+               end: Annotated[str, Query(alias="to", min_length=1, max_length=40, description=(
+                   "period end (excluded), ISO 8601 or epoch ms; at most 3 years on"))],
+               by: Annotated[Literal["unit", "grid", "district"], Query(
+                   description="group the incidents by unit, grid or district")] = "unit",
+               format: Annotated[Literal["json", "csv"], Query(
+                   description="json, or csv to download a table")] = "json",
+               ) -> dict[str, Any] | Response:
     """Per unit, grid or district over [from, to): found (by source), dispatched,
     acknowledged, arrived, handled, closed, reopened, overdue; mean and p90 times; share
     within SLA; the same per week."""

@@ -17,12 +17,17 @@ from collector.api import iso
 from collector.auth import RateLimiter
 from collector.grid.api import bounded_json
 from collector.grid.intake import Intake, Report, ReportError
+from collector.grid.models import AcceptedReportOut, CitizenReceiptOut, ReportKindsOut, ReportOut
 from collector.pages import page
 from collector.params import RowId, invalid
 
 router = APIRouter(prefix="/api/v1", tags=["reports"])
 pages = APIRouter(include_in_schema=False)
 KIND = r"^[a-z][a-z0-9_]{0,63}$"
+PHOTO_RESPONSES: dict[int | str, dict[str, Any]] = {200: {
+    "description": "the photo, of the type sniffed when the report was accepted",
+    "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                for t in ("image/jpeg", "image/png", "image/webp")}}}
 NoNul = r"^[^\x00]*$"
 
 
@@ -71,7 +76,7 @@ async def _body(request: Request, intake: Intake) -> Any:
     return await bounded_json(request, intake.settings.photo_max_bytes * 4 // 3 + 20_000)
 
 
-@router.post("/reports", status_code=201)
+@router.post("/reports", status_code=201, response_model=AcceptedReportOut)
 async def patrol_report(request: Request, intake: IntakeDep,
                         who: PrincipalDep) -> dict[str, Any]:
     """A grid member (crew or ops token) reports an event found on patrol."""
@@ -91,7 +96,14 @@ def _limiter(request: Request) -> RateLimiter:
     return limiter
 
 
-@router.post("/public/reports", status_code=201)
+@router.get("/public/report-kinds", response_model=ReportKindsOut)
+def report_kinds(intake: IntakeDep) -> dict[str, Any]:
+    """The kinds a citizen may report and the largest photo, for the report page (no token)."""
+    s = intake.settings
+    return {"kinds": list(s.citizen_kinds), "photo_max_bytes": s.photo_max_bytes}
+
+
+@router.post("/public/reports", status_code=201, response_model=CitizenReceiptOut)
 async def citizen_report(request: Request, intake: IntakeDep) -> dict[str, Any]:
     """A citizen reports an event (no token): at most a few a minute from one address."""
     s = intake.settings
@@ -127,7 +139,7 @@ def _visible(intake: Intake, report_id: int, who: Any) -> dict[str, Any]:
     return row
 
 
-@router.get("/reports/{report_id}")
+@router.get("/reports/{report_id}", response_model=ReportOut)
 def get_report(report_id: RowId, intake: IntakeDep, who: PrincipalDep) -> dict[str, Any]:
     """A reported event: who found it, where, and the incident it became."""
     r = _visible(intake, report_id, who)
@@ -139,7 +151,7 @@ def get_report(report_id: RowId, intake: IntakeDep, who: PrincipalDep) -> dict[s
             "incident": r["incident_id"], "created_at": iso(r["created_at"])}
 
 
-@router.get("/reports/{report_id}/photo")
+@router.get("/reports/{report_id}/photo", response_class=Response, responses=PHOTO_RESPONSES)
 def get_photo(report_id: RowId, intake: IntakeDep, who: PrincipalDep) -> Response:
     """The report's photo, with the type sniffed when it was accepted."""
     _visible(intake, report_id, who)

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi import Path as FastPath
 from pydantic import BaseModel, Field
 
 from collector.alarms.api import Principal, PrincipalDep
 from collector.alarms.config import DurationMs, Unit
 from collector.api import iso, parse_time
+from collector.grid.models import CreatedOut, HandoverOut, OnCallOut, ShiftOut, UnitOut
 from collector.grid.roster import Roster, RosterError
 from collector.grid.shifts import OnCall
 from collector.params import RowId, invalid
 
 router = APIRouter(prefix="/api/v1/units", tags=["rosters"])
-UnitId = Annotated[str, FastPath(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+UnitId = Annotated[str, FastPath(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$",
+                                 description="a unit id, e.g. lift-crew-north")]
 MemberName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
 Note = Annotated[str, Field(max_length=2000, pattern=r"^[^\x00]*$")]
 When = Annotated[str, Field(min_length=1, max_length=40, description="ISO 8601 or epoch ms")]
@@ -98,7 +100,7 @@ def _shift_view(row: dict[str, Any]) -> dict[str, Any]:
             "handover_from": row["handover_from"], "created_by": row["created_by"]}
 
 
-@router.get("")
+@router.get("", response_model=list[UnitOut])
 def list_units(roster: RosterDep, who: PrincipalDep) -> list[dict[str, Any]]:
     """Units the caller may see: members, escalation, source, and who is on call now."""
     return [{"id": uid, "name": u.name, "source": roster.source(uid),
@@ -121,24 +123,27 @@ def delete_unit(unit_id: UnitId, roster: RosterDep, _who: Ops) -> None:
     _call(roster.delete_unit, unit_id)
 
 
-@router.get("/{unit_id}/on-call")
+@router.get("/{unit_id}/on-call", response_model=OnCallOut)
 def get_on_call(unit_id: UnitId, roster: RosterDep, who: PrincipalDep,
-                at: str | None = None) -> dict[str, Any]:
+                at: Annotated[str | None, Query(max_length=40, description=(
+                    "the moment, ISO 8601 or epoch ms; default now"))] = None) -> dict[str, Any]:
     """Who a new incident of the unit goes to at a moment (default now), and why."""
     _sees(who, unit_id)
     _call(roster.unit, unit_id)
     return on_call_view(roster.on_call(unit_id, parse_time(at, "at")))
 
 
-@router.get("/{unit_id}/shifts")
+@router.get("/{unit_id}/shifts", response_model=list[ShiftOut])
 def list_shifts(unit_id: UnitId, roster: RosterDep, who: PrincipalDep,
-                since: str | None = None) -> list[dict[str, Any]]:
+                since: Annotated[str | None, Query(max_length=40, description=(
+                    "shifts ending after this, ISO 8601 or epoch ms; default now"))] = None,
+                ) -> list[dict[str, Any]]:
     """Shifts of the unit ending after `since` (default now)."""
     _sees(who, unit_id)
     return [_shift_view(r) for r in roster.shifts(unit_id, parse_time(since, "since"))]
 
 
-@router.post("/{unit_id}/shifts", status_code=201)
+@router.post("/{unit_id}/shifts", status_code=201, response_model=CreatedOut)
 def add_shift(unit_id: UnitId, body: ShiftIn, roster: RosterDep, who: Ops) -> dict[str, Any]:
     """Put a member on call over a period."""
     start, end = _time(body.starts_at, "starts_at"), _time(body.ends_at, "ends_at")
@@ -165,7 +170,7 @@ def delete_rotation(unit_id: UnitId, roster: RosterDep, _who: Ops) -> None:
     roster.delete_rotation(unit_id)
 
 
-@router.post("/{unit_id}/handover")
+@router.post("/{unit_id}/handover", response_model=HandoverOut)
 def handover(unit_id: UnitId, body: HandoverIn, roster: RosterDep,
              who: PrincipalDep) -> dict[str, Any]:
     """`to` takes over now; the unit's active incidents of the one handing over follow."""

@@ -16,9 +16,22 @@ from pydantic import BaseModel, Field
 
 from collector.api import READ_ROLES
 from collector.auth import Principal, Role, authenticate, require
-from collector.params import INT64_MAX, TIME_MAX_MS, Offset, RowId
+from collector.params import INT64_MAX, TIME_MAX_MS, RowId
 from collector.sources.importer import MAX_BYTES, ImportRefused, parse
 from collector.sources.model import KINDS, SOURCE_ID_RE, SourceIn
+from collector.sources.models import (
+    AttributionOut,
+    ExceedanceOut,
+    ExceedanceSummaryOut,
+    FiguresOut,
+    FixOut,
+    ImportOut,
+    SourceOut,
+    SourcesGeoJSON,
+    TaskOut,
+    TruckOut,
+    UpsertOut,
+)
 from collector.sources.service import MAX_PHOTO, MAX_REPORT, Exceedance, SourcesService
 from collector.sources.tasks import Action, TaskError
 from collector.store import now_ms
@@ -27,9 +40,21 @@ from devices.contract import DEVICE_ID_RE
 readers = [Depends(require(*READ_ROLES, Role.OPS))]
 router = APIRouter(prefix="/api/v1/sources", tags=["sources"])
 Ops = Annotated[Principal, Depends(require(Role.OPS))]
-SourceId = Annotated[str, Path(max_length=128, pattern=SOURCE_ID_RE.pattern)]
-DevicePath = Annotated[str, Path(max_length=128, pattern=DEVICE_ID_RE.pattern)]
-Ms = Annotated[int | None, Query(ge=0, le=INT64_MAX)]
+SourceId = Annotated[str, Path(max_length=128, pattern=SOURCE_ID_RE.pattern,
+                                description="a source id, e.g. cs-0042")]
+DevicePath = Annotated[str, Path(max_length=128, pattern=DEVICE_ID_RE.pattern,
+                                 description="the truck's tracker device id")]
+Limit = Annotated[int, Query(ge=1, le=1000, description="at most this many, newest first")]
+PHOTO_RESPONSES: dict[int | str, dict[str, Any]] = {200: {
+    "description": "the photo as it was uploaded",
+    "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                for t in ("image/jpeg", "image/png")}}}
+
+
+class GeoJSONResponse(Response):
+    """A GeoJSON (RFC 7946) body."""
+
+    media_type = "application/geo+json"
 
 
 def service(request: Request) -> SourcesService:
@@ -90,27 +115,36 @@ def _owner_or_ops(request: Request, svc: SourcesService, tid: RowId) -> str:
     return who.name
 
 
-@router.get("", dependencies=readers)
-def list_sources(svc: Service, kind: Annotated[str | None, Query(max_length=32)] = None,
-                 district: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$")]
+@router.get("", dependencies=readers, response_model=list[SourceOut])
+def list_sources(svc: Service,
+                 kind: Annotated[str | None, Query(max_length=32, description=(
+                     "only this kind: " + ", ".join(KINDS)))] = None,
+                 district: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00]*$",
+                                                       description="only this district")]
                  = None,
-                 limit: Annotated[int, Query(ge=1, le=20_000)] = 1000,
-                 offset: Offset = 0) -> list[dict[str, Any]]:
+                 limit: Annotated[int, Query(ge=1, le=20_000,
+                                             description="at most this many, in id order")]
+                 = 1000,
+                 offset: Annotated[int, Query(ge=0, le=INT64_MAX,
+                                              description="skip this many first")] = 0,
+                 ) -> list[dict[str, Any]]:
     """Registered sources, by kind and district."""
     if kind is not None and kind not in KINDS:
         raise HTTPException(422, f"kind must be one of {', '.join(KINDS)}")
     return svc.sources(kind=kind, district=district, limit=limit, offset=offset)
 
 
-@router.get(".geojson", dependencies=readers)
+@router.get(".geojson", dependencies=readers, response_model=SourcesGeoJSON,
+            response_class=GeoJSONResponse)
 def sources_geojson(svc: Service) -> Response:
     """Sources and the trucks' last positions as a GeoJSON FeatureCollection, for the map."""
     import orjson
 
-    return Response(orjson.dumps(svc.geojson()), media_type="application/geo+json")
+    # Written as built: the whole registry is one answer, too big to validate on each read.
+    return GeoJSONResponse(orjson.dumps(svc.geojson()))
 
 
-@router.post("/import")
+@router.post("/import", response_model=ImportOut)
 async def import_sources(request: Request, svc: Service, _who: Ops) -> dict[str, Any]:
     """Upsert sources from a CSV or GeoJSON body; refused rows are listed, the rest kept."""
     data = await _bounded_body(request, MAX_BYTES, "the file")
@@ -123,21 +157,26 @@ async def import_sources(request: Request, svc: Service, _who: Ops) -> dict[str,
     return {**counts, "refused": len(parsed.errors), "errors": parsed.errors[:200]}
 
 
-@router.get("/trucks", dependencies=readers)
+@router.get("/trucks", dependencies=readers, response_model=list[TruckOut])
 def trucks(svc: Service) -> list[dict[str, Any]]:
     """Every tracked truck's last fix."""
     return [{"device": f.device, "ts": f.ts, "lat": f.lat, "lon": f.lon}
             for f in sorted(svc.grid.latest().values(), key=lambda f: f.device)]
 
 
-@router.get("/trucks/{device}/track", dependencies=readers)
-def truck_track(svc: Service, device: DevicePath, since: Ms = None, until: Ms = None,
-                limit: Annotated[int, Query(ge=1, le=100_000)] = 5000) -> list[dict[str, Any]]:
+@router.get("/trucks/{device}/track", dependencies=readers, response_model=list[FixOut])
+def truck_track(svc: Service, device: DevicePath,
+                since: Annotated[int | None, Query(ge=0, le=INT64_MAX, description=(
+                    "fixes from this time on, epoch ms"))] = None,
+                until: Annotated[int | None, Query(ge=0, le=INT64_MAX, description=(
+                    "fixes before this time, epoch ms"))] = None,
+                limit: Annotated[int, Query(ge=1, le=100_000, description=(
+                    "at most this many, oldest first"))] = 5000) -> list[dict[str, Any]]:
     """A truck's stored fixes in time order."""
     return svc.track(device, since, until, limit)
 
 
-@router.post("/attribution", dependencies=readers)
+@router.post("/attribution", dependencies=readers, response_model=AttributionOut)
 def attribution(svc: Service, point: PointIn) -> dict[str, Any]:
     """Rank the sources around a point now or at `ts` (a question: nothing is pushed)."""
     wind, ranked, considered = svc.attribute(point.lat, point.lon, point.ts or now_ms(),
@@ -148,7 +187,7 @@ def attribution(svc: Service, point: PointIn) -> dict[str, Any]:
             "considered": considered, "candidates": [s.as_dict() for s in ranked]}
 
 
-@router.post("/exceedances")
+@router.post("/exceedances", response_model=ExceedanceOut)
 def open_exceedance(svc: Service, point: PointIn, who: Ops) -> dict[str, Any]:
     """Open an exceedance at a point by hand: rank the sources and push the best as tasks."""
     return svc.open_exceedance(Exceedance(
@@ -156,14 +195,13 @@ def open_exceedance(svc: Service, point: PointIn, who: Ops) -> dict[str, Any]:
         district=point.district, quantity=point.quantity, value=point.value))
 
 
-@router.get("/exceedances", dependencies=readers)
-def exceedance_list(svc: Service, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                    ) -> list[dict[str, Any]]:
+@router.get("/exceedances", dependencies=readers, response_model=list[ExceedanceSummaryOut])
+def exceedance_list(svc: Service, limit: Limit = 100) -> list[dict[str, Any]]:
     """Exceedances, newest first."""
     return svc.exceedance_list(limit)
 
 
-@router.get("/exceedances/{eid}", dependencies=readers)
+@router.get("/exceedances/{eid}", dependencies=readers, response_model=ExceedanceOut)
 def exceedance(svc: Service, eid: RowId) -> dict[str, Any]:
     """One exceedance: wind, every ranked candidate with its reasons, and the tasks."""
     found = svc.exceedance(eid)
@@ -172,28 +210,33 @@ def exceedance(svc: Service, eid: RowId) -> dict[str, Any]:
     return found
 
 
-@router.post("/exceedances/{eid}/recovered")
+@router.post("/exceedances/{eid}/recovered", response_model=ExceedanceOut)
 def exceedance_recovered(svc: Service, eid: RowId, _who: Ops) -> dict[str, Any]:
     """An operator saw the reading recover (exceedances opened by hand have no alarm to
     clear them): tasks whose owners reported close."""
     if svc.exceedance(eid) is None:
         raise HTTPException(404, f"no exceedance {eid}")
     svc.recover([eid], now_ms())
-    return svc.exceedance(eid) or {}
+    found = svc.exceedance(eid)
+    if found is None:
+        raise HTTPException(404, f"no exceedance {eid}")
+    return found
 
 
-@router.get("/tasks", dependencies=readers)
+@router.get("/tasks", dependencies=readers, response_model=list[TaskOut])
 def task_list(svc: Service,
-              state: Annotated[str | None, Query(pattern="^(pushed|acknowledged|reported|closed)$")]
+              state: Annotated[str | None, Query(
+                  pattern="^(pushed|acknowledged|reported|closed)$",
+                  description="only tasks in this state")] = None,
+              source: Annotated[str | None, Query(max_length=128, pattern=SOURCE_ID_RE.pattern,
+                                                  description="only this source's tasks")]
               = None,
-              source: Annotated[str | None, Query(max_length=128, pattern=SOURCE_ID_RE.pattern)]
-              = None,
-              limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
+              limit: Limit = 200) -> list[dict[str, Any]]:
     """Tasks, newest first."""
     return svc.tasks(state=state, source=source, limit=limit)
 
 
-@router.get("/tasks/{tid}")
+@router.get("/tasks/{tid}", response_model=TaskOut)
 def task(request: Request, svc: Service, tid: RowId) -> dict[str, Any]:
     """One task (the owner's link opens it)."""
     _owner_or_ops(request, svc, tid)
@@ -212,13 +255,13 @@ def _act(request: Request, svc: SourcesService, tid: RowId, action: Action,
         raise _task_error(exc) from None
 
 
-@router.post("/tasks/{tid}/ack")
+@router.post("/tasks/{tid}/ack", response_model=TaskOut)
 def acknowledge(request: Request, svc: Service, tid: RowId) -> dict[str, Any]:
     """The responsible person has seen the task."""
     return _act(request, svc, tid, "ack")
 
 
-@router.post("/tasks/{tid}/report")
+@router.post("/tasks/{tid}/report", response_model=TaskOut)
 def report(request: Request, svc: Service, tid: RowId, body: ReportIn) -> dict[str, Any]:
     """The action taken; closes the task once the reading has recovered."""
     return _act(request, svc, tid, "report", body.text)
@@ -236,7 +279,7 @@ async def put_photo(request: Request, svc: Service, tid: RowId) -> None:
         raise _task_error(exc) from None
 
 
-@router.get("/tasks/{tid}/photo")
+@router.get("/tasks/{tid}/photo", response_class=Response, responses=PHOTO_RESPONSES)
 def get_photo(request: Request, svc: Service, tid: RowId) -> Response:
     """The task's photo."""
     _owner_or_ops(request, svc, tid)
@@ -247,7 +290,7 @@ def get_photo(request: Request, svc: Service, tid: RowId) -> Response:
                     headers={"X-Content-Type-Options": "nosniff"})
 
 
-@router.post("/tasks/{tid}/verify")
+@router.post("/tasks/{tid}/verify", response_model=TaskOut)
 def verify(request: Request, svc: Service, tid: RowId, who: Ops) -> dict[str, Any]:
     """An inspector verified the action on site: the task closes."""
     try:
@@ -256,14 +299,17 @@ def verify(request: Request, svc: Service, tid: RowId, who: Ops) -> dict[str, An
         raise _task_error(exc) from None
 
 
-@router.get("/figures", dependencies=readers)
-def figures(svc: Service, by: Annotated[str, Query(pattern="^(owner|district)$")] = "owner",
-            ) -> list[dict[str, Any]]:
+# exclude_unset: a group names only the key it was asked by (`owner` or `district`).
+@router.get("/figures", dependencies=readers, response_model=list[FiguresOut],
+            response_model_exclude_unset=True)
+def figures(svc: Service, by: Annotated[str, Query(
+        pattern="^(owner|district)$", description="group by owner (company) or district")]
+            = "owner") -> list[dict[str, Any]]:
     """Per owner or district: exceedances, tasks pushed, handled, closed, time to handle."""
     return svc.figures(by)
 
 
-@router.get("/{source_id}", dependencies=readers)
+@router.get("/{source_id}", dependencies=readers, response_model=SourceOut)
 def get_source(svc: Service, source_id: SourceId) -> dict[str, Any]:
     """One registered source."""
     found = svc.source(source_id)
@@ -272,7 +318,7 @@ def get_source(svc: Service, source_id: SourceId) -> dict[str, Any]:
     return found
 
 
-@router.put("/{source_id}")
+@router.put("/{source_id}", response_model=UpsertOut)
 def put_source(svc: Service, source_id: SourceId, body: SourceIn, _who: Ops) -> dict[str, Any]:
     """Register or replace one source (the body's id must match the path)."""
     if body.id != source_id:

@@ -176,7 +176,8 @@ class SourcesService:
             rows = list(self._rows.values())
             latest = self.grid.latest()
         for r in rows:
-            props = {k: r[k] for k in ("id", "name", "kind", "district", "company", "devices")}
+            props = {k: r[k] for k in ("id", "name", "kind", "district", "company",
+                                       "contact_name", "contact_phone", "devices")}
             if r["kind"] == "muck_truck":
                 fix = next((latest[d] for d in r["devices"] if d in latest), None)
                 if fix is None:

@@ -40,6 +40,7 @@ PAGES = {
     "/parking": 'body:not([data-updated="0"])',
     "/environment": 'body:not([data-updated="0"])',
     "/crew": '#incidents:not([data-count="0"])',
+    "/assessment": 'body[data-loaded="yes"]',
     "/docs": 'body[data-docs="ready"]',
 }
 
@@ -149,3 +150,58 @@ def test_a_one_time_link_pasted_in_the_sign_in_screen_signs_in_and_returns(
     page.wait_for_selector(PAGES["/environment"], state="attached", timeout=10_000)
     expect(page.locator("#sign-in")).to_have_count(0)
     assert page.evaluate("localStorage.getItem('citygate.token')") not in (None, city.token)
+
+
+HOSTILE_PERSON = '<img src=x onerror="alert(1)">Zhou'
+SOURCES = [  # around the demo's "Metro line 12 works" site (34.80, 113.68)
+    {"id": "cs-metro", "kind": "construction_site", "name": "Metro depot pit",
+     "company": "Metro Line 12 Construction Co.", "contact_name": HOSTILE_PERSON,
+     "contact_phone": "13900000021", "outline": [[113.681, 34.801], [113.684, 34.801],
+                                                [113.684, 34.803], [113.681, 34.803]]},
+    {"id": "boiler-dongfeng", "kind": "boiler", "name": "Dongfeng Rd boiler",
+     "lat": 34.805, "lon": 113.675, "contact_name": "Qian Bo"},
+    {"id": "noodles-7", "kind": "restaurant", "name": "Noodle house 7", "lat": 34.799,
+     "lon": 113.679},
+]
+
+
+def test_the_environment_map_shows_pollution_sources_and_their_open_tasks(
+        page: Page, city: DemoHub) -> None:
+    from collector.sources import Exceedance
+
+    admin = {"Authorization": f"Bearer {city.token}"}
+    for s in SOURCES:
+        assert page.request.put(f"{city.base}/api/v1/sources/{s['id']}", headers=admin,
+                                data=s).ok
+    svc = city.hub.app.state.sources  # the district alarm at the site opens an exceedance
+    opened = svc.open_exceedance(Exceedance("alarm:metro-12-works:pm10_district", 34.80, 113.68,
+                                            svc.now(), site_id="metro-12-works",
+                                            district="jinshui", quantity="pm10", value=300.0))
+    assert opened["tasks"]
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.set_viewport_size(SIZES["desktop"])
+    visit(page, f"{city.base}/environment?token={city.token}", "/environment")
+    sources = page.locator('path[data-layer="sources"]')
+    expect(sources).to_have_count(3)
+    pit = page.locator('path[data-layer="sources"][data-id="cs-metro"]')
+    expect(pit).to_have_attribute("data-kind", "construction_site")
+    expect(pit).to_have_attribute("stroke", "#8d6e63")  # an outline in its kind's colour
+    expect(page.locator('path[data-layer="sources"][data-id="boiler-dongfeng"]')) \
+        .to_have_attribute("fill", "#37474f")
+    pit.click()
+    popup = page.locator('.source-popup[data-source="cs-metro"]')
+    expect(popup.locator(".responsible")).to_contain_text(HOSTILE_PERSON)  # as text
+    expect(popup.locator(".tasks")).to_contain_text("pushed")
+    assert popup.locator("img").count() == 0
+    page.locator('#sites tr[data-site="metro-12-works"]').click()
+    tasks = page.locator("#owner-tasks")
+    expect(tasks).to_have_attribute("data-count", str(len(opened["tasks"])))
+    expect(tasks).to_contain_text("Metro depot pit")
+    expect(tasks).to_contain_text(HOSTILE_PERSON)
+    expect(tasks.locator("li").first).to_contain_text("#1")  # the best candidate first
+    assert dialogs == [] and page.locator("#site-facts img").count() == 0
+    settled(page, ARTIFACTS / "environment-sources.png")
+    page.set_viewport_size(SIZES["phone"])
+    assert page.evaluate("document.documentElement.scrollWidth") <= SIZES["phone"]["width"]
+    settled(page, ARTIFACTS / "environment-sources-phone.png")

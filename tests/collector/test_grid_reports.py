@@ -52,6 +52,9 @@ def test_patrol_report_with_photo_becomes_an_incident_of_the_right_unit(
 def test_citizen_reports_are_bounded_placed_and_rate_limited(grid_city: GridCity) -> None:
     g = grid_city
     g.client.put("/api/v1/grid/outlines", json=city(), headers=g.h())
+    offered = g.client.get("/api/v1/public/report-kinds").json()  # no token: the page asks
+    assert "garbage" in offered["kinds"] and "lift_hack" not in offered["kinds"]
+    assert offered["photo_max_bytes"] == g.hub.app.state.intake.settings.photo_max_bytes
     url = "/api/v1/public/reports"
     ok = {"kind": "garbage", "lat": IN_G1[0], "lon": IN_G1[1], "text": "<b>overflowing</b>",
           "photo": b64(b"\xff\xd8\xff\xe0" + bytes(100)), "contact": "+86 138 0000 0000"}

@@ -46,6 +46,7 @@ def test_registered_site_lands_in_its_grid_and_reaches_its_unit(grid_city: GridC
                                                headers=g.h()).json()}
     assert {k: placed["tower-9"][k] for k in ("grid", "area", "district")} == \
         {"grid": "g1", "area": "a1", "district": "d1"}
+    assert "site" not in placed["tower-9"]  # only a device names the site it is at
     g.event("gw-tower9", "lift-77", "door_fault")  # a device the config never heard of
     (inc,) = g.incidents()
     view = incident(g, inc["id"])

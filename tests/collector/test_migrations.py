@@ -19,6 +19,7 @@ from collector.store import make_engine
 
 ALL = composed()
 EVERY_STEP = {(s.feature, v) for s in ALL for v, _, _ in s.steps}
+LEGACY_LAST = 64  # the global-version runner's last version
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -38,7 +39,8 @@ def engine(url: str) -> Iterator[sa.Engine]:
 
 def legacy_migrate(engine: sa.Engine, up_to: int) -> None:
     """What the former runner did: every step by one global version (the ranges of today's
-    sets), recorded in `schema_migrations`."""
+    sets, as far as its last version), recorded in `schema_migrations`."""
+    assert up_to <= LEGACY_LAST, "the global runner never had versions past its range"
     steps = sorted((v, name, apply) for s in ALL for v, name, apply in s.steps if v <= up_to)
     with engine.begin() as conn:
         schema.metadata.create_all(conn, tables=[schema.schema_migrations])
@@ -72,17 +74,25 @@ def test_a_database_of_the_global_version_runner_upgrades_in_place(engine: sa.En
                              "VALUES ('root', 'admin', :h, 1, false)"),
                      {"h": auth.hash_token("cg_old")})
     applied = migrate(engine, ALL)
-    assert applied == [("auth", 53), ("updates", 60)]
+    # Every step the old database lacks, in the runner's order (the sets', then by version):
+    # two of the global runner's own range, and every step of the features that came after it.
+    assert applied == [(s.feature, v) for s in ALL for v, _, _ in s.steps if v > 52]
+    assert [a for a in applied if a[1] <= LEGACY_LAST] == [("auth", 53), ("updates", 60)]
+    assert {f for f, v in applied if v > LEGACY_LAST} == \
+        {s.feature for s in ALL if min(v for v, _, _ in s.steps) > LEGACY_LAST}
     assert applied_versions(engine) == EVERY_STEP
     old = auth.lookup(engine, "cg_old")  # the token table gained its columns, rows kept
     assert old is not None and (old.role, old.unit) == (auth.Role.ADMIN, None)
     assert migrate(engine, ALL) == []
 
 
-def test_a_fully_migrated_legacy_database_applies_nothing(engine: sa.Engine) -> None:
-    legacy_migrate(engine, up_to=99)
-    assert migrate(engine, ALL) == []
+def test_a_fully_migrated_legacy_database_applies_only_the_newer_features(
+        engine: sa.Engine) -> None:
+    legacy_migrate(engine, up_to=LEGACY_LAST)
+    applied = migrate(engine, ALL)
+    assert applied == [(s.feature, v) for s in ALL for v, _, _ in s.steps if v > LEGACY_LAST]
     assert applied_versions(engine) == EVERY_STEP
+    assert migrate(engine, ALL) == []
 
 
 def test_a_migration_set_must_be_ordered_and_sets_named_once() -> None:

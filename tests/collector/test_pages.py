@@ -17,7 +17,8 @@ from collector.pages import CONTENT_SECURITY_POLICY, DEFAULT_MAP_URL, STATIC
 from collector.store import Store
 from tests.collector.hostile_city import hostile_city
 
-PAGES = ["/", "/crew", "/ops", "/parking", "/environment", "/signin/not-a-code", "/docs"]
+PAGES = ["/", "/crew", "/ops", "/parking", "/environment", "/signin/not-a-code", "/docs",
+         "/report", "/assessment"]
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'none'; "
        "form-action 'self'; frame-ancestors 'none'")

@@ -19,6 +19,7 @@ from collector.hub import BrokerLink, build_hub
 from collector.sources.geo import Fix, Located, SourceIndex, TruckGrid, dwell_near
 from collector.sources.importer import ImportRefused, parse
 from collector.sources.model import Weights
+from collector.sources.models import SourcesGeoJSON
 from collector.sources.scoring import Evidence, Wind, rank, wind_factor
 from collector.sources.tasks import TaskError, step
 from collector.store import Accepted, Store
@@ -235,6 +236,7 @@ def test_owner_loop_over_rest(hub: tuple[TestClient, str, Any]) -> None:
     figures = client.get("/api/v1/sources/figures", params={"by": "owner"}, headers=ops).json()
     assert [(f["owner"], f["tasks_pushed"], f["handled"], f["closed"]) for f in figures] == \
         [("Build Co", 1, 1, 1), ("Plant Group", 1, 0, 1)]
+    assert all("district" not in f for f in figures)  # a group names only what it was asked by
     assert h.app.state.sources.escalate() == 0  # both tasks are past acknowledgement
 
 
@@ -244,14 +246,18 @@ def test_geojson_and_truck_tracks(hub: tuple[TestClient, str, Any]) -> None:
     client.put("/api/v1/sources/truck-7", headers=ops, json={
         "id": "truck-7", "kind": "muck_truck", "devices": ["trk-7"], "company": "Haul Co"})
     client.put("/api/v1/sources/site-1", headers=ops, json={
-        "id": "site-1", "kind": "construction_site", "outline": [
+        "id": "site-1", "kind": "construction_site", "contact_name": "Li Wei", "outline": [
             [113.64, 34.74], [113.65, 34.74], [113.65, 34.75]]})
     ingest(h, 1, [{"device": "trk-7", "ts": T0 + i * 30_000, "values": {
         "latitude": P[0], "longitude": P[1] + i * 1e-5, "vehicle_speed": 3.0}}
         for i in range(12)])
-    geo = client.get("/api/v1/sources.geojson", headers=ops).json()
+    answer = client.get("/api/v1/sources.geojson", headers=ops)
+    assert answer.headers["content-type"] == "application/geo+json"
+    geo = SourcesGeoJSON.model_validate_json(answer.content).model_dump()  # as documented
     kinds = {f["id"]: f["geometry"]["type"] for f in geo["features"]}
     assert kinds == {"truck-7": "Point", "site-1": "Polygon"}
+    props = {f["id"]: f["properties"] for f in geo["features"]}
+    assert props["site-1"]["contact_name"] == "Li Wei" and props["truck-7"]["ts"] is not None
     track = client.get("/api/v1/sources/trucks/trk-7/track", headers=ops).json()
     assert len(track) == 12 and track[0]["ts"] == T0
     ranked = client.post("/api/v1/sources/attribution", headers=ops, json={

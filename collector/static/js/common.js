@@ -220,17 +220,32 @@ export const since = (iso, now = serverNow()) => (iso ? (now - Date.parse(iso)) 
 
 // --- navigation -------------------------------------------------------------------------------
 
+// [path, name, roles that may open it (none: everyone signed in)]
 const PAGES = [["/", "Overview"], ["/ops", "Control room"], ["/parking", "Parking"],
-  ["/environment", "Environment"], ["/crew", "Crew"], ["/docs", "API"]];
+  ["/environment", "Environment"], ["/assessment", "Assessment", ["reader", "ops", "admin"]],
+  ["/crew", "Crew"], ["/docs", "API"]];
+
+/** Show the links of role-bound pages to the roles that may open them (asked once). */
+async function showRoleLinks(nav) {
+  const bound = nav.querySelectorAll("a[data-roles]");
+  if (!bound.length) return;
+  const t = token();
+  const response = await fetch("/api/v1/whoami", {headers: t ? {Authorization: "Bearer " + t} : {}});
+  if (!response.ok) return;
+  const {role} = await response.json();
+  nav.dataset.role = role;
+  for (const a of bound) a.hidden = !a.dataset.roles.split(" ").includes(role);
+}
 
 /** Fill the page's <nav id="nav"> and wire the sign-out link. */
 export function navigation() {
   const nav = $("nav");
   if (!nav) return;
   const here = location.pathname;
-  render(nav, html`${PAGES.map(([path, name]) => html`<a href="${path}"${path === here ? raw(' aria-current="page"') : ""}>${name}</a>`)}
+  render(nav, html`${PAGES.map(([path, name, roles]) => html`<a href="${path}"${path === here ? raw(' aria-current="page"') : ""}${roles && path !== here ? html` data-roles="${roles.join(" ")}" hidden` : ""}>${name}</a>`)}
     <a href="#" id="sign-out">Sign out</a>`);
   $("sign-out").addEventListener("click", (ev) => { ev.preventDefault(); signOut(); showSignIn("Signed out."); });
+  showRoleLinks(nav).catch(() => {});
 }
 
 /** Every page's start: the token from the address, then navigation. A 401 signs in (an

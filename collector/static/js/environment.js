@@ -1,8 +1,8 @@
 // The environment one map: sites coloured by exceedance of their limits (not by the data
 // flag), a site's panel with who answers for it and how long it has been over, and a chart of
 // real-time, minute, hour or day values with the limit drawn and labelled.
-import {$, api, clock, html, missing, render, serverNow, since, start} from "./common.js";
-import {cityMap, legend, markerLayer} from "./map.js";
+import {$, api, clock, html, missing, render, safeUrl, serverNow, since, start} from "./common.js";
+import {SOURCE_KINDS, cityMap, kindLegend, legend, markerLayer, sourceLayer} from "./map.js";
 
 const KEY = {dust: "pm10", boiler: "nox_converted"};
 const RANGE_S = {rt: 3600, min: 6 * 3600, hour: 7 * 86400, day: 90 * 86400};
@@ -13,6 +13,9 @@ const params = new URLSearchParams(location.search);
 const REFRESH_S = Math.max(0.5, Number(params.get("refresh") || 5));
 let selected = null, interval = "rt", quantity = null, sites = [], updates = 0, layer = null;
 let fitted = false, view = null;
+// Pollution sources (when the collector has the feature): the map layer, the owners' open tasks.
+const SOURCES_EVERY_S = 30;
+let sourceMap = null, sourcesOff = false, sourceProps = new Map(), openTasks = [], sourcesAt = 0;
 
 /** Over a limit, by the latest real-time values; a flagged value is not a measurement. */
 export function exceedance(s) {
@@ -70,6 +73,61 @@ function drawAlarms(alarms) {
   $("n-alarms").textContent = alarms.length;
 }
 
+const kindName = (kind) => (SOURCE_KINDS[kind] || SOURCE_KINDS.other)[1];
+const TASK_COLOUR = {pushed: "red", acknowledged: "amber", reported: "blue"};
+
+function person(p) {
+  if (!p?.contact_name && !p?.contact_phone) return html`<span class="muted">not registered</span>`;
+  return html`${p.contact_name}${p.contact_phone ? html` · <a href="${safeUrl("tel:" + p.contact_phone)}">${p.contact_phone}</a>` : ""}`;
+}
+
+function taskLine(t) {
+  return html`<span class="chip" data-colour="${TASK_COLOUR[t.state] || "grey"}">${t.state}</span>
+    <small>pushed ${new Date(t.pushed_at).toLocaleString()}${t.report_text ? html` · “${t.report_text}”` : ""}</small>`;
+}
+
+/** A source's popup: kind, owner, the responsible person, and its open tasks. */
+function sourcePopup(p) {
+  const tasks = openTasks.filter((t) => t.source_id === p.id);
+  return html`<b>${p.name || p.id}</b> <span class="chip">${kindName(p.kind)}</span>
+    <dl class="facts">
+      <dt>Owner</dt><dd>${p.company || "–"}</dd>
+      <dt>Responsible</dt><dd class="responsible">${person(p)}</dd>
+      <dt>District</dt><dd>${p.district || "–"}</dd>
+      ${p.ts ? html`<dt>Last fix</dt><dd>${new Date(p.ts).toLocaleString()}</dd>` : ""}
+      <dt>Open tasks</dt><dd class="tasks">${tasks.length ? tasks.map((t) => html`<div>${taskLine(t)}</div>`) : "none"}</dd>
+    </dl>`;
+}
+
+/** The owners' open tasks of exceedances at a site, for its panel. */
+function siteTasks(siteId) {
+  if (sourcesOff) return "";
+  const tasks = openTasks.filter((t) => t.site_id === siteId)  // the latest exceedance first, by rank
+    .sort((a, b) => b.exceedance_id - a.exceedance_id || a.rank - b.rank);
+  return html`<h3>Owner tasks</h3>
+    <ul class="owner-tasks" id="owner-tasks" data-count="${tasks.length}">${tasks.length ? tasks.map((t) => {
+      const p = sourceProps.get(t.source_id) || {id: t.source_id};
+      return html`<li data-task="${t.id}"><b>${p.name || t.source_id}</b> (#${t.rank}, ${t.company || "no owner"})<br>
+        ${person(p)}<br>${taskLine(t)}</li>`;
+    }) : html`<li class="none">No open tasks for the sources around this site.</li>`}</ul>`;
+}
+
+async function refreshSources() {
+  if (sourcesOff || (sourcesAt && serverNow() - sourcesAt < SOURCES_EVERY_S * 1000)) return;
+  try {
+    const [geo, tasks, exceedances] = await Promise.all([api("/api/v1/sources.geojson"),
+      api("/api/v1/sources/tasks?limit=1000"), api("/api/v1/sources/exceedances?limit=1000")]);
+    const siteOf = new Map(exceedances.map((e) => [e.id, e.site_id]));
+    openTasks = tasks.filter((t) => t.state !== "closed").map((t) => ({...t, site_id: siteOf.get(t.exceedance_id) || ""}));
+    sourceProps = new Map(geo.features.map((f) => [f.properties.id, f.properties]));
+    sourceMap.update(geo);
+    sourcesAt = serverNow();
+  } catch (e) {
+    if (!missing(e)) throw e;
+    sourcesOff = true;  // this collector has no sources feature: the page works without it
+  }
+}
+
 function facts(s) {
   const ex = exceedance(s);
   const who = s.responsible;
@@ -83,7 +141,7 @@ function facts(s) {
     <dt>Responsible</dt><dd id="responsible">${who?.name ? html`${who.name}${who.unit ? ` (${who.unit})` : ""}${who.phone ? html` · <a href="${"tel:" + who.phone}">${who.phone}</a>` : ""}` : "not set in the site's config"}</dd>
     <dt>District</dt><dd>${s.district}</dd>
     <dt>Last data</dt><dd>${s.last_seen ? new Date(s.last_seen).toLocaleString() : "never"}${s.status === "fault" ? html` · <small>data flagged: ${s.status_reason}</small>` : ""}</dd>
-  </dl>`;
+  </dl>${siteTasks(s.id)}`;
 }
 
 async function select(id) {
@@ -198,6 +256,7 @@ async function refresh() {
     sites = list;
     drawSites();
     drawAlarms(alarms);
+    await refreshSources();
     if (selected) await select(selected);
     document.body.dataset.updated = String(++updates);
   } catch (e) {
@@ -235,6 +294,8 @@ async function main() {
   view = await cityMap($("map"));
   layer = markerLayer(view.map, "environment", {onClick: (item) => choose(item.id)});
   legend(view.map, [["exceeded", "over a limit"], ["ok", "within limits"], ["unknown", "no recent data"]], "Sites");
+  sourceMap = sourceLayer(view.map, "sources", {popup: sourcePopup});
+  kindLegend(view.map);
   setInterval(tick, 1000);
   refresh();
 }

@@ -153,3 +153,69 @@ export function legend(map, entries, title = "") {
   control.addTo(map);
   return control;
 }
+
+/** Pollution-source kinds: a colour apart from the state palette, and a name people read. */
+export const SOURCE_KINDS = {
+  construction_site: ["#8d6e63", "construction site"], industrial: ["#6a1b9a", "industry"],
+  boiler: ["#37474f", "boiler"], restaurant: ["#ad1457", "restaurant"],
+  muck_truck: ["#00897b", "muck truck"], other: ["#9e9d24", "other"],
+};
+const kindOf = (kind) => SOURCE_KINDS[kind] || SOURCE_KINDS.other;
+
+/**
+ * A layer of GeoJSON sources (points and outlines) coloured by kind, under the state markers;
+ * `update(collection)` redraws it. `popup(properties)` returns the popup's markup (made with
+ * `html`, so every value is escaped). Each drawn path carries data-layer, data-id, data-kind.
+ */
+export function sourceLayer(map, name, {popup} = {}) {
+  const pane = "layer-" + name;
+  if (!map.getPane(pane)) map.createPane(pane).style.zIndex = "405";
+  const group = L.featureGroup().addTo(map);
+  function update(collection) {
+    group.clearLayers();
+    const drawn = L.geoJSON(collection, {
+      pane,
+      style: (f) => ({color: kindOf(f.properties.kind)[0], weight: 2, fillOpacity: 0.18,
+        className: "source source-" + name}),
+      pointToLayer: (f, latlng) => L.circleMarker(latlng, {pane, radius: 6, weight: 2,
+        color: "#263238", fillColor: kindOf(f.properties.kind)[0], fillOpacity: 0.95,
+        className: "source source-" + name, bubblingMouseEvents: false}),
+      onEachFeature: (f, layer) => {
+        layer.bindTooltip(esc(`${f.properties.name || f.id} (${kindOf(f.properties.kind)[1]})`),
+          {direction: "top", offset: [0, -4]});
+        if (popup) {
+          layer.bindPopup(() => {
+            const div = L.DomUtil.create("div", "source-popup");
+            div.dataset.source = String(f.id);
+            render(div, popup(f.properties));
+            return div;
+          });
+        }
+      },
+    });
+    drawn.addTo(group);
+    drawn.eachLayer((l) => {
+      const path = l.getElement();
+      if (!path) return;
+      path.dataset.layer = name;
+      path.dataset.id = String(l.feature.id);
+      path.dataset.kind = l.feature.properties.kind || "";
+    });
+    map.getPane(pane).dataset.count = String(collection.features.length);
+    return collection.features.length;
+  }
+  return {group, update};
+}
+
+/** A legend control of the source kinds (swatches drawn as SVG: no inline style). */
+export function kindLegend(map, title = "Pollution sources") {
+  const control = L.control({position: "bottomright"});
+  control.onAdd = () => {
+    const div = L.DomUtil.create("div", "map-legend");
+    render(div, html`<b>${title}</b>${Object.values(SOURCE_KINDS).map(([colour, label]) =>
+      html`<span><svg class="swatch" viewBox="0 0 12 12" width="12" height="12" aria-hidden="true"><circle cx="6" cy="6" r="5" fill="${colour}" stroke="#263238" stroke-width="1.5"/></svg> ${label}</span>`)}`);
+    return div;
+  };
+  control.addTo(map);
+  return control;
+}

@@ -1,16 +1,15 @@
 // The phone report page: a patrol member (signed in with a crew or ops token) or a citizen
 // (no token) reports a problem with where it is, a few words and a photo.
 
-import {$, api, ApiError, render, html, takeToken, token} from "./common.js";
+import {$, api, html, render, start, token} from "./common.js";
 
-const KINDS = ["dust", "garbage", "illegal_parking", "road_damage", "lift_fault", "noise", "water_leak", "other"];
-const MAX_PHOTO = 2_000_000;
+let maxPhoto = 2_000_000;  // the collector says its own limit ([grid] photo_max_bytes)
 let position = null;
 
 function readPhoto(file) {
   return new Promise((resolve, reject) => {
     if (!file) { resolve(null); return; }
-    if (file.size > MAX_PHOTO) { reject(new Error("The photo is larger than 2 MB.")); return; }
+    if (file.size > maxPhoto) { reject(new Error(`The photo is larger than ${Math.floor(maxPhoto / 1e6 * 10) / 10} MB.`)); return; }
     const reader = new FileReader();
     reader.onload = () => resolve(String(reader.result));
     reader.onerror = () => reject(new Error("The photo could not be read."));
@@ -37,19 +36,29 @@ async function send(event) {
                   photo: await readPhoto($("photo").files[0])};
     if (!patrol) body.contact = $("contact").value;
     const got = await api(patrol ? "/api/v1/reports" : "/api/v1/public/reports", {method: "POST", body});
+    $("status").className = "";
     render($("status"), html`Thank you — report ${got.id} is with grid ${got.grid || got.district || "—"}.`);
     document.body.dataset.sent = "yes";
     $("report-form").reset();
   } catch (e) {
-    $("status").textContent = e instanceof ApiError || e instanceof Error ? e.message : String(e);
+    $("status").className = "error";
+    $("status").textContent = e instanceof Error ? e.message : String(e);
   } finally {
     $("send").disabled = !position;
   }
 }
 
-takeToken();
-render($("kind"), html`${KINDS.map((k) => html`<option value="${k}">${k.replace(/_/g, " ")}</option>`)}`);
-$("who").textContent = token() ? "patrol" : "citizen";
-$("contact-row").hidden = Boolean(token());
-$("locate").addEventListener("click", locate);
-$("report-form").addEventListener("submit", send);
+// A public page: citizens have no token (and no navigation); a patrol link carries one.
+async function main() {
+  start();
+  $("who").textContent = token() ? "patrol" : "citizen";
+  $("contact-row").hidden = Boolean(token());
+  $("locate").addEventListener("click", locate);
+  $("report-form").addEventListener("submit", send);
+  const offered = await api("/api/v1/public/report-kinds");  // the city's own list
+  maxPhoto = offered.photo_max_bytes;
+  render($("kind"), html`${offered.kinds.map((k) => html`<option value="${k}">${k.replace(/_/g, " ")}</option>`)}`);
+  document.body.dataset.ready = "yes";
+}
+
+main().catch((e) => { $("status").className = "error"; $("status").textContent = e.message; });
