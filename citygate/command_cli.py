@@ -13,38 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
-import httpx
+from citygate.rest_cli import CliError, answer, common_options, guarded
+from citygate.rest_cli import client as rest_client
 
-TOKEN_ENV = "CITYGATE_TOKEN"
 PROG = "citygate command"
 
 
-class CliError(Exception):
-    """A failure to report in one line, with what to do."""
-
-
-def _client(args: argparse.Namespace) -> httpx.Client:
-    token = args.token or os.environ.get(TOKEN_ENV, "")
-    if not token:
-        raise CliError(f"no token: pass --token or set {TOKEN_ENV} (role ops, or crew)")
-    return httpx.Client(base_url=args.collector.rstrip("/"), timeout=args.timeout,
-                        headers={"Authorization": f"Bearer {token}"})
-
-
-def _answer(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        if isinstance(detail, dict):
-            detail = f"{detail.get('reason')}: {detail.get('message')}"
-        raise CliError(f"collector answered {response.status_code}: {detail}")
-    return response.json()
 
 
 def parse_value(text: str) -> bool | int | float:
@@ -80,15 +57,15 @@ def cmd_send(args: argparse.Namespace) -> int:
                             "ttl_s": args.ttl, "wait_s": args.wait}
     if args.key:
         body["key"] = args.key
-    with _client(args) as client:
-        out = _answer(client.post(f"/api/v1/devices/{args.device}/commands", json=body))
+    with rest_client(args, "role ops, or crew") as client:
+        out = answer(client.post(f"/api/v1/devices/{args.device}/commands", json=body))
         if out["status"] == "awaiting_confirmation":
             if not args.confirm:
                 print(_line(out))
                 print(f"{args.point} is marked dangerous: confirm with `{PROG} confirm "
                       f"{out['id']}` (or send again with --confirm)", file=sys.stderr)
                 return 0
-            out = _answer(client.post(f"/api/v1/commands/{out['id']}/confirm",
+            out = answer(client.post(f"/api/v1/commands/{out['id']}/confirm",
                                       params={"wait_s": args.wait}))
     print(_line(out))
     return _exit(out, bool(args.wait))
@@ -96,8 +73,8 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     """Confirm a dangerous command."""
-    with _client(args) as client:
-        out = _answer(client.post(f"/api/v1/commands/{args.id}/confirm",
+    with rest_client(args, "role ops, or crew") as client:
+        out = answer(client.post(f"/api/v1/commands/{args.id}/confirm",
                                   params={"wait_s": args.wait}))
     print(_line(out))
     return _exit(out, bool(args.wait))
@@ -105,8 +82,8 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """A device's commands, newest first."""
-    with _client(args) as client:
-        rows = _answer(client.get(f"/api/v1/devices/{args.device}/commands",
+    with rest_client(args, "role ops, or crew") as client:
+        rows = answer(client.get(f"/api/v1/devices/{args.device}/commands",
                                   params={"limit": args.limit}))
     for row in rows:
         print(json.dumps(row, ensure_ascii=False) if args.json else _line(row))
@@ -115,8 +92,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """One command and its audit trail."""
-    with _client(args) as client:
-        out = _answer(client.get(f"/api/v1/commands/{args.id}"))
+    with rest_client(args, "role ops, or crew") as client:
+        out = answer(client.get(f"/api/v1/commands/{args.id}"))
     if args.json:
         print(json.dumps(out, ensure_ascii=False, indent=2))
         return 0
@@ -125,25 +102,6 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"  {entry['at']}  {entry['who']:<20} {entry['what']:<10} "
               f"{json.dumps(entry['detail'], ensure_ascii=False)}")
     return 0
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--collector", default="http://127.0.0.1:8080", help="collector base URL")
-    p.add_argument("--token", help=f"API token (default: ${TOKEN_ENV})")
-    p.add_argument("--timeout", type=float, default=90.0)
-
-
-def _guarded(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except CliError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            return 2
-        except httpx.HTTPError as exc:
-            print(f"{PROG}: cannot reach {args.collector}: {exc}", file=sys.stderr)
-            return 2
-    return run
 
 
 def add_parser(sub: Any) -> None:
@@ -171,5 +129,5 @@ def add_parser(sub: Any) -> None:
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
     for p, func in ((send, cmd_send), (conf, cmd_confirm), (lst, cmd_list), (show, cmd_show)):
-        _common(p)
-        p.set_defaults(func=_guarded(func))
+        common_options(p, 90.0)
+        p.set_defaults(func=guarded(PROG, func))

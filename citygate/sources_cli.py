@@ -10,37 +10,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
+from citygate.rest_cli import CliError, answer, common_options, guarded
+from citygate.rest_cli import client as rest_client
 
-TOKEN_ENV = "CITYGATE_TOKEN"
 CONTENT_TYPES = {"csv": "text/csv", "geojson": "application/geo+json"}
 
 
-class CliError(Exception):
-    """A failure to report in one line, with what to do."""
-
-
-def _client(args: argparse.Namespace) -> httpx.Client:
-    token = args.token or os.environ.get(TOKEN_ENV, "")
-    if not token:
-        raise CliError(f"no token: pass --token or set {TOKEN_ENV} (role ops to import)")
-    return httpx.Client(base_url=args.collector.rstrip("/"), timeout=args.timeout,
-                        headers={"Authorization": f"Bearer {token}"})
-
-
-def _answer(response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise CliError(f"collector answered {response.status_code}: {detail}")
-    return response.json()
 
 
 def _format(path: Path, given: str | None) -> str:
@@ -59,8 +38,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
     kind = CONTENT_TYPES[_format(path, args.format)]
-    with _client(args) as client:
-        result = _answer(client.post("/api/v1/sources/import", content=data,
+    with rest_client(args, "role ops to import") as client:
+        result = answer(client.post("/api/v1/sources/import", content=data,
                                      headers={"Content-Type": kind}))
     print(f"{result['created']} created, {result['updated']} updated,"
           f" {result['refused']} refused")
@@ -72,8 +51,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     """Print registered sources as JSON lines."""
     params = {k: v for k, v in (("kind", args.kind), ("district", args.district)) if v}
-    with _client(args) as client:
-        for row in _answer(client.get("/api/v1/sources", params=params)):
+    with rest_client(args, "role ops to import") as client:
+        for row in answer(client.get("/api/v1/sources", params=params)):
             print(json.dumps(row, ensure_ascii=False))
     return 0
 
@@ -85,8 +64,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         body["ts"] = args.ts
     if args.radius is not None:
         body["radius_m"] = args.radius
-    with _client(args) as client:
-        result = _answer(client.post("/api/v1/sources/attribution", json=body))
+    with rest_client(args, "role ops to import") as client:
+        result = answer(client.post("/api/v1/sources/attribution", json=body))
     wind = result["wind"]
     print("wind: none" if wind is None else
           f"wind: from {wind['direction']:.0f}° at {wind['speed']:.1f} m/s ({wind['station']})")
@@ -100,29 +79,10 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 def cmd_tasks(args: argparse.Namespace) -> int:
     """Print owner tasks as JSON lines."""
     params = {"state": args.state} if args.state else {}
-    with _client(args) as client:
-        for row in _answer(client.get("/api/v1/sources/tasks", params=params)):
+    with rest_client(args, "role ops to import") as client:
+        for row in answer(client.get("/api/v1/sources/tasks", params=params)):
             print(json.dumps(row, ensure_ascii=False))
     return 0
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--collector", default="http://127.0.0.1:8080", help="collector base URL")
-    p.add_argument("--token", help=f"API token (default: ${TOKEN_ENV})")
-    p.add_argument("--timeout", type=float, default=60.0)
-
-
-def _guarded(func: Any) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return int(func(args))
-        except CliError as exc:
-            print(f"citygate sources: {exc}", file=sys.stderr)
-            return 2
-        except httpx.HTTPError as exc:
-            print(f"citygate sources: cannot reach {args.collector}: {exc}", file=sys.stderr)
-            return 2
-    return run
 
 
 def add_parser(sub: Any) -> None:
@@ -147,5 +107,5 @@ def add_parser(sub: Any) -> None:
     tsk.add_argument("--state", choices=("pushed", "acknowledged", "reported", "closed"))
     for p, func in ((imp, cmd_import), (lst, cmd_list), (att, cmd_attribute),
                     (tsk, cmd_tasks)):
-        _common(p)
-        p.set_defaults(func=_guarded(func))
+        common_options(p, 60.0)
+        p.set_defaults(func=guarded("citygate sources", func))

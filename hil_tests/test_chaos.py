@@ -102,6 +102,7 @@ def test_collector_kill9_during_backlog_drain(tmp_path: Path, broker: Broker,
     assert acc.stored == acc.produced, acc
 
 
+@pytest.mark.slow  # `make chaos`; make test keeps the gateway and broker kills
 def test_collectors_sharing_a_subscription_store_once_and_survive_kill9(
         tmp_path: Path, broker: Broker, procs: Any) -> None:
     city = ChaosCity(tmp_path, procs, broker, poll="200ms",
@@ -136,6 +137,7 @@ def _replayed(city: ChaosCity) -> int:
     return sum(1 for x in r["readings"] if x["replayed"])
 
 
+@pytest.mark.slow  # `make chaos`; make test keeps the gateway and broker kills
 def test_network_cut_and_black_hole(tmp_path: Path, broker: Broker, procs: Any) -> None:
     proxy = NetProxy(free_port(), broker.port).start()
     try:
@@ -159,6 +161,7 @@ def test_network_cut_and_black_hole(tmp_path: Path, broker: Broker, procs: Any) 
     assert acc.stored == acc.produced, acc
 
 
+@pytest.mark.slow  # `make chaos`; make test keeps the gateway and broker kills
 def test_outbox_quota_evictions_are_reported_as_gaps(tmp_path: Path, broker: Broker,
                                                       procs: Any) -> None:
     city = ChaosCity(tmp_path, procs, broker, outbox='max_bytes = "3KB"').start()
@@ -184,6 +187,7 @@ def test_outbox_quota_evictions_are_reported_as_gaps(tmp_path: Path, broker: Bro
     assert sum(e["evidence"]["count"] for e in seq["reported_gaps"]) == acc.evicted_reported
 
 
+@pytest.mark.slow  # `make chaos`; make test keeps the gateway and broker kills
 def test_gateway_with_a_wrong_unsynced_clock_is_corrected(tmp_path: Path, broker: Broker,
                                                           procs: Any) -> None:
     faketime = "/usr/bin/faketime"

@@ -28,7 +28,7 @@ RULES = ", ".join([
 # Event codes that go with a kind (GB/T 24476 codes; None: a detected condition has none).
 KIND_CODES = {"stopped_outside_door_zone": 4, "run_timeout": 6, "power_loss": 41,
               "alarm_button": 90}
-REPRESENTATIVE = {"trapped_passenger", "controller_fault", "stopped_outside_zone"}
+REPRESENTATIVE = {"trapped_passenger", "controller_fault"}  # the rest: `make chaos`
 PLAYED = sorted(name for name, s in SCENARIOS.items() if s.expects)
 
 

@@ -202,6 +202,7 @@ def test_bad_signature_is_refused(tmp_path: Path, broker: Broker, procs: Any,
     assert_exact(city)
 
 
+@pytest.mark.slow  # `make chaos`; make test keeps the good and the badly signed update
 def test_unhealthy_version_rolls_back_by_itself(tmp_path: Path, broker: Broker, procs: Any,
                                                 updates: UpdateServer,
                                                 wheels: dict[str, Path]) -> None:
