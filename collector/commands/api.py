@@ -20,8 +20,10 @@ from devices.contract import DEVICE_ID_RE
 
 router = APIRouter(prefix="/api/v1", tags=["commands"])
 Commander = Annotated[Principal, Depends(require(Role.OPS, Role.CREW))]
-DeviceId = Annotated[str, Path(pattern=DEVICE_ID_RE.pattern)]
-CommandId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+DeviceId = Annotated[str, Path(max_length=128, pattern=DEVICE_ID_RE.pattern,
+                                description="device id")]
+CommandId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
+                                description="command id")]
 Scalar = float | int | bool
 
 
@@ -41,6 +43,51 @@ class CommandIn(BaseModel):
     wait_s: float = Field(0.0, ge=0, le=60, description="wait this long for a final status")
 
 
+class CommandOut(BaseModel):
+    """A command and where it stands."""
+
+    id: str = Field(description="command id")
+    device: str = Field(description="target device")
+    gateway: str = Field(description="the gateway that owns the device")
+    op: str = Field(description="operation (write)")
+    point: str | None = Field(description="canonical quantity written")
+    value_written: Scalar | None = Field(description="value asked for")
+    issuer: str = Field(description="token name of who issued it")
+    issued: int = Field(description="issued at, ms since the epoch")
+    expires: int = Field(description="never executed at or after this time (ms)")
+    dangerous: bool = Field(description="the profile marks the point dangerous (two steps)")
+    confirmed_by: str | None = Field(description="who confirmed a dangerous command")
+    status: str = Field(description="awaiting_confirmation, pending, sent, accepted, done, "
+                                    "failed, expired, interrupted")
+    reason: str = Field(description="machine-readable reason of a failure or refusal")
+    message: str = Field(description="what happened, for people")
+    value_read_back: Any = Field(description="the value read back after the write (done)")
+    sends: int = Field(description="times sent to the gateway")
+    updated: int = Field(description="last change, ms since the epoch")
+
+
+class AuditEntry(BaseModel):
+    """One step of a command's life."""
+
+    at: int = Field(description="ms since the epoch")
+    who: str = Field(description="a token name, a gateway id, or collector")
+    what: str = Field(description="issued, confirmed, sent, or a status")
+    detail: dict[str, Any] = Field(description="what the step carried")
+
+
+class CommandWithAudit(CommandOut):
+    """A command with its audit trail."""
+
+    audit: list[AuditEntry] = Field(description="every step, in order")
+
+
+class CommandStats(BaseModel):
+    """Counters of the command service."""
+
+    counters: dict[str, int] = Field(description="issued, refused, sent, send failures, ...")
+    broker_connected: bool = Field(description="the link to the broker is up")
+
+
 def _service(request: Request) -> CommandService:
     service: CommandService = request.app.state.commands
     return service
@@ -55,7 +102,7 @@ def _http(exc: CommandError) -> HTTPException:
                          headers=headers)
 
 
-@router.post("/devices/{device_id}/commands", status_code=202)
+@router.post("/devices/{device_id}/commands", status_code=202, response_model=CommandOut)
 async def issue(device_id: DeviceId, body: CommandIn, who: Commander,
                 service: Service) -> dict[str, Any]:
     """Issue a write; 202 with the command (status awaiting_confirmation for dangerous points)."""
@@ -69,9 +116,10 @@ async def issue(device_id: DeviceId, body: CommandIn, who: Commander,
     return out
 
 
-@router.get("/devices/{device_id}/commands")
+@router.get("/devices/{device_id}/commands", response_model=list[CommandOut])
 async def of_device(device_id: DeviceId, who: Commander, service: Service,
-                    limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+                    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many")]
+                    = 100) -> list[dict[str, Any]]:
     """The device's commands, newest first."""
     try:
         return await asyncio.to_thread(service.of_device, who, device_id, limit)
@@ -79,7 +127,7 @@ async def of_device(device_id: DeviceId, who: Commander, service: Service,
         raise _http(exc) from None
 
 
-@router.get("/commands/stats")
+@router.get("/commands/stats", response_model=CommandStats)
 async def stats(_who: Commander, service: Service) -> dict[str, Any]:
     """Counters of the command service (issued, refused, sent, bad replies, ...) and whether
     its broker link is up."""
@@ -87,7 +135,7 @@ async def stats(_who: Commander, service: Service) -> dict[str, Any]:
             "broker_connected": service.channel.connected.is_set()}
 
 
-@router.get("/commands/{command_id}")
+@router.get("/commands/{command_id}", response_model=CommandWithAudit)
 async def show(command_id: CommandId, who: Commander, service: Service) -> dict[str, Any]:
     """One command with its audit trail (who, when, what, result)."""
     try:
@@ -96,9 +144,10 @@ async def show(command_id: CommandId, who: Commander, service: Service) -> dict[
         raise _http(exc) from None
 
 
-@router.post("/commands/{command_id}/confirm")
+@router.post("/commands/{command_id}/confirm", response_model=CommandOut)
 async def confirm(command_id: CommandId, who: Commander, service: Service,
-                  wait_s: Annotated[float, Query(ge=0, le=60)] = 0.0) -> dict[str, Any]:
+                  wait_s: Annotated[float, Query(ge=0, le=60, description="wait this long "
+                                                 "for a final status")] = 0.0) -> dict[str, Any]:
     """Confirm a dangerous command (the second step); it is sent at once."""
     try:
         out = await asyncio.to_thread(service.confirm, who, command_id)
