@@ -8,8 +8,6 @@ every produced (gateway, seq) stored exactly once, and exactly `readings` rows p
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,6 @@ from collector.store import Store
 from hil_tests.conftest import Procs
 
 pytestmark = pytest.mark.hil
-PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 ACK_WAIT = 4.0  # short, so a killed collector's batch is redelivered within the test
 
 
@@ -53,30 +50,11 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         c.stop()
 
 
-def _pg_admin() -> Any:
-    import psycopg
-
-    return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-
-
 @pytest.fixture
-def pg_db() -> Iterator[str]:
-    """A fresh PostgreSQL database (the collectors of a city share one), dropped afterwards."""
-    try:
-        with _pg_admin():
-            pass
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    name = f"citygate_cluster_{uuid.uuid4().hex[:10]}"
-    with _pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-    Store.open(url).close()  # migrate once, before two collectors race to
-    try:
-        yield url
-    finally:
-        with _pg_admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def pg_db(pg_db: str) -> str:
+    """The shared fresh database, migrated once before two collectors race to."""
+    Store.open(pg_db).close()
+    return pg_db
 
 
 # --- helpers -------------------------------------------------------------------------------------

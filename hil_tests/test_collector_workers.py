@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,33 +25,8 @@ from hil_tests import test_cluster as tc
 from hil_tests.conftest import Procs
 
 pytestmark = [pytest.mark.hil, pytest.mark.postgres]
-PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 GATEWAYS, PER_GATEWAY, RATE = 4, 1500, 300.0
 OPS_TOKEN = "ops-room-" + os.urandom(8).hex()
-
-
-def _pg_admin() -> Any:
-    import psycopg
-
-    return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-
-
-@pytest.fixture
-def pg_db() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped afterwards."""
-    try:
-        with _pg_admin():
-            pass
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    name = f"citygate_workers_{uuid.uuid4().hex[:10]}"
-    with _pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with _pg_admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def workers_of(base: str) -> list[dict[str, Any]]:

@@ -6,10 +6,7 @@ quarantined, and no gateway acting on another's devices."""
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,32 +26,9 @@ from devices import contract
 
 pytestmark = pytest.mark.hil
 
-PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 MIN = 60_000
 LIFT = {"kind": "elevator", "profile": "elevator-gbt24476"}
 SPOT = {"kind": "parking_sensor", "profile": "parking-geomagnetic"}
-
-
-def _pg_admin() -> Any:
-    import psycopg
-
-    return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-
-
-@pytest.fixture
-def pg_db() -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped after the test."""
-    try:
-        admin = _pg_admin()
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    name = f"citygate_hil_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
