@@ -82,29 +82,28 @@ class ClockInfo(_Wire, frozen=True, kw_only=True):
     sent_boot: str = ""  # boot id at send time (empty: same as `boot`)
 
 
-class DataEnvelope(_Wire, frozen=True, kw_only=True):
+class _Envelope(_Wire, frozen=True, kw_only=True):
+    """The header every envelope carries."""
+
+    v: int
+    gateway: str
+    seq: int
+    sent: int
+    clock: ClockInfo = msgspec.field(default_factory=ClockInfo)
+    replay: bool = False
+
+
+class DataEnvelope(_Envelope, frozen=True, kw_only=True):
     """A batch of readings."""
 
     _model: ClassVar[str] = "DataEnvelopeModel"
-    v: int
-    gateway: str
-    seq: int
-    sent: int
-    clock: ClockInfo = msgspec.field(default_factory=ClockInfo)
-    replay: bool = False
     readings: list[WireReading]
 
 
-class EventsEnvelope(_Wire, frozen=True, kw_only=True):
+class EventsEnvelope(_Envelope, frozen=True, kw_only=True):
     """A batch of events."""
 
     _model: ClassVar[str] = "EventsEnvelopeModel"
-    v: int
-    gateway: str
-    seq: int
-    sent: int
-    clock: ClockInfo = msgspec.field(default_factory=ClockInfo)
-    replay: bool = False
     events: list[WireEvent]
 
 
