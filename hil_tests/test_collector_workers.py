@@ -212,6 +212,10 @@ def test_nats_workers_share_the_durable_consumer_through_a_kill9(nats: Any, pg_d
     feeders = tc.run_feeders(nats, 3, count=1000, rate=250)
     try:
         wait_for(lambda: sum(f.counts.acked for f in feeders) > 1000, 20, "a third acknowledged")
+        # Both workers pull from the one durable consumer. Shown before the kill: the restarted
+        # worker's counters start from zero, and the survivor may take all that is left.
+        wait_for(lambda: [(w["ingest"] or {}).get("stored_messages", 0) > 0
+                          for w in workers_of(base)] == [True, True], 20, "both workers storing")
         victim = {w["index"]: w for w in workers_of(base)}[1]["pid"]
         os.kill(victim, signal.SIGKILL)
         tc.finish(feeders, 40)
@@ -223,8 +227,7 @@ def test_nats_workers_share_the_durable_consumer_through_a_kill9(nats: Any, pg_d
             f.stop()
     workers = {w["index"]: w for w in workers_of(base)}
     assert workers[1]["restarts"] == 1 and workers[1]["pid"] != victim, workers[1]
-    assert all(w["ingest"]["source"] == "nats" for w in workers.values())
-    assert all(w["ingest"]["stored_messages"] > 0 for w in workers.values()), report
+    assert all(w["ingest"]["source"] == "nats" for w in workers.values()), report
     wait_for(lambda: (collector_health(base) or {})["ingest"]["feed"]["messages"] >= 3000, 20,
              "every stored envelope fed to the hooks")
 

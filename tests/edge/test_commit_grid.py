@@ -156,9 +156,12 @@ def test_events_and_changes_are_sent_within_the_send_delay_not_the_window(
     assert len(lat) == 20
     assert max(lat) < 0.2, sorted(lat)  # the window is 1 s: nothing waited for it
     assert statistics.median(lat) < 0.05, sorted(lat)
-    # Every message was acknowledged before a commit came: none was written to the outbox.
-    assert agent.outbox.counters["stored_messages"] == 0
-    assert agent.outbox.counters["acked_before_commit"] == len(up.sent)
+    # A message acknowledged before a commit is never written. The 1.6 s run has at most two
+    # commit ticks, and a tick can only catch the one message then in flight (sends are 70 ms
+    # apart, acks come within milliseconds), so at most two of the twenty reach the disk.
+    stored = agent.outbox.counters["stored_messages"]
+    assert stored <= 2, agent.outbox.counters
+    assert agent.outbox.counters["acked_before_commit"] == len(up.sent) - stored
     ob = Outbox(agent.cfg.outbox_path).open()
     assert ob.stats()["messages"] == 0
     ob.close()
