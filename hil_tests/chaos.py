@@ -46,11 +46,12 @@ class Account:
     lost: int
     lost_before_kill: int = 0
     evicted_reported: int = 0
+    lost_reads: list[str] = field(default_factory=list)  # each lost read, where it fell
 
     def __str__(self) -> str:
         return (f"produced={self.produced} stored={self.stored} duplicates={self.duplicates} "
                 f"lost={self.lost} lost_before_kill={self.lost_before_kill} "
-                f"evicted_reported={self.evicted_reported}")
+                f"evicted_reported={self.evicted_reported} lost_reads={self.lost_reads[:10]}")
 
 
 @dataclass
@@ -182,15 +183,31 @@ class ChaosCity:
     def account(self, served: dict[int, list[tuple[float, int]]]) -> Account:
         """Compare what the devices gave with what the hub holds."""
         produced = stored = dups = lost = at_kill = 0
+        lost_reads: list[str] = []
         for u in UNITS:
             values = self.stored(u)
             counts = Counter(values)
             produced += len(served[u])
             stored += len(counts)
             dups += sum(c - 1 for c in counts.values())
-            for t, v in served[u]:
+            reads = served[u]
+            for i, (t, v) in enumerate(reads):
                 if v not in counts:
                     lost += 1
                     at_kill += self._before_kill(t)
+                    lost_reads.append(self._where(u, v, t, reads, i))
         evicted = sum(self.gaps_reported().values())
-        return Account(produced, stored, dups, lost, at_kill, evicted)
+        return Account(produced, stored, dups, lost, at_kill, evicted, lost_reads)
+
+    def _where(self, unit: int, value: int, t: float, reads: list[tuple[float, int]],
+               i: int) -> str:
+        """A lost read and its surroundings: the gaps to the unit's reads before and after it
+        (a retried request shows as a short gap) and to the next kill, in ms."""
+        def ms(x: float | None) -> str:
+            return "-" if x is None else f"{x * 1000:.0f}"
+
+        before = t - reads[i - 1][0] if i > 0 else None
+        after = reads[i + 1][0] - t if i + 1 < len(reads) else None
+        kill = min((k - t for k in self.kills if k >= t), default=None)
+        return (f"c{unit}={value} prev+{ms(before)} next+{ms(after)} kill+{ms(kill)} "
+                f"end-{ms(reads[-1][0] - t)}")
