@@ -194,6 +194,7 @@ def test_mqtt_msgs_stream_is_the_one_we_rely_on(cluster: NatsCluster) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow  # `make chaos`; make test keeps the NATS kill in test_collector_workers.py
 def test_collector_kill9_mid_stream_loses_nothing(cluster: NatsCluster, pg_db: str,
                                                   procs: Procs) -> None:
     """collector_kill9: two collectors share the consumer; one dies with -9 and comes back."""
