@@ -31,6 +31,7 @@ from typing import Any
 from bench.common import percentile, report_runs
 from citygate.receivers import Receivers
 from collector.environment.config import load_environment_config
+from collector.features import open_store
 from collector.notify.config import load_notify_config
 from collector.notify.dispatcher import Dispatcher
 from collector.notify.queue import NotifyQueue
@@ -148,7 +149,7 @@ def one_run(seed: int) -> dict[str, float]:
     rng = random.Random(seed)
     t0 = int(time.time() * 1000)
     with tempfile.TemporaryDirectory() as tmp, Receivers() as rx:
-        store = Store.open(os.environ.get("BENCH_ATTR_DB", f"sqlite:///{Path(tmp) / 'h.db'}"))
+        store = open_store(os.environ.get("BENCH_ATTR_DB", f"sqlite:///{Path(tmp) / 'h.db'}"))
         svc, queue, figures = _city(store, rng, t0)
         ready, stop = threading.Event(), threading.Event()
         worker = threading.Thread(target=_dispatch, args=(queue, rx.webhook_url("owners"),

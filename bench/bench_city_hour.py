@@ -46,6 +46,7 @@ import paho.mqtt.client as mqtt
 
 from bench.common import ProcSample, percentile, sample
 from citygate.rig import Broker, Proc, citygate, collector_health, free_port, wait_for
+from collector.features import open_store
 from devices import contract
 from devices.model import Reading
 
@@ -466,7 +467,6 @@ def hub_cost(envelopes: int) -> dict[str, float]:
     from collector.feed import FeedReader, FeedWriter, ensure_feed
     from collector.hub import build_hub
     from collector.ingest import entry_of
-    from collector.store import Store
 
     name = f"citygate_city_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -474,7 +474,7 @@ def hub_cost(envelopes: int) -> dict[str, float]:
     url = f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            store = Store.open(url)
+            store = open_store(url)
             ensure_feed(store.engine)
             hub = build_hub(store, CollectorConfig(), dict, admin_token_file=Path(tmp) / "t")
             feed = FeedWriter("bench")

@@ -22,7 +22,8 @@ from bench.common import median
 from citygate.rig import free_port
 from collector.alarms import hash_token
 from collector.config import CollectorConfig
-from collector.hub import BrokerLink, build_hub
+from collector.features import build_hub, open_store
+from collector.hub import BrokerLink
 from collector.store import Accepted, Store, now_ms
 from devices.contract import DataEnvelope, EventsEnvelope
 
@@ -71,7 +72,7 @@ def fill(store: Store, hub: Any, lifts: int) -> None:
 def measure(lifts: int) -> dict[str, float]:
     """Median ms per route for one city size."""
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store.open(f"sqlite:///{Path(tmp) / 'hub.sqlite'}")
+        store = open_store(f"sqlite:///{Path(tmp) / 'hub.sqlite'}")
         hub = build_hub(store, city_config(lifts), ingest_stats=dict,
                         broker=BrokerLink(f"mqtt://127.0.0.1:{free_port()}"),
                         admin_token_file=Path(tmp) / "admin-token")

@@ -71,6 +71,7 @@ import sqlalchemy as sa
 from collector import partitions
 from collector.api import create_app
 from collector.config import CollectorConfig
+from collector.features import open_store
 from collector.ngsi.egress import EgressPolicy
 from collector.ngsi.history import HistoryKeeper, Retention
 from collector.ngsi.install import HubFeedSettings, install_ngsi
@@ -817,7 +818,7 @@ def run_backend(kind: str, sizes: list[int], args: argparse.Namespace, tmp: Path
     store: Store | None = None
     steps: list[Step] = []
     try:
-        store = Store.open(url)  # migrates everything (core and feature tables)
+        store = open_store(url)  # migrates everything (core and feature tables)
         keeper = HistoryKeeper(store, Retention())
         start = start_of(max(sizes))
         with store.engine.begin() as conn:  # the data's days, the day before, the ingest's

@@ -172,6 +172,7 @@ def one_run(backend: str, checkout: str | None, root: Path,
 HOT_PATH = """
 import sys, tempfile, time
 import orjson
+from collector.features import open_store
 from collector.store import Accepted, Store
 from devices import contract
 n, url = int(sys.argv[1]), sys.argv[2]
@@ -187,7 +188,7 @@ c0 = time.process_time()
 recs = [contract.decode(t, p) for t, p in items]
 c1 = time.process_time()
 with tempfile.TemporaryDirectory() as d:
-    store = Store.open(url.replace("DIR", d))
+    store = open_store(url.replace("DIR", d))
     acc = [Accepted(r.gateway, r.message, int(time.time() * 1000), False) for r in recs]
     c2 = time.process_time()
     for i in range(0, n, 500):

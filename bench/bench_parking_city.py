@@ -34,6 +34,7 @@ import paho.mqtt.client as mqtt
 
 from bench.common import percentile, sample
 from citygate.rig import Broker, Proc, free_port, http_json, wait_for
+from collector.features import open_store
 from devices import contract
 from devices.model import Reading
 
@@ -276,9 +277,8 @@ def serve(args: argparse.Namespace) -> None:
     from collector.api import create_app
     from collector.ingest import Ingest
     from collector.parking import ParkingService, load_parking_config, router
-    from collector.store import Store
 
-    store = Store.open(args.db)
+    store = open_store(args.db)
     parking = ParkingService(store, load_parking_config(json.loads(Path(args.parking)
                                                                    .read_text()))).open()
     ingest = Ingest(store, args.broker, client_id="bench-parking", on_stored=parking.on_stored)

@@ -126,11 +126,11 @@ def _worker_argv(args: argparse.Namespace) -> Callable[[int, str], list[str]]:
 def cmd_collector_worker(args: argparse.Namespace) -> int:
     """One ingest worker of `collector run --workers N` (that command starts it)."""
     from collector.config import CollectorConfigError, load_collector_config
+    from collector.features import open_store
     from collector.feed import FeedWriter
     from collector.ngsi import HubFeedSettings
     from collector.ngsi.history import HistoryKeeper
     from collector.placement import clock_policy
-    from collector.store import Store
     from collector.workers import (
         DrainingIngest,
         FeedingIngest,
@@ -152,7 +152,7 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
     except (CollectorConfigError, ValueError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    store = Store.open(args.db)
+    store = open_store(args.db)
     store.clock_policy = policy
     store.row_writers.append(HistoryKeeper(store, retention).write_rows)
 

@@ -382,10 +382,6 @@ def create_app(store: Store, ingest_stats: Any = None) -> FastAPI:
     app.include_router(public)
     app.include_router(router)
     app.include_router(admin)
-    from collector.cityview import router as cityview  # reads the features' state per request
-
-    app.include_router(cityview)
-
     pages.install(app)
 
     @app.get("/", include_in_schema=False)

@@ -402,7 +402,20 @@ def default_features() -> list[Feature]:
     alarms_and_push = AlarmsAndPush()
     env = Environment(alarms_and_push)
     return [alarms_and_push, env, Sources(env), Grid(alarms_and_push), Parking(), Elevators(),
-            HubFeeds(), Registry(), Updates(), DeviceCommands(alarms_and_push)]
+            HubFeeds(), Registry(), Updates(), DeviceCommands(alarms_and_push), CityView()]
+
+
+class CityView(BaseFeature):
+    """The map layers and the city overview: they read the other features' state per request,
+    so they mount last."""
+
+    name = "cityview"
+
+    def mount(self, core: Core) -> None:
+        """Add the map and overview routes."""
+        from collector.cityview import router
+
+        core.app.include_router(router)
 
 
 def schema(features: Sequence[Feature] | None = None) -> list[MigrationSet]:

@@ -33,8 +33,7 @@ StateHook = Callable[[str, str, list[str]], None]
 
 TASK_BACKOFF_S = (1.0, 60.0)  # first and longest pause before a failed task is restarted
 
-__all__ = ["BrokerLink", "FeatureFailures", "Hub", "StateHook", "StoredHook", "assemble",
-           "build_hub"]
+__all__ = ["BrokerLink", "FeatureFailures", "Hub", "StateHook", "StoredHook", "assemble"]
 
 
 @dataclass
@@ -160,17 +159,6 @@ def assemble(store: Store, config: CollectorConfig, features: Sequence[Feature],
         hub.features.append(f)
     bootstrap_admin(store.engine, admin_token_file)
     return hub
-
-
-def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], dict[str, Any]],
-              *, config_source: str = "collector.toml", broker: BrokerLink | None = None,
-              admin_token_file: Path | None = None) -> Hub:
-    """The collector with every feature: `collector.features.build_hub`, kept here for the
-    callers that import it from the hub (the composition itself lives there)."""
-    from collector import features
-
-    return features.build_hub(store, config, ingest_stats, config_source=config_source,
-                              broker=broker, admin_token_file=admin_token_file)
 
 
 def _pages_config(config: CollectorConfig, source: str) -> Any:

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import uvicorn
 
 from collector.config import CollectorConfig, CollectorConfigError
+from collector.features import build_hub, open_store
 from collector.feed import FeedReader, ensure_feed
-from collector.hub import BrokerLink, Hub, StateHook, StoredHook, build_hub
+from collector.hub import BrokerLink, Hub, StateHook, StoredHook
 from collector.ingest import Ingest, pending_budget
 from collector.leader import LeaderLock, dsn_of, lead
 from collector.placement import clock_policy
@@ -107,7 +108,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
         raise CollectorConfigError(f"{config_source}: {exc}") from None
     if workers is not None and workers.count > 1:
         check_workers(workers.count, db_url)
-    store = Store.open(db_url)
+    store = open_store(db_url)
     store.clock_policy = policy
     stats: list[Callable[[], dict[str, Any]]] = []
     hub = build_hub(store, config or CollectorConfig(),

@@ -106,14 +106,10 @@ class Store:
         self.clock_policy = ClockPolicy()
 
     @classmethod
-    def open(cls, url: str, schema: Sequence[MigrationSet] | None = None) -> Store:
-        """Connect and bring the schema up to date: the given migration sets, by default
-        those of the whole collector as collector/features.py composes it."""
+    def open(cls, url: str, schema: Sequence[MigrationSet]) -> Store:
+        """Connect and bring the schema up to date with the given migration sets (the whole
+        collector's: `collector.features.open_store`)."""
         store = cls(make_engine(url))
-        if schema is None:  # the composition names the features; the store names none
-            from collector.features import schema as composed
-
-            schema = composed()
         migrate(store.engine, schema)
         store.maintain()
         return store

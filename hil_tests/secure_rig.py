@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 
 from citygate.broker import BrokerSecurity, mosquitto_binary, mosquitto_config
 from citygate.rig import Proc, free_port, http_json, port_open, wait_for
+from collector.features import open_store
 from collector.registry.mqtt_auth import BrokerFiles, hash_password, new_password
 from collector.registry.pki import CertFiles, ensure_pki
 
@@ -131,10 +132,9 @@ class HubServer:
         from collector.registry import install
         from collector.registry.commands import CommandChannel
         from collector.registry.service import Registry, RegistrySettings
-        from collector.store import Store
 
         root.mkdir(parents=True, exist_ok=True)
-        self.store = Store.open(f"sqlite:///{root / 'hub.sqlite'}")
+        self.store = open_store(f"sqlite:///{root / 'hub.sqlite'}")
         settings = RegistrySettings(
             broker_urls=[broker.tls_url], ca_pem=broker.ca.cert.read_text(),
             broker_files=broker.files, install_dir=str(install_dir),

@@ -25,6 +25,7 @@ from citygate.cluster import (
 )
 from citygate.feeder import Feeder
 from citygate.rig import Proc, collector_health, free_port, wait_for
+from collector.features import open_store
 from collector.ingest_nats import DURABLE, FILTER_SUBJECT, NatsIngest, topic_from_subject
 from collector.store import Store
 from hil_tests.conftest import Procs
@@ -53,7 +54,7 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 @pytest.fixture
 def pg_db(pg_db: str) -> str:
     """The shared fresh database, migrated once before two collectors race to."""
-    Store.open(pg_db).close()
+    open_store(pg_db).close()
     return pg_db
 
 
@@ -109,7 +110,7 @@ def tally(db: str, feeders: list[Feeder]) -> list[Tally]:
     """Count every feeder's envelopes and readings in the hub."""
     import sqlalchemy as sa
 
-    store = Store.open(db)
+    store = open_store(db)
     try:
         with store.engine.connect() as conn:
             out = []
@@ -276,12 +277,12 @@ def test_stream_leader_kill9_loses_nothing(cluster: NatsCluster, pg_db: str,
 def test_retained_states_and_last_wills_reach_collectors_on_other_nodes(
         cluster: NatsCluster, tmp_path: Path) -> None:
     """gateway_kill9: birth and will published on n1 reach collectors on n2 and n3."""
-    live_store = Store.open(f"sqlite:///{tmp_path / 'live.sqlite'}")
+    live_store = open_store(f"sqlite:///{tmp_path / 'live.sqlite'}")
     live = NatsIngest(live_store, rotated(cluster.nats_urls, 2),
                       mqtt_urls=rotated(cluster.mqtt_urls, 2), client_id="coll-n3")
     live.start()
     feeder = Feeder("gwwill", cluster.mqtt_urls, count=5, rate=50, first_broker=0).start()
-    late_store = Store.open(f"sqlite:///{tmp_path / 'late.sqlite'}")
+    late_store = open_store(f"sqlite:///{tmp_path / 'late.sqlite'}")
     late: NatsIngest | None = None
     try:
         finish([feeder], 20)

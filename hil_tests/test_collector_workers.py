@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from citygate.feeder import Feeder
 from citygate.rig import Broker, collector_health, free_port, http_json, wait_for
 from collector.alarms import hash_token
-from collector.store import Store
+from collector.features import open_store
 from devices import contract
 from devices.model import Action, Event, Severity
 from hil_tests import test_cluster as tc
@@ -43,7 +43,7 @@ def all_running(base: str, n: int) -> bool:
 
 def tally(db: str) -> dict[str, tuple[int, int, int]]:
     """Per gateway: batch rows, distinct seqs, readings."""
-    store = Store.open(db)
+    store = open_store(db)
     try:
         with store.engine.connect() as conn:
             rows = conn.execute(sa.text(

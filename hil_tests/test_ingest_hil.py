@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from citygate.rig import Broker, wait_for
+from collector.features import open_store
 from collector.ingest import Ingest
 from collector.store import Store
 from devices import contract
@@ -38,7 +39,7 @@ def data_msg(gw: str, seq: int, floor: int) -> bytes:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    s = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     yield s
     s.close()
 

@@ -19,6 +19,7 @@ from citygate.rig import Broker, wait_for
 from collector import ingest as ingest_mod
 from collector.api import create_app
 from collector.auth import Role, create_token
+from collector.features import open_store
 from collector.ingest import Ingest
 from collector.placement import ClockPolicy
 from collector.store import Accepted, GatewayMessage, Store, now_ms
@@ -102,7 +103,7 @@ def make_session(store: Store, broker: Broker, client_id: str, **kw: Any) -> Non
 
 def test_times_survive_an_outage_and_a_wrong_clock_is_still_caught(broker: Broker,
                                                                    db_url: str) -> None:
-    store = Store.open(db_url)
+    store = open_store(db_url)
     make_session(store, broker, "coll-outage")
     pub = Publisher(broker)
     # Three synchronised gateways publish for six minutes of their time while the collector is
@@ -154,7 +155,7 @@ def test_times_survive_an_outage_and_a_wrong_clock_is_still_caught(broker: Broke
 
 def test_messages_that_really_waited_longer_than_the_skew_window_keep_their_time(
         broker: Broker, db_url: str) -> None:
-    store = Store.open(db_url)
+    store = open_store(db_url)
     store.clock_policy = ClockPolicy(max_skew_ms=1000, max_future_ms=1000, live_bound_ms=500)
     make_session(store, broker, "coll-wait")
     pub = Publisher(broker)
@@ -186,7 +187,7 @@ def test_messages_that_really_waited_longer_than_the_skew_window_keep_their_time
 def _births_and_backlog(broker: Broker, url: str, gateways: int, envelopes: int,
                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
-    stores = [Store.open(url), Store.open(url)]
+    stores = [open_store(url), open_store(url)]
     ids = ["coll-a", "coll-b"]
     for s, cid in zip(stores, ids, strict=True):
         make_session(s, broker, cid, share_group="hub")
@@ -258,9 +259,9 @@ def _kind(record: Accepted | GatewayMessage) -> str:
 def test_a_store_failure_of_any_kind_is_kept_for_redelivery(
         broker: Broker, db_url: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ingest_mod, "STUCK_AFTER_S", 0.5)
-    store = Store.open(db_url)
+    store = open_store(db_url)
     make_session(store, broker, "coll-fail")
-    broken = Store.open(db_url)
+    broken = open_store(db_url)
     real = broken.ingest
 
     def failing(items: Any) -> Any:
@@ -324,7 +325,7 @@ def test_a_poison_envelope_is_quarantined_and_its_neighbours_stored(
         return rec
 
     monkeypatch.setattr(contract, "decode", decode)
-    store = Store.open(db_url)
+    store = open_store(db_url)
     make_session(store, broker, "coll-poison")
     pub = Publisher(broker)
     t = now_ms()
@@ -359,7 +360,7 @@ def test_a_poison_envelope_is_quarantined_and_its_neighbours_stored(
 
 def test_a_gateway_cannot_clear_take_or_write_another_gateways_device(
         broker: Broker, db_url: str) -> None:
-    store = Store.open(db_url)
+    store = open_store(db_url)
     pub = Publisher(broker)
     ing = started(store, broker, "coll-own")
     admin = create_token(store.engine, "admin", Role.ADMIN)

@@ -21,7 +21,8 @@ import orjson
 from citygate.demo_city import ENVIRONMENT, LIFT_SITE_FACTS, PARKING
 from citygate.rig import served, wait_for
 from collector.config import CollectorConfig
-from collector.hub import Hub, build_hub
+from collector.features import build_hub, open_store
+from collector.hub import Hub
 from collector.store import Accepted, Store
 from devices.contract import decode, topic
 
@@ -116,7 +117,7 @@ class DemoHub:
 @contextmanager
 def demo_hub(tmp: Path) -> Iterator[DemoHub]:
     """Build and serve the demo city's collector around a fresh SQLite store."""
-    store = Store.open(f"sqlite:///{tmp / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp / 'hub.sqlite'}")
     token_file = tmp / "admin-token"
     hub = build_hub(store, CollectorConfig.model_validate(CONFIG), dict,
                     admin_token_file=token_file)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from citygate.rig import served
 from collector import auth
 from collector.alarms.tables import incidents
-from collector.store import Store
+from collector.features import open_store
 from tests.browser.conftest import CHROMIUM
 from tests.collector.grid_fixtures import IN_G1, GridCity, city, grid_city_on
 
@@ -30,7 +30,7 @@ SIDEWAYS = "document.documentElement.scrollWidth > document.documentElement.clie
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[GridCity]:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     try:
         with grid_city_on(store, tmp_path) as g:
             g.client.put("/api/v1/grid/outlines", json=city(), headers=g.h())

@@ -16,9 +16,9 @@ from collector import auth
 from collector.alarms import pages, router
 from collector.alarms.tables import incidents
 from collector.api import create_app
+from collector.features import open_store
 from collector.registry import install
 from collector.registry.service import Registry, RegistrySettings
-from collector.store import Store
 from tests.browser.conftest import ARTIFACTS, CHROMIUM, settled
 from tests.collector.test_alarms_engine import CONFIG, MIN, Rig
 
@@ -34,7 +34,7 @@ REASON = "car checked in person, the sensor is stuck"
 @pytest.fixture
 def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
     """Alarms and access tables on SQLite, the engine on (about) this machine's clock."""
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     r = Rig(store, CONFIG)
     r.clock.now = int(time.time() * 1000) - 15 * MIN  # the story below moves it 8 min on
     auth.create_token(store.engine, "root", auth.Role.ADMIN, token=ADMIN)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from citygate.rig import served
-from collector.store import Store
+from collector.features import open_store
 from tests.browser.conftest import ARTIFACTS, CHROMIUM, settled
 from tests.collector.test_parking_api import MIN, T0, City, occ
 
@@ -28,7 +28,7 @@ else:  # pragma: no cover - the module is skipped
 @pytest.fixture(scope="module")
 def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[City, str]]:
     """Two zones: Renmin Rd north with one bay free of three, Erqi Square full; served."""
-    store = Store.open(f"sqlite:///{tmp_path_factory.mktemp('parking') / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path_factory.mktemp('parking') / 'hub.sqlite'}")
     c = City(store)
     c.send(("pk-1001", T0, occ(False)), ("pk-1002", T0, occ(True)), ("pk-1003", T0, occ(True)),
            ("pk-2001", T0, occ(True)), ("pk-2002", T0, occ(True, battery_mv=3150)),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.features import open_store
 from collector.store import Store
 
 PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -52,7 +53,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         url = f"sqlite:///{tmp_path / 'hub.sqlite'}"
     else:
         url = request.getfixturevalue("pg_url")
-    s = Store.open(url)
+    s = open_store(url)
     try:
         yield s
     finally:

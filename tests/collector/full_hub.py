@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from citygate.rig import free_port
 from collector import auth
 from collector.config import CollectorConfig
-from collector.hub import BrokerLink, build_hub
+from collector.features import build_hub
+from collector.hub import BrokerLink
 from collector.store import Store
 
 

@@ -20,7 +20,8 @@ from collector import auth
 from collector.alarms.engine import AlarmEngine
 from collector.alarms.tables import incidents
 from collector.config import CollectorConfig
-from collector.hub import BrokerLink, Hub, build_hub
+from collector.features import build_hub
+from collector.hub import BrokerLink, Hub
 from collector.store import Accepted, Store
 from devices.contract import EventsEnvelope
 

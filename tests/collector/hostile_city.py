@@ -20,7 +20,8 @@ import orjson
 
 from citygate.rig import Broker, wait_for
 from collector.config import CollectorConfig
-from collector.hub import Hub, build_hub
+from collector.features import build_hub, open_store
+from collector.hub import Hub
 from collector.store import Accepted, Store
 from devices.contract import decode, topic
 
@@ -114,7 +115,7 @@ class HostileCity:
 @contextmanager
 def hostile_city(tmp: Path, *, over_mqtt: bool = False) -> Iterator[HostileCity]:
     """Build the collector around a fresh SQLite store with the hostile config."""
-    store = Store.open(f"sqlite:///{tmp / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp / 'hub.sqlite'}")
     token_file = tmp / "admin-token"
     hub = build_hub(store, CollectorConfig.model_validate(CONFIG), dict,
                     admin_token_file=token_file)

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from collector import auth
 from collector.api import create_app
+from collector.features import open_store as open_hub_store
 from collector.registry import install
 from collector.registry.mqtt_auth import BrokerFiles, hash_password
 from collector.registry.service import Registry, RegistrySettings
@@ -35,7 +36,7 @@ class Hub:
 
 def open_store(path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
     """A store with every table of the collector, the registry's included."""
-    return Store.open(f"sqlite:///{path}")
+    return open_hub_store(f"sqlite:///{path}")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from collector.alarms import AlarmEngine, IncidentDesk, hash_token, load_alarms_config
 from collector.alarms.tables import alarms, incidents
+from collector.features import open_store
 from collector.notify.model import Notice
 from collector.store import Accepted, Store
 from devices.contract import DataEnvelope, EventsEnvelope
@@ -121,7 +122,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path,
     """A store with the alarm migrations (15–18) applied, on SQLite and PostgreSQL."""
     url = f"sqlite:///{tmp_path / 'hub.db'}" if request.param == "sqlite" \
         else request.getfixturevalue("pg_url")
-    s = Store.open(url)
+    s = open_store(url)
     yield s
     s.close()
 

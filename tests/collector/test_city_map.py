@@ -15,7 +15,8 @@ from citygate.rig import free_port
 from collector import auth
 from collector.alarms import hash_token
 from collector.config import CollectorConfig
-from collector.hub import BrokerLink, Hub, build_hub
+from collector.features import build_hub
+from collector.hub import BrokerLink, Hub
 from collector.store import Accepted, Store, now_ms
 from devices.contract import DataEnvelope, EventsEnvelope
 

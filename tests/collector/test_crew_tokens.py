@@ -17,9 +17,9 @@ from citygate.rig import served
 from collector import auth
 from collector.alarms import pages, router
 from collector.api import create_app
+from collector.features import open_store
 from collector.registry import install
 from collector.registry.service import Registry, RegistrySettings
-from collector.store import Store
 from tests.collector.test_alarms_engine import CONFIG, Rig
 
 ADMIN = "cg_admin-" + "a" * 20
@@ -48,7 +48,7 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     rig = Rig(store, CONFIG)
     app = create_app(store)
     app.state.alarms = rig.desk

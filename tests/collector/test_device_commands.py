@@ -16,6 +16,7 @@ from collector import auth, schema
 from collector.api import create_app
 from collector.commands.api import router
 from collector.commands.service import CommandService, CommandSettings
+from collector.features import open_store
 from collector.store import Store
 from devices.commands import parse_command
 from devices.contract import ReplyMessage
@@ -77,7 +78,7 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     yield Rig(store)
     store.close()
 

@@ -15,7 +15,8 @@ from collector.auth import Role, create_token
 from collector.elevators import install
 from collector.elevators.stats import DAY_MS, day_of, rank, risk_of, trips_per_day
 from collector.elevators.stream import EventStream
-from collector.store import Accepted, Store, now_ms
+from collector.features import open_store
+from collector.store import Accepted, now_ms
 from devices.contract import DataEnvelope, EventsEnvelope
 
 NOW = now_ms()
@@ -62,7 +63,7 @@ def test_a_falling_fault_rate_adds_no_trend_points() -> None:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     store.record_state("gw-a", "online", NOW, "", "0.1.0", "b", {
         "lift-1": {"kind": "elevator", "profile": "elevator-gbt24476"},
         "lift-2": {"kind": "elevator", "profile": "elevator-gbt24476"}})
@@ -122,7 +123,7 @@ def test_stream_fans_out_events_from_the_writer_thread() -> None:
 def test_trip_samples_of_many_lifts_equal_one_by_one(tmp_path: Path) -> None:
     from collector.elevators import queries
 
-    store = Store.open(f"sqlite:///{tmp_path / 'trips.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'trips.sqlite'}")
     since = NOW - 5 * DAY_MS
     readings = [{"device": d, "ts": ts, "values": {"trip_count": v}}
                 for d, points in {"a": [(since - DAY_MS, 10), (since - 1000, 40), (since, 45),

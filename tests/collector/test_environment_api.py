@@ -18,8 +18,9 @@ from collector.environment import (
     load_environment_config,
 )
 from collector.environment.rules import HOUR_MS
+from collector.features import open_store
 from collector.migrations import migrate
-from collector.store import Accepted, Store
+from collector.store import Accepted
 from devices.contract import DataEnvelope, EventsEnvelope
 
 T0 = 1_714_528_800_000  # 2024-05-01 02:00 UTC, an hour boundary
@@ -47,7 +48,7 @@ class Rig:
     """A migrated SQLite store, a monitor with a fake clock and a way to ingest readings."""
 
     def __init__(self, tmp: Path) -> None:
-        self.store = Store.open(f"sqlite:///{tmp / 'hub.sqlite'}")
+        self.store = open_store(f"sqlite:///{tmp / 'hub.sqlite'}")
         assert migrate(self.store.engine, [MIGRATIONS]) == []  # Store.open applied it
         self.clock = T0
         self.announced: list[EnvAlarm] = []

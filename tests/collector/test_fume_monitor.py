@@ -12,6 +12,7 @@ import pytest
 from collector.environment import EnvAlarm, EnvironmentMonitor
 from collector.environment.config import load_environment_config
 from collector.environment.rules import running, unpurified
+from collector.features import open_store
 from collector.store import Accepted, Store
 from devices import contract
 from devices.model import Reading
@@ -54,7 +55,7 @@ def upload(store: Store, monitor: EnvironmentMonitor, scenario: str, minutes: ra
 
 @pytest.fixture
 def sqlite_store(tmp_path) -> Store:  # type: ignore[no-untyped-def]
-    s = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    s = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     yield s
     s.close()
 

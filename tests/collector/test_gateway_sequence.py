@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from collector.api import create_app
 from collector.auth import Role, create_token
-from collector.store import Accepted, Store
+from collector.features import open_store
+from collector.store import Accepted
 from devices.contract import DataEnvelope, EventsEnvelope
 
 T0 = 1_763_000_000_000
@@ -35,7 +36,7 @@ def _gaps(seq: int, *gaps: tuple[str, int, str]) -> Accepted:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     store.record_state("gw-a", "online", T0, "", "0.1.0", "b", {
         "lift-1": {"kind": "elevator", "profile": "elevator-gbt24476"},
         "lift-2": {"kind": "elevator", "profile": "elevator-gbt24476"}})

@@ -15,17 +15,21 @@ from fastapi.testclient import TestClient
 from citygate.rig import free_port
 from collector.config import CollectorConfig
 from collector.feature import BaseFeature, BrokerLink, Feature
-from collector.features import default_features
-from collector.hub import Hub, build_hub
+from collector.features import build_hub, default_features
+from collector.hub import Hub
 from collector.store import Accepted, Store
 from devices.contract import EventsEnvelope
 
 COLLECTOR = Path(__file__).resolve().parents[2] / "collector"
+# Every feature package, and the composition that names them all.
 FEATURE_PACKAGES = {"alarms", "notify", "environment", "parking", "elevators", "ngsi",
-                    "registry", "updates"}
+                    "registry", "updates", "grid", "sources", "commands", "cityview",
+                    "features"}
 CORE_MODULES = ("hub.py", "api.py", "store.py", "migrations.py", "feature.py", "schema.py",
                 "core_tables.py", "auth.py", "auth_tables.py", "clock.py", "broadcast.py",
-                "mqtt_link.py", "pages.py", "params.py", "config.py")
+                "mqtt_link.py", "pages.py", "params.py", "config.py", "ingest.py",
+                "store_ingest.py", "failures.py", "feed.py", "placement.py", "partitions.py",
+                "leader.py")
 T0 = 1_760_000_000_000
 
 
@@ -85,7 +89,7 @@ def test_every_default_feature_meets_the_contract() -> None:
     features = default_features()
     assert [f.name for f in features] == ["alarms", "environment", "sources", "grid", "parking",
                                           "elevators", "hub_feeds", "registry", "updates",
-                                          "commands"]
+                                          "commands", "cityview"]
     assert all(isinstance(f, Feature) for f in features)
 
 

@@ -16,6 +16,7 @@ from citygate.rig import served
 from collector.alarms import pages, router
 from collector.alarms.tables import incidents
 from collector.api import create_app
+from collector.features import open_store
 from collector.store import Store
 from tests.collector.test_alarms_engine import CONFIG, MIN, T0, Rig, S
 
@@ -35,7 +36,7 @@ def make_app(rig: Rig) -> FastAPI:
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
     """A SQLite store with the alarm migrations applied."""
-    s = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
+    s = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     yield s
     s.close()
 

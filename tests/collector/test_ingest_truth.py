@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from collector import schema
 from collector.failures import Failure, classify
+from collector.features import open_store
 from collector.ingest import Entry, IngestCore, IngestStats
 from collector.placement import ClockPolicy, clock_policy
 from collector.store import Accepted, GatewayMessage, Store
@@ -163,7 +164,7 @@ def test_a_state_before_or_with_the_first_data_leaves_the_inventory_kind(store: 
 def test_births_and_data_batches_at_once_never_deadlock(pg_url: str) -> None:
     """Two writers (a birth-heavy one and a data one, as two collectors would be) on the same
     gateways and devices, in opposite orders; every message stored, nothing retried."""
-    store = Store.open(pg_url)
+    store = open_store(pg_url)
     gws = [f"gw{i:02d}" for i in range(20)]
     lift = {"kind": "elevator", "profile": "p"}
     errors: list[BaseException] = []
@@ -278,7 +279,7 @@ def test_a_state_message_postgresql_refuses_is_quarantined_there(
 
 
 def test_a_database_outage_is_retried_never_quarantined(tmp_path: Any) -> None:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     core = Core(store)
     real = store.ingest
     fails = iter([True, True, False])
@@ -304,7 +305,7 @@ def test_a_database_outage_is_retried_never_quarantined(tmp_path: Any) -> None:
 
 
 def test_a_deadlock_victim_is_retried_at_once(tmp_path: Any) -> None:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     core = Core(store)
     real = store.ingest
     victims = iter([True, True, False])

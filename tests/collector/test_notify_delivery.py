@@ -23,6 +23,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
 
 from citygate.broker import mosquitto_binary, mosquitto_config
+from collector.features import open_store
 from collector.notify import signing
 from collector.notify.config import NotifyConfig, load_notify_config
 from collector.notify.dispatcher import Dispatcher
@@ -368,7 +369,7 @@ def test_queued_notice_survives_restart(store: Store, receiver: Receiver) -> Non
     url = store.engine.url.render_as_string(hide_password=False)
     store.close()
 
-    reopened = Store.open(url)
+    reopened = open_store(url)
     try:
         queue2 = NotifyQueue(reopened)
 

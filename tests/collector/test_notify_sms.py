@@ -15,12 +15,13 @@ import pytest
 
 from citygate.receivers import Receivers
 from collector.config import CollectorConfigError
+from collector.features import open_store
 from collector.notify import render, signing
 from collector.notify.config import load_notify_config
 from collector.notify.dispatcher import Dispatcher
 from collector.notify.model import Fact, Notice
 from collector.notify.queue import NotifyQueue
-from collector.store import Store, now_ms
+from collector.store import now_ms
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,7 +81,7 @@ def receivers() -> Iterator[Receivers]:
 
 @pytest.fixture
 def queue(tmp_path: Path) -> Iterator[NotifyQueue]:
-    store = Store.open(f"sqlite:///{tmp_path / 'n.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'n.db'}")
     yield NotifyQueue(store)
     store.close()
 

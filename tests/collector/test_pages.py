@@ -12,9 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from collector.config import CollectorConfig, CollectorConfigError
-from collector.hub import build_hub
+from collector.features import build_hub, open_store
 from collector.pages import CONTENT_SECURITY_POLICY, DEFAULT_MAP_URL, STATIC
-from collector.store import Store
 from tests.collector.hostile_city import hostile_city
 
 PAGES = ["/", "/crew", "/ops", "/parking", "/environment", "/signin/not-a-code", "/docs",
@@ -118,7 +117,7 @@ def test_the_api_docs_come_from_the_package_under_the_pages_csp(client: TestClie
 
 
 def test_a_tile_server_is_the_one_origin_added_and_only_for_images(tmp_path: Path) -> None:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     tiles = {"tile_url": "https://{s}.tiles.example.org/{z}/{x}/{y}.png",
              "tile_attribution": "© Example"}
     hub = build_hub(store, CollectorConfig(pages=tiles), dict, admin_token_file=tmp_path / "t")
@@ -152,7 +151,7 @@ def test_the_demo_base_map_is_shipped_and_covers_the_districts(client: TestClien
 
 
 def test_map_link_base_comes_from_the_config(tmp_path: Path) -> None:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
 
     def settings(pages: dict[str, str]) -> object:
         hub = build_hub(store, CollectorConfig(pages=pages), dict,

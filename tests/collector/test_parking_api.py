@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from collector.api import create_app
+from collector.features import open_store
 from collector.parking import (
     ParkingService,
     apply_migrations,
@@ -77,7 +78,7 @@ class City:
 @pytest.fixture
 def city(tmp_path: Path) -> Iterator[City]:
     """A parking city on a fresh SQLite store."""
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     try:
         yield City(store)
     finally:
@@ -213,7 +214,7 @@ def test_live_page_is_served_without_external_assets(city: City) -> None:
 
 
 def test_unconfigured_collector_answers_503(tmp_path: Path) -> None:
-    store = Store.open(f"sqlite:///{tmp_path / 'bare.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'bare.sqlite'}")
     try:
         app = create_app(store)
         app.include_router(router)

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from collector import partitions, schema
 from collector.core_tables import _partition_readings
+from collector.features import open_store
 from collector.ngsi.history import HistoryKeeper, Retention
 from collector.store import Accepted, Store, make_engine
 from devices.contract import DataEnvelope
@@ -20,7 +21,7 @@ NOW = 1_780_000_000_000 - 1_780_000_000_000 % DAY + 12 * 3_600_000  # noon of a 
 
 @pytest.fixture
 def pg(pg_url: str) -> Iterator[Store]:
-    store = Store.open(pg_url)
+    store = open_store(pg_url)
     try:
         yield store
     finally:
@@ -114,7 +115,7 @@ def test_retention_drops_old_days_and_deletes_only_old_rows_from_default(pg: Sto
 
 
 def test_sqlite_has_no_partitions(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     try:
         assert store.maintain(NOW) == []
         with store.engine.connect() as conn:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from collector.features import open_store
 from collector.feed import FeedReader, FeedWriter, ensure_feed
 from collector.ingest import Entry, entry_of
 from collector.leader import LeaderLock, dsn_of, lead
@@ -34,7 +35,7 @@ T0 = 1_780_000_000_000
 @pytest.fixture
 def pg_store(pg_url: str) -> Iterator[Store]:
     """A migrated PostgreSQL store with the feed tables."""
-    s = Store.open(pg_url)
+    s = open_store(pg_url)
     ensure_feed(s.engine)
     try:
         yield s
@@ -59,7 +60,7 @@ class Worker:
     """What a worker process does with its store: ingest with the feed row in the transaction."""
 
     def __init__(self, url: str) -> None:
-        self.store = Store.open(url)
+        self.store = open_store(url)
         self.feed = FeedWriter("test")
         self.store.tx_writers.append(self.feed)
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from collector import auth
 from collector.api import create_app
-from collector.store import Store
+from collector.features import open_store
 from collector.updates import install
 from collector.updates.metrics import render
 from collector.updates.metrics import router as metrics_router
@@ -66,7 +66,7 @@ class Rig:
 
 @pytest.fixture
 def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Rig]:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.sqlite'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.sqlite'}")
     channel = FakeChannel()
     service = UpdateService(store.engine, channel, "http://collector.example")
     app = create_app(store, ingest_stats=lambda: {"received": 7, "broker_connected": True})
