@@ -18,7 +18,7 @@ from devices.sim.parking import SensorSim
 from edge.clock import now_ms
 from edge.command_book import CommandBook
 from edge.commands import CommandRunner
-from edge.config import CoapBus
+from edge.config import CoapBus, Seconds
 from edge.node_commands import ACK_GRACE_MS
 from edge.parking_source import CoapSource
 
@@ -71,7 +71,7 @@ async def until(condition: object, seconds: float = 5.0) -> None:
 @contextlib.asynccontextmanager
 async def gateway(tmp: Path) -> AsyncIterator[tuple[CoapSource, CommandRunner, Replies]]:
     source = CoapSource(CoapBus(name="nb", type="coap", host="127.0.0.1", port=1,
-                                heartbeat=600), [], lambda items: None)
+                                heartbeat=Seconds(600)), [], lambda items: None)
     book = CommandBook(tmp / "commands.sqlite").open()
     replies = Replies()
     runner = CommandRunner("gw1", book, [source], replies)
