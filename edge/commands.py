@@ -24,11 +24,9 @@ from devices.commands import (
     parse_command,
 )
 from devices.modbus.writes import WriteRefused, plan_write
-from devices.parking_commands import NodeCommandRefused, node_command
 from edge.clock import now_ms
 from edge.command_book import DELIVERED, CommandBook, Entry
 from edge.device_writes import PendingWrite
-from edge.node_commands import NodeJob
 from edge.remote_config import reply_payload
 
 log = logging.getLogger(__name__)
@@ -146,7 +144,11 @@ class CommandRunner:
 
     async def _node_command(self, cmd: DeviceCommand) -> CommandResult:
         """A parking node's command: checked again, then queued on the CoAP endpoint of the
-        node's bus until the node reports (edge/node_commands.py)."""
+        node's bus until the node reports (edge/node_commands.py). Imported here: a gateway
+        without parking buses never loads the parking codec."""
+        from devices.parking_commands import NodeCommandRefused, node_command
+        from edge.node_commands import NodeJob
+
         found = next(((b, sid) for b in self.buses if hasattr(b, "submit_command")
                       and (sid := b.sensor_of(cmd.device)) is not None), None)
         if found is None:

@@ -188,14 +188,15 @@ class CommandService:
             raise self._refused(422, "unknown_profile", f"{device}'s profile "
                                 f"{row.profile!r} is not known here") from None
 
-    def _gateway(self, device: str) -> str:
-        """The gateway of a parking node (a device that reports without a profile)."""
+    def _gateway(self, device: str, node: bool = True) -> str:
+        """The gateway of a device; with `node`, refused unless it is a parking node (one
+        that reports without a profile)."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(device_table.c.gateway_id, device_table.c.profile)
                                .where(device_table.c.device_id == device)).first()
         if row is None:
             raise self._refused(404, "unknown_device", f"no device {device!r} has reported")
-        if row.profile:
+        if node and row.profile:
             raise self._refused(422, "unsupported_operation", f"{device} is a "
                                 f"{row.profile} device, not a parking node")
         return str(row.gateway_id)
@@ -316,7 +317,7 @@ class CommandService:
 
     def of_device(self, who: Principal, device: str, limit: int) -> list[dict[str, Any]]:
         """A device's commands, newest first (within the caller's scope)."""
-        gateway, _ = self._device(device)
+        gateway = self._gateway(device, node=False)
         self._check_scope(who, device, gateway)
         with self.engine.connect() as conn:
             return [self._view(r) for r in repo.of_device(conn, device, limit)]
