@@ -116,7 +116,8 @@ class CommandRunner:
         if entry is not None:
             self._report(entry)
         log.info("device command %s (%s %s on %s by %s): %s %s", cmd.id, cmd.op,
-                 cmd.args.get("point"), cmd.device, cmd.issuer, result.status, result.reason)
+                 cmd.args.get("point", cmd.args), cmd.device, cmd.issuer, result.status,
+                 result.reason)
 
     async def _outcome(self, cmd: DeviceCommand) -> CommandResult:
         """Carry a command out on the kind of device its operation is for."""

@@ -3,7 +3,9 @@
 Traffic is either random (Poisson arrivals on free bays, log-normal dwell times of minutes to
 hours, heartbeats, occasional line garbage; `time_scale` compresses simulated time) or a script
 of timed steps for tests. Both produce the same SensorReports the real nodes send, encoded with
-devices/parking.py. Run it as `python -m devices.sim.parking --help`.
+devices/parking.py. CoAP nodes apply the command a reply may carry (configure, recalibrate; as
+firmware/remote.py does, once per tag) and acknowledge it in their next report; their traffic
+schedule keeps the --heartbeat given. Run it as `python -m devices.sim.parking --help`.
 """
 
 from __future__ import annotations
