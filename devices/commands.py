@@ -43,7 +43,7 @@ MAX_TTL_MS = 7 * 24 * 3600 * 1000  # a command lives at most a week
 # Stable reasons of a failed command (besides devices.modbus.writes.WRITE_REFUSALS).
 FAIL_REASONS = frozenset({"unknown_device", "unsupported_operation", "device_error",
                           "read_back_mismatch", "interrupted", "bad_command",
-                          "not_acknowledged", "no_answer"})
+                          "not_acknowledged", "no_answer", "node_busy"})
 
 
 @dataclass(frozen=True, slots=True)

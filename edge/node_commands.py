@@ -24,10 +24,12 @@ from dataclasses import dataclass
 
 from devices.commands import DONE, EXPIRED, FAILED, CommandResult, DeviceCommand
 from devices.parking import ACK_RESULTS, OP_RECALIBRATE, CommandAck, NodeCommand, SensorReport
+from edge.clock import now_ms
 
 log = logging.getLogger(__name__)
 
 ACK_GRACE_MS = 86_400_000 + 600_000  # the longest heartbeat and ten minutes
+MAX_WAITING = 16  # commands waiting for one node; more fail `node_busy` at once
 
 
 @dataclass
@@ -47,12 +49,20 @@ class NodeCommands:
     def __init__(self, counters: dict[str, int]) -> None:
         self.queues: dict[int, deque[NodeJob]] = {}
         self.counters = counters
-        for name in ("delivered", "acked", "stale_acks", "expired", "unacknowledged"):
+        for name in ("delivered", "acked", "stale_acks", "expired", "unacknowledged",
+                     "refused_busy"):
             counters.setdefault(f"commands_{name}", 0)
 
     def submit(self, sensor_id: int, job: NodeJob) -> None:
-        """Queue a command behind those already waiting for the node."""
-        self.queues.setdefault(sensor_id, deque()).append(job)
+        """Queue a command behind those already waiting for the node (at most MAX_WAITING)."""
+        queue = self.queues.setdefault(sensor_id, deque())
+        if len(queue) >= MAX_WAITING:
+            self.counters["commands_refused_busy"] += 1
+            _settle(job, CommandResult(FAILED, now_ms(), reason="node_busy",
+                                       message=f"{MAX_WAITING} commands already wait for "
+                                               "this node"))
+            return
+        queue.append(job)
 
     def waiting(self, sensor_id: int) -> int:
         """Commands waiting for a node (the outstanding one included)."""

@@ -19,7 +19,7 @@ from edge.clock import now_ms
 from edge.command_book import CommandBook
 from edge.commands import CommandRunner
 from edge.config import CoapBus, Seconds
-from edge.node_commands import ACK_GRACE_MS
+from edge.node_commands import ACK_GRACE_MS, MAX_WAITING
 from edge.parking_source import CoapSource
 
 
@@ -243,5 +243,19 @@ def test_after_a_restart_a_delivered_command_is_delivered_again_and_applied_once
             assert [f["status"] for f in finals] == ["done", "done"]
             assert lost.sim.commands_applied == 1 and kept.sim.commands_applied == 1
             assert source.counters["commands_delivered"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_node_holds_at_most_max_waiting_commands(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with gateway(tmp_path) as (source, runner, replies):
+            for i in range(MAX_WAITING + 2):
+                runner.handle(command(f"c{i}", "configure", {"settle_mg": 20 + i}))
+            await until(lambda: replies.final(f"c{MAX_WAITING + 1}") is not None)
+            assert source.node_commands.waiting(1001) == MAX_WAITING
+            busy = [replies.final(f"c{i}") for i in range(MAX_WAITING, MAX_WAITING + 2)]
+            assert [b["reason"] for b in busy] == ["node_busy"] * 2  # type: ignore[index]
+            assert source.counters["commands_refused_busy"] == 2
 
     asyncio.run(main())
