@@ -82,3 +82,18 @@ def test_crews_command_only_nodes_of_their_unit(rig: Rig) -> None:
     status, out = rig.post("a", "pk-1001", op="recalibrate")
     assert status == 403, out
     assert rig.post("reader", "pk-1001", op="recalibrate")[0] == 403
+
+
+def test_the_cli_reads_name_value_args_and_shows_what_the_node_acknowledged() -> None:
+    from citygate.command_cli import _line, parse_arg
+    from citygate.rest_cli import CliError
+
+    assert parse_arg("heartbeat_s=900") == ("heartbeat_s", 900)
+    for bad in ("heartbeat_s", "=5", "enter_mg=eighty"):
+        with pytest.raises(CliError):
+            parse_arg(bad)
+    line = _line({"id": "c-1", "device": "pk-1", "op": "configure", "args": {"enter_mg": 80},
+                  "status": "done", "value_read_back": {"settings": {"enter_mg": 80}},
+                  "reason": "", "message": ""})
+    assert line == 'c-1  pk-1  configure enter_mg=80  done  (node acknowledged ' \
+                   '{"settings": {"enter_mg": 80}})'
