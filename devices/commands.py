@@ -33,14 +33,17 @@ from devices.contract import (
 
 COMMAND_VERSION = 1
 COMMAND_NAME = "device"  # the cmd/<name> topic and the reply's `command`
-OPERATIONS = frozenset({"write"})
+# Which kind of device carries out each operation (the gateway dispatches on it).
+OP_KINDS = {"write": "modbus", "configure": "parking", "recalibrate": "parking"}
+OPERATIONS = frozenset(OP_KINDS)
 ACCEPTED, DONE, FAILED, EXPIRED = "accepted", "done", "failed", "expired"
 FINAL = frozenset({DONE, FAILED, EXPIRED})
 STATUSES = frozenset({ACCEPTED, *FINAL})
 MAX_TTL_MS = 7 * 24 * 3600 * 1000  # a command lives at most a week
 # Stable reasons of a failed command (besides devices.modbus.writes.WRITE_REFUSALS).
 FAIL_REASONS = frozenset({"unknown_device", "unsupported_operation", "device_error",
-                          "read_back_mismatch", "interrupted", "bad_command"})
+                          "read_back_mismatch", "interrupted", "bad_command",
+                          "not_acknowledged", "no_answer", "node_busy"})
 
 
 @dataclass(frozen=True, slots=True)

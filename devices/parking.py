@@ -7,6 +7,7 @@ docs/protocols/parking-serial.md; firmware/codec.py produces byte-identical fram
 from __future__ import annotations
 
 import binascii
+import dataclasses
 import io
 import math
 import struct
@@ -22,9 +23,12 @@ __all__ = [
     "CONFIG_VERSION",
     "MAX_BODY_LEN",
     "MAX_FRAME_LEN",
+    "SETTINGS",
     "SYNC",
     "VERSION",
+    "CommandAck",
     "MessageType",
+    "NodeCommand",
     "ParkingFrameError",
     "ResetCause",
     "SensorReport",
@@ -32,13 +36,20 @@ __all__ = [
     "StreamStats",
     "config_response",
     "crc16_ccitt_false",
+    "decode_ack",
     "decode_body",
     "decode_cbor",
+    "decode_coap_body",
     "decode_config",
     "decode_frame",
+    "decode_node_command",
+    "encode_ack",
     "encode_body",
     "encode_cbor",
+    "encode_coap_body",
     "encode_frame",
+    "encode_node_command",
+    "response_command",
 ]
 
 SYNC = b"\xa5\x5a"
@@ -62,6 +73,28 @@ CONFIG_VERSION = 1
 _CONFIG = struct.Struct(">BI")
 HEARTBEAT_MIN_S = 60
 HEARTBEAT_MAX_S = 86_400
+
+# Node commands: piggybacked on the config response, acknowledged in the node's next report.
+# Settings the node firmware has, by name: (code on the wire, min, max).
+SETTINGS: dict[str, tuple[int, int, int]] = {
+    "heartbeat_s": (1, HEARTBEAT_MIN_S, HEARTBEAT_MAX_S),  # heartbeat period
+    "enter_mg": (2, 20, 1000),  # field change that means a car (detector threshold)
+    "leave_mg": (3, 10, 900),  # below this the bay is free again (must stay < enter_mg)
+    "enter_samples": (4, 1, 30),  # settled samples before a car is reported (1 Hz: seconds)
+    "leave_samples": (5, 1, 30),  # samples below leave_mg before the bay is reported free
+    "settle_mg": (6, 2, 200),  # how still the field must be for a car to count as parked
+}
+SETTING_NAMES = {code: name for name, (code, _, _) in SETTINGS.items()}
+OP_CONFIGURE = 1
+OP_RECALIBRATE = 2
+NODE_OPS = {"configure": OP_CONFIGURE, "recalibrate": OP_RECALIBRATE}
+# Results a node acknowledges a command with (0 = applied).
+ACK_RESULTS = {0: "ok", 1: "bad_setting", 2: "inconsistent", 3: "unsupported_operation"}
+ACK_MARK = 0xAC  # first byte of the ack appended to a report body
+MAX_SETTINGS = 8
+_CMD_HEAD = struct.Struct(">BIB")  # op, tag, number of settings
+_ACK_HEAD = struct.Struct(">BIBB")  # mark, tag, result, number of settings
+_SETTING = struct.Struct(">BI")  # setting code, value
 
 Reason = Literal[
     "bad_sync",
@@ -140,6 +173,7 @@ class SensorReport:
     send_counter: int = 0
     park_counter: int = 0
     reset_cause: int = ResetCause.UNKNOWN
+    ack: CommandAck | None = None  # the node's answer to the last command (CoAP only)
 
     def __post_init__(self) -> None:
         _check_range("sensor_id", self.sensor_id, 0, 0xFFFF_FFFF)
@@ -162,6 +196,85 @@ class SensorReport:
         _check_range("send_counter", self.send_counter, 0, 0xFFFF)
         _check_range("park_counter", self.park_counter, 0, 0xFFFF)
         _check_range("reset_cause", self.reset_cause, 0, 0xFF)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCommand:
+    """A command for a node, as carried after the config in a POST /p/r response."""
+
+    op: int  # OP_CONFIGURE or OP_RECALIBRATE
+    tag: int  # the command's short id (u32, never 0), what the node acknowledges
+    settings: tuple[tuple[int, int], ...] = ()  # (setting code, value), configure only
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAck:
+    """A node's acknowledgement of a command: its tag, result and the settings now in force."""
+
+    tag: int
+    result: int  # ACK_RESULTS
+    settings: tuple[tuple[int, int], ...] = ()
+
+    def named_settings(self) -> dict[str, int]:
+        """The settings by name (codes this side does not know are left out)."""
+        return {SETTING_NAMES[c]: v for c, v in self.settings if c in SETTING_NAMES}
+
+
+def _encode_settings(settings: tuple[tuple[int, int], ...]) -> bytes:
+    if len(settings) > MAX_SETTINGS:
+        raise ValueError(f"at most {MAX_SETTINGS} settings")
+    return b"".join(_SETTING.pack(c, v) for c, v in settings)
+
+
+def _decode_settings(data: bytes, offset: int, count: int) -> tuple[tuple[int, int], ...]:
+    if count > MAX_SETTINGS or len(data) != offset + count * _SETTING.size:
+        raise ParkingFrameError("bad_field", f"{count} settings in {len(data) - offset} bytes")
+    return tuple(_SETTING.unpack_from(data, offset + i * _SETTING.size) for i in range(count))
+
+
+def encode_node_command(cmd: NodeCommand) -> bytes:
+    """The command block appended to the config response (at most 51 bytes)."""
+    _check_range("tag", cmd.tag, 1, 0xFFFF_FFFF)
+    return _CMD_HEAD.pack(cmd.op, cmd.tag, len(cmd.settings)) + _encode_settings(cmd.settings)
+
+
+def decode_node_command(data: bytes) -> NodeCommand:
+    """Decode a command block (the bytes after the config); ParkingFrameError on a defect."""
+    if len(data) < _CMD_HEAD.size:
+        raise ParkingFrameError("truncated", f"command block of {len(data)} bytes")
+    op, tag, count = _CMD_HEAD.unpack_from(data)
+    if op not in NODE_OPS.values() or tag == 0:
+        raise ParkingFrameError("bad_field", f"command op {op} / tag {tag}")
+    return NodeCommand(op, tag, _decode_settings(data, _CMD_HEAD.size, count))
+
+
+def encode_ack(ack: CommandAck) -> bytes:
+    """The ack a node appends to its next report body (CoAP only)."""
+    return (_ACK_HEAD.pack(ACK_MARK, ack.tag, ack.result, len(ack.settings))
+            + _encode_settings(ack.settings))
+
+
+def decode_ack(data: bytes) -> CommandAck:
+    """Decode an ack appended to a report body; ParkingFrameError on a defect."""
+    if len(data) < _ACK_HEAD.size or data[0] != ACK_MARK:
+        raise ParkingFrameError("bad_field", f"{len(data)} bytes after the report body are "
+                                "not a command ack")
+    _, tag, result, count = _ACK_HEAD.unpack_from(data)
+    return CommandAck(tag, result, _decode_settings(data, _ACK_HEAD.size, count))
+
+
+def encode_coap_body(report: SensorReport) -> bytes:
+    """The CoAP payload (Content-Format 42): the report body, then the ack if there is one."""
+    body = encode_body(report)
+    return body if report.ack is None else body + encode_ack(report.ack)
+
+
+def decode_coap_body(data: bytes) -> SensorReport:
+    """Decode a CoAP report payload: a v1 body, optionally followed by a command ack."""
+    if len(data) > BODY_LEN_V1 and data[0] == VERSION:
+        report = decode_body(data[:BODY_LEN_V1])
+        return dataclasses.replace(report, ack=decode_ack(data[BODY_LEN_V1:]))
+    return decode_body(data)
 
 
 def crc16_ccitt_false(data: bytes) -> int:
@@ -299,6 +412,9 @@ def encode_cbor(report: SensorReport) -> bytes:
         doc["r"] = report.rssi_dbm
     if report.temperature_c is not None:
         doc["tc"] = _temperature_dc(report)
+    if report.ack is not None:
+        doc["a"] = [report.ack.tag, report.ack.result,
+                    [x for item in report.ack.settings for x in item]]
     return cbor2.dumps(doc)
 
 
@@ -333,6 +449,17 @@ def _cbor_xyz(doc: Mapping[Any, Any], key: str) -> tuple[int, int, int]:
     return (value[0], value[1], value[2])
 
 
+def _cbor_ack(value: Any) -> CommandAck:
+    ok = isinstance(value, list) and len(value) == 3 and isinstance(value[2], list)
+    flat = value[2] if ok else []
+    ok = ok and len(flat) % 2 == 0 and len(flat) <= 2 * MAX_SETTINGS and all(
+        type(v) is int and 0 <= v <= 0xFFFF_FFFF for v in [value[0], value[1], *flat])
+    if not ok or value[1] > 0xFF or any(c > 0xFF for c in flat[::2]):
+        raise ParkingFrameError("bad_field", f"'a'={value!r}, want [tag, result, [code, "
+                                "value, ...]]")
+    return CommandAck(value[0], value[1], tuple(zip(flat[::2], flat[1::2], strict=True)))
+
+
 def decode_cbor(data: bytes) -> SensorReport:
     """Decode the CBOR map form; unknown keys are ignored, defects raise ParkingFrameError."""
     doc = _load_cbor_map(data)
@@ -359,16 +486,19 @@ def decode_cbor(data: bytes) -> SensorReport:
         send_counter=_cbor_int(doc, "sc") if "sc" in doc else 0,
         park_counter=_cbor_int(doc, "pc") if "pc" in doc else 0,
         reset_cause=_reset_cause(_cbor_int(doc, "rc")) if "rc" in doc else ResetCause.UNKNOWN,
+        ack=_cbor_ack(doc["a"]) if "a" in doc else None,
     )
 
 
 # --- CoAP response: configuration for the node -----------------------------------------------
 
 
-def config_response(heartbeat_s: int) -> bytes:
-    """Encode the 2.04 response payload to POST /p/r: config version and heartbeat period."""
+def config_response(heartbeat_s: int, command: NodeCommand | None = None) -> bytes:
+    """Encode the 2.04 response payload to POST /p/r: config version and heartbeat period,
+    then the command block of a command for the node, if one is due."""
     _check_range("heartbeat_s", heartbeat_s, HEARTBEAT_MIN_S, HEARTBEAT_MAX_S)
-    return _CONFIG.pack(CONFIG_VERSION, heartbeat_s)
+    head = _CONFIG.pack(CONFIG_VERSION, heartbeat_s)
+    return head if command is None else head + encode_node_command(command)
 
 
 def decode_config(data: bytes) -> int:
@@ -384,6 +514,12 @@ def decode_config(data: bytes) -> int:
     if not HEARTBEAT_MIN_S <= heartbeat_s <= HEARTBEAT_MAX_S:
         raise ParkingFrameError("bad_field", f"heartbeat {heartbeat_s} s out of range")
     return int(heartbeat_s)
+
+
+def response_command(data: bytes) -> NodeCommand | None:
+    """The command block after the config in a response payload (None when there is none)."""
+    decode_config(data)
+    return decode_node_command(data[_CONFIG.size:]) if len(data) > _CONFIG.size else None
 
 
 # --- stream decoder for the concentrator serial line -----------------------------------------

@@ -20,6 +20,7 @@ from devices.commands import ACCEPTED, EXPIRED, FAILED, CommandResult, DeviceCom
 
 SCHEMA_VERSION = 1
 RUNNING = "running"  # local only: the transaction is under way
+DELIVERED = "delivered"  # local only: handed to a parking node, its acknowledgement awaited
 KEEP_MS = 14 * 86_400_000  # finished and reported rows are kept two weeks (the key memory)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
@@ -119,11 +120,22 @@ class CommandBook:
 
     def finish(self, key: str, result: CommandResult, only_if: str | None = None) -> None:
         """Record a command's final result (to be reported); a final one is never replaced."""
-        waiting = (only_if,) if only_if is not None else (ACCEPTED, RUNNING)
+        waiting = (only_if,) if only_if is not None else (ACCEPTED, RUNNING, DELIVERED)
         marks = ", ".join("?" for _ in waiting)
         self.db.execute(f"UPDATE commands SET status = ?, result = ?, reported = 0 WHERE key = ?"
                         f" AND status IN ({marks})",
                         (result.status, orjson.dumps(result.detail()), key, *waiting))
+
+    def deliver(self, key: str, now: int) -> bool:
+        """Mark a node command delivered just before it goes into a CoAP reply (again, for a
+        re-delivery); False (and it is recorded as expired if it was never delivered) when its
+        expiry has passed or it is not waiting any more."""
+        cur = self.db.execute("UPDATE commands SET status = ? WHERE key = ? AND status IN (?, ?)"
+                              " AND expires > ?", (DELIVERED, key, ACCEPTED, DELIVERED, now))
+        if cur.rowcount == 1:
+            return True
+        self.finish(key, CommandResult(EXPIRED, now), only_if=ACCEPTED)
+        return False
 
     def reported(self, key: str, status: str) -> None:
         """The broker acknowledged the reply of this status."""
@@ -145,7 +157,9 @@ class CommandBook:
 
     def recover(self, now: int) -> list[DeviceCommand]:
         """At start: running ones failed (interrupted), overdue ones expired; return those
-        still waiting for the bus, oldest first. Old reported rows are dropped."""
+        still waiting for the bus or a node's acknowledgement (a delivered one is kept even
+        past its expiry: the node may have applied it), oldest first. Old reported rows are
+        dropped."""
         self.db.execute("UPDATE commands SET status = ?, result = ?, reported = 0 WHERE "
                         "status = ?", (FAILED, orjson.dumps(CommandResult(
                             FAILED, now, reason="interrupted", message="the gateway stopped "
@@ -156,7 +170,8 @@ class CommandBook:
         self.db.execute("DELETE FROM commands WHERE reported = 1 AND received < ?",
                         (now - KEEP_MS,))
         rows = self.db.execute("SELECT body, status, result, reported FROM commands WHERE "
-                               "status = ? ORDER BY received", (ACCEPTED,)).fetchall()
+                               "status IN (?, ?) ORDER BY received", (ACCEPTED, DELIVERED)
+                               ).fetchall()
         return [_entry(r).command for r in rows]
 
 

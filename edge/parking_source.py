@@ -28,10 +28,11 @@ from devices.parking import (
     SensorReport,
     StreamDecoder,
     config_response,
-    decode_body,
     decode_cbor,
+    decode_coap_body,
 )
 from edge.config import CoapBus, DeviceSection, ParkingSerialBus
+from edge.node_commands import NodeCommands, NodeJob
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,7 @@ class CoapAnswer:
 def decode_post(content_format: int | None, payload: bytes) -> SensorReport:
     """Decode a POST /p/r payload by its content format; raise ParkingFrameError or LookupError."""
     if content_format == CF_OCTET_STREAM:
-        return decode_body(payload)
+        return decode_coap_body(payload)
     if content_format == CF_CBOR:
         return decode_cbor(payload)
     raise LookupError(f"content format {content_format}, use 42 (report body) or 60 (CBOR)")
@@ -349,7 +350,8 @@ def _from_coap_decoder(exc: BaseException) -> bool:
 
 
 class CoapSource:
-    """A CoAP server taking POST /p/r reports; answers 2.04 with the node's configuration."""
+    """A CoAP server taking POST /p/r reports; answers 2.04 with the node's configuration and
+    the command waiting for the node, if any (edge/node_commands.py)."""
 
     def __init__(self, cfg: CoapBus, devices: Sequence[DeviceSection], sink: Sink) -> None:
         self.cfg = cfg
@@ -360,10 +362,12 @@ class CoapSource:
         except ValueError:
             raise ValueError(f"bus {cfg.name}: heartbeat {cfg.heartbeat:g}s is outside "
                              "60s..86400s, the range a node accepts") from None
+        self.heartbeat = heartbeat
         self.registry = SensorRegistry(cfg.device_prefix)
         self.counters: dict[str, int] = {"requests": 0, "reports": 0, "duplicates": 0,
                                          "readings": 0, "rejected": 0,
                                          "unparsable_datagrams": 0, "ignored_messages": 0}
+        self.node_commands = NodeCommands(self.counters)
         self.progress = time.monotonic()
         self.bound: tuple[str, int] | None = None
         self._warned: set[str] = set()
@@ -372,6 +376,18 @@ class CoapSource:
     def device_health(self) -> dict[str, dict[str, object]]:
         """Per-sensor counters for the health message."""
         return self.registry.device_health()
+
+    def sensor_of(self, device: str) -> int | None:
+        """The sensor id of a device id of this bus (`<prefix><sensor id>`), else None."""
+        rest = device.removeprefix(self.cfg.device_prefix)
+        if (rest == device and self.cfg.device_prefix) or not rest.isdecimal() or len(rest) > 10:
+            return None
+        sid = int(rest)
+        return sid if sid <= 0xFFFF_FFFF else None
+
+    def submit_command(self, sensor_id: int, job: NodeJob) -> None:
+        """Queue a command for a node: it goes out in the reply to the node's next report."""
+        self.node_commands.submit(sensor_id, job)
 
     def handle(self, content_format: int | None, payload: bytes) -> CoapAnswer:
         """Decode one report, hand a fresh one to the sink and say what to answer (sans-IO)."""
@@ -391,7 +407,10 @@ class CoapSource:
         else:
             self.counters["readings"] += 1
             self.sink([reading])
-        return CoapAnswer("CHANGED", self.config_payload)
+        command = self.node_commands.on_report(report, now_ms())
+        if command is None:
+            return CoapAnswer("CHANGED", self.config_payload)
+        return CoapAnswer("CHANGED", config_response(self.heartbeat, command))
 
     def _reject(self, reason: str, code: str, detail: str) -> CoapAnswer:
         self.counters["rejected"] += 1
@@ -434,8 +453,10 @@ class CoapSource:
             log.info("bus %s: CoAP endpoint on [%s]:%d/p/r", self.cfg.name, self.cfg.host,
                      self.cfg.port)
             try:
-                while True:
-                    await asyncio.sleep(30.0)
+                while True:  # commands expire to the second; noise is summarised rarely
+                    for _ in range(30):
+                        await asyncio.sleep(1.0)
+                        self.node_commands.sweep(now_ms())
                     self.progress = time.monotonic()
                     self._summarise_noise()
             finally:

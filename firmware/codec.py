@@ -30,6 +30,33 @@ RESET_SOFT = 5
 RESET_BROWN_OUT = 6
 RESET_FIRMWARE_UPDATE = 7
 
+# Commands in the CoAP reply after the config, acked after the next report body (as in
+# devices/parking.py: NODE_OPS, SETTINGS, ACK_RESULTS, ACK_MARK).
+OP_CONFIGURE = 1
+OP_RECALIBRATE = 2
+SET_HEARTBEAT_S = 1
+SET_ENTER_MG = 2
+SET_LEAVE_MG = 3
+SET_ENTER_SAMPLES = 4
+SET_LEAVE_SAMPLES = 5
+SET_SETTLE_MG = 6
+SETTING_BOUNDS = {
+    SET_HEARTBEAT_S: (60, 86400),
+    SET_ENTER_MG: (20, 1000),
+    SET_LEAVE_MG: (10, 900),
+    SET_ENTER_SAMPLES: (1, 30),
+    SET_LEAVE_SAMPLES: (1, 30),
+    SET_SETTLE_MG: (2, 200),
+}
+RESULT_OK = 0
+RESULT_BAD_SETTING = 1
+RESULT_INCONSISTENT = 2
+RESULT_UNSUPPORTED = 3
+ACK_MARK = 0xAC
+MAX_SETTINGS = 8
+_CONFIG_LEN = 5
+_CMD_HEAD_LEN = 6  # op u8, tag u32, count u8
+
 
 def _clamp(value: int, low: int, high: int) -> int:
     if value < low:
@@ -107,3 +134,24 @@ def decode_config(payload: bytes) -> int:
     if heartbeat_s < 60 or heartbeat_s > 86400:
         return 0
     return heartbeat_s
+
+
+def decode_command(payload: bytes) -> tuple | None:
+    """(op, tag, [(code, value), ...]) of the command after the config in a response, or None
+    when there is none or it is malformed (the node then ignores it)."""
+    start = _CONFIG_LEN + _CMD_HEAD_LEN
+    if len(payload) < start or payload[0] != 1:
+        return None
+    op, tag, count = struct.unpack_from(">BIB", payload, _CONFIG_LEN)
+    if tag == 0 or count > MAX_SETTINGS or len(payload) != start + 5 * count:
+        return None
+    items = [struct.unpack_from(">BI", payload, start + 5 * i) for i in range(count)]
+    return (op, tag, items)
+
+
+def encode_ack(tag: int, result: int, settings: list) -> bytes:
+    """The ack appended to the next report body: tag, result, the settings now in force."""
+    out = struct.pack(">BIBB", ACK_MARK, tag & 0xFFFFFFFF, result & 0xFF, len(settings))
+    for code, value in settings:
+        out += struct.pack(">BI", code, value & 0xFFFFFFFF)
+    return out

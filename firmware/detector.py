@@ -71,6 +71,21 @@ class Detector:
         self._window: list = []  # last enter_samples samples, oldest first
         self.last_delta2 = 0
 
+    def configure(self, enter_mg: int, leave_mg: int, enter_samples: int, leave_samples: int,
+                  settle_mg: int) -> None:
+        """Change the thresholds (a remote command); baseline and occupancy are kept, the
+        runs in progress start again."""
+        if not 0 < leave_mg < enter_mg:
+            raise ValueError("need 0 < leave_mg < enter_mg")
+        if enter_samples < 1 or leave_samples < 1:
+            raise ValueError("enter_samples and leave_samples must be >= 1")
+        self.enter_mg = enter_mg
+        self.leave_mg = leave_mg
+        self.enter_samples = enter_samples
+        self.leave_samples = leave_samples
+        self.settle_mg = settle_mg
+        self._reset_runs()
+
     def calibrate(self, x: int, y: int, z: int, temp_dc: int) -> None:
         """Declare the bay empty with this field as the baseline."""
         self._base = [x * _FP, y * _FP, z * _FP]

@@ -17,6 +17,7 @@ from micropython import const
 import codec
 import coap
 import detector
+import remote
 from qmc5883l import QMC5883L
 
 # --- settings -----------------------------------------------------------------------------------
@@ -41,6 +42,7 @@ DEFAULT_HEARTBEAT_S = const(1800)
 WIFI_CONNECT_MS = const(8000)
 MAX_PENDING = const(4)  # unsent reports kept for the next attempt (newest win)
 WDT_TIMEOUT_MS = const(60000)
+SETTINGS_FILE = "remote.bin"  # settings set by commands (flash: survives a power cut)
 
 _RTC_MAGIC = b"CGP1"
 _STATE = ">IHHIB"  # heartbeat_s, send_counter, park_counter, samples_since_report, occupied
@@ -60,12 +62,14 @@ def reset_cause() -> int:
 
 
 class CoapLink:
-    """Sends report bodies as CON POST /p/r and returns the heartbeat from the response."""
+    """Sends report bodies as CON POST /p/r and returns the heartbeat from the response; the
+    whole response payload (with a command, if any) is kept in `reply`."""
 
     def __init__(self) -> None:
         self.wlan = network.WLAN(network.STA_IF)
         self.mid = random.getrandbits(16)
         self.rssi = codec.RSSI_UNKNOWN
+        self.reply = b""
 
     def _connect(self) -> bool:
         self.wlan.active(True)
@@ -81,6 +85,7 @@ class CoapLink:
 
     def send(self, body: bytes) -> int:
         """Deliver one body; the heartbeat seconds from the reply (0 = none), -1 on failure."""
+        self.reply = b""
         if not self._connect():
             self.wlan.active(False)
             return -1
@@ -135,6 +140,7 @@ class CoapLink:
                 sock.sendto(coap.encode_empty_ack(mid), address)
             if code >> 5 != 2:  # not 2.xx
                 return -1
+            self.reply = payload
             return codec.decode_config(payload)
 
 
@@ -144,6 +150,7 @@ class UartLink:
     def __init__(self) -> None:
         self.uart = machine.UART(UART_ID, baudrate=UART_BAUD, tx=UART_TX, rx=UART_RX)
         self.rssi = codec.RSSI_UNKNOWN
+        self.reply = b""  # commands need the CoAP reply; none arrive on this path
 
     def send(self, body: bytes) -> int:
         """Write one frame; 0 = delivered to the module, no config."""
@@ -164,7 +171,7 @@ class Node:
         self.link: CoapLink | UartLink = CoapLink() if TRANSPORT == "coap" else UartLink()
         self.detector = detector.Detector(tc_centi_mg_per_c=TC_CENTI_MG_PER_C)
         self.sensor_id = struct.unpack(">I", machine.unique_id()[-4:])[0]
-        self.heartbeat_s = DEFAULT_HEARTBEAT_S
+        self.remote = remote.Remote(self.detector, DEFAULT_HEARTBEAT_S)
         self.send_counter = 0
         self.park_counter = 0
         self.samples_since_report = 0
@@ -180,15 +187,33 @@ class Node:
         hb, send, park, since, _ = struct.unpack_from(_STATE, data, 4)
         if not self.detector.restore(data[4 + size :]):
             return False
-        self.heartbeat_s, self.send_counter, self.park_counter = hb, send, park
+        self.remote.bus_heartbeat(hb)
+        self.send_counter, self.park_counter = send, park
         self.samples_since_report = since
         return True
 
     def save(self) -> None:
         """Keep counters and detector state in RTC memory (survives deep sleep, not power loss)."""
-        state = struct.pack(_STATE, self.heartbeat_s, self.send_counter, self.park_counter,
+        state = struct.pack(_STATE, self.remote.heartbeat_s, self.send_counter,
+                            self.park_counter,
                             self.samples_since_report, 1 if self.detector.occupied else 0)
         self.rtc.memory(_RTC_MAGIC + state + self.detector.snapshot())
+
+    def load_settings(self) -> None:
+        """Settings a command set before a restart (before the detector state is restored)."""
+        try:
+            with open(SETTINGS_FILE, "rb") as f:
+                self.remote.restore(f.read())
+        except OSError:
+            pass  # none yet: the defaults above
+
+    def save_settings(self) -> None:
+        """Keep the settings and the last command's tag and result in flash."""
+        try:
+            with open(SETTINGS_FILE, "wb") as f:
+                f.write(self.remote.snapshot())
+        except OSError:
+            pass  # still applied; lost only at the next power cut
 
     def battery_mv(self) -> int:
         """Battery voltage in mV through the divider."""
@@ -209,14 +234,17 @@ class Node:
         self.samples_since_report = 0
 
     def flush(self) -> None:
-        """Send queued reports oldest first; keep the rest when the link fails."""
+        """Send queued reports oldest first (the ack of the last command after the first one);
+        keep the rest when the link fails. A command in a reply is applied at once."""
         while self.pending:
-            heartbeat = self.link.send(self.pending[0])
+            heartbeat = self.link.send(self.pending[0] + self.remote.ack)
             if heartbeat < 0:
                 return
             self.pending.pop(0)
-            if heartbeat:
-                self.heartbeat_s = heartbeat
+            self.remote.ack = b""  # delivered with this report
+            self.remote.bus_heartbeat(heartbeat)
+            if self.remote.handle(self.link.reply, self.last_sample):
+                self.save_settings()
 
     def step(self) -> None:
         """One sample: detect, report changes and heartbeats."""
@@ -230,7 +258,7 @@ class Node:
                 self.park_counter = (self.park_counter + 1) & 0xFFFF
                 self.queue(codec.MSG_OCCUPANCY_CHANGE, True)
         self.samples_since_report += 1
-        if self.samples_since_report * SAMPLE_PERIOD_MS >= self.heartbeat_s * 1000:
+        if self.samples_since_report * SAMPLE_PERIOD_MS >= self.remote.heartbeat_s * 1000:
             self.queue(codec.MSG_HEARTBEAT, self.detector.occupied)
         if self.pending:
             self.flush()
@@ -238,6 +266,7 @@ class Node:
     def run(self) -> None:
         """Sample forever, sleeping between samples."""
         cause = reset_cause()
+        self.load_settings()
         self.sensor.start()
         # RTC memory survives deep sleep, watchdog and soft resets: keep the occupancy state
         # and baseline then. After power-on the bay is assumed empty (install procedure).

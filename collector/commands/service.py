@@ -32,11 +32,13 @@ from devices.commands import (
     COMMAND_NAME,
     EXPIRED,
     MAX_TTL_MS,
+    OP_KINDS,
     DeviceCommand,
     parse_result,
 )
 from devices.contract import MAX_SHORT, ReplyMessage
 from devices.modbus.writes import WriteRefused, plan_write
+from devices.parking_commands import NodeCommandRefused, check_node_command
 from devices.profiles import ProfileError, load_profile
 
 log = logging.getLogger(__name__)
@@ -92,18 +94,40 @@ class CommandService:
 
     # --- issuing ---------------------------------------------------------------------------------
 
-    def submit(self, who: Principal, device: str, point: str, value: object, ttl_s: float,
-               key: str | None = None) -> dict[str, Any]:
-        """Check and record a write; send it at once unless it needs a confirmation."""
-        gateway, profile = self._device(device)
+    def submit(self, who: Principal, device: str, point: str | None, value: object,
+               ttl_s: float, key: str | None = None, op: str = "write",
+               args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Check and record a command (a write, or a parking node's `configure` /
+        `recalibrate` with `args`); send it at once unless it needs a confirmation."""
+        kind = OP_KINDS.get(op)
+        if kind == "modbus" and (point is None or value is None or args):
+            raise self._refused(422, "bad_command", "a write takes point and value, no args")
+        if kind == "parking" and (point is not None or value is not None):
+            raise self._refused(422, "bad_command", f"{op} takes args, no point or value")
+        if kind == "parking":
+            gateway = self._gateway(device)
+        elif kind == "modbus":
+            gateway, profile = self._device(device)
+        else:
+            raise self._refused(422, "unsupported_operation", f"unknown operation {op!r}; "
+                                f"use one of {sorted(OP_KINDS)}")
         self._check_scope(who, device, gateway)
         if not 1 <= ttl_s <= self.settings.max_ttl_s:
             raise self._refused(422, "bad_ttl", f"ttl_s must be 1..{self.settings.max_ttl_s:g}")
-        point_def = next((p for p in profile.points if p.quantity == point), None)
-        try:
-            plan_write(point_def, point, value)
-        except WriteRefused as exc:
-            raise self._refused(422, exc.reason, exc.detail) from None
+        dangerous = False
+        if kind == "modbus":
+            point_def = next((p for p in profile.points if p.quantity == point), None)
+            try:
+                plan_write(point_def, point or "", value)
+            except WriteRefused as exc:
+                raise self._refused(422, exc.reason, exc.detail) from None
+            dangerous = bool(point_def and point_def.write and point_def.write.dangerous)
+            wire_args: dict[str, Any] = {"point": point, "value": value}
+        else:
+            try:
+                wire_args = dict(check_node_command(op, args if args is not None else {}))
+            except NodeCommandRefused as exc:
+                raise self._refused(422, exc.reason, exc.detail) from None
         scoped_key = f"{who.name}:{key or uuid.uuid4().hex}"
         if len(scoped_key) > MAX_SHORT:  # the wire bounds a key; a digest keeps it unique
             scoped_key = hashlib.sha256(scoped_key.encode()).hexdigest()
@@ -116,12 +140,10 @@ class CommandService:
             raise self._refused(429, "rate_limited", f"{who.name!r} may issue "
                                 f"{self.settings.rate_per_min} commands a minute; retry in "
                                 f"{wait:.0f} s")
-        dangerous = bool(point_def and point_def.write and point_def.write.dangerous)
         now = self.clock()
         row: dict[str, Any] = {
                "id": f"c-{uuid.uuid4().hex[:20]}", "key": scoped_key, "device_id": device,
-               "gateway_id": gateway, "op": "write",
-               "args": orjson.dumps({"point": point, "value": value}).decode(),
+               "gateway_id": gateway, "op": op, "args": orjson.dumps(wire_args).decode(),
                "issuer": who.name, "issuer_role": who.role.value, "issued": now,
                "expires": now + int(ttl_s * 1000), "dangerous": dangerous,
                "status": AWAITING if dangerous else QUEUED, "updated": now}
@@ -165,6 +187,19 @@ class CommandService:
         except ProfileError:
             raise self._refused(422, "unknown_profile", f"{device}'s profile "
                                 f"{row.profile!r} is not known here") from None
+
+    def _gateway(self, device: str, node: bool = True) -> str:
+        """The gateway of a device; with `node`, refused unless it is a parking node (one
+        that reports without a profile)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(device_table.c.gateway_id, device_table.c.profile)
+                               .where(device_table.c.device_id == device)).first()
+        if row is None:
+            raise self._refused(404, "unknown_device", f"no device {device!r} has reported")
+        if node and row.profile:
+            raise self._refused(422, "unsupported_operation", f"{device} is a "
+                                f"{row.profile} device, not a parking node")
+        return str(row.gateway_id)
 
     def _check_scope(self, who: Principal, device: str, gateway: str) -> None:
         why = policy.refusal(who.role.value, who.unit, self.unit_of(device, gateway))
@@ -282,7 +317,7 @@ class CommandService:
 
     def of_device(self, who: Principal, device: str, limit: int) -> list[dict[str, Any]]:
         """A device's commands, newest first (within the caller's scope)."""
-        gateway, _ = self._device(device)
+        gateway = self._gateway(device, node=False)
         self._check_scope(who, device, gateway)
         with self.engine.connect() as conn:
             return [self._view(r) for r in repo.of_device(conn, device, limit)]
@@ -311,7 +346,8 @@ class CommandService:
     def _view(row: dict[str, Any]) -> dict[str, Any]:
         args = orjson.loads(row["args"])
         return {"id": row["id"], "device": row["device_id"], "gateway": row["gateway_id"],
-                "op": row["op"], "point": args.get("point"), "value_written": args.get("value"),
+                "op": row["op"], "args": args if row["op"] != "write" else {},
+                "point": args.get("point"), "value_written": args.get("value"),
                 "issuer": row["issuer"], "issued": row["issued"], "expires": row["expires"],
                 "dangerous": row["dangerous"], "confirmed_by": row["confirmed_by"],
                 "status": row["status"], "reason": row["reason"], "message": row["message"],

@@ -3,7 +3,9 @@
 Traffic is either random (Poisson arrivals on free bays, log-normal dwell times of minutes to
 hours, heartbeats, occasional line garbage; `time_scale` compresses simulated time) or a script
 of timed steps for tests. Both produce the same SensorReports the real nodes send, encoded with
-devices/parking.py. Run it as `python -m devices.sim.parking --help`.
+devices/parking.py. CoAP nodes apply the command a reply may carry (configure, recalibrate; as
+firmware/remote.py does, once per tag) and acknowledge it in their next report; their traffic
+schedule keeps the --heartbeat given. Run it as `python -m devices.sim.parking --help`.
 """
 
 from __future__ import annotations
@@ -23,19 +25,31 @@ from pathlib import Path
 from typing import Any
 
 from devices.parking import (
+    ACK_RESULTS,
+    OP_CONFIGURE,
+    OP_RECALIBRATE,
+    SETTING_NAMES,
+    SETTINGS,
+    CommandAck,
     MessageType,
+    NodeCommand,
+    ParkingFrameError,
     ResetCause,
     SensorReport,
     decode_config,
-    encode_body,
     encode_cbor,
+    encode_coap_body,
     encode_frame,
+    response_command,
 )
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("arrive", "depart", "swap", "heartbeat", "startup", "garbage")
 CAR_SIGNATURE = (140, -60, 310)  # mG added at the sensor by a parked car (typical, per doc)
+DEFAULT_SETTINGS = {"heartbeat_s": 1800, "enter_mg": 60, "leave_mg": 35, "enter_samples": 3,
+                    "leave_samples": 3, "settle_mg": 14}  # as firmware/detector.py and main.py
+RESULT = {name: code for code, name in ACK_RESULTS.items()}
 
 
 @dataclass
@@ -49,6 +63,54 @@ class SensorSim:
     battery_mv: int = 3600
     temperature_c: float = 18.0
     baseline: tuple[int, int, int] = (210, -150, 410)
+    settings: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_SETTINGS))
+    heartbeat_fixed: bool = False  # a command set the heartbeat: the bus default no longer does
+    last_tag: int = 0
+    last_result: int = 0
+    ack: CommandAck | None = None  # goes with every report until one is answered
+    commands_applied: int = 0
+
+    def command(self, cmd: NodeCommand) -> None:
+        """Apply a command from a reply as the firmware does (once per tag) and prepare the ack."""
+        if cmd.tag != self.last_tag:
+            self.last_result = self._apply(cmd)
+            self.last_tag = cmd.tag
+            self.commands_applied += self.last_result == 0
+        self.ack = CommandAck(cmd.tag, self.last_result, tuple(
+            (SETTINGS[name][0], value) for name, value in self.settings.items()))
+
+    def _apply(self, cmd: NodeCommand) -> int:
+        if cmd.op == OP_RECALIBRATE:  # the field measured now becomes the empty-bay field
+            car = CAR_SIGNATURE if self.occupied else (0, 0, 0)
+            self.baseline = (self.baseline[0] + car[0], self.baseline[1] + car[1],
+                             self.baseline[2] + car[2])
+            self.occupied = False
+            return RESULT["ok"]
+        if cmd.op != OP_CONFIGURE:
+            return RESULT["unsupported_operation"]
+        new = dict(self.settings)
+        for code, value in cmd.settings:
+            name = SETTING_NAMES.get(code)
+            if name is None or not SETTINGS[name][1] <= value <= SETTINGS[name][2]:
+                return RESULT["bad_setting"]
+            new[name] = value
+        if new["leave_mg"] >= new["enter_mg"]:
+            return RESULT["inconsistent"]
+        self.settings = new
+        self.heartbeat_fixed = self.heartbeat_fixed or any(
+            code == SETTINGS["heartbeat_s"][0] for code, _ in cmd.settings)
+        return RESULT["ok"]
+
+    def answered(self, reply: bytes) -> None:
+        """A report got its 2.04: the ack went with it; apply the reply's command, if any."""
+        self.ack = None
+        with contextlib.suppress(ParkingFrameError):
+            heartbeat = decode_config(reply)
+            if not self.heartbeat_fixed:
+                self.settings["heartbeat_s"] = heartbeat
+            command = response_command(reply)
+            if command is not None:
+                self.command(command)
 
     def report(self, msg_type: MessageType, rng: random.Random,
                reset_cause: int = ResetCause.DEEP_SLEEP_WAKE) -> SensorReport:
@@ -61,7 +123,7 @@ class SensorSim:
             mag=(mag[0], mag[1], mag[2]), baseline=self.baseline, battery_mv=self.battery_mv,
             rssi_dbm=rng.randint(-105, -70), temperature_c=self.temperature_c,
             send_counter=self.send_counter, park_counter=self.park_counter,
-            reset_cause=reset_cause)
+            reset_cause=reset_cause, ack=self.ack)
 
     def apply(self, action: str, rng: random.Random) -> list[SensorReport]:
         """Perform a scripted or random action; return the reports the node sends for it."""
@@ -194,7 +256,8 @@ class Concentrator:
 
 
 class CoapNodes:
-    """CoAP nodes: each report is a confirmable POST /p/r; the answer sets the heartbeat."""
+    """CoAP nodes: each report is a confirmable POST /p/r; the answer sets the heartbeat and
+    may carry a command, which the node applies and acknowledges in its next report."""
 
     def __init__(self, host: str, port: int, *, cbor: bool = False) -> None:
         literal = f"[{host}]" if ":" in host else host
@@ -203,6 +266,7 @@ class CoapNodes:
         self.ctx: Any = None
         self.heartbeat_s: int | None = None
         self.sent = self.failed = 0
+        self.reply = b""  # payload of the last 2.04
 
     async def open(self) -> CoapNodes:
         """Create the client context."""
@@ -215,7 +279,9 @@ class CoapNodes:
         """POST one report; return the response code (e.g. '2.04 Changed')."""
         import aiocoap
 
-        payload, fmt = ((encode_cbor(report), 60) if self.cbor else (encode_body(report), 42))
+        self.reply = b""
+        payload, fmt = ((encode_cbor(report), 60) if self.cbor else
+                        (encode_coap_body(report), 42))
         msg = aiocoap.Message(code=aiocoap.POST, uri=self.uri, payload=payload,
                               content_format=fmt)
         try:
@@ -226,6 +292,7 @@ class CoapNodes:
             return "error"
         self.sent += 1
         if resp.code.is_successful():
+            self.reply = bytes(resp.payload)
             with contextlib.suppress(ValueError):
                 self.heartbeat_s = decode_config(resp.payload)
         return str(resp.code)
@@ -260,8 +327,9 @@ class City:
         for report in sensor.apply(step.action, self.rng):
             if step.sensor_id in self.serial_ids and self.concentrator is not None:
                 self.concentrator.send(report)
-            elif step.sensor_id in self.coap_ids and self.coap is not None:
-                await self.coap.send(report)
+            elif step.sensor_id in self.coap_ids and self.coap is not None and (
+                    await self.coap.send(report)).startswith("2."):
+                sensor.answered(self.coap.reply)
         self.steps_done += 1
 
     async def play(self, steps: list[Step], time_scale: float = 1.0) -> None:
