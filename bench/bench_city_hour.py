@@ -464,8 +464,8 @@ def hub_cost(envelopes: int) -> dict[str, float]:
     import psycopg
 
     from collector.config import CollectorConfig
+    from collector.features import build_hub
     from collector.feed import FeedReader, FeedWriter, ensure_feed
-    from collector.hub import build_hub
     from collector.ingest import entry_of
 
     name = f"citygate_city_{uuid.uuid4().hex[:8]}"

@@ -11,14 +11,14 @@ import pytest
 import sqlalchemy as sa
 
 from collector import schema
-from collector.store import Store
+from collector.features import open_store
 from devices.commands import parse_command
 from tests.collector.test_device_commands import T0, Rig
 
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     rig = Rig(store)
     with store.engine.begin() as conn:  # a node as ingest records it: no profile
         conn.execute(sa.insert(schema.devices).values(device_id="pk-1001", gateway_id="gw-1",
