@@ -201,7 +201,7 @@ def test_silence_past_the_deadline_is_a_timeout(fleet: tuple[Hub, Channel],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from collector.registry import rollouts
 
-    hub, ch = fleet
+    hub, _ = fleet
     rid = start(hub, gateways=["g4"], deadline_s=5,
                 patch_toml="[uplink]\nhealth_interval = \"7s\"\n").json()["rollout_id"]
     later = rollouts.now_ms() + 6000
