@@ -224,3 +224,82 @@ def test_oversize_and_hostile_commands_are_refused_and_counted(
         assert asyncio.run(rc.handle(payload)).status == "refused"
     assert "at most" in str(agent.replies[0]["detail"]["reason"])  # type: ignore[index]
     assert rc.counters["refused"] == 4 and path.read_text() == before and agent.applied == []
+
+
+def test_against_the_lift_simulator_a_wrong_unit_or_port_is_rolled_back(tmp_path: Path) -> None:
+    """The gateway's own device figures (edge.managed.answering_devices) on real Modbus buses."""
+    import contextlib
+    import socket
+    from types import SimpleNamespace
+    from typing import cast
+
+    from devices.sim.elevator import make_bank, serve_tcp
+    from edge.agent import Agent
+    from edge.managed import answering_devices
+    from edge.sources import build_source
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    async def until(condition: object, seconds: float = 10.0) -> None:
+        end = asyncio.get_running_loop().time() + seconds
+        while not condition():  # type: ignore[operator]
+            assert asyncio.get_running_loop().time() < end, "condition not met in time"
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        port, started = free_port(), asyncio.Event()
+        server = asyncio.create_task(serve_tcp(make_bank([1], static=True), "127.0.0.1", port,
+                                               started=started))
+        await asyncio.wait_for(started.wait(), 5)
+        gw = SimpleNamespace(buses=[], tasks=[])
+
+        async def apply(cfg: GatewayConfig) -> None:  # what the supervisor's restart does
+            for task in gw.tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            gw.buses = [build_source(b, [d for d in cfg.devices if d.bus == b.name],
+                                     lambda items: None) for b in cfg.buses]
+            gw.tasks = [asyncio.create_task(b.run()) for b in gw.buses]
+
+        def answering() -> set[str]:
+            return answering_devices(cast(Agent, gw))
+
+        text = (BASE.format(data=tmp_path) + LIFTS.replace("5020", str(port))
+                .split("[[devices]]\nid = \"lift-2\"")[0])
+        path = tmp_path / "gateway.toml"
+        path.write_text(text)
+        await apply(parse_config(text))
+        replies: list[dict[str, object]] = []
+
+        def publish(payload: bytes) -> bool:
+            replies.append(orjson.loads(payload))
+            return True
+
+        rc = RemoteConfig(path, "gw-1", apply=apply, uplink_ok=lambda: True,
+                          publish_reply=publish,
+                          deadline=2, poll=0.05, answering=answering, device_grace=1.0)
+        try:
+            await until(lambda: answering() == {"lift-1"})
+            for broken in (text.replace("unit = 1", "unit = 7"),
+                           text.replace(f"port = {port}", f"port = {free_port()}")):
+                out = await rc.handle(command(broken))
+                assert out.status == "rolled_back", out
+                assert out.detail["reason"] == "devices_silent"
+                assert out.detail["devices"] == ["lift-1"]
+                assert path.read_text() == text
+                await until(lambda: answering() == {"lift-1"})
+            out = await rc.handle(command(text.replace('poll = "100ms"', 'poll = "150ms"')))
+            assert out.status == "confirmed" and out.detail["devices"] == ["lift-1"]
+            assert [r["detail"]["status"] for r in replies] == [  # type: ignore[index]
+                "applied", "rolled_back", "applied", "rolled_back", "applied", "confirmed"]
+        finally:
+            for task in [*gw.tasks, server]:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(main())
