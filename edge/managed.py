@@ -57,6 +57,14 @@ class ManagedAgent(Agent):
         self.supervisor = supervisor
         super().__init__(cfg)
 
+    def health(self) -> dict[str, object]:
+        """The agent's health message, with the supervisor's config verdicts counted."""
+        message = super().health()
+        counters = message["counters"]
+        if isinstance(counters, dict):
+            counters.update({f"config_{k}": v for k, v in self.supervisor.remote.counters.items()})
+        return message
+
     def _on_command(self, name: str, payload: bytes) -> None:
         if name == COMMAND_NAME:  # device commands belong to the running agent
             super()._on_command(name, payload)

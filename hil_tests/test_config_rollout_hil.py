@@ -44,15 +44,20 @@ poll = "200ms"
 """
 
 
-def lift_ok(metrics_port: int, device: str) -> int:
-    """Good polls of a device by the running agent (0 while its metrics do not answer)."""
+def metric(metrics_port: int, pattern: str) -> int:
+    """A figure of the running agent's metrics (0 while they do not answer or lack it)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
             text = r.read().decode()
     except (OSError, urllib.error.URLError):
         return 0
-    m = re.search(rf'citygate_device_ok_total{{[^}}]*device="{device}"}} (\d+)', text)
+    m = re.search(pattern + r" (\d+)", text)
     return int(m.group(1)) if m else 0
+
+
+def lift_ok(metrics_port: int, device: str) -> int:
+    """Good polls of a device by the running agent."""
+    return metric(metrics_port, rf'citygate_device_ok_total{{[^}}]*device="{device}"}}')
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -123,6 +128,8 @@ def test_group_rollout_halts_on_a_silent_canary_then_succeeds_and_reverts(
             assert g["conf"].read_text() == g["original"]
         wait_for(lambda: lift_ok(gws["gw-a"]["metrics"], "lift-a") > 0, 15,
                  "gw-a to read its lift again after the rollback")
+        wait_for(lambda: metric(gws["gw-a"]["metrics"], "citygate_config_rolled_back_total{[^}]*}")
+                 == 1, 10, "gw-a to count its rollback")
 
         # 2. a harmless change goes through the canary, then the rest
         good = tmp_path / "interval.toml"

@@ -311,15 +311,22 @@ class ConfigRollouts:
                                    "toml": target.config_toml}
         if r.device_grace_s is not None:
             command["device_grace_s"] = r.device_grace_s
+        this = (t.config_targets.c.rollout_id == r.rollout_id,
+                t.config_targets.c.gateway_id == target.gateway_id)
+        with self.engine.begin() as conn:  # claimed first: another hub's step sends nothing
+            claimed = conn.execute(sa.update(t.config_targets).where(
+                *this, t.config_targets.c.status == "pending").values(
+                status="sent", sent=now_ms(), push_id=push_id, version=version,
+                previous_toml=gw["config_toml"], previous_version=gw["config_version"])).rowcount
+        if not claimed:
+            return
         repo.record_push(self.engine, push_id, target.gateway_id, version, target.config_toml)
         if not self.channel.send(target.gateway_id, "config", orjson.dumps(command)):
-            return  # the broker link is down: offered again at the next step
-        with self.engine.begin() as conn:
-            conn.execute(sa.update(t.config_targets).where(
-                t.config_targets.c.rollout_id == r.rollout_id,
-                t.config_targets.c.gateway_id == target.gateway_id).values(
-                status="sent", sent=now_ms(), push_id=push_id, version=version,
-                previous_toml=gw["config_toml"], previous_version=gw["config_version"]))
+            with self.engine.begin() as conn:  # the broker link is down: again at the next step
+                conn.execute(sa.update(t.config_targets).where(
+                    *this, t.config_targets.c.push_id == push_id,
+                    t.config_targets.c.status == "sent").values(status="pending", sent=None))
+
 
     def _time_out(self, rollout: str, deadline_s: float) -> None:
         limit = now_ms() - int(deadline_s * 1000)
