@@ -117,7 +117,7 @@ def start(body: RolloutIn, rollouts: Rollouts, who: Technician) -> dict[str, Any
 @router.get("/rollouts", response_model=RolloutsOut)
 def list_rollouts(rollouts: Rollouts, _who: Anyone) -> dict[str, Any]:
     """The latest 100 rollouts, newest first, and how many requests were refused and why."""
-    return {"rollouts": rollouts.list(), "counters": dict(rollouts.counters)}
+    return {"rollouts": rollouts.latest(), "counters": dict(rollouts.counters)}
 
 
 @router.get("/rollouts/{rollout_id}", response_model=RolloutOut)

@@ -444,7 +444,7 @@ class ConfigRollouts:
                 "device_grace_s": r["device_grace_s"], "failed": failed,
                 "summary": summary, "gateways": targets}
 
-    def list(self, limit: int = 100) -> list[dict[str, Any]]:
+    def latest(self, limit: int = 100) -> list[dict[str, Any]]:
         """The latest rollouts, newest first (without their gateways)."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.config_rollouts.c.rollout_id).order_by(
