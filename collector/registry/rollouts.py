@@ -41,9 +41,11 @@ log = logging.getLogger(__name__)
 MAX_CONFIG_BYTES = 256 * 1024  # the gateway refuses bigger (edge/remote_config.py)
 SUCCEEDED = ("confirmed",)
 IN_FLIGHT = ("sent", "applied")
-REVERTIBLE = ("applied", "confirmed", "timeout")  # the gateway may run the rollout's config
+# the gateway runs, or may yet run, the rollout's config (commands run in order on a gateway)
+REVERTIBLE = ("sent", "applied", "confirmed", "timeout")
 STATUSES = frozenset({"applied", "confirmed", "refused", "rolled_back", "failed"})
-COUNTERS = ("rollouts", "reverts", "refused_unknown_group", "refused_unknown_gateway",
+COUNTERS = ("rollouts", "reverts", "refused_unknown_group", "refused_unknown_site",
+            "refused_unknown_gateway",
             "refused_oversize", "refused_invalid_toml", "refused_no_base_config",
             "refused_request", "replies", "replies_unknown")
 
@@ -180,7 +182,7 @@ class ConfigRollouts:
             if repo.site(self.engine, sel.site) is None and not any(
                     g["site_id"] == sel.site for g in live):
                 raise RolloutError(404, f"unknown site {sel.site[:100]!r}",
-                                   "refused_unknown_gateway")
+                                   "refused_unknown_site")
             chosen = [g for g in live if g["site_id"] == sel.site]
         else:
             chosen = live
@@ -234,8 +236,15 @@ class ConfigRollouts:
         return self.status(rollout)
 
     def revert(self, rollout_id: str, by: str = "") -> dict[str, Any]:
-        """Send the config they ran before to every gateway a rollout changed."""
+        """Send the config they ran before to every gateway a rollout changed; a rollout still
+        running is halted first (its gateways not yet sent anything are skipped)."""
         original = self._rollout(rollout_id)
+        if original["state"] in ("canary", "rolling"):
+            with self._lock, self.engine.begin() as conn:
+                conn.execute(sa.update(t.config_rollouts).where(
+                    t.config_rollouts.c.rollout_id == rollout_id).values(state="halted"))
+            self._skip_rest(rollout_id)
+            log.info("config rollout %s: halted for a revert", rollout_id)
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.config_targets).where(
                 t.config_targets.c.rollout_id == rollout_id,

@@ -285,3 +285,18 @@ def test_a_patch_needs_a_known_config_and_roles_are_checked(hub: Hub) -> None:
                           headers=hub.as_("reader")).status_code == 404
     assert hub.client.post("/api/v1/config/rollouts/cfg-nope/revert",
                            headers=hub.as_("technician")).status_code == 404
+
+
+def test_reverting_a_running_rollout_halts_it_first(fleet: tuple[Hub, Channel]) -> None:
+    hub, ch = fleet
+    rid = start(hub, group="north", patch_toml="[uplink]\nhealth_interval = \"9s\"\n",
+                batch=1).json()["rollout_id"]
+    confirm(hub, ch, "g1")
+    assert by_gw(state(hub, rid)) == {"g1": "confirmed", "g2": "sent", "g3": "pending"}
+    rev = hub.client.post(f"/api/v1/config/rollouts/{rid}/revert",
+                          headers=hub.as_("technician")).json()
+    assert sorted(by_gw(rev)) == ["g1", "g2"]  # g2 may yet apply it: it gets the old one after
+    s = state(hub, rid)
+    assert s["stage"] == "halted" and by_gw(s)["g3"] == "skipped"
+    hub.registry.rollouts.step()
+    assert [g for g, _ in ch.sent].count("g3") == 0
