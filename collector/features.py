@@ -282,13 +282,14 @@ class Registry(BaseFeature):
                                        client_id=f"{core.broker.client_id}-cmd")
         settings = registry_settings(core.config.registry, core.broker)
         service = Service(core.store.engine, settings, self.commands)
+        self.rollouts = service.rollouts
         registry.install(core.app, service)
         if settings.broker_files is not None:
             service.sync_broker()
 
     def tasks(self) -> Sequence[Task]:
-        """The command channel's broker link."""
-        return (self.commands.run,)
+        """The command channel's broker link and the config rollout driver."""
+        return (self.commands.run, self.rollouts.run)
 
     async def close(self) -> None:
         """Disconnect the command channel."""

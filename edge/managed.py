@@ -57,6 +57,14 @@ class ManagedAgent(Agent):
         self.supervisor = supervisor
         super().__init__(cfg)
 
+    def health(self) -> dict[str, object]:
+        """The agent's health message, with the supervisor's config verdicts counted."""
+        message = super().health()
+        counters = message["counters"]
+        if isinstance(counters, dict):
+            counters.update({f"config_{k}": v for k, v in self.supervisor.remote.counters.items()})
+        return message
+
     def _on_command(self, name: str, payload: bytes) -> None:
         if name == COMMAND_NAME:  # device commands belong to the running agent
             super()._on_command(name, payload)
@@ -67,7 +75,8 @@ class ManagedAgent(Agent):
 class Supervisor:
     """Runs one agent at a time; a config change stops it and starts the next."""
 
-    def __init__(self, path: Path, *, rollback_after: float = 60.0) -> None:
+    def __init__(self, path: Path, *, rollback_after: float = 60.0,
+                 device_grace: float = 120.0) -> None:
         self.path = path
         self.cfg = load_config(path)
         self.agent: ManagedAgent | None = None
@@ -76,7 +85,8 @@ class Supervisor:
         self._tasks: set[asyncio.Task[object]] = set()
         self.remote = RemoteConfig(path, self.cfg.gateway.id, apply=self.apply,
                                    uplink_ok=self.uplink_ok, publish_reply=self.publish_reply,
-                                   deadline=rollback_after)
+                                   deadline=rollback_after, answering=self.answering,
+                                   device_grace=device_grace)
         self.exec_request: tuple[str, list[str]] | None = None  # re-exec once the agent stopped
         self._update_lock = asyncio.Lock()
 
@@ -88,6 +98,12 @@ class Supervisor:
     def uplink_ok(self) -> bool:
         """True while the running agent is connected to a broker."""
         return self.agent is not None and self.agent.uplink.connected.is_set()
+
+    def answering(self) -> set[str]:
+        """Polled devices that answered since the running agent started and are online."""
+        if self.agent is None:
+            return set()
+        return answering_devices(self.agent)
 
     def publish_reply(self, payload: bytes) -> bool:
         """Publish on the reply channel through the running agent's uplink."""
@@ -275,6 +291,26 @@ class Supervisor:
                 t.cancel()
 
 
+def answering_devices(agent: Agent) -> set[str]:
+    """Devices of `agent` that answered at least once and are online now.
+
+    Polled Modbus devices count good polls (`ok`), HJ 212 stations received frames; parking
+    sensors report when they like (no online state) and are never counted.
+    """
+    out = set()
+    for bus in agent.buses:
+        health = bus.device_health() if hasattr(bus, "device_health") else {}
+        for device, h in health.items():
+            answered = _count(h.get("ok")) + _count(h.get("frames"))
+            if h.get("online") is True and answered > 0:
+                out.add(device)
+    return out
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def _download(url: str, token: str, timeout: float) -> bytes:
     """GET the bundle with the one-time download token (runs in a worker thread)."""
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
@@ -289,17 +325,22 @@ def _id(payload: bytes) -> str:
     return ""
 
 
-async def run_managed(path: Path, stop: asyncio.Event, rollback_after: float = 60.0) -> None:
+async def run_managed(path: Path, stop: asyncio.Event, rollback_after: float = 60.0,
+                      device_grace: float = 120.0) -> None:
     """Run the gateway at `path` with remote configuration until `stop` is set."""
     tune_malloc()  # before any socket is read (edge/heap.py)
-    await Supervisor(path, rollback_after=rollback_after).run(stop)
+    await Supervisor(path, rollback_after=rollback_after, device_grace=device_grace).run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m edge.managed --config PATH [--rollback-after SECONDS]`."""
+    """`python -m edge.managed --config PATH [--rollback-after S] [--device-grace S]`."""
     p = argparse.ArgumentParser(prog="edge.managed")
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--rollback-after", type=float, default=60.0)
+    p.add_argument("--rollback-after", type=float, default=60.0,
+                   help="seconds for the uplink to come back after a config change")
+    p.add_argument("--device-grace", type=float, default=120.0,
+                   help="seconds for devices that answered before a config change to answer "
+                        "again (a push may give its own)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -309,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_managed(args.config, stop, args.rollback_after)
+        await run_managed(args.config, stop, args.rollback_after, args.device_grace)
 
     try:
         asyncio.run(runner())

@@ -162,10 +162,12 @@ class HubServer:
         self._thread.start()
         wait_for(lambda: self._server.started, 10, "the hub's API")
         wait_for(self.commands.connected.is_set, 10, "the command channel")
+        self.registry.rollouts.start_driver(0.2)  # the collector runs it as a feature task
         return self
 
     def stop(self) -> None:
         """Stop serving (idempotent)."""
+        self.registry.rollouts.stop_driver()
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:

@@ -25,6 +25,11 @@ def push(server: HubServer, gw: str, toml: str, wait_s: float = 30) -> dict[str,
     return out
 
 
+def push_state(server: HubServer, gw: str, push_id: str) -> dict[str, Any]:
+    out: dict[str, Any] = server.call("GET", f"/api/v1/gateways/{gw}/config/{push_id}")
+    return out
+
+
 def echo_ok(server: HubServer, gw: str) -> bool:
     try:
         return bool(server.call("POST", f"/api/v1/gateways/{gw}/echo?wait_s=2")["ok"])
@@ -50,11 +55,13 @@ def test_config_push_applies_refuses_and_rolls_back(tmp_path: Path) -> None:
 
         changed = original.replace("[uplink]", '[uplink]\nhealth_interval = "7s"')
         done = push(server, "gw-rc", changed)
-        assert done["status"] == "applied", (done, agent.tail())
+        assert done["status"] in ("applied", "confirmed"), (done, agent.tail())
         assert load_config(conf).uplink.health_interval == 7.0
         assert (etc / "gateway.toml.prev").read_text() == original
-        reg = server.call("GET", "/api/v1/gateways/gw-rc/registration")
-        assert reg["config_version"] == done["version"]
+        # no device answered before: nothing to watch, confirmed at once, and then registered
+        wait_for(lambda: server.call("GET", "/api/v1/gateways/gw-rc/registration")[
+            "config_version"] == done["version"], 10, "the registry to take the config")
+        assert push_state(server, "gw-rc", done["push_id"])["status"] == "confirmed"
 
         refused = push(server, "gw-rc", changed.replace("[uplink]", "[uplink]\nbogus = 1"))
         assert refused["status"] == "refused"
@@ -65,6 +72,7 @@ def test_config_push_applies_refuses_and_rolls_back(tmp_path: Path) -> None:
         t0 = time.monotonic()
         rolled = push(server, "gw-rc", dead, wait_s=40)
         assert rolled["status"] == "rolled_back", (rolled, agent.tail())
+        assert rolled["detail"]["reason"] == "uplink_lost"
         assert time.monotonic() - t0 >= 4
         assert conf.read_text() == changed
         assert load_config(conf).outbox_path == outbox and outbox.exists()

@@ -246,6 +246,95 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- config rollouts -------------------------------------------------------------------------
+
+CONFIG_MAX_BYTES = 256 * 1024
+ROLLOUT_OVER = ("done", "halted")
+STATUS_STYLE = {"confirmed": "green", "applied": "cyan", "pending": "dim", "sent": "cyan",
+                "skipped": "yellow"}
+
+
+def _read_toml_file(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > CONFIG_MAX_BYTES:
+            raise ProvisionError(f"{path} has {size} bytes; a config may have at most "
+                                 f"{CONFIG_MAX_BYTES}", "push only the tables that change "
+                                 "with --patch")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProvisionError(f"cannot read {path}: {exc}") from None
+
+
+def cmd_config_push(args: argparse.Namespace) -> int:
+    """Start a staged config rollout and (with --wait) follow it to its end."""
+    body: dict[str, Any] = {"canaries": args.canaries, "canary_percent": args.canary_percent,
+                            "batch": args.batch, "max_failures": args.max_failures,
+                            "deadline_s": args.deadline, "device_grace_s": args.device_grace}
+    if args.config is not None:
+        body["config_toml"] = _read_toml_file(args.config)
+    else:
+        body["patch_toml"] = _read_toml_file(args.patch)
+    if args.gateway:
+        body["gateways"] = args.gateway
+    elif args.group:
+        body["group"] = args.group
+    elif args.site:
+        body["site"] = args.site
+    else:
+        body["all"] = True
+    collector = _collector()
+    status = collector.call("POST", "/api/v1/config/rollouts",
+                            {k: v for k, v in body.items() if v is not None}).body
+    console.print(f"rollout [bold]{status['rollout_id']}[/] to "
+                  f"{len(status['gateways'])} gateway(s), {status['canaries']} canary")
+    return _follow(collector, status, args.wait)
+
+
+def cmd_config_status(args: argparse.Namespace) -> int:
+    """Show a rollout's stage and every gateway's state."""
+    collector = _collector()
+    status = collector.call("GET", f"/api/v1/config/rollouts/{args.rollout}").body
+    return _follow(collector, status, args.wait)
+
+
+def cmd_config_revert(args: argparse.Namespace) -> int:
+    """Send the previous config back to every gateway a rollout changed."""
+    collector = _collector()
+    status = collector.call("POST", f"/api/v1/config/rollouts/{args.rollout}/revert").body
+    console.print(f"revert rollout [bold]{status['rollout_id']}[/] of {args.rollout} to "
+                  f"{len(status['gateways'])} gateway(s)")
+    return _follow(collector, status, args.wait)
+
+
+def _follow(collector: Any, status: dict[str, Any], wait: float | None) -> int:
+    """Print the status; with `wait`, poll until the rollout is over or `wait` seconds pass.
+    Exit code: 0 done (or started, without --wait), 1 halted or still running."""
+    end = time.monotonic() + (wait or 0)
+    while wait and status["stage"] not in ROLLOUT_OVER and time.monotonic() < end:
+        time.sleep(1.0)
+        status = collector.call("GET", f"/api/v1/config/rollouts/{status['rollout_id']}").body
+    _print_rollout(status)
+    if status["stage"] == "halted":
+        return 1
+    return 1 if wait and status["stage"] != "done" else 0
+
+
+def _print_rollout(status: dict[str, Any]) -> None:
+    table = RichTable("gateway", "stage", "status", "detail")
+    for g in status["gateways"]:
+        d = g["detail"] if isinstance(g["detail"], dict) else {}
+        why = d.get("reason", "")
+        if d.get("devices") and why:
+            why = f"{why}: {', '.join(map(str, d['devices']))}"
+        style = STATUS_STYLE.get(g["status"], "red")
+        table.add_row(g["gateway_id"], g["stage"], f"[{style}]{g['status']}[/]", str(why))
+    console.print(table)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(status["summary"].items()))
+    console.print(f"rollout {status['rollout_id']} ({status['kind']}): stage "
+                  f"[bold]{status['stage']}[/] — {summary}")
+
+
 def add_parser(sub: Any) -> None:
     """Register `provision` and its subcommands on the citygate parser."""
     from provisioning.cli_args import add_arguments

@@ -27,6 +27,59 @@ def _host_port(p: argparse.ArgumentParser, cli: ModuleType, *, units: bool) -> N
                        help="unit ids to try, e.g. 1-32 (default 1-247)")
 
 
+def _seconds(text: str) -> float:
+    """A duration: 90, 90s, 15m or 2h."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m") from None
+
+
+def _config_rollouts(sub: Any, cmd: Any, cli: ModuleType) -> None:
+    cfg = sub.add_parser("config", help="config rollouts to many gateways").add_subparsers(
+        dest="cfg_cmd", required=True)
+    p = cmd("push", cli.cmd_config_push, "push a config (or a patch) to gateways in stages: "
+            "canaries first, the rest once they are confirmed", cfg)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--gateway", action="append", metavar="ID",
+                     help="a gateway (repeatable)")
+    who.add_argument("--group", metavar="NAME", help="the gateways of the sites of a district")
+    who.add_argument("--site", metavar="SITE", help="the gateways of a site")
+    who.add_argument("--all", action="store_true", help="every registered gateway")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", type=Path, metavar="FILE",
+                      help="a whole gateway.toml; each gateway gets its own [gateway] id/site")
+    what.add_argument("--patch", type=Path, metavar="FILE",
+                      help="TOML tables merged into each gateway's known config")
+    first = p.add_mutually_exclusive_group()
+    first.add_argument("--canaries", type=int, metavar="N", help="the first N go first "
+                                                                 "(default 1)")
+    first.add_argument("--canary-percent", type=float, metavar="P",
+                       help="or this share of the gateways, rounded up")
+    p.add_argument("--batch", type=int, default=10,
+                   help="gateways of the rest in flight at once (default 10)")
+    p.add_argument("--max-failures", type=int, default=0,
+                   help="failures tolerated in the rest before the rollout halts (default 0)")
+    p.add_argument("--deadline", type=_seconds, default=900.0,
+                   help="per gateway, from the command to confirmed (default 15m)")
+    p.add_argument("--device-grace", type=_seconds,
+                   help="how long devices may stay silent after the change before the "
+                        "gateway rolls back (default: the gateway's own)")
+    p.add_argument("--wait", type=_seconds, metavar="DURATION",
+                   help="follow the rollout until it is done or halted, at most this long")
+    for name, func, what_ in (("status", cli.cmd_config_status, "a rollout's stage and each "
+                               "gateway's state"),
+                              ("revert", cli.cmd_config_revert, "send the previous config "
+                               "back to every gateway a rollout changed")):
+        p = cmd(name, func, what_, cfg)
+        p.add_argument("--rollout", required=True, metavar="ID")
+        p.add_argument("--wait", type=_seconds, metavar="DURATION",
+                       help="follow the rollout until it is done or halted")
+
+
 def add_arguments(sub: Any, cli: ModuleType) -> None:
     """Add the subcommands; their handlers are functions of the `cli` module."""
     def cmd(name: str, func: Any, help_: str, parent: Any = sub) -> argparse.ArgumentParser:
@@ -97,6 +150,8 @@ def add_arguments(sub: Any, cli: ModuleType) -> None:
     p = cmd("commission", cli.cmd_commission, "run the commissioning checklist")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--offline", action="store_true", help="do not contact the collector")
+
+    _config_rollouts(sub, cmd, cli)
 
     cmd("sync", cli.cmd_sync, "upload commissioning results queued while offline")
     p = cmd("log", cli.cmd_log, "show the local install log")

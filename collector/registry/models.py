@@ -119,7 +119,7 @@ class PushOut(_Out):
     gateway_id: str
     version: int
     sent: int | None
-    status: str = Field(description="sent, applied, refused or rolled_back")
+    status: str = Field(description="sent, applied, confirmed, refused or rolled_back")
     detail: Any
 
 

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from collector.registry import repo
 from collector.registry.commands import CommandChannel
 from collector.registry.mqtt_auth import BrokerFiles, may_connect, permitted, verify_password
+from collector.registry.rollouts import STATUSES, ConfigRollouts
 from devices.contract import ReplyMessage
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Registry:
         self.engine = engine
         self.settings = settings
         self.commands = commands
+        self.rollouts = ConfigRollouts(engine, commands)
         if commands is not None:
             commands.on_reply = self.on_reply
         self._known: tuple[float, frozenset[str]] = (0.0, frozenset())
@@ -103,15 +105,22 @@ class Registry:
         }
 
     def on_reply(self, reply: ReplyMessage) -> None:
-        """Record a gateway's answer to a config push (other replies are only remembered)."""
+        """Record a gateway's answer to a config push (other replies are only remembered).
+
+        The registry takes a pushed config as the gateway's once it is `confirmed` (its devices
+        answer with it), or `applied` by a gateway that does not watch its devices (its applied
+        reply names no `watching`)."""
         if reply.command != "config":
             return
         pushed = repo.push(self.engine, reply.id)
         if pushed is None or pushed["gateway_id"] != reply.gateway:
             return
-        status = "applied" if reply.ok else str(reply.detail.get("status", "refused"))
+        status = str(reply.detail.get("status", ""))
+        if status not in STATUSES:
+            status = "applied" if reply.ok else "refused"
         repo.finish_push(self.engine, reply.id, status, reply.detail)
-        if reply.ok:
+        if status == "confirmed" or (status == "applied" and "watching" not in reply.detail):
             repo.store_config(self.engine, reply.gateway, pushed["config_toml"],
                               version=pushed["version"])
+        self.rollouts.on_reply(reply)
         log.info("config push %s to %s: %s", reply.id, reply.gateway, status)

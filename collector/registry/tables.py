@@ -1,4 +1,4 @@
-"""Tables of the gateway registry and their versioned migrations (50–51).
+"""Tables of the gateway registry and their versioned migrations (50–51, 54).
 
 Credentials are never stored in clear: MQTT passwords as mosquitto PBKDF2-SHA512 (`$7$`) hashes,
 so the broker's password file can be rebuilt from the database; API and provisioning tokens as
@@ -84,10 +84,49 @@ config_pushes = sa.Table(
     sa.Column("config_toml", sa.Text, nullable=False),
 )
 
-# Versions 50–51 belong to the registry (52–53, the API tokens, to collector.auth_tables).
+config_rollouts = sa.Table(
+    "reg_config_rollouts", metadata,
+    sa.Column("rollout_id", sa.Text, primary_key=True),
+    sa.Column("created", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.Text, nullable=False, server_default=""),
+    sa.Column("kind", sa.Text, nullable=False),  # push | revert
+    sa.Column("reverts", sa.Text),  # the rollout a revert undoes
+    sa.Column("selector", sa.Text, nullable=False),  # JSON: gateways | group | site | all
+    sa.Column("mode", sa.Text, nullable=False),  # config (whole file) | patch (merged)
+    sa.Column("body", sa.Text, nullable=False),  # the config or patch as given
+    sa.Column("canaries", sa.Integer, nullable=False),
+    sa.Column("batch", sa.Integer, nullable=False),  # rest-wave gateways in flight at once
+    sa.Column("max_failures", sa.Integer, nullable=False),  # in the rest wave, before a halt
+    sa.Column("deadline_s", sa.Float, nullable=False),  # per gateway, command to confirmed
+    sa.Column("device_grace_s", sa.Float),  # None: the gateway's own
+    sa.Column("state", sa.Text, nullable=False),  # canary | rolling | done | halted
+)
+
+config_targets = sa.Table(
+    "reg_config_targets", metadata,
+    sa.Column("rollout_id", sa.Text, primary_key=True),
+    sa.Column("gateway_id", sa.Text, primary_key=True),
+    sa.Column("wave", sa.Integer, nullable=False),  # 0 = canary, 1 = the rest
+    sa.Column("status", sa.Text, nullable=False),  # pending|sent|applied|confirmed|refused|
+    #                                                rolled_back|failed|timeout|skipped
+    sa.Column("push_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("version", sa.Integer),
+    sa.Column("config_toml", sa.Text, nullable=False),  # what this gateway is sent
+    sa.Column("previous_toml", sa.Text, nullable=False, server_default=""),  # when sent
+    sa.Column("previous_version", sa.Integer),
+    sa.Column("sent", sa.BigInteger),
+    sa.Column("finished", sa.BigInteger),
+    sa.Column("detail", sa.Text, nullable=False, server_default="{}"),
+    sa.Index("reg_config_targets_by_push", "push_id"),
+)
+
+# Versions 50–51 and 54 belong to the registry (52–53, the API tokens, to
+# collector.auth_tables).
 MIGRATIONS = MigrationSet("registry", [
     (50, "registry: sites, gateways, their devices, provisioning tokens",
      creates(metadata, sites, gateways, devices, provision_tokens)),
     (51, "registry: commissioning results and remote config pushes",
      creates(metadata, commissioning, config_pushes)),
+    (54, "registry: staged config rollouts and their per-gateway results",
+     creates(metadata, config_rollouts, config_targets)),
 ])

@@ -55,16 +55,26 @@ class Target:
     status: str
 
 
-def next_step(targets: Iterable[Target]) -> tuple[list[str], str]:
-    """(gateways to offer the update now, rollout state): canaries first, halt on a failure."""
+def next_step(targets: Iterable[Target], *, succeeded: Iterable[str] = ("applied",),
+              max_failures: int | None = None) -> tuple[list[str], str]:
+    """(gateways to offer the change now, rollout state): canaries first, halt on a failure.
+
+    A target is done when its status is in `succeeded` (or FAILED, or skipped); the rest wave
+    starts only when every canary succeeded. With `max_failures`, more failures than that
+    among all targets also halt the rest wave (None: only canaries halt a rollout). Shared by
+    agent updates and config rollouts (collector/registry/rollouts.py).
+    """
     targets = list(targets)
+    final = FAILED | {"skipped", *succeeded}
     canaries = [x for x in targets if x.wave == 0]
     rest = [x for x in targets if x.wave != 0]
     if any(x.status in FAILED for x in canaries):
         return [], "halted"
-    if any(x.status not in FINAL for x in canaries):
+    if any(x.status not in final for x in canaries):
         return [x.gateway for x in canaries if x.status == "pending"], "canary"
-    if any(x.status not in FINAL for x in rest):
+    if max_failures is not None and sum(x.status in FAILED for x in rest) > max_failures:
+        return [], "halted"
+    if any(x.status not in final for x in rest):
         return [x.gateway for x in rest if x.status == "pending"], "rolling"
     return [], "done"
 
