@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from devices.commands import MAX_HISTORY_MS, OPS, ArgsRefused, check_args
-from devices.hj212 import StreamDecoder, parse
+from devices.hj212 import Frame, StreamDecoder, parse
 from devices.hj212.exchange import Exchange, from_local_time, local_time, request
 from devices.sim.environment import StationSim
 
@@ -97,7 +97,7 @@ def test_station_local_times_round_trip() -> None:
     assert from_local_time("2025", 480) is None
 
 
-def frame(qn: str, cn: str, cp: dict[str, str]) -> object:
+def frame(qn: str, cn: str, cp: dict[str, str]) -> Frame:
     return parse(request(qn=qn, st="91", cn=cn, pw="123456", mn=MN, cp=cp))
 
 
@@ -127,21 +127,22 @@ def sim(**kw: object) -> StationSim:
 
 
 def answers(station: StationSim, cn: str, cp: dict[str, str], pw: str = "123456",
-            now: datetime = NOW) -> list[object]:
+            now: datetime = NOW) -> list[Frame]:
     req = parse(request(qn="20251125000030123", st="39", cn=cn, pw=pw, mn=MN, cp=cp))
-    out = StreamDecoder().feed(b"".join(station.answer(req, now)))  # type: ignore[arg-type]
-    return out
+    return [f for f in StreamDecoder().feed(b"".join(station.answer(req, now)))
+            if isinstance(f, Frame)]
 
 
 def test_the_simulator_answers_time_interval_and_a_wrong_password() -> None:
     station = sim(rtd_interval=30)
     got = answers(station, "1011", {})
-    assert [(f.cn, f.qn) for f in got] == [("9011", "20251125000030123")] + [
-        ("1011", "20251125000030123"), ("9012", "20251125000030123")]  # type: ignore[attr-defined]
-    assert got[0].cp == {"QnRtn": "1"} and got[1].cp == {"SystemTime": "20251125000030"}  # type: ignore[attr-defined]
-    assert [f.cp for f in answers(station, "1061", {})][1] == {"RtdInterval": "30"}  # type: ignore[attr-defined]
+    assert [(f.cn, f.qn) for f in got] == [
+        ("9011", "20251125000030123"), ("1011", "20251125000030123"),
+        ("9012", "20251125000030123")]
+    assert got[0].cp == {"QnRtn": "1"} and got[1].cp == {"SystemTime": "20251125000030"}
+    assert [f.cp for f in answers(station, "1061", {})][1] == {"RtdInterval": "30"}
     wrong = answers(station, "1011", {}, pw="000000")
-    assert [(f.cn, f.cp) for f in wrong] == [("9011", {"QnRtn": "3"})]  # type: ignore[attr-defined]
+    assert [(f.cn, f.cp) for f in wrong] == [("9011", {"QnRtn": "3"})]
     other = parse(request(qn="q", st="39", cn="1011", pw="123456", mn="OTHER", cp={}))
     assert station.answer(other, NOW) == []
 
@@ -149,13 +150,13 @@ def test_the_simulator_answers_time_interval_and_a_wrong_password() -> None:
 def test_setting_the_time_moves_every_later_data_time() -> None:
     station = sim()
     got = answers(station, "1012", {"SystemTime": "20251125010030"})  # one hour ahead
-    assert [(f.cn, f.cp) for f in got] == [("9011", {"QnRtn": "1"}), ("9012", {"ExeRtn": "1"})]  # type: ignore[attr-defined]
+    assert [(f.cn, f.cp) for f in got] == [("9011", {"QnRtn": "1"}), ("9012", {"ExeRtn": "1"})]
     assert station.clock_offset_s == 3600
-    assert answers(station, "1011", {})[1].cp == {"SystemTime": "20251125010030"}  # type: ignore[attr-defined]
+    assert answers(station, "1011", {})[1].cp == {"SystemTime": "20251125010030"}
     rt = parse(station.frames("2011", NOW)[0])
     assert rt.cp["DataTime"] == "20251125010030"
     bad = answers(station, "1012", {"SystemTime": "tomorrow"})
-    assert bad[-1].cp == {"ExeRtn": "3"}  # type: ignore[attr-defined]
+    assert bad[-1].cp == {"ExeRtn": "3"}
 
 
 def test_history_sends_the_remembered_frames_of_the_range_then_9012() -> None:
@@ -167,12 +168,12 @@ def test_history_sends_the_remembered_frames_of_the_range_then_9012() -> None:
     assert len(station.history) == 5  # bounded: minutes 3..7 are remembered
     got = answers(station, "2051", {"BeginTime": "20251125000200",
                                      "EndTime": "20251125000500"})
-    assert [f.cn for f in got] == ["9011", "2051", "2051", "2051", "9012"]  # type: ignore[attr-defined]
-    assert [f.cp["DataTime"] for f in got[1:4]] == [  # type: ignore[attr-defined]
+    assert [f.cn for f in got] == ["9011", "2051", "2051", "2051", "9012"]
+    assert [f.cp["DataTime"] for f in got[1:4]] == [
         "20251125000300", "20251125000400", "20251125000500"]
     assert got[1] == parse(sent[3][0])  # the very frame it generated
     again = sim().frames("2051", NOW.replace(minute=4))
     assert again == sent[4]  # averaged data is a function of seed, MN and DataTime
     none = answers(station, "2061", {"BeginTime": "20251125000000",
                                      "EndTime": "20251125010000"})
-    assert [(f.cn, f.cp) for f in none][-1] == ("9012", {"ExeRtn": "100"})  # type: ignore[attr-defined]
+    assert [(f.cn, f.cp) for f in none][-1] == ("9012", {"ExeRtn": "100"})
