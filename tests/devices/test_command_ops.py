@@ -71,7 +71,8 @@ def test_set_time_and_read_params_arguments() -> None:
         {"time": T}
     assert check_args("read_params", "dust_monitor", {}) == {"params": ["rtd_interval", "time"]}
     assert check_args("read_params", "dust_monitor", {"params": "time"}) == {"params": ["time"]}
-    for bad in ({"params": ["password"]}, {"params": []}, {"params": 5}):
+    bads: list[dict[str, object]] = [{"params": ["password"]}, {"params": []}, {"params": 5}]
+    for bad in bads:
         with pytest.raises(ArgsRefused, match="params must name"):
             check_args("read_params", "dust_monitor", bad)
     with pytest.raises(ArgsRefused, match="between 2000 and 2100"):
