@@ -28,14 +28,18 @@ Scalar = float | int | bool
 
 
 class CommandIn(BaseModel):
-    """A write to one point of a device."""
+    """A write to one point of a device (`point`, `value`), or an operation with arguments
+    (`op`, `args`; docs/commands.md lists them)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    op: str = Field("write", pattern="^write$", description="the operation (write)")
-    point: str = Field(max_length=64, pattern=r"^[a-z][a-z0-9_]{0,63}$",
-                       description="canonical quantity of a writable point of the profile")
-    value: Scalar = Field(description="canonical value (unit of docs/data-model.md)")
+    op: str = Field("write", pattern=r"^[a-z][a-z_]{0,31}$",
+                    description="the operation: write, set_time, request_history, read_params")
+    point: str | None = Field(None, max_length=64, pattern=r"^[a-z][a-z0-9_]{0,63}$",
+                              description="write: canonical quantity of a writable point")
+    value: Scalar | None = Field(None, description="write: canonical value (unit of "
+                                                   "docs/data-model.md)")
+    args: dict[str, Any] | None = Field(None, description="the operation's arguments")
     ttl_s: float = Field(60.0, ge=1, le=7 * 86400,
                          description="seconds until it expires; never executed after")
     key: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
@@ -49,7 +53,8 @@ class CommandOut(BaseModel):
     id: str = Field(description="command id")
     device: str = Field(description="target device")
     gateway: str = Field(description="the gateway that owns the device")
-    op: str = Field(description="operation (write)")
+    op: str = Field(description="operation (write, set_time, request_history, read_params)")
+    args: dict[str, Any] = Field(description="the operation's arguments, canonical")
     point: str | None = Field(description="canonical quantity written")
     value_written: Scalar | None = Field(description="value asked for")
     issuer: str = Field(description="token name of who issued it")
@@ -61,7 +66,8 @@ class CommandOut(BaseModel):
                                     "failed, expired, interrupted")
     reason: str = Field(description="machine-readable reason of a failure or refusal")
     message: str = Field(description="what happened, for people")
-    value_read_back: Any = Field(description="the value read back after the write (done)")
+    value_read_back: Any = Field(description="done: the value read back after a write, or "
+                                 "what the station answered (time, interval, history frames)")
     sends: int = Field(description="times sent to the gateway")
     updated: int = Field(description="last change, ms since the epoch")
 
@@ -105,10 +111,10 @@ def _http(exc: CommandError) -> HTTPException:
 @router.post("/devices/{device_id}/commands", status_code=202, response_model=CommandOut)
 async def issue(device_id: DeviceId, body: CommandIn, who: Commander,
                 service: Service) -> dict[str, Any]:
-    """Issue a write; 202 with the command (status awaiting_confirmation for dangerous points)."""
+    """Issue a command; 202 with it (status awaiting_confirmation for dangerous points)."""
     try:
         out = await asyncio.to_thread(service.submit, who, device_id, body.point, body.value,
-                                      body.ttl_s, body.key)
+                                      body.ttl_s, body.key, op=body.op, args=body.args)
         if body.wait_s and out["status"] != "awaiting_confirmation":
             out = await asyncio.to_thread(service.wait, out["id"], body.wait_s)
     except CommandError as exc:

@@ -32,7 +32,9 @@ from devices.commands import (
     COMMAND_NAME,
     EXPIRED,
     MAX_TTL_MS,
+    ArgsRefused,
     DeviceCommand,
+    check_args,
     parse_result,
 )
 from devices.contract import MAX_SHORT, ReplyMessage
@@ -92,18 +94,34 @@ class CommandService:
 
     # --- issuing ---------------------------------------------------------------------------------
 
-    def submit(self, who: Principal, device: str, point: str, value: object, ttl_s: float,
-               key: str | None = None) -> dict[str, Any]:
-        """Check and record a write; send it at once unless it needs a confirmation."""
+    def submit(self, who: Principal, device: str, point: str | None, value: object,
+               ttl_s: float, key: str | None = None, *, op: str = "write",
+               args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Check and record a command (a write of `point`/`value`, or `op` with `args`); send
+        it at once unless it needs a confirmation."""
         gateway, profile = self._device(device)
         self._check_scope(who, device, gateway)
         if not 1 <= ttl_s <= self.settings.max_ttl_s:
             raise self._refused(422, "bad_ttl", f"ttl_s must be 1..{self.settings.max_ttl_s:g}")
-        point_def = next((p for p in profile.points if p.quantity == point), None)
-        try:
-            plan_write(point_def, point, value)
-        except WriteRefused as exc:
-            raise self._refused(422, exc.reason, exc.detail) from None
+        point_def = None
+        if op == "write":
+            if args is not None:  # {"op": "write", "args": {"point", "value"}}
+                point, value = args.get("point"), args.get("value")
+            if not isinstance(point, str):
+                raise self._refused(422, "bad_args", "a write needs a point and a value")
+            point_def = next((p for p in profile.points if p.quantity == point), None)
+            try:
+                plan_write(point_def, point, value)
+            except WriteRefused as exc:
+                raise self._refused(422, exc.reason, exc.detail) from None
+            canonical: dict[str, Any] = {"point": point, "value": value}
+        else:
+            if point is not None or value is not None:
+                raise self._refused(422, "bad_args", f"{op} takes args, not a point and value")
+            try:
+                canonical = check_args(op, profile.kind, args or {})
+            except ArgsRefused as exc:
+                raise self._refused(422, exc.reason, exc.message) from None
         scoped_key = f"{who.name}:{key or uuid.uuid4().hex}"
         if len(scoped_key) > MAX_SHORT:  # the wire bounds a key; a digest keeps it unique
             scoped_key = hashlib.sha256(scoped_key.encode()).hexdigest()
@@ -120,8 +138,8 @@ class CommandService:
         now = self.clock()
         row: dict[str, Any] = {
                "id": f"c-{uuid.uuid4().hex[:20]}", "key": scoped_key, "device_id": device,
-               "gateway_id": gateway, "op": "write",
-               "args": orjson.dumps({"point": point, "value": value}).decode(),
+               "gateway_id": gateway, "op": op,
+               "args": orjson.dumps(canonical).decode(),
                "issuer": who.name, "issuer_role": who.role.value, "issued": now,
                "expires": now + int(ttl_s * 1000), "dangerous": dangerous,
                "status": AWAITING if dangerous else QUEUED, "updated": now}
@@ -311,7 +329,8 @@ class CommandService:
     def _view(row: dict[str, Any]) -> dict[str, Any]:
         args = orjson.loads(row["args"])
         return {"id": row["id"], "device": row["device_id"], "gateway": row["gateway_id"],
-                "op": row["op"], "point": args.get("point"), "value_written": args.get("value"),
+                "op": row["op"], "args": args, "point": args.get("point"),
+                "value_written": args.get("value"),
                 "issuer": row["issuer"], "issued": row["issued"], "expires": row["expires"],
                 "dangerous": row["dangerous"], "confirmed_by": row["confirmed_by"],
                 "status": row["status"], "reason": row["reason"], "message": row["message"],
