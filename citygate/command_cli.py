@@ -1,7 +1,9 @@
-"""`citygate command ...`: writes to field devices over the collector's REST API.
+"""`citygate command ...`: commands to field devices over the collector's REST API.
 
     citygate command send lift-t01 home_floor 5 --ttl 60 --wait 20   (token: CITYGATE_TOKEN)
     citygate command send lift-t01 service_mode 0 --confirm           (a dangerous point)
+    citygate command run dust-1 request_history --arg cn=2051 --arg begin=2026-01-05T08:00Z \
+        --arg end=2026-01-05T10:00Z --wait 60                       (an operation with args)
     citygate command list lift-t01
     citygate command show c-1a2b…
 
@@ -22,8 +24,6 @@ from citygate.rest_cli import client as rest_client
 PROG = "citygate command"
 
 
-
-
 def parse_value(text: str) -> bool | int | float:
     """A value from the command line: true/false, an integer or a number."""
     if text.lower() in ("true", "false"):
@@ -38,10 +38,24 @@ def parse_value(text: str) -> bool | int | float:
         raise CliError(f"{text!r} is not true, false or a number") from None
 
 
+def parse_arg(text: str) -> tuple[str, object]:
+    """`--arg key=value`: an integer when the value is all digits, else the text."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise CliError(f"--arg {text!r} is not key=value")
+    return key, int(value) if value.isdigit() and len(value) <= 18 else value
+
+
 def _line(c: dict[str, Any]) -> str:
-    result = {"done": f"read back {c['value_read_back']!r}",
+    if c.get("op", "write") == "write":
+        what, done = f"{c['point']}={c['value_written']!r}", "read back"
+    else:
+        args = ",".join(f"{k}={v}" for k, v in (c.get("args") or {}).items())
+        what, done = f"{c['op']}({args})", "answered"
+    result = {"done": f"{done} {json.dumps(c['value_read_back'], ensure_ascii=False)}"
+              if c["op"] != "write" else f"{done} {c['value_read_back']!r}",
               "failed": f"{c['reason']}: {c['message']}"}.get(c["status"], c["message"] or "")
-    return (f"{c['id']}  {c['device']}  {c['point']}={c['value_written']!r}  {c['status']}"
+    return (f"{c['id']}  {c['device']}  {what}  {c['status']}"
             + (f"  ({result})" if result else ""))
 
 
@@ -67,6 +81,19 @@ def cmd_send(args: argparse.Namespace) -> int:
                 return 0
             out = answer(client.post(f"/api/v1/commands/{out['id']}/confirm",
                                       params={"wait_s": args.wait}))
+    print(_line(out))
+    return _exit(out, bool(args.wait))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Issue an operation with its arguments (HJ 212 station operations, ...)."""
+    op_args = dict(parse_arg(a) for a in args.arg)
+    body: dict[str, Any] = {"op": args.op, "args": op_args, "ttl_s": args.ttl,
+                            "wait_s": args.wait}
+    if args.key:
+        body["key"] = args.key
+    with rest_client(args, "role ops, or crew") as client:
+        out = answer(client.post(f"/api/v1/devices/{args.device}/commands", json=body))
     print(_line(out))
     return _exit(out, bool(args.wait))
 
@@ -106,8 +133,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     """Register `citygate command` and its subcommands."""
-    top = sub.add_parser("command", help="writes to field devices: send, confirm, list, show"
-                         ).add_subparsers(dest="command_cmd", required=True)
+    top = sub.add_parser("command", help="commands to field devices: send, run, confirm, list,"
+                         " show").add_subparsers(dest="command_cmd", required=True)
     send = top.add_parser("send", help="write a value to a writable point of a device")
     send.add_argument("device")
     send.add_argument("point", help="canonical quantity, e.g. home_floor")
@@ -118,6 +145,16 @@ def add_parser(sub: Any) -> None:
                       "for the result (max 60)")
     send.add_argument("--confirm", action="store_true",
                       help="also confirm a write to a point marked dangerous")
+    run = top.add_parser("run", help="run an operation on a device (set_time, read_params, "
+                         "request_history, ...; docs/commands.md)")
+    run.add_argument("device")
+    run.add_argument("op", help="the operation, e.g. request_history")
+    run.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="an argument of the operation (repeat), e.g. cn=2051")
+    run.add_argument("--ttl", type=float, default=60.0, help="seconds until it expires")
+    run.add_argument("--key", help="idempotency key: sending it again gives the same command")
+    run.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds "
+                     "for the result (max 60)")
     conf = top.add_parser("confirm", help="confirm a dangerous command")
     conf.add_argument("id")
     conf.add_argument("--wait", type=float, default=0.0)
@@ -128,6 +165,7 @@ def add_parser(sub: Any) -> None:
     show = top.add_parser("show", help="one command and its audit trail")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
-    for p, func in ((send, cmd_send), (conf, cmd_confirm), (lst, cmd_list), (show, cmd_show)):
+    for p, func in ((send, cmd_send), (run, cmd_run), (conf, cmd_confirm), (lst, cmd_list),
+                    (show, cmd_show)):
         common_options(p, 90.0)
         p.set_defaults(func=guarded(PROG, func))
