@@ -292,6 +292,8 @@ async def _schedule(sim: StationSim, write: Writer, args: argparse.Namespace,
     while not stop.is_set() and (args.count == 0 or stats.uploads < args.count):
         now = loop.time()
         for cn, when in due.items():
+            if cn == "2051" and args.minute_count and stats.minutes >= args.minute_count:
+                every[cn] = 0.0  # the minute uploads asked for are done
             if every[cn] > 0 and now >= when:
                 at = datetime.now(UTC)
                 if cn == "2051":
@@ -303,7 +305,8 @@ async def _schedule(sim: StationSim, write: Writer, args: argparse.Namespace,
                     write(data)
                 due[cn] = when + every[cn]
                 stats.uploads += cn == "2011"
-        wait = min(when for cn, when in due.items() if every[cn] > 0) - loop.time()
+        wait = min((when for cn, when in due.items() if every[cn] > 0),
+                   default=loop.time() + 1.0) - loop.time()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(wait, 0.0))
 
@@ -436,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time-compressed minute data: each minute upload carries the minute "
                    "after the previous one, the first this long ago (default: the current "
                    "minute, in real time)")
+    p.add_argument("--minute-count", type=int, default=0,
+                   help="stop the minute uploads after N of them (default: never)")
     p.add_argument("--outage", type=_outage, default=(0, -1), metavar="FIRST-LAST",
                    help="cut the line from minute upload FIRST to LAST (1-based): those are "
                    "generated and remembered for history requests but never sent")
