@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_PW = "123456"  # the data loggers' factory access password
-MAX_QN_SKEW = 1000  # QNs are the gateway's local ms; a burst takes the next free ones
 
 
 @dataclass
@@ -75,11 +74,14 @@ class StationCommands:
         station = self.station(device)
         if station is None:
             return _failed("unknown_device", f"no HJ 212 station {device!r} on this bus")
-        line = self.source.line_of(station)
+        timeout = station.cfg.response_timeout or self.answer_timeout
+        line = await self._line_within(station, timeout)
         if line is None:
             if not start(now_ms()):
                 return CommandResult(EXPIRED, now_ms())
-            return _failed("no_answer", f"station {device} is not connected")
+            self.source.counters["no_answer"] += 1
+            return _failed("no_answer", f"station {device} is not connected (waited "
+                           f"{timeout:g} s)")
         lock = self._locks.setdefault(line.name, asyncio.Lock())
         async with lock:
             if not start(now_ms()):
@@ -88,6 +90,21 @@ class StationCommands:
                 return await self._execute(station, line, op, args)
             finally:
                 station.waiting = None
+
+    async def _line_within(self, station: Station, timeout: float) -> Line | None:
+        """The station's line, waiting up to `timeout` for a TCP station to dial in."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (line := self.source.line_of(station)) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self.source.line_up.clear()
+            try:
+                await asyncio.wait_for(self.source.line_up.wait(), remaining)
+            except TimeoutError:
+                break
+        return line
 
     def forget(self, line_name: str) -> None:
         """A line closed: drop its lock unless a command holds it."""

@@ -250,6 +250,7 @@ class Hj212Source:
         self._open_connections = 0
         self._rand = random.Random()
         self._serial_line: Line | None = None
+        self.line_up = asyncio.Event()  # set when a line opens or a station is heard on one
         self.commands = StationCommands(self, self.timing.answer_timeout)
 
     def has_device(self, device: str) -> bool:
@@ -314,6 +315,7 @@ class Hj212Source:
 
     async def _pump_serial(self, port: SerialLine) -> None:
         line = self._serial_line = Line(self.cfg.name, port.write)
+        self.line_up.set()
         try:
             while True:
                 data = await port.read(self.timing.port_check)
@@ -418,7 +420,10 @@ class Hj212Source:
             return
         station.frames += 1
         station.last_seen = time.monotonic()
-        station.line, station.st = line, frame.st or station.st
+        if station.line is not line:
+            station.line = line
+            self.line_up.set()
+        station.st = frame.st or station.st
         try:
             whole = line.reassembler.add(frame)
         except FrameError as exc:

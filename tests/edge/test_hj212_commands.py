@@ -16,12 +16,12 @@ from devices.commands import DeviceCommand
 from devices.hj212 import Frame, StreamDecoder, build
 from devices.hj212.exchange import from_local_time
 from devices.model import Reading
-from devices.sim.environment import StationSim, build_parser, run_serial
+from devices.sim.environment import StationSim, build_parser, run_serial, run_tcp
 from devices.sim.ptylink import PtyLink
 from edge.clock import now_ms
 from edge.command_book import CommandBook
 from edge.commands import CommandRunner
-from edge.config import DeviceSection, Hj212SerialBus
+from edge.config import DeviceSection, Hj212SerialBus, Hj212TcpBus
 from edge.hj212_source import Hj212Source, Hj212Timing
 from tests.edge.test_device_commands import Replies
 from tests.edge.test_hj212_source import Collected, until
@@ -257,5 +257,45 @@ def test_commands_on_one_line_run_one_at_a_time_and_bad_args_never_reach_it(
                                for r in logger.requests)
                 finally:
                     logger.close()
+
+    run(scenario())
+
+
+def test_a_tcp_station_is_waited_for_within_its_timeout(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        dev = DeviceSection(id="dust-1", bus="tcp", profile="dust-hj212", mn=MN,
+                            response_timeout=1.5)  # type: ignore[arg-type]
+        source = Hj212Source(Hj212TcpBus(name="tcp", type="hj212-tcp", host="127.0.0.1",
+                                         port=0), [dev], Collected(), timing=FAST)
+        replies = Replies()
+        book = CommandBook(tmp_path / "commands.sqlite").open()
+        runner = CommandRunner("gw1", book, [source], replies)
+        tasks = [asyncio.create_task(source.run()), asyncio.create_task(runner.run())]
+        rig = Rig(source, runner, replies, Collected(), [True])
+        try:
+            await until(lambda: source.bound_port, what="the listener")
+            rig.send("c-early", "read_params", {"params": ["rtd_interval"]})
+            await until(lambda: rig.replies.statuses("c-early") == ["accepted"], what="accepted")
+            sim = StationSim(kind="dust", mn=MN, rtd_interval=15)
+            args = build_parser().parse_args(["--kind", "dust", "--mn", MN, "--tcp",
+                                              f"127.0.0.1:{source.bound_port}",
+                                              "--interval", "1h"])
+            stop = asyncio.Event()
+            station = asyncio.create_task(run_tcp(sim, args, stop))
+            done = await rig.final("c-early")
+            assert done["status"] == "done" and done["value"] == {"rtd_interval": 15}, done
+            stop.set()
+            await asyncio.wait_for(station, 5)
+            await until(lambda: source.line_of(source.stations[MN]) is None, what="hang-up")
+            rig.send("c-gone", "read_params", {"params": ["time"]})
+            gone = await rig.final("c-gone", timeout=10)
+            assert gone["status"] == "failed" and gone["reason"] == "no_answer"
+            assert "not connected (waited 1.5 s)" in gone["message"]
+        finally:
+            for t in tasks:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            book.close()
 
     run(scenario())
