@@ -76,20 +76,26 @@ class StationCommands:
             return _failed("unknown_device", f"no HJ 212 station {device!r} on this bus")
         timeout = station.cfg.response_timeout or self.answer_timeout
         line = await self._line_within(station, timeout)
-        if line is None:
-            if not start(now_ms()):
-                return CommandResult(EXPIRED, now_ms())
-            self.source.counters["no_answer"] += 1
-            return _failed("no_answer", f"station {device} is not connected (waited "
-                           f"{timeout:g} s)")
-        lock = self._locks.setdefault(line.name, asyncio.Lock())
-        async with lock:
-            if not start(now_ms()):
-                return CommandResult(EXPIRED, now_ms())
-            try:
-                return await self._execute(station, line, op, args)
-            finally:
-                station.waiting = None
+        while line is not None:
+            async with self._locks.setdefault(line.name, asyncio.Lock()):
+                current = self.source.line_of(station)
+                if current is line:  # still the station's line after waiting for our turn
+                    if not start(now_ms()):
+                        return CommandResult(EXPIRED, now_ms())
+                    try:
+                        return await self._execute(station, line, op, args)
+                    except Exception as exc:  # the bus must survive any command
+                        log.exception("command %s to station %s failed unexpectedly", op,
+                                      device)
+                        return _failed("device_error", f"{type(exc).__name__}: {exc}")
+                    finally:
+                        station.waiting = None
+            line = current or await self._line_within(station, timeout)
+        if not start(now_ms()):
+            return CommandResult(EXPIRED, now_ms())
+        self.source.counters["no_answer"] += 1
+        return _failed("no_answer", f"station {device} is not connected (waited "
+                       f"{timeout:g} s)")
 
     async def _line_within(self, station: Station, timeout: float) -> Line | None:
         """The station's line, waiting up to `timeout` for a TCP station to dial in."""
