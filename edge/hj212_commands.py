@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_PW = "123456"  # the data loggers' factory access password
+MAX_EXCHANGE_S = 900.0  # one request's answers end within this, however many frames come
 
 
 @dataclass
@@ -168,18 +169,23 @@ class StationCommands:
         line.reply(frame)
         self.source.counters["requests"] += 1
         timeout = station.cfg.response_timeout or self.answer_timeout
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + MAX_EXCHANGE_S  # a station that never stops sending data
         while not ex.finished:
             waiting.moved.clear()
+            wait = min(timeout, give_up - loop.time())
             try:  # each frame of the exchange gives the station another timeout
-                await asyncio.wait_for(waiting.moved.wait(), timeout)
+                await asyncio.wait_for(waiting.moved.wait(), max(wait, 0.0))
             except TimeoutError:
                 if reply_needed and ex.reply and ex.qn_rtn == 1:
                     return ex  # the value came; a logger that sends no 9012 after it
                 self.source.counters["no_answer"] += 1
                 said = "no request answer (9011)" if ex.qn_rtn is None else \
                     "no execution result (9012)"
+                within = f"{timeout:g} s" if wait >= timeout else \
+                    f"{MAX_EXCHANGE_S:g} s in all"
                 return _failed("no_answer", f"station {station.cfg.id}: {said} to CN={cn} "
-                               f"QN={ex.qn} within {timeout:g} s ({ex.frames} data frames)")
+                               f"QN={ex.qn} within {within} ({ex.frames} data frames)")
         if ex.qn_rtn is not None and ex.qn_rtn != 1:
             why = QN_RTN.get(ex.qn_rtn, "not a QnRtn")
             reason = "wrong_password" if ex.qn_rtn == 3 else "station_refused"

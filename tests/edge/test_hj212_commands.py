@@ -299,3 +299,40 @@ def test_a_tcp_station_is_waited_for_within_its_timeout(tmp_path: Path) -> None:
             book.close()
 
     run(scenario())
+
+
+def test_a_station_that_never_stops_sending_history_is_cut_off(tmp_path: Path,
+                                                                monkeypatch: Any) -> None:
+    from edge import hj212_commands
+
+    monkeypatch.setattr(hj212_commands, "MAX_EXCHANGE_S", 1.0)
+
+    async def scenario() -> None:
+        async with station_line(tmp_path, timeout=0.5) as rig:
+            with PtyLink() as link:
+                link.link(tmp_path / "ttyHJ")
+                await until(lambda: rig.source.counters["opens"] >= 1, what="the port")
+                logger = ScriptedLogger(link)
+                try:
+                    begin = 1_764_000_000_000
+                    rig.send("c-flood", "request_history",
+                             {"cn": "2051", "begin": begin, "end": begin + 3_600_000})
+                    await until(lambda: logger.poll() >= 1, what="the request")
+                    req = logger.requests[0]
+                    logger.write(build(qn=req.qn, st="91", cn="9011", pw="123456", mn=MN,
+                                       flag=4, cp={"QnRtn": "1"}))
+                    n = 0
+                    while not rig.replies.final("c-flood"):  # a data frame every 0.1 s
+                        n += 1
+                        logger.write(build(qn=f"q{n}", st="39", cn="2051", pw="123456", mn=MN,
+                                           flag=4, cp={"DataTime": "20251125000000",
+                                                       "a34002-Avg": str(n)}))
+                        await asyncio.sleep(0.1)
+                        assert n < 50, "the exchange was never cut off"
+                    flood = await rig.final("c-flood")
+                    assert flood["status"] == "failed" and flood["reason"] == "no_answer"
+                    assert "within 1 s in all" in flood["message"]
+                finally:
+                    logger.close()
+
+    run(scenario())
