@@ -50,7 +50,8 @@ def _line(c: dict[str, Any]) -> str:
     if c.get("op", "write") == "write":
         what, done = f"{c['point']}={c['value_written']!r}", "read back"
     else:
-        args = ",".join(f"{k}={v}" for k, v in (c.get("args") or {}).items())
+        args = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                        for k, v in (c.get("args") or {}).items())
         what, done = f"{c['op']}({args})", "answered"
     result = {"done": f"{done} {json.dumps(c['value_read_back'], ensure_ascii=False)}"
               if c["op"] != "write" else f"{done} {c['value_read_back']!r}",

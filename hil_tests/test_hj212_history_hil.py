@@ -4,6 +4,7 @@ real collector process."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import urllib.error
 from datetime import datetime
@@ -108,6 +109,14 @@ def test_a_history_request_through_rest_fills_the_gap_an_outage_left(
     # window; the collector keeps one value per period beyond it): 8 + 4 copies.
     wait_for(lambda: duplicates(base) == sent + len(gap), 15, "the copies to be counted")
     assert len(minutes(base)) == MINUTES * QUANTITIES  # asked again: still no duplicates
+
+    read = subprocess.run([sys.executable, "-m", "citygate.cli", "command", "run", "dust-9",
+                           "read_params", "--arg", "params=rtd_interval", "--wait", "30",
+                           "--collector", base, "--token", TEST_TOKEN], check=False,
+                          capture_output=True, text=True, timeout=60)
+    assert read.returncode == 0, (read.stdout, read.stderr)
+    assert 'read_params(params=rtd_interval)  done  (answered {"rtd_interval": 10})' \
+        in read.stdout
 
 
 def duplicates(base: str) -> int:
