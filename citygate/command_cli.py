@@ -1,9 +1,11 @@
-"""`citygate command ...`: writes to field devices over the collector's REST API.
+"""`citygate command ...`: commands to field devices over the collector's REST API.
 
     citygate command send lift-t01 home_floor 5 --ttl 60 --wait 20   (token: CITYGATE_TOKEN)
     citygate command send lift-t01 service_mode 0 --confirm           (a dangerous point)
     citygate command run p-1001 configure --arg heartbeat_s=900 --wait 60   (a parking node)
     citygate command run p-1001 recalibrate
+    citygate command run dust-1 request_history --arg cn=2051 --arg begin=2026-01-05T08:00Z \
+        --arg end=2026-01-05T10:00Z --wait 60                       (an operation with args)
     citygate command list lift-t01
     citygate command show c-1a2b…
 
@@ -20,6 +22,9 @@ from typing import Any
 
 from citygate.rest_cli import CliError, answer, common_options, guarded
 from citygate.rest_cli import client as rest_client
+
+NODE_OPS = ("configure", "recalibrate")  # a parking node takes them at its next report
+NODE_TTL_S = 3600.0
 
 PROG = "citygate command"
 
@@ -38,23 +43,24 @@ def parse_value(text: str) -> bool | int | float:
         raise CliError(f"{text!r} is not true, false or a number") from None
 
 
-def parse_arg(text: str) -> tuple[str, bool | int | float]:
-    """NAME=VALUE of `--arg`."""
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise CliError(f"--arg {text!r}: give NAME=VALUE, e.g. heartbeat_s=1800")
-    return name, parse_value(value)
+def parse_arg(text: str) -> tuple[str, object]:
+    """`--arg key=value`: an integer when the value is all digits, else the text."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise CliError(f"--arg {text!r} is not key=value")
+    return key, int(value) if value.isdigit() and len(value) <= 18 else value
 
 
 def _line(c: dict[str, Any]) -> str:
     if c.get("op", "write") == "write":
-        what = f"{c['point']}={c['value_written']!r}"
-        done = f"read back {c['value_read_back']!r}"
+        what, done = f"{c['point']}={c['value_written']!r}", "read back"
     else:
-        what = " ".join([c["op"], *(f"{k}={v}" for k, v in (c.get("args") or {}).items())])
-        done = f"node acknowledged {json.dumps(c['value_read_back'])}"
-    result = {"done": done, "failed": f"{c['reason']}: {c['message']}"}.get(
-        c["status"], c["message"] or "")
+        args = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                        for k, v in (c.get("args") or {}).items())
+        what, done = f"{c['op']}({args})", "answered"
+    result = {"done": f"{done} {json.dumps(c['value_read_back'], ensure_ascii=False)}"
+              if c["op"] != "write" else f"{done} {c['value_read_back']!r}",
+              "failed": f"{c['reason']}: {c['message']}"}.get(c["status"], c["message"] or "")
     return (f"{c['id']}  {c['device']}  {what}  {c['status']}"
             + (f"  ({result})" if result else ""))
 
@@ -86,9 +92,10 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Issue an operation with arguments (a parking node's configure / recalibrate)."""
-    body: dict[str, Any] = {"op": args.op, "args": dict(parse_arg(a) for a in args.arg),
-                            "ttl_s": args.ttl, "wait_s": args.wait}
+    """Issue an operation with its arguments (HJ 212 station operations, ...)."""
+    op_args = dict(parse_arg(a) for a in args.arg)
+    ttl = args.ttl if args.ttl is not None else NODE_TTL_S if args.op in NODE_OPS else 60.0
+    body: dict[str, Any] = {"op": args.op, "args": op_args, "ttl_s": ttl, "wait_s": args.wait}
     if args.key:
         body["key"] = args.key
     with rest_client(args, "role ops, or crew") as client:
@@ -133,8 +140,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def add_parser(sub: Any) -> None:
     """Register `citygate command` and its subcommands."""
     top = sub.add_parser("command", help="commands to field devices: send, run, confirm, list,"
-                         " show"
-                         ).add_subparsers(dest="command_cmd", required=True)
+                         " show").add_subparsers(dest="command_cmd", required=True)
     send = top.add_parser("send", help="write a value to a writable point of a device")
     send.add_argument("device")
     send.add_argument("point", help="canonical quantity, e.g. home_floor")
@@ -145,15 +151,17 @@ def add_parser(sub: Any) -> None:
                       "for the result (max 60)")
     send.add_argument("--confirm", action="store_true",
                       help="also confirm a write to a point marked dangerous")
-    run = top.add_parser("run", help="an operation with arguments: configure or recalibrate "
-                         "a parking node (delivered when the node next reports)")
+    run = top.add_parser("run", help="run an operation on a device (set_time, read_params, "
+                         "request_history on an HJ 212 station; configure, recalibrate on a "
+                         "parking node; docs/commands.md)")
     run.add_argument("device")
-    run.add_argument("op", choices=("configure", "recalibrate"))
-    run.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
-                     help="a setting of configure (repeat): heartbeat_s, enter_mg, leave_mg, "
-                          "enter_samples, leave_samples, settle_mg")
-    run.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires "
-                     "(a node takes it at its next report)")
+    run.add_argument("op", help="the operation, e.g. request_history")
+    run.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="an argument of the operation (repeat), e.g. cn=2051 or "
+                          "heartbeat_s=1800")
+    run.add_argument("--ttl", type=float, default=None, help="seconds until it expires (default"
+                     " 60; 3600 for configure and recalibrate, which a parking node takes at its"
+                     " next report)")
     run.add_argument("--key", help="idempotency key: sending it again gives the same command")
     run.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds "
                      "for the result (max 60)")

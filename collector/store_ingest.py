@@ -25,6 +25,7 @@ import orjson
 
 from collector.placement import EARLIEST_MS, GatewayClock, judge, place_in_time
 from devices.contract import DataEnvelope, EventsEnvelope, HealthMessage, StateMessage
+from devices.hj212.normalise import SERIES_SEP, Interval
 from devices.quantities import QUANTITIES
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ CLAIMS = 1000  # (gateway, seq) claims per statement (7 parameters each: SQLite 
 REGISTRY_DEVICES = "reg_devices"  # the registry's (gateway_id, device_id) assignments
 REGISTRY_GATEWAYS = "reg_gateways"  # a revoked gateway's assignments no longer count
 _warned_foreign: set[tuple[str, str]] = set()
+AVERAGE_SUFFIXES = frozenset(i.value for i in Interval if i is not Interval.REALTIME)
 
 
 def chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -64,6 +66,7 @@ class IngestTx:
         ordered = [a for a in items if not isinstance(a, Accepted) or id(a) in fresh]
         kept = self._owned(ordered, owners)
         rows, events = self._rows(kept, clocks)
+        rows = self._without_stored_averages(rows)
         s = self.store
         s._insert_readings(self.cur, rows)
         s._write_derived(self.cur, rows)
@@ -285,6 +288,37 @@ class IngestTx:
                     rows.append((rd.device, q, ts, num, text, quality, it.gateway, msg.seq,
                                  msg.replay))
         return rows, events
+
+    def _without_stored_averages(self, rows: list[Row]) -> list[Row]:
+        """Drop readings of an averaged series (an HJ 212 station's minute, hour or day data:
+        `<device>:min` ...) whose device, quantity and time are stored already: one average
+        per period is one measurement, and a station answering a history request sends the
+        periods again (counted as dropped `already_stored`). Real-time series are untouched."""
+        spans: dict[str, tuple[int, int]] = {}
+        for r in rows:
+            if r[0].rpartition(SERIES_SEP)[2] in AVERAGE_SUFFIXES:
+                lo, hi = spans.get(r[0], (r[2], r[2]))
+                spans[r[0]] = (min(lo, r[2]), max(hi, r[2]))
+        if not spans:
+            return rows
+        have: set[tuple[str, str, int]] = set()
+        for dev, (lo, hi) in sorted(spans.items()):
+            self.cur.execute(self.store.sql("SELECT quantity, ts FROM readings WHERE "
+                                            "device_id = ? AND ts >= ? AND ts <= ?"),
+                             (dev, lo, hi))
+            have.update((dev, q, int(ts)) for q, ts in self.cur.fetchall())
+        out: list[Row] = []
+        for r in rows:
+            if r[0] in spans:
+                key = (r[0], r[1], r[2])
+                if key in have:
+                    continue
+                have.add(key)
+            out.append(r)
+        if len(out) < len(rows):
+            d = self.result.dropped_values
+            d["already_stored"] = d.get("already_stored", 0) + len(rows) - len(out)
+        return out
 
     def _placed(self, ts: int, mono: int | None, env: DataEnvelope | EventsEnvelope,
                 received: int, trusted: bool, station: bool = False) -> tuple[int, bool]:

@@ -92,7 +92,8 @@ class Agent:
             build_source(b, [d for d in cfg.devices if d.bus == b.name], self.submit)
             for b in cfg.buses]
         self.commands = CommandRunner(self.gateway, CommandBook(
-            cfg.outbox_path.parent / "commands.sqlite"), self.buses, self._publish_reply)
+            cfg.outbox_path.parent / "commands.sqlite"), self.buses, self._publish_reply,
+            clock_synced=lambda: self.outbox.synced)
         self.backlog = TokenBucket(rate=ob.backlog_rate, burst=max(ob.backlog_rate, ob.max_batch))
         self._urgent = asyncio.Event()
         self._wake = asyncio.Event()

@@ -5,22 +5,30 @@ book before anything else (edge/command_book.py), answered `accepted` (or with t
 idempotency key already has), and queued on the bus that polls its device. Results are
 published on the reply channel and re-published until the broker acknowledges them, across
 restarts (`run`).
+
+Operations (devices.commands.OPS) are dispatched by `HANDLERS`: `write` to the Modbus bus
+that polls the device (edge/device_writes.py), the HJ 212 station operations to the bus whose
+line the station is on (edge/hj212_commands.py), a parking node's `configure`/`recalibrate` to
+the CoAP endpoint that hears the node (edge/node_commands.py). Arguments are checked again here
+by the same function as at the collector; a refusal is `failed: bad_command` (a parking node's
+keeps its own reason, e.g. `out_of_range`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from devices import contract
 from devices.commands import (
     COMMAND_NAME,
     FAILED,
-    OP_KINDS,
+    ArgsRefused,
     CommandResult,
     DeviceCommand,
+    check_args,
     parse_command,
 )
 from devices.modbus.writes import WriteRefused, plan_write
@@ -39,13 +47,15 @@ class CommandRunner:
     """Device commands of one gateway; `run()` lives in the agent's task group."""
 
     def __init__(self, gateway: str, book: CommandBook, buses: Sequence[Any],
-                 publish: Publish) -> None:
+                 publish: Publish, clock_synced: Callable[[], bool | None] | None = None
+                 ) -> None:
         self.gateway = gateway
         self.book = book
         self.buses = buses
         self.publish = publish
+        self.clock_synced = clock_synced  # None: the gateway does not know
         self.counters = {"received": 0, "duplicates": 0, "refused": 0, "done": 0,
-                         "failed": 0, "expired": 0}
+                         "failed": 0, "expired": 0, "bad_args": 0}
         self._inflight: dict[int, tuple[str, str]] = {}  # mid -> (key, status)
         self._tasks: set[asyncio.Task[None]] = set()
         self._resumed = False
@@ -116,18 +126,37 @@ class CommandRunner:
         if entry is not None:
             self._report(entry)
         log.info("device command %s (%s %s on %s by %s): %s %s", cmd.id, cmd.op,
-                 cmd.args.get("point", cmd.args), cmd.device, cmd.issuer, result.status,
-                 result.reason)
+                 str(cmd.args)[:120], cmd.device, cmd.issuer, result.status, result.reason)
 
     async def _outcome(self, cmd: DeviceCommand) -> CommandResult:
-        """Carry a command out on the kind of device its operation is for."""
-        run = {"modbus": self._write, "parking": self._node_command}.get(
-            OP_KINDS.get(cmd.op, ""))
-        if run is None:
-            return _failed("unsupported_operation", f"operation {cmd.op!r} is not supported")
-        return await run(cmd)
+        handler = HANDLERS.get(cmd.op)
+        if handler is None:
+            return _failed("unsupported_operation", f"operation {cmd.op[:32]!r} is not "
+                           "supported")
+        try:
+            args = check_args(cmd.op, None, cmd.args)
+        except ArgsRefused as exc:
+            self.counters["bad_args"] += 1
+            # A parking node's refusals keep their own reasons (devices.parking_commands).
+            reason = "bad_command" if exc.reason == "bad_args" else exc.reason
+            return _failed(reason, exc.message)
+        return await handler(self, cmd, args)
 
-    async def _write(self, cmd: DeviceCommand) -> CommandResult:
+    async def _station(self, cmd: DeviceCommand, args: dict[str, Any]) -> CommandResult:
+        bus = next((b for b in self.buses if hasattr(b, "run_command")
+                    and b.has_device(cmd.device)), None)
+        if bus is None:
+            return _failed("unknown_device", f"no HJ 212 station {cmd.device!r} on this "
+                           "gateway")
+        if cmd.op == "set_time" and "time" not in args and self.clock_synced is not None \
+                and self.clock_synced() is False:
+            return _failed("clock_not_synced", "the gateway's own clock is not synchronised;"
+                           " give an explicit time to set the station's clock anyway")
+        result: CommandResult = await bus.run_command(
+            cmd.device, cmd.op, args, lambda now: self.book.start(cmd.key, now))
+        return result
+
+    async def _write(self, cmd: DeviceCommand, args: dict[str, Any]) -> CommandResult:
         bus = next((b for b in self.buses if hasattr(b, "submit_write")
                     and any(d.cfg.id == cmd.device for d in b.devices)), None)
         if bus is None:
@@ -143,7 +172,7 @@ class CommandRunner:
         bus.submit_write(cmd.device, pending)
         return await pending.done
 
-    async def _node_command(self, cmd: DeviceCommand) -> CommandResult:
+    async def _node_command(self, cmd: DeviceCommand, args: dict[str, Any]) -> CommandResult:
         """A parking node's command: checked again, then queued on the CoAP endpoint of the
         node's bus until the node reports (edge/node_commands.py). Imported here: a gateway
         without parking buses never loads the parking codec."""
@@ -178,3 +207,15 @@ class CommandRunner:
 
 def _failed(reason: str, message: str) -> CommandResult:
     return CommandResult(FAILED, now_ms(), reason=reason, message=message)
+
+
+Handler = Callable[[CommandRunner, DeviceCommand, dict[str, Any]], Awaitable[CommandResult]]
+# op -> how the gateway runs it (one entry per devices.commands.OPS entry)
+HANDLERS: dict[str, Handler] = {
+    "write": CommandRunner._write,
+    "set_time": CommandRunner._station,
+    "request_history": CommandRunner._station,
+    "read_params": CommandRunner._station,
+    "configure": CommandRunner._node_command,
+    "recalibrate": CommandRunner._node_command,
+}

@@ -237,6 +237,7 @@ class DeviceSection(_Section, frozen=True, kw_only=True):
     profile: str
     unit: Annotated[int, Meta(ge=0, le=247)] = 1  # Modbus unit id
     mn: str | None = None  # HJ 212 device code (MN) of an environmental station
+    pw: str | None = None  # HJ 212 access password (PW) of its commands; default 123456
     # Edge-rule thresholds for this device (e.g. top_floor, rated_speed), over the profile's.
     rules: dict[str, Any] = field(default_factory=dict)
     poll: PositiveSeconds = PositiveSeconds(1.0)
@@ -366,6 +367,10 @@ def _station_problems(cfg: GatewayConfig) -> list[tuple[str, str]]:
                              " its own MN"))
         else:
             owners[(d.bus, d.mn)] = d.id
+        if d.pw is not None and (len(d.pw) > 32 or not d.pw.isprintable()
+                                 or any(c in d.pw for c in MN_FORBIDDEN)):
+            problems.append((f"devices[{i}].pw", "an HJ 212 password is at most 32 printable"
+                             " characters without spaces or any of ;&,="))
     return problems
 
 

@@ -7,7 +7,9 @@ backoff. TCP: a listener accepts many logger connections, each with its own stre
 Either way partial frames, garbage and babbling lines are resynchronised by the sans-IO
 StreamDecoder; a frame whose Flag asks for it gets the 9014 data answer once its readings are
 handed to the outbox. Frames from an MN no device is configured with are counted and logged
-once per MN, never answered.
+once per MN, never answered. Commands to a station (set its time, read its parameters, ask
+for history data) go out on the line the station is on (edge/hj212_commands.py); their
+answers are taken off the stream here, history data frames are stored as any upload.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from devices.commands import CommandResult
 from devices.hj212 import (
     REASONS,
     Frame,
@@ -35,6 +38,7 @@ from devices.hj212.normalise import CN_INTERVAL, Interval, normalise
 from devices.model import Action, Event, Quality, Reading, Severity
 from devices.profiles import Profile, load_profile
 from edge.config import DeviceSection, Hj212SerialBus, Hj212TcpBus
+from edge.hj212_commands import StationCommands, Waiting
 
 if TYPE_CHECKING:  # pyserial is imported only by gateways with an HJ 212 serial line
     import serial
@@ -60,6 +64,7 @@ class Hj212Timing:
     tcp_idle_timeout: float = 600.0  # a logger connection silent this long is dropped
     max_connections: int = 256
     offline_periods: float = 3.0  # a station is offline after this many upload periods
+    answer_timeout: float = 10.0  # a command's station silent this long fails (no_answer)
 
 
 def reopen_delay(attempt: int, timing: Hj212Timing, rand: float) -> float:
@@ -124,6 +129,9 @@ class Station:
     faults: frozenset[str] = frozenset()
     recent: RecentFrames = field(default_factory=RecentFrames)
     duplicates: int = 0
+    line: Line | None = None  # where its last frame came from (commands go there)
+    st: str | None = None  # the system code of its last frame
+    waiting: Waiting | None = None  # the command exchange under way, if any
 
     def online(self, now: float, periods: float) -> bool:
         """Seen within `periods` upload periods (the profile's heartbeat)."""
@@ -139,6 +147,7 @@ class Line:
     reply: Reply
     decoder: StreamDecoder = field(default_factory=StreamDecoder)
     reassembler: Reassembler = field(default_factory=Reassembler)
+    open: bool = True
 
 
 class SerialLine:
@@ -231,7 +240,8 @@ class Hj212Source:
         self.counters = dict.fromkeys((
             "bytes", "frames", "bad_frames", "readings", "values", "answers", "unknown_mn",
             "unknown_codes", "opens", "port_lost", "open_failures", "connections", "refused",
-            "idle_drops", "bad_values", "bad_flags", "rejected",
+            "idle_drops", "bad_values", "bad_flags", "rejected", "requests", "no_answer",
+            "command_replies",
             *(f"rejected_{reason}" for reason in REJECT_REASONS)), 0)
         self.progress = time.monotonic()
         self.bound_port: int | None = None  # TCP: the port actually listened on
@@ -239,6 +249,24 @@ class Hj212Source:
         self._logged: set[tuple[str, str]] = set()
         self._open_connections = 0
         self._rand = random.Random()
+        self._serial_line: Line | None = None
+        self.line_up = asyncio.Event()  # set when a line opens or a station is heard on one
+        self.commands = StationCommands(self, self.timing.answer_timeout)
+
+    def has_device(self, device: str) -> bool:
+        """Whether a station of this bus has the device id."""
+        return self.commands.station(device) is not None
+
+    async def run_command(self, device: str, op: str, args: dict[str, object],
+                          start: Callable[[int], bool]) -> CommandResult:
+        """Run a device command on the station's line (queued behind any other on it)."""
+        return await self.commands.run(device, op, args, start)
+
+    def line_of(self, station: Station) -> Line | None:
+        """The open line a command to the station goes out on, if any."""
+        if isinstance(self.cfg, Hj212SerialBus):
+            return self._serial_line
+        return station.line if station.line is not None and station.line.open else None
 
     def device_health(self) -> dict[str, dict[str, object]]:
         """Per-station online state and counters for the health message."""
@@ -286,7 +314,8 @@ class Hj212Source:
                 line.close()
 
     async def _pump_serial(self, port: SerialLine) -> None:
-        line = Line(self.cfg.name, port.write)
+        line = self._serial_line = Line(self.cfg.name, port.write)
+        self.line_up.set()
         try:
             while True:
                 data = await port.read(self.timing.port_check)
@@ -296,6 +325,8 @@ class Hj212Source:
                 elif not port.same_device():
                     raise PortGone(f"{port.path} now names another device")
         finally:
+            line.open = False
+            self._serial_line = None
             self._handle_items(line, line.decoder.flush())
 
     # --- TCP ---------------------------------------------------------------------------------
@@ -351,6 +382,8 @@ class Hj212Source:
             return
         finally:
             self._open_connections -= 1
+            line.open = False
+            self.commands.forget(line.name)
             self._handle_items(line, line.decoder.flush())
             writer.close()
             with contextlib.suppress(Exception):
@@ -387,6 +420,10 @@ class Hj212Source:
             return
         station.frames += 1
         station.last_seen = time.monotonic()
+        if station.line is not line:
+            station.line = line
+            self.line_up.set()
+        station.st = frame.st or station.st
         try:
             whole = line.reassembler.add(frame)
         except FrameError as exc:
@@ -395,7 +432,10 @@ class Hj212Source:
             self._log_once(self.cfg.name, exc.reason, "bus %s: bad split packet: %s",
                            line.name, exc)
             return
-        if whole is not None and not self._repeat(station, whole):
+        if whole is not None and station.waiting is not None \
+                and station.waiting.feed(whole) == "answer":  # a command's answer: not data
+            self.counters["command_replies"] += 1
+        elif whole is not None and not self._repeat(station, whole):
             self._accept(station, whole)
         answer = build_data_answer(frame)
         if answer is not None:

@@ -28,20 +28,20 @@ Scalar = float | int | bool
 
 
 class CommandIn(BaseModel):
-    """A write to one point of a device, or a parking node's configure / recalibrate."""
+    """A write to one point of a device (`point`, `value`), or an operation with arguments
+    (`op`, `args`; docs/commands.md lists them)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    op: str = Field("write", pattern="^(write|configure|recalibrate)$",
-                    description="the operation: write (point, value), configure (args: node "
-                                "settings), recalibrate (no args)")
+    op: str = Field("write", pattern=r"^[a-z][a-z_]{0,31}$",
+                    description="the operation: write, set_time, request_history, read_params,"
+                                " configure, recalibrate")
     point: str | None = Field(None, max_length=64, pattern=r"^[a-z][a-z0-9_]{0,63}$",
-                              description="write: canonical quantity of a writable point of "
-                                          "the profile")
+                              description="write: canonical quantity of a writable point")
     value: Scalar | None = Field(None, description="write: canonical value (unit of "
                                                    "docs/data-model.md)")
     args: dict[str, Any] | None = Field(None, max_length=16,
-                                        description="configure: node settings by name")
+                                        description="the operation's arguments")
     ttl_s: float = Field(60.0, ge=1, le=7 * 86400,
                          description="seconds until it expires; never executed after")
     key: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
@@ -55,8 +55,9 @@ class CommandOut(BaseModel):
     id: str = Field(description="command id")
     device: str = Field(description="target device")
     gateway: str = Field(description="the gateway that owns the device")
-    op: str = Field(description="operation (write, configure, recalibrate)")
-    args: dict[str, Any] = Field(description="arguments of configure (settings asked for)")
+    op: str = Field(description="operation (write, set_time, request_history, read_params, "
+                                "configure, recalibrate)")
+    args: dict[str, Any] = Field(description="the operation's arguments, canonical")
     point: str | None = Field(description="canonical quantity written")
     value_written: Scalar | None = Field(description="value asked for")
     issuer: str = Field(description="token name of who issued it")
@@ -68,8 +69,9 @@ class CommandOut(BaseModel):
                                     "failed, expired, interrupted")
     reason: str = Field(description="machine-readable reason of a failure or refusal")
     message: str = Field(description="what happened, for people")
-    value_read_back: Any = Field(description="done: the value read back after a write; a "
-                                 "node's settings (and baseline) as it acknowledged them")
+    value_read_back: Any = Field(description="done: the value read back after a write, what "
+                                 "the station answered (time, interval, history frames), or a "
+                                 "node's settings as it acknowledged them")
     sends: int = Field(description="times sent to the gateway")
     updated: int = Field(description="last change, ms since the epoch")
 
@@ -113,11 +115,10 @@ def _http(exc: CommandError) -> HTTPException:
 @router.post("/devices/{device_id}/commands", status_code=202, response_model=CommandOut)
 async def issue(device_id: DeviceId, body: CommandIn, who: Commander,
                 service: Service) -> dict[str, Any]:
-    """Issue a write or a node command; 202 with the command (status awaiting_confirmation
-    for dangerous points)."""
+    """Issue a command; 202 with it (status awaiting_confirmation for dangerous points)."""
     try:
         out = await asyncio.to_thread(service.submit, who, device_id, body.point, body.value,
-                                      body.ttl_s, body.key, body.op, body.args)
+                                      body.ttl_s, body.key, op=body.op, args=body.args)
         if body.wait_s and out["status"] != "awaiting_confirmation":
             out = await asyncio.to_thread(service.wait, out["id"], body.wait_s)
     except CommandError as exc:

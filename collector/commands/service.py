@@ -32,13 +32,15 @@ from devices.commands import (
     COMMAND_NAME,
     EXPIRED,
     MAX_TTL_MS,
-    OP_KINDS,
+    OPS,
+    PARKING_NODE,
+    ArgsRefused,
     DeviceCommand,
+    check_args,
     parse_result,
 )
 from devices.contract import MAX_SHORT, ReplyMessage
 from devices.modbus.writes import WriteRefused, plan_write
-from devices.parking_commands import NodeCommandRefused, check_node_command
 from devices.profiles import ProfileError, load_profile
 
 log = logging.getLogger(__name__)
@@ -95,39 +97,40 @@ class CommandService:
     # --- issuing ---------------------------------------------------------------------------------
 
     def submit(self, who: Principal, device: str, point: str | None, value: object,
-               ttl_s: float, key: str | None = None, op: str = "write",
+               ttl_s: float, key: str | None = None, *, op: str = "write",
                args: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Check and record a command (a write, or a parking node's `configure` /
-        `recalibrate` with `args`); send it at once unless it needs a confirmation."""
-        kind = OP_KINDS.get(op)
-        if kind == "modbus" and (point is None or value is None or args):
-            raise self._refused(422, "bad_command", "a write takes point and value, no args")
-        if kind == "parking" and (point is not None or value is not None):
-            raise self._refused(422, "bad_command", f"{op} takes args, no point or value")
-        if kind == "parking":
-            gateway = self._gateway(device)
-        elif kind == "modbus":
-            gateway, profile = self._device(device)
+        """Check and record a command (a write of `point`/`value`, or `op` with `args`); send
+        it at once unless it needs a confirmation."""
+        spec = OPS.get(op)
+        if spec is not None and spec.kinds == {PARKING_NODE}:  # reports without a profile
+            gateway, profile, kind = self._gateway(device), None, PARKING_NODE
         else:
-            raise self._refused(422, "unsupported_operation", f"unknown operation {op!r}; "
-                                f"use one of {sorted(OP_KINDS)}")
+            gateway, profile = self._device(device)
+            kind = profile.kind
         self._check_scope(who, device, gateway)
         if not 1 <= ttl_s <= self.settings.max_ttl_s:
             raise self._refused(422, "bad_ttl", f"ttl_s must be 1..{self.settings.max_ttl_s:g}")
-        dangerous = False
-        if kind == "modbus":
+        point_def = None
+        if op == "write":
+            if args is not None:  # {"op": "write", "args": {"point", "value"}}
+                point, value = args.get("point"), args.get("value")
+            if not isinstance(point, str):
+                raise self._refused(422, "bad_args", "a write needs a point and a value")
+            assert profile is not None  # a write goes to a device with a profile
             point_def = next((p for p in profile.points if p.quantity == point), None)
             try:
-                plan_write(point_def, point or "", value)
+                plan_write(point_def, point, value)
             except WriteRefused as exc:
                 raise self._refused(422, exc.reason, exc.detail) from None
-            dangerous = bool(point_def and point_def.write and point_def.write.dangerous)
-            wire_args: dict[str, Any] = {"point": point, "value": value}
+            canonical: dict[str, Any] = {"point": point, "value": value}
         else:
+            if point is not None or value is not None:
+                raise self._refused(422, "bad_args", f"{op} takes args, not a point and value")
             try:
-                wire_args = dict(check_node_command(op, args if args is not None else {}))
-            except NodeCommandRefused as exc:
-                raise self._refused(422, exc.reason, exc.detail) from None
+                canonical = check_args(op, kind, args or {})
+            except ArgsRefused as exc:
+                raise self._refused(422, exc.reason, exc.message) from None
+        dangerous = bool(point_def and point_def.write and point_def.write.dangerous)
         scoped_key = f"{who.name}:{key or uuid.uuid4().hex}"
         if len(scoped_key) > MAX_SHORT:  # the wire bounds a key; a digest keeps it unique
             scoped_key = hashlib.sha256(scoped_key.encode()).hexdigest()
@@ -143,7 +146,8 @@ class CommandService:
         now = self.clock()
         row: dict[str, Any] = {
                "id": f"c-{uuid.uuid4().hex[:20]}", "key": scoped_key, "device_id": device,
-               "gateway_id": gateway, "op": op, "args": orjson.dumps(wire_args).decode(),
+               "gateway_id": gateway, "op": op,
+               "args": orjson.dumps(canonical).decode(),
                "issuer": who.name, "issuer_role": who.role.value, "issued": now,
                "expires": now + int(ttl_s * 1000), "dangerous": dangerous,
                "status": AWAITING if dangerous else QUEUED, "updated": now}
@@ -346,8 +350,8 @@ class CommandService:
     def _view(row: dict[str, Any]) -> dict[str, Any]:
         args = orjson.loads(row["args"])
         return {"id": row["id"], "device": row["device_id"], "gateway": row["gateway_id"],
-                "op": row["op"], "args": args if row["op"] != "write" else {},
-                "point": args.get("point"), "value_written": args.get("value"),
+                "op": row["op"], "args": args, "point": args.get("point"),
+                "value_written": args.get("value"),
                 "issuer": row["issuer"], "issued": row["issued"], "expires": row["expires"],
                 "dangerous": row["dangerous"], "confirmed_by": row["confirmed_by"],
                 "status": row["status"], "reason": row["reason"], "message": row["message"],

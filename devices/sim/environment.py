@@ -7,7 +7,15 @@ Scenarios (names shared with the tests and the demo): normal, dust_exceedance,
 boiler_nox_exceedance, fume_exceedance, purifier_off (the exhaust fan runs while the fume
 purifier is off), instrument_fault (flag D), calibration (flag C), babbling_line (garbage and
 corrupt frames between good ones). Frame content is a pure function of the
-scenario, the time and a seeded random source.
+scenario, the time and a seeded random source; averaged data (2051/2061/2031) is a pure
+function of the seed, the MN and its DataTime, so a frame sent again is the same frame.
+
+Like a real data logger it answers the platform's requests on the same line: 9011 (QnRtn=1,
+or 3 for a wrong password), the 1011 time and 1061 interval replies, 1012 (sets the station's
+clock: an offset applied to every DataTime after it), and history requests (2051/2061/2031
+with BeginTime/EndTime) with the averaged frames of that range it remembers (a bounded ring of
+what it generated, sent or not), then 9012 (ExeRtn=1, or 100 when it has none). An `--outage`
+cuts the line for some minute uploads: they are generated and remembered, never sent.
 """
 
 from __future__ import annotations
@@ -20,13 +28,14 @@ import os
 import random
 import signal
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from devices.durations import parse_duration
-from devices.hj212 import StreamDecoder, build, split
+from devices.hj212 import Frame, StreamDecoder, build, split
 
 log = logging.getLogger("citygate.sim.environment")
 
@@ -56,6 +65,8 @@ KEY_CODE = {"dust": "a34002", "boiler": "a21002", "fume": "a34041"}
 ST = {"dust": "39", "boiler": "31", "fume": "31"}
 PARTICLES = ("a34001", "a34002", "a34004", "a34005")
 CONVERTED = ("a21026", "a21002", "a34013")  # values with a -Zs counterpart
+AVERAGES = ("2051", "2061", "2031")  # the data a history request asks for
+HISTORY_SIZE = 10_080  # averaged uploads remembered (a week of minute data)
 
 
 @dataclass
@@ -74,6 +85,11 @@ class StationSim:
     wind_from: float | None = None  # dust: a steady wind direction (°) instead of a random one
     wind_speed: float | None = None  # dust: a steady wind speed (m/s)
     rng: random.Random = field(default_factory=random.Random)
+    seed: int = 0  # of the averaged data (a pure function of seed, MN and DataTime)
+    rtd_interval: int = 30  # seconds, as CN 1061 reports it
+    clock_offset_s: float = 0.0  # the station's clock minus the true time (CN 1012 sets it)
+    history_size: int = HISTORY_SIZE
+    history: OrderedDict[tuple[str, str], list[bytes]] = field(default_factory=OrderedDict)
 
     def values(self) -> dict[str, tuple[float, str]]:
         """Current instrument values and data flags per 2017 code for this scenario."""
@@ -134,23 +150,82 @@ class StationSim:
             cp[f"{wire}-Flag"] = flag
         return cp
 
+    def local(self, at: datetime) -> datetime:
+        """The station's local clock reading (its offset from the true time included)."""
+        return at.astimezone(UTC).replace(tzinfo=None) + timedelta(
+            minutes=self.utc_offset_minutes, seconds=self.clock_offset_s)
+
     def frames(self, cn: str, at: datetime) -> list[bytes]:
-        """The frame(s) of command `cn` (2011, 2051, 2061) for UTC time `at`."""
-        local = at.astimezone(UTC).replace(tzinfo=None) + timedelta(
-            minutes=self.utc_offset_minutes)
-        if cn == "2061":
+        """The frame(s) of command `cn` (2011, 2051, 2061, 2031) for UTC time `at`; averaged
+        ones are remembered for history requests."""
+        local = self.local(at)
+        if cn == "2031":
+            local = local.replace(hour=0, minute=0, second=0, microsecond=0)
+        elif cn == "2061":
             local = local.replace(minute=0, second=0, microsecond=0)
         elif cn == "2051":
             local = local.replace(second=0, microsecond=0)
-        cp = {"DataTime": local.strftime("%Y%m%d%H%M%S"),
-              **self.cp("rt" if cn == "2011" else "avg")}
+        stamp = local.strftime("%Y%m%d%H%M%S")
+        if cn in AVERAGES:
+            saved, self.rng = self.rng, random.Random(f"{self.seed}|{self.mn}|{cn}|{stamp}")
+            try:
+                cp = {"DataTime": stamp, **self.cp("avg")}
+            finally:
+                self.rng = saved
+            qn = stamp + "000"  # one upload per DataTime: a copy is the same frame
+        else:
+            cp = {"DataTime": stamp, **self.cp("rt")}
+            qn = self.local(at).strftime("%Y%m%d%H%M%S%f")[:17]
         st = ST[self.kind]
         if self.codes_2005:
-            return [build(st=st, cn=cn, pw=self.pw, mn=self.mn, cp=cp)]
-        qn = (at.astimezone(UTC).replace(tzinfo=None) + timedelta(
-            minutes=self.utc_offset_minutes)).strftime("%Y%m%d%H%M%S%f")[:17]
-        return split(st=st, cn=cn, pw=self.pw, mn=self.mn, cp=cp, qn=qn,
-                     flag=5 if self.ack else 4, max_segment=self.max_segment)
+            out = [build(st=st, cn=cn, pw=self.pw, mn=self.mn, cp=cp)]
+        else:
+            out = split(st=st, cn=cn, pw=self.pw, mn=self.mn, cp=cp, qn=qn,
+                        flag=5 if self.ack else 4, max_segment=self.max_segment)
+        if cn in AVERAGES:
+            self.history[(cn, stamp)] = out
+            self.history.move_to_end((cn, stamp))
+            while len(self.history) > self.history_size:
+                self.history.popitem(last=False)
+        return out
+
+    # --- answers to the platform's requests ----------------------------------------------------
+
+    def _answer(self, qn: str | None, cn: str, cp: dict[str, str]) -> bytes:
+        return build(qn=qn, st="91", cn=cn, pw=self.pw, mn=self.mn, flag=4, cp=cp)
+
+    def answer(self, req: Frame, now: datetime) -> list[bytes]:
+        """What the logger sends back for a platform request (nothing for other frames)."""
+        if req.mn != self.mn or req.cn not in ("1011", "1012", "1061", *AVERAGES):
+            return []
+        if req.pw != self.pw:
+            return [self._answer(req.qn, "9011", {"QnRtn": "3"})]
+        ready = self._answer(req.qn, "9011", {"QnRtn": "1"})
+        done = self._answer(req.qn, "9012", {"ExeRtn": "1"})
+        st = ST[self.kind]
+        if req.cn == "1011":
+            cp = {"SystemTime": self.local(now).strftime("%Y%m%d%H%M%S")}
+            return [ready, build(qn=req.qn, st=st, cn="1011", pw=self.pw, mn=self.mn, flag=4,
+                                 cp=cp), done]
+        if req.cn == "1061":
+            return [ready, build(qn=req.qn, st=st, cn="1061", pw=self.pw, mn=self.mn,
+                                 flag=4, cp={"RtdInterval": str(self.rtd_interval)}), done]
+        if req.cn == "1012":
+            try:
+                wanted = datetime.strptime(req.cp.get("SystemTime", ""), "%Y%m%d%H%M%S")
+            except ValueError:
+                return [ready, self._answer(req.qn, "9012", {"ExeRtn": "3"})]
+            true_local = self.local(now) - timedelta(seconds=self.clock_offset_s)
+            self.clock_offset_s = (wanted - true_local).total_seconds()
+            return [ready, done]
+        begin, end = req.cp.get("BeginTime", ""), req.cp.get("EndTime", "")
+        if len(begin) != 14 or len(end) != 14 or not (begin + end).isdigit():
+            return [ready, self._answer(req.qn, "9012", {"ExeRtn": "3"})]
+        found = [b for (cn, stamp), frames in sorted(self.history.items())
+                 if cn == req.cn and begin <= stamp <= end for b in frames]
+        if not found:
+            return [ready, self._answer(req.qn, "9012", {"ExeRtn": "100"})]
+        return [ready, *found, done]
 
     def wire(self, cn: str, at: datetime) -> bytes:
         """Bytes put on the line for one upload, with babble when the scenario asks."""
@@ -168,37 +243,70 @@ class StationSim:
 # --- transports ------------------------------------------------------------------------------
 
 Writer = Callable[[bytes], None]
+MAX_UNSENT = 8 * 1024 * 1024  # bytes a serial line may hold back before more are dropped
 
 
 class SimStats:
-    """What the simulator did, logged at the end."""
+    """What the simulator did (logged at the end), and the line it answers requests on."""
 
-    def __init__(self) -> None:
+    def __init__(self, sim: StationSim | None = None,
+                 outage: tuple[int, int] = (0, -1)) -> None:
         self.uploads = 0
         self.answers = 0
+        self.requests = 0
+        self.minutes = 0  # minute uploads generated so far
+        self.outage = outage  # minute uploads [first, last] during which the line is cut
+        self.sim = sim
+        self.write: Writer | None = None
         self.decoder = StreamDecoder()
 
+    @property
+    def line_down(self) -> bool:
+        """The line is cut (an --outage): nothing is sent, nothing is heard."""
+        return self.outage[0] <= self.minutes <= self.outage[1]
+
     def received(self, data: bytes) -> None:
-        """Count 9014 data answers coming back."""
+        """Count 9014 data answers coming back; answer the platform's requests."""
         for item in self.decoder.feed(data):
-            if not isinstance(item, Exception) and item.cn == "9014":
+            if isinstance(item, Exception):
+                continue
+            if item.cn == "9014":
                 self.answers += 1
+            elif self.sim is not None and self.write is not None and not self.line_down:
+                out = self.sim.answer(item, datetime.now(UTC))
+                if out:
+                    self.requests += 1
+                    log.info("request CN=%s QN=%s: answering with %d frames", item.cn,
+                             item.qn, len(out))
+                    self.write(b"".join(out))
 
 
 async def _schedule(sim: StationSim, write: Writer, args: argparse.Namespace,
                     stats: SimStats, stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
+    first_minute = (datetime.now(UTC) - timedelta(seconds=args.minutes_from)).replace(
+        second=0, microsecond=0)
     due = {"2011": start, "2051": start + args.minute_every, "2061": start + args.hour_every}
     every = {"2011": args.interval, "2051": args.minute_every, "2061": args.hour_every}
     while not stop.is_set() and (args.count == 0 or stats.uploads < args.count):
         now = loop.time()
         for cn, when in due.items():
+            if cn == "2051" and args.minute_count and stats.minutes >= args.minute_count:
+                every[cn] = 0.0  # the minute uploads asked for are done
             if every[cn] > 0 and now >= when:
-                write(sim.wire(cn, datetime.now(UTC)))
+                at = datetime.now(UTC)
+                if cn == "2051":
+                    stats.minutes += 1
+                    if args.minutes_from:  # time-compressed: consecutive minutes
+                        at = first_minute + timedelta(minutes=stats.minutes - 1)
+                data = sim.wire(cn, at)
+                if not stats.line_down:
+                    write(data)
                 due[cn] = when + every[cn]
                 stats.uploads += cn == "2011"
-        wait = min(when for cn, when in due.items() if every[cn] > 0) - loop.time()
+        wait = min((when for cn, when in due.items() if every[cn] > 0),
+                   default=loop.time() + 1.0) - loop.time()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), max(wait, 0.0))
 
@@ -207,7 +315,7 @@ async def run_serial(sim: StationSim, args: argparse.Namespace, stop: asyncio.Ev
     """Write onto a pty linked at args.pty, or a real serial port."""
     from devices.sim.ptylink import PtyLink
 
-    stats = SimStats()
+    stats = SimStats(sim, args.outage)
     link: PtyLink | None = None
     port = None
     if args.pty:
@@ -225,15 +333,36 @@ async def run_serial(sim: StationSim, args: argparse.Namespace, stop: asyncio.Ev
         with contextlib.suppress(OSError):
             stats.received(os.read(fd, 4096))
 
-    def write(data: bytes) -> None:
-        with contextlib.suppress(BlockingIOError):  # nobody reads the line: the bytes are lost
-            os.write(fd, data)
+    out = bytearray()  # what the line has not taken yet (a history answer is long)
 
+    def flush() -> None:
+        while out:
+            try:
+                n = os.write(fd, out)
+            except BlockingIOError:
+                break
+            except OSError:
+                out.clear()
+            else:
+                del out[:n]
+        if out:
+            loop.add_writer(fd, flush)
+        else:
+            loop.remove_writer(fd)
+
+    def write(data: bytes) -> None:
+        if len(out) > MAX_UNSENT:  # nobody reads the line: the bytes are lost
+            return
+        out.extend(data)
+        flush()
+
+    stats.write = write
     loop.add_reader(fd, readable)
     try:
         await _schedule(sim, write, args, stats, stop)
     finally:
         loop.remove_reader(fd)
+        loop.remove_writer(fd)
         if port is not None:
             port.close()
         else:
@@ -247,7 +376,7 @@ async def run_serial(sim: StationSim, args: argparse.Namespace, stop: asyncio.Ev
 
 async def run_tcp(sim: StationSim, args: argparse.Namespace, stop: asyncio.Event) -> SimStats:
     """Connect to the gateway's listener as a logger does; reconnect when the link drops."""
-    stats = SimStats()
+    stats = SimStats(sim, args.outage)
     host, _, port = args.tcp.rpartition(":")
     delay = 0.2
     while not stop.is_set() and (args.count == 0 or stats.uploads < args.count):
@@ -259,6 +388,7 @@ async def run_tcp(sim: StationSim, args: argparse.Namespace, stop: asyncio.Event
             delay = min(delay * 2, 5.0)
             continue
         delay = 0.2
+        stats.write = writer.write
 
         async def answers(r: asyncio.StreamReader = reader) -> None:
             while data := await r.read(4096):
@@ -304,7 +434,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--wind-from", type=float, help="dust: steady wind direction in degrees")
     p.add_argument("--wind-speed", type=float, help="dust: steady wind speed in m/s")
+    p.add_argument("--pw", default="123456", help="the logger's access password (PW)")
+    p.add_argument("--minutes-from", type=parse_duration, default=0.0,
+                   help="time-compressed minute data: each minute upload carries the minute "
+                   "after the previous one, the first this long ago (default: the current "
+                   "minute, in real time)")
+    p.add_argument("--minute-count", type=int, default=0,
+                   help="stop the minute uploads after N of them (default: never)")
+    p.add_argument("--outage", type=_outage, default=(0, -1), metavar="FIRST-LAST",
+                   help="cut the line from minute upload FIRST to LAST (1-based): those are "
+                   "generated and remembered for history requests but never sent")
     return p
+
+
+def _outage(text: str) -> tuple[int, int]:
+    first, _, last = text.partition("-")
+    if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIRST-LAST, e.g. 3-6")
+    return int(first), int(last)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,8 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     sim = StationSim(kind=args.kind, mn=args.mn, scenario=args.scenario,
                      codes_2005=args.codes == "2005", unit_mg=args.unit == "mg", ack=args.ack,
                      max_segment=args.max_segment, wind_from=args.wind_from,
-                     wind_speed=args.wind_speed,
-                     rng=random.Random(args.seed))
+                     wind_speed=args.wind_speed, pw=args.pw,
+                     rng=random.Random(args.seed), seed=args.seed or 0,
+                     rtd_interval=max(1, round(args.interval)))
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -328,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("%s station %s (%s) on %s", args.kind, args.mn, args.scenario, where)
         run = run_tcp if args.tcp else run_serial
         stats = await run(sim, args, stop)
-        log.info("station %s: %d uploads, %d data answers", args.mn, stats.uploads,
-                 stats.answers)
+        log.info("station %s: %d uploads, %d data answers, %d requests answered", args.mn,
+                 stats.uploads, stats.answers, stats.requests)
 
     asyncio.run(runner())
     return 0

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from devices.commands import OP_KINDS, DeviceCommand
+from devices.commands import OPS, PARKING_NODE, ArgsRefused, DeviceCommand, check_args
 from devices.parking import (
     SETTINGS,
     CommandAck,
@@ -47,9 +47,15 @@ def report(ack: CommandAck | None = None) -> SensorReport:
                         send_counter=5, ack=ack)
 
 
-def test_the_ops_are_carried_out_by_parking_nodes() -> None:
-    assert OP_KINDS["configure"] == OP_KINDS["recalibrate"] == "parking"
-    assert OP_KINDS["write"] == "modbus"
+def test_the_ops_are_carried_out_by_parking_nodes_with_the_same_check() -> None:
+    assert OPS["configure"].kinds == OPS["recalibrate"].kinds == {PARKING_NODE}
+    assert check_args("configure", PARKING_NODE, {"heartbeat_s": 900}) == {"heartbeat_s": 900}
+    with pytest.raises(ArgsRefused) as refused:
+        check_args("configure", PARKING_NODE, {"heartbeat_s": 5})
+    assert refused.value.reason == "out_of_range"
+    with pytest.raises(ArgsRefused) as refused:
+        check_args("recalibrate", "dust_monitor", {})
+    assert refused.value.reason == "unsupported_operation"
 
 
 def test_configure_takes_known_settings_within_bounds() -> None:

@@ -144,6 +144,14 @@ def test_check_refuses_two_stations_sharing_an_mn(tmp_path: Path) -> None:
             " dust-1 on bus 'env' — give each station its own MN") in done.stderr.splitlines()
 
 
+def test_check_refuses_a_station_password_that_would_break_a_request(tmp_path: Path) -> None:
+    config = write_config(tmp_path, mn='mn = "010000A8900016F000169DC0"\npw = "12;34"')
+    done = citygate("edge", "check", "--config", str(config))
+    assert done.returncode == 2
+    assert (f"  {config}: devices[1].pw: an HJ 212 password is at most 32 printable characters"
+            " without spaces or any of ;&,=") in done.stderr.splitlines()
+
+
 def test_check_refuses_a_profile_of_another_protocol(tmp_path: Path) -> None:
     config = write_config(tmp_path, profile="dust-hj212")
     done = citygate("edge", "check", "--config", str(config))
