@@ -56,10 +56,10 @@ def test_configure_is_sent_with_its_checked_args_and_shows_the_nodes_ack(rig: Ri
     ("pk-1001", {"op": "configure"}, 422, "no_settings"),
     ("pk-1001", {"op": "recalibrate", "args": {"x": 1}}, 422, "unexpected_args"),
     ("pk-1001", {"op": "configure", "point": "home_floor", "value": 1, "args": {
-        "heartbeat_s": 900}}, 422, "bad_command"),
+        "heartbeat_s": 900}}, 422, "bad_args"),
     ("pk-1001", {"point": "home_floor", "value": 1}, 422, "unknown_profile"),
     ("lift-a1", {"op": "recalibrate"}, 422, "unsupported_operation"),
-    ("lift-a1", {"point": "home_floor", "value": 1, "args": {"a": 1}}, 422, "bad_command"),
+    ("lift-a1", {"point": "home_floor", "value": 1, "args": {"a": 1}}, 422, "bad_args"),
     ("pk-9", {"op": "recalibrate"}, 404, "unknown_device"),
 ])
 def test_hostile_or_misdirected_node_commands_are_refused_with_reasons_and_counted(
@@ -89,11 +89,12 @@ def test_the_cli_reads_name_value_args_and_shows_what_the_node_acknowledged() ->
     from citygate.rest_cli import CliError
 
     assert parse_arg("heartbeat_s=900") == ("heartbeat_s", 900)
-    for bad in ("heartbeat_s", "=5", "enter_mg=eighty"):
+    assert parse_arg("enter_mg=eighty") == ("enter_mg", "eighty")  # the collector refuses it
+    for bad in ("heartbeat_s", "=5"):
         with pytest.raises(CliError):
             parse_arg(bad)
     line = _line({"id": "c-1", "device": "pk-1", "op": "configure", "args": {"enter_mg": 80},
                   "status": "done", "value_read_back": {"settings": {"enter_mg": 80}},
                   "reason": "", "message": ""})
-    assert line == 'c-1  pk-1  configure enter_mg=80  done  (node acknowledged ' \
+    assert line == 'c-1  pk-1  configure(enter_mg=80)  done  (answered ' \
                    '{"settings": {"enter_mg": 80}})'

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from collector import schema
-from collector.store import Store
+from collector.features import open_store
 from devices.commands import parse_command
 from tests.collector.test_device_commands import T0, Rig
 
@@ -19,7 +19,7 @@ HOUR = 3_600_000
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    store = Store.open(f"sqlite:///{tmp_path / 'hub.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'hub.db'}")
     rig = Rig(store)
     with store.engine.begin() as conn:
         conn.execute(sa.insert(schema.devices).values(
