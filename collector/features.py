@@ -32,6 +32,7 @@ from collector.clock import now_ms
 from collector.config import CollectorConfig, CollectorConfigError
 from collector.core_tables import CORE
 from collector.feature import BaseFeature, BrokerLink, Core, Feature, Task
+from collector.feed import FEED
 from collector.hub import Hub, assemble
 from collector.migrations import MigrationSet
 from collector.notify.queue import MIGRATIONS as NOTIFY_MIGRATIONS
@@ -422,7 +423,7 @@ class CityView(BaseFeature):
 def schema(features: Sequence[Feature] | None = None) -> list[MigrationSet]:
     """The migration sets of the core and of `features` (default: every feature)."""
     chosen = default_features() if features is None else features
-    return [CORE, AUTH, *(m for f in chosen for m in f.migrations)]
+    return [CORE, AUTH, FEED, *(m for f in chosen for m in f.migrations)]
 
 
 def open_store(url: str) -> Store:
@@ -436,7 +437,7 @@ def build_hub(store: Store, config: CollectorConfig, ingest_stats: Callable[[], 
               features: Sequence[Feature] | None = None) -> Hub:
     """Mount every feature (or the given ones) on the store and the web app."""
     return assemble(store, config, list(features or default_features()),
-                    core_schema=(CORE, AUTH), ingest_stats=ingest_stats,
+                    core_schema=(CORE, AUTH, FEED), ingest_stats=ingest_stats,
                     config_source=config_source,
                     broker=broker or BrokerLink("mqtt://127.0.0.1:1883"),
                     admin_token_file=admin_token_file or Path("admin-token"))

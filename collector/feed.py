@@ -35,6 +35,7 @@ import orjson
 import sqlalchemy as sa
 
 from collector.ingest import Entry, entry_of
+from collector.migrations import MigrationSet, migrate
 from collector.store import Accepted, GatewayMessage, IngestResult, Store
 from devices import contract
 from devices.contract import ContractError
@@ -42,7 +43,6 @@ from devices.contract import ContractError
 log = logging.getLogger(__name__)
 
 FEED_LOCK = 0x43474645  # "CGFE": orders feed ids by commit
-SCHEMA_LOCK = 0x43475343  # "CGSC": one process creates the feed tables
 CURSOR = "hub"
 _DDL = (
     "CREATE TABLE IF NOT EXISTS ingest_feed (id BIGSERIAL PRIMARY KEY, worker TEXT NOT NULL,"
@@ -56,12 +56,23 @@ _DDL = (
 )
 
 
-def ensure_feed(engine: sa.Engine) -> None:
-    """Create the feed tables unless they exist (PostgreSQL; serialised between processes)."""
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
-        for ddl in _DDL:
+def _feed_tables(conn: sa.Connection) -> None:
+    if conn.dialect.name == "postgresql":  # one SQLite writer: no workers, no feed
+        for ddl in _DDL:  # IF NOT EXISTS: adopts the tables of collectors that made them
             conn.execute(sa.text(ddl))
+
+
+# Part of every collector's schema (collector.features.schema), applied by the one runner.
+# Versions above the legacy global range (1-64), like every set made after it.
+FEED = MigrationSet("ingest_feed", [
+    (90, "ingest feed: what workers stored, the hub's cursor, the worker pool (PostgreSQL)",
+     _feed_tables),
+])
+
+
+def ensure_feed(engine: sa.Engine) -> None:
+    """Bring the feed tables up to date on a store opened with another schema."""
+    migrate(engine, [FEED])
 
 
 class FeedWriter:

@@ -120,13 +120,14 @@ config_targets = sa.Table(
     sa.Index("reg_config_targets_by_push", "push_id"),
 )
 
-# Versions 50–51 and 54 belong to the registry (52–53, the API tokens, to
-# collector.auth_tables).
+# Versions 50–51 and 65 belong to the registry (52–53, the API tokens, to
+# collector.auth_tables). Steps added after the global runner's range (1–64) take versions
+# above it, so a legacy database's versions are never mistaken for them.
 MIGRATIONS = MigrationSet("registry", [
     (50, "registry: sites, gateways, their devices, provisioning tokens",
      creates(metadata, sites, gateways, devices, provision_tokens)),
     (51, "registry: commissioning results and remote config pushes",
      creates(metadata, commissioning, config_pushes)),
-    (54, "registry: staged config rollouts and their per-gateway results",
+    (65, "registry: staged config rollouts and their per-gateway results",
      creates(metadata, config_rollouts, config_targets)),
 ])

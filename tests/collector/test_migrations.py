@@ -59,6 +59,32 @@ def test_a_fresh_database_gets_every_step_once(engine: sa.Engine) -> None:
     auth.create_token(engine, "root", auth.Role.ADMIN)  # the tables are there and usable
 
 
+def test_the_ingest_feed_tables_are_migrated_with_the_rest(engine: sa.Engine) -> None:
+    migrate(engine, ALL)
+    assert ("ingest_feed", 90) in applied_versions(engine)
+    # PostgreSQL only: with one SQLite writer there are no workers to feed.
+    assert sa.inspect(engine).has_table("ingest_feed") == (engine.dialect.name == "postgresql")
+
+
+@pytest.mark.postgres
+def test_feed_tables_made_before_the_runner_are_adopted(pg_url: str) -> None:
+    from collector.feed import _DDL, ensure_feed
+
+    engine = make_engine(pg_url)
+    try:
+        migrate(engine, [CORE])
+        with engine.begin() as conn:  # what collectors did before the feed had a migration
+            for ddl in _DDL:
+                conn.execute(sa.text(ddl))
+            conn.execute(sa.text("UPDATE ingest_feed_cursor SET last_id = 7"))
+        ensure_feed(engine)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT last_id FROM ingest_feed_cursor")).scalar() == 7
+        assert ("ingest_feed", 90) in applied_versions(engine)
+    finally:
+        engine.dispose()
+
+
 def test_versions_count_per_feature(engine: sa.Engine) -> None:
     table = sa.Table("probe", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
     mine = MigrationSet("probe", [(1, "probe: a table", creates(table.metadata, table))])
@@ -79,7 +105,7 @@ def test_a_database_of_the_global_version_runner_upgrades_in_place(engine: sa.En
     assert applied == [(s.feature, v) for s in ALL for v, _, _ in s.steps if v > 52]
     assert [a for a in applied if a[1] <= LEGACY_LAST] == [("auth", 53), ("updates", 60)]
     assert {f for f, v in applied if v > LEGACY_LAST} == \
-        {s.feature for s in ALL if min(v for v, _, _ in s.steps) > LEGACY_LAST}
+        {s.feature for s in ALL if max(v for v, _, _ in s.steps) > LEGACY_LAST}
     assert applied_versions(engine) == EVERY_STEP
     old = auth.lookup(engine, "cg_old")  # the token table gained its columns, rows kept
     assert old is not None and (old.role, old.unit) == (auth.Role.ADMIN, None)
