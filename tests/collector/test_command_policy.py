@@ -4,12 +4,17 @@ wrong."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
+from citygate import cli, command_cli
 from collector import auth, schema
 from collector.commands.service import CommandSettings
 from collector.features import open_store
@@ -162,3 +167,23 @@ def test_no_command_is_issued_to_a_gateway_whose_clock_is_wrong(rig: Rig) -> Non
         conn.execute(sa.update(schema.gateways).values(clock_wrong=False))
     assert rig.post("ops", "lift-a1", point="home_floor", value=2)[0] == 202
     assert confirm(rig, "ops2", waiting["id"])[0] == 200
+
+
+def test_the_cli_says_who_may_confirm_and_why_a_technician_is_refused(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def client(args: argparse.Namespace, _roles: str) -> contextlib.AbstractContextManager[Any]:
+        token = rig.tokens[args.token]
+        return contextlib.nullcontext(TestClient(rig.client.app, headers={
+            "Authorization": f"Bearer {token}"}))
+
+    monkeypatch.setattr(command_cli, "rest_client", client)
+    assert cli.main(["command", "send", "lift-a1", "service_mode", "0", "--token", "ops"]) == 0
+    out = capsys.readouterr()
+    assert "awaiting_confirmation" in out.out and "another person confirms" in out.err
+    ident = out.out.split()[0]
+    assert cli.main(["command", "confirm", ident, "--token", "ops"]) == 2
+    assert "403: same_person: 'ops-anna' issued command" in capsys.readouterr().err
+    assert cli.main(["command", "confirm", ident, "--token", "ops2"]) == 0
+    assert f"{ident}  lift-a1  service_mode=0  sent" in capsys.readouterr().out
+    assert cli.main(["command", "send", "lift-a1", "home_floor", "2", "--token", "tech"]) == 2
+    assert "403: forbidden: gw-1 is not in the registry" in capsys.readouterr().err
