@@ -79,14 +79,14 @@ class CommandSettings:
         four_eyes = section.get("four_eyes", True)
         if not isinstance(four_eyes, bool):
             raise ValueError("[commands] four_eyes: must be true or false")
-        window_h = float(section.get("technician_window_h", 24.0))
-        if not 0 < window_h <= 24 * 30:
+        window_h = section.get("technician_window_h", 24.0)
+        if type(window_h) not in (int, float) or not 0 < window_h <= 24 * 30:
             raise ValueError("[commands] technician_window_h: must be more than 0 and at most"
                              " 720 (30 days)")
         return cls(rate_per_min=int(section.get("rate_per_min", 30)),
                    confirm_within_s=float(section.get("confirm_within_s", 300.0)),
                    resend_after_s=float(section.get("resend_after_s", 15.0)),
-                   four_eyes=four_eyes, technician_window_h=window_h)
+                   four_eyes=four_eyes, technician_window_h=float(window_h))
 
 
 class CommandError(Exception):

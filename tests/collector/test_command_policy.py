@@ -139,7 +139,8 @@ def test_the_command_settings_read_four_eyes_and_the_technician_window() -> None
     read = CommandSettings.from_section({"four_eyes": False, "technician_window_h": 8})
     assert (read.four_eyes, read.technician_window_h) == (False, 8)
     for bad in ({"four_eyes": "yes"}, {"technician_window_h": 0},
-                {"technician_window_h": 100_000}, {"four_eye": True}):
+                {"technician_window_h": 100_000}, {"technician_window_h": "8"},
+                {"technician_window_h": True}, {"four_eye": True}):
         with pytest.raises(ValueError, match=r"\[commands\]"):
             CommandSettings.from_section(bad)
 
