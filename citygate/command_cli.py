@@ -1,11 +1,13 @@
 """`citygate command ...`: commands to field devices over the collector's REST API.
 
     citygate command send lift-t01 home_floor 5 --ttl 60 --wait 20   (token: CITYGATE_TOKEN)
-    citygate command send lift-t01 service_mode 0 --confirm           (a dangerous point)
+    citygate command send lift-t01 service_mode 0                     (a dangerous point:
+    citygate command confirm c-1a2b… --wait 20                         another person confirms)
     citygate command run p-1001 configure --arg heartbeat_s=900 --wait 60   (a parking node)
     citygate command run p-1001 recalibrate
     citygate command run dust-1 request_history --arg cn=2051 --arg begin=2026-01-05T08:00Z \
         --arg end=2026-01-05T10:00Z --wait 60                       (an operation with args)
+    citygate command run dust-1 set_rtd_interval --arg rtd_interval=60 --wait 30
     citygate command list lift-t01
     citygate command show c-1a2b…
 
@@ -27,6 +29,7 @@ NODE_OPS = ("configure", "recalibrate")  # a parking node takes them at its next
 NODE_TTL_S = 3600.0
 
 PROG = "citygate command"
+ROLES = "role ops, crew, or technician while the gateway is being commissioned"
 
 
 def parse_value(text: str) -> bool | int | float:
@@ -77,13 +80,13 @@ def cmd_send(args: argparse.Namespace) -> int:
                             "ttl_s": args.ttl, "wait_s": args.wait}
     if args.key:
         body["key"] = args.key
-    with rest_client(args, "role ops, or crew") as client:
+    with rest_client(args, ROLES) as client:
         out = answer(client.post(f"/api/v1/devices/{args.device}/commands", json=body))
         if out["status"] == "awaiting_confirmation":
             if not args.confirm:
                 print(_line(out))
-                print(f"{args.point} is marked dangerous: confirm with `{PROG} confirm "
-                      f"{out['id']}` (or send again with --confirm)", file=sys.stderr)
+                print(f"{args.point} is marked dangerous: another person confirms it with "
+                      f"`{PROG} confirm {out['id']}`", file=sys.stderr)
                 return 0
             out = answer(client.post(f"/api/v1/commands/{out['id']}/confirm",
                                       params={"wait_s": args.wait}))
@@ -98,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"op": args.op, "args": op_args, "ttl_s": ttl, "wait_s": args.wait}
     if args.key:
         body["key"] = args.key
-    with rest_client(args, "role ops, or crew") as client:
+    with rest_client(args, ROLES) as client:
         out = answer(client.post(f"/api/v1/devices/{args.device}/commands", json=body))
     print(_line(out))
     return _exit(out, bool(args.wait))
@@ -106,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     """Confirm a dangerous command."""
-    with rest_client(args, "role ops, or crew") as client:
+    with rest_client(args, ROLES) as client:
         out = answer(client.post(f"/api/v1/commands/{args.id}/confirm",
                                   params={"wait_s": args.wait}))
     print(_line(out))
@@ -115,7 +118,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """A device's commands, newest first."""
-    with rest_client(args, "role ops, or crew") as client:
+    with rest_client(args, ROLES) as client:
         rows = answer(client.get(f"/api/v1/devices/{args.device}/commands",
                                   params={"limit": args.limit}))
     for row in rows:
@@ -125,7 +128,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """One command and its audit trail."""
-    with rest_client(args, "role ops, or crew") as client:
+    with rest_client(args, ROLES) as client:
         out = answer(client.get(f"/api/v1/commands/{args.id}"))
     if args.json:
         print(json.dumps(out, ensure_ascii=False, indent=2))
@@ -150,10 +153,13 @@ def add_parser(sub: Any) -> None:
     send.add_argument("--wait", type=float, default=0.0, help="wait up to this many seconds "
                       "for the result (max 60)")
     send.add_argument("--confirm", action="store_true",
-                      help="also confirm a write to a point marked dangerous")
-    run = top.add_parser("run", help="run an operation on a device (set_time, read_params, "
-                         "request_history on an HJ 212 station; configure, recalibrate on a "
-                         "parking node; docs/commands.md)")
+                      help="also confirm a write to a point marked dangerous (only where the "
+                           "collector's [commands] four_eyes = false; else another person "
+                           "confirms)")
+    run = top.add_parser("run", help="run an operation on a device (set_time, "
+                         "set_rtd_interval, read_params, request_history on an HJ 212 "
+                         "station; configure, recalibrate on a parking node; "
+                         "docs/commands.md)")
     run.add_argument("device")
     run.add_argument("op", help="the operation, e.g. request_history")
     run.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",

@@ -165,6 +165,7 @@ LATEST_ARG_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 MAX_HISTORY_MS = 7 * 86_400_000  # a history request spans at most a week
 HISTORY_CNS = {"2051": "minute", "2061": "hour", "2031": "day"}  # CN -> data asked for
 STATION_PARAMS = {"time": "1011", "rtd_interval": "1061"}  # read_params name -> HJ 212 CN
+RTD_INTERVAL_S = (10, 3600)  # set_rtd_interval: the real-time interval's bounds (CN 1062)
 HJ212_KINDS = frozenset({"dust_monitor", "boiler_cems", "fume_monitor"})
 PARKING_NODE = "parking_node"  # the kind of a device that reports without a profile
 _ISO_MAX = 40
@@ -258,6 +259,18 @@ def _read_params_args(args: dict[str, Any]) -> dict[str, Any]:
     return {"params": sorted(set(raw))}
 
 
+def _rtd_interval_args(args: dict[str, Any]) -> dict[str, Any]:
+    _keys(args, {"rtd_interval"})
+    raw = args.get("rtd_interval")
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 6:
+        raw = int(raw)
+    low, high = RTD_INTERVAL_S
+    if type(raw) is not int or not low <= raw <= high:
+        raise ArgsRefused("bad_args", f"rtd_interval must be whole seconds {low}..{high} "
+                          f"(got {str(raw)[:_ISO_MAX]!r})")
+    return {"rtd_interval": raw}
+
+
 def _node_args(op: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def check(args: dict[str, Any]) -> dict[str, Any]:
         from devices.parking_commands import NodeCommandRefused, check_node_command
@@ -281,6 +294,8 @@ OPS: dict[str, OpSpec] = {
     "read_params": OpSpec(HJ212_KINDS, _read_params_args,
                           "read the station's time (CN 1011) and real-time interval"
                           " (CN 1061)"),
+    "set_rtd_interval": OpSpec(HJ212_KINDS, _rtd_interval_args,
+                               "set the station's real-time (2011) upload interval (CN 1062)"),
     "configure": OpSpec(frozenset({PARKING_NODE}), _node_args("configure"),
                         "change a parking node's settings, delivered in the CoAP reply to its"
                         " next report"),

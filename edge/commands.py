@@ -216,6 +216,7 @@ HANDLERS: dict[str, Handler] = {
     "set_time": CommandRunner._station,
     "request_history": CommandRunner._station,
     "read_params": CommandRunner._station,
+    "set_rtd_interval": CommandRunner._station,
     "configure": CommandRunner._node_command,
     "recalibrate": CommandRunner._node_command,
 }

@@ -130,6 +130,13 @@ class StationCommands:
                 return res
             return CommandResult(DONE, now_ms(), value={"SystemTime": text, "time": at,
                                                         "exe_rtn": res.exe_rtn})
+        if op == "set_rtd_interval":
+            seconds = int(args["rtd_interval"])
+            res = await self._exchange(station, line, "1062", {"RtdInterval": str(seconds)})
+            if isinstance(res, CommandResult):
+                return res
+            return CommandResult(DONE, now_ms(), value={"rtd_interval": seconds,
+                                                        "exe_rtn": res.exe_rtn})
         if op == "read_params":
             value: dict[str, Any] = {}
             for name in args["params"]:

@@ -1,9 +1,10 @@
 """REST API of device commands: issue, confirm, follow and audit writes to field devices.
 
 Ops and admin tokens command every device; a crew token (a maintenance company's unit) only
-the devices of the sites its unit is responsible for (`[alarms.sites.<site>] unit`); others
-none. Each token may issue `[commands] rate_per_min` commands a minute. A write to a point
-the profile marks dangerous waits for `POST /api/v1/commands/{id}/confirm`.
+the devices of the sites its unit is responsible for (`[alarms.sites.<site>] unit`); a
+technician token only the devices of a gateway being commissioned; others none. Each token
+may issue `[commands] rate_per_min` commands a minute. A write to a point the profile marks
+dangerous waits for `POST /api/v1/commands/{id}/confirm` by another token (four eyes).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collector.commands.service import CommandError, CommandService
 from devices.contract import DEVICE_ID_RE
 
 router = APIRouter(prefix="/api/v1", tags=["commands"])
-Commander = Annotated[Principal, Depends(require(Role.OPS, Role.CREW))]
+Commander = Annotated[Principal, Depends(require(Role.OPS, Role.CREW, Role.TECHNICIAN))]
 DeviceId = Annotated[str, Path(max_length=128, pattern=DEVICE_ID_RE.pattern,
                                 description="device id")]
 CommandId = Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9_-]+$",

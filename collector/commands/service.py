@@ -21,11 +21,21 @@ import orjson
 import sqlalchemy as sa
 
 from collector.auth import Principal, RateLimiter
-from collector.clock import now_ms
+from collector.clock import iso_seconds, now_ms
 from collector.commands import policy, repo
-from collector.commands.policy import AWAITING, OPEN, QUEUED, SENT, UNDELIVERED
+from collector.commands.policy import (
+    AWAITING,
+    OPEN,
+    QUEUED,
+    SENT,
+    TECHNICIAN,
+    UNDELIVERED,
+    Commissioning,
+)
+from collector.registry import tables as reg
 from collector.registry.commands import CommandChannel
 from collector.schema import devices as device_table
+from collector.schema import gateways as gateway_table
 from devices import contract
 from devices.commands import (
     ACCEPTED,
@@ -54,16 +64,29 @@ class CommandSettings:
     confirm_within_s: float = 300.0  # a dangerous command not confirmed by then expires
     resend_after_s: float = 15.0  # a command sent but not accepted is sent again after this
     max_ttl_s: float = MAX_TTL_MS / 1000
+    four_eyes: bool = True  # a dangerous command is confirmed by another token than its issuer's
+    # a technician commands a gateway not yet commissioned up to this long after its claim or
+    # its latest commissioning run
+    technician_window_h: float = 24.0
 
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> CommandSettings:
         """Read the section (ValueError names a bad key)."""
-        unknown = set(section) - {"rate_per_min", "confirm_within_s", "resend_after_s"}
+        unknown = set(section) - {"rate_per_min", "confirm_within_s", "resend_after_s",
+                                  "four_eyes", "technician_window_h"}
         if unknown:
             raise ValueError(f"[commands]: unknown key(s) {sorted(unknown)}")
+        four_eyes = section.get("four_eyes", True)
+        if not isinstance(four_eyes, bool):
+            raise ValueError("[commands] four_eyes: must be true or false")
+        window_h = section.get("technician_window_h", 24.0)
+        if type(window_h) not in (int, float) or not 0 < window_h <= 24 * 30:
+            raise ValueError("[commands] technician_window_h: must be more than 0 and at most"
+                             " 720 (30 days)")
         return cls(rate_per_min=int(section.get("rate_per_min", 30)),
                    confirm_within_s=float(section.get("confirm_within_s", 300.0)),
-                   resend_after_s=float(section.get("resend_after_s", 15.0)))
+                   resend_after_s=float(section.get("resend_after_s", 15.0)),
+                   four_eyes=four_eyes, technician_window_h=float(window_h))
 
 
 class CommandError(Exception):
@@ -91,8 +114,8 @@ class CommandService:
         self.clock = clock
         self.limiter = RateLimiter()
         self.changed = threading.Condition()  # notified on every status change (waiters)
-        self.counters = {"issued": 0, "refused": 0, "sent": 0, "send_failures": 0,
-                         "replies": 0, "bad_replies": 0, "expired_here": 0}
+        self.counters = {"issued": 0, "refused": 0, "refused_clock_wrong": 0, "sent": 0,
+                         "send_failures": 0, "replies": 0, "bad_replies": 0, "expired_here": 0}
 
     # --- issuing ---------------------------------------------------------------------------------
 
@@ -138,6 +161,7 @@ class CommandService:
             known = repo.by_key(conn, scoped_key)
         if known is not None:  # the same request again (a retry): the same command
             return self._view(known)
+        self._check_clock(gateway)
         wait = self.limiter.allow(f"commands:{who.name}", self.settings.rate_per_min)
         if wait > 0:
             raise self._refused(429, "rate_limited", f"{who.name!r} may issue "
@@ -168,10 +192,14 @@ class CommandService:
         now = self.clock()
         if row["status"] != AWAITING:
             raise self._refused(409, "not_awaiting", f"command {command_id} is {row['status']}")
+        if self.settings.four_eyes and who.name == row["issuer"]:
+            raise self._refused(403, "same_person", f"{who.name!r} issued command {command_id};"
+                                " a dangerous command is confirmed by another person's token")
         if now >= min(row["expires"], row["issued"] + self.settings.confirm_within_s * 1000):
             self._expire(row, now, "not confirmed in time")
             raise self._refused(409, "expired", f"command {command_id} was not confirmed in "
                                 "time; issue it again")
+        self._check_clock(row["gateway_id"])
         with self.engine.begin() as conn:
             if not repo.set_status(conn, command_id, QUEUED, now, frozenset({AWAITING}),
                                    confirmed_by=who.name, confirmed_at=now):
@@ -206,9 +234,50 @@ class CommandService:
         return str(row.gateway_id)
 
     def _check_scope(self, who: Principal, device: str, gateway: str) -> None:
-        why = policy.refusal(who.role.value, who.unit, self.unit_of(device, gateway))
+        if who.role.value == TECHNICIAN:
+            why = policy.technician_refusal(
+                gateway, self._commissioning(gateway), who.unit, self.clock(),
+                int(self.settings.technician_window_h * 3_600_000))
+        else:
+            why = policy.refusal(who.role.value, who.unit, self.unit_of(device, gateway))
         if why is not None:
             raise self._refused(403, "forbidden", why)
+
+    def _commissioning(self, gateway: str) -> Commissioning | None:
+        """What the registry knows of a gateway's commissioning (None: not registered)."""
+        g, site, run = reg.gateways, reg.sites, reg.commissioning
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(g.c.created, g.c.commissioned_at, g.c.revoked,
+                          site.c.responsible_unit)
+                .select_from(g.outerjoin(site, site.c.site_id == g.c.site_id))
+                .where(g.c.gateway_id == gateway)).first()
+            if row is None:
+                return None
+            last_run = conn.execute(sa.select(sa.func.max(run.c.received))
+                                    .where(run.c.gateway_id == gateway)).scalar()
+        return Commissioning(gateway, row.responsible_unit or "", row.created,
+                             row.commissioned_at, last_run, bool(row.revoked))
+
+    def _check_clock(self, gateway: str) -> None:
+        """Refuse a command for a gateway whose clock the collector knows is wrong: the gateway
+        judges the command's expiry on that clock."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(gateway_table.c.clock_wrong,
+                                         gateway_table.c.clock_offset_ms,
+                                         gateway_table.c.clock_measured_at)
+                               .where(gateway_table.c.gateway_id == gateway)).first()
+        if row is None or not row.clock_wrong:
+            return
+        self.counters["refused_clock_wrong"] += 1
+        off = "" if row.clock_offset_ms is None else \
+            f" (off by {row.clock_offset_ms / 1000:+.0f} s"
+        if off and row.clock_measured_at is not None:
+            off += f", measured at {iso_seconds(row.clock_measured_at)}"
+        off += ")" if off else ""
+        raise self._refused(409, "gateway_clock_wrong", f"{gateway}'s clock is wrong{off}; it "
+                            "judges a command's expiry on its own clock, so no command is "
+                            "issued to it until its time is right again")
 
     def _refused(self, status: int, reason: str, message: str) -> CommandError:
         self.counters["refused"] += 1

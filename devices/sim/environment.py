@@ -12,7 +12,8 @@ function of the seed, the MN and its DataTime, so a frame sent again is the same
 
 Like a real data logger it answers the platform's requests on the same line: 9011 (QnRtn=1,
 or 3 for a wrong password), the 1011 time and 1061 interval replies, 1012 (sets the station's
-clock: an offset applied to every DataTime after it), and history requests (2051/2061/2031
+clock: an offset applied to every DataTime after it), 1062 (sets its real-time interval: the
+next 2011 upload follows the new interval), and history requests (2051/2061/2031
 with BeginTime/EndTime) with the averaged frames of that range it remembers (a bounded ring of
 what it generated, sent or not), then 9012 (ExeRtn=1, or 100 when it has none). An `--outage`
 cuts the line for some minute uploads: they are generated and remembered, never sent.
@@ -65,6 +66,7 @@ KEY_CODE = {"dust": "a34002", "boiler": "a21002", "fume": "a34041"}
 ST = {"dust": "39", "boiler": "31", "fume": "31"}
 PARTICLES = ("a34001", "a34002", "a34004", "a34005")
 CONVERTED = ("a21026", "a21002", "a34013")  # values with a -Zs counterpart
+MAX_RTD_INTERVAL_S = 86_400  # the longest real-time interval a CN 1062 may set
 AVERAGES = ("2051", "2061", "2031")  # the data a history request asks for
 HISTORY_SIZE = 10_080  # averaged uploads remembered (a week of minute data)
 
@@ -86,7 +88,8 @@ class StationSim:
     wind_speed: float | None = None  # dust: a steady wind speed (m/s)
     rng: random.Random = field(default_factory=random.Random)
     seed: int = 0  # of the averaged data (a pure function of seed, MN and DataTime)
-    rtd_interval: int = 30  # seconds, as CN 1061 reports it
+    rtd_interval: int = 30  # seconds, as CN 1061 reports it (and CN 1062 sets it)
+    rtd_interval_set: bool = False  # a 1062 set it: the real-time uploads follow it
     clock_offset_s: float = 0.0  # the station's clock minus the true time (CN 1012 sets it)
     history_size: int = HISTORY_SIZE
     history: OrderedDict[tuple[str, str], list[bytes]] = field(default_factory=OrderedDict)
@@ -196,7 +199,7 @@ class StationSim:
 
     def answer(self, req: Frame, now: datetime) -> list[bytes]:
         """What the logger sends back for a platform request (nothing for other frames)."""
-        if req.mn != self.mn or req.cn not in ("1011", "1012", "1061", *AVERAGES):
+        if req.mn != self.mn or req.cn not in ("1011", "1012", "1061", "1062", *AVERAGES):
             return []
         if req.pw != self.pw:
             return [self._answer(req.qn, "9011", {"QnRtn": "3"})]
@@ -217,6 +220,13 @@ class StationSim:
                 return [ready, self._answer(req.qn, "9012", {"ExeRtn": "3"})]
             true_local = self.local(now) - timedelta(seconds=self.clock_offset_s)
             self.clock_offset_s = (wanted - true_local).total_seconds()
+            return [ready, done]
+        if req.cn == "1062":
+            raw = req.cp.get("RtdInterval", "")
+            if not (raw.isascii() and raw.isdigit() and 1 <= len(raw) <= 5
+                    and 1 <= int(raw) <= MAX_RTD_INTERVAL_S):
+                return [ready, self._answer(req.qn, "9012", {"ExeRtn": "3"})]
+            self.rtd_interval, self.rtd_interval_set = int(raw), True
             return [ready, done]
         begin, end = req.cp.get("BeginTime", ""), req.cp.get("EndTime", "")
         if len(begin) != 14 or len(end) != 14 or not (begin + end).isdigit():
@@ -257,6 +267,9 @@ class SimStats:
         self.minutes = 0  # minute uploads generated so far
         self.outage = outage  # minute uploads [first, last] during which the line is cut
         self.sim = sim
+        self.rtd_every = 0.0  # seconds between real-time uploads now (the schedule's)
+        self.rtd_due = 0.0  # loop time of the next real-time upload
+        self.wake = asyncio.Event()  # a request changed the schedule (CN 1062)
         self.write: Writer | None = None
         self.decoder = StreamDecoder()
 
@@ -279,6 +292,8 @@ class SimStats:
                     log.info("request CN=%s QN=%s: answering with %d frames", item.cn,
                              item.qn, len(out))
                     self.write(b"".join(out))
+                    if item.cn == "1062":
+                        self.wake.set()
 
 
 async def _schedule(sim: StationSim, write: Writer, args: argparse.Namespace,
@@ -291,6 +306,9 @@ async def _schedule(sim: StationSim, write: Writer, args: argparse.Namespace,
     every = {"2011": args.interval, "2051": args.minute_every, "2061": args.hour_every}
     while not stop.is_set() and (args.count == 0 or stats.uploads < args.count):
         now = loop.time()
+        if sim.rtd_interval_set and every["2011"] != sim.rtd_interval:  # set by a CN 1062
+            due["2011"] = min(due["2011"], now + sim.rtd_interval)
+            every["2011"] = float(sim.rtd_interval)
         for cn, when in due.items():
             if cn == "2051" and args.minute_count and stats.minutes >= args.minute_count:
                 every[cn] = 0.0  # the minute uploads asked for are done
@@ -305,10 +323,14 @@ async def _schedule(sim: StationSim, write: Writer, args: argparse.Namespace,
                     write(data)
                 due[cn] = when + every[cn]
                 stats.uploads += cn == "2011"
+        stats.rtd_every, stats.rtd_due = every["2011"], due["2011"]
         wait = min((when for cn, when in due.items() if every[cn] > 0),
                    default=loop.time() + 1.0) - loop.time()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(wait, 0.0))
+        stats.wake.clear()
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(stats.wake.wait())]
+        await asyncio.wait(waiters, timeout=max(wait, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def run_serial(sim: StationSim, args: argparse.Namespace, stop: asyncio.Event) -> SimStats:

@@ -58,6 +58,7 @@ class Rig:
                     profile="elevator-gbt24476"))
         self.tokens = {
             "ops": auth.create_token(store.engine, "ops-anna", auth.Role.OPS),
+            "ops2": auth.create_token(store.engine, "ops-bo", auth.Role.OPS),
             "a": auth.create_token(store.engine, "crew-a", auth.Role.CREW, unit="lifts-a"),
             "b": auth.create_token(store.engine, "crew-b", auth.Role.CREW, unit="lifts-b"),
             "reader": auth.create_token(store.engine, "city", auth.Role.READER)}
@@ -114,8 +115,9 @@ def test_writes_the_profile_forbids_are_refused_with_the_reason(rig: Rig, point:
     assert status == 422 and out["detail"]["reason"] == reason, out  # type: ignore[index]
     assert rig.channel.sent == []
     _, stats = rig.get("ops", "/api/v1/commands/stats")
-    assert stats == {"counters": {"issued": 0, "refused": 1, "sent": 0, "send_failures": 0,
-                                  "replies": 0, "bad_replies": 0, "expired_here": 0},
+    assert stats == {"counters": {"issued": 0, "refused": 1, "refused_clock_wrong": 0,
+                                  "sent": 0, "send_failures": 0, "replies": 0,
+                                  "bad_replies": 0, "expired_here": 0},
                      "broker_connected": True}
 
 
@@ -139,11 +141,11 @@ def test_a_dangerous_write_waits_for_a_confirmation(rig: Rig) -> None:
                         headers={"Authorization": f"Bearer {rig.tokens['b']}"})
     assert r.status_code == 403  # another company cannot confirm it either
     r = rig.client.post(f"/api/v1/commands/{ident}/confirm",
-                        headers={"Authorization": f"Bearer {rig.tokens['ops']}"})
+                        headers={"Authorization": f"Bearer {rig.tokens['ops2']}"})
     assert r.status_code == 200 and r.json()["status"] == "sent"
-    assert r.json()["confirmed_by"] == "ops-anna" and len(rig.channel.sent) == 1
+    assert r.json()["confirmed_by"] == "ops-bo" and len(rig.channel.sent) == 1
     r = rig.client.post(f"/api/v1/commands/{ident}/confirm",
-                        headers={"Authorization": f"Bearer {rig.tokens['ops']}"})
+                        headers={"Authorization": f"Bearer {rig.tokens['ops2']}"})
     assert r.status_code == 409
 
 

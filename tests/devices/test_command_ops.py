@@ -3,6 +3,7 @@ simulator's answers to the platform's requests."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime
 
@@ -11,7 +12,8 @@ import pytest
 from devices.commands import MAX_HISTORY_MS, OPS, ArgsRefused, check_args
 from devices.hj212 import Frame, StreamDecoder, parse
 from devices.hj212.exchange import Exchange, from_local_time, local_time, request
-from devices.sim.environment import StationSim
+from devices.sim.environment import SimStats, StationSim, _schedule, build_parser
+from tests.edge.test_hj212_source import until
 
 MN = "DUST0000000000000000001A"
 T = 1_764_000_000_000  # 2025-11-24T16:00:00Z
@@ -178,3 +180,56 @@ def test_history_sends_the_remembered_frames_of_the_range_then_9012() -> None:
     none = answers(station, "2061", {"BeginTime": "20251125000000",
                                      "EndTime": "20251125010000"})
     assert [(f.cn, f.cp) for f in none][-1] == ("9012", {"ExeRtn": "100"})
+
+
+@pytest.mark.parametrize(("given", "canonical"), [
+    ({"rtd_interval": 60}, {"rtd_interval": 60}), ({"rtd_interval": "10"}, {"rtd_interval": 10}),
+    ({"rtd_interval": 3600}, {"rtd_interval": 3600})])
+def test_the_real_time_interval_is_whole_seconds_within_bounds(
+        given: dict[str, object], canonical: dict[str, object]) -> None:
+    assert check_args("set_rtd_interval", "boiler_cems", given) == canonical
+
+
+@pytest.mark.parametrize("given", [
+    {}, {"rtd_interval": 9}, {"rtd_interval": 3601}, {"rtd_interval": True},
+    {"rtd_interval": 30.5}, {"rtd_interval": "1e3"}, {"rtd_interval": "9" * 40},
+    {"rtd_interval": 30, "other": 1}])
+def test_a_real_time_interval_out_of_bounds_is_refused(given: dict[str, object]) -> None:
+    with pytest.raises(ArgsRefused) as refused:
+        check_args("set_rtd_interval", "dust_monitor", given)
+    assert refused.value.reason == "bad_args"
+    with pytest.raises(ArgsRefused) as other:
+        check_args("set_rtd_interval", "elevator", {"rtd_interval": 60})
+    assert other.value.reason == "unsupported_operation"
+
+
+def test_the_simulator_sets_its_real_time_interval() -> None:
+    station = sim(rtd_interval=30)
+    got = answers(station, "1062", {"RtdInterval": "120"})
+    assert [(f.cn, f.cp) for f in got] == [("9011", {"QnRtn": "1"}), ("9012", {"ExeRtn": "1"})]
+    assert (station.rtd_interval, station.rtd_interval_set) == (120, True)
+    assert [f.cp for f in answers(station, "1061", {})][1] == {"RtdInterval": "120"}
+    for bad in ("0", "x", "99999999", ""):
+        assert answers(station, "1062", {"RtdInterval": bad})[-1].cp == {"ExeRtn": "3"}
+    assert station.rtd_interval == 120
+
+
+def test_the_simulator_schedule_follows_a_new_real_time_interval() -> None:
+    async def scenario() -> None:
+        station = sim(rtd_interval=3600)
+        args = build_parser().parse_args(["--kind", "dust", "--mn", MN, "--pty", "/x",
+                                          "--interval", "1h"])
+        stats, stop = SimStats(station), asyncio.Event()
+        sent: list[bytes] = []
+        stats.write = sent.append
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(_schedule(station, sent.append, args, stats, stop))
+        await until(lambda: stats.uploads == 1 and stats.rtd_every == 3600, what="1st upload")
+        stats.received(request(qn="20251125000030123", st="39", cn="1062", pw="123456",
+                               mn=MN, cp={"RtdInterval": "10"}))
+        await until(lambda: stats.rtd_every == 10, what="the schedule to follow the interval")
+        assert stats.rtd_due - loop.time() <= 10  # the next upload in 10 s, not in an hour
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))

@@ -142,6 +142,27 @@ def test_set_time_uses_the_synced_clock_an_explicit_time_or_is_refused(tmp_path:
     run(scenario())
 
 
+def test_set_rtd_interval_changes_the_station_real_time_interval(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sim = StationSim(kind="dust", mn=MN, rtd_interval=3600)
+        async with simulator(tmp_path, sim), station_line(tmp_path) as rig:
+            await online(rig)
+            rig.send("c-set", "set_rtd_interval", {"rtd_interval": 60})
+            done = await rig.final("c-set")
+            assert done["status"] == "done", done
+            assert done["value"] == {"rtd_interval": 60, "exe_rtn": 1}
+            assert (sim.rtd_interval, sim.rtd_interval_set) == (60, True)
+            rig.send("c-read", "read_params", {"params": ["rtd_interval"]})
+            assert (await rig.final("c-read"))["value"] == {"rtd_interval": 60}
+            asked = rig.source.counters["requests"]
+            rig.send("c-bad", "set_rtd_interval", {"rtd_interval": 5})  # checked again here
+            refused = await rig.final("c-bad")
+            assert refused["status"] == "failed" and refused["reason"] == "bad_command"
+            assert rig.source.counters["requests"] == asked and sim.rtd_interval == 60
+
+    run(scenario())
+
+
 def test_request_history_stores_the_station_frames_and_counts_them(tmp_path: Path) -> None:
     async def scenario() -> None:
         sim = StationSim(kind="dust", mn=MN, seed=5)
