@@ -38,11 +38,11 @@ class ArgOut(BaseModel):
     type: ArgType = Field(description="integer, time (epoch ms or ISO 8601 UTC), choice (one "
                                       "of `choices`) or choices (some of `choices`)")
     required: bool = Field(description="the operation needs it")
-    minimum: float | None = Field(None, description="integer: the smallest value accepted")
-    maximum: float | None = Field(None, description="integer: the largest value accepted")
+    minimum: float | None = Field(default=None, description="integer: the smallest value accepted")
+    maximum: float | None = Field(default=None, description="integer: the largest value accepted")
     choices: dict[str, str] = Field(default_factory=dict,
                                     description="choice(s): value -> what it means")
-    description: str = Field("", description="what it does")
+    description: str = Field(default="", description="what it does")
 
 
 class OpOut(BaseModel):
@@ -53,7 +53,7 @@ class OpOut(BaseModel):
     args: list[ArgOut] = Field(description="the arguments it takes")
     args_known: bool = Field(description="false: the arguments are not described here; the "
                                          "server checks whatever `args` are given")
-    rule: str = Field("", description="a rule across arguments the form should say")
+    rule: str = Field(default="", description="a rule across arguments the form should say")
 
 
 class WritablePointOut(BaseModel):
