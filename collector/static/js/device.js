@@ -54,7 +54,7 @@ async function incidents() {
     const all = await api(`/api/v1/incidents?state=active&limit=500${site}`, {signIn: false});
     const mine = all.filter((i) => i.device === caps.device || (i.devices || []).includes(caps.device));
     render(box, mine.length ? html`${mine.map((i) => html`<li data-incident="${i.id}"><span class="sev ${i.severity}">${i.severity}</span>
-      <b>${i.kind}</b> · ${i.state.replace("_", " ")} · ${ago(i.opened_at)}${i.message ? html`<br><small>${i.message}</small>` : ""}</li>`)}`
+      <b>${i.title || i.kind}</b> · ${i.state.replace("_", " ")} · ${ago(i.opened_at)}<br><small>${i.kind} · unit ${i.unit} · <a href="/ops">control room</a></small></li>`)}`
       : html`<li><small>None open.</small></li>`);
     box.dataset.count = String(mine.length);
   } catch (e) {
