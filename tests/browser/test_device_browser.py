@@ -237,3 +237,17 @@ def test_hostile_text_on_the_device_page_stays_text(page: Page,
     assert dialogs == []
     assert page.evaluate("window.__violations") == []
     assert page.locator("img, script:not([src]), svg, [onerror], [onload]").count() == 0
+
+
+def test_the_overview_and_the_control_room_link_devices_to_their_page(
+        page: Page, city: tuple[DemoHub, Gateways]) -> None:
+    c, _ = city
+    c.trapped("gw-tcp-01", "lift-t01")
+    page.set_viewport_size(SIZES["desktop"])
+    page.goto(f"{c.base}/ops?token={c.token}")
+    expect(page.locator('#incidents a.device-link[href="/device?id=lift-t01"]')).to_have_count(1)
+    page.goto(f"{c.base}/")
+    link = page.locator(f'#devices a.device-link[href="/device?id={LIFT}"]')
+    link.click()
+    page.wait_for_selector('body[data-updated="1"]', state="attached", timeout=10_000)
+    expect(page.locator("#f-id")).to_have_text(LIFT)
