@@ -251,3 +251,23 @@ def test_the_overview_and_the_control_room_link_devices_to_their_page(
     link.click()
     page.wait_for_selector('body[data-updated="1"]', state="attached", timeout=10_000)
     expect(page.locator("#f-id")).to_have_text(LIFT)
+
+
+def test_a_refusal_by_scope_after_the_page_opened_is_shown_in_the_form(
+        page: Page, city: tuple[DemoHub, Gateways]) -> None:
+    c, gateways = city
+    crew = auth.create_token(c.store.engine, "crew-wang", auth.Role.CREW,
+                             unit="lift-maintenance")
+    c.store.move_device(LIFT, "gw-tcp-01")  # a site of the crew's unit
+    open_device(page, c.base, crew, "phone")
+    expect(page.locator("#panel")).to_have_attribute("data-may", "true")
+    c.store.move_device(LIFT, GATEWAY)  # handed to a site of no unit meanwhile
+    home = form(page, "home_floor")
+    home.locator('input[name="value"]').fill("4")
+    home.locator('button[type="submit"]').click()
+    outcome = home.locator(".outcome")
+    expect(outcome.locator(".reason")).to_have_text("forbidden")
+    expect(outcome).to_contain_text("not to unit 'lift-maintenance'")
+    expect(page.locator("#sign-in")).to_have_count(0)
+    assert gateways.sent == []
+    page.screenshot(path=str(ARTIFACTS / "device-forbidden-phone.png"), full_page=True)

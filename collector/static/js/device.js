@@ -267,6 +267,7 @@ async function follow() {
   try {
     await loadCommands();
     $("commands-note").textContent = "";
+    $("commands-note").className = "muted";
   } catch (e) {
     $("commands-note").textContent = `Commands could not be loaded: ${e.message}`;
   }
@@ -287,6 +288,7 @@ async function confirmCommand(button) {
   try {
     upsert(await api(`/api/v1/commands/${encodeURIComponent(cid)}/confirm`, {method: "POST", signIn: false}));
     $("commands-note").textContent = "";
+    $("commands-note").className = "muted";
     followSoon();
   } catch (e) {
     render($("commands-note"), refusal(e));
