@@ -172,6 +172,7 @@ def test_a_reader_sees_the_device_but_no_form(page: Page, city: tuple[DemoHub, G
     expect(page.locator("#forms form")).to_have_count(0)
     expect(page.locator("#latest")).not_to_have_attribute("data-count", "0")
     expect(page.locator("#sign-in")).to_have_count(0)  # a refusal is shown, not a sign-in
+    expect(page.locator("#commands")).to_be_hidden()
     page.screenshot(path=str(ARTIFACTS / f"device-reader-{size}.png"), full_page=True)
 
 

@@ -341,7 +341,10 @@ async function main() {
   wire();
   await Promise.all([latest(), incidents()]);
   if (caps.may_command) await follow();
-  else $("commands-note").textContent = "Commands are shown to the tokens that may command this device.";
+  else {
+    $("commands").hidden = true;
+    $("commands-note").textContent = "Commands are shown to the tokens that may command this device.";
+  }
   document.body.dataset.updated = "1";
 }
 
