@@ -377,12 +377,17 @@ class DeviceCommands(BaseFeature):
         self.service = CommandService(core.store.engine, self.channel, self.unit_of, settings)
         self.channel.on_reply = self.service.on_reply
         core.app.state.commands = self.service
+        core.app.state.device_site_of = self.site_of
         core.app.include_router(router)
 
     def unit_of(self, device: str, gateway: str) -> str:
         """The unit responsible for a device: its site's unit in `[alarms.sites]`."""
         sites = self.alarms.engine.book.sites
         return sites.units.get(sites.site_of(device, gateway), "")
+
+    def site_of(self, device: str, gateway: str) -> str:
+        """The site of a device, as alarm routing decides it."""
+        return str(self.alarms.engine.book.sites.site_of(device, gateway))
 
     def on_state(self, gateway: str, state: str, devices: list[str]) -> None:
         """A gateway back online gets what it has not taken yet."""

@@ -141,6 +141,12 @@ def api_docs() -> HTMLResponse:
     return page("docs.html")
 
 
+@router.get("/device", response_class=HTMLResponse)
+def device_page() -> HTMLResponse:
+    """One device (`?id=`): who it is, its latest values, open incidents and command panel."""
+    return page("device.html")
+
+
 def install(app: FastAPI, config: PagesConfig | None = None) -> None:
     """Serve /static (the shared JS and CSS), /docs and the pages' settings on an app."""
     app.state.pages = config or PagesConfig()

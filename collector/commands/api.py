@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from collector.auth import Principal, Role, require
+from collector.commands import capabilities as caps
 from collector.commands.service import CommandError, CommandService
 from devices.contract import DEVICE_ID_RE
 
@@ -136,6 +137,23 @@ async def of_device(device_id: DeviceId, who: Commander, service: Service,
         return await asyncio.to_thread(service.of_device, who, device_id, limit)
     except CommandError as exc:
         raise _http(exc) from None
+
+
+@router.get("/devices/{device_id}/commands/capabilities", response_model=caps.CapabilitiesOut)
+async def capabilities(device_id: DeviceId, request: Request, service: Service,
+                       who: Annotated[Principal, Depends(require(
+                           Role.OPS, Role.CREW, Role.READER, Role.TECHNICIAN))],
+                       ) -> dict[str, Any]:
+    """The device, the operations and writable points it takes with their bounds, and
+    whether the caller may command it (any role that reads devices may ask)."""
+    try:
+        return await asyncio.to_thread(
+            caps.capabilities, service.engine, who, device_id, service.unit_of,
+            getattr(request.app.state, "device_site_of", None), service.settings.max_ttl_s,
+            service.settings.confirm_within_s)
+    except caps.NoSuchDevice:
+        raise HTTPException(404, {"reason": "unknown_device",
+                                  "message": f"no device {device_id!r} has reported"}) from None
 
 
 @router.get("/commands/stats", response_model=CommandStats)

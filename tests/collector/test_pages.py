@@ -17,7 +17,7 @@ from collector.pages import CONTENT_SECURITY_POLICY, DEFAULT_MAP_URL, STATIC
 from tests.collector.hostile_city import hostile_city
 
 PAGES = ["/", "/crew", "/ops", "/parking", "/environment", "/signin/not-a-code", "/docs",
-         "/report", "/assessment"]
+         "/report", "/assessment", "/device"]
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; worker-src 'self'; object-src 'none'; base-uri 'none'; "
        "form-action 'self'; frame-ancestors 'none'")
@@ -91,7 +91,8 @@ def test_no_page_file_has_inline_code_or_external_urls() -> None:
     """Every HTML file shipped, including ones no route serves yet."""
     files = sorted(STATIC.glob("*.html"))
     assert {f.name for f in files} >= {"status.html", "crew.html", "ops.html",
-                                      "parking.html", "environment.html", "signin.html"}
+                                      "parking.html", "environment.html", "signin.html",
+                                      "device.html"}
     for f in files:
         assert parse(f.read_text(encoding="utf-8")).inline == [], f.name
     for js in STATIC.glob("js/*.js"):

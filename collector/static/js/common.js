@@ -41,6 +41,9 @@ const SAFE_URL = /^(https:|http:|tel:|geo:|mailto:|\/(?!\/)|#)/i;
 /** A URL for href: only web, phone, geo, mail and same-origin paths; anything else is "#". */
 export const safeUrl = (url) => (SAFE_URL.test(String(url ?? "")) ? String(url) : "#");
 
+/** A device id as a link to its page (escaped; the id also URL-encoded). */
+export const deviceLink = (id) => html`<a class="device-link" href="/device?id=${encodeURIComponent(String(id ?? ""))}">${id}</a>`;
+
 /** Shorthand for document.getElementById. */
 export const $ = (id) => document.getElementById(id);
 
@@ -92,8 +95,9 @@ function noteServerClock(response) {
   serverOffsetMs = Math.abs(offset) > 2000 ? offset : 0;
 }
 
-/** Fetch JSON from the collector with the bearer token; a 401 shows the sign-in screen. */
-export async function api(path, {method = "GET", body} = {}) {
+/** Fetch JSON from the collector with the bearer token; a 401 shows the sign-in screen, and so
+ *  does a 403 unless `signIn` is false (a refusal the page shows itself, e.g. of a command). */
+export async function api(path, {method = "GET", body, signIn = true} = {}) {
   const headers = {};
   const t = token();
   if (t) headers.Authorization = "Bearer " + t;
@@ -102,7 +106,7 @@ export async function api(path, {method = "GET", body} = {}) {
   noteServerClock(response);
   const data = response.status === 204 ? null : await response.json().catch(() => null);
   if (response.status === 401) showSignIn(t ? "This token was not accepted. Sign in again." : "");
-  if (response.status === 403) showSignIn("Signed in, but this token may not see this page: " + (new ApiError(403, data, path)).message);
+  if (response.status === 403 && signIn) showSignIn("Signed in, but this token may not see this page: " + (new ApiError(403, data, path)).message);
   if (!response.ok) throw new ApiError(response.status, data, path);
   return data;
 }

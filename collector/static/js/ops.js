@@ -2,7 +2,7 @@
 // incident with its running age and SLA colour (filter, sort, acknowledge, close, notes,
 // history), gateway health, summary tiles, the high-risk lifts per district, overrides,
 // silences, closed-loop figures and sign-in links for crew phones.
-import {$, ApiError, ago, api, clock, duration, html, live, missing, render, serverNow, start} from "./common.js";
+import {$, ApiError, ago, api, clock, deviceLink, duration, html, live, missing, render, serverNow, start} from "./common.js";
 import {cityMap, legend, markerLayer, parkingLevel} from "./map.js";
 
 const incidents = new Map();
@@ -87,7 +87,7 @@ function row(i) {
     <td class="${i.state}" data-label="State">${i.state.replace("_", " ")}${i.awaiting_confirmation ? html`<br><span class="tag ok">cleared by device</span>` : ""}</td>
     <td class="age" data-id="${i.id}" data-sla="${s.colour}" data-label="Age">${age(i)}</td>
     <td data-label="Unit">${i.unit || "unassigned"}${i.assignee?.name ? html`<br><small>${i.assignee.name}</small>` : ""}</td>
-    <td class="title" data-label="Incident"><b>${name}</b> ${i.device !== "*" ? i.device : ""}<br><small>${site}${district(i) ? ` · ${district(i)}` : ""}${i.occurrences > 1 ? ` · ${i.occurrences}×` : ""}</small>
+    <td class="title" data-label="Incident"><b>${name}</b> ${i.device !== "*" ? deviceLink(i.device) : ""}<br><small>${site}${district(i) ? ` · ${district(i)}` : ""}${i.occurrences > 1 ? ` · ${i.occurrences}×` : ""}</small>
       ${(i.devices || []).length > 1 ? html`<br><small>${i.devices.length} devices: ${i.devices.slice(0, 6).join(", ")}${i.devices.length > 6 ? "…" : ""}</small>` : ""}
       ${overdue ? html`<br><span class="tag">arrival overdue</span>` : s.state === "due_soon" ? html`<br><span class="tag">arrival due ${hhmm(s.due_at)}</span>` : ""}</td>
     <td class="esc" data-label="Escalation">${escalation(i)}</td>

@@ -1,6 +1,6 @@
 // The operator's overview: gateways, devices and how fresh each kind's data is, with any
 // device's raw latest values one click away.
-import {$, ago, api, duration, html, missing, num, render, since, start} from "./common.js";
+import {$, ago, api, deviceLink, duration, html, missing, num, render, since, start} from "./common.js";
 
 const STALE_S = 15 * 60;  // a device silent this long is "stale" (when the collector gives no figure)
 const open = new Map();   // device id -> its latest values, for the rows opened
@@ -65,7 +65,7 @@ function value(name, v) {
 
 function deviceRows(d) {
   const latest = open.get(d.id);
-  const row = html`<tr data-device="${d.id}" data-state="${d.state}"><td data-label="Device"><b>${d.id}</b></td><td data-label="Kind">${d.kind}</td>
+  const row = html`<tr data-device="${d.id}" data-state="${d.state}"><td data-label="Device"><b>${deviceLink(d.id)}</b></td><td data-label="Kind">${d.kind}</td>
     <td data-label="Gateway">${d.gateway}</td>
     <td data-label="Last seen"><span class="chip" data-colour="${d.state === "online" ? "green" : "amber"}">${ago(d.last_seen)}</span></td>
     <td><button type="button" class="secondary small" data-raw="${d.id}" aria-expanded="${open.has(d.id)}">${open.has(d.id) ? "Hide" : "Raw values"}</button></td></tr>`;
