@@ -110,7 +110,7 @@ def get_store(request: Request) -> Store:
 
 StoreDep = Annotated[Store, Depends(get_store)]
 # Data for people and downstream systems: every route needs a token (health stays open).
-READ_ROLES = (Role.READER, Role.CREW, Role.TECHNICIAN)
+READ_ROLES = (Role.READER, Role.CREW, Role.TECHNICIAN, Role.OPS)
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require(*READ_ROLES))])
 public = APIRouter(prefix="/api/v1")
 

@@ -1,11 +1,12 @@
 """API security: bearer tokens with roles, stored hashed, checked in constant time, rate-limited.
 
 Roles: admin (everything; acts as ops on incidents), technician (provisioning and
-commissioning), ops (the operations room: every unit's incidents, silences, sign-in links for
-crews), crew (a maintenance crew member: scoped to one unit and named by `member`; reads
-gateways, devices and their unit's incidents and acts on them), reader (downstream city
-systems: read data, one token per system, each with its own rate limit). `broker` is a service
-role used only by the MQTT auth/ACL hooks a scale-out broker (EMQX) calls.
+commissioning), ops (the operations room: reads gateways and devices; every unit's incidents,
+silences, sign-in links for crews), crew (a maintenance crew member: scoped to one unit and
+named by `member`; reads gateways, devices and their unit's incidents and acts on them), reader
+(downstream city systems: read data, one token per system, each with its own rate limit).
+`broker` is a service role used only by the MQTT auth/ACL hooks a scale-out broker (EMQX)
+calls.
 
 Tokens live in the database, so issuing and revoking them takes effect at once, without a
 restart. The last valid admin token cannot be revoked or replaced by another role

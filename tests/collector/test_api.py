@@ -101,3 +101,16 @@ def test_data_needs_a_token_and_health_does_not(client: TestClient) -> None:
     assert client.get("/api/v1/devices", headers={"Authorization": "Bearer cg_wrong"}) \
         .status_code == 401
     assert client.get("/api/v1/health", headers=anonymous).status_code == 200
+
+
+@pytest.mark.parametrize(("role", "status"), [
+    (Role.OPS, 200),  # the control room opens a device from an incident
+    (Role.CREW, 200), (Role.TECHNICIAN, 200), (Role.ADMIN, 200), (Role.BROKER, 403)])
+def test_which_roles_read_device_data(client: TestClient, role: Role, status: int) -> None:
+    store = client.app.state.store  # type: ignore[attr-defined]
+    token = create_token(store.engine, f"t-{role.value}", role,
+                         **({"unit": "u1", "member": "m1"} if role is Role.CREW else {}))
+    auth = {"Authorization": f"Bearer {token}"}
+    for path in ("/api/v1/devices", "/api/v1/devices/lift-1/latest",
+                 "/api/v1/devices/lift-1/readings?quantity=floor"):
+        assert client.get(path, headers=auth).status_code == status, (role, path)
