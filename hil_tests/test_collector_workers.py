@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -237,22 +238,29 @@ import sys, time
 import paho.mqtt.client as mqtt
 c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="member-a", clean_session=False,
                 manual_ack=True)
-got = []
+got, subscribed = [], []
 c.on_message = lambda *a: got.append(1)  # never acknowledged
 c.on_connect = lambda cl, *a: cl.subscribe("$share/g/t/#", 1)
+c.on_subscribe = lambda *a: subscribed.append(1)
 c.connect("127.0.0.1", int(sys.argv[1]))
 c.loop_start()
+while not subscribed:  # the first line printed says: a member of the group now
+    time.sleep(0.01)
 while True:
     print(len(got), flush=True)
     time.sleep(0.05)
 """
 
 
-def shared_member(broker: Broker, client_id: str, got: list[str]) -> mqtt.Client:
-    """A member of the shared group g that acknowledges what it receives."""
+def shared_member(broker: Broker, client_id: str, got: list[str],
+                  subscribed: threading.Event | None = None) -> mqtt.Client:
+    """A member of the shared group g that acknowledges what it receives (`subscribed` is set
+    once the broker confirmed the subscription)."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
     c.on_message = lambda _c, _u, m: got.append(m.payload.decode())
     c.on_connect = lambda cl, *_: cl.subscribe("$share/g/t/#", 1)
+    if subscribed is not None:
+        c.on_subscribe = lambda *_: subscribed.set()
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
     return c
@@ -263,13 +271,15 @@ def test_mosquitto_keeps_a_dead_shared_members_messages_for_its_session(broker: 
     member = subprocess.Popen([sys.executable, "-c", _MEMBER, str(broker.port)],
                               stdout=subprocess.PIPE, text=True)
     got_b: list[str] = []
-    b = shared_member(broker, "member-b", got_b)
+    b_subscribed = threading.Event()
+    b = shared_member(broker, "member-b", got_b, b_subscribed)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="publisher")
     pub.connect("127.0.0.1", broker.port)
     pub.loop_start()
     try:
-        assert member.stdout is not None and member.stdout.readline()
-        wait_for(lambda: pub.is_connected() and b.is_connected(), 10, "clients connected")
+        assert member.stdout is not None and member.stdout.readline()  # a is subscribed
+        wait_for(lambda: pub.is_connected() and b_subscribed.is_set(), 10,
+                 "the publisher connected and b subscribed")
         for i in range(20):
             pub.publish("t/x", f"a{i}", qos=1).wait_for_publish(5)
         wait_for(lambda: len(got_b) == 10, 10, "member b's half of the first 20")
