@@ -291,9 +291,10 @@ class IngestTx:
 
     def _without_stored_averages(self, rows: list[Row]) -> list[Row]:
         """Drop readings of an averaged series (an HJ 212 station's minute, hour or day data:
-        `<device>:min` ...) whose device, quantity and time are stored already: one average
-        per period is one measurement, and a station answering a history request sends the
-        periods again (counted as dropped `already_stored`). Real-time series are untouched."""
+        `<device>:min` ...) stored already with the same time, value and quality: a station
+        answering a history request sends the periods again (counted as dropped
+        `already_stored`). A different value for a stored period (a station's correction) is
+        kept, and becomes the latest. Real-time series are untouched."""
         spans: dict[str, tuple[int, int]] = {}
         for r in rows:
             if r[0].rpartition(SERIES_SEP)[2] in AVERAGE_SUFFIXES:
@@ -301,16 +302,16 @@ class IngestTx:
                 spans[r[0]] = (min(lo, r[2]), max(hi, r[2]))
         if not spans:
             return rows
-        have: set[tuple[str, str, int]] = set()
+        have: set[tuple[Any, ...]] = set()
         for dev, (lo, hi) in sorted(spans.items()):
-            self.cur.execute(self.store.sql("SELECT quantity, ts FROM readings WHERE "
-                                            "device_id = ? AND ts >= ? AND ts <= ?"),
-                             (dev, lo, hi))
-            have.update((dev, q, int(ts)) for q, ts in self.cur.fetchall())
+            self.cur.execute(self.store.sql("SELECT quantity, ts, value, vtext, quality FROM "
+                                            "readings WHERE device_id = ? AND ts >= ? AND "
+                                            "ts <= ?"), (dev, lo, hi))
+            have.update((dev, q, int(ts), v, vt, ql) for q, ts, v, vt, ql in self.cur.fetchall())
         out: list[Row] = []
         for r in rows:
             if r[0] in spans:
-                key = (r[0], r[1], r[2])
+                key = (r[0], r[1], r[2], r[3], r[4], r[5])
                 if key in have:
                     continue
                 have.add(key)

@@ -175,10 +175,11 @@ class StationSim:
                 cp = {"DataTime": stamp, **self.cp("avg")}
             finally:
                 self.rng = saved
-            qn = stamp + "000"  # one upload per DataTime: a copy is the same frame
         else:
             cp = {"DataTime": stamp, **self.cp("rt")}
-            qn = self.local(at).strftime("%Y%m%d%H%M%S%f")[:17]
+        # QN is when this upload was made, as a logger stamps it: a history answer re-sends the
+        # remembered frames as they were, so a copy of an upload carries its QN.
+        qn = self.local(at).strftime("%Y%m%d%H%M%S%f")[:17]
         st = ST[self.kind]
         if self.codes_2005:
             out = [build(st=st, cn=cn, pw=self.pw, mn=self.mn, cp=cp)]

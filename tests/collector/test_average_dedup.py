@@ -36,3 +36,17 @@ def test_a_history_answer_fills_only_the_missing_minutes(store: Store) -> None:
     assert len(store.readings("dust-1:min", None, None, None, 100)) == 8
     # Real-time series are not averages: each upload is stored as it comes.
     assert len(store.readings("dust-1", "pm10", None, None, 100)) == 2
+
+
+def test_a_different_value_for_a_stored_period_is_kept_and_becomes_the_latest(
+        store: Store) -> None:
+    # A station recomputing an hour (or a time-compressed simulator re-sending the same hour
+    # with the air recovered) sends another value for a period already stored: a correction,
+    # not a copy.
+    assert ingest(store, 1, [minute("dust-1:hour", T, 400)]) == 0
+    assert ingest(store, 2, [minute("dust-1:hour", T, 400)]) == 2  # the same: a copy
+    assert ingest(store, 3, [minute("dust-1:hour", T, 90)]) == 1  # temperature is the same
+    stored = store.readings("dust-1:hour", "pm10", None, None, 100)
+    assert sorted(r["value"] for r in stored) == [90.0, 400.0]
+    latest = {r["quantity"]: r for r in store.latest("dust-1:hour")}
+    assert latest["pm10"]["value"] == 90.0
