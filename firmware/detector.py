@@ -46,15 +46,7 @@ class Detector:
         drift_shift: int = 8,
         tc_centi_mg_per_c: tuple = (0, 0, 0),
     ) -> None:
-        if not 0 < leave_mg < enter_mg:
-            raise ValueError("need 0 < leave_mg < enter_mg")
-        if enter_samples < 1 or leave_samples < 1:
-            raise ValueError("enter_samples and leave_samples must be >= 1")
-        self.enter_mg = enter_mg
-        self.leave_mg = leave_mg
-        self.enter_samples = enter_samples
-        self.leave_samples = leave_samples
-        self.settle_mg = settle_mg
+        self._thresholds(enter_mg, leave_mg, enter_samples, leave_samples, settle_mg)
         self.swap_mg = swap_mg
         self.drift_gate_mg = drift_gate_mg
         self.drift_shift = drift_shift
@@ -75,6 +67,11 @@ class Detector:
                   settle_mg: int) -> None:
         """Change the thresholds (a remote command); baseline and occupancy are kept, the
         runs in progress start again."""
+        self._thresholds(enter_mg, leave_mg, enter_samples, leave_samples, settle_mg)
+        self._reset_runs()
+
+    def _thresholds(self, enter_mg: int, leave_mg: int, enter_samples: int,
+                    leave_samples: int, settle_mg: int) -> None:
         if not 0 < leave_mg < enter_mg:
             raise ValueError("need 0 < leave_mg < enter_mg")
         if enter_samples < 1 or leave_samples < 1:
@@ -84,7 +81,6 @@ class Detector:
         self.enter_samples = enter_samples
         self.leave_samples = leave_samples
         self.settle_mg = settle_mg
-        self._reset_runs()
 
     def calibrate(self, x: int, y: int, z: int, temp_dc: int) -> None:
         """Declare the bay empty with this field as the baseline."""
