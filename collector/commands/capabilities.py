@@ -20,7 +20,14 @@ from collector.clock import iso
 from collector.commands import policy
 from collector.schema import devices as device_table
 from collector.schema import gateways as gateway_table
-from devices.commands import HISTORY_CNS, MAX_HISTORY_MS, OPS, PARKING_NODE, STATION_PARAMS
+from devices.commands import (
+    HISTORY_CNS,
+    MAX_HISTORY_MS,
+    OPS,
+    PARKING_NODE,
+    RTD_INTERVAL_S,
+    STATION_PARAMS,
+)
 from devices.modbus.codec import Point
 from devices.parking import SETTINGS
 from devices.profiles import ProfileError, load_profile
@@ -110,6 +117,10 @@ ARGS: dict[str, tuple[list[ArgOut], str]] = {
                                 choices=dict(HISTORY_CNS), description="which data"),
                          _time("begin", True, "from (UTC)"), _time("end", True, "to (UTC)")],
                         f"begin <= end, at most {MAX_HISTORY_MS // 86_400_000} days apart"),
+    "set_rtd_interval": ([ArgOut(name="rtd_interval", type="integer", required=True,
+                                 minimum=RTD_INTERVAL_S[0], maximum=RTD_INTERVAL_S[1],
+                                 description="seconds between real-time uploads (CN 1062)")],
+                         ""),
     "configure": ([ArgOut(name=name, type="integer", required=False, minimum=lo, maximum=hi)
                    for name, (_code, lo, hi) in SETTINGS.items()],
                   "at least one setting; leave_mg must stay below enter_mg"),

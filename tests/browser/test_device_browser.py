@@ -151,6 +151,13 @@ def test_a_dangerous_write_waits_for_the_confirm_button(page: Page,
     expect(row).to_have_count(1)
     assert gateways.sent == []  # nothing leaves before the second step
     page.screenshot(path=str(ARTIFACTS / f"device-confirm-{size}.png"), full_page=True)
+    # Four eyes: the token that issued it may not confirm it; a second operator does.
+    row.locator("button[data-confirm]").click()
+    expect(page.locator("#commands-note")).to_contain_text("same_person")
+    assert gateways.sent == []
+    second = auth.create_token(c.store.engine, f"ops-second-{size}", auth.Role.OPS)
+    open_device(page, c.base, second, size)
+    row = page.locator('#commands tr[data-status="awaiting_confirmation"]')
     row.locator("button[data-confirm]").click()
     cmd = wait_for(lambda: gateways.sent[0] if gateways.sent else None, 10, "the command sent")
     assert cmd.args == {"point": "service_mode", "value": 0}
@@ -179,7 +186,9 @@ def test_a_reader_sees_the_device_but_no_form(page: Page, city: tuple[DemoHub, G
 def test_a_station_offers_its_operations(page: Page, city: tuple[DemoHub, Gateways]) -> None:
     c, gateways = city
     open_device(page, c.base, c.token, "desktop", STATION)
-    expect(page.locator("#forms form[data-op]")).to_have_count(3)
+    expect(page.locator("#forms form[data-op]")).to_have_count(4)
+    interval = page.locator('#forms form[data-op="set_rtd_interval"] input[name="rtd_interval"]')
+    expect(interval).to_have_attribute("max", "3600")
     history = page.locator('#forms form[data-op="request_history"]')
     history.locator('select[name="cn"]').select_option("2061")
     history.locator('input[name="begin"]').fill("2026-01-05T08:00")

@@ -81,7 +81,10 @@ def test_a_station_offers_the_hj212_operations(client: Any) -> None:
     status, out = caps(client, "dust-1")
     assert status == 200, out
     ops = {o["op"]: o for o in out["ops"]}
-    assert set(ops) >= {"set_time", "read_params", "request_history"}
+    assert set(ops) == {"set_time", "read_params", "request_history", "set_rtd_interval"}
+    [interval] = ops["set_rtd_interval"]["args"]
+    assert (interval["name"], interval["minimum"], interval["maximum"]) == \
+        ("rtd_interval", 10, 3600)
     assert "write" not in ops and "configure" not in ops and out["points"] == []
     history = {a["name"]: a for a in ops["request_history"]["args"]}
     assert history["cn"]["choices"] == {"2051": "minute", "2061": "hour", "2031": "day"}
