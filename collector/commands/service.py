@@ -208,30 +208,31 @@ class CommandService:
         self._send(self._row(command_id))
         return self.get(command_id)
 
-    def _device(self, device: str) -> tuple[str, Any]:
+    def _reported(self, device: str) -> tuple[str, str]:
+        """(gateway, profile name, "" for none) of a device that has reported; 404 if none."""
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(device_table.c.gateway_id, device_table.c.profile)
                                .where(device_table.c.device_id == device)).first()
         if row is None:
             raise self._refused(404, "unknown_device", f"no device {device!r} has reported")
+        return str(row.gateway_id), row.profile or ""
+
+    def _device(self, device: str) -> tuple[str, Any]:
+        gateway, profile = self._reported(device)
         try:
-            return row.gateway_id, load_profile(row.profile)
+            return gateway, load_profile(profile)
         except ProfileError:
             raise self._refused(422, "unknown_profile", f"{device}'s profile "
-                                f"{row.profile!r} is not known here") from None
+                                f"{profile!r} is not known here") from None
 
     def _gateway(self, device: str, node: bool = True) -> str:
         """The gateway of a device; with `node`, refused unless it is a parking node (one
         that reports without a profile)."""
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(device_table.c.gateway_id, device_table.c.profile)
-                               .where(device_table.c.device_id == device)).first()
-        if row is None:
-            raise self._refused(404, "unknown_device", f"no device {device!r} has reported")
-        if node and row.profile:
+        gateway, profile = self._reported(device)
+        if node and profile:
             raise self._refused(422, "unsupported_operation", f"{device} is a "
-                                f"{row.profile} device, not a parking node")
-        return str(row.gateway_id)
+                                f"{profile} device, not a parking node")
+        return gateway
 
     def _check_scope(self, who: Principal, device: str, gateway: str) -> None:
         if who.role.value == TECHNICIAN:
