@@ -18,9 +18,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +28,17 @@ import psycopg
 from bench.common import percentile
 from citygate.cluster import NatsCluster
 from citygate.feeder import Feeder
-from citygate.rig import Broker, Proc, citygate, collector_health, free_port, wait_for
+from citygate.rig import (
+    Broker,
+    Proc,
+    citygate,
+    collector_health,
+    free_port,
+    pg_database,
+    wait_for,
+)
 from collector.ingest_nats import DURABLE
 
-PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 GATEWAYS = int(os.environ.get("BENCH_GATEWAYS", "4"))
 FAST = int(os.environ.get("BENCH_FAST", "5000"))  # envelopes per gateway, throughput phase
 STEADY_RATE = float(os.environ.get("BENCH_STEADY_RATE", "100"))  # per gateway
@@ -64,17 +70,9 @@ class Setup:
     pending: Callable[[], int]  # consumer lag (NATS), 0 where there is no such thing
 
 
-@contextmanager
-def fresh_db() -> Iterator[str]:
+def fresh_db() -> AbstractContextManager[str]:
     """A new PostgreSQL database, dropped afterwards."""
-    name = f"citygate_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return pg_database("citygate_bench")
 
 
 def stored(db: str, prefix: str) -> int:

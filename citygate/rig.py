@@ -251,6 +251,41 @@ class Broker:
         self.start()
 
 
+PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def pg_admin() -> Any:
+    """An autocommit connection to the PostgreSQL server's admin database."""
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN.replace("postgresql+psycopg", "postgresql"),
+                           autocommit=True, connect_timeout=3)
+
+
+def pg_problem() -> str | None:
+    """Why no PostgreSQL server answers at PG_ADMIN (None when one does)."""
+    try:
+        with pg_admin():
+            return None
+    except Exception as exc:  # any failure to connect means: no server for the tests
+        return f"PostgreSQL not reachable at {PG_ADMIN}: {exc}"
+
+
+@contextlib.contextmanager
+def pg_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database named `<prefix>_<random>`, dropped afterwards."""
+    import uuid
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with pg_admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def gateway_toml(gateway: str, data_dir: Path, broker_url: str, bus: str,
                  devices: list[tuple[str, int]], *, poll: str = "1s",
                  profile: str = "elevator-gbt24476", extra: str = "", uplink: str = "",

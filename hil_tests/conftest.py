@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,32 +26,14 @@ TEST_TOKEN = "cg_hil-" + os.urandom(16).hex()
 rig.DEFAULT_TOKEN = TEST_TOKEN
 
 
-PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def pg_admin() -> Any:
-    """An autocommit connection to the PostgreSQL server's admin database."""
-    import psycopg
-
-    return psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-
-
 @pytest.fixture
 def pg_db() -> Iterator[str]:
     """A fresh PostgreSQL database, dropped afterwards (skips when no server answers)."""
-    try:
-        with pg_admin():
-            pass
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    name = f"citygate_hil_{uuid.uuid4().hex[:12]}"
-    with pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with pg_admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    problem = rig.pg_problem()
+    if problem:
+        pytest.skip(problem)
+    with rig.pg_database("citygate_hil") as url:
+        yield url
 
 
 @pytest.fixture

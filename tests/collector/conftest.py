@@ -2,48 +2,29 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from citygate.rig import pg_database, pg_problem
 from collector.features import open_store
 from collector.store import Store
 
-PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_admin():  # type: ignore[no-untyped-def]
-    import psycopg
-
-    return psycopg.connect(PG_ADMIN.replace("postgresql+psycopg", "postgresql"),
-                           autocommit=True, connect_timeout=3)
-
 
 @pytest.fixture(scope="session")
-def pg_server() -> str:
-    """Base URL of the PostgreSQL server, or skip when none is reachable."""
-    try:
-        with _pg_admin():
-            pass
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN}: {exc}")
-    return PG_ADMIN.rsplit("/", 1)[0]
+def pg_server() -> None:
+    """Skip when no PostgreSQL server is reachable."""
+    problem = pg_problem()
+    if problem:
+        pytest.skip(problem)
 
 
 @pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
+def pg_url(pg_server: None) -> Iterator[str]:
     """A fresh, empty PostgreSQL database, dropped after the test."""
-    name = f"citygate_test_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{pg_server}/{name}"
-    finally:
-        with _pg_admin() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with pg_database("citygate_test") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
