@@ -233,6 +233,56 @@ def _without_topic_callbacks(client: mqtt.Client) -> None:
         client._on_message_filtered = _NoTopicCallbacks()  # type: ignore[assignment]
 
 
+class ReadBuffered:
+    """The ingest client's socket, read in blocks of `BLOCK` bytes instead of paho's three
+    or four `recv` calls per packet (the command byte, each remaining-length byte, the rest).
+
+    paho reads a packet as `recv(1)`, `recv(1)`..., `recv(n)`: four system calls per
+    lift-change envelope, each releasing and retaking the GIL against the writer thread.
+    Here one `recv(BLOCK)` serves every packet it holds. `pending()` tells paho's loop that
+    bytes are waiting here (it asks that of TLS sockets), so it does not wait in select()
+    for a socket whose bytes were already read. Everything else is the socket's own.
+    """
+
+    BLOCK = 256 * 1024
+
+    __slots__ = ("_buf", "_pos", "_sock")
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        """Up to n bytes: from the block read before, else from the socket."""
+        if self._pos >= len(self._buf):
+            data = self._sock.recv(max(n, self.BLOCK))  # BlockingIOError etc. go to paho
+            if len(data) <= n:
+                return data
+            self._buf, self._pos = data, 0
+        pos = self._pos
+        out = self._buf[pos:pos + n]
+        self._pos = pos + len(out)
+        return out
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet taken (plus a TLS socket's own)."""
+        inner = getattr(self._sock, "pending", None)
+        return len(self._buf) - self._pos + (inner() if callable(inner) else 0)
+
+    def fileno(self) -> int:
+        return int(self._sock.fileno())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _read_buffered(client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+    """paho's `on_socket_open`: read the new connection's socket through `ReadBuffered`."""
+    if getattr(client, "_sock", None) is sock and not isinstance(sock, ReadBuffered):
+        client._sock = ReadBuffered(sock)
+
+
 _PUBACK = struct.Struct("!BBH")  # MQTT 3.1.1 PUBACK: type 0x40, remaining length 2, mid
 
 
@@ -433,6 +483,7 @@ class Ingest(IngestCore):
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         _without_topic_callbacks(client)
+        client.on_socket_open = _read_buffered
         self._client = client
         self._stop.clear()
         self._writer = threading.Thread(target=self._write_loop, name="ingest-writer",
