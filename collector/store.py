@@ -19,7 +19,7 @@ from collector import partitions, schema
 from collector.clock import now_ms
 from collector.migrations import MigrationSet, migrate
 from collector.placement import ClockPolicy, GatewayClock
-from collector.store_ingest import REGISTRY_DEVICES, IngestTx, pg_array
+from collector.store_ingest import REGISTRY_DEVICES, IngestTx, pg_columns
 from devices.contract import DataEnvelope, EventsEnvelope, HealthMessage, StateMessage
 from devices.quantities import QUANTITIES, ValueKind
 
@@ -210,7 +210,7 @@ class Store:
                 " SELECT d, q, ts, v, t, ql, g FROM unnest(%s::text[], %s::text[], %s::bigint[],"
                 " %s::float8[], %s::text[], %s::text[], %s::text[]) WITH ORDINALITY"
                 " AS x(d, q, ts, v, t, ql, g, o) ORDER BY o" + update,
-                [pg_array(col) for col in zip(*ordered, strict=True)])
+                pg_columns(ordered))
         else:
             cur.executemany(
                 "INSERT INTO latest (device_id, quantity, ts, value, vtext, quality, gateway_id) "

@@ -92,15 +92,24 @@ class IngestTx:
             if seq is not None and (last_seq is None or seq > last_seq):
                 last_seq = seq
             gws[it.gateway] = (last_seq, max(last_seen, it.received))
-        self.cur.executemany(self.store.sql(
-            "INSERT INTO gateways (gateway_id, state, state_reason, version, boot, last_seq,"
-            " last_seen) VALUES (?,'unknown','','','',?,?) ON CONFLICT (gateway_id) DO UPDATE SET"
+        rows = [(gw, seq, seen) for gw, (seq, seen) in sorted(gws.items())]
+        upsert = (
+            " ON CONFLICT (gateway_id) DO UPDATE SET"
             " last_seq = CASE WHEN excluded.last_seq IS NOT NULL AND (gateways.last_seq IS NULL"
             " OR excluded.last_seq > gateways.last_seq) THEN excluded.last_seq"
             " ELSE gateways.last_seq END,"
             " last_seen = CASE WHEN gateways.last_seen IS NULL OR excluded.last_seen >"
-            " gateways.last_seen THEN excluded.last_seen ELSE gateways.last_seen END"),
-            [(gw, seq, seen) for gw, (seq, seen) in sorted(gws.items())])
+            " gateways.last_seen THEN excluded.last_seen ELSE gateways.last_seen END")
+        if self.store.is_pg:  # one statement, in id order (the lock order)
+            self.cur.execute(
+                "INSERT INTO gateways (gateway_id, state, state_reason, version, boot, last_seq,"
+                " last_seen) SELECT g, 'unknown', '', '', '', s, t FROM unnest(%s::text[],"
+                " %s::bigint[], %s::bigint[]) WITH ORDINALITY AS x(g, s, t, o) ORDER BY o"
+                + upsert, pg_columns(rows))
+        else:
+            self.cur.executemany(
+                "INSERT INTO gateways (gateway_id, state, state_reason, version, boot, last_seq,"
+                " last_seen) VALUES (?,'unknown','','','',?,?)" + upsert, rows)
         clocks: dict[str, GatewayClock] = {}
         ids = sorted(gws)
         for part in chunks(ids):
@@ -175,10 +184,17 @@ class IngestTx:
             return {}
         ids = sorted(first)
         registered = self._registered(ids)
-        self.cur.executemany(self.store.sql(
-            "INSERT INTO devices (device_id, gateway_id, kind, profile) VALUES (?,?,'unknown','')"
-            " ON CONFLICT (device_id) DO NOTHING"),
-            [(d, _registry_owner(registered.get(d), None, first[d]) or first[d]) for d in ids])
+        rows = [(d, _registry_owner(registered.get(d), None, first[d]) or first[d])
+                for d in ids]
+        if self.store.is_pg:  # one statement, in id order (the lock order)
+            self.cur.execute(
+                "INSERT INTO devices (device_id, gateway_id, kind, profile) SELECT d, g,"
+                " 'unknown', '' FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS"
+                " x(d, g, o) ORDER BY o ON CONFLICT (device_id) DO NOTHING", pg_columns(rows))
+        else:
+            self.cur.executemany(
+                "INSERT INTO devices (device_id, gateway_id, kind, profile)"
+                " VALUES (?,?,'unknown','') ON CONFLICT (device_id) DO NOTHING", rows)
         owners: dict[str, str] = {}
         lock = " ORDER BY device_id FOR UPDATE" if self.store.is_pg else ""
         for part in chunks(ids):
@@ -350,13 +366,26 @@ class IngestTx:
             kind, profile = kinds.get(dev, (None, None))
             ts = seen.get(dev)
             rows.append((kind, profile, ts, ts, ts, ts, dev))
-        if rows:
-            self.cur.executemany(self.store.sql(
+        if not rows:
+            return
+        if self.store.is_pg:  # one statement: every row is locked already (_lock_devices)
+            self.cur.execute(
+                "UPDATE devices SET kind = COALESCE(x.k, devices.kind),"
+                " profile = COALESCE(x.p, devices.profile),"
+                " first_seen = COALESCE(devices.first_seen, x.t),"
+                " last_seen = CASE WHEN x.t IS NULL THEN devices.last_seen"
+                " WHEN devices.last_seen IS NULL OR x.t > devices.last_seen THEN x.t"
+                " ELSE devices.last_seen END"
+                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS x(k, p, t, d)"
+                " WHERE devices.device_id = x.d",
+                pg_columns([(k, p, t, d) for k, p, t, _t, _u, _v, d in rows]))
+        else:
+            self.cur.executemany(
                 "UPDATE devices SET kind = COALESCE(?, kind), profile = COALESCE(?, profile),"
                 " first_seen = COALESCE(first_seen, CAST(? AS BIGINT)),"
                 " last_seen = CASE WHEN CAST(? AS BIGINT) IS NULL THEN last_seen"
                 " WHEN last_seen IS NULL OR CAST(? AS BIGINT) > last_seen"
-                " THEN CAST(? AS BIGINT) ELSE last_seen END WHERE device_id = ?"), rows)
+                " THEN CAST(? AS BIGINT) ELSE last_seen END WHERE device_id = ?", rows)
 
     def _update_gateways(self, items: Sequence[Accepted | GatewayMessage],
                          clocks: dict[str, GatewayClock]) -> None:
@@ -373,11 +402,25 @@ class IngestTx:
                 self.cur.execute(sql(
                     "UPDATE gateways SET health = ?, health_ts = ? WHERE gateway_id = ?"),
                     (orjson.dumps(msg.model_dump()).decode(), it.received, it.gateway))
-        self.cur.executemany(sql(
-            "UPDATE gateways SET clock_offset_ms = ?, clock_measured_at = ?, clock_source = ?,"
-            " clock_wrong = ? WHERE gateway_id = ?"),
-            [(c.offset_ms, c.measured_at, c.source, c.wrong, gw)
-             for gw, c in sorted(clocks.items()) if c.source])
+        rows = [(c.offset_ms, c.measured_at, c.source, c.wrong, gw)
+                for gw, c in sorted(clocks.items()) if c.source]
+        if not rows:
+            return
+        if self.store.is_pg:  # one statement: every row is locked already (_lock_gateways)
+            self.cur.execute(
+                "UPDATE gateways SET clock_offset_ms = x.o, clock_measured_at = x.m,"
+                " clock_source = x.s, clock_wrong = x.w FROM unnest(%s::bigint[], %s::bigint[],"
+                " %s::text[], %s::boolean[], %s::text[]) AS x(o, m, s, w, g)"
+                " WHERE gateways.gateway_id = x.g", pg_columns(rows))
+        else:
+            self.cur.executemany(
+                "UPDATE gateways SET clock_offset_ms = ?, clock_measured_at = ?,"
+                " clock_source = ?, clock_wrong = ? WHERE gateway_id = ?", rows)
+
+
+def pg_columns(rows: Sequence[Row]) -> list[str]:
+    """The rows' columns, each as one PostgreSQL array literal (for unnest)."""
+    return [pg_array(col) for col in zip(*rows, strict=True)]
 
 
 def _int_array(values: Sequence[int]) -> str:

@@ -30,7 +30,7 @@ from collector.clock import iso, now_ms
 from collector.ngsi.tables import DAY_MS, history_1h, history_1m
 from collector.params import DeviceIdPath, parse_time
 from collector.store import Row, Store
-from collector.store_ingest import pg_array
+from collector.store_ingest import pg_columns
 from devices.quantities import QUANTITIES, ValueKind
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class HistoryKeeper:
             rows = [(d, q, b, int(v[0]), v[1], v[2], v[3]) for (d, q, b), v in sorted(acc.items())]
             if self.store.is_pg:  # one statement, rows in key order
                 cur.execute(_UPSERT_PG.format(t=table),
-                            [pg_array(col) for col in zip(*rows, strict=True)])
+                            pg_columns(rows))
             else:
                 cur.executemany(_UPSERT.format(t=table), rows)
         self.stats["aggregated"] += len(minute)

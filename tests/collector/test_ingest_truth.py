@@ -160,6 +160,31 @@ def test_a_state_before_or_with_the_first_data_leaves_the_inventory_kind(store: 
                      "l2": ("elevator", "elevator-gbt24476"), "l3": ("unknown", "")}
 
 
+def test_inventory_text_and_every_gateways_clock_are_stored_as_sent(store: Store) -> None:
+    """Kinds and profiles with quotes, braces, commas, backslashes or the word NULL, and a
+    batch of many gateways and devices, are stored exactly (PostgreSQL writes each batch
+    column as one array literal)."""
+    odd = {"kind": 'lift "A", {b}', "profile": "NULL"}
+    odd2 = {"kind": "back\\slash", "profile": " spaced "}
+    store.ingest([state("gw-odd", {"o1": odd, "o2": odd2})]
+                 + [data(f"gw-{g:02d}", 1, [{"device": f"d{g}-{k}", "ts": T0 + k,
+                                             "values": {"floor": k}} for k in range(3)],
+                         sent=T0 + g, received=T0 + 50 + g, live=True) for g in range(30)])
+    devices = {d["device_id"]: d for d in store.devices()}
+    assert (devices["o1"]["kind"], devices["o1"]["profile"]) == ('lift "A", {b}', "NULL")
+    assert (devices["o2"]["kind"], devices["o2"]["profile"]) == ("back\\slash", " spaced ")
+    for g in range(30):
+        for k in range(3):
+            d = devices[f"d{g}-{k}"]
+            assert (d["gateway_id"], d["last_seen"]) == (f"gw-{g:02d}", T0 + 50 + g)
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT gateway_id, last_seq, last_seen, clock_offset_ms,"
+                                    " clock_source FROM gateways WHERE gateway_id LIKE 'gw-__'"
+                                    " ORDER BY gateway_id")).all()
+    assert [tuple(r) for r in rows] == [(f"gw-{g:02d}", 1, T0 + 50 + g, -50, "live")
+                                        for g in range(30)]
+
+
 @pytest.mark.postgres
 def test_births_and_data_batches_at_once_never_deadlock(pg_url: str) -> None:
     """Two writers (a birth-heavy one and a data one, as two collectors would be) on the same
