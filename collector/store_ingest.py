@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -40,6 +40,13 @@ REGISTRY_DEVICES = "reg_devices"  # the registry's (gateway_id, device_id) assig
 REGISTRY_GATEWAYS = "reg_gateways"  # a revoked gateway's assignments no longer count
 _warned_foreign: set[tuple[str, str]] = set()
 AVERAGE_SUFFIXES = frozenset(i.value for i in Interval if i is not Interval.REALTIME)
+
+
+class IdList(NamedTuple):
+    """A condition on an id column (` IN (?,?)` or ` = ANY(%s::text[])`) and its parameters."""
+
+    where: str
+    params: list[str]
 
 
 def chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -81,6 +88,14 @@ class IngestTx:
         r.readings, r.events = len(rows), len(events)
         r.refused.update(self.refused)
 
+    def _id_lists(self, ids: Sequence[str]) -> list[IdList]:
+        """`ids` as conditions on an id column: on PostgreSQL one array parameter (one text
+        whatever the count, so the statement is prepared once; an IN list of a different
+        length each batch is parsed and planned each time), on SQLite IN lists of CHUNK."""
+        if self.store.is_pg:
+            return [IdList(" = ANY(%s::text[])", [pg_array(ids)])] if ids else []
+        return [IdList(f" IN ({','.join('?' * len(part))})", list(part)) for part in chunks(ids)]
+
     # --- 1. gateways -------------------------------------------------------------------------
 
     def _lock_gateways(self, items: Sequence[Accepted | GatewayMessage]) -> dict[str, GatewayClock]:
@@ -100,25 +115,25 @@ class IngestTx:
             " ELSE gateways.last_seq END,"
             " last_seen = CASE WHEN gateways.last_seen IS NULL OR excluded.last_seen >"
             " gateways.last_seen THEN excluded.last_seen ELSE gateways.last_seen END")
-        if self.store.is_pg:  # one statement, in id order (the lock order)
+        clock = "gateway_id, clock_offset_ms, clock_measured_at, clock_source, clock_wrong"
+        if self.store.is_pg:  # one statement, in id order (the lock order), with the clocks
             self.cur.execute(
                 "INSERT INTO gateways (gateway_id, state, state_reason, version, boot, last_seq,"
                 " last_seen) SELECT g, 'unknown', '', '', '', s, t FROM unnest(%s::text[],"
                 " %s::bigint[], %s::bigint[]) WITH ORDINALITY AS x(g, s, t, o) ORDER BY o"
-                + upsert, pg_columns(rows))
+                + upsert + " RETURNING " + clock, pg_columns(rows))
+            found = self.cur.fetchall()
         else:
             self.cur.executemany(
                 "INSERT INTO gateways (gateway_id, state, state_reason, version, boot, last_seq,"
                 " last_seen) VALUES (?,'unknown','','','',?,?)" + upsert, rows)
-        clocks: dict[str, GatewayClock] = {}
-        ids = sorted(gws)
-        for part in chunks(ids):
-            self.cur.execute(self.store.sql(
-                "SELECT gateway_id, clock_offset_ms, clock_measured_at, clock_source, clock_wrong"
-                f" FROM gateways WHERE gateway_id IN ({','.join('?' * len(part))})"), list(part))
-            for gw, off, at, source, wrong in self.cur.fetchall():
-                clocks[gw] = GatewayClock(off, at, source, bool(wrong))
-        return clocks
+            found = []
+            for part in chunks(sorted(gws)):
+                self.cur.execute(f"SELECT {clock} FROM gateways WHERE gateway_id"
+                                 f" IN ({','.join('?' * len(part))})", list(part))
+                found += self.cur.fetchall()
+        return {gw: GatewayClock(off, at, source, bool(wrong))
+                for gw, off, at, source, wrong in found}
 
     # --- 2. (gateway, seq) claims ------------------------------------------------------------
 
@@ -196,11 +211,10 @@ class IngestTx:
                 "INSERT INTO devices (device_id, gateway_id, kind, profile)"
                 " VALUES (?,?,'unknown','') ON CONFLICT (device_id) DO NOTHING", rows)
         owners: dict[str, str] = {}
-        lock = " ORDER BY device_id FOR UPDATE" if self.store.is_pg else ""
-        for part in chunks(ids):
-            self.cur.execute(self.store.sql(
-                "SELECT device_id, gateway_id FROM devices"
-                f" WHERE device_id IN ({','.join('?' * len(part))}){lock}"), list(part))
+        for part in self._id_lists(ids):
+            self.cur.execute(
+                "SELECT device_id, gateway_id FROM devices WHERE device_id" + part.where
+                + (" ORDER BY device_id FOR UPDATE" if self.store.is_pg else ""), part.params)
             owners.update(self.cur.fetchall())
         # The registry outranks a first claim made before the device was registered.
         moved = {}
@@ -216,12 +230,11 @@ class IngestTx:
 
     def _registered(self, ids: Sequence[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for part in chunks(ids):
-            self.cur.execute(self.store.sql(
+        for part in self._id_lists(ids):
+            self.cur.execute(
                 f"SELECT d.device_id, d.gateway_id FROM {REGISTRY_DEVICES} d"
                 f" JOIN {REGISTRY_GATEWAYS} g ON g.gateway_id = d.gateway_id"
-                f" WHERE g.revoked = FALSE AND d.device_id IN ({','.join('?' * len(part))})"),
-                list(part))
+                " WHERE g.revoked = FALSE AND d.device_id" + part.where, part.params)
             for dev, gw in self.cur.fetchall():
                 out.setdefault(dev, set()).add(gw)
         return out
