@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -40,13 +40,6 @@ REGISTRY_DEVICES = "reg_devices"  # the registry's (gateway_id, device_id) assig
 REGISTRY_GATEWAYS = "reg_gateways"  # a revoked gateway's assignments no longer count
 _warned_foreign: set[tuple[str, str]] = set()
 AVERAGE_SUFFIXES = frozenset(i.value for i in Interval if i is not Interval.REALTIME)
-
-
-class IdList(NamedTuple):
-    """A condition on an id column (` IN (?,?)` or ` = ANY(%s::text[])`) and its parameters."""
-
-    where: str
-    params: list[str]
 
 
 def chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -88,13 +81,16 @@ class IngestTx:
         r.readings, r.events = len(rows), len(events)
         r.refused.update(self.refused)
 
-    def _id_lists(self, ids: Sequence[str]) -> list[IdList]:
-        """`ids` as conditions on an id column: on PostgreSQL one array parameter (one text
-        whatever the count, so the statement is prepared once; an IN list of a different
-        length each batch is parsed and planned each time), on SQLite IN lists of CHUNK."""
+    def _write(self, rows: list[Row], pg: str, sqlite: str,
+               pg_rows: list[Row] | None = None) -> None:
+        """Write rows: on PostgreSQL in one statement `pg` taking each column as one array
+        (of `pg_rows` if given), on SQLite with `sqlite` row by row (executemany)."""
+        if not rows:
+            return
         if self.store.is_pg:
-            return [IdList(" = ANY(%s::text[])", [pg_array(ids)])] if ids else []
-        return [IdList(f" IN ({','.join('?' * len(part))})", list(part)) for part in chunks(ids)]
+            self.cur.execute(pg, pg_columns(rows if pg_rows is None else pg_rows))
+        else:
+            self.cur.executemany(sqlite, rows)
 
     # --- 1. gateways -------------------------------------------------------------------------
 
@@ -116,17 +112,18 @@ class IngestTx:
             " last_seen = CASE WHEN gateways.last_seen IS NULL OR excluded.last_seen >"
             " gateways.last_seen THEN excluded.last_seen ELSE gateways.last_seen END")
         clock = "gateway_id, clock_offset_ms, clock_measured_at, clock_source, clock_wrong"
-        if self.store.is_pg:  # one statement, in id order (the lock order), with the clocks
-            self.cur.execute(
-                "INSERT INTO gateways (gateway_id, state, state_reason, version, boot, last_seq,"
-                " last_seen) SELECT g, 'unknown', '', '', '', s, t FROM unnest(%s::text[],"
-                " %s::bigint[], %s::bigint[]) WITH ORDINALITY AS x(g, s, t, o) ORDER BY o"
-                + upsert + " RETURNING " + clock, pg_columns(rows))
+        # PostgreSQL: in id order (the lock order), returning the clocks
+        self._write(rows, "INSERT INTO gateways (gateway_id, state, state_reason, version, boot,"
+                    " last_seq, last_seen) SELECT g, 'unknown', '', '', '', s, t FROM"
+                    " unnest(%s::text[], %s::bigint[], %s::bigint[]) WITH ORDINALITY AS"
+                    " x(g, s, t, o) ORDER BY o" + upsert + " RETURNING " + clock,
+                    "INSERT INTO gateways (gateway_id, state, state_reason, version, boot,"
+                    " last_seq, last_seen) VALUES (?,'unknown','','','',?,?)" + upsert)
+        if not rows:
+            return {}
+        if self.store.is_pg:
             found = self.cur.fetchall()
         else:
-            self.cur.executemany(
-                "INSERT INTO gateways (gateway_id, state, state_reason, version, boot, last_seq,"
-                " last_seen) VALUES (?,'unknown','','','',?,?)" + upsert, rows)
             found = []
             for part in chunks(sorted(gws)):
                 self.cur.execute(f"SELECT {clock} FROM gateways WHERE gateway_id"
@@ -201,20 +198,17 @@ class IngestTx:
         registered = self._registered(ids)
         rows = [(d, _registry_owner(registered.get(d), None, first[d]) or first[d])
                 for d in ids]
-        if self.store.is_pg:  # one statement, in id order (the lock order)
-            self.cur.execute(
-                "INSERT INTO devices (device_id, gateway_id, kind, profile) SELECT d, g,"
-                " 'unknown', '' FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS"
-                " x(d, g, o) ORDER BY o ON CONFLICT (device_id) DO NOTHING", pg_columns(rows))
-        else:
-            self.cur.executemany(
-                "INSERT INTO devices (device_id, gateway_id, kind, profile)"
-                " VALUES (?,?,'unknown','') ON CONFLICT (device_id) DO NOTHING", rows)
+        self._write(rows, "INSERT INTO devices (device_id, gateway_id, kind, profile) SELECT d,"
+                    " g, 'unknown', '' FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS"
+                    " x(d, g, o) ORDER BY o ON CONFLICT (device_id) DO NOTHING",
+                    "INSERT INTO devices (device_id, gateway_id, kind, profile)"
+                    " VALUES (?,?,'unknown','') ON CONFLICT (device_id) DO NOTHING")
         owners: dict[str, str] = {}
-        for part in self._id_lists(ids):
-            self.cur.execute(
-                "SELECT device_id, gateway_id FROM devices WHERE device_id" + part.where
-                + (" ORDER BY device_id FOR UPDATE" if self.store.is_pg else ""), part.params)
+        lock = " ORDER BY device_id FOR UPDATE" if self.store.is_pg else ""
+        for part in chunks(ids):
+            self.cur.execute(self.store.sql(
+                "SELECT device_id, gateway_id FROM devices"
+                f" WHERE device_id IN ({','.join('?' * len(part))}){lock}"), list(part))
             owners.update(self.cur.fetchall())
         # The registry outranks a first claim made before the device was registered.
         moved = {}
@@ -230,11 +224,12 @@ class IngestTx:
 
     def _registered(self, ids: Sequence[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for part in self._id_lists(ids):
-            self.cur.execute(
+        for part in chunks(ids):
+            self.cur.execute(self.store.sql(
                 f"SELECT d.device_id, d.gateway_id FROM {REGISTRY_DEVICES} d"
                 f" JOIN {REGISTRY_GATEWAYS} g ON g.gateway_id = d.gateway_id"
-                " WHERE g.revoked = FALSE AND d.device_id" + part.where, part.params)
+                f" WHERE g.revoked = FALSE AND d.device_id IN ({','.join('?' * len(part))})"),
+                list(part))
             for dev, gw in self.cur.fetchall():
                 out.setdefault(dev, set()).add(gw)
         return out
@@ -379,26 +374,20 @@ class IngestTx:
             kind, profile = kinds.get(dev, (None, None))
             ts = seen.get(dev)
             rows.append((kind, profile, ts, ts, ts, ts, dev))
-        if not rows:
-            return
-        if self.store.is_pg:  # one statement: every row is locked already (_lock_devices)
-            self.cur.execute(
-                "UPDATE devices SET kind = COALESCE(x.k, devices.kind),"
-                " profile = COALESCE(x.p, devices.profile),"
-                " first_seen = COALESCE(devices.first_seen, x.t),"
-                " last_seen = CASE WHEN x.t IS NULL THEN devices.last_seen"
-                " WHEN devices.last_seen IS NULL OR x.t > devices.last_seen THEN x.t"
-                " ELSE devices.last_seen END"
-                " FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[]) AS x(k, p, t, d)"
-                " WHERE devices.device_id = x.d",
-                pg_columns([(k, p, t, d) for k, p, t, _t, _u, _v, d in rows]))
-        else:
-            self.cur.executemany(
-                "UPDATE devices SET kind = COALESCE(?, kind), profile = COALESCE(?, profile),"
-                " first_seen = COALESCE(first_seen, CAST(? AS BIGINT)),"
-                " last_seen = CASE WHEN CAST(? AS BIGINT) IS NULL THEN last_seen"
-                " WHEN last_seen IS NULL OR CAST(? AS BIGINT) > last_seen"
-                " THEN CAST(? AS BIGINT) ELSE last_seen END WHERE device_id = ?", rows)
+        # every row is locked already (_lock_devices)
+        self._write(rows, "UPDATE devices SET kind = COALESCE(x.k, devices.kind),"
+                    " profile = COALESCE(x.p, devices.profile),"
+                    " first_seen = COALESCE(devices.first_seen, x.t),"
+                    " last_seen = CASE WHEN x.t IS NULL THEN devices.last_seen"
+                    " WHEN devices.last_seen IS NULL OR x.t > devices.last_seen THEN x.t"
+                    " ELSE devices.last_seen END FROM unnest(%s::text[], %s::text[],"
+                    " %s::bigint[], %s::text[]) AS x(k, p, t, d) WHERE devices.device_id = x.d",
+                    "UPDATE devices SET kind = COALESCE(?, kind), profile = COALESCE(?, profile),"
+                    " first_seen = COALESCE(first_seen, CAST(? AS BIGINT)),"
+                    " last_seen = CASE WHEN CAST(? AS BIGINT) IS NULL THEN last_seen"
+                    " WHEN last_seen IS NULL OR CAST(? AS BIGINT) > last_seen"
+                    " THEN CAST(? AS BIGINT) ELSE last_seen END WHERE device_id = ?",
+                    [(k, p, t, d) for k, p, t, _t, _u, _v, d in rows])
 
     def _update_gateways(self, items: Sequence[Accepted | GatewayMessage],
                          clocks: dict[str, GatewayClock]) -> None:
@@ -417,18 +406,13 @@ class IngestTx:
                     (orjson.dumps(msg.model_dump()).decode(), it.received, it.gateway))
         rows = [(c.offset_ms, c.measured_at, c.source, c.wrong, gw)
                 for gw, c in sorted(clocks.items()) if c.source]
-        if not rows:
-            return
-        if self.store.is_pg:  # one statement: every row is locked already (_lock_gateways)
-            self.cur.execute(
-                "UPDATE gateways SET clock_offset_ms = x.o, clock_measured_at = x.m,"
-                " clock_source = x.s, clock_wrong = x.w FROM unnest(%s::bigint[], %s::bigint[],"
-                " %s::text[], %s::boolean[], %s::text[]) AS x(o, m, s, w, g)"
-                " WHERE gateways.gateway_id = x.g", pg_columns(rows))
-        else:
-            self.cur.executemany(
-                "UPDATE gateways SET clock_offset_ms = ?, clock_measured_at = ?,"
-                " clock_source = ?, clock_wrong = ? WHERE gateway_id = ?", rows)
+        # every row is locked already (_lock_gateways)
+        self._write(rows, "UPDATE gateways SET clock_offset_ms = x.o, clock_measured_at = x.m,"
+                    " clock_source = x.s, clock_wrong = x.w FROM unnest(%s::bigint[],"
+                    " %s::bigint[], %s::text[], %s::boolean[], %s::text[]) AS x(o, m, s, w, g)"
+                    " WHERE gateways.gateway_id = x.g",
+                    "UPDATE gateways SET clock_offset_ms = ?, clock_measured_at = ?,"
+                    " clock_source = ?, clock_wrong = ? WHERE gateway_id = ?")
 
 
 def pg_columns(rows: Sequence[Row]) -> list[str]:
