@@ -45,7 +45,15 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from bench.common import ProcSample, percentile, sample
-from citygate.rig import Broker, Proc, citygate, collector_health, free_port, wait_for
+from citygate.rig import (
+    Broker,
+    Proc,
+    citygate,
+    collector_health,
+    free_port,
+    mqtt_remaining_length,
+    wait_for,
+)
 from collector.features import open_store
 from devices import contract
 from devices.model import Reading
@@ -108,7 +116,7 @@ class WirePublisher:
         cid = client_id.encode()
         body = (b"\x00\x04MQTT\x04\x02\x00\x00"  # MQTT 3.1.1, clean session, no keep-alive
                 + len(cid).to_bytes(2, "big") + cid)
-        self.sock.sendall(b"\x10" + _remaining(len(body)) + body)
+        self.sock.sendall(b"\x10" + mqtt_remaining_length(len(body)) + body)
         connack = self.sock.recv(4)
         if len(connack) != 4 or connack[0] != 0x20 or connack[3] != 0:
             raise RuntimeError(f"broker refused the load generator: {connack!r}")
@@ -124,7 +132,7 @@ class WirePublisher:
             t = topic.encode()
             self._next_id = self._next_id % 65535 + 1
             body_len = 2 + len(t) + 2 + len(payload)
-            out += b"\x32" + _remaining(body_len) + len(t).to_bytes(2, "big") + t
+            out += b"\x32" + mqtt_remaining_length(body_len) + len(t).to_bytes(2, "big") + t
             out += self._next_id.to_bytes(2, "big") + payload
         self.sock.sendall(out)
 
@@ -150,14 +158,6 @@ class WirePublisher:
             self.sock.close()
 
 
-def _remaining(n: int) -> bytes:
-    """MQTT's variable-length "remaining length"."""
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def generate(index: int, port: int, rate: float, duration: float, seq_base: int,

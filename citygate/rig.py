@@ -286,6 +286,16 @@ def pg_database(prefix: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def mqtt_remaining_length(n: int) -> bytes:
+    """MQTT's variable-length "remaining length" of a packet body of n bytes."""
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def gateway_toml(gateway: str, data_dir: Path, broker_url: str, bus: str,
                  devices: list[tuple[str, int]], *, poll: str = "1s",
                  profile: str = "elevator-gbt24476", extra: str = "", uplink: str = "",

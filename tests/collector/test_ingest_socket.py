@@ -12,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from citygate.rig import Broker, wait_for
+from citygate.rig import Broker, mqtt_remaining_length, wait_for
 from collector.ingest import Ingest, ReadBuffered
 from collector.store import Store
 from devices import contract
@@ -50,12 +50,7 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 def packet(body: bytes) -> bytes:
     """An MQTT PUBLISH-like frame: a command byte, a remaining length, the body."""
-    n, length = len(body), bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        length.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes([0x32]) + bytes(length) + body
+    return bytes([0x32]) + mqtt_remaining_length(len(body)) + body
 
 
 def read_packet(sock: ReadBuffered) -> bytes:
