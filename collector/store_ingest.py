@@ -81,14 +81,13 @@ class IngestTx:
         r.readings, r.events = len(rows), len(events)
         r.refused.update(self.refused)
 
-    def _write(self, rows: list[Row], pg: str, sqlite: str,
-               pg_rows: list[Row] | None = None) -> None:
-        """Write rows: on PostgreSQL in one statement `pg` taking each column as one array
-        (of `pg_rows` if given), on SQLite with `sqlite` row by row (executemany)."""
+    def _write(self, rows: list[Row], pg: str, sqlite: str) -> None:
+        """Write rows: on PostgreSQL in one statement `pg` taking each column as one array,
+        on SQLite with `sqlite` row by row (executemany)."""
         if not rows:
             return
         if self.store.is_pg:
-            self.cur.execute(pg, pg_columns(rows if pg_rows is None else pg_rows))
+            self.cur.execute(pg, pg_columns(rows))
         else:
             self.cur.executemany(sqlite, rows)
 
@@ -373,7 +372,7 @@ class IngestTx:
         for dev in sorted(seen.keys() | kinds.keys()):
             kind, profile = kinds.get(dev, (None, None))
             ts = seen.get(dev)
-            rows.append((kind, profile, ts, ts, ts, ts, dev))
+            rows.append((kind, profile, ts, dev))
         # every row is locked already (_lock_devices)
         self._write(rows, "UPDATE devices SET kind = COALESCE(x.k, devices.kind),"
                     " profile = COALESCE(x.p, devices.profile),"
@@ -382,12 +381,11 @@ class IngestTx:
                     " WHEN devices.last_seen IS NULL OR x.t > devices.last_seen THEN x.t"
                     " ELSE devices.last_seen END FROM unnest(%s::text[], %s::text[],"
                     " %s::bigint[], %s::text[]) AS x(k, p, t, d) WHERE devices.device_id = x.d",
-                    "UPDATE devices SET kind = COALESCE(?, kind), profile = COALESCE(?, profile),"
-                    " first_seen = COALESCE(first_seen, CAST(? AS BIGINT)),"
-                    " last_seen = CASE WHEN CAST(? AS BIGINT) IS NULL THEN last_seen"
-                    " WHEN last_seen IS NULL OR CAST(? AS BIGINT) > last_seen"
-                    " THEN CAST(? AS BIGINT) ELSE last_seen END WHERE device_id = ?",
-                    [(k, p, t, d) for k, p, t, _t, _u, _v, d in rows])
+                    "UPDATE devices SET kind = COALESCE(?1, kind), profile = COALESCE(?2, profile),"
+                    " first_seen = COALESCE(first_seen, CAST(?3 AS BIGINT)),"
+                    " last_seen = CASE WHEN CAST(?3 AS BIGINT) IS NULL THEN last_seen"
+                    " WHEN last_seen IS NULL OR CAST(?3 AS BIGINT) > last_seen"
+                    " THEN CAST(?3 AS BIGINT) ELSE last_seen END WHERE device_id = ?4")
 
     def _update_gateways(self, items: Sequence[Accepted | GatewayMessage],
                          clocks: dict[str, GatewayClock]) -> None:
