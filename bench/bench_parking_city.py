@@ -11,8 +11,10 @@ are measured alone. Prints ingest rate, end-to-end lag (a probe spot flipped eve
 zone API shows it), availability-query latency p50/p99, collector CPU and peak RSS.
 
 Run: `python -m bench parking_city` (BENCH_PARKING_SPACES=30000,300000 BENCH_PARKING_COMPRESS=10
-BENCH_PARKING_STEADY=60). BENCH_BASELINE=PATH runs the collector of another checkout too
-(PYTHONPATH=PATH), right after this one at each size, for figures side by side.
+BENCH_PARKING_STEADY=60 BENCH_PARKING_DB=sqlite,postgresql). BENCH_PARKING_DB picks the hub
+database: SQLite (the default) in a temporary file, or a new PostgreSQL database at
+CITYGATE_TEST_PG's server, dropped afterwards. BENCH_BASELINE=PATH runs the collector of another
+checkout too (PYTHONPATH=PATH), right after this one at each size, for figures side by side.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from bench.common import percentile, sample
-from citygate.rig import Broker, Proc, free_port, http_json, wait_for
+from citygate.rig import Broker, Proc, free_port, http_json, pg_database, wait_for
 from collector.features import open_store
 from devices import contract
 from devices.model import Reading
@@ -41,6 +43,7 @@ from devices.model import Reading
 SPACES = [int(n) for n in os.environ.get("BENCH_PARKING_SPACES", "30000,300000").split(",")]
 COMPRESS = float(os.environ.get("BENCH_PARKING_COMPRESS", "10"))
 STEADY_S = float(os.environ.get("BENCH_PARKING_STEADY", "60"))
+BACKENDS = os.environ.get("BENCH_PARKING_DB", "sqlite").split(",")
 PER_GATEWAY, PER_ZONE, CONNECTIONS = 1000, 100, 4
 HEARTBEAT_S, CHANGES_PER_DAY = 600.0, 12.0
 FIRST_ID = 100_000
@@ -195,15 +198,16 @@ def steady(pub: Publisher, state: dict[int, bool], seconds: float, rng: random.R
     return sent / seconds
 
 
-def run_city(spaces: int, root: Path, checkout: str | None = None) -> None:
-    """One measured run for `spaces` spaces (the collector from `checkout` if given)."""
+def run_city(spaces: int, root: Path, db: str, checkout: str | None = None) -> None:
+    """One measured run for `spaces` spaces on database `db` (the collector from `checkout`
+    if given)."""
     broker = Broker(root / "broker").start()
     cfg = root / "parking.json"
     cfg.write_text(json.dumps(city_config(spaces)))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     coll = Proc("collector", [sys.executable, "-m", "bench.bench_parking_city", "--serve",
-                              "--db", f"sqlite:///{root / 'hub.sqlite'}", "--broker", broker.url,
+                              "--db", db, "--broker", broker.url,
                               "--port", str(port), "--parking", str(cfg)],
                 root / "collector.log",  # PYTHONSAFEPATH: no working directory before PYTHONPATH
                 env={"PYTHONPATH": checkout, "PYTHONSAFEPATH": "1"} if checkout else None).start()
@@ -304,18 +308,24 @@ def main() -> None:
     print(f"parking city: {', '.join(f'{n:,}' for n in SPACES)} spaces, {PER_GATEWAY} per "
           f"gateway id over {CONNECTIONS} MQTT connections, {PER_ZONE} per zone; heartbeat "
           f"{HEARTBEAT_S / 60:g} min + {CHANGES_PER_DAY:g} changes/space/day, "
-          f"time compressed {COMPRESS:g}x; SQLite store; {os.cpu_count()} CPUs shared by "
-          "generator, broker and collector", flush=True)
-    for spaces in SPACES:
-        print(f"\n{spaces:,} spaces ({spaces // PER_GATEWAY} gateways, {spaces // PER_ZONE} "
-              "zones):", flush=True)
-        codes = [("this code", None)]
-        if os.environ.get("BENCH_BASELINE"):
-            codes.append((f"baseline {os.environ['BENCH_BASELINE']}", os.environ["BENCH_BASELINE"]))
-        for name, checkout in codes:
-            print(f" {name}:", flush=True)
-            with tempfile.TemporaryDirectory(prefix="bench-parking-") as tmp:
-                run_city(spaces, Path(tmp), checkout)
+          f"time compressed {COMPRESS:g}x; {os.cpu_count()} CPUs shared by generator, broker, "
+          "collector (and PostgreSQL)", flush=True)
+    codes = [("this code", None)]
+    if os.environ.get("BENCH_BASELINE"):
+        codes.append((f"baseline {os.environ['BENCH_BASELINE']}", os.environ["BENCH_BASELINE"]))
+    for backend in BACKENDS:
+        for spaces in SPACES:
+            print(f"\n{spaces:,} spaces ({spaces // PER_GATEWAY} gateways, {spaces // PER_ZONE} "
+                  f"zones), {backend}:", flush=True)
+            for name, checkout in codes:
+                print(f" {name}:", flush=True)
+                with tempfile.TemporaryDirectory(prefix="bench-parking-") as tmp:
+                    if backend == "postgresql":
+                        with pg_database("bench_parking") as url:
+                            run_city(spaces, Path(tmp), url, checkout)
+                    else:
+                        run_city(spaces, Path(tmp), f"sqlite:///{Path(tmp) / 'hub.sqlite'}",
+                                 checkout)
 
 
 if __name__ == "__main__":
