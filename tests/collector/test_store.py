@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from collector import schema
+from collector.features import open_store
 from collector.store import Accepted, Store
 from devices.contract import DataEnvelope, EventsEnvelope
 
@@ -165,3 +167,30 @@ def test_claim_array_literals_read_back_as_sent(store: Store) -> None:
                            (_text_array(texts), _int_array(ints), pg_array([*texts, None]),
                             pg_array(floats), pg_array([True, False, None]))).fetchone()
     assert got == (texts, ints, [*texts, None], floats, [True, False, None])
+
+
+@pytest.mark.postgres
+def test_a_newer_latest_value_replaces_the_old_one_in_its_page_on_postgresql(
+        pg_url: str) -> None:
+    """`latest` is rewritten for every reading stored: on PostgreSQL each newer value must fit
+    in the page of the one it replaces (a HOT update, no new index entry), which needs room
+    left in the pages (fillfactor)."""
+    store = open_store(pg_url)
+    try:
+        def rows(ts: int) -> list[tuple[object, ...]]:
+            return [(f"dev-{d:03d}", f"q{q:02d}", ts, float(d * q), None, "good", "gw", 1,
+                     False) for d in range(100) for q in range(20)]
+
+        with store.raw() as conn:
+            store._upsert_latest(conn.cursor(), rows(1_000))
+        with store.raw() as conn:
+            cur = conn.cursor()
+            store._upsert_latest(cur, rows(2_000))
+            cur.execute("SELECT pg_stat_get_xact_tuples_updated('latest'::regclass),"
+                        " pg_stat_get_xact_tuples_hot_updated('latest'::regclass)")
+            updated, hot = cur.fetchone()
+        assert updated == 2_000
+        assert hot >= 0.95 * updated, f"only {hot} of {updated} updates stayed in their page"
+        assert {r["ts"] for r in store.latest("dev-007")} == {2_000}
+    finally:
+        store.close()
