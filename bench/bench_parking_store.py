@@ -1,0 +1,117 @@
+"""What the raw store costs per parking-sensor report: `Store.ingest` alone, in one process.
+
+`python -m bench parking_city` measures the whole path (broker, ingest, parking hook, API) and
+shares the machine with its load generator. This one isolates the part that bounds it: the
+ingest transaction writing a report's 11 readings rows and 11 `latest` rows, its claim and its
+device update. No MQTT, no hook, no other process.
+
+  1. start-up burst: every space reports once, 500 consecutive spaces per envelope;
+  2. steady state: reports of randomly chosen spaces (heartbeats land all over the tables),
+     5 per envelope, 2,250 per transaction, as the 10x compressed city sends them.
+
+Prints µs of wall time per report (median over the steady transactions after the first two)
+and the reports/s one writer doing nothing else could store.
+
+Run: `python -m bench parking_store --backends sqlite,postgresql --spaces 300000 --batches 12`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.bench_parking_city import FIRST_ID, values
+from citygate.rig import pg_database
+from collector.features import open_store
+from collector.store import Accepted, Store
+from devices import contract
+from devices.model import Reading
+
+PER_ENVELOPE_BURST, PER_ENVELOPE_STEADY, PER_TX_STEADY = 500, 5, 2250
+
+
+class Gateways:
+    """Envelopes of the gateways, decoded as the collector decodes them."""
+
+    def __init__(self) -> None:
+        self.seq: dict[str, int] = {}
+
+    def accepted(self, gateway: str, readings: list[Reading], now: int) -> Accepted:
+        seq = self.seq[gateway] = self.seq.get(gateway, 0) + 1
+        topic = contract.topic(gateway, contract.DATA)
+        payload = contract.envelope(gateway, contract.DATA, seq, now,
+                                    contract.encode_batch(readings))
+        decoded = contract.decode(topic, payload)
+        assert isinstance(decoded.message, contract.DataEnvelope), decoded
+        return Accepted(gateway, decoded.message, now)
+
+
+@contextmanager
+def database(backend: str) -> Iterator[str]:
+    """A new empty database of the backend, removed afterwards."""
+    if backend == "postgresql":
+        with pg_database("bench_parking_store") as url:
+            yield url
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-parking-store-") as tmp:
+            yield f"sqlite:///{Path(tmp) / 'hub.sqlite'}"
+
+
+def run(store: Store, spaces: int, batches: int) -> tuple[float, list[float]]:
+    """Burst reports/s and the steady state's µs per report of each transaction."""
+    rng, gws = random.Random(1), Gateways()
+    now = int(time.time() * 1000)
+    t0 = time.perf_counter()
+    for lo in range(FIRST_ID, FIRST_ID + spaces, PER_ENVELOPE_BURST):
+        rs = [Reading(f"pk-{sid}", now, values(rng.random() < 0.6, 3, 1, rng))
+              for sid in range(lo, min(lo + PER_ENVELOPE_BURST, FIRST_ID + spaces))]
+        store.ingest([gws.accepted(f"gw{(lo - FIRST_ID) // 1000:04d}", rs, now)])
+    burst = spaces / (time.perf_counter() - t0)
+    steady = []
+    for _ in range(batches):
+        now += 1000
+        by_gw: dict[int, list[Reading]] = {}
+        for _ in range(PER_TX_STEADY):
+            sid = FIRST_ID + rng.randrange(spaces)
+            by_gw.setdefault((sid - FIRST_ID) // 1000, []).append(
+                Reading(f"pk-{sid}", now, values(rng.random() < 0.6, 2, 2, rng)))
+        batch = [gws.accepted(f"gw{g:04d}", rs[i:i + PER_ENVELOPE_STEADY], now)
+                 for g, rs in by_gw.items() for i in range(0, len(rs), PER_ENVELOPE_STEADY)]
+        t0 = time.perf_counter()
+        result = store.ingest(batch)
+        steady.append((time.perf_counter() - t0) / PER_TX_STEADY * 1e6)
+        assert result.messages == len(batch), result
+    return burst, steady
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure each backend and print the figures."""
+    p = argparse.ArgumentParser(prog="bench parking_store")
+    p.add_argument("--backends", default="sqlite,postgresql")
+    p.add_argument("--spaces", type=int, default=300_000)
+    p.add_argument("--batches", type=int, default=12)
+    args = p.parse_args(argv or [])
+    print(f"Store.ingest per parking report (11 values): {args.spaces:,} spaces; steady state "
+          f"{PER_TX_STEADY:,} random reports per transaction, {PER_ENVELOPE_STEADY} per "
+          "envelope", flush=True)
+    for backend in args.backends.split(","):
+        with database(backend) as url:
+            store = open_store(url)
+            try:
+                burst, steady = run(store, args.spaces, args.batches)
+            finally:
+                store.close()
+        us = statistics.median(steady[2:] or steady)
+        print(f"  {backend:10s} burst {burst:,.0f} reports/s; steady {us:.0f} µs/report "
+              f"({us / 11:.1f} µs/value) -> one writer ~{1e6 / us:,.0f} reports/s; "
+              f"transactions {', '.join(f'{t:.0f}' for t in steady)} µs/report", flush=True)
+
+
+if __name__ == "__main__":
+    main()
