@@ -310,7 +310,7 @@ def main() -> None:
           f"{HEARTBEAT_S / 60:g} min + {CHANGES_PER_DAY:g} changes/space/day, "
           f"time compressed {COMPRESS:g}x; {os.cpu_count()} CPUs shared by generator, broker, "
           "collector (and PostgreSQL)", flush=True)
-    codes = [("this code", None)]
+    codes: list[tuple[str, str | None]] = [("this code", None)]
     if os.environ.get("BENCH_BASELINE"):
         codes.append((f"baseline {os.environ['BENCH_BASELINE']}", os.environ["BENCH_BASELINE"]))
     for backend in BACKENDS:
