@@ -157,16 +157,22 @@ def test_claim_array_literals_read_back_as_sent(store: Store) -> None:
     from collector.store_ingest import _int_array, _text_array, pg_array
 
     texts = ['gw-1', 'a"b', 'c\\d', '{x,y}', 'NULL', ' sp ', '', 'é\t,"\\"']
+    plain = ['gw-1', '{x,y}', 'NULL', 'None', ' sp ', '', 'é\t,']  # nothing to escape
     ints = [0, -1, 2**63 - 1, 7]
     floats = [0.1, -1e15, 1e15, 1e-7, 2.5e-300, 3.0, None]
+    columns = [(_text_array(texts), "text", texts), (_int_array(ints), "bigint", ints),
+               (pg_array([*texts, None]), "text", [*texts, None]),
+               (pg_array(texts), "text", texts), (pg_array(plain), "text", plain),
+               (pg_array(ints), "bigint", ints), (pg_array([*ints, None]), "bigint", [*ints, None]),
+               (pg_array(floats), "float8", floats), (pg_array([None, None]), "text", [None, None]),
+               (pg_array([]), "text", []), (pg_array([True, False, None]), "boolean",
+                                            [True, False, None])]
     if not store.is_pg:
         return  # (PostgreSQL's array syntax; SQLite claims with a VALUES list)
     with store.raw() as conn:
-        got = conn.execute("SELECT %s::text[], %s::bigint[], %s::text[], %s::float8[],"
-                           " %s::boolean[]",
-                           (_text_array(texts), _int_array(ints), pg_array([*texts, None]),
-                            pg_array(floats), pg_array([True, False, None]))).fetchone()
-    assert got == (texts, ints, [*texts, None], floats, [True, False, None])
+        got = conn.execute("SELECT " + ", ".join(f"%s::{t}[]" for _, t, _ in columns),
+                           [literal for literal, _, _ in columns]).fetchone()
+    assert list(got) == [want for _, _, want in columns]
 
 
 @pytest.mark.postgres
