@@ -158,8 +158,6 @@ class WirePublisher:
             self.sock.close()
 
 
-
-
 def generate(index: int, port: int, rate: float, duration: float, seq_base: int,
              start_at: float, out: Any) -> None:
     """One generator process: its share of every kind's gateways, paced per tick."""

@@ -34,8 +34,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bench.common import percentile, sample
-from citygate.rig import Broker, Proc, free_port, http_json, pg_database, wait_for
+from bench.common import database, percentile, sample
+from citygate.rig import Broker, Proc, free_port, http_json, wait_for
 from collector.features import open_store
 from devices import contract
 from devices.model import Reading
@@ -319,13 +319,9 @@ def main() -> None:
                   f"zones), {backend}:", flush=True)
             for name, checkout in codes:
                 print(f" {name}:", flush=True)
-                with tempfile.TemporaryDirectory(prefix="bench-parking-") as tmp:
-                    if backend == "postgresql":
-                        with pg_database("bench_parking") as url:
-                            run_city(spaces, Path(tmp), url, checkout)
-                    else:
-                        run_city(spaces, Path(tmp), f"sqlite:///{Path(tmp) / 'hub.sqlite'}",
-                                 checkout)
+                with tempfile.TemporaryDirectory(prefix="bench-parking-") as tmp, \
+                        database(backend, "bench_parking") as url:
+                    run_city(spaces, Path(tmp), url, checkout)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,10 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-from bench.bench_parking_city import FIRST_ID, values
-from citygate.rig import pg_database
+from bench.bench_parking_city import FIRST_ID, PER_GATEWAY, values
+from bench.common import database
 from collector.features import open_store
 from collector.store import Accepted, Store
 from devices import contract
@@ -52,17 +48,6 @@ class Gateways:
         return Accepted(gateway, decoded.message, now)
 
 
-@contextmanager
-def database(backend: str) -> Iterator[str]:
-    """A new empty database of the backend, removed afterwards."""
-    if backend == "postgresql":
-        with pg_database("bench_parking_store") as url:
-            yield url
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench-parking-store-") as tmp:
-            yield f"sqlite:///{Path(tmp) / 'hub.sqlite'}"
-
-
 def run(store: Store, spaces: int, batches: int) -> tuple[float, list[float]]:
     """Burst reports/s and the steady state's µs per report of each transaction."""
     rng, gws = random.Random(1), Gateways()
@@ -71,7 +56,7 @@ def run(store: Store, spaces: int, batches: int) -> tuple[float, list[float]]:
     for lo in range(FIRST_ID, FIRST_ID + spaces, PER_ENVELOPE_BURST):
         rs = [Reading(f"pk-{sid}", now, values(rng.random() < 0.6, 3, 1, rng))
               for sid in range(lo, min(lo + PER_ENVELOPE_BURST, FIRST_ID + spaces))]
-        store.ingest([gws.accepted(f"gw{(lo - FIRST_ID) // 1000:04d}", rs, now)])
+        store.ingest([gws.accepted(f"gw{(lo - FIRST_ID) // PER_GATEWAY:04d}", rs, now)])
     burst = spaces / (time.perf_counter() - t0)
     steady = []
     for _ in range(batches):
@@ -79,7 +64,7 @@ def run(store: Store, spaces: int, batches: int) -> tuple[float, list[float]]:
         by_gw: dict[int, list[Reading]] = {}
         for _ in range(PER_TX_STEADY):
             sid = FIRST_ID + rng.randrange(spaces)
-            by_gw.setdefault((sid - FIRST_ID) // 1000, []).append(
+            by_gw.setdefault((sid - FIRST_ID) // PER_GATEWAY, []).append(
                 Reading(f"pk-{sid}", now, values(rng.random() < 0.6, 2, 2, rng)))
         batch = [gws.accepted(f"gw{g:04d}", rs[i:i + PER_ENVELOPE_STEADY], now)
                  for g, rs in by_gw.items() for i in range(0, len(rs), PER_ENVELOPE_STEADY)]
@@ -101,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{PER_TX_STEADY:,} random reports per transaction, {PER_ENVELOPE_STEADY} per "
           "envelope", flush=True)
     for backend in args.backends.split(","):
-        with database(backend) as url:
+        with database(backend, "bench_parking_store") as url:
             store = open_store(url)
             try:
                 burst, steady = run(store, args.spaces, args.batches)

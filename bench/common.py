@@ -1,10 +1,16 @@
-"""Helpers shared by the benchmarks: process CPU/RSS sampling and summary statistics."""
+"""Helpers shared by the benchmarks: process CPU/RSS sampling, summary statistics, and a fresh
+hub database per run."""
 
 from __future__ import annotations
 
 import statistics
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from citygate.rig import pg_database
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +54,15 @@ def report_runs(runs: list[dict[str, float]], title: str, width: int = 32) -> No
     print(f"\n{title}, median of {len(runs)} runs:")
     for key in runs[0]:
         print(f"  {key:{width}s} {median([r[key] for r in runs]):.4g}")
+
+
+@contextmanager
+def database(backend: str, prefix: str) -> Iterator[str]:
+    """The URL of a new, empty hub database, removed afterwards: `sqlite` in a temporary
+    directory, `postgresql` at CITYGATE_TEST_PG's server (named `<prefix>_<random>`)."""
+    if backend == "postgresql":
+        with pg_database(prefix) as url:
+            yield url
+    else:
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}-") as tmp:
+            yield f"sqlite:///{Path(tmp) / 'hub.sqlite'}"

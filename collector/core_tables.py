@@ -61,14 +61,15 @@ def _gateway_clock_and_quarantine(conn: sa.Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.quarantine])
 
 
+LATEST_FILLFACTOR = 50  # % of each page filled by inserts: the rest takes newer versions
+
+
 def _latest_fillfactor(conn: sa.Connection) -> None:
     """PostgreSQL: leave room in `latest`'s pages, so that a newer value replaces the old one
     in the same page (a HOT update: no index entry, no page split); SQLite: nothing to do."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text(f"ALTER TABLE latest SET (fillfactor = {LATEST_FILLFACTOR})"))
 
-
-LATEST_FILLFACTOR = 50
 
 CORE = MigrationSet("core", [
     (1, "core: gateways, devices, batches, readings, latest, events, active faults",
