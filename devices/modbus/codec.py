@@ -267,5 +267,7 @@ def bit_field_registers(points: Sequence[Point], values: dict[str, Value]) -> in
             raise CodecError(f"{p.quantity} is not a bit field")
         low, width = p.bits
         raw = int(_raw_from_canonical(p, values[p.quantity]))
-        word |= (raw & ((1 << width) - 1)) << low
+        if not 0 <= raw < 1 << width:  # masked, it would read back as another value
+            raise CodecError(f"{p.quantity}: raw {raw} does not fit its {width}-bit field")
+        word |= raw << low
     return word

@@ -423,3 +423,13 @@ def test_codec_error_is_value_error() -> None:
 def test_encode_text_into_number_raises() -> None:
     with pytest.raises(CodecError, match="cannot encode text"):
         encode(Point("speed", 0), "fast")
+
+
+def test_a_value_that_does_not_fit_its_bit_field_is_refused_not_masked() -> None:
+    # 1 at scale 0.1 is raw 10, which a 3-bit field cannot hold: masked it would read back as 0
+    point = Point("battery_mv", 0, type=DataType.U16, scale=0.1, bits=(0, 3))
+    assert decode(point, encode(point, 0)) == 0
+    with pytest.raises(CodecError, match="does not fit its 3-bit field"):
+        encode(point, 1)
+    with pytest.raises(CodecError, match="does not fit"):
+        bit_field_registers([Point("floor", 0, bits=(4, 4))], {"floor": -1})
