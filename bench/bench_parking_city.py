@@ -6,15 +6,20 @@ data envelopes to a private Mosquitto, as the gateways would after decoding the 
   2. steady state: a heartbeat per space every 10 minutes plus turnover of 12 occupancy changes
      per space per day, with time compressed by COMPRESS (default 10x: one real second carries
      ten seconds of city traffic).
+Each report's values carry the field's jitter (magnetometer axes ±3 mG, RSSI ±4 dB, battery
+±5 mV, temperature ±0.2 °C), and the load generator forwards them as a gateway does: by
+exception, every value once per BENCH_PARKING_FULL seconds of city time (the policy and
+deadbands of edge.parking_source.SensorRegistry); 0 sends every value of every report.
 The collector (store + ingest + parking hook + API) runs as its own process so its CPU and RSS
 are measured alone. Prints ingest rate, end-to-end lag (a probe spot flipped every 2 s until the
 zone API shows it), availability-query latency p50/p99, collector CPU and peak RSS.
 
 Run: `python -m bench parking_city` (BENCH_PARKING_SPACES=30000,300000 BENCH_PARKING_COMPRESS=10
-BENCH_PARKING_STEADY=60 BENCH_PARKING_DB=sqlite,postgresql). BENCH_PARKING_DB picks the hub
-database: SQLite (the default) in a temporary file, or a new PostgreSQL database at
-CITYGATE_TEST_PG's server, dropped afterwards. BENCH_BASELINE=PATH runs the collector of another
-checkout too (PYTHONPATH=PATH), right after this one at each size, for figures side by side.
+BENCH_PARKING_STEADY=60 BENCH_PARKING_DB=sqlite,postgresql BENCH_PARKING_FULL=3600).
+BENCH_PARKING_DB picks the hub database: SQLite (the default) in a temporary file, or a new
+PostgreSQL database at CITYGATE_TEST_PG's server, dropped afterwards. BENCH_BASELINE=PATH runs
+the collector of another checkout too (PYTHONPATH=PATH), right after this one at each size, for
+figures side by side.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import sys
@@ -39,11 +45,14 @@ from citygate.rig import Broker, Proc, free_port, http_json, wait_for
 from collector.features import open_store
 from devices import contract
 from devices.model import Reading
+from edge.config import PARKING_DEADBANDS
+from edge.report import ChangeFilter
 
 SPACES = [int(n) for n in os.environ.get("BENCH_PARKING_SPACES", "30000,300000").split(",")]
 COMPRESS = float(os.environ.get("BENCH_PARKING_COMPRESS", "10"))
 STEADY_S = float(os.environ.get("BENCH_PARKING_STEADY", "60"))
 BACKENDS = os.environ.get("BENCH_PARKING_DB", "sqlite").split(",")
+FULL_S = float(os.environ.get("BENCH_PARKING_FULL", "3600"))
 PER_GATEWAY, PER_ZONE, CONNECTIONS = 1000, 100, 4
 HEARTBEAT_S, CHANGES_PER_DAY = 600.0, 12.0
 FIRST_ID = 100_000
@@ -61,11 +70,45 @@ def city_config(spaces: int) -> dict[str, Any]:
 
 
 def values(occupied: bool, kind: int, counter: int, rng: random.Random) -> dict[str, Any]:
-    """The values a gateway sends per sensor report (edge.parking_source.report_values)."""
+    """The values of one sensor report (edge.parking_source.report_values), with jitter."""
     return {"occupied": occupied, "report_type": kind, "mag_x": 210 + rng.randint(-3, 3),
-            "mag_y": -150, "mag_z": 410 + (310 if occupied else 0), "send_counter": counter,
-            "park_counter": 0, "reset_cause": 4, "battery_mv": 3600, "rssi": -90,
-            "temperature": 18.5}
+            "mag_y": -150 + rng.randint(-3, 3),
+            "mag_z": 410 + (310 if occupied else 0) + rng.randint(-3, 3),
+            "send_counter": counter, "park_counter": 0, "reset_cause": 4,
+            "battery_mv": 3600 + rng.randint(-5, 5), "rssi": -90 + rng.randint(-4, 4),
+            "temperature": 18.5 + rng.randint(-2, 2) / 10}
+
+
+class Sensors:
+    """The city's sensors as their gateways forward them: by exception (the gateway's
+    ChangeFilter and deadbands), every value once per `full_s` seconds of city time, each
+    sensor's full reports at its own phase (0: every value of every report)."""
+
+    def __init__(self, rng: random.Random, full_s: float = FULL_S,
+                 compress: float = COMPRESS) -> None:
+        self.rng, self.full_s, self.compress = rng, full_s, compress
+        self.filters: dict[int, ChangeFilter] = {}
+        self.next_full: dict[int, float] = {}
+        self.reports = self.values = 0
+
+    def reading(self, sid: int, now_ms: int, occupied: bool, kind: int, counter: int,
+                city_s: float | None = None) -> Reading:
+        """Sensor `sid`'s report as its gateway sends it at `now_ms` (city time `city_s`;
+        default: the monotonic clock, compressed)."""
+        vals = values(occupied, kind, counter, self.rng)
+        if self.full_s > 0:
+            at = time.monotonic() * self.compress if city_s is None else city_s
+            f = self.filters.get(sid)
+            if f is None:  # the first report carries every value
+                f = self.filters[sid] = ChangeFilter(math.inf, PARKING_DEADBANDS)
+                self.next_full[sid] = at + self.rng.uniform(0, self.full_s)
+            elif at >= self.next_full[sid]:
+                f.forget()
+                self.next_full[sid] += self.full_s
+            vals = f.select(vals, at)
+        self.reports += 1
+        self.values += len(vals)
+        return Reading(f"pk-{sid}", now_ms, vals)
 
 
 class Publisher:
@@ -105,7 +148,8 @@ def stats(base: str) -> dict[str, Any]:
     return result
 
 
-def burst(pub: Publisher, spaces: int, rng: random.Random) -> dict[int, bool]:
+def burst(pub: Publisher, sensors: Sensors, spaces: int,
+          rng: random.Random) -> dict[int, bool]:
     """Every space reports start-up once; returns the occupancy of each space."""
     state = {}
     now = int(time.time() * 1000)
@@ -113,7 +157,7 @@ def burst(pub: Publisher, spaces: int, rng: random.Random) -> dict[int, bool]:
         batch = []
         for sid in range(FIRST_ID + g * PER_GATEWAY, FIRST_ID + (g + 1) * PER_GATEWAY):
             state[sid] = rng.random() < 0.6
-            batch.append(Reading(f"pk-{sid}", now, values(state[sid], 3, 1, rng)))
+            batch.append(sensors.reading(sid, now, state[sid], 3, 1))
         for i in range(0, len(batch), 500):
             pub.send(f"gw{g:04d}", batch[i:i + 500])
     return state
@@ -172,7 +216,8 @@ class Querier(threading.Thread):
             time.sleep(0.05)
 
 
-def steady(pub: Publisher, state: dict[int, bool], seconds: float, rng: random.Random) -> float:
+def steady(pub: Publisher, sensors: Sensors, state: dict[int, bool], seconds: float,
+           rng: random.Random) -> float:
     """Compressed heartbeats + turnover for `seconds`; returns the offered readings/s."""
     ids = sorted(state)
     counters = dict.fromkeys(ids, 1)
@@ -190,7 +235,7 @@ def steady(pub: Publisher, state: dict[int, bool], seconds: float, rng: random.R
                 state[sid], kind = not state[sid], 1
             counters[sid] += 1
             by_gw.setdefault((sid - FIRST_ID) // PER_GATEWAY, []).append(
-                Reading(f"pk-{sid}", now, values(state[sid], kind, counters[sid], rng)))
+                sensors.reading(sid, now, state[sid], kind, counters[sid]))
         for g, batch in by_gw.items():
             pub.send(f"gw{g:04d}", batch)
         sent += max(0, due)
@@ -218,8 +263,9 @@ def run_city(spaces: int, root: Path, db: str, checkout: str | None = None) -> N
         pid = coll.popen.pid
         pub = Publisher(broker)
         rng = random.Random(4)
+        sensors = Sensors(random.Random(5))
         s0, t0 = sample(pid), time.monotonic()
-        state = burst(pub, spaces, rng)
+        state = burst(pub, sensors, spaces, rng)
         t_pub = time.monotonic() - t0
         wait_for(lambda: stats(base)["parking"]["readings"] >= spaces, 600,
                  "the start-up burst at the collector", interval=0.2)
@@ -234,7 +280,8 @@ def run_city(spaces: int, root: Path, db: str, checkout: str | None = None) -> N
         querier.start()
         before = stats(base)["parking"]["readings"]
         s2, t2 = sample(pid), time.monotonic()
-        offered = steady(pub, state, STEADY_S, rng)
+        r0, v0 = sensors.reports, sensors.values
+        offered = steady(pub, sensors, state, STEADY_S, rng)
         s3, t3 = sample(pid), time.monotonic()
         done = stats(base)["parking"]["readings"] - before
         probe.stop.set()
@@ -244,7 +291,9 @@ def run_city(spaces: int, root: Path, db: str, checkout: str | None = None) -> N
         backlog = pub.readings - stats(base)["parking"]["readings"]
         print(f"  steady state ({COMPRESS:g}x compressed, {STEADY_S:g} s): offered "
               f"{offered:,.0f} readings/s, applied {done / (t3 - t2):,.0f} readings/s, backlog at "
-              f"end {max(0, backlog):,} readings", flush=True)
+              f"end {max(0, backlog):,} readings; "
+              f"{(sensors.values - v0) / max(1, sensors.reports - r0):.2f} values per reading",
+              flush=True)
         print(f"  end-to-end lag (probe flip -> zone API): p50 {percentile(probe.lags, 50):.3f} s,"
               f" p99 {percentile(probe.lags, 99):.3f} s, max {max(probe.lags or [0]):.3f} s "
               f"({len(probe.lags)} probes)")
@@ -308,8 +357,11 @@ def main() -> None:
     print(f"parking city: {', '.join(f'{n:,}' for n in SPACES)} spaces, {PER_GATEWAY} per "
           f"gateway id over {CONNECTIONS} MQTT connections, {PER_ZONE} per zone; heartbeat "
           f"{HEARTBEAT_S / 60:g} min + {CHANGES_PER_DAY:g} changes/space/day, "
-          f"time compressed {COMPRESS:g}x; {os.cpu_count()} CPUs shared by generator, broker, "
-          "collector (and PostgreSQL)", flush=True)
+          f"time compressed {COMPRESS:g}x; "
+          + (f"by exception, every value every {FULL_S:g} s of city time; " if FULL_S > 0 else
+             "every value of every report; ")
+          + f"{os.cpu_count()} CPUs shared by generator, broker, collector (and PostgreSQL)",
+          flush=True)
     codes: list[tuple[str, str | None]] = [("this code", None)]
     if os.environ.get("BENCH_BASELINE"):
         codes.append((f"baseline {os.environ['BENCH_BASELINE']}", os.environ["BENCH_BASELINE"]))

@@ -200,12 +200,37 @@ class Hj212TcpBus(_Section, frozen=True, kw_only=True):
     port: Port = 9212
 
 
+# Parking reports by exception: a value is sent again when it moved this far from the value last
+# sent (magnetometer axes in mG, far below the collector's 300 mG jump alert; RSSI in dB;
+# temperature in degC; battery in mV, under the 100 mV low-battery hysteresis) or changed at
+# all (every other value), and every value at least every `full_report_every`.
+PARKING_DEADBANDS = {"mag_x": 10.0, "mag_y": 10.0, "mag_z": 10.0, "rssi": 3.0,
+                     "temperature": 0.5, "battery_mv": 20.0}
+Deadbands = dict[str, Annotated[float, Meta(ge=0, le=1e6)]]
+
+
+def _parking_deadbands() -> Any:
+    return dict(PARKING_DEADBANDS)
+
+
+def _check_deadbands(deadbands: dict[str, float]) -> None:
+    unknown = sorted(set(deadbands) - set(PARKING_DEADBANDS))
+    if unknown:
+        raise ValueError(f"no deadband for {', '.join(unknown)}: a deadband applies to "
+                         f"{', '.join(PARKING_DEADBANDS)}")
+
+
 class ParkingSerialBus(SerialSettings, frozen=True, kw_only=True):
     """A parking-sensor concentrator on a serial line (docs/protocols/parking-serial.md)."""
 
     name: str
     type: Literal["parking-serial"] = "parking-serial"
     device_prefix: str = "pk-"  # device id = prefix + sensor id
+    full_report_every: Seconds = Seconds(3600.0)  # every value this often ("0s": every report)
+    deadbands: Deadbands = field(default_factory=_parking_deadbands)
+
+    def __post_init__(self) -> None:
+        _check_deadbands(self.deadbands)
 
 
 class CoapBus(_Section, frozen=True, kw_only=True):
@@ -217,6 +242,11 @@ class CoapBus(_Section, frozen=True, kw_only=True):
     port: Port = 5683
     device_prefix: str = "pk-"
     heartbeat: Seconds = Seconds(1800.0)  # heartbeat period handed back to nodes
+    full_report_every: Seconds = Seconds(3600.0)  # every value this often ("0s": every report)
+    deadbands: Deadbands = field(default_factory=_parking_deadbands)
+
+    def __post_init__(self) -> None:
+        _check_deadbands(self.deadbands)
 
 
 MODBUS_BUS_TYPES = ("modbus-tcp", "modbus-rtu")

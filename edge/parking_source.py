@@ -33,6 +33,7 @@ from devices.parking import (
 )
 from edge.config import CoapBus, DeviceSection, ParkingSerialBus
 from edge.node_commands import NodeCommands, NodeJob
+from edge.report import ChangeFilter
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class SensorTrack:
     last_seen_ms: int = 0
     counters: dict[str, int] = field(default_factory=lambda: {
         "reports": 0, "duplicates": 0, "lost": 0, "restarts": 0})
+    # what was sent of it (every value of every report unless the registry says otherwise)
+    filter: ChangeFilter = field(default_factory=lambda: ChangeFilter(0.0))
 
     def admit(self, report: SensorReport) -> bool:
         """Record a report; False when it repeats one already seen (same counter and content)."""
@@ -111,19 +114,34 @@ def report_values(report: SensorReport) -> dict[str, Value]:
 
 
 class SensorRegistry:
-    """Sensors heard on one bus: dedup by send counter, readings named by prefix + sensor id."""
+    """Sensors heard on one bus: dedup by send counter, readings named by prefix + sensor id.
 
-    def __init__(self, prefix: str) -> None:
+    Reports by exception, like a polled device's points (edge/report.py): a reading carries the
+    values that changed since the sensor's last reading (beyond `deadbands`), and every value
+    at least every `full_every` seconds, on a sensor's first report after the gateway started
+    and on its start-up report. `full_every = 0` sends every value of every report.
+    """
+
+    def __init__(self, prefix: str, full_every: float = 0.0,
+                 deadbands: dict[str, float] | None = None) -> None:
         self.prefix = prefix
+        self.full_every = full_every
+        self.deadbands = dict(deadbands or {})
         self.sensors: dict[int, SensorTrack] = {}
 
     def reading(self, report: SensorReport, ts: int, mono: int) -> Reading | None:
         """The reading for a fresh report, or None for a repeat."""
-        track = self.sensors.setdefault(report.sensor_id, SensorTrack())
+        track = self.sensors.get(report.sensor_id)
+        if track is None:
+            track = self.sensors[report.sensor_id] = SensorTrack(
+                filter=ChangeFilter(self.full_every, self.deadbands))
         if not track.admit(report):
             return None
         track.last_seen_ms = ts
-        return Reading(f"{self.prefix}{report.sensor_id}", ts, report_values(report), mono=mono)
+        if report.msg_type is MessageType.STARTUP:
+            track.filter.forget()
+        values = track.filter.select(report_values(report), mono / 1000)
+        return Reading(f"{self.prefix}{report.sensor_id}", ts, values, mono=mono)
 
     def device_health(self) -> dict[str, dict[str, object]]:
         """Per-sensor counters and last report time for the health message."""
@@ -167,7 +185,7 @@ class ParkingSerialSource:
                  sink: Sink) -> None:
         self.cfg = cfg
         self.sink = sink
-        self.registry = SensorRegistry(cfg.device_prefix)
+        self.registry = SensorRegistry(cfg.device_prefix, cfg.full_report_every, cfg.deadbands)
         bits = 1 + cfg.bytesize + (0 if cfg.parity == "N" else 1) + cfg.stopbits
         self.timing = LineTiming.for_line(cfg.baudrate, bits)
         self.decoder = StreamDecoder()
@@ -363,7 +381,7 @@ class CoapSource:
             raise ValueError(f"bus {cfg.name}: heartbeat {cfg.heartbeat:g}s is outside "
                              "60s..86400s, the range a node accepts") from None
         self.heartbeat = heartbeat
-        self.registry = SensorRegistry(cfg.device_prefix)
+        self.registry = SensorRegistry(cfg.device_prefix, cfg.full_report_every, cfg.deadbands)
         self.counters: dict[str, int] = {"requests": 0, "reports": 0, "duplicates": 0,
                                          "readings": 0, "rejected": 0,
                                          "unparsable_datagrams": 0, "ignored_messages": 0}

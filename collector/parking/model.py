@@ -273,8 +273,10 @@ class ParkingModel:
         if rssi is not None:
             spot.rssi = rssi
         axes = [_int(values.get(k)) for k in ("mag_x", "mag_y", "mag_z")]
-        if None in axes:
-            return
+        if None in axes:  # a gateway reporting by exception sends the axes that moved
+            if spot.mag is None or axes == [None, None, None]:
+                return
+            axes = [old if new is None else new for new, old in zip(axes, spot.mag, strict=True)]
         mag = (axes[0] or 0, axes[1] or 0, axes[2] or 0)
         if spot.mag is not None and prev_occupied is not None and prev_occupied == spot.occupied:
             jump = math.dist(mag, spot.mag)

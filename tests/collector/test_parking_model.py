@@ -151,6 +151,21 @@ def test_magnetic_jump_without_occupancy_change() -> None:
                                                          ("magnetic_jump", False)]
 
 
+def test_a_magnetic_jump_on_one_axis_sent_by_exception_is_seen() -> None:
+    # A gateway reporting by exception sends only the axes that moved (and no occupancy when
+    # it did not change): the model keeps the other axes from the last report.
+    m = model()
+    seen(m, "pk-1003", T0, False, mag_x=200, mag_y=-150, mag_z=400)
+    assert seen(m, "pk-1003", T0 + MIN, send_counter=2).alerts == []
+    out = seen(m, "pk-1003", T0 + 2 * MIN, mag_z=720)
+    assert [(a.kind, a.raised, a.value) for a in out.alerts] == [("magnetic_jump", True, 320)]
+    assert m.spots["pk-1003"].mag == (200, -150, 720)
+    assert m.spots["pk-1003"].occupied is False
+    fresh = model()  # no full field known yet (a restarted collector): nothing to compare
+    assert seen(fresh, "pk-1003", T0, False, mag_z=9000).alerts == []
+    assert fresh.spots["pk-1003"].mag is None
+
+
 def test_unmapped_sensor_is_tracked_but_in_no_zone() -> None:
     m = model()
     out = seen(m, "pk-9999", T0, True)

@@ -520,3 +520,26 @@ def test_wrong_shapes_name_the_key(text: str, key: str, words: str) -> None:
     found = dict(problems(text))
     assert key in found, found
     assert words in found[key]
+
+
+def test_parking_buses_report_by_exception_with_deadbands_from_the_config() -> None:
+    cfg = parse_config(MINIMAL + '\n[[buses]]\nname = "nb"\ntype = "coap"\n')
+    [bus] = [b for b in cfg.buses if b.name == "nb"]
+    assert bus.full_report_every == 3600.0  # type: ignore[union-attr]
+    assert bus.deadbands["mag_x"] == 10.0  # type: ignore[union-attr]
+    cfg = parse_config(MINIMAL + '\n[[buses]]\nname = "pk"\ntype = "parking-serial"\n'
+                       'port = "/dev/ttyS9"\nfull_report_every = "0s"\n'
+                       'deadbands = { rssi = 6, temperature = 1 }\n')
+    [bus] = [b for b in cfg.buses if b.name == "pk"]
+    assert bus.full_report_every == 0.0  # type: ignore[union-attr]
+    assert bus.deadbands == {"rssi": 6.0, "temperature": 1.0}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ("deadbands = { occupied = 1 }", "deadband for occupied"),  # a state has none
+    ("deadbands = { mag_x = -1 }", "deadbands"),
+    ('full_report_every = "soon"', "full_report_every"),
+])
+def test_bad_parking_report_settings_name_the_key(line: str, key: str) -> None:
+    found_key, msg = one_problem(MINIMAL + f'\n[[buses]]\nname = "nb"\ntype = "coap"\n{line}\n')
+    assert found_key.startswith("buses") and key in f"{found_key} {msg}"

@@ -29,11 +29,12 @@ from devices.parking import (
     encode_frame,
 )
 from devices.sim.ptylink import PtyLink
-from edge.config import CoapBus, ParkingSerialBus
+from edge.config import PARKING_DEADBANDS, CoapBus, ParkingSerialBus
 from edge.parking_source import (
     CoapSource,
     LineTiming,
     ParkingSerialSource,
+    SensorRegistry,
     SensorTrack,
     report_values,
 )
@@ -59,12 +60,13 @@ def node_coap() -> Any:
 
 def report(sid: int = 1001, counter: int = 1, occupied: bool = True,
            msg_type: MessageType = MessageType.OCCUPANCY_CHANGE, rssi: int | None = -90,
-           battery: int | None = 3550) -> SensorReport:
+           battery: int | None = 3550, mag: tuple[int, int, int] = (350, -200, 710),
+           temperature: float = 21.5) -> SensorReport:
     """A report as a node would send it."""
     return SensorReport(sensor_id=sid, msg_type=msg_type, occupied=occupied,
-                        mag=(350, -200, 710), baseline=(210, -150, 410), battery_mv=battery,
-                        rssi_dbm=rssi, temperature_c=21.5, send_counter=counter, park_counter=7,
-                        reset_cause=ResetCause.DEEP_SLEEP_WAKE)
+                        mag=mag, baseline=(210, -150, 410), battery_mv=battery,
+                        rssi_dbm=rssi, temperature_c=temperature, send_counter=counter,
+                        park_counter=7, reset_cause=ResetCause.DEEP_SLEEP_WAKE)
 
 
 class Collected:
@@ -117,6 +119,39 @@ def test_repeat_with_other_rssi_is_a_duplicate_but_new_content_is_not() -> None:
     assert track.admit(report(counter=1, msg_type=MessageType.STARTUP))  # power loss: restart
     assert track.admit(report(counter=2, occupied=False))
     assert track.counters["restarts"] == 1
+
+
+def test_reports_by_exception_send_what_moved_and_everything_hourly() -> None:
+    reg = SensorRegistry("pk-", 3600, PARKING_DEADBANDS)
+    hb = MessageType.HEARTBEAT
+
+    def sent(mono_s: float, **kw: Any) -> dict[str, Any]:
+        r = reg.reading(report(**kw), 1_700_000_000_000 + int(mono_s * 1000), int(mono_s * 1000))
+        assert r is not None and r.device == f"pk-{kw.get('sid', 1001)}"
+        return dict(r.values)
+
+    every = set(report_values(report()))
+    assert set(sent(0, counter=1, msg_type=hb)) == every  # first report since start: all
+    # jitter inside the deadbands: only the counter moved
+    assert sent(600, counter=2, msg_type=hb, mag=(354, -197, 706), rssi=-92,
+                temperature=21.8, battery=3540) == {"send_counter": 2}
+    # a car: occupancy, report type and the field's z axis
+    assert sent(700, counter=3, occupied=False, mag=(352, -199, 410)) == {
+        "send_counter": 3, "occupied": False, "report_type": 1, "mag_z": 410}
+    # drift is measured from the value last sent, so it is sent once it adds up
+    assert sent(1300, counter=4, msg_type=hb, occupied=False, mag=(361, -199, 410),
+                temperature=22.1) == {"send_counter": 4, "report_type": 2, "mag_x": 361,
+                                      "temperature": 22.1}
+    full = sent(3600, counter=5, msg_type=hb, occupied=False, mag=(361, -199, 410))
+    assert set(full) == every and full["occupied"] is False  # the hourly full report
+    assert sent(3700, sid=1002, counter=1, msg_type=hb).keys() == every  # another sensor
+    # a node that restarted sends every value again
+    assert set(sent(3800, counter=1, msg_type=MessageType.STARTUP, occupied=False,
+                    mag=(361, -199, 410))) == every
+    plain = SensorRegistry("pk-")  # full_every 0: every value of every report
+    for n in (1, 2):
+        r = plain.reading(report(counter=n, msg_type=hb), 0, n)
+        assert r is not None and set(r.values) == every
 
 
 def test_report_values_leave_out_unavailable_fields() -> None:
