@@ -274,7 +274,8 @@ def run_city(spaces: int, root: Path, db: str, checkout: str | None = None) -> N
         print(f"  start-up burst: {spaces:,} readings published in {t_pub:.1f} s, stored and "
               f"applied in {t_burst:.1f} s = {spaces / t_burst:,.0f} readings/s "
               f"({spaces * 11 / t_burst:,.0f} values/s); collector CPU "
-              f"{(s1.cpu_s - s0.cpu_s) / t_burst * 100:.0f} %", flush=True)
+              f"{(s1.cpu_s - s0.cpu_s) / t_burst * 100:.0f} %; RSS {s0.rss_kb / 1024:.0f} MiB "
+              f"before it, {s1.rss_kb / 1024:.0f} MiB after", flush=True)
         probe, querier = Probe(pub, base), Querier(base, spaces // PER_ZONE)
         probe.start()
         querier.start()

@@ -10,6 +10,7 @@ are raised and cleared here as data; the service stores them.
 from __future__ import annotations
 
 import math
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,26 +39,106 @@ SEVERITY = {"silent": "major", "low_battery": "warning", "flapping": "minor",
             "magnetic_jump": "minor"}
 
 
-@dataclass(slots=True)
-class Spot:
-    """One bay and what its sensor last told us."""
+_NONE = -(1 << 63)  # an empty cell of a column
+_NO_ALERTS: frozenset[str] = frozenset()  # shared: a new empty frozenset is 216 bytes
+_LIMIT = 1 << 62  # larger numbers are not kept (the wire contract allows at most 1e15)
 
-    id: str
-    zone: str | None
-    silent_after_ms: int
-    closed: bool = False
-    occupied: bool | None = None
-    last_ts: int | None = None
-    silent: bool = True
-    status: SpotStatus = SpotStatus.UNKNOWN
-    since: int | None = None
-    battery_mv: int | None = None
-    rssi: int | None = None
-    mag: tuple[int, int, int] | None = None
-    # Occupancy changes in the last hour; created on the first change (memory: 300k spots).
-    changes: deque[int] | None = None
-    last_jump: int | None = None
-    alerts: frozenset[str] = frozenset()  # kinds currently raised (shared empty set)
+
+class SpotColumns:
+    """The numbers every report rewrites, for every spot, in flat 64-bit columns.
+
+    Held as attributes, each report would leave a few small long-lived objects (a time, a
+    magnetometer tuple) among the short-lived ones of its decoding; at 300,000 spots they pin
+    most of the heap pages a burst of reports used, and the process keeps them all.
+    """
+
+    __slots__ = ("battery_mv", "last_jump", "last_ts", "mag_x", "mag_y", "mag_z", "rssi",
+                 "since", "stored")
+    battery_mv: array[int]
+    last_jump: array[int]
+    last_ts: array[int]
+    mag_x: array[int]
+    mag_y: array[int]
+    mag_z: array[int]
+    rssi: array[int]
+    since: array[int]
+    stored: array[int]
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, array("q"))
+
+    def add(self) -> int:
+        """A new row of empty cells; its index."""
+        for name in self.__slots__:
+            getattr(self, name).append(_NONE)
+        return len(self.last_ts) - 1
+
+
+def _cell(name: str) -> Any:
+    def get(spot: Spot) -> int | None:
+        v: int = getattr(spot._cols, name)[spot._row]
+        return None if v == _NONE else v
+
+    def put(spot: Spot, value: int | None) -> None:
+        ok = value is not None and -_LIMIT < value < _LIMIT
+        getattr(spot._cols, name)[spot._row] = value if ok else _NONE
+
+    return property(get, put, doc=f"{name} (None when not known)")
+
+
+class Spot:
+    """One bay and what its sensor last told us (its numbers live in the model's columns)."""
+
+    __slots__ = ("_cols", "_row", "alerts", "changes", "closed", "id", "occupied", "silent",
+                 "silent_after_ms", "status", "zone")
+
+    last_ts = _cell("last_ts")
+    since = _cell("since")
+    battery_mv = _cell("battery_mv")
+    rssi = _cell("rssi")
+    last_jump = _cell("last_jump")
+
+    def __init__(self, id: str, zone: str | None, silent_after_ms: int, columns: SpotColumns,
+                 *, closed: bool = False) -> None:
+        self.id, self.zone, self.silent_after_ms = id, zone, silent_after_ms
+        self._cols, self._row = columns, columns.add()
+        self.closed = closed
+        self.occupied: bool | None = None
+        self.silent = True
+        self.status = SpotStatus.UNKNOWN
+        # Occupancy changes in the last hour; created on the first change (memory: 300k spots).
+        self.changes: deque[int] | None = None
+        self.alerts = _NO_ALERTS  # kinds currently raised
+
+    def __repr__(self) -> str:
+        return (f"Spot({self.id!r}, zone={self.zone!r}, status={self.status.value}, "
+                f"occupied={self.occupied}, last_ts={self.last_ts})")
+
+    @property
+    def stored(self) -> int | None:
+        """A digest of the spot's row as stored (kept by the parking service), None if none."""
+        v: int = self._cols.stored[self._row]
+        return None if v == _NONE else v
+
+    @stored.setter
+    def stored(self, digest: int | None) -> None:
+        self._cols.stored[self._row] = _NONE if digest is None else digest
+
+    @property
+    def mag(self) -> tuple[int, int, int] | None:
+        """The last magnetic field (x, y, z in mG), None when not known."""
+        c, i = self._cols, self._row
+        x = c.mag_x[i]
+        return None if x == _NONE else (x, c.mag_y[i], c.mag_z[i])
+
+    @mag.setter
+    def mag(self, value: tuple[int, int, int] | None) -> None:
+        c, i = self._cols, self._row
+        if value is None or not all(-_LIMIT < v < _LIMIT for v in value):
+            c.mag_x[i] = c.mag_y[i] = c.mag_z[i] = _NONE
+        else:
+            c.mag_x[i], c.mag_y[i], c.mag_z[i] = value
 
     def derived_status(self) -> SpotStatus:
         """What the status should be from the facts held."""
@@ -146,7 +227,7 @@ class Changes:
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return None
     return int(value)
 
@@ -157,6 +238,7 @@ class ParkingModel:
     def __init__(self, cfg: ParkingConfig) -> None:
         self.cfg = cfg
         self.spots: dict[str, Spot] = {}
+        self.columns = SpotColumns()
         self.zones: dict[str, Zone] = {}
         self._default_silent_ms = int(cfg.heartbeat * cfg.silent_factor * 1000)
         # One queue per silence limit, in report order: the front is always the next to expire.
@@ -172,7 +254,7 @@ class ParkingModel:
             self.zones[z.id] = zone
             closed = set(z.closed)
             for sid in ids:
-                spot = Spot(sid, z.id, limit, closed=sid in closed)
+                spot = Spot(sid, z.id, limit, self.columns, closed=sid in closed)
                 spot.status = spot.derived_status()
                 zone.counts[spot.status] += 1
                 self.spots[sid] = spot
@@ -184,7 +266,7 @@ class ParkingModel:
     def _spot(self, device: str) -> Spot:
         spot = self.spots.get(device)
         if spot is None:  # reporting but mapped to no zone: tracked for health alerts
-            spot = self.spots[device] = Spot(device, None, self._default_silent_ms)
+            spot = self.spots[device] = Spot(device, None, self._default_silent_ms, self.columns)
         return spot
 
     def _refresh(self, spot: Spot, ts: int, out: Changes) -> None:
@@ -210,8 +292,10 @@ class ParkingModel:
 
     def _watch_spot(self, spot: Spot) -> None:
         queue = self._watch.setdefault(spot.silent_after_ms, OrderedDict())
-        queue.pop(spot.id, None)
-        queue[spot.id] = None
+        if spot.id in queue:  # relinked in place: no new node per report
+            queue.move_to_end(spot.id)
+        else:
+            queue[spot.id] = None
 
     def observe(self, device: str, ts: int, values: Mapping[str, Any], now: int,
                 out: Changes) -> None:

@@ -82,9 +82,12 @@ def spot_row(s: Spot, where: tuple[float, float] | None = None) -> dict[str, Any
             "lat": where[0] if where else None, "lon": where[1] if where else None}
 
 
-def _content(row: dict[str, Any]) -> tuple[Any, ...]:
-    """A spot row without its time of last report."""
-    return tuple(v for k, v in row.items() if k != "last_ts")
+def _content(row: dict[str, Any]) -> int:
+    """A digest of a spot row without its time of last report (64 bits per spot instead of a
+    tuple of nine: 32 MiB less at 300,000 spots). The hash of its JSON text: two contents of
+    one spot share it with a chance of about 1e-19 (a tuple's hash is not used: CPython hashes
+    -1 and -2 alike)."""
+    return hash(orjson.dumps([v for k, v in row.items() if k != "last_ts"]))
 
 
 class ParkingService:
@@ -101,10 +104,9 @@ class ParkingService:
         self.stats: dict[str, int] = {"readings": 0, "transitions": 0, "alerts": 0,
                                       "store_errors": 0, "spot_writes": 0, "heartbeats": 0}
         self._next_sample = 0
-        # A spot's stored row without last_ts: a report that changes none of it is a
-        # heartbeat, whose time is written with the next tick (one narrow UPDATE per spot)
-        # instead of rewriting the row with every report.
-        self._stored: dict[str, tuple[Any, ...]] = {}
+        # Spot.stored, a digest of a spot's stored row without last_ts: a report that changes
+        # none of it is a heartbeat, whose time is written with the next tick (one narrow
+        # UPDATE per spot) instead of rewriting the row with every report.
         self._heartbeats: dict[str, int] = {}
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -125,8 +127,7 @@ class ParkingService:
                 self.model.restore(dict(row), active.get(row["spot_id"], set()), now)
                 spot = self.model.spots.get(row["spot_id"])
                 if spot is not None:
-                    self._stored[spot.id] = _content(
-                        spot_row(spot, self.model.locations.get(spot.id)))
+                    spot.stored = _content(spot_row(spot, self.model.locations.get(spot.id)))
             self.model.start_watching()
             out = Changes()
             self.model.tick(now, out)
@@ -226,7 +227,7 @@ class ParkingService:
         for spot_id in out.spots:
             row = spot_row(self.model.spots[spot_id], self.model.locations.get(spot_id))
             content = _content(row)
-            if self._stored.get(spot_id) == content:  # only its time moved: a heartbeat
+            if self.model.spots[spot_id].stored == content:  # only its time moved: a heartbeat
                 if row["last_ts"] is not None:
                     self._heartbeats[spot_id] = row["last_ts"]
                 continue
@@ -242,7 +243,7 @@ class ParkingService:
             for alert in out.alerts:
                 self._write_alert(conn, alert)
         for row in rows:  # committed: what is stored now
-            self._stored[row["spot_id"]] = _content(row)
+            self.model.spots[row["spot_id"]].stored = _content(row)
         self.stats["spot_writes"] += len(rows)
 
     def _write_heartbeats(self) -> None:

@@ -222,3 +222,16 @@ def test_unconfigured_collector_answers_503(tmp_path: Path) -> None:
         assert resp.status_code == 503 and "not configured" in resp.text
     finally:
         store.close()
+
+
+def test_a_spot_row_that_changed_in_any_field_is_not_taken_for_a_heartbeat() -> None:
+    # The service keeps a digest of each spot's stored row; a heartbeat is a report that
+    # leaves it equal. Values that hash alike in Python (-1 and -2, 1 and True) must differ.
+    from collector.parking.service import _content
+
+    base = {"spot_id": "pk-1", "zone_id": "z", "status": "free", "occupied": False,
+            "since": 5, "last_ts": 9, "battery_mv": 3600, "rssi": -1, "lat": None, "lon": None}
+    assert _content(base) == _content({**base, "last_ts": 10})
+    for key, value in [("rssi", -2), ("occupied", 0), ("battery_mv", 3601), ("lat", 34.7),
+                       ("status", "occupied"), ("since", 6)]:
+        assert _content(base) != _content({**base, key: value}), key

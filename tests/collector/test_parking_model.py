@@ -246,3 +246,17 @@ def test_config_from_a_toml_file(tmp_path: Path) -> None:
     path.write_text("[parking\n")
     with pytest.raises(ParkingConfigError, match="not valid TOML"):
         load_parking_config(path)
+
+
+def test_numbers_a_spot_cannot_hold_are_left_unknown_not_raised() -> None:
+    # A spot's numbers live in 64-bit columns: a value beyond them (or not finite) from a
+    # foreign gateway is not kept, and the rest of the report still counts.
+    m = model()
+    out = seen(m, "pk-1001", T0, True, battery_mv=1e19, rssi=float("nan"), mag_x=2**70,
+               mag_y=0, mag_z=0)
+    spot = m.spots["pk-1001"]
+    assert spot.status is SpotStatus.OCCUPIED and [t.new for t in out.transitions] == ["occupied"]
+    assert spot.battery_mv is None and spot.rssi is None and spot.mag is None
+    seen(m, "pk-1001", T0 + MIN, True, battery_mv=3600, rssi=-90, mag_x=1, mag_y=2, mag_z=3)
+    assert (spot.battery_mv, spot.rssi, spot.mag, spot.last_ts) == (3600, -90, (1, 2, 3),
+                                                                     T0 + MIN)
