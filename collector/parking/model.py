@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -52,8 +52,11 @@ class SpotColumns:
     most of the heap pages a burst of reports used, and the process keeps them all.
     """
 
-    __slots__ = ("battery_mv", "last_jump", "last_ts", "mag_x", "mag_y", "mag_z", "rssi",
-                 "since", "stored")
+    __slots__ = ("after", "battery_mv", "before", "last_jump", "last_ts", "mag_x", "mag_y",
+                 "mag_z", "rssi", "since", "spots", "stored")
+    after: array[int]  # the silence queue's links (SilenceQueue)
+    before: array[int]
+    spots: list[Spot]  # by row
     battery_mv: array[int]
     last_jump: array[int]
     last_ts: array[int]
@@ -66,13 +69,69 @@ class SpotColumns:
 
     def __init__(self) -> None:
         for name in self.__slots__:
-            setattr(self, name, array("q"))
+            if name != "spots":
+                setattr(self, name, array("q"))
+        self.spots = []
 
-    def add(self) -> int:
-        """A new row of empty cells; its index."""
+    def add(self, spot: Spot) -> int:
+        """A new row of empty cells for `spot`; its index."""
         for name in self.__slots__:
-            getattr(self, name).append(_NONE)
-        return len(self.last_ts) - 1
+            if name != "spots":
+                getattr(self, name).append(_NONE)
+        self.spots.append(spot)
+        return len(self.spots) - 1
+
+
+class SilenceQueue:
+    """The spots of one silence limit in report order, the next to fall silent in front: a
+    list linked through the columns `before` and `after`, so that moving a spot to the back
+    on every report allocates nothing."""
+
+    __slots__ = ("cols", "head", "tail")
+
+    def __init__(self, cols: SpotColumns) -> None:
+        self.cols, self.head, self.tail = cols, _NONE, _NONE
+
+    def __bool__(self) -> bool:
+        return self.head != _NONE
+
+    def __iter__(self) -> Iterator[Spot]:
+        row = self.head
+        while row != _NONE:
+            yield self.cols.spots[row]
+            row = self.cols.after[row]
+
+    def push(self, row: int) -> None:
+        """Put a spot at the back (taking it out of its place first)."""
+        if row == self.tail:
+            return
+        c = self.cols
+        if c.after[row] != _NONE:  # queued, not last
+            self.remove(row)
+        c.before[row], c.after[row] = self.tail, _NONE
+        if self.tail == _NONE:
+            self.head = row
+        else:
+            c.after[self.tail] = row
+        self.tail = row
+
+    def remove(self, row: int) -> None:
+        """Take a queued spot out."""
+        c = self.cols
+        before, after = c.before[row], c.after[row]
+        if before == _NONE:
+            self.head = after
+        else:
+            c.after[before] = after
+        if after == _NONE:
+            self.tail = before
+        else:
+            c.before[after] = before
+        c.before[row] = c.after[row] = _NONE
+
+    def front(self) -> Spot:
+        """The spot that falls silent next (the queue is not empty)."""
+        return self.cols.spots[self.head]
 
 
 def _cell(name: str) -> Any:
@@ -102,7 +161,7 @@ class Spot:
     def __init__(self, id: str, zone: str | None, silent_after_ms: int, columns: SpotColumns,
                  *, closed: bool = False) -> None:
         self.id, self.zone, self.silent_after_ms = id, zone, silent_after_ms
-        self._cols, self._row = columns, columns.add()
+        self._cols, self._row = columns, columns.add(self)
         self.closed = closed
         self.occupied: bool | None = None
         self.silent = True
@@ -242,7 +301,7 @@ class ParkingModel:
         self.zones: dict[str, Zone] = {}
         self._default_silent_ms = int(cfg.heartbeat * cfg.silent_factor * 1000)
         # One queue per silence limit, in report order: the front is always the next to expire.
-        self._watch: dict[int, OrderedDict[str, None]] = {}
+        self._watch: dict[int, SilenceQueue] = {}
         self._flagged: set[str] = set()  # spots with a flapping or magnetic-jump alert
         self.locations: dict[str, tuple[float, float]] = {}  # spot -> (lat, lon) when known
         for z in cfg.zones:
@@ -291,11 +350,10 @@ class ParkingModel:
         out.alerts.append(AlertChange(spot.id, spot.zone, kind, raised, ts, value, message))
 
     def _watch_spot(self, spot: Spot) -> None:
-        queue = self._watch.setdefault(spot.silent_after_ms, OrderedDict())
-        if spot.id in queue:  # relinked in place: no new node per report
-            queue.move_to_end(spot.id)
-        else:
-            queue[spot.id] = None
+        queue = self._watch.get(spot.silent_after_ms)
+        if queue is None:
+            queue = self._watch[spot.silent_after_ms] = SilenceQueue(self.columns)
+        queue.push(spot._row)
 
     def observe(self, device: str, ts: int, values: Mapping[str, Any], now: int,
                 out: Changes) -> None:
@@ -375,11 +433,10 @@ class ParkingModel:
         """Advance time: silent sensors become unknown; quiet alerts clear."""
         for limit, queue in self._watch.items():
             while queue:
-                sid = next(iter(queue))
-                spot = self.spots[sid]
+                spot = queue.front()
                 if spot.last_ts is not None and spot.last_ts + limit > now:
                     break
-                del queue[sid]
+                queue.remove(spot._row)
                 spot.silent = True
                 self._alert(spot, "silent", True, now, out, None,
                             f"no report for more than {limit // 1000} s")

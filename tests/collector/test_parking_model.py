@@ -260,3 +260,31 @@ def test_numbers_a_spot_cannot_hold_are_left_unknown_not_raised() -> None:
     seen(m, "pk-1001", T0 + MIN, True, battery_mv=3600, rssi=-90, mag_x=1, mag_y=2, mag_z=3)
     assert (spot.battery_mv, spot.rssi, spot.mag, spot.last_ts) == (3600, -90, (1, 2, 3),
                                                                      T0 + MIN)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["push", "remove", "pop"]), st.integers(0, 7)),
+                max_size=60))
+def test_the_silence_queue_keeps_report_order_like_an_ordered_dict(
+        ops: list[tuple[str, int]]) -> None:
+    from collections import OrderedDict
+
+    from collector.parking.model import SilenceQueue, Spot, SpotColumns
+
+    cols = SpotColumns()
+    spots = [Spot(f"pk-{i}", None, 1, cols) for i in range(8)]
+    queue, ref = SilenceQueue(cols), OrderedDict[int, None]()
+    for op, i in ops:
+        if op == "push":
+            queue.push(spots[i]._row)
+            ref.pop(i, None)
+            ref[i] = None
+        elif op == "remove" and i in ref:
+            queue.remove(spots[i]._row)
+            del ref[i]
+        elif op == "pop" and ref:
+            assert queue.front() is spots[next(iter(ref))]
+            queue.remove(queue.front()._row)
+            ref.popitem(last=False)
+        assert [s.id for s in queue] == [f"pk-{i}" for i in ref]
+        assert bool(queue) == bool(ref)
