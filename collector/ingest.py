@@ -25,6 +25,7 @@ import orjson
 import paho.mqtt.client as mqtt
 
 from collector.failures import Failure, classify
+from collector.memory import MemoryTrimmer
 from collector.store import Accepted, GatewayMessage, Inbound, IngestResult, Store, now_ms
 from devices import contract
 from devices.contract import (
@@ -314,6 +315,7 @@ class IngestCore:
     on_stored: Callable[[list[Accepted]], None]
     on_state: Callable[[str, str, list[str]], None]
     _warned: set[tuple[str, str]]
+    memory: MemoryTrimmer  # freed heap back to the OS after stored batches
 
     def _reject(self, topic_name: str, exc: ContractError) -> None:
         """Count a message that breaks the contract; log once per gateway and reason."""
@@ -462,6 +464,7 @@ class Ingest(IngestCore):
         # Unbounded in messages, bounded in bytes by the budget the MQTT thread takes from.
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._warned: set[tuple[str, str]] = set()
+        self.memory = MemoryTrimmer()
         self._client: mqtt.Client | None = None
         self._writer: threading.Thread | None = None
         self._prober: threading.Thread | None = None
@@ -628,3 +631,4 @@ class Ingest(IngestCore):
         self.stats.handled += len(batch)
         self.stats.last_progress = time.monotonic()
         self.budget.give(sum(i.held for i in batch))
+        self.memory.maybe()

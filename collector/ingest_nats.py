@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 import paho.mqtt.client as mqtt
 
 from collector.ingest import Entry, IngestCore, IngestStats, entry_of
+from collector.memory import MemoryTrimmer
 from collector.store import Accepted, Store, now_ms
 from devices import contract
 from devices.contract import ContractError
@@ -137,6 +138,7 @@ class NatsIngest(IngestCore):
         self.stats = NatsIngestStats()
         self._state = StateChannel(self, list(mqtt_urls)) if mqtt_urls else None
         self._warned: set[tuple[str, str]] = set()
+        self.memory = MemoryTrimmer()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -319,6 +321,7 @@ class NatsIngest(IngestCore):
                 self.stats.acked += 1
         self.stats.handled += len(msgs)
         self.stats.last_progress = time.monotonic()
+        self.memory.maybe()
 
     def _entry(self, msg: Any) -> Entry | None:
         topic_name = topic_from_subject(msg.subject)

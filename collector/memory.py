@@ -1,0 +1,61 @@
+"""Give the heap memory a collector freed back to the operating system.
+
+A burst of ingest (a district's gateways replaying their outboxes, every parking sensor's
+start-up report) decodes and stores large batches; glibc's allocator keeps the memory those
+freed for reuse, so a process that once held a burst keeps its RSS. `malloc_trim(0)` returns
+the free pages of every arena. It walks the heap (about a millisecond at a few hundred MiB), so
+the ingest writer calls it at most once per interval, after a batch is stored. Elsewhere than
+glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+TRIM_INTERVAL_S = 30.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return None
+    return trim
+
+
+class MemoryTrimmer:
+    """Calls malloc_trim at most every `interval` seconds (of `clock`)."""
+
+    def __init__(self, interval: float = TRIM_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval, self.clock = interval, clock
+        self._trim = _malloc_trim()
+        self._last = clock()
+        self.trims = 0
+
+    @property
+    def available(self) -> bool:
+        """Whether this C library can trim (glibc)."""
+        return self._trim is not None
+
+    def maybe(self) -> bool:
+        """Trim if the interval has passed since the last trim; whether it trimmed."""
+        now = self.clock()
+        if self._trim is None or now - self._last < self.interval:
+            return False
+        self._last = now
+        try:
+            self._trim(0)
+        except Exception:  # never let housekeeping stop ingest
+            log.exception("collector: malloc_trim failed; not trying again")
+            self._trim = None
+            return False
+        self.trims += 1
+        return True
