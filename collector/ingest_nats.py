@@ -321,7 +321,8 @@ class NatsIngest(IngestCore):
                 self.stats.acked += 1
         self.stats.handled += len(msgs)
         self.stats.last_progress = time.monotonic()
-        self.memory.maybe()
+        if self.memory.due():  # off the event loop: a trim takes tens of milliseconds
+            await asyncio.to_thread(self.memory.maybe)
 
     def _entry(self, msg: Any) -> Entry | None:
         topic_name = topic_from_subject(msg.subject)

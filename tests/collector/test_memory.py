@@ -27,10 +27,11 @@ PROBE = textwrap.dedent("""
     keep = blocks[-1]
     del blocks
     held = rss_mib()
-    early = trimmer.maybe()  # within the interval: nothing
+    early = (trimmer.due(), trimmer.maybe())  # within the interval: nothing
     clock[0] = 31.0
+    due = trimmer.due()
     trimmed = trimmer.maybe()
-    print(held, rss_mib(), early, trimmed, trimmer.trims)
+    print(held, rss_mib(), *early, due, trimmed, trimmer.trims, trimmer.due())
 """)
 
 
@@ -40,5 +41,5 @@ def test_the_trimmer_gives_freed_heap_back_at_most_once_per_interval() -> None:
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                          check=True, timeout=60).stdout.split()
     held, after = int(out[0]), int(out[1])
-    assert out[2:] == ["False", "True", "1"]
+    assert out[2:] == ["False", "False", "True", "True", "1", "False"]
     assert held - after >= 150, (held, after)  # of the ~200 MiB freed
