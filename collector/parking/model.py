@@ -134,14 +134,18 @@ class SilenceQueue:
         return self.cols.spots[self.head]
 
 
+def _held(value: int | None) -> int:
+    """What a column holds for `value`: itself, or empty when unknown or out of bounds."""
+    return value if value is not None and -_LIMIT < value < _LIMIT else _NONE
+
+
 def _cell(name: str) -> Any:
     def get(spot: Spot) -> int | None:
         v: int = getattr(spot._cols, name)[spot._row]
         return None if v == _NONE else v
 
     def put(spot: Spot, value: int | None) -> None:
-        ok = value is not None and -_LIMIT < value < _LIMIT
-        getattr(spot._cols, name)[spot._row] = value if ok else _NONE
+        getattr(spot._cols, name)[spot._row] = _held(value)
 
     return property(get, put, doc=f"{name} (None when not known)")
 
@@ -194,10 +198,10 @@ class Spot:
     @mag.setter
     def mag(self, value: tuple[int, int, int] | None) -> None:
         c, i = self._cols, self._row
-        if value is None or not all(-_LIMIT < v < _LIMIT for v in value):
-            c.mag_x[i] = c.mag_y[i] = c.mag_z[i] = _NONE
-        else:
-            c.mag_x[i], c.mag_y[i], c.mag_z[i] = value
+        held = (_NONE,) * 3 if value is None else tuple(_held(v) for v in value)
+        if _NONE in held:  # the field is known whole or not at all
+            held = (_NONE,) * 3
+        c.mag_x[i], c.mag_y[i], c.mag_z[i] = held
 
     def derived_status(self) -> SpotStatus:
         """What the status should be from the facts held."""
@@ -415,13 +419,14 @@ class ParkingModel:
         if rssi is not None:
             spot.rssi = rssi
         axes = [_int(values.get(k)) for k in ("mag_x", "mag_y", "mag_z")]
+        last = spot.mag
         if None in axes:  # a gateway reporting by exception sends the axes that moved
-            if spot.mag is None or axes == [None, None, None]:
+            if last is None or axes == [None, None, None]:
                 return
-            axes = [old if new is None else new for new, old in zip(axes, spot.mag, strict=True)]
+            axes = [old if new is None else new for new, old in zip(axes, last, strict=True)]
         mag = (axes[0] or 0, axes[1] or 0, axes[2] or 0)
-        if spot.mag is not None and prev_occupied is not None and prev_occupied == spot.occupied:
-            jump = math.dist(mag, spot.mag)
+        if last is not None and prev_occupied is not None and prev_occupied == spot.occupied:
+            jump = math.dist(mag, last)
             if jump > a.mag_jump_mg:
                 spot.last_jump = ts
                 self._flagged.add(spot.id)

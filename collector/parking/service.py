@@ -223,15 +223,17 @@ class ParkingService:
         self.stats["alerts"] += len(out.alerts)
         zones = self.model.zones.values() if all_zones else \
             [self.model.zones[z] for z in out.zones]
-        rows = []
+        rows, digests = [], []
         for spot_id in out.spots:
-            row = spot_row(self.model.spots[spot_id], self.model.locations.get(spot_id))
-            content = _content(row)
-            if self.model.spots[spot_id].stored == content:  # only its time moved: a heartbeat
+            spot = self.model.spots[spot_id]
+            row = spot_row(spot, self.model.locations.get(spot_id))
+            digest = _content(row)
+            if spot.stored == digest:  # only its time moved: a heartbeat
                 if row["last_ts"] is not None:
                     self._heartbeats[spot_id] = row["last_ts"]
                 continue
             rows.append(row)
+            digests.append((spot, digest))
             self._heartbeats.pop(spot_id, None)
         if not (zones or rows or out.alerts):
             return
@@ -242,8 +244,8 @@ class ParkingService:
                 conn.execute(sa.text(_ZONE_UPSERT), [zone_row(z) for z in zones])
             for alert in out.alerts:
                 self._write_alert(conn, alert)
-        for row in rows:  # committed: what is stored now
-            self.model.spots[row["spot_id"]].stored = _content(row)
+        for spot, digest in digests:  # committed: what is stored now
+            spot.stored = digest
         self.stats["spot_writes"] += len(rows)
 
     def _write_heartbeats(self) -> None:
