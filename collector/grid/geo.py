@@ -3,18 +3,20 @@
 Pure: no database, no clock. An outline set is parsed once into `Outlines`, whose STRtree index
 answers "which grid is this point in" in logarithmic time, so placing every site and report
 again after an import is cheap.
+
+shapely (~22 MiB resident with numpy) is imported when the first outline is parsed or loaded,
+not with this module: a collector without outlines does not carry it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import shapely
-from shapely.geometry import MultiPolygon, Point, Polygon, shape
-from shapely.strtree import STRtree
-from shapely.validation import explain_validity
+if TYPE_CHECKING:
+    from shapely.geometry import MultiPolygon, Point, Polygon
+    from shapely.strtree import STRtree
 
 Level = Literal["district", "area", "grid"]
 LEVELS: tuple[Level, ...] = ("district", "area", "grid")
@@ -50,6 +52,8 @@ class Outline:
 
     def feature(self) -> dict[str, Any]:
         """As a GeoJSON feature (what was imported, normalised)."""
+        import shapely.geometry
+
         return {"type": "Feature", "id": self.id,
                 "properties": {"level": self.level, "name": self.name, "parent": self.parent,
                                "departments": dict(self.departments)},
@@ -123,6 +127,9 @@ def _vertices(geometry: Any, where: str) -> int:
 
 
 def _geometry(raw: Any, where: str) -> Polygon | MultiPolygon:
+    from shapely.geometry import MultiPolygon, Polygon, shape
+    from shapely.validation import explain_validity
+
     if not isinstance(raw, dict):
         raise OutlineError(where, "geometry is required")
     geom = shape(raw)
@@ -207,6 +214,8 @@ class Outlines:
             members = sorted((o for o in me.by_id.values() if o.level == level),
                              key=lambda o: o.id)
             if members:
+                from shapely.strtree import STRtree
+
                 me._trees[level] = (STRtree([o.geometry for o in members]), members)
         return me
 
@@ -220,8 +229,10 @@ class Outlines:
 
     def locate(self, lat: float | None, lon: float | None) -> Placement:
         """The grid, area and district that contain a point (parents by the hierarchy)."""
-        if lat is None or lon is None:
+        if lat is None or lon is None or not self._trees:
             return UNPLACED
+        from shapely.geometry import Point
+
         point = Point(lon, lat)
         for level in ("grid", "area", "district"):
             hit = self._containing(level, point)

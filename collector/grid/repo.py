@@ -6,7 +6,6 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from shapely.geometry import shape
 
 from collector import schema
 from collector.grid.geo import Outline
@@ -16,7 +15,11 @@ from collector.registry import tables as reg
 
 def load_outlines(conn: sa.Connection) -> list[Outline]:
     """Every stored outline (validated when it was imported)."""
-    rows = conn.execute(sa.select(outlines).order_by(outlines.c.outline_id))
+    rows = conn.execute(sa.select(outlines).order_by(outlines.c.outline_id)).all()
+    if not rows:
+        return []  # and shapely is not imported (~22 MiB resident)
+    from shapely.geometry import shape
+
     return [Outline(r.outline_id, r.level, r.name, r.parent, orjson.loads(r.departments),
                     shape(orjson.loads(r.geometry)))
             for r in rows]

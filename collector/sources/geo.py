@@ -4,6 +4,9 @@ Distances are metres in a local equirectangular frame around a reference latitud
 city (±50 km) the error is well under 1 %, far below what attribution needs. The registry's
 geometries (points and outlines) sit in a shapely STRtree, rebuilt when the registry changes;
 truck fixes arrive all the time, so they go to a grid of cells keyed by rounded degrees.
+
+shapely (with numpy, ~22 MiB resident) is imported when the first source is indexed, not with
+this module: a collector with no registered sources does not carry it.
 """
 
 from __future__ import annotations
@@ -14,11 +17,6 @@ from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy
-import shapely
-from shapely import STRtree
-from shapely.geometry import Point, Polygon
 
 EARTH_M = 6_371_008.8
 MAX_GAP_MS = 120_000  # a gap between two fixes longer than this is not counted as dwell
@@ -70,10 +68,19 @@ class SourceIndex:
         self.sources = list(sources)
         lat0 = sum(s.lat for s in self.sources) / len(self.sources) if self.sources else 0.0
         self.frame = Frame(lat0)
-        self._geoms = numpy.array([self._geometry(s) for s in self.sources], dtype=object)
-        self._tree = STRtree(self._geoms)
+        self._geoms: Any = None
+        self._tree: Any = None
+        if self.sources:
+            import numpy
+            from shapely import STRtree
+
+            self._geoms = numpy.array([self._geometry(s) for s in self.sources], dtype=object)
+            self._tree = STRtree(self._geoms)
 
     def _geometry(self, s: Located) -> Any:
+        import shapely
+        from shapely.geometry import Point, Polygon
+
         if len(s.outline) >= 3:
             poly = Polygon([self.frame.xy(lat, lon) for lon, lat in s.outline])
             return poly if poly.is_valid else shapely.make_valid(poly)
@@ -87,6 +94,9 @@ class SourceIndex:
         (0 inside an outline), nearest first."""
         if not self.sources:
             return []
+        import shapely
+        from shapely.geometry import Point
+
         here = Point(self.frame.xy(lat, lon))
         hits = self._tree.query(here, predicate="dwithin", distance=radius_m)
         distances = shapely.distance(self._geoms[hits], here)  # vectorised over the hits

@@ -43,3 +43,33 @@ def test_the_trimmer_gives_freed_heap_back_at_most_once_per_interval() -> None:
     held, after = int(out[0]), int(out[1])
     assert out[2:] == ["False", "False", "True", "True", "1", "False"]
     assert held - after >= 150, (held, after)  # of the ~200 MiB freed
+
+
+# The whole collector app started (every feature, lifespan included) on an empty store.
+NO_OUTLINES = textwrap.dedent("""
+    import asyncio, sys, tempfile
+    from pathlib import Path
+    from fastapi.testclient import TestClient
+    from citygate.rig import free_port
+    from collector.config import CollectorConfig
+    from collector.features import build_hub, open_store
+    from collector.hub import BrokerLink
+
+    d = tempfile.mkdtemp()
+    store = open_store(f"sqlite:///{d}/hub.db")
+    hub = build_hub(store, CollectorConfig(), ingest_stats=dict,
+                    broker=BrokerLink(f"mqtt://127.0.0.1:{free_port()}"),
+                    admin_token_file=Path(d) / "admin-token")
+    with TestClient(hub.app) as client:
+        status = client.get("/api/v1/health").status_code
+    asyncio.run(hub.close())
+    store.close()
+    print(status, "shapely" in sys.modules, "numpy" in sys.modules)
+""")
+
+
+def test_a_collector_without_outlines_or_sources_does_not_load_shapely() -> None:
+    """shapely with numpy is ~22 MiB resident; it comes with the first outline or source."""
+    out = subprocess.run([sys.executable, "-c", NO_OUTLINES], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    assert out == ["200", "False", "False"], out

@@ -269,10 +269,10 @@ def test_the_silence_queue_keeps_report_order_like_an_ordered_dict(
         ops: list[tuple[str, int]]) -> None:
     from collections import OrderedDict
 
-    from collector.parking.model import SilenceQueue, Spot, SpotColumns
+    from collector.parking.model import SilenceQueue, SpotColumns
 
     cols = SpotColumns()
-    spots = [Spot(f"pk-{i}", None, 1, cols) for i in range(8)]
+    spots = [cols.new(f"pk-{i}", None, 1) for i in range(8)]
     queue, ref = SilenceQueue(cols), OrderedDict[int, None]()
     for op, i in ops:
         if op == "push":
@@ -283,8 +283,44 @@ def test_the_silence_queue_keeps_report_order_like_an_ordered_dict(
             queue.remove(spots[i]._row)
             del ref[i]
         elif op == "pop" and ref:
-            assert queue.front() is spots[next(iter(ref))]
+            assert queue.front() == spots[next(iter(ref))]
             queue.remove(queue.front()._row)
             ref.popitem(last=False)
         assert [s.id for s in queue] == [f"pk-{i}" for i in ref]
         assert bool(queue) == bool(ref)
+
+
+def test_views_of_one_spot_share_its_state_and_an_unzoned_sensor_gets_a_row() -> None:
+    m = model()
+    a, b = m.spots["pk-1001"], m.spots["pk-1001"]
+    assert a == b and hash(a) == hash(b) and a != m.spots["pk-1002"]
+    seen(m, "pk-1001", T0, occupied=True, battery_mv=3600)
+    assert (b.occupied, b.status, b.battery_mv, b.silent) == (True, SpotStatus.OCCUPIED, 3600,
+                                                              False)
+    assert m.spots["pk-1004"].closed and m.spots["pk-1004"].status is SpotStatus.CLOSED
+    seen(m, "pk-9999", T0, occupied=False)  # reporting, in no zone: tracked, counted nowhere
+    stray = m.spots["pk-9999"]
+    assert (stray.zone, stray.occupied, stray.status) == (None, False, SpotStatus.FREE)
+    assert len(m.spots) == 7 and "pk-9999" in m.spots and list(m.spots)[-1] == "pk-9999"
+    with pytest.raises(KeyError):
+        m.spots["pk-0000"]
+    with pytest.raises(ValueError, match="exists"):
+        m.columns.new("pk-1001", None, 1)
+
+
+def test_a_spot_costs_under_280_bytes_of_heap() -> None:
+    """300,000 spots: an object per spot took ~336 bytes each (96 MiB); a row ~241."""
+    import tracemalloc
+
+    n = 20_000
+    cfg = load_parking_config({"zones": [
+        {"id": f"z{z}", "lat": 34.7, "lon": 113.6,
+         "sensors": [f"{100_000 + z * 100}-{100_000 + z * 100 + 99}"]} for z in range(n // 100)]})
+    tracemalloc.start()
+    try:
+        m = ParkingModel(cfg)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(m.spots) == n and m.spots["pk-100000"].status is SpotStatus.UNKNOWN
+    assert held / n < 280, f"{held / n:.0f} bytes per spot"
