@@ -44,19 +44,23 @@ _NO_ALERTS: frozenset[str] = frozenset()  # shared: a new empty frozenset is 216
 _LIMIT = 1 << 62  # larger numbers are not kept (the wire contract allows at most 1e15)
 
 
-class SpotColumns:
-    """The numbers every report rewrites, for every spot, in flat 64-bit columns.
+class SpotColumns(Mapping[str, "Spot"]):
+    """Every spot, by id, its facts held in flat columns; a `Spot` is a view of one row.
 
-    Held as attributes, each report would leave a few small long-lived objects (a time, a
-    magnetometer tuple) among the short-lived ones of its decoding; at 300,000 spots they pin
-    most of the heap pages a burst of reports used, and the process keeps them all.
+    Held as attributes of an object per spot, each report would leave a few small long-lived
+    objects (a time, a magnetometer tuple) among the short-lived ones of its decoding; at
+    300,000 spots they pin most of the heap pages a burst of reports used, and the process
+    keeps them all. The objects themselves cost 120 bytes a spot (36 MiB at 300,000); a row of
+    these columns costs 11 bytes of flags and a few 8-byte cells.
     """
 
-    __slots__ = ("after", "battery_mv", "before", "last_jump", "last_ts", "mag_x", "mag_y",
-                 "mag_z", "rssi", "since", "spots", "stored")
+    __slots__ = ("after", "alerts", "battery_mv", "before", "changes", "closed", "ids",
+                 "last_jump", "last_ts", "mag_x", "mag_y", "mag_z", "occupied", "rows", "rssi",
+                 "silent", "silent_after_ms", "since", "status", "stored", "zone")
+    NUMBERS = ("after", "battery_mv", "before", "last_jump", "last_ts", "mag_x", "mag_y",
+               "mag_z", "rssi", "silent_after_ms", "since", "stored")
     after: array[int]  # the silence queue's links (SilenceQueue)
     before: array[int]
-    spots: list[Spot]  # by row
     battery_mv: array[int]
     last_jump: array[int]
     last_ts: array[int]
@@ -64,22 +68,56 @@ class SpotColumns:
     mag_y: array[int]
     mag_z: array[int]
     rssi: array[int]
+    silent_after_ms: array[int]
     since: array[int]
     stored: array[int]
+    closed: array[int]  # 0/1
+    occupied: array[int]  # -1 unknown, 0, 1
+    silent: array[int]  # 0/1
+    status: array[int]  # index in _STATUSES
+    ids: list[str]  # by row
+    zone: list[str | None]
+    alerts: list[frozenset[str]]  # kinds currently raised
+    changes: dict[int, deque[int]]  # row -> occupancy changes in the last hour, when any
+    rows: dict[str, int]  # id -> row
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            if name != "spots":
-                setattr(self, name, array("q"))
-        self.spots = []
+        for name in self.NUMBERS:
+            setattr(self, name, array("q"))
+        for name in ("closed", "occupied", "silent", "status"):
+            setattr(self, name, array("b"))
+        self.ids, self.zone, self.alerts = [], [], []
+        self.changes, self.rows = {}, {}
 
-    def add(self, spot: Spot) -> int:
-        """A new row of empty cells for `spot`; its index."""
-        for name in self.__slots__:
-            if name != "spots":
-                getattr(self, name).append(_NONE)
-        self.spots.append(spot)
-        return len(self.spots) - 1
+    def new(self, spot_id: str, zone: str | None, silent_after_ms: int, *,
+            closed: bool = False) -> Spot:
+        """A new spot: never heard (silent, occupancy and numbers unknown)."""
+        if spot_id in self.rows:
+            raise ValueError(f"spot {spot_id!r} exists")
+        for name in self.NUMBERS:
+            getattr(self, name).append(_NONE)
+        row = self.rows[spot_id] = len(self.ids)
+        self.silent_after_ms[row] = silent_after_ms
+        self.closed.append(1 if closed else 0)
+        self.occupied.append(-1)
+        self.silent.append(1)
+        self.status.append(_STATUS_INDEX[SpotStatus.UNKNOWN])
+        self.ids.append(spot_id)
+        self.zone.append(zone)
+        self.alerts.append(_NO_ALERTS)
+        return Spot(self, row)
+
+    def __getitem__(self, spot_id: str) -> Spot:
+        return Spot(self, self.rows[spot_id])
+
+    def __contains__(self, spot_id: object) -> bool:
+        return spot_id in self.rows
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class SilenceQueue:
@@ -98,7 +136,7 @@ class SilenceQueue:
     def __iter__(self) -> Iterator[Spot]:
         row = self.head
         while row != _NONE:
-            yield self.cols.spots[row]
+            yield Spot(self.cols, row)
             row = self.cols.after[row]
 
     def push(self, row: int) -> None:
@@ -131,7 +169,7 @@ class SilenceQueue:
 
     def front(self) -> Spot:
         """The spot that falls silent next (the queue is not empty)."""
-        return self.cols.spots[self.head]
+        return Spot(self.cols, self.head)
 
 
 def _held(value: int | None) -> int:
@@ -150,33 +188,101 @@ def _cell(name: str) -> Any:
     return property(get, put, doc=f"{name} (None when not known)")
 
 
-class Spot:
-    """One bay and what its sensor last told us (its numbers live in the model's columns)."""
+def _flag(name: str) -> Any:
+    def get(spot: Spot) -> bool:
+        return bool(getattr(spot._cols, name)[spot._row])
 
-    __slots__ = ("_cols", "_row", "alerts", "changes", "closed", "id", "occupied", "silent",
-                 "silent_after_ms", "status", "zone")
+    def put(spot: Spot, value: bool) -> None:
+        getattr(spot._cols, name)[spot._row] = 1 if value else 0
+
+    return property(get, put, doc=f"{name} (a flag)")
+
+
+_STATUSES = tuple(SpotStatus)
+_STATUS_INDEX = {s: i for i, s in enumerate(_STATUSES)}
+
+
+class Spot:
+    """One bay and what its sensor last told us: a view of its row in the model's columns
+    (two views of one spot are equal; what one sets, the other reads)."""
+
+    __slots__ = ("_cols", "_row")
 
     last_ts = _cell("last_ts")
     since = _cell("since")
     battery_mv = _cell("battery_mv")
     rssi = _cell("rssi")
     last_jump = _cell("last_jump")
+    closed = _flag("closed")
+    silent = _flag("silent")
 
-    def __init__(self, id: str, zone: str | None, silent_after_ms: int, columns: SpotColumns,
-                 *, closed: bool = False) -> None:
-        self.id, self.zone, self.silent_after_ms = id, zone, silent_after_ms
-        self._cols, self._row = columns, columns.add(self)
-        self.closed = closed
-        self.occupied: bool | None = None
-        self.silent = True
-        self.status = SpotStatus.UNKNOWN
-        # Occupancy changes in the last hour; created on the first change (memory: 300k spots).
-        self.changes: deque[int] | None = None
-        self.alerts = _NO_ALERTS  # kinds currently raised
+    def __init__(self, columns: SpotColumns, row: int) -> None:
+        self._cols, self._row = columns, row
 
     def __repr__(self) -> str:
         return (f"Spot({self.id!r}, zone={self.zone!r}, status={self.status.value}, "
                 f"occupied={self.occupied}, last_ts={self.last_ts})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Spot) and other._cols is self._cols and other._row == self._row
+
+    def __hash__(self) -> int:
+        return hash((id(self._cols), self._row))
+
+    @property
+    def id(self) -> str:
+        """The sensor's device id."""
+        return self._cols.ids[self._row]
+
+    @property
+    def zone(self) -> str | None:
+        """The zone it belongs to, None for a sensor mapped to no zone."""
+        return self._cols.zone[self._row]
+
+    @property
+    def silent_after_ms(self) -> int:
+        """How long after its last report it counts as silent."""
+        return self._cols.silent_after_ms[self._row]
+
+    @property
+    def occupied(self) -> bool | None:
+        """Occupancy from its last report that said, None when never said."""
+        v = self._cols.occupied[self._row]
+        return None if v < 0 else bool(v)
+
+    @occupied.setter
+    def occupied(self, value: bool | None) -> None:
+        self._cols.occupied[self._row] = -1 if value is None else 1 if value else 0
+
+    @property
+    def status(self) -> SpotStatus:
+        """The status counted in its zone."""
+        return _STATUSES[self._cols.status[self._row]]
+
+    @status.setter
+    def status(self, value: SpotStatus) -> None:
+        self._cols.status[self._row] = _STATUS_INDEX[value]
+
+    @property
+    def alerts(self) -> frozenset[str]:
+        """The alert kinds currently raised."""
+        return self._cols.alerts[self._row]
+
+    @alerts.setter
+    def alerts(self, kinds: frozenset[str]) -> None:
+        self._cols.alerts[self._row] = kinds if kinds else _NO_ALERTS
+
+    @property
+    def changes(self) -> deque[int] | None:
+        """Occupancy changes in the last hour, None when there are none."""
+        return self._cols.changes.get(self._row)
+
+    @changes.setter
+    def changes(self, value: deque[int] | None) -> None:
+        if value is None:
+            self._cols.changes.pop(self._row, None)
+        else:
+            self._cols.changes[self._row] = value
 
     @property
     def stored(self) -> int | None:
@@ -300,8 +406,8 @@ class ParkingModel:
 
     def __init__(self, cfg: ParkingConfig) -> None:
         self.cfg = cfg
-        self.spots: dict[str, Spot] = {}
         self.columns = SpotColumns()
+        self.spots: Mapping[str, Spot] = self.columns  # by id
         self.zones: dict[str, Zone] = {}
         self._default_silent_ms = int(cfg.heartbeat * cfg.silent_factor * 1000)
         # One queue per silence limit, in report order: the front is always the next to expire.
@@ -317,20 +423,19 @@ class ParkingModel:
             self.zones[z.id] = zone
             closed = set(z.closed)
             for sid in ids:
-                spot = Spot(sid, z.id, limit, self.columns, closed=sid in closed)
+                spot = self.columns.new(sid, z.id, limit, closed=sid in closed)
                 spot.status = spot.derived_status()
                 zone.counts[spot.status] += 1
-                self.spots[sid] = spot
 
     def is_parking(self, device: str) -> bool:
         """True for a configured spot or a device id with the parking prefix."""
         return device in self.spots or device.startswith(self.cfg.device_prefix)
 
     def _spot(self, device: str) -> Spot:
-        spot = self.spots.get(device)
-        if spot is None:  # reporting but mapped to no zone: tracked for health alerts
-            spot = self.spots[device] = Spot(device, None, self._default_silent_ms, self.columns)
-        return spot
+        row = self.columns.rows.get(device)
+        if row is None:  # reporting but mapped to no zone: tracked for health alerts
+            return self.columns.new(device, None, self._default_silent_ms)
+        return Spot(self.columns, row)
 
     def _refresh(self, spot: Spot, ts: int, out: Changes) -> None:
         new = spot.derived_status()
