@@ -83,7 +83,7 @@ def test_a_slow_store_holds_the_collector_to_its_byte_budget_and_loses_nothing(
 
 
 def test_the_budget_is_read_from_the_ingest_section() -> None:
-    assert pending_budget({}) == 64 * 1024 * 1024
+    assert pending_budget({}) == 32 * 1024 * 1024
     assert pending_budget({"max_pending": "256MiB"}) == 256 * 1024 * 1024
     assert pending_budget({"max_pending": 5_000_000}) == 5_000_000
     with pytest.raises(ValueError, match=r"ingest.max_pending: .*below the 1 MB minimum"):
