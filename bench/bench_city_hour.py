@@ -6,7 +6,9 @@ lift heartbeat at the 300 s it recommends at city scale):
   kind             envelopes/s of 16,600   values per envelope
   lift change      16,030                  1 (a floor, door or running change)
   lift heartbeat   77                      80 (4 lifts x 20 points)
-  parking          240                     11 (one sensor report)
+  parking          240                     5.9 (one sensor report, by exception: a third full
+                                           reports of 11, a third changes of 5, a third
+                                           heartbeats of ~1.8)
   environment      253                     8 (an HJ 212 upload)
 
 Generator processes publish it over QoS 1 as gateways would (each gateway's seq increasing),
@@ -59,7 +61,7 @@ from devices import contract
 from devices.model import Reading
 
 PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-MIX = (("lift_change", 16_030, 1), ("lift_heartbeat", 77, 80), ("parking", 240, 11),
+MIX = (("lift_change", 16_030, 1), ("lift_heartbeat", 77, 80), ("parking", 240, 5.9),
        ("environment", 253, 8))
 GATEWAYS = {"lift_change": 2000, "lift_heartbeat": 2000, "parking": 100, "environment": 1000}
 LIFT_POINTS = ("service_mode", "car_running", "direction", "floor", "door_zone", "door_closed",
@@ -87,13 +89,22 @@ def values_of(kind: str, gw: str, rng: random.Random, now: int) -> list[Reading]
         return [Reading(f"{gw}-l{k}", now, {p: (rng.randrange(0, 3) if p != "running_hours"
                                                 else 1200.5) for p in LIFT_POINTS})
                 for k in range(4)]
-    if kind == "parking":
-        occupied = rng.random() < 0.6
-        return [Reading(f"{gw}-s{rng.randrange(250)}", now, {
-            "occupied": occupied, "report_type": 1, "mag_x": 210, "mag_y": -150,
-            "mag_z": 720 if occupied else 410, "send_counter": rng.randrange(1, 60000),
-            "park_counter": 0, "reset_cause": 4, "battery_mv": 3600, "rssi": -90,
-            "temperature": 18.5})]
+    if kind == "parking":  # by exception, in the busiest hour's shares (docs/deployment.md)
+        occupied, counter, part = rng.random() < 0.6, rng.randrange(1, 60000), rng.random()
+        if part < 1 / 3:  # the hourly full report
+            values: dict[str, Any] = {
+                "occupied": occupied, "report_type": 2, "mag_x": 210, "mag_y": -150,
+                "mag_z": 720 if occupied else 410, "send_counter": counter,
+                "park_counter": counter % 7, "reset_cause": 4, "battery_mv": 3600,
+                "rssi": -90, "temperature": 18.5}
+        elif part < 2 / 3:  # an occupancy change: what moved
+            values = {"occupied": occupied, "report_type": 1, "send_counter": counter,
+                      "park_counter": counter % 7, "mag_z": 720 if occupied else 410}
+        else:  # a heartbeat: the counter, and RSSI beyond its deadband 4 times in 5
+            values = {"send_counter": counter}
+            if rng.random() < 0.8:
+                values["rssi"] = -90 + rng.choice((-5, 5))
+        return [Reading(f"{gw}-s{rng.randrange(250)}", now, values)]
     return [Reading(f"{gw}-m", now, {"pm10": 61.0, "pm2_5": 35.0, "tsp": 120.0,
                                      "noise_laeq": 55.0, "wind_speed": 2.1, "temperature": 12.0,
                                      "humidity": 40.0, "pressure": 101.2})]
