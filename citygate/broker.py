@@ -86,7 +86,7 @@ def mosquitto_config(port: int, data_dir: Path, *, extra: str = "",
         "autosave_interval 5\n"
         # The collector acknowledges after it stored a batch: let it have many in flight, and
         # let its persistent session queue without a cap while it restarts.
-        "max_inflight_messages 1000\n"
+        "max_inflight_messages 4000\n"
         "max_queued_messages 0\n"
         "max_queued_bytes 0\n"
         "log_type error\nlog_type warning\n"

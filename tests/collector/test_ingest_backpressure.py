@@ -125,3 +125,30 @@ def test_a_stored_batch_is_acknowledged_in_one_write_and_never_redelivered(
         pub.loop_stop()
         pub.disconnect()
         again.stop()
+
+
+def test_a_batch_is_stored_once_nothing_more_arrives_for_the_linger(
+        broker: Broker, store: Store) -> None:  # noqa: F811
+    """A batch fills up to 2,000 messages within max_wait, but when the broker sends nothing
+    more (traffic paused, or a broker window smaller than a batch waiting for our acks) it is
+    stored after the linger, not after the whole max_wait."""
+    ingest = Ingest(store, broker.url, client_id="coll-linger", max_batch=2000, max_wait=30.0,
+                    linger=0.05)
+    ingest.start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-pub")
+    try:
+        wait_for(lambda: ingest.stats.connected, 10, "collector connected")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        for burst in range(2):
+            for seq in range(burst * 5 + 1, burst * 5 + 6):
+                pub.publish(contract.topic("gw-l", contract.DATA), payload("gw-l", seq), qos=1)
+            # max_wait alone would hold each burst's batch for 30 s
+            wait_for(lambda b=burst: ingest.stats.stored_messages == 5 * (b + 1), 10,
+                     "the burst stored")
+        assert ingest.stats.commits == 2
+        assert store.seq_gaps("gw-l") == []
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+        ingest.stop()
