@@ -6,8 +6,8 @@ changed values each, as a gateway sends when a lift moves) from BENCH_INGEST_GAT
 are then queued at the broker for its persistent session, and the collector is started again.
 The rate is envelopes stored / seconds between the first received and the last stored (the
 health endpoint's `received` and `stored_messages`, sampled every 0.1 s), so start-up and the
-publisher's own speed
-are outside the figure. Peak RSS and CPU of the collector process are printed too.
+publisher's own speed are outside the figure. Peak RSS and CPU of the collector process are
+printed too.
 
 Old and new code side by side in the same run: `--baseline PATH` runs the same collector from
 another checkout (PYTHONPATH=PATH) in alternation with this one; medians of BENCH_RUNS runs.

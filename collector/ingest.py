@@ -45,8 +45,9 @@ STALLED_AFTER_S = 30.0  # messages waiting and nothing stored for this long: stu
 PROBE_INTERVAL_S = 2.0  # the collector's own timestamped probe through the broker
 DEFAULT_SHARE_GROUP = "citygate-collectors"  # the group of `collector run --workers N`
 # Messages per transaction. Larger ones cost less per message: `python -m bench ingest
-# --backends sqlite` (medians of 3, one machine) stored 13,447 envelopes/s with batches of 500,
-# 14,465 with 1,000, 16,380 with 2,000 and 17,021 with 4,000; `python -m bench city_hour
+# --backends sqlite` (medians of 3, one machine, timed from the first commit as the bench then
+# did) stored 13,447 envelopes/s with batches of 500, 14,465 with 1,000, 16,380 with 2,000 and
+# 17,021 with 4,000; `python -m bench city_hour
 # --workers 2 --search 6000 12000 --duration 30` (PostgreSQL) held 7,500/s with 500 and 9,000
 # with 2,000. The broker's in-flight window for the collector is twice a batch (Mosquitto
 # `max_inflight_messages 4000`, citygate/broker.py), so it sends the next batch while one
@@ -59,8 +60,8 @@ LINGER_S = 0.01
 # collector.toml [ingest] max_pending. The budget fills only when large envelopes arrive
 # faster than they are stored (a parking gateway's start-up burst): 300,000 spaces reporting at
 # once held the collector at a 288 MiB peak with 64 MB and 239 MiB with 32 MB, stored at the
-# same rate (10,631 and 10,496 readings/s); lift envelopes fill the broker's in-flight window
-# (1,000 messages, ~2 MB held) long before either.
+# same rate (10,631 and 10,496 readings/s). A lift envelope is held as ~2 KB: the broker's
+# in-flight window of 4,000 is ~8 MB of them.
 DEFAULT_MAX_PENDING = 32 * 1024 * 1024
 # What a received message holds in memory until it is stored, its payload and its decoded
 # form: 6 bytes per payload byte plus 600 per message (measured with tracemalloc: 5.8 per byte
