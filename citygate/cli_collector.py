@@ -128,9 +128,9 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
     from collector.config import CollectorConfigError, load_collector_config
     from collector.features import open_store
     from collector.feed import FeedWriter
+    from collector.ingest import IngestSettings
     from collector.ngsi import HubFeedSettings
     from collector.ngsi.history import HistoryKeeper
-    from collector.placement import clock_policy
     from collector.workers import (
         DrainingIngest,
         FeedingIngest,
@@ -147,13 +147,13 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
     password = os.environ.get("CITYGATE_MQTT_PASSWORD")
     try:
         config = load_collector_config(args.config)
-        policy = clock_policy(config.ingest)
+        settings = IngestSettings.from_section(config.ingest)
         retention = HubFeedSettings.from_section(config.hub_feed).retention
     except (CollectorConfigError, ValueError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
     store = open_store(args.db)
-    store.clock_policy = policy
+    settings.apply(store)
     store.row_writers.append(HistoryKeeper(store, retention).write_rows)
 
     def source(feed: FeedWriter) -> Any:
@@ -164,7 +164,8 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
                                password=password)
         kind = DrainingIngest if args.drain else FeedingIngest
         ingest = kind(store, args.broker.split(",")[0], client_id=args.client_id,
-                      share_group=args.share, username=args.username, password=password)
+                      share_group=args.share, username=args.username, password=password,
+                      max_pending_bytes=settings.max_pending)
         ingest.feed = feed
         return ingest
     try:

@@ -29,7 +29,7 @@ class CollectorConfig(BaseModel):
     hub_feed: dict[str, Any] = Field(default_factory=dict)
     # what new gateways are told (broker URLs, CA), and the broker's auth files
     registry: dict[str, Any] = Field(default_factory=dict)
-    # clock tolerances of ingest: max_skew, max_future, live_bound (collector.placement)
+    # ingest: clock tolerances (collector.placement), max_pending, max_devices_per_gateway
     ingest: dict[str, Any] = Field(default_factory=dict)
     pages: dict[str, Any] = Field(default_factory=dict)  # what the web pages link to (map URL)
     # pollution-source attribution: radius, weights, owner push channel and escalation

@@ -71,6 +71,12 @@ def _latest_fillfactor(conn: sa.Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE latest SET (fillfactor = {LATEST_FILLFACTOR})"))
 
 
+def _devices_by_gateway(conn: sa.Connection) -> None:
+    """Index devices by owner (unless step 1 made it): a gateway's device count."""
+    index = next(i for i in schema.devices.indexes if i.name == "devices_by_gateway")
+    index.create(conn, checkfirst=True)
+
+
 CORE = MigrationSet("core", [
     (1, "core: gateways, devices, batches, readings, latest, events, active faults",
      creates(schema.metadata, schema.gateways, schema.devices, schema.batches, schema.readings,
@@ -78,4 +84,5 @@ CORE = MigrationSet("core", [
     (2, "core: readings partitioned by day on PostgreSQL", _partition_readings),
     (3, "core: measured gateway clocks, quarantined messages", _gateway_clock_and_quarantine),
     (4, "core: room for in-page updates of latest values on PostgreSQL", _latest_fillfactor),
+    (5, "core: devices indexed by gateway", _devices_by_gateway),
 ])

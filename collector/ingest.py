@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 
 from collector.failures import Failure, classify
 from collector.memory import MemoryTrimmer
+from collector.placement import ClockPolicy, clock_policy
 from collector.store import Accepted, GatewayMessage, Inbound, IngestResult, Store, now_ms
 from devices import contract
 from devices.contract import (
@@ -68,6 +69,36 @@ DEFAULT_MAX_PENDING = 32 * 1024 * 1024
 # for a 500-reading parking envelope, 2,300 bytes for a 255-byte one-reading lift envelope).
 HELD_PER_PAYLOAD_BYTE = 6
 HELD_PER_MESSAGE = 600
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """collector.toml `[ingest]`, checked: clock tolerances, byte budget, device limit."""
+
+    clock: ClockPolicy
+    max_pending: int
+    max_devices_per_gateway: int
+
+    @classmethod
+    def from_section(cls, section: dict[str, object]) -> IngestSettings:
+        """Check every key (ValueError names the one that is wrong)."""
+        return cls(clock_policy(section), pending_budget(section), device_limit(section))
+
+    def apply(self, store: Store) -> None:
+        """What the store itself enforces in each ingest transaction."""
+        store.clock_policy = self.clock
+        store.max_devices_per_gateway = self.max_devices_per_gateway
+
+
+def device_limit(section: dict[str, object]) -> int:
+    """`max_devices_per_gateway` of collector.toml [ingest]: devices a gateway may create by
+    reporting them (collector.store_ingest); by default as many as a gateway's inventory may
+    hold."""
+    value = section.get("max_devices_per_gateway", contract.MAX_DEVICES)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000_000:
+        raise ValueError(f"ingest.max_devices_per_gateway: {value!r} is not a whole number "
+                         "from 1 to 10000000")
+    return value
 
 
 def pending_budget(section: dict[str, object]) -> int:

@@ -35,7 +35,8 @@ class ClockPolicy:
     live_bound_ms: int = 10_000  # a message is live if it waited at the broker at most this
 
 
-QUEUE_KEYS = ("max_pending",)  # [ingest] keys of the receiving queue (collector.ingest)
+# [ingest] keys read by collector.ingest: the receiving queue, the device limit
+QUEUE_KEYS = ("max_pending", "max_devices_per_gateway")
 
 
 def clock_policy(section: dict[str, object]) -> ClockPolicy:

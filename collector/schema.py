@@ -58,6 +58,8 @@ devices = sa.Table(
     sa.Column("profile", sa.Text, nullable=False, server_default=""),
     sa.Column("first_seen", sa.BigInteger),
     sa.Column("last_seen", sa.BigInteger),
+    # a gateway's devices: counted against its limit when it reports new ones
+    sa.Index("devices_by_gateway", "gateway_id"),
 )
 
 # One row per accepted MQTT message: the (gateway, seq) key makes re-delivery harmless.

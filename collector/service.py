@@ -22,9 +22,8 @@ from collector.config import CollectorConfig, CollectorConfigError
 from collector.features import build_hub, open_store
 from collector.feed import FeedReader, ensure_feed
 from collector.hub import BrokerLink, Hub, StateHook, StoredHook
-from collector.ingest import Ingest, pending_budget
+from collector.ingest import Ingest, IngestSettings
 from collector.leader import LeaderLock, dsn_of, lead
-from collector.placement import clock_policy
 from collector.store import Store
 from collector.workers import (
     WorkerPool,
@@ -102,14 +101,13 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
     process feeds the features from what they stored (collector.workers).
     """
     try:
-        policy = clock_policy((config or CollectorConfig()).ingest)
-        max_pending = pending_budget((config or CollectorConfig()).ingest)
+        settings = IngestSettings.from_section((config or CollectorConfig()).ingest)
     except ValueError as exc:
         raise CollectorConfigError(f"{config_source}: {exc}") from None
     if workers is not None and workers.count > 1:
         check_workers(workers.count, db_url)
     store = open_store(db_url)
-    store.clock_policy = policy
+    settings.apply(store)
     stats: list[Callable[[], dict[str, Any]]] = []
     hub = build_hub(store, config or CollectorConfig(),
                     ingest_stats=lambda: stats[0]() if stats else {},
@@ -133,7 +131,8 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
             def mqtt_ingest(s: Store, on_stored: StoredHook, on_state: StateHook) -> IngestSource:
                 return Ingest(s, broker_url, client_id=client_id, share_group=share_group,
                               username=username, password=password, on_stored=on_stored,
-                              on_state=on_state, max_pending_bytes=max_pending)
+                              on_state=on_state,
+                              max_pending_bytes=settings.max_pending)
 
             ingest = (make_ingest or mqtt_ingest)(store, hub.on_stored, hub.on_state)
             stats.append(ingest.stats.as_dict)

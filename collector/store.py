@@ -20,7 +20,13 @@ from collector.clock import now_ms
 from collector.migrations import MigrationSet, migrate
 from collector.placement import ClockPolicy, GatewayClock
 from collector.store_ingest import REGISTRY_DEVICES, IngestTx, pg_columns
-from devices.contract import DataEnvelope, EventsEnvelope, HealthMessage, StateMessage
+from devices.contract import (
+    MAX_DEVICES,
+    DataEnvelope,
+    EventsEnvelope,
+    HealthMessage,
+    StateMessage,
+)
 from devices.quantities import QUANTITIES, ValueKind
 
 log = logging.getLogger(__name__)
@@ -104,6 +110,8 @@ class Store:
         # failure here fails the transaction, so nothing is stored that they did not see.
         self.tx_writers: list[Callable[[Any, IngestResult], None]] = []
         self.clock_policy = ClockPolicy()
+        # Devices a gateway may create by reporting them (collector.store_ingest).
+        self.max_devices_per_gateway = MAX_DEVICES
 
     @classmethod
     def open(cls, url: str, schema: Sequence[MigrationSet]) -> Store:

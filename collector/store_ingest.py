@@ -12,6 +12,12 @@ first gateway that reported it. Readings, events and inventory entries of a devi
 other gateway are refused and counted (`foreign_device`). A replacement gateway takes devices
 over when the old one is revoked and the new one registered with them, or when an admin moves
 a device with `PUT /api/v1/devices/{id}/gateway`.
+
+Device limit: a gateway creates at most `Store.max_devices_per_gateway` devices by reporting
+them (collector.toml `[ingest] max_devices_per_gateway`), so a gateway inventing device ids
+cannot grow the hub's tables and the features' models without bound. Devices first reported
+beyond it are not created; their readings, events and inventory entries are refused and
+counted (`device_limit`). Devices the registry assigns to the gateway are always admitted.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ CLAIMS = 1000  # (gateway, seq) claims per statement (7 parameters each: SQLite 
 REGISTRY_DEVICES = "reg_devices"  # the registry's (gateway_id, device_id) assignments
 REGISTRY_GATEWAYS = "reg_gateways"  # a revoked gateway's assignments no longer count
 _warned_foreign: set[tuple[str, str]] = set()
+_warned_limit: set[str] = set()
 AVERAGE_SUFFIXES = frozenset(i.value for i in Interval if i is not Interval.REALTIME)
 
 
@@ -54,6 +61,7 @@ class IngestTx:
     def __init__(self, store: Store, cur: Any, result: IngestResult) -> None:
         self.store, self.cur, self.result = store, cur, result
         self.refused: Counter[str] = Counter()
+        self.over_limit: set[str] = set()  # devices not created: their gateway is at its limit
 
     def run(self, items: Sequence[Accepted | GatewayMessage]) -> None:
         """Store the batch: every step below runs inside the caller's transaction."""
@@ -197,11 +205,11 @@ class IngestTx:
         registered = self._registered(ids)
         rows = [(d, _registry_owner(registered.get(d), None, first[d]) or first[d])
                 for d in ids]
-        self._write(rows, "INSERT INTO devices (device_id, gateway_id, kind, profile) SELECT d,"
-                    " g, 'unknown', '' FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS"
-                    " x(d, g, o) ORDER BY o ON CONFLICT (device_id) DO NOTHING",
-                    "INSERT INTO devices (device_id, gateway_id, kind, profile)"
-                    " VALUES (?,?,'unknown','') ON CONFLICT (device_id) DO NOTHING")
+        created = self._create_devices(rows)
+        if created:
+            self.over_limit = self._beyond_limit(
+                [d for d in first if d in created and d not in registered], created)
+            ids = [d for d in ids if d not in self.over_limit]
         owners: dict[str, str] = {}
         lock = " ORDER BY device_id FOR UPDATE" if self.store.is_pg else ""
         for part in chunks(ids):
@@ -220,6 +228,56 @@ class IngestTx:
                 "UPDATE devices SET gateway_id = ? WHERE device_id = ?"),
                 [(gw, d) for d, gw in sorted(moved.items())])
         return owners
+
+    def _create_devices(self, rows: list[Row]) -> dict[str, str]:
+        """Insert the (device, owner) rows not stored yet; those created, with their owner."""
+        created: dict[str, str] = {}
+        if self.store.is_pg:
+            self.cur.execute("INSERT INTO devices (device_id, gateway_id, kind, profile) SELECT"
+                             " d, g, 'unknown', '' FROM unnest(%s::text[], %s::text[]) WITH"
+                             " ORDINALITY AS x(d, g, o) ORDER BY o ON CONFLICT (device_id) DO"
+                             " NOTHING RETURNING device_id, gateway_id", pg_columns(rows))
+            created.update(self.cur.fetchall())
+            return created
+        for i in range(0, len(rows), CHUNK):
+            part = rows[i:i + CHUNK]
+            self.cur.execute("INSERT INTO devices (device_id, gateway_id, kind, profile) VALUES "
+                             + ",".join(["(?,?,'unknown','')"] * len(part))
+                             + " ON CONFLICT (device_id) DO NOTHING RETURNING device_id,"
+                             " gateway_id", [v for row in part for v in row])
+            created.update(self.cur.fetchall())
+        return created
+
+    def _beyond_limit(self, candidates: list[str], created: dict[str, str]) -> set[str]:
+        """Of the devices just created by first report (`candidates`, in arrival order), those
+        that take their gateway past its limit: deleted again, before anyone else saw them."""
+        limit = self.store.max_devices_per_gateway
+        gateways = sorted({created[d] for d in candidates})
+        if not gateways:
+            return set()
+        self.cur.execute(self.store.sql(
+            "SELECT gateway_id, COUNT(*) FROM devices WHERE gateway_id IN"
+            f" ({','.join('?' * len(gateways))}) GROUP BY gateway_id"), gateways)
+        excess = {gw: n - limit for gw, n in self.cur.fetchall() if n > limit}
+        if not excess:
+            return set()
+        by_gateway: dict[str, list[str]] = {}
+        for d in candidates:
+            by_gateway.setdefault(created[d], []).append(d)
+        over: set[str] = set()
+        for gw, n in excess.items():
+            dropped = by_gateway[gw][-n:] if n < len(by_gateway[gw]) else by_gateway[gw]
+            over.update(dropped)
+            if gw not in _warned_limit and len(_warned_limit) < 10_000:
+                _warned_limit.add(gw)
+                log.warning("collector: %s reports more than %d devices: devices it reports "
+                            "beyond them are refused (counted as device_limit from now on; "
+                            "collector.toml [ingest] max_devices_per_gateway)", gw, limit)
+        for part in chunks(sorted(over)):
+            self.cur.execute(self.store.sql(
+                f"DELETE FROM devices WHERE device_id IN ({','.join('?' * len(part))})"),
+                list(part))
+        return over
 
     def _registered(self, ids: Sequence[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -257,6 +315,12 @@ class IngestTx:
         return out
 
     def _foreign(self, gateway: str, devices: list[str]) -> None:
+        over = [d for d in devices if d in self.over_limit]
+        if over:
+            self.refused["device_limit"] += len(over)
+            devices = [d for d in devices if d not in self.over_limit]
+            if not devices:
+                return
         self.refused["foreign_device"] += len(devices)
         for dev in devices:
             key = (gateway, dev)

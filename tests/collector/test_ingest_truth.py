@@ -399,6 +399,40 @@ def test_another_gateway_cannot_clear_inject_or_take_a_device(store: Store) -> N
     assert (dict(r4.refused), dict(r5.refused)) == ({}, {"foreign_device": 1})
 
 
+def test_a_gateway_cannot_create_more_devices_than_its_limit(store: Store) -> None:
+    """A gateway inventing device ids (a hostile or broken one) creates at most the limit of
+    devices; what it reports of the rest is refused and counted, its own devices go on, and
+    devices the registry assigns to it are admitted beyond the limit."""
+    store.max_devices_per_gateway = 3
+    r1 = store.ingest([data("gw-x", 1, [{"device": f"spot-{i}", "ts": T0,
+                                        "values": {"occupied": True}} for i in range(2)])])
+    r2 = store.ingest([data("gw-x", 2, [{"device": f"spot-{i}", "ts": T0 + 1,
+                                         "values": {"occupied": False}} for i in range(5)]),
+                       state("gw-x", {f"inv-{i}": {"kind": "parking_sensor", "profile": ""}
+                                      for i in range(3)}),
+                       data("gw-y", 1, [{"device": "other-1", "ts": T0, "values": {"floor": 1}}])])
+    assert (dict(r1.refused), dict(r2.refused)) == ({}, {"device_limit": 5})
+    with store.engine.connect() as conn:
+        owned = sorted(conn.execute(sa.select(schema.devices.c.device_id).where(
+            schema.devices.c.gateway_id == "gw-x")).scalars())
+    assert owned == ["spot-0", "spot-1", "spot-2"]
+    assert [r["value"] for r in store.readings("spot-1", None, None, None, 10)] == [1.0, 0.0]
+    assert store.readings("spot-3", None, None, None, 10) == []
+    assert store.device("other-1") is not None  # another gateway's own limit
+    assert [len(m.envelope.readings) for m in r2.fresh if hasattr(m, "envelope")] == [3, 1]
+    reg = sa.table("reg_devices", sa.column("gateway_id"), sa.column("device_id"))
+    gws = sa.table("reg_gateways", sa.column("gateway_id"), sa.column("site_id"),
+                   sa.column("mqtt_hash"), sa.column("created"), sa.column("revoked"))
+    with store.engine.begin() as conn:
+        conn.execute(sa.insert(gws).values(gateway_id="gw-x", site_id="s", mqtt_hash="",
+                                           created=T0, revoked=False))
+        conn.execute(sa.insert(reg).values(gateway_id="gw-x", device_id="spot-9"))
+    r3 = store.ingest([data("gw-x", 3, [{"device": d, "ts": T0 + 2, "values": {"occupied": True}}
+                                        for d in ("spot-9", "spot-8")])])
+    assert dict(r3.refused) == {"device_limit": 1}
+    assert store.device("spot-9") is not None and store.device("spot-8") is None
+
+
 def test_the_registry_assignment_outranks_a_first_claim(store: Store) -> None:
     reg = sa.table("reg_devices", sa.column("gateway_id"), sa.column("device_id"))
     gws = sa.table("reg_gateways", sa.column("gateway_id"), sa.column("site_id"),
