@@ -134,10 +134,10 @@ class DrainingIngest(FeedingIngest):
             self.stats.connected = True
             self.last_message = time.monotonic()
 
-    def _on_message(self, client: Any, _u: Any, msg: Any) -> None:
-        if msg.topic != self.probe_topic:  # its own probes are no sign of a queue left
+    def _on_publish(self, topic_name: str, payload: bytes, qos: int, mid: int) -> None:
+        if topic_name != self.probe_topic:  # its own probes are no sign of a queue left
             self.last_message = time.monotonic()
-        super()._on_message(client, _u, msg)
+        super()._on_publish(topic_name, payload, qos, mid)
 
     def idle(self) -> bool:
         """Connected, everything received stored and acknowledged, nothing new for a while."""

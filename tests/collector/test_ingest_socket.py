@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from citygate.rig import Broker, mqtt_remaining_length, wait_for
-from collector.ingest import Ingest, ReadBuffered
+from collector.ingest import Ingest, IngestClient, ReadBuffered
 from collector.store import Store
 from devices import contract
 from devices.model import Reading
@@ -119,6 +119,91 @@ def test_a_closed_peer_reads_as_the_end(pair: tuple[socket.socket, socket.socket
     assert sock.recv(1) == b""  # paho: connection lost
 
 
+def publish(topic: bytes, payload: bytes, qos: int = 1, mid: int = 7, dup: bool = False,
+            retain: bool = False) -> bytes:
+    """An MQTT 3.1.1 PUBLISH packet."""
+    head = 0x30 | qos << 1 | (8 if dup else 0) | (1 if retain else 0)
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    return bytes([head]) + mqtt_remaining_length(len(body + payload)) + body + payload
+
+
+def taken(sock: ReadBuffered) -> list[tuple[str, bytes, int, int]]:
+    got: list[tuple[str, bytes, int, int]] = []
+    sock.take_publishes(lambda *packet: got.append(packet))
+    return got
+
+
+def test_publishes_are_taken_from_the_block_in_order_and_anything_else_left_to_paho(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    first = [publish(b"citygate/v1/gw-1/data", b"x" * n, mid=n + 1) for n in (0, 1, 200, 20_000)]
+    rest = [publish(b"t/\xc3\xa9", b"{}", qos=0, retain=True),
+            publish(b"a/b", b"dup", dup=True, mid=65535)]
+    pingresp = bytes([0xD0, 0x00])
+    qos2 = publish(b"a/b", b"two", qos=2)
+    a.sendall(b"".join([*first, pingresp, *rest, qos2, publish(b"a/b", b"after")]))
+    sock = ReadBuffered(b)
+    assert sock.recv(1) == first[0][:1] and read_packet_rest(sock) == first[0][1:]
+    assert taken(sock) == [("citygate/v1/gw-1/data", b"x" * n, 1, n + 1) for n in (1, 200, 20_000)]
+    assert taken(sock) == []  # a PINGRESP is paho's
+    assert sock.recv(2) == pingresp
+    assert taken(sock) == [("t/\u00e9", b"{}", 0, 0), ("a/b", b"dup", 1, 65535)]
+    assert taken(sock) == []  # QoS 2 (the collector subscribes at 1): paho's
+    assert read_packet(sock) == qos2
+    assert taken(sock) == [("a/b", b"after", 1, 7)]
+    assert sock.pending() == 0
+
+
+def read_packet_rest(sock: ReadBuffered) -> bytes:
+    """The rest of a packet whose command byte was read."""
+    whole = read_packet(_Prefixed(sock, b"\x32"))
+    return whole[1:]
+
+
+class _Prefixed:
+    def __init__(self, sock: ReadBuffered, first: bytes) -> None:
+        self.sock, self.first = sock, first
+
+    def recv(self, n: int) -> bytes:
+        if self.first:
+            out, self.first = self.first, b""
+            return out
+        return self.sock.recv(n)
+
+
+@pytest.mark.parametrize("bad", [
+    bytes([0x32, 0x01, 0x00]),  # shorter than a topic length
+    bytes([0x32, 0x04, 0x00, 0x09, 0x61, 0x62]),  # topic longer than the packet
+    bytes([0x32, 0x03, 0x00, 0x01, 0x61]),  # QoS 1 without a packet id
+    bytes([0x32, 0x06, 0x00, 0x02, 0xff, 0xfe, 0x00, 0x01]),  # topic not UTF-8
+    bytes([0x32, 0xff, 0xff, 0xff, 0xff, 0x7f]),  # remaining length over 4 bytes
+])
+def test_a_publish_that_does_not_parse_is_left_to_paho(
+        pair: tuple[socket.socket, socket.socket], bad: bytes) -> None:
+    a, b = pair
+    good = publish(b"a/b", b"ok")
+    a.sendall(good + bad)
+    sock = ReadBuffered(b)
+    assert sock.recv(1) == good[:1]
+    read_packet_rest(sock)
+    assert taken(sock) == []
+    assert sock.pending() == len(bad)  # untouched: paho reports the protocol error
+
+
+def test_a_packet_not_all_read_waits_for_the_rest(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    a, b = pair
+    whole = publish(b"a/b", b"y" * 1000)
+    a.sendall(publish(b"a/b", b"x") + publish(b"a/b", b"z") + whole[:600])
+    sock = ReadBuffered(b)
+    sock.recv(1)
+    read_packet_rest(sock)
+    assert taken(sock) == [("a/b", b"z", 1, 7)]
+    assert sock.pending() == 600
+    a.sendall(whole[600:])
+    assert read_packet(sock) == whole  # paho reads it across the two blocks
+
+
 def test_the_collector_reads_through_blocks_and_stores_everything_after_a_reconnect(
         tmp_path: Path, store: Store) -> None:  # noqa: F811
     broker = Broker(tmp_path / "broker").start()
@@ -128,7 +213,15 @@ def test_the_collector_reads_through_blocks_and_stores_everything_after_a_reconn
     try:
         wait_for(lambda: ingest.stats.connected, 10, "collector connected")
         client = ingest._client
-        assert client is not None and isinstance(client.socket(), ReadBuffered)
+        assert isinstance(client, IngestClient) and isinstance(client.socket(), ReadBuffered)
+        by_paho = 0
+        paho_handle = client._handle_publish
+
+        def counted() -> mqtt.MQTTErrorCode:
+            nonlocal by_paho
+            by_paho += 1
+            return paho_handle()
+        client._handle_publish = counted  # type: ignore[method-assign]
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()
         seq = 0
@@ -147,6 +240,8 @@ def test_the_collector_reads_through_blocks_and_stores_everything_after_a_reconn
         send(3, 4000)  # envelopes larger than a block
         send(400, 1)
         wait_for(lambda: ingest.stats.stored_messages == seq, 30, "every envelope stored")
+        # paho parses only the packets larger than a block (and one cut by a block end)
+        assert by_paho <= 10, by_paho
         broker.stop()
         wait_for(lambda: not ingest.stats.connected, 10, "collector saw the broker go")
         broker.start()
