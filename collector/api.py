@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated, Any
 
 import orjson
@@ -11,6 +12,7 @@ from pydantic import BaseModel, Field
 from collector import pages
 from collector.auth import Role, require
 from collector.clock import iso
+from collector.memory import rss_mib
 from collector.pages import page
 from collector.params import DeviceIdPath, GatewayIdPath, install_error_shape, invalid, parse_time
 from collector.store import Store, typed_value
@@ -36,6 +38,9 @@ class HealthOut(BaseModel):
     streams: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="live SSE streams: items published, subscribers "
         "connected, subscribers dropped for being too slow")
+    process: dict[str, Any] = Field(
+        default_factory=dict, description="this process: resident memory (MiB), the garbage "
+        "collector's collections per generation, thresholds and objects frozen at start")
 
 
 class GatewayOut(BaseModel):
@@ -129,6 +134,12 @@ def _require_device(store: Store, device_id: str) -> dict[str, Any]:
     return dev
 
 
+def process_stats() -> dict[str, Any]:
+    """Resident memory and the garbage collector of this process (collector.memory)."""
+    return {"rss_mib": rss_mib(), "gc_collections": [g["collections"] for g in gc.get_stats()],
+            "gc_thresholds": list(gc.get_threshold()), "gc_frozen": gc.get_freeze_count()}
+
+
 @public.get("/health")
 def health(request: Request, store: StoreDep) -> HealthOut:
     """Is the collector working: database reachable, broker connected, ingest counters."""
@@ -150,7 +161,8 @@ def health(request: Request, store: StoreDep) -> HealthOut:
     return HealthOut(status="degraded" if reasons else "ok", reasons=reasons, database=db,
                      ingest=ingest, counts=counts, features=features,
                      streams={name: bus.stats() for name, bus in
-                              getattr(request.app.state, "live_streams", {}).items()})
+                              getattr(request.app.state, "live_streams", {}).items()},
+                     process=process_stats())
 
 
 def _gateway_out(g: dict[str, Any]) -> GatewayOut:

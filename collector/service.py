@@ -24,6 +24,7 @@ from collector.feed import FeedReader, ensure_feed
 from collector.hub import BrokerLink, Hub, StateHook, StoredHook
 from collector.ingest import Ingest, IngestSettings
 from collector.leader import LeaderLock, dsn_of, lead
+from collector.memory import settle_heap
 from collector.store import Store
 from collector.workers import (
     WorkerPool,
@@ -122,6 +123,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
     if store.is_pg:
         ensure_feed(store.engine)
         previous = recorded_workers(store.engine)
+    settle_heap()
     try:
         # Sessions of removed workers still hold messages: drained by a pool, even of one.
         if workers is not None and (workers.count > 1

@@ -67,6 +67,7 @@ import sqlalchemy as sa
 
 from collector.feed import FeedReader, FeedWriter
 from collector.ingest import Entry, Ingest
+from collector.memory import settle_heap
 from devices import contract
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ def run_worker(make_source: Callable[[FeedWriter], Any], report_every: float = 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     source = make_source(FeedWriter(f"pid-{os.getpid()}"))
+    settle_heap()
     source.start()
     parent = os.getppid()
     try:
