@@ -18,6 +18,8 @@ them (collector.toml `[ingest] max_devices_per_gateway`), so a gateway inventing
 cannot grow the hub's tables and the features' models without bound. Devices first reported
 beyond it are not created; their readings, events and inventory entries are refused and
 counted (`device_limit`). Devices the registry assigns to the gateway are always admitted.
+A gateway's devices are counted while its row is locked (step 1 of every transaction), so two
+collectors storing the same gateway's reports cannot both admit devices past its limit.
 """
 
 from __future__ import annotations

@@ -225,6 +225,43 @@ def test_births_and_data_batches_at_once_never_deadlock(pg_url: str) -> None:
         store.close()
 
 
+@pytest.mark.postgres
+def test_two_writers_cannot_admit_a_gateways_devices_past_its_limit(pg_url: str) -> None:
+    """Two collectors store one flooding gateway's reports at once (a shared subscription):
+    the gateway's devices are counted under its row lock, so together they admit its limit,
+    not the limit each."""
+    stores = [open_store(pg_url) for _ in range(2)]
+    for s in stores:
+        s.max_devices_per_gateway = 10
+    refused: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def flood(k: int) -> None:
+        start.wait()
+        for rnd in range(6):
+            try:
+                r = stores[k].ingest([data("gw-flood", 2 * rnd + k + 1, [
+                    {"device": f"ghost-{k}-{rnd}-{i}", "ts": T0, "values": {"floor": i}}
+                    for i in range(4)])])
+                refused.append(r.refused.get("device_limit", 0))
+            except BaseException as exc:
+                errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=flood, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+        assert len(stores[0].devices(gateway="gw-flood")) == 10
+        assert sum(refused) == 2 * 6 * 4 - 10
+    finally:
+        for s in stores:
+            s.close()
+
+
 # --- poison messages ------------------------------------------------------------------------------
 
 class Core(IngestCore):
