@@ -12,11 +12,11 @@ from pydantic import BaseModel, Field
 from collector import pages
 from collector.auth import Role, require
 from collector.clock import iso
-from collector.memory import rss_mib
 from collector.pages import page
 from collector.params import DeviceIdPath, GatewayIdPath, install_error_shape, invalid, parse_time
 from collector.store import Store, typed_value
 from devices.contract import DEVICE_ID_RE, GATEWAY_ID_RE
+from devices.process import process_figures
 from devices.quantities import QUANTITIES
 
 __all__ = ["create_app", "iso", "parse_time"]  # parse_time: one helper for every router
@@ -39,8 +39,9 @@ class HealthOut(BaseModel):
         default_factory=dict, description="live SSE streams: items published, subscribers "
         "connected, subscribers dropped for being too slow")
     process: dict[str, Any] = Field(
-        default_factory=dict, description="this process: resident memory (MiB), the garbage "
-        "collector's collections per generation, thresholds and objects frozen at start")
+        default_factory=dict, description="this process: CPU seconds, resident memory (bytes), "
+        "threads, open files, bytes written, and the garbage collector's collections per "
+        "generation, thresholds and objects frozen at start")
 
 
 class GatewayOut(BaseModel):
@@ -135,8 +136,9 @@ def _require_device(store: Store, device_id: str) -> dict[str, Any]:
 
 
 def process_stats() -> dict[str, Any]:
-    """Resident memory and the garbage collector of this process (collector.memory)."""
-    return {"rss_mib": rss_mib(), "gc_collections": [g["collections"] for g in gc.get_stats()],
+    """This process's figures (as a gateway reports its own) and its garbage collector
+    (collector.memory.settle_heap)."""
+    return {**process_figures(), "gc_collections": [g["collections"] for g in gc.get_stats()],
             "gc_thresholds": list(gc.get_threshold()), "gc_frozen": gc.get_freeze_count()}
 
 

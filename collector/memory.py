@@ -14,7 +14,6 @@ import ctypes
 import ctypes.util
 import gc
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -28,16 +27,6 @@ TRIM_INTERVAL_S = 30.0
 # 60,000 lift-change envelopes (`python -m bench ingest`, timed with gc.callbacks); settled
 # (below), 0.02-0.04 s.
 GC_THRESHOLDS = (50_000, 20, 10)
-
-
-def rss_mib() -> float | None:
-    """This process's resident memory in MiB (Linux), else None."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
 
 
 def settle_heap() -> None:

@@ -268,8 +268,7 @@ class IngestTx:
             by_gateway.setdefault(created[d], []).append(d)
         over: set[str] = set()
         for gw, n in excess.items():
-            dropped = by_gateway[gw][-n:] if n < len(by_gateway[gw]) else by_gateway[gw]
-            over.update(dropped)
+            over.update(by_gateway[gw][-n:])  # n > 0: the last n, or all of them
             if gw not in _warned_limit and len(_warned_limit) < 10_000:
                 _warned_limit.add(gw)
                 log.warning("collector: %s reports more than %d devices: devices it reports "

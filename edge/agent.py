@@ -16,12 +16,13 @@ import orjson
 from devices import contract
 from devices.commands import COMMAND_NAME
 from devices.model import Event, Reading
+from devices.process import process_figures
 from edge.clock import clock_synced, mono_ms, now_ms
 from edge.command_book import CommandBook, CommandBookError
 from edge.commands import CommandRunner
 from edge.config import GatewayConfig
 from edge.grid import grid_anchor, next_tick
-from edge.metrics import MetricsServer, process_figures
+from edge.metrics import MetricsServer
 from edge.outbox import Outbox, OutboxError, Pending, Quota
 from edge.pacing import TokenBucket
 from edge.sources import Source, build_source

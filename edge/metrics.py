@@ -1,4 +1,7 @@
-"""Gateway observability: process figures, the Prometheus text format, and a local endpoint.
+"""Gateway observability: the Prometheus text format, and a local endpoint.
+
+The process's own figures (CPU, RSS, open files) come from `devices.process`, shared with the
+collector's health.
 
 The endpoint renders the agent's health message (`Agent.health()`), so the scrape and the
 periodic MQTT health message always carry the same figures. It is off by default and binds
@@ -11,12 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import resource
-import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -33,25 +32,6 @@ STANDARD = {"process_cpu_s": ("process_cpu_seconds_total", "counter"),
             "process_rss_bytes": ("process_resident_memory_bytes", "gauge"),
             "process_open_fds": ("process_open_fds", "gauge")}
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_]")
-
-
-def process_figures() -> dict[str, float]:
-    """CPU seconds, RSS, open files, threads and bytes written of this process."""
-    t = os.times()
-    out: dict[str, float] = {"process_cpu_s": round(t.user + t.system, 3),
-                             "process_threads": threading.active_count()}
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        out["process_rss_bytes"] = pages * resource.getpagesize()
-    except (OSError, IndexError, ValueError):
-        out["process_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with contextlib.suppress(OSError):
-        out["process_open_fds"] = len(os.listdir("/proc/self/fd"))
-    with contextlib.suppress(OSError, ValueError):
-        io = dict(line.split(": ", 1) for line in
-                  Path("/proc/self/io").read_text().splitlines() if ": " in line)
-        out["process_write_bytes"] = int(io["write_bytes"])
-    return out
 
 
 def _escape(value: str) -> str:

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from citygate.rig import free_port
+from devices.process import process_figures
 from devices.sim.elevator import make_bank, serve_tcp
 from edge.agent import Agent
 from edge.config import ConfigError, parse_config
-from edge.metrics import CONTENT_TYPE, MetricsServer, process_figures, render
+from edge.metrics import CONTENT_TYPE, MetricsServer, render
 
 HEALTH: dict[str, Any] = {
     "gateway": "gw-1", "version": "1.2.3",
