@@ -154,6 +154,12 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
         return 2
     store = open_store(args.db)
     settings.apply(store)
+    try:
+        writers = settings.writers_for(store)
+    except ValueError as exc:
+        store.close()
+        print(str(exc), file=sys.stderr)
+        return 2
     store.row_writers.append(HistoryKeeper(store, retention).write_rows)
 
     def source(feed: FeedWriter) -> Any:
@@ -165,7 +171,7 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
         kind = DrainingIngest if args.drain else FeedingIngest
         ingest = kind(store, args.broker.split(",")[0], client_id=args.client_id,
                       share_group=args.share, username=args.username, password=password,
-                      max_pending_bytes=settings.max_pending)
+                      max_pending_bytes=settings.max_pending, writers=writers)
         ingest.feed = feed
         return ingest
     try:

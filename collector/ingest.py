@@ -16,7 +16,7 @@ import ssl
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 
 from collector.failures import Failure, classify
 from collector.memory import MemoryTrimmer
-from collector.placement import ClockPolicy, clock_policy
+from collector.placement import CLOCK_KEYS, ClockPolicy, clock_policy
 from collector.store import Accepted, GatewayMessage, Inbound, IngestResult, Store, now_ms
 from devices import contract
 from devices.contract import (
@@ -70,25 +70,61 @@ DEFAULT_MAX_PENDING = 32 * 1024 * 1024
 # for a 500-reading parking envelope, 2,300 bytes for a 255-byte one-reading lift envelope).
 HELD_PER_PAYLOAD_BYTE = 6
 HELD_PER_MESSAGE = 600
+# Writer threads of one ingest session (collector.toml [ingest] writers), each a transaction
+# in flight on its own connection, each taking the messages of its share of the gateways: one
+# writer leaves PostgreSQL idle while it builds a batch, and itself idle while PostgreSQL
+# stores one. Acknowledgements still go out in the order the messages arrived.
+WRITERS_PG = 2
+MAX_WRITERS = 8
 
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
-    """collector.toml `[ingest]`, checked: clock tolerances, byte budget, device limit."""
+    """collector.toml `[ingest]`, checked: clock tolerances, byte budget, device limit,
+    writers."""
 
     clock: ClockPolicy
     max_pending: int
     max_devices_per_gateway: int
+    writers: int | None = None  # None: by database (`writers_for`)
 
     @classmethod
     def from_section(cls, section: dict[str, object]) -> IngestSettings:
         """Check every key (ValueError names the one that is wrong)."""
-        return cls(clock_policy(section), pending_budget(section), device_limit(section))
+        known = [*CLOCK_KEYS, "max_pending", "max_devices_per_gateway", "writers"]
+        unknown = sorted(set(section) - set(known))
+        if unknown:
+            raise ValueError(f"ingest: unknown key(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(known)}")
+        return cls(clock_policy(section), pending_budget(section), device_limit(section),
+                   writer_count(section))
 
     def apply(self, store: Store) -> None:
         """What the store itself enforces in each ingest transaction."""
         store.clock_policy = self.clock
         store.max_devices_per_gateway = self.max_devices_per_gateway
+
+    def writers_for(self, store: Store) -> int:
+        """Writer threads for this store: as set, else WRITERS_PG on PostgreSQL and one on
+        SQLite (ValueError: more than one set on SQLite, whose one write lock they would
+        only queue on)."""
+        if self.writers is None:
+            return WRITERS_PG if store.is_pg else 1
+        if self.writers > 1 and not store.is_pg:
+            raise ValueError(f"ingest.writers = {self.writers} needs PostgreSQL: SQLite takes "
+                             "one writer at a time; remove the key or set it to 1")
+        return self.writers
+
+
+def writer_count(section: dict[str, object]) -> int | None:
+    """`writers` of collector.toml [ingest]: transactions in flight at once (None: unset)."""
+    value = section.get("writers")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WRITERS:
+        raise ValueError(f"ingest.writers: {value!r} is not a whole number from 1 to "
+                         f"{MAX_WRITERS}")
+    return value
 
 
 def device_limit(section: dict[str, object]) -> int:
@@ -181,6 +217,7 @@ class IngestStats:
     handled: int = 0  # received and then stored, quarantined or rejected (and acknowledged)
     last_progress: float = field(default_factory=time.monotonic)
     budget: ByteBudget | None = None  # the MQTT source's bound on what it holds
+    writers: int = 1  # transactions in flight at once
 
     @property
     def pending(self) -> int:
@@ -221,7 +258,7 @@ class IngestStats:
             "quarantined": self.quarantined, "hook_errors": self.hook_errors,
             "broker_connected": self.connected, "source": "mqtt",
             "last_commit_ms": round(self.last_commit_ms, 2), "commits": self.commits,
-            "pending": self.pending, "stuck": self.stuck(),
+            "pending": self.pending, "stuck": self.stuck(), "writers": self.writers,
             **({"pending_bytes": self.budget.used, "max_pending_bytes": self.budget.limit,
                 "backpressure_waits": self.budget.waits,
                 "backpressure_s": round(self.budget.waited_s, 1)} if self.budget else {}),
@@ -250,12 +287,13 @@ def entry_of(rec: Received, topic_name: str, payload: bytes, received: int,
     return Entry(record, topic_name, payload, received)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Item:
     mid: int
     qos: int
     entry: Entry | None  # None: rejected by the contract, only acknowledge
     held: int  # bytes taken from the budget
+    done: bool = False  # stored, quarantined or rejected: may be acknowledged
 
 
 class _NoTopicCallbacks:
@@ -458,6 +496,9 @@ class IngestCore:
     on_state: Callable[[str, str, list[str]], None]
     _warned: set[tuple[str, str]]
     memory: MemoryTrimmer  # freed heap back to the OS after stored batches
+    # Counters and hooks: several threads store (writers, NATS's state channel), one at a
+    # time here, so that each feature sees one batch at a time.
+    _accounting: threading.Lock
 
     def _reject(self, topic_name: str, exc: ContractError) -> None:
         """Count a message that breaks the contract; log once per gateway and reason."""
@@ -501,7 +542,8 @@ class IngestCore:
                 how = classify(exc)
                 if how is Failure.RETRY_NOW and now_tries < RETRY_NOW_LIMIT:
                     now_tries += 1
-                    self.stats.store_retries_now += 1
+                    with self._accounting:
+                        self.stats.store_retries_now += 1
                     continue
                 if how is Failure.DATA:
                     if len(records) == 1:
@@ -512,13 +554,15 @@ class IngestCore:
                     half = len(records) // 2
                     return (self.store_entries(records[:half], wait)
                             and self.store_entries(records[half:], wait))
-                self._failing(exc)
+                with self._accounting:
+                    self._failing(exc)
                 if not wait(1.0):
                     return False
                 continue
-            self._recovered()
-            self._committed(result, t0)
-            self.stats.last_progress = time.monotonic()
+            with self._accounting:
+                self._recovered()
+                self._committed(result, t0)
+                self.stats.last_progress = time.monotonic()
             return True
 
     def _quarantine(self, entry: Entry, exc: BaseException,
@@ -535,11 +579,13 @@ class IngestCore:
                                       error, entry.received)
                 break
             except Exception as qexc:  # the database is down: keep the message until it is back
-                self._failing(qexc)
+                with self._accounting:
+                    self._failing(qexc)
                 if not wait(1.0):
                     return False
-        self._recovered()
-        self.stats.quarantined += 1
+        with self._accounting:
+            self._recovered()
+            self.stats.quarantined += 1
         log.error("collector: quarantined %s message seq %s of %s, refused by the store: %s "
                   "(GET /api/v1/quarantine)", channel, seq, rec.gateway, error)
         return True
@@ -581,15 +627,23 @@ class IngestCore:
 
 
 class Ingest(IngestCore):
-    """Subscribes to every gateway and writes what arrives through one writer thread."""
+    """Subscribes to every gateway and stores what arrives through its writer threads.
+
+    Each writer takes the messages of its share of the gateways (by gateway id), so a
+    gateway's messages are stored in arrival order by one writer, and two writers never wait
+    on each other's rows. Every message is acknowledged once it and all received before it
+    are stored (MQTT 3.1.1 §4.6: PUBACKs in the order of the PUBLISHes).
+    """
 
     def __init__(self, store: Store, broker_url: str, *, client_id: str = "citygate-collector",
                  share_group: str | None = None,
                  username: str | None = None, password: str | None = None,
                  max_batch: int = MAX_BATCH, max_wait: float = 0.05, linger: float = LINGER_S,
-                 max_pending_bytes: int = DEFAULT_MAX_PENDING,
+                 max_pending_bytes: int = DEFAULT_MAX_PENDING, writers: int = 1,
                  on_stored: Callable[[list[Accepted]], None] | None = None,
                  on_state: Callable[[str, str, list[str]], None] | None = None) -> None:
+        if not 1 <= writers <= MAX_WRITERS:
+            raise ValueError(f"writers: {writers} is not from 1 to {MAX_WRITERS}")
         self.store = store
         u = urlparse(broker_url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 1883
@@ -601,14 +655,21 @@ class Ingest(IngestCore):
         self.on_state = on_state or (lambda gateway, state, devices: None)
         self.budget = ByteBudget(max_pending_bytes)
         self.max_batch_bytes = max(1, max_pending_bytes // 4)  # the rest keeps arriving
-        self.stats = IngestStats(budget=self.budget)
+        self.stats = IngestStats(budget=self.budget, writers=writers)
         self.probe_topic = f"{contract.ROOT}/_collector/{client_id}/probe"
-        # Unbounded in messages, bounded in bytes by the budget the MQTT thread takes from.
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        # One queue per writer: unbounded in messages, bounded in bytes by the budget the MQTT
+        # thread takes from.
+        self._lanes: list[queue.SimpleQueue[_Item | None]] = [
+            queue.SimpleQueue() for _ in range(writers)]
+        # Received and not acknowledged yet, in arrival order: the MQTT thread appends, the
+        # writers acknowledge the prefix that is done (under `_acking`, so in order).
+        self._unacked: deque[_Item] = deque()
+        self._acking = threading.Lock()
+        self._accounting = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
         self.memory = MemoryTrimmer()
         self._client: mqtt.Client | None = None
-        self._writer: threading.Thread | None = None
+        self._writers: list[threading.Thread] = []
         self._prober: threading.Thread | None = None
         self._stop = threading.Event()
         self._probe_back: int | None = None  # send time of the newest probe received back
@@ -632,9 +693,11 @@ class Ingest(IngestCore):
         client.on_socket_open = _read_buffered
         self._client = client
         self._stop.clear()
-        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer",
-                                        daemon=True)
-        self._writer.start()
+        self._writers = [threading.Thread(target=self._write_loop, args=(lane,),
+                                          name=f"ingest-writer-{k + 1}", daemon=True)
+                         for k, lane in enumerate(self._lanes)]
+        for writer in self._writers:
+            writer.start()
         self._prober = threading.Thread(target=self._probe_loop, name="ingest-probe",
                                         daemon=True)
         self._prober.start()
@@ -658,10 +721,12 @@ class Ingest(IngestCore):
         if self._prober is not None:
             self._prober.join(timeout=5)
             self._prober = None
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join(timeout=10)
-            self._writer = None
+        for lane in self._lanes if self._writers else ():
+            lane.put(None)
+        deadline = time.monotonic() + 10
+        for writer in self._writers:
+            writer.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._writers = []
 
     # --- paho thread ---------------------------------------------------------------------
 
@@ -704,9 +769,9 @@ class Ingest(IngestCore):
             with contextlib.suppress(ValueError, orjson.JSONDecodeError):
                 sent = int(orjson.loads(payload))
                 self._probe_back = max(self._probe_back or 0, sent)
-            client = self._client
-            if qos > 0 and client is not None:
-                client.ack(mid, qos)
+            if qos > 0:  # acknowledged after what arrived before it
+                self._unacked.append(_Item(mid, qos, None, 0, done=True))
+                self._acknowledge()
             return
         held = len(payload) * HELD_PER_PAYLOAD_BYTE + HELD_PER_MESSAGE
         if not self.budget.take(held, self._stop.is_set):
@@ -718,13 +783,18 @@ class Ingest(IngestCore):
             rec = contract.decode(topic_name, payload)
         except ContractError as exc:
             self._reject(topic_name, exc)
-            self._queue.put(_Item(mid, qos, None, held))
+            self._enqueue(_Item(mid, qos, None, held), 0)
             return
         if rec.refused:
             self._accepted(rec, topic_name)
-        self._queue.put(_Item(mid, qos,
-                              entry_of(rec, topic_name, payload, received,
-                                       self._live(received)), held))
+        lanes = len(self._lanes)
+        self._enqueue(_Item(mid, qos, entry_of(rec, topic_name, payload, received,
+                                               self._live(received)), held),
+                      hash(rec.gateway) % lanes if lanes > 1 else 0)
+
+    def _enqueue(self, item: _Item, lane: int) -> None:
+        self._unacked.append(item)
+        self._lanes[lane].put(item)
 
     def _live(self, received: int) -> bool:
         """Did a message received now wait at the broker at most the live bound?
@@ -745,9 +815,9 @@ class Ingest(IngestCore):
 
     # --- writer thread -----------------------------------------------------------------------
 
-    def _write_loop(self) -> None:
+    def _write_loop(self, lane: queue.SimpleQueue[_Item | None]) -> None:
         while True:
-            first = self._queue.get()
+            first = lane.get()
             if first is None:
                 return
             batch = [first]
@@ -761,7 +831,7 @@ class Ingest(IngestCore):
                 if timeout <= 0:
                     break
                 try:
-                    item = self._queue.get(timeout=timeout)
+                    item = lane.get(timeout=timeout)
                 except queue.Empty:
                     break
                 if item is None:
@@ -779,10 +849,25 @@ class Ingest(IngestCore):
         entries = [i.entry for i in batch if i.entry is not None]
         if not self.store_entries(entries, self._wait):
             return  # stopping with the database down: unacknowledged, so re-delivered
-        client = self._client
-        if client is not None:
-            ack_all(client, batch)
-        self.stats.handled += len(batch)
-        self.stats.last_progress = time.monotonic()
-        self.budget.give(sum(i.held for i in batch))
-        self.memory.maybe()
+        for item in batch:
+            item.done = True
+        self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """Acknowledge every message up to the first one not done yet, in arrival order, and
+        release what they held."""
+        with self._acking:
+            done: list[_Item] = []
+            unacked = self._unacked
+            while unacked and unacked[0].done:
+                done.append(unacked.popleft())
+            if not done:
+                return
+            client = self._client
+            if client is not None:
+                ack_all(client, done)
+            held = [i.held for i in done if i.held]  # held 0: the collector's own probe
+            self.stats.handled += len(held)
+            self.stats.last_progress = time.monotonic()
+            self.budget.give(sum(held))
+            self.memory.maybe()

@@ -138,6 +138,7 @@ class NatsIngest(IngestCore):
         self.stats = NatsIngestStats()
         self._state = StateChannel(self, list(mqtt_urls)) if mqtt_urls else None
         self._warned: set[tuple[str, str]] = set()
+        self._accounting = threading.Lock()
         self.memory = MemoryTrimmer()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None

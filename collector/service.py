@@ -109,6 +109,11 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
         check_workers(workers.count, db_url)
     store = open_store(db_url)
     settings.apply(store)
+    try:
+        writers = settings.writers_for(store)
+    except ValueError as exc:
+        store.close()
+        raise CollectorConfigError(f"{config_source}: {exc}") from None
     stats: list[Callable[[], dict[str, Any]]] = []
     hub = build_hub(store, config or CollectorConfig(),
                     ingest_stats=lambda: stats[0]() if stats else {},
@@ -133,7 +138,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
             def mqtt_ingest(s: Store, on_stored: StoredHook, on_state: StateHook) -> IngestSource:
                 return Ingest(s, broker_url, client_id=client_id, share_group=share_group,
                               username=username, password=password, on_stored=on_stored,
-                              on_state=on_state,
+                              on_state=on_state, writers=writers,
                               max_pending_bytes=settings.max_pending)
 
             ingest = (make_ingest or mqtt_ingest)(store, hub.on_stored, hub.on_state)

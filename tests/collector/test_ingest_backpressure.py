@@ -12,8 +12,13 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from citygate.rig import Broker, wait_for
-from collector.ingest import HELD_PER_MESSAGE, HELD_PER_PAYLOAD_BYTE, Ingest, pending_budget
-from collector.placement import clock_policy
+from collector.ingest import (
+    HELD_PER_MESSAGE,
+    HELD_PER_PAYLOAD_BYTE,
+    Ingest,
+    IngestSettings,
+    pending_budget,
+)
 from collector.store import Store
 from devices import contract
 from devices.model import Reading
@@ -90,9 +95,10 @@ def test_the_budget_is_read_from_the_ingest_section() -> None:
         pending_budget({"max_pending": "10KB"})
     with pytest.raises(ValueError, match=r"ingest.max_pending: 'lots' is not a size"):
         pending_budget({"max_pending": "lots"})
-    clock_policy({"max_pending": "256MiB", "max_skew": "1min"})  # a key of the same section
+    settings = IngestSettings.from_section({"max_pending": "256MiB", "max_skew": "1min"})
+    assert settings.max_pending == 256 * 1024 * 1024 and settings.clock.max_skew_ms == 60_000
     with pytest.raises(ValueError, match=r"unknown key.*max_queue.*known: .*max_pending"):
-        clock_policy({"max_queue": 5})
+        IngestSettings.from_section({"max_queue": 5})
 
 
 def test_a_stored_batch_is_acknowledged_in_one_write_and_never_redelivered(

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from collector import schema
 from collector.failures import Failure, classify
 from collector.features import open_store
-from collector.ingest import Entry, IngestCore, IngestStats
+from collector.ingest import Entry, IngestCore, IngestSettings, IngestStats
 from collector.placement import ClockPolicy, clock_policy
 from collector.store import Accepted, GatewayMessage, Store
 from devices.contract import (
@@ -130,7 +130,7 @@ def test_clock_tolerances_come_from_the_ingest_section() -> None:
     with pytest.raises(ValueError, match=r"ingest\.max_skew"):
         clock_policy({"max_skew": "soon"})
     with pytest.raises(ValueError, match="unknown key"):
-        clock_policy({"skew": "2s"})
+        IngestSettings.from_section({"skew": "2s"})
 
 
 def test_a_clamped_time_makes_the_reading_uncertain_and_is_counted_by_reason(
@@ -273,6 +273,7 @@ class Core(IngestCore):
         self.on_stored = lambda items: None
         self.on_state = lambda gateway, s, devices: None
         self._warned = set()
+        self._accounting = threading.Lock()
 
 
 def entry(a: Accepted | GatewayMessage) -> Entry:
