@@ -24,6 +24,7 @@ that holds, by bisection.
 Run (the final figure, 5 minutes at the busiest hour with 2 workers):
   python -m bench city_hour --workers 2 --rate 16600 --duration 300
 Compare 1 and 2 workers in one run, short:   --workers 1,2 --rate 8000 --duration 30
+Compare ingest writers of one process:       --workers 1 --writers 1,2,3 --rate 12000
 Largest sustained rate:                      --workers 2 --search 4000 20000 --duration 30
 Settings also as BENCH_CITY_WORKERS, BENCH_CITY_RATE, BENCH_CITY_DURATION (make bench).
 """
@@ -46,7 +47,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bench.common import ProcSample, percentile, sample
+from bench.common import ProcSample, percentile, sample, tree_cpu_s
 from citygate.rig import (
     Broker,
     Proc,
@@ -182,7 +183,7 @@ def generate(index: int, port: int, rate: float, duration: float, seq_base: int,
     owed = dict.fromkeys((k for k, _, _ in kinds), 0.0)
     published = 0
     time.sleep(max(0.0, start_at - time.time()))
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     ticks = 0
     while time.monotonic() - t0 < duration:
         now = int(time.time() * 1000)
@@ -203,13 +204,14 @@ def generate(index: int, port: int, rate: float, duration: float, seq_base: int,
                 pub.send(batch)
         ticks += 1
         time.sleep(max(0.0, t0 + ticks * TICK_S - time.monotonic()))
+    cpu = time.process_time() - cpu0  # of the load (the wait for acks after it is idle)
     deadline = time.monotonic() + 30
     while sum(p.acked for p in pubs) < published and time.monotonic() < deadline:
         time.sleep(0.05)
     acked = sum(p.acked for p in pubs)
     for p in pubs:
         p.close()
-    out.put((index, published, acked))
+    out.put((index, published, acked, cpu))
 
 
 class Probe(threading.Thread):
@@ -261,6 +263,7 @@ class Stack:
 
     workers: int
     root: Path
+    writers: int | None = None  # collector.toml [ingest] writers (None: the collector's default)
     db: str = ""
     base: str = ""
     broker: Broker | None = None
@@ -277,13 +280,22 @@ class Stack:
         self.broker = Broker(self.root / "broker").start()
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
+        config: tuple[str, ...] = ()
+        if self.writers is not None:
+            (self.root / "collector.toml").write_text(f"[ingest]\nwriters = {self.writers}\n")
+            config = ("--config", str(self.root / "collector.toml"))
         collector = self.collector = Proc("collector", citygate(
             "collector", "run", "--db", self.db, "--broker", self.broker.url,
-            "--http", f"127.0.0.1:{port}", "--workers", str(self.workers)),
+            "--http", f"127.0.0.1:{port}", "--workers", str(self.workers), *config),
             self.root / "collector.log").start()
         wait_for(lambda: self._ready() or not collector.alive, 60, "the collector")
         assert collector.alive, collector.tail()
         return self
+
+    @property
+    def label(self) -> str:
+        """The setting, as printed."""
+        return f"workers={self.workers}" + (f" writers={self.writers}" if self.writers else "")
 
     def _ready(self) -> bool:
         ing = (collector_health(self.base) or {}).get("ingest") or {}
@@ -295,7 +307,6 @@ class Stack:
 
     def pids(self) -> dict[str, int]:
         """Every process of the stack by role."""
-        import psycopg
 
         assert self.collector and self.collector.popen and self.broker and self.broker.proc
         assert self.broker.proc.popen is not None
@@ -303,11 +314,26 @@ class Stack:
         ing = (collector_health(self.base) or {}).get("ingest") or {}
         for w in ing.get("workers") or []:
             out[f"worker{w['index']}"] = int(w["pid"])
-        with psycopg.connect(self.db, autocommit=True) as conn:
-            for (pid,) in conn.execute("SELECT pid FROM pg_stat_activity WHERE datname ="
-                                       " current_database() AND pid <> pg_backend_pid()"):
-                out[f"pg{pid}"] = int(pid)
         return out
+
+    def postmaster(self) -> int:
+        """PostgreSQL's server process (the parent of this database's backends)."""
+        import psycopg
+
+        with psycopg.connect(self.db, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            stat = Path(f"/proc/{row[0]}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(stat[1])
+
+    def sessions(self) -> int:
+        """Connections opened to this database so far (pg_stat_database.sessions)."""
+        import psycopg
+
+        with psycopg.connect(self.db, autocommit=True) as conn:
+            row = conn.execute("SELECT sessions FROM pg_stat_database"
+                               " WHERE datname = current_database()").fetchone()
+        return int(row[0]) if row else 0
 
     def stored(self) -> int:
         import psycopg
@@ -352,9 +378,11 @@ def offer(stack: Stack, rate: float, duration: float) -> dict[str, float]:
         g.start()
     probe = Probe(stack.broker.port, stack.db)
     time.sleep(max(0.0, start_at - time.time()))
-    pids = {**stack.pids(), **{f"gen{i}": g.pid for i, g in enumerate(gens) if g.pid}}
+    pids = stack.pids()  # generators measure their own CPU: they end with the load
+    postmaster, sessions0 = stack.postmaster(), stack.sessions()
     first = {k: _sample(p) for k, p in pids.items()}
     cpu0 = {k: v.cpu_s for k, v in first.items() if v is not None}
+    pg0 = tree_cpu_s(postmaster)
     busy0, all0 = machine_cpu()
     stored0, t0 = stack.stored(), time.monotonic()
     probe.start()
@@ -369,6 +397,9 @@ def offer(stack: Stack, rate: float, duration: float) -> dict[str, float]:
     rss = {k: v.rss_peak_kb / 1024 for k, v in last.items() if v is not None}
     cpu = {k: (v.cpu_s - cpu0[k]) / (t1 - t0) for k, v in last.items()
            if v is not None and k in cpu0}
+    # the whole server (backends, WAL writer, checkpointer, autovacuum) works for the stack
+    cpu["postgres"] = (tree_cpu_s(postmaster) - pg0) / (t1 - t0)
+    sessions = stack.sessions() - sessions0 - 2  # the two opened here to count
     busy1, all1 = machine_cpu()
     results = [out.get(timeout=60) for _ in gens]
     for g in gens:
@@ -378,7 +409,6 @@ def offer(stack: Stack, rate: float, duration: float) -> dict[str, float]:
     probe.join(5)
     stack.sent += published + probe.sent
     drained = _drained(stack, stack.sent, HOLD_LAG_P99_S)
-    pg = [k for k in cpu if k.startswith("pg")]
     figures = {
         "offered_env_s": published / duration,
         "stored_env_s": (stored1 - stored0) / (t1 - t0),
@@ -388,8 +418,9 @@ def offer(stack: Stack, rate: float, duration: float) -> dict[str, float]:
         "cpu_hub": cpu.get("hub", 0.0),
         "cpu_workers": sum(v for k, v in cpu.items() if k.startswith("worker")),
         "cpu_mosquitto": cpu.get("mosquitto", 0.0),
-        "cpu_postgres": sum(cpu[k] for k in pg),
-        "cpu_generators": sum(v for k, v in cpu.items() if k.startswith("gen")),
+        "cpu_postgres": cpu["postgres"],
+        "pg_sessions_opened": float(sessions),
+        "cpu_generators": sum(r[3] for r in results) / duration,
         "machine_busy_cores": (busy1 - busy0) / (all1 - all0) * (os.cpu_count() or 2),
         "rss_hub_mb": rss.get("hub", 0.0),
         "rss_worker_max_mb": max((v for k, v in rss.items() if k.startswith("worker")),
@@ -433,16 +464,17 @@ def warm_up(stack: Stack, seconds: float) -> None:
     _drained(stack, stack.sent, 180.0)
 
 
-def show(workers: int, f: dict[str, float]) -> None:
+def show(setting: str, f: dict[str, float]) -> None:
     """One run's figures on a few lines."""
-    print(f"workers={workers} offered={f['offered_env_s']:.0f}/s stored={f['stored_env_s']:.0f}/s"
+    print(f"{setting} offered={f['offered_env_s']:.0f}/s stored={f['stored_env_s']:.0f}/s"
           f" lag p50={f['lag_p50_s']:.2f}s p99={f['lag_p99_s']:.2f}s hook lag p99="
           f"{f['hook_lag_p99_s']:.2f}s backlog 2 s after={f['backlog_after_2s']:.0f} "
           f"holds={'yes' if f['holds'] else 'NO'}", flush=True)
     print(f"  cpu cores: hub {f['cpu_hub']:.2f}, workers {f['cpu_workers']:.2f}, mosquitto "
           f"{f['cpu_mosquitto']:.2f}, postgres {f['cpu_postgres']:.2f}, load generators "
           f"{f['cpu_generators']:.2f}, machine busy "
-          f"{f['machine_busy_cores']:.2f} of {os.cpu_count()}; load1 {f['load1']:.1f}", flush=True)
+          f"{f['machine_busy_cores']:.2f} of {os.cpu_count()}; load1 {f['load1']:.1f}; "
+          f"PostgreSQL connections opened {f['pg_sessions_opened']:.0f}", flush=True)
     print(f"  stack CPU per stored envelope {f['stack_cpu_us_per_env']:.0f} us -> an idle "
           f"{os.cpu_count()}-core machine would store ~{f['idle_machine_env_s_est']:.0f}/s; "
           f"hub {f['hub_us_per_env']:.0f} us per envelope (one core: "
@@ -456,7 +488,7 @@ def search(stack: Stack, lo: float, hi: float, duration: float, steps: int) -> f
     best, rate = 0.0, lo
     for _ in range(steps):
         f = offer(stack, rate, duration)
-        show(stack.workers, f)
+        show(stack.label, f)
         if f["holds"]:
             best = lo = rate
         else:
@@ -537,6 +569,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench city_hour")
     p.add_argument("--workers", default=os.environ.get("BENCH_CITY_WORKERS", "1,2"),
                    help="comma-separated worker counts, each its own stack (default 1,2)")
+    p.add_argument("--writers", default=os.environ.get("BENCH_CITY_WRITERS", ""),
+                   help="comma-separated [ingest] writers of each worker, each its own stack "
+                        "(default: the collector's)")
     p.add_argument("--rate", type=float, default=float(os.environ.get("BENCH_CITY_RATE", "16600")))
     p.add_argument("--duration", type=float,
                    default=float(os.environ.get("BENCH_CITY_DURATION", "30")))
@@ -554,18 +589,19 @@ def main(argv: list[str] | None = None) -> None:
                   f"{c['hooks_us']:.0f} us -> one hub core feeds ~{c['hub_env_s_per_core']:.0f}"
                   " envelopes/s", flush=True)
         return
-    for n in (int(x) for x in args.workers.split(",")):
+    writers = [int(x) for x in args.writers.split(",")] if args.writers else [None]
+    for n, w in ((n, w) for n in (int(x) for x in args.workers.split(",")) for w in writers):
         with tempfile.TemporaryDirectory(prefix="bench-city-") as tmp:
-            stack = Stack(n, Path(tmp))
+            stack = Stack(n, Path(tmp), w)
             try:
                 stack.start()
                 warm_up(stack, args.warmup)
                 if args.search:
                     best = search(stack, args.search[0], args.search[1], args.duration, 6)
-                    print(f"workers={n}: largest rate held for {args.duration:.0f} s: "
+                    print(f"{stack.label}: largest rate held for {args.duration:.0f} s: "
                           f"{best:.0f} envelopes/s", flush=True)
                     continue
                 for _ in range(args.runs):
-                    show(n, offer(stack, args.rate, args.duration))
+                    show(stack.label, offer(stack, args.rate, args.duration))
             finally:
                 stack.stop()

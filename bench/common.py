@@ -32,6 +32,24 @@ def sample(pid: int) -> ProcSample:
     return ProcSample(cpu, int(status["VmHWM"].split()[0]), int(status["VmRSS"].split()[0]))
 
 
+def tree_cpu_s(parent: int) -> float:
+    """CPU seconds of a server and all its children, live or ended: the parent's own and its
+    reaped children's times, plus each live child's (PostgreSQL's postmaster and backends,
+    connections opened and closed mid-run included)."""
+    stat = Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in stat[11:15])  # utime, stime, cutime, cstime
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            child = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(child[1]) == parent:
+            ticks += int(child[11]) + int(child[12])
+    return ticks / 100.0  # os.sysconf("SC_CLK_TCK") on Linux
+
+
 def percentile(values: list[float], p: float) -> float:
     """The p-th percentile (0..100) by linear interpolation."""
     if not values:

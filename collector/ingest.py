@@ -3,8 +3,10 @@
 The collector uses a persistent session with a fixed client id and acknowledges a QoS 1
 message only after the transaction holding it committed (or, for a message the store refuses
 on its values, after it was quarantined), so a collector killed with -9 loses nothing: the
-broker re-delivers, and the (gateway, seq) key absorbs the duplicates. Every message kind —
-data, events, state, health, replies — goes through the one writer thread in arrival order.
+broker re-delivers, and the (gateway, seq) key absorbs the duplicates. A gateway's messages of
+every kind — data, events, state, health, replies — go through one writer thread in arrival
+order; on PostgreSQL several writers (collector.toml [ingest] writers) store different
+gateways' messages at once, and acknowledgements still leave in arrival order.
 """
 
 from __future__ import annotations
@@ -73,8 +75,11 @@ HELD_PER_MESSAGE = 600
 # Writer threads of one ingest session (collector.toml [ingest] writers), each a transaction
 # in flight on its own connection, each taking the messages of its share of the gateways: one
 # writer leaves PostgreSQL idle while it builds a batch, and itself idle while PostgreSQL
-# stores one. Acknowledgements still go out in the order the messages arrived.
-WRITERS_PG = 2
+# stores one. Acknowledgements still go out in the order the messages arrived. The busiest
+# hour's mix at 13,000 envelopes/s on 2 cores, one `collector run` (`python -m bench city_hour
+# --workers 1 --writers 1,2,3,4 --rate 13000 --duration 30`): 1 writer stored 9,415/s, lag p99
+# 8.4 s; 2 writers 12,274/s, 2.2 s; 3 writers 12,799/s, 2.0 s; 4 writers 12,561/s, 0.9 s.
+WRITERS_PG = 4
 MAX_WRITERS = 8
 
 

@@ -1,5 +1,5 @@
 """`collector run` with several ingest writers (collector.toml [ingest] writers), against
-Mosquitto and PostgreSQL: two by default, every envelope of many gateways stored once; refused
+Mosquitto and PostgreSQL: four by default, every envelope of many gateways stored once; refused
 on SQLite with the key named."""
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from citygate.rig import Broker, collector_health, wait_for
+from collector.ingest import WRITERS_PG
 from devices import contract
 from hil_tests.conftest import Procs
 
 pytestmark = pytest.mark.hil
 
 
-def test_a_collector_on_postgresql_stores_through_two_writers_by_default(
+def test_a_collector_on_postgresql_stores_through_its_default_writers(
         broker: Broker, procs: Procs, pg_db: str) -> None:
     _proc, base = procs.collector(broker, pg_db)
     gateways, per = [f"gw-w{i:02d}" for i in range(10)], 30
@@ -36,7 +37,7 @@ def test_a_collector_on_postgresql_stores_through_two_writers_by_default(
             return ingest if ingest.get("stored_messages") == len(gateways) * per else None
 
         ingest = wait_for(stored, 30, "every envelope stored")
-        assert ingest["writers"] == 2 and ingest["duplicates"] == 0
+        assert ingest["writers"] == WRITERS_PG and ingest["duplicates"] == 0
         wait_for(lambda: (collector_health(base) or {}).get("ingest", {}).get("pending") == 0,
                  10, "every envelope acknowledged")
     finally:
