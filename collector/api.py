@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from collector import pages
 from collector.auth import Role, require
 from collector.clock import iso
+from collector.memory import frozen
 from collector.pages import page
 from collector.params import DeviceIdPath, GatewayIdPath, install_error_shape, invalid, parse_time
 from collector.store import Store, typed_value
@@ -139,7 +140,7 @@ def process_stats() -> dict[str, Any]:
     """This process's figures (as a gateway reports its own) and its garbage collector
     (collector.memory.settle_heap)."""
     return {**process_figures(), "gc_collections": [g["collections"] for g in gc.get_stats()],
-            "gc_thresholds": list(gc.get_threshold()), "gc_frozen": gc.get_freeze_count()}
+            "gc_thresholds": list(gc.get_threshold()), "gc_frozen": frozen()}
 
 
 @public.get("/health")
