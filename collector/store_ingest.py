@@ -91,6 +91,18 @@ class IngestTx:
         r.readings, r.events = len(rows), len(events)
         r.refused.update(self.refused)
 
+    def _in(self, ids: Sequence[str]) -> Iterable[tuple[str, list[Any]]]:
+        """`(condition, parameters)` matching a column against `ids`, to follow the column:
+        on PostgreSQL one `= ANY` of one array, so the statement's text, its conversion by the
+        driver and its prepared plan are the same whatever the count; on SQLite IN lists of
+        CHUNK ids."""
+        if self.store.is_pg:
+            if ids:
+                yield "= ANY(%s::text[])", [pg_array(ids)]
+            return
+        for part in chunks(ids):
+            yield f"IN ({','.join('?' * len(part))})", list(part)
+
     def _write(self, rows: list[Row], pg: str, sqlite: str) -> None:
         """Write rows: on PostgreSQL in one statement `pg` taking each column as one array,
         on SQLite with `sqlite` row by row (executemany)."""
@@ -214,10 +226,9 @@ class IngestTx:
             ids = [d for d in ids if d not in self.over_limit]
         owners: dict[str, str] = {}
         lock = " ORDER BY device_id FOR UPDATE" if self.store.is_pg else ""
-        for part in chunks(ids):
+        for cond, params in self._in(ids):
             self.cur.execute(self.store.sql(
-                "SELECT device_id, gateway_id FROM devices"
-                f" WHERE device_id IN ({','.join('?' * len(part))}){lock}"), list(part))
+                f"SELECT device_id, gateway_id FROM devices WHERE device_id {cond}{lock}"), params)
             owners.update(self.cur.fetchall())
         # The registry outranks a first claim made before the device was registered.
         moved = {}
@@ -257,10 +268,12 @@ class IngestTx:
         gateways = sorted({created[d] for d in candidates})
         if not gateways:
             return set()
-        self.cur.execute(self.store.sql(
-            "SELECT gateway_id, COUNT(*) FROM devices WHERE gateway_id IN"
-            f" ({','.join('?' * len(gateways))}) GROUP BY gateway_id"), gateways)
-        excess = {gw: n - limit for gw, n in self.cur.fetchall() if n > limit}
+        excess: dict[str, int] = {}
+        for cond, params in self._in(gateways):
+            self.cur.execute(self.store.sql(
+                f"SELECT gateway_id, COUNT(*) FROM devices WHERE gateway_id {cond}"
+                " GROUP BY gateway_id"), params)
+            excess.update((gw, n - limit) for gw, n in self.cur.fetchall() if n > limit)
         if not excess:
             return set()
         by_gateway: dict[str, list[str]] = {}
@@ -274,20 +287,18 @@ class IngestTx:
                 log.warning("collector: %s reports more than %d devices: devices it reports "
                             "beyond them are refused (counted as device_limit from now on; "
                             "collector.toml [ingest] max_devices_per_gateway)", gw, limit)
-        for part in chunks(sorted(over)):
-            self.cur.execute(self.store.sql(
-                f"DELETE FROM devices WHERE device_id IN ({','.join('?' * len(part))})"),
-                list(part))
+        for cond, params in self._in(sorted(over)):
+            self.cur.execute(self.store.sql(f"DELETE FROM devices WHERE device_id {cond}"),
+                             params)
         return over
 
     def _registered(self, ids: Sequence[str]) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
-        for part in chunks(ids):
+        for cond, params in self._in(ids):
             self.cur.execute(self.store.sql(
                 f"SELECT d.device_id, d.gateway_id FROM {REGISTRY_DEVICES} d"
                 f" JOIN {REGISTRY_GATEWAYS} g ON g.gateway_id = d.gateway_id"
-                f" WHERE g.revoked = FALSE AND d.device_id IN ({','.join('?' * len(part))})"),
-                list(part))
+                f" WHERE g.revoked = FALSE AND d.device_id {cond}"), params)
             for dev, gw in self.cur.fetchall():
                 out.setdefault(dev, set()).add(gw)
         return out
@@ -494,12 +505,23 @@ def _text_array(values: Sequence[str]) -> str:
                           for v in values) + "}"
 
 
+_NUMBERS_OR_NULL = frozenset({int, float, type(None)})  # repr() of none of them holds "None"
+
+
 def pg_array(values: Sequence[Any]) -> str:
     """A PostgreSQL array literal of texts, numbers or booleans, None as NULL.
 
     Hot-path statements on PostgreSQL pass a batch column as one such literal (with a cast,
-    unnest in SQL): one join in Python where the driver dumps item by item.
+    unnest in SQL): one join in Python where the driver dumps item by item. A column of one
+    type (the usual case) is joined whole.
     """
+    kinds = set(map(type, values))
+    if kinds == {str}:
+        whole = "".join(values)
+        if '"' not in whole and "\\" not in whole:
+            return '{"' + '","'.join(values) + '"}'
+    elif kinds and kinds <= _NUMBERS_OR_NULL:  # bool is not int here: type(True) is bool
+        return "{" + ",".join(map(repr, values)).replace("None", "NULL") + "}"
     out = []
     for v in values:
         if v is None:

@@ -165,6 +165,7 @@ def test_claim_array_literals_read_back_as_sent(store: Store) -> None:
                (pg_array(texts), "text", texts), (pg_array(plain), "text", plain),
                (pg_array(ints), "bigint", ints), (pg_array([*ints, None]), "bigint", [*ints, None]),
                (pg_array(floats), "float8", floats), (pg_array([None, None]), "text", [None, None]),
+               (pg_array([1, 2.5, None, -3]), "float8", [1.0, 2.5, None, -3.0]),
                (pg_array([]), "text", []), (pg_array([True, False, None]), "boolean",
                                             [True, False, None])]
     if not store.is_pg:
