@@ -33,6 +33,9 @@ class HealthOut(BaseModel):
     database: str
     ingest: dict[str, Any]
     counts: dict[str, int]
+    counts_estimated: list[str] = Field(
+        default_factory=list, description="tables whose count is PostgreSQL's estimate "
+        "(its statistics say 1,000,000 rows or more), not a count")
     features: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict, description="failures of feature hooks and tasks: "
         "{feature: {hook: {failures, failing, last_error}}}; only hooks that ever failed")
@@ -148,10 +151,10 @@ def health(request: Request, store: StoreDep) -> HealthOut:
     """Is the collector working: database reachable, broker connected, ingest counters."""
     ingest = request.app.state.ingest_stats()
     try:
-        counts = store.counts()
+        counts, estimated = store.row_counts()
         db = "ok"
     except Exception as exc:  # report, never crash the health check
-        counts, db = {}, f"error: {type(exc).__name__}"
+        counts, estimated, db = {}, [], f"error: {type(exc).__name__}"
     reasons = [] if db == "ok" else [f"database: {db}"]
     if not ingest.get("broker_connected", True):
         reasons.append("broker: not connected")
@@ -162,7 +165,8 @@ def health(request: Request, store: StoreDep) -> HealthOut:
     reasons += [f"feature {name}: {hook} failing" for name, hooks in features.items()
                 for hook, rec in hooks.items() if rec["failing"]]
     return HealthOut(status="degraded" if reasons else "ok", reasons=reasons, database=db,
-                     ingest=ingest, counts=counts, features=features,
+                     ingest=ingest, counts=counts, counts_estimated=estimated,
+                     features=features,
                      streams={name: bus.stats() for name, bus in
                               getattr(request.app.state, "live_streams", {}).items()},
                      process=process_stats())

@@ -44,7 +44,7 @@ def metrics(request: Request) -> Response:
     """Ingest counters and store counts in the Prometheus text format."""
     ingest = dict(request.app.state.ingest_stats())
     try:
-        counts, up = request.app.state.store.counts(), True
+        counts, up = request.app.state.store.row_counts()[0], True
     except Exception:  # a scrape reports a broken database, it never fails because of it
         counts, up = {}, False
     return Response(render(ingest, counts, up), media_type=CONTENT_TYPE)

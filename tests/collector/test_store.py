@@ -201,3 +201,24 @@ def test_a_newer_latest_value_replaces_the_old_one_in_its_page_on_postgresql(
         assert {r["ts"] for r in store.latest("dev-007")} == {2_000}
     finally:
         store.close()
+
+
+def test_health_counts_large_tables_from_statistics_and_small_ones_exactly(
+        store: Store) -> None:
+    readings = [{"device": f"l{i}", "ts": T0 + i, "values": {"floor": i, "speed": 0.5}}
+                for i in range(20)]
+    store.ingest([data("gw1", 1, readings), data("gw1", 2, readings[:5])])
+    exact = store.counts()
+    assert exact["readings"] == 50 and exact["batches"] == 2
+    assert store.row_counts(exact_below=10) == (exact, [])  # nothing analysed yet: counted
+    if not store.is_pg:
+        return  # SQLite always counts
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("ANALYZE readings"))
+        conn.execute(sa.text("ANALYZE batches"))
+        conn.execute(sa.text("DELETE FROM readings WHERE device_id = 'l0'"))  # stats lag behind
+    counts, estimated = store.row_counts(exact_below=10)
+    assert estimated == ["readings"]  # batches (2 rows) is under the bound: counted
+    assert counts["readings"] == 50 and store.counts()["readings"] == 46
+    assert counts["batches"] == 2
+    assert store.row_counts() == (store.counts(), [])  # the default bound: 1,000,000 rows
