@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from collector.placement import EARLIEST_MS, GatewayClock, judge, place_in_time
+from collector.placement import EARLIEST_MS, GatewayClock, judge, place_in_time, worth_storing
 from devices.contract import DataEnvelope, EventsEnvelope, HealthMessage, StateMessage
 from devices.hj212.normalise import SERIES_SEP, Interval
 from devices.quantities import QUANTITIES
@@ -71,6 +71,7 @@ class IngestTx:
 
         envs = [a for a in items if isinstance(a, Accepted)]
         clocks = self._lock_gateways(items)
+        stored_clocks = dict(clocks)  # as stored: _rows judges each message on from there
         fresh = self._claim(envs)
         owners = self._lock_devices(fresh, items)
         ordered = [a for a in items if not isinstance(a, Accepted) or id(a) in fresh]
@@ -83,7 +84,7 @@ class IngestTx:
         s._upsert_latest(self.cur, rows)
         s._insert_events(self.cur, events)
         self._update_devices(kept)
-        self._update_gateways(kept, clocks)
+        self._update_gateways(kept, clocks, stored_clocks)
         r = self.result
         r.fresh = [a for a in kept if isinstance(a, Accepted)]
         r.messages = len(r.fresh)
@@ -464,7 +465,8 @@ class IngestTx:
                     " THEN CAST(?3 AS BIGINT) ELSE last_seen END WHERE device_id = ?4")
 
     def _update_gateways(self, items: Sequence[Accepted | GatewayMessage],
-                         clocks: dict[str, GatewayClock]) -> None:
+                         clocks: dict[str, GatewayClock],
+                         stored: dict[str, GatewayClock]) -> None:
         sql = self.store.sql
         for it in items:
             msg = getattr(it, "message", None)
@@ -479,7 +481,7 @@ class IngestTx:
                     "UPDATE gateways SET health = ?, health_ts = ? WHERE gateway_id = ?"),
                     (orjson.dumps(msg.model_dump()).decode(), it.received, it.gateway))
         rows = [(c.offset_ms, c.measured_at, c.source, c.wrong, gw)
-                for gw, c in sorted(clocks.items()) if c.source]
+                for gw, c in sorted(clocks.items()) if worth_storing(stored.get(gw), c)]
         # every row is locked already (_lock_gateways)
         self._write(rows, "UPDATE gateways SET clock_offset_ms = x.o, clock_measured_at = x.m,"
                     " clock_source = x.s, clock_wrong = x.w FROM unnest(%s::bigint[],"

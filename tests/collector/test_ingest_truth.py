@@ -124,6 +124,32 @@ def test_a_clock_behind_is_judged_on_live_messages_only_and_cleared_by_one(store
     assert ts_of(store, "l1") == [T0 + 4000, T0 + 25_000]
 
 
+def test_a_measured_clock_is_stored_again_when_it_moves_changes_verdict_or_ages(
+        store: Store) -> None:
+    def stored() -> tuple[Any, ...]:
+        c = Store.gateway_clock(store.gateways()[0])
+        return c.offset_ms, c.measured_at, c.wrong
+
+    store.ingest([health("gw1", T0 - 300, T0, live=True)])
+    assert stored() == (-300, T0, False)
+    # Jitter within CLOCK_MOVE_MS, within a minute: the stored measurement stands ...
+    store.ingest([health("gw1", T0 + 1000 - 400, T0 + 1000, live=True)])
+    assert stored() == (-300, T0, False)
+    # ... while the batch itself is judged on the newest one: 3 minutes behind is wrong.
+    store.ingest([health("gw1", T0 + 2000 - 3 * MIN, T0 + 2000, live=True)])
+    assert stored() == (-3 * MIN, T0 + 2000, True)
+    store.ingest([health("gw1", T0 + 3000 - 500, T0 + 3000, live=True)])  # verdict: right again
+    assert stored() == (-500, T0 + 3000, False)
+    store.ingest([health("gw1", T0 + 4000 - 800, T0 + 4000, live=True)])  # moved 300 ms
+    assert stored() == (-800, T0 + 4000, False)
+    store.ingest([health("gw1", T0 + 30_000 - 850, T0 + 30_000, live=True)])
+    assert stored() == (-800, T0 + 4000, False)
+    store.ingest([health("gw1", T0 + 64_000 - 850, T0 + 64_000, live=True)])  # a minute on
+    assert stored() == (-850, T0 + 64_000, False)
+    store.ingest([health("gw1", T0 + 70_000, T0 + 90_000, live=False)])  # proves nothing
+    assert stored() == (-850, T0 + 64_000, False)
+
+
 def test_clock_tolerances_come_from_the_ingest_section() -> None:
     assert clock_policy({"max_skew": "2s", "live_bound": "500ms"}) == \
         ClockPolicy(max_skew_ms=2000, max_future_ms=60_000, live_bound_ms=500)
