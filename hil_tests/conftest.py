@@ -90,6 +90,17 @@ class Procs:
         assert proc.alive, proc.tail()
         return proc, base
 
+    def refused_config(self, broker: Broker, name: str, toml: str) -> str:
+        """Start a collector on SQLite with collector.toml `toml`, which it must refuse: wait for
+        it to exit; the tail of its log."""
+        path = self.root / f"{name}.toml"
+        path.write_text(toml)
+        proc = self.start(name, "collector", "run", "--db",
+                          f"sqlite:///{self.root / f'{name}.sqlite'}", "--broker", broker.url,
+                          "--http", "127.0.0.1:0", "--config", str(path))
+        wait_for(lambda: not proc.alive, 30, "the collector to refuse its config")
+        return proc.tail()
+
     def stop_all(self) -> None:
         """Stop every process, newest first."""
         for p in reversed(self.all):

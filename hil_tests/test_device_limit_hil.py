@@ -56,10 +56,5 @@ def test_a_gateway_creates_at_most_its_limit_of_devices(broker: Broker, procs: P
 
 def test_a_bad_device_limit_stops_the_collector_with_the_key_named(
         broker: Broker, procs: Procs) -> None:
-    path = procs.root / "bad.toml"
-    path.write_text("[ingest]\nmax_devices_per_gateway = 0\n")
-    proc = procs.start("bad", "collector", "run", "--db",
-                       f"sqlite:///{procs.root / 'bad.sqlite'}", "--broker", broker.url,
-                       "--http", "127.0.0.1:0", "--config", str(path))
-    wait_for(lambda: not proc.alive, 30, "the collector to refuse its config")
-    assert "ingest.max_devices_per_gateway: 0 is not a whole number" in proc.tail()
+    log = procs.refused_config(broker, "bad", "[ingest]\nmax_devices_per_gateway = 0\n")
+    assert "ingest.max_devices_per_gateway: 0 is not a whole number" in log

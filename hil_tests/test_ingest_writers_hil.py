@@ -47,10 +47,5 @@ def test_a_collector_on_postgresql_stores_through_its_default_writers(
 
 def test_several_writers_on_sqlite_stop_the_collector_with_the_key_named(
         broker: Broker, procs: Procs) -> None:
-    path = procs.root / "writers.toml"
-    path.write_text("[ingest]\nwriters = 2\n")
-    proc = procs.start("writers", "collector", "run", "--db",
-                       f"sqlite:///{procs.root / 'w.sqlite'}", "--broker", broker.url,
-                       "--http", "127.0.0.1:0", "--config", str(path))
-    wait_for(lambda: not proc.alive, 30, "the collector to refuse its config")
-    assert "ingest.writers = 2 needs PostgreSQL" in proc.tail()
+    log = procs.refused_config(broker, "writers", "[ingest]\nwriters = 2\n")
+    assert "ingest.writers = 2 needs PostgreSQL" in log

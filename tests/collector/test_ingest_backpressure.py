@@ -4,8 +4,6 @@ broker keeps the rest, and nothing is lost once the store catches up (SQLite and
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,15 +24,6 @@ from tests.collector.conftest import pg_server, pg_url, store  # noqa: F401  (fi
 
 T0 = 1_763_690_000_000
 BUDGET = 1024 * 1024
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker").start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def payload(gw: str, seq: int) -> bytes:

@@ -5,8 +5,7 @@ arrived, against a real Mosquitto and PostgreSQL."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -22,15 +21,6 @@ from devices.model import Reading
 from tests.collector.conftest import pg_server, pg_url, store  # noqa: F401  (fixtures)
 
 T0 = 1_763_690_000_000
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker").start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def payload(gw: str, seq: int) -> bytes:

@@ -8,7 +8,6 @@ import contextlib
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,6 @@ from collector.mqtt_link import (
 
 pytestmark = pytest.mark.skipif(not mosquitto_binary(), reason="mosquitto is not installed")
 FAST = Backoff(first_s=0.05, max_s=0.3)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker").start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 async def until(condition: object, timeout: float = 10.0) -> None:
