@@ -4,29 +4,17 @@ data (the contract refuses the poison before the store sees it), on SQLite and P
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from citygate.rig import Broker, wait_for
 from collector.ingest import Ingest
 from collector.store import Store
 from devices import contract
-from tests.collector.conftest import pg_server, pg_url, store  # noqa: F401  (fixtures)
+from tests.collector.conftest import broker, pg_server, pg_url, store  # noqa: F401  (fixtures)
 
 T0 = 1_763_690_000_000
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path / "broker").start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def envelope(gw: str, seq: int, key: str, items: list[dict[str, Any]]) -> bytes:
