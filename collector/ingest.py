@@ -507,7 +507,8 @@ class IngestCore:
 
     def _reject(self, topic_name: str, exc: ContractError) -> None:
         """Count a message that breaks the contract; log once per gateway and reason."""
-        self.stats.rejected[exc.reason] += 1
+        with self._accounting:
+            self.stats.rejected[exc.reason] += 1
         key = (topic_name.split("/")[2] if topic_name.count("/") >= 2 else topic_name,
                exc.reason)
         if key not in self._warned and len(self._warned) < 10_000:
@@ -519,7 +520,8 @@ class IngestCore:
         """Count the readings and events the contract left out of a sound envelope, by reason;
         log once per gateway and reason. The envelope itself goes on to the store."""
         for item in rec.refused:
-            self.stats.refused[item.reason] += 1
+            with self._accounting:
+                self.stats.refused[item.reason] += 1
             key = (rec.gateway, item.reason)
             if key not in self._warned and len(self._warned) < 10_000:
                 self._warned.add(key)
@@ -857,6 +859,7 @@ class Ingest(IngestCore):
         for item in batch:
             item.done = True
         self._acknowledge()
+        self.memory.maybe()  # here, not under the lock nor on the MQTT thread: it may take ms
 
     def _acknowledge(self) -> None:
         """Acknowledge every message up to the first one not done yet, in arrival order, and
@@ -870,9 +873,11 @@ class Ingest(IngestCore):
                 return
             client = self._client
             if client is not None:
-                ack_all(client, done)
+                try:
+                    ack_all(client, done)
+                except OSError:  # paho closing its socket (stopping): the broker re-delivers
+                    log.debug("collector: acknowledgements not sent", exc_info=True)
             held = [i.held for i in done if i.held]  # held 0: the collector's own probe
             self.stats.handled += len(held)
             self.stats.last_progress = time.monotonic()
             self.budget.give(sum(held))
-            self.memory.maybe()

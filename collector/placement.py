@@ -87,7 +87,7 @@ def worth_storing(stored: GatewayClock | None, now: GatewayClock) -> bool:
             or now.offset_ms is None or now.measured_at is None):
         return True
     return (abs(now.offset_ms - stored.offset_ms) >= CLOCK_MOVE_MS
-            or now.measured_at - stored.measured_at >= CLOCK_REWRITE_MS)
+            or abs(now.measured_at - stored.measured_at) >= CLOCK_REWRITE_MS)
 
 
 def judge(known: GatewayClock, sent: int, received: int, live: bool,

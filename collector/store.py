@@ -7,6 +7,7 @@ through the raw driver connection; everything else goes through SQLAlchemy Core.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -112,6 +113,7 @@ class Store:
         # savepoint and counted; the raw rows are stored regardless.
         self.row_writers: list[RowWriter] = []
         self.row_writer_errors = 0
+        self._errors_lock = threading.Lock()  # several ingest writers
         # Written last in each ingest transaction with what it stored (collector.feed): a
         # failure here fails the transaction, so nothing is stored that they did not see.
         self.tx_writers: list[Callable[[Any, IngestResult], None]] = []
@@ -199,8 +201,10 @@ class Store:
                 write(cur, rows)
             except Exception:
                 cur.execute("ROLLBACK TO SAVEPOINT derived")
-                self.row_writer_errors += 1
-                if self.row_writer_errors == 1:
+                with self._errors_lock:
+                    self.row_writer_errors += 1
+                    first = self.row_writer_errors == 1
+                if first:
                     log.exception("store: a derived-table writer failed; raw readings are "
                                   "stored (counted from now on)")
             cur.execute("RELEASE SAVEPOINT derived")
@@ -422,9 +426,12 @@ class Store:
         out, estimated = {}, []
         with self.engine.connect() as conn:
             for t in COUNTED:
+                # A partition never analysed (-1: the empty days ahead, the DEFAULT) holds
+                # nothing worth counting; a table none of whose parts was analysed is counted.
                 guess = conn.scalar(sa.text(
-                    "SELECT CASE WHEN bool_or(c.reltuples < 0) THEN NULL"
-                    " ELSE sum(c.reltuples) END FROM pg_partition_tree(CAST(:t AS regclass)) p"
+                    "SELECT CASE WHEN bool_and(c.reltuples < 0) THEN NULL"
+                    " ELSE sum(GREATEST(c.reltuples, 0))::float8 END"
+                    " FROM pg_partition_tree(CAST(:t AS regclass)) p"
                     " JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf"), {"t": t.name})
                 if guess is not None and guess >= limit:
                     out[t.name] = int(guess)

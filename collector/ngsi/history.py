@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ class HistoryKeeper:
         self.retention = retention or Retention()
         self.stats: dict[str, Any] = {"aggregated": 0, "errors": 0, "pruned": {},
                                       "last_prune_s": None}
+        self._lock = threading.Lock()
 
     def write_rows(self, cur: Any, rows: list[Row]) -> None:
         """Store row writer: fold the fresh rows of an ingest transaction into both
@@ -127,7 +129,8 @@ class HistoryKeeper:
                             pg_columns(rows))
             else:
                 cur.executemany(_UPSERT.format(t=table), rows)
-        self.stats["aggregated"] += len(minute)
+        with self._lock:  # several ingest writers
+            self.stats["aggregated"] += len(minute)
 
     def maintain(self, now: int | None = None, not_before: int | None = None) -> list[str]:
         """PostgreSQL: create the day partitions of history_1m around now (`make_days`, as for

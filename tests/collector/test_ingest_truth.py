@@ -148,6 +148,8 @@ def test_a_measured_clock_is_stored_again_when_it_moves_changes_verdict_or_ages(
     assert stored() == (-850, T0 + 64_000, False)
     store.ingest([health("gw1", T0 + 70_000, T0 + 90_000, live=False)])  # proves nothing
     assert stored() == (-850, T0 + 64_000, False)
+    store.ingest([health("gw1", T0 - 860, T0, live=True)])  # the collector's clock stepped back
+    assert stored() == (-860, T0, False)
 
 
 def test_clock_tolerances_come_from_the_ingest_section() -> None:
