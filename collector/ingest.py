@@ -223,6 +223,8 @@ class IngestStats:
     last_progress: float = field(default_factory=time.monotonic)
     budget: ByteBudget | None = None  # the MQTT source's bound on what it holds
     writers: int = 1  # transactions in flight at once
+    # monotonic receive time of the oldest message not acknowledged yet (None: none)
+    unacked_since: Callable[[], float | None] | None = None
 
     @property
     def pending(self) -> int:
@@ -246,6 +248,12 @@ class IngestStats:
         if self.failing_since is not None and now - self.failing_since > STUCK_AFTER_S:
             return (f"store failing for {now - self.failing_since:.0f} s "
                     f"({self.pending} messages unacknowledged): {self.last_error}")
+        # The oldest message waiting (the MQTT source): also one writer held while the
+        # others store, where the time of the last progress moves on.
+        oldest = self.unacked_since() if self.unacked_since else None
+        if oldest is not None and now - oldest > STALLED_AFTER_S:
+            return (f"a message unacknowledged for {now - oldest:.0f} s "
+                    f"({self.pending} messages unacknowledged)")
         if self.pending > 0 and now - self.last_progress > STALLED_AFTER_S:
             return (f"nothing stored for {now - self.last_progress:.0f} s with "
                     f"{self.pending} messages unacknowledged")
@@ -299,6 +307,7 @@ class _Item:
     entry: Entry | None  # None: rejected by the contract, only acknowledge
     held: int  # bytes taken from the budget
     done: bool = False  # stored, quarantined or rejected: may be acknowledged
+    since: float = field(default_factory=time.monotonic)  # received
 
 
 class _NoTopicCallbacks:
@@ -662,7 +671,8 @@ class Ingest(IngestCore):
         self.on_state = on_state or (lambda gateway, state, devices: None)
         self.budget = ByteBudget(max_pending_bytes)
         self.max_batch_bytes = max(1, max_pending_bytes // 4)  # the rest keeps arriving
-        self.stats = IngestStats(budget=self.budget, writers=writers)
+        self.stats = IngestStats(budget=self.budget, writers=writers,
+                                 unacked_since=self._unacked_since)
         self.probe_topic = f"{contract.ROOT}/_collector/{client_id}/probe"
         # One queue per writer: unbounded in messages, bounded in bytes by the budget the MQTT
         # thread takes from.
@@ -798,6 +808,15 @@ class Ingest(IngestCore):
         self._enqueue(_Item(mid, qos, entry_of(rec, topic_name, payload, received,
                                                self._live(received)), held),
                       hash(rec.gateway) % lanes if lanes > 1 else 0)
+
+    def _unacked_since(self) -> float | None:
+        """When the oldest message not acknowledged yet was received: acknowledgements go in
+        arrival order, so a writer held on one gateway's rows shows here while the others
+        store, where `last_progress` moves on."""
+        try:
+            return self._unacked[0].since
+        except IndexError:
+            return None
 
     def _enqueue(self, item: _Item, lane: int) -> None:
         self._unacked.append(item)

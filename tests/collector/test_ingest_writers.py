@@ -58,6 +58,7 @@ def test_a_second_writer_stores_while_the_first_is_held_and_acks_wait_their_turn
         real_ack_all(client, items)
 
     monkeypatch.setattr(ingest_module, "ack_all", recording)
+    monkeypatch.setattr(ingest_module, "STALLED_AFTER_S", 1.0)
     ingest = Ingest(hub, broker.url, client_id="coll-writers", writers=2)
     ingest.start()
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-pub-writers")
@@ -74,10 +75,14 @@ def test_a_second_writer_stores_while_the_first_is_held_and_acks_wait_their_turn
         wait_for(lambda: hub.counts()["batches"] == 5, 15, "the fast gateway stored")
         assert hub.seq_gaps(fast_gw) == [] and ingest.stats.stored_messages == 5
         assert acked == [] and ingest.stats.pending == 6  # stored, but after one not yet
+        # The other writer's progress does not hide the held one from health.
+        stuck = wait_for(lambda: ingest.stats.as_dict()["stuck"], 10, "ingest shown stuck")
+        assert "a message unacknowledged for" in stuck and "6 messages" in stuck
         gate.set()
         wait_for(lambda: len(acked) == 6, 15, "every message acknowledged")
         assert acked == [(slow_gw, 1)] + [(fast_gw, s) for s in range(1, 6)]
         assert ingest.stats.pending == 0 and ingest.budget.used == 0
+        assert ingest.stats.stuck() == ""
         assert ingest.stats.as_dict()["writers"] == 2
     finally:
         gate.set()
