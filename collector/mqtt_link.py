@@ -206,6 +206,8 @@ class MqttLink:
         self._drop_client()
         if self._lost is not None:
             self._lost.set()
+        if self._connack is not None and not self._connack.done():
+            self._connack.cancel()  # a connect in progress ends (see _connect)
         runner, self._runner = self._runner, None
         if runner is not None and runner is not asyncio.current_task():
             runner.cancel()
@@ -256,7 +258,14 @@ class MqttLink:
         await asyncio.wait_for(loop.run_in_executor(
             None, c.connect, self.settings.host, self.settings.port, self.settings.keepalive),
             timeout)
+        # Python 3.11's wait_for returns the result of a future that completed as it was
+        # cancelled, dropping the cancellation (fixed in 3.12): aclose() during the connect
+        # would leave run() waiting for a CONNACK that its dropped client never reads.
+        if self._closing:
+            raise asyncio.CancelledError
         code = await asyncio.wait_for(self._connack, timeout)
+        if self._closing:
+            raise asyncio.CancelledError
         if code != 0:
             raise ConnectRefused(code, mqtt.connack_string(code)
                                  if code < 6 else f"reason code {code}")
