@@ -123,23 +123,21 @@ class IngestSettings:
 
 def writer_count(section: dict[str, object]) -> int | None:
     """`writers` of collector.toml [ingest]: transactions in flight at once (None: unset)."""
-    value = section.get("writers")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WRITERS:
-        raise ValueError(f"ingest.writers: {value!r} is not a whole number from 1 to "
-                         f"{MAX_WRITERS}")
-    return value
+    return None if section.get("writers") is None else _whole(section, "writers", MAX_WRITERS)
 
 
 def device_limit(section: dict[str, object]) -> int:
     """`max_devices_per_gateway` of collector.toml [ingest]: devices a gateway may create by
     reporting them (collector.store_ingest); by default as many as a gateway's inventory may
     hold."""
-    value = section.get("max_devices_per_gateway", contract.MAX_DEVICES)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10_000_000:
-        raise ValueError(f"ingest.max_devices_per_gateway: {value!r} is not a whole number "
-                         "from 1 to 10000000")
+    return _whole(section, "max_devices_per_gateway", 10_000_000, contract.MAX_DEVICES)
+
+
+def _whole(section: dict[str, object], key: str, top: int, default: int = 1) -> int:
+    """A whole number from 1 to `top` of collector.toml [ingest] (a bool is not one)."""
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise ValueError(f"ingest.{key}: {value!r} is not a whole number from 1 to {top}")
     return value
 
 
