@@ -148,18 +148,13 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
     try:
         config = load_collector_config(args.config)
         settings = IngestSettings.from_section(config.ingest)
+        writers = settings.writers_for(args.db)
         retention = HubFeedSettings.from_section(config.hub_feed).retention
     except (CollectorConfigError, ValueError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
     store = open_store(args.db)
     settings.apply(store)
-    try:
-        writers = settings.writers_for(store)
-    except ValueError as exc:
-        store.close()
-        print(str(exc), file=sys.stderr)
-        return 2
     store.row_writers.append(HistoryKeeper(store, retention).write_rows)
 
     def source(feed: FeedWriter) -> Any:

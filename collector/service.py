@@ -103,17 +103,13 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
     """
     try:
         settings = IngestSettings.from_section((config or CollectorConfig()).ingest)
+        writers = settings.writers_for(db_url)
     except ValueError as exc:
         raise CollectorConfigError(f"{config_source}: {exc}") from None
     if workers is not None and workers.count > 1:
         check_workers(workers.count, db_url)
     store = open_store(db_url)
     settings.apply(store)
-    try:
-        writers = settings.writers_for(store)
-    except ValueError as exc:
-        store.close()
-        raise CollectorConfigError(f"{config_source}: {exc}") from None
     stats: list[Callable[[], dict[str, Any]]] = []
     hub = build_hub(store, config or CollectorConfig(),
                     ingest_stats=lambda: stats[0]() if stats else {},

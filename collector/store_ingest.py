@@ -147,9 +147,8 @@ class IngestTx:
             found = self.cur.fetchall()
         else:
             found = []
-            for part in chunks(sorted(gws)):
-                self.cur.execute(f"SELECT {clock} FROM gateways WHERE gateway_id"
-                                 f" IN ({','.join('?' * len(part))})", list(part))
+            for cond, params in self._in(sorted(gws)):
+                self.cur.execute(f"SELECT {clock} FROM gateways WHERE gateway_id {cond}", params)
                 found += self.cur.fetchall()
         return {gw: GatewayClock(off, at, source, bool(wrong))
                 for gw, off, at, source, wrong in found}

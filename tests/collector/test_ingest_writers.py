@@ -135,17 +135,18 @@ def test_many_gateways_over_three_writers_are_stored_exactly_once_in_order(
 
 
 def test_writers_are_read_from_the_ingest_section(store: Store) -> None:  # noqa: F811
-    assert IngestSettings.from_section({}).writers_for(store) == \
+    url = store.engine.url.render_as_string(hide_password=False)
+    assert IngestSettings.from_section({}).writers_for(url) == \
         (WRITERS_PG if store.is_pg else 1)
-    assert IngestSettings.from_section({"writers": 1}).writers_for(store) == 1
+    assert IngestSettings.from_section({"writers": 1}).writers_for(url) == 1
     for bad in (0, 9, True, "2", 1.5):
         with pytest.raises(ValueError, match=r"ingest\.writers: .* is not a whole number"):
             IngestSettings.from_section({"writers": bad})
     three = IngestSettings.from_section({"writers": 3})
     if store.is_pg:
-        assert three.writers_for(store) == 3
+        assert three.writers_for(url) == 3
     else:
         with pytest.raises(ValueError, match=r"ingest\.writers = 3 needs PostgreSQL"):
-            three.writers_for(store)
+            three.writers_for(url)
     with pytest.raises(ValueError, match="writers: 0 is not from 1"):
         Ingest(store, "mqtt://127.0.0.1:1", writers=0)
