@@ -429,16 +429,21 @@ class Store:
         out, estimated = {}, []
         with self.engine.connect() as conn:
             for t in COUNTED:
-                guess = conn.scalar(sa.text(
-                    "SELECT sum(GREATEST(c.reltuples, pg_stat_get_live_tuples(c.oid), 0))"
-                    "::float8 FROM pg_partition_tree(CAST(:t AS regclass)) p"
-                    " JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf"), {"t": t.name})
+                guess = conn.scalar(_PG_ROWS_GUESS, {"t": t.name})
                 if guess is not None and guess >= limit:
                     out[t.name] = int(guess)
                     estimated.append(t.name)
                 else:
                     out[t.name] = _count(conn, t)
         return out, estimated
+
+
+# The rows of a table (or of the leaves of a partitioned one) by PostgreSQL's own figures.
+_PG_ROWS_GUESS = sa.text(
+    "SELECT sum(GREATEST(c.reltuples, pg_stat_get_live_tuples(c.oid), 0))::float8"
+    " FROM pg_class c WHERE c.oid IN (SELECT relid FROM pg_partition_tree(CAST(:t AS regclass))"
+    " WHERE isleaf UNION ALL SELECT CAST(:t AS regclass) WHERE NOT EXISTS ("
+    "SELECT FROM pg_partition_tree(CAST(:t AS regclass))))")
 
 
 def _count(conn: sa.Connection, table: sa.Table) -> int:

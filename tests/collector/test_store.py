@@ -219,14 +219,17 @@ def test_health_counts_large_tables_from_statistics_and_small_ones_exactly(
     def live(table: str) -> int:  # the statistics system's live rows, flushed after commit
         with store.engine.connect() as conn:
             return int(conn.scalar(sa.text(
-                "SELECT sum(pg_stat_get_live_tuples(p.relid))"
-                " FROM pg_partition_tree(CAST(:t AS regclass)) p"), {"t": table}) or 0)
+                "SELECT sum(pg_stat_get_live_tuples(relid)) FROM (SELECT relid FROM"
+                " pg_partition_tree(CAST(:t AS regclass)) UNION SELECT CAST(:t AS regclass))"
+                " AS leaves"), {"t": table}) or 0)
 
     # Never analysed (as where autovacuum is off): the live rows are the estimate, no scan.
-    wait_for(lambda: live("readings") == 50, 10, "the statistics to count 50 readings")
+    wait_for(lambda: live("readings") == 50 and live("devices") == 20, 10,
+             "the statistics to count 50 readings of 20 devices")
     counts, estimated = store.row_counts(exact_below=10)
-    assert estimated == ["readings"]  # batches (2 rows) is under the bound: counted
-    assert counts["readings"] == 50 and counts["batches"] == 2
+    # readings is partitioned, devices is not; batches (2 rows) is under the bound: counted
+    assert estimated == ["devices", "readings"]
+    assert counts["readings"] == 50 and counts["devices"] == 20 and counts["batches"] == 2
     with store.engine.begin() as conn:
         # As autovacuum leaves it: the partitions holding rows analysed, the empty ones (days
         # ahead, the DEFAULT) never.
