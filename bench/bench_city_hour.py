@@ -60,6 +60,7 @@ from citygate.rig import (
 from collector.features import open_store
 from devices import contract
 from devices.model import Reading
+from devices.quantities import QUANTITIES, ValueKind
 
 PG_ADMIN = os.environ.get("CITYGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 MIX = (("lift_change", 16_030, 1), ("lift_heartbeat", 77, 80), ("parking", 240, 5.9),
@@ -81,14 +82,23 @@ def gateway_of(kind: str, i: int) -> str:
             "environment": "env"}[kind] + f"{i:05d}"
 
 
+def point_value(point: str, rng: random.Random) -> Any:
+    """A value of a lift point of the type the contract takes (a bool as a bool)."""
+    kind = QUANTITIES[point].kind
+    if kind is ValueKind.BOOL:
+        return rng.random() < 0.5
+    if kind is ValueKind.NUMBER:
+        return round(rng.uniform(0, 100), 1)
+    return rng.randrange(0, 3)
+
+
 def values_of(kind: str, gw: str, rng: random.Random, now: int) -> list[Reading]:
     """One envelope's readings of this kind."""
     if kind == "lift_change":
         lift = f"{gw}-l{rng.randrange(4)}"
         return [Reading(lift, now, {"floor": rng.randrange(1, 30)})]
     if kind == "lift_heartbeat":
-        return [Reading(f"{gw}-l{k}", now, {p: (rng.randrange(0, 3) if p != "running_hours"
-                                                else 1200.5) for p in LIFT_POINTS})
+        return [Reading(f"{gw}-l{k}", now, {p: point_value(p, rng) for p in LIFT_POINTS})
                 for k in range(4)]
     if kind == "parking":  # by exception, in the busiest hour's shares (docs/deployment.md)
         occupied, counter, part = rng.random() < 0.6, rng.randrange(1, 60000), rng.random()
@@ -335,6 +345,17 @@ class Stack:
                                " WHERE datname = current_database()").fetchone()
         return int(row[0]) if row else 0
 
+    def turned_away(self) -> dict[str, int]:
+        """What the collectors rejected or left out of the load so far, by reason (a load the
+        contract refuses would measure less work than it claims)."""
+        ing = (collector_health(self.base) or {}).get("ingest") or {}
+        out: dict[str, int] = {}
+        for part in [ing, *[w.get("ingest") or {} for w in ing.get("workers") or []]]:
+            for what in ("rejected", "refused"):
+                for reason, n in (part.get(what) or {}).items():
+                    out[f"{what} {reason}"] = out.get(f"{what} {reason}", 0) + int(n)
+        return out
+
     def stored(self) -> int:
         import psycopg
 
@@ -393,6 +414,10 @@ def offer(stack: Stack, rate: float, duration: float) -> dict[str, float]:
         if "lag_s" in feed:
             hook_lags.append(float(feed["lag_s"]))
     stored1, t1 = stack.stored(), time.monotonic()
+    turned_away = stack.turned_away()
+    if turned_away:
+        print(f"  WARNING: the collector turned part of the load away: {turned_away}",
+              flush=True)
     last = {k: _sample(p) for k, p in pids.items()}
     rss = {k: v.rss_peak_kb / 1024 for k, v in last.items() if v is not None}
     cpu = {k: (v.cpu_s - cpu0[k]) / (t1 - t0) for k, v in last.items()
@@ -427,6 +452,7 @@ def offer(stack: Stack, rate: float, duration: float) -> dict[str, float]:
                                  default=0.0),
         "rss_mosquitto_mb": rss.get("mosquitto", 0.0),
         "load1": os.getloadavg()[0],
+        "turned_away": float(sum(turned_away.values())),
     }
     stack_cpu = sum(v for k, v in cpu.items() if not k.startswith("gen"))
     figures["stack_cpu_us_per_env"] = stack_cpu / max(figures["stored_env_s"], 1.0) * 1e6
