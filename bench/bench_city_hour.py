@@ -376,6 +376,21 @@ class Stack:
                              " WITH (FORCE)")
 
 
+SETTINGS = ("autovacuum", "shared_buffers", "synchronous_commit", "max_wal_size",
+            "checkpoint_timeout")
+
+
+def server_settings() -> str:
+    """The PostgreSQL settings the figures depend on (a server with autovacuum off, as some
+    CI images run, never analyses or vacuums the tables the run fills)."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        rows = conn.execute("SELECT name, current_setting(name) FROM pg_settings"
+                            " WHERE name = ANY(%s) ORDER BY name", (list(SETTINGS),)).fetchall()
+    return "PostgreSQL " + ", ".join(f"{k}={v}" for k, v in rows)
+
+
 def machine_cpu() -> tuple[float, float]:
     """Busy and total jiffies of the whole machine."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -615,6 +630,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{c['hooks_us']:.0f} us -> one hub core feeds ~{c['hub_env_s_per_core']:.0f}"
                   " envelopes/s", flush=True)
         return
+    print(server_settings(), flush=True)
     writers = [int(x) for x in args.writers.split(",")] if args.writers else [None]
     for n, w in ((n, w) for n in (int(x) for x in args.workers.split(",")) for w in writers):
         with tempfile.TemporaryDirectory(prefix="bench-city-") as tmp:
