@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from citygate.rig import wait_for
 from collector import schema
 from collector.failures import Failure, classify
 from collector.features import open_store
@@ -551,3 +552,50 @@ def test_a_wrong_clock_is_shown_with_its_gateway(store: Store) -> None:
     assert listed["gw-ahead"] == one["clock"] == {
         "offset_ms": 10 * MIN, "measured_at": "2025-11-13T02:13:20.000Z", "source": "ahead",
         "wrong": True}
+
+
+def test_a_device_first_reported_by_two_gateways_at_once_has_one_owner(store: Store) -> None:
+    """The second transaction to create a device waits for the first, then sees its owner."""
+    if not store.is_pg:
+        pytest.skip("SQLite stores one transaction at a time")
+    held, release = threading.Event(), threading.Event()
+
+    def hold_gw_a(cur: Any, rows: list[Any]) -> None:  # inside gw-a's transaction
+        if any(r[6] == "gw-a" for r in rows):
+            held.set()
+            release.wait(30)
+
+    store.row_writers.append(hold_gw_a)
+    new = {"device": "lift-new", "ts": T0, "values": {"floor": 1}}
+    results: dict[str, Any] = {}
+
+    def report(gw: str, own: str) -> None:
+        results[gw] = store.ingest([data(gw, 1, [new, {"device": own, "ts": T0,
+                                                       "values": {"floor": 2}}])])
+
+    a = threading.Thread(target=report, args=("gw-a", "lift-a"))
+    b = threading.Thread(target=report, args=("gw-b", "lift-b"))
+    a.start()
+    try:
+        assert held.wait(10), "gw-a's transaction never reached its readings"
+        b.start()
+
+        def b_waits_on_a() -> bool:
+            with store.engine.connect() as conn:
+                return bool(conn.scalar(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()")))
+
+        wait_for(b_waits_on_a, 10, "gw-b's transaction to wait for gw-a's new device")
+    finally:
+        release.set()
+        a.join(10)
+        b.join(10)
+    assert dict(results["gw-a"].refused) == {}
+    assert dict(results["gw-b"].refused) == {"foreign_device": 1}
+    with store.engine.connect() as conn:
+        owners = dict(conn.execute(sa.select(schema.devices.c.device_id,
+                                             schema.devices.c.gateway_id)).all())
+    assert owners == {"lift-new": "gw-a", "lift-a": "gw-a", "lift-b": "gw-b"}
+    assert [r["value"] for r in store.readings("lift-new", None, None, None, 10)] == [1.0]
+    assert [r["value"] for r in store.readings("lift-b", None, None, None, 10)] == [2.0]
