@@ -99,10 +99,11 @@ def _nats_ingest(args: argparse.Namespace, password: str | None) -> Any:
     from collector.ingest_nats import NatsIngest
     from collector.store import Store
 
-    def make_ingest(store: Store, on_stored: Any, on_state: Any) -> NatsIngest:
+    def make_ingest(store: Store, on_stored: Any, on_state: Any, writers: int) -> NatsIngest:
         return NatsIngest(store, args.nats, mqtt_urls=args.broker.split(","),
                           client_id=args.client_id, username=args.username,
-                          password=password, on_stored=on_stored, on_state=on_state)
+                          password=password, on_stored=on_stored, on_state=on_state,
+                          writers=writers)
     return make_ingest
 
 
@@ -162,7 +163,7 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
         if args.ingest == "nats":
             return nats_source(feed, store, args.nats, mqtt_urls=args.broker.split(","),
                                client_id=args.client_id, username=args.username,
-                               password=password)
+                               password=password, writers=writers)
         kind = DrainingIngest if args.drain else FeedingIngest
         ingest = kind(store, args.broker.split(",")[0], client_id=args.client_id,
                       share_group=args.share, username=args.username, password=password,

@@ -29,13 +29,14 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
-from collector.ingest import Entry, IngestCore, IngestStats, entry_of
+from collector.ingest import MAX_WRITERS, Entry, IngestCore, IngestStats, entry_of
 from collector.memory import MemoryTrimmer
 from collector.store import Accepted, Store, now_ms
 from devices import contract
@@ -126,7 +127,10 @@ class NatsIngest(IngestCore):
                  username: str | None = None, password: str | None = None,
                  durable: str = DURABLE, tuning: ConsumerTuning | None = None,
                  on_stored: Callable[[list[Accepted]], None] | None = None,
-                 on_state: Callable[[str, str, list[str]], None] | None = None) -> None:
+                 on_state: Callable[[str, str, list[str]], None] | None = None,
+                 writers: int = 1) -> None:
+        if not 1 <= writers <= MAX_WRITERS:
+            raise ValueError(f"writers: {writers} is not from 1 to {MAX_WRITERS}")
         self.store = store
         self.servers = servers.split(",") if isinstance(servers, str) else list(servers)
         self.client_id = client_id
@@ -135,7 +139,7 @@ class NatsIngest(IngestCore):
         self.tuning = tuning or ConsumerTuning()
         self.on_stored = on_stored or (lambda items: None)
         self.on_state = on_state or (lambda gateway, state, devices: None)
-        self.stats = NatsIngestStats()
+        self.stats = NatsIngestStats(writers=writers)
         self._state = StateChannel(self, list(mqtt_urls)) if mqtt_urls else None
         self._warned: set[tuple[str, str]] = set()
         self._accounting = threading.Lock()
@@ -143,11 +147,13 @@ class NatsIngest(IngestCore):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._writers: ThreadPoolExecutor | None = None
 
     def start(self) -> None:
         """Connect (retrying in the background) and start pulling."""
         if self._thread is not None:
             return
+        self._writers = ThreadPoolExecutor(self.stats.writers, thread_name_prefix="nats-writer")
         self._loop = asyncio.new_event_loop()
         self._stopping = asyncio.Event()  # bound to the loop on first use, in the thread
         self._thread = threading.Thread(target=self._loop.run_until_complete,
@@ -167,7 +173,9 @@ class NatsIngest(IngestCore):
             thread.join(timeout=15)
             if not thread.is_alive():
                 loop.close()
-        self._loop, self._thread = None, None
+        if self._writers is not None:
+            self._writers.shutdown(wait=False)
+        self._loop, self._thread, self._writers = None, None, None
         self.stats.connected = False
 
     def _request_stop(self) -> None:
@@ -303,43 +311,55 @@ class NatsIngest(IngestCore):
     # --- one batch: validate, store, then acknowledge --------------------------------------------
 
     async def _handle(self, msgs: list[Any]) -> None:
-        entries: list[Entry] = []
+        """Store a fetched batch, each writer its share of the gateways (a gateway's messages
+        in order, by one writer), and acknowledge each share once it is stored."""
+        lanes: dict[int, tuple[list[Any], list[Entry]]] = {}
         for msg in msgs:
             self.stats.received += 1
             if msg.metadata.num_delivered > 1:
                 self.stats.redelivered += 1
-            entry = self._entry(msg)
+            entry, gateway = self._entry(msg)
+            share = lanes.setdefault(hash(gateway) % self.stats.writers, ([], []))
+            share[0].append(msg)
             if entry is not None:
-                entries.append(entry)
+                share[1].append(entry)
         loop = asyncio.get_running_loop()
-        stored = await asyncio.to_thread(self.store_entries, entries,
-                                         lambda s: self._wait_in_thread(loop, msgs, s))
-        if not stored:
+        stored = await asyncio.gather(*(self._store_share(loop, share_msgs, entries)
+                                        for share_msgs, entries in lanes.values()))
+        if not all(stored):
             return  # stopping with the database down: unacked, redelivered to another collector
-        for msg in msgs:
-            with contextlib.suppress(Exception):
-                await msg.ack()
-                self.stats.acked += 1
         self.stats.handled += len(msgs)
         self.stats.last_progress = time.monotonic()
         if self.memory.due():  # off the event loop: a trim takes tens of milliseconds
             await asyncio.to_thread(self.memory.maybe)
 
-    def _entry(self, msg: Any) -> Entry | None:
+    async def _store_share(self, loop: asyncio.AbstractEventLoop, msgs: list[Any],
+                           entries: list[Entry]) -> bool:
+        stored = await loop.run_in_executor(self._writers, self.store_entries, entries,
+                                            lambda s: self._wait_in_thread(loop, msgs, s))
+        if stored:
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.ack()
+                    self.stats.acked += 1
+        return bool(stored)
+
+    def _entry(self, msg: Any) -> tuple[Entry | None, str]:
+        """What to store of a message (None: nothing, only acknowledge), and its gateway."""
         topic_name = topic_from_subject(msg.subject)
         payload = bytes(msg.data)
         try:
             rec = contract.decode(topic_name, payload)
         except ContractError as exc:
             self._reject(topic_name, exc)  # counted, then acknowledged: never redelivered
-            return None
+            return None, ""
         self._accepted(rec, topic_name)
         received = now_ms()
         # The stream's own time of the message: how long it waited is known exactly.
         stamp = getattr(msg.metadata, "timestamp", None)
         live = stamp is not None and \
             received - stamp.timestamp() * 1000 <= self.store.clock_policy.live_bound_ms
-        return entry_of(rec, topic_name, payload, received, live)
+        return entry_of(rec, topic_name, payload, received, live), rec.gateway
 
     def _wait_in_thread(self, loop: asyncio.AbstractEventLoop, msgs: list[Any],
                         seconds: float) -> bool:

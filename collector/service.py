@@ -50,7 +50,8 @@ class IngestSource(Protocol):
         """Stop and flush."""
 
 
-MakeIngest = Callable[[Store, StoredHook, StateHook], IngestSource]
+# (store, stored hook, state hook, [ingest] writers) -> the ingest source
+MakeIngest = Callable[[Store, StoredHook, StateHook, int], IngestSource]
 
 
 class _Server(uvicorn.Server):
@@ -131,13 +132,14 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
                                     or (workers.sessions and previous > workers.count)):
             await _run_pooled(hub, server, sock, workers, client_id, stats, previous)
         else:
-            def mqtt_ingest(s: Store, on_stored: StoredHook, on_state: StateHook) -> IngestSource:
+            def mqtt_ingest(s: Store, on_stored: StoredHook, on_state: StateHook,
+                            writers: int) -> IngestSource:
                 return Ingest(s, broker_url, client_id=client_id, share_group=share_group,
                               username=username, password=password, on_stored=on_stored,
                               on_state=on_state, writers=writers,
                               max_pending_bytes=settings.max_pending)
 
-            ingest = (make_ingest or mqtt_ingest)(store, hub.on_stored, hub.on_state)
+            ingest = (make_ingest or mqtt_ingest)(store, hub.on_stored, hub.on_state, writers)
             stats.append(ingest.stats.as_dict)
             await _run_single(hub, server, sock, ingest)
     finally:

@@ -310,3 +310,59 @@ def test_retained_states_and_last_wills_reach_collectors_on_other_nodes(
             late.stop()
         live_store.close()
         late_store.close()
+
+
+@pytest.mark.postgres
+def test_nats_writers_store_other_gateways_while_one_is_held(cluster: NatsCluster,
+                                                              pg_db: str) -> None:
+    """[ingest] writers on NATS: a fetched batch is stored by several writers, each gateway by
+    one of them, and each writer's share is acknowledged as soon as it is stored."""
+    import threading
+    from urllib.parse import urlparse
+
+    import paho.mqtt.client as mqtt
+
+    from devices import contract
+    from devices.model import Reading
+
+    slow = "gw-slow"
+    fast = next(f"gw-{i}" for i in range(1000) if hash(f"gw-{i}") % 2 != hash(slow) % 2)
+    u = urlparse(cluster.mqtt_urls[0])
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gw-pub-nats-writers")
+    pub.connect(u.hostname or "127.0.0.1", u.port or 1883)
+    pub.loop_start()
+    try:  # all queued in the stream before the collector starts: one fetch takes them all
+        for gw, seq in [(slow, 1), *[(fast, s) for s in range(1, 6)]]:
+            body = contract.encode_batch([Reading(f"{gw}-lift", 1_763_690_000_000 + seq,
+                                                  {"floor": seq})])
+            pub.publish(contract.topic(gw, contract.DATA), contract.envelope(
+                gw, contract.DATA, seq, 1_763_690_000_000 + seq, body), qos=1
+            ).wait_for_publish(10)
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+    store = open_store(pg_db)
+    gate = threading.Event()
+    ingest_batch = store.ingest
+
+    def held_for_slow(items: Any) -> Any:
+        if any(i.gateway == slow for i in items):
+            gate.wait(30)
+        return ingest_batch(items)
+
+    store.ingest = held_for_slow  # type: ignore[method-assign]
+    ingest = NatsIngest(store, cluster.nats_urls, writers=2)
+    ingest.start()
+    try:
+        wait_for(lambda: ingest.stats.acked == 5, 20, "the fast gateway stored and acknowledged")
+        assert store.counts()["batches"] == 5 and store.seq_gaps(fast) == []
+        assert ingest.stats.as_dict()["writers"] == 2
+        gate.set()
+        wait_for(lambda: ingest.stats.acked == 6, 20, "the held gateway stored after release")
+        assert store.counts()["batches"] == 6 and ingest.stats.handled == 6
+    finally:
+        gate.set()
+        ingest.stop()
+        store.close()
+    with pytest.raises(ValueError, match="writers: 9 is not from 1 to 8"):
+        NatsIngest(store, cluster.nats_urls, writers=9)
