@@ -14,6 +14,11 @@ another checkout (PYTHONPATH=PATH) in alternation with this one; medians of BENC
 
     python -m bench ingest --backends sqlite,postgresql --baseline /work/main
 
+Numbers of ingest writers side by side, the envelopes queued at a Mosquitto or in a one-node
+NATS server's JetStream (`collector run --ingest nats`):
+
+    python -m bench ingest --backends postgresql --writers 1,4 --source nats
+
 `--hot-path` measures instead the collector's own CPU per envelope on the hot path, in one
 process without broker or features: `contract.decode` of every payload, then `Store.ingest` in
 batches of 500 (process CPU time, so the figures hold on a loaded machine), for this code and
@@ -28,7 +33,9 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -60,7 +67,7 @@ def payloads(n: int, gateways: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def publish_all(broker: Broker, items: list[tuple[str, bytes]]) -> None:
+def publish_all(port: int, items: list[tuple[str, bytes]]) -> None:
     """Publish at QoS 1 and wait until the broker acknowledged every message."""
     done = threading.Event()
     acked = [0]
@@ -74,7 +81,7 @@ def publish_all(broker: Broker, items: list[tuple[str, bytes]]) -> None:
     c.max_inflight_messages_set(2000)
     c.max_queued_messages_set(0)
     c.on_publish = on_publish
-    c.connect("127.0.0.1", broker.port)
+    c.connect("127.0.0.1", port)
     c.loop_start()
     try:
         for t, p in items:
@@ -86,23 +93,49 @@ def publish_all(broker: Broker, items: list[tuple[str, bytes]]) -> None:
         c.disconnect()
 
 
-def one_run(backend: str, checkout: str | None, root: Path,
+@dataclass(frozen=True)
+class Code:
+    """What one series of runs measures: a checkout (None: this one) and its settings."""
+
+    name: str
+    checkout: str | None
+    writers: int | None = None  # collector.toml [ingest] writers (None: the default)
+    source: str = "mqtt"  # or "nats": a one-node NATS server with JetStream and MQTT
+
+
+def one_run(backend: str, code: Code, root: Path,
             items: list[tuple[str, bytes]], profile: str | None = None) -> dict[str, float]:
     """Envelopes/s, peak RSS (MiB) and CPU per 1000 envelopes of one collector run."""
     with database(backend, "bench_ingest") as url:
-        return collector_run(url, checkout, root, items, profile)
+        return collector_run(url, code, root, items, profile)
 
 
-def collector_run(url: str, checkout: str | None, root: Path,
+def collector_run(url: str, code: Code, root: Path,
                   items: list[tuple[str, bytes]], profile: str | None) -> dict[str, float]:
     """One collector on the database at `url` stores the queued items (see one_run)."""
-    broker = Broker(root / "broker").start()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     # PYTHONSAFEPATH: the working directory is not put before PYTHONPATH (`python -m`)
-    env = {"PYTHONPATH": checkout, "PYTHONSAFEPATH": "1"} if checkout else None
-    argv = citygate("collector", "run", "--db", url, "--broker", broker.url, "--http",
-                    f"127.0.0.1:{port}", "--client-id", CLIENT)
+    env = {"PYTHONPATH": code.checkout, "PYTHONSAFEPATH": "1"} if code.checkout else None
+    config: tuple[str, ...] = ()
+    source: tuple[str, ...]
+    if code.writers is not None:
+        (root / "collector.toml").write_text(f"[ingest]\nwriters = {code.writers}\n")
+        config = ("--config", str(root / "collector.toml"))
+    if code.source == "nats":
+        from citygate.cluster import NatsCluster
+        from collector.ingest_nats import DURABLE
+
+        server: Any = NatsCluster(root / "nats", size=1, stream_replicas=1).start()
+        server.create_consumer(DURABLE)
+        mqtt_port = server.nodes[0].mqtt_port
+        source = ("--ingest", "nats", "--nats", server.nats_urls[0], "--broker",
+                  server.mqtt_urls[0])
+    else:
+        server = Broker(root / "broker").start()
+        mqtt_port, source = server.port, ("--broker", server.url)
+    argv = citygate("collector", "run", "--db", url, *source, "--http",
+                    f"127.0.0.1:{port}", "--client-id", CLIENT, *config)
 
     def start() -> Proc:
         return Proc("collector", argv, root / "collector.log", env=env).start()
@@ -114,7 +147,7 @@ def collector_run(url: str, checkout: str | None, root: Path,
                  "the collector to subscribe")
         assert coll.alive, coll.tail()
         coll.stop()
-        publish_all(broker, items)
+        publish_all(mqtt_port, items)
         coll = start()
         assert coll.popen is not None
         pid, n = coll.popen.pid, len(items)
@@ -156,7 +189,7 @@ def collector_run(url: str, checkout: str | None, root: Path,
                 **({"envelopes/commit": n / commits} if commits else {})}
     finally:
         coll.stop()
-        broker.stop()
+        server.stop()
 
 
 HOT_PATH = """
@@ -211,9 +244,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", metavar="DIR", help="py-spy collapsed stacks of each run here")
     p.add_argument("--hot-path", action="store_true",
                    help="CPU per envelope of decode and Store.ingest, in one process")
+    p.add_argument("--source", choices=("mqtt", "nats"), default="mqtt",
+                   help="queue the envelopes at a Mosquitto (default) or a one-node NATS "
+                        "server's JetStream (collector run --ingest nats)")
+    p.add_argument("--writers", help="comma-separated [ingest] writers, side by side "
+                                     "(instead of --baseline)")
     args = p.parse_args(argv or [])
     here = str(Path(__file__).resolve().parent.parent)
     codes = [("this", here)] + ([("baseline", args.baseline)] if args.baseline else [])
+    runs_of = [Code(name, checkout, source=args.source) for name, checkout in codes]
+    if args.writers:
+        runs_of = [Code(f"writers={w}", here, int(w), args.source)
+                   for w in args.writers.split(",")]
     if args.hot_path:
         for backend in args.backends.split(","):
             hot: dict[str, list[dict[str, float]]] = {name: [] for name, _ in codes}
@@ -228,25 +270,28 @@ def main(argv: list[str] | None = None) -> None:
         return
     items = payloads(args.n, GATEWAYS)
     print(f"ingest ceiling: {args.n:,} lift-change envelopes (1 reading, 3 values) from "
-          f"{GATEWAYS} gateways queued at the broker, one `collector run` with every feature "
-          f"and the hub feeds; {os.cpu_count()} CPUs shared with the broker", flush=True)
+          f"{GATEWAYS} gateways queued at the broker ({args.source}), one `collector run` "
+          f"with every feature and the hub feeds; {os.cpu_count()} CPUs shared with the "
+          "broker", flush=True)
     for backend in args.backends.split(","):
-        got: dict[str, list[dict[str, float]]] = {name: [] for name, _ in codes}
+        got: dict[str, list[dict[str, float]]] = {c.name: [] for c in runs_of}
         for run in range(args.runs):
-            for name, checkout in codes:
+            for code in runs_of:
                 with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-                    prof = (f"{args.profile}/{backend}-{name}-{run + 1}.txt"
+                    prof = (f"{args.profile}/{backend}-{code.name}-{run + 1}.txt"
                             if args.profile else None)
-                    r = one_run(backend, checkout, Path(tmp), items, prof)
-                got[name].append(r)
-                print(f"  {backend} run {run + 1} {name:8s}: "
+                    r = one_run(backend, code, Path(tmp), items, prof)
+                got[code.name].append(r)
+                print(f"  {backend} run {run + 1} {code.name:8s}: "
                       + ", ".join(f"{k} {v:,.4g}" for k, v in r.items()), flush=True)
         meds = {name: {k: median([r[k] for r in runs]) for k in runs[0]}
                 for name, runs in got.items()}
         line = ", ".join(f"{name} {m['envelopes/s']:,.0f} env/s (peak RSS "
                          f"{m['peak RSS MiB']:.0f} MiB)" for name, m in meds.items())
-        ratio = (f"; ratio {meds['this']['envelopes/s'] / meds['baseline']['envelopes/s']:.2f}x"
-                 if "baseline" in meds else "")
+        names = list(meds)
+        ratio = (f"; ratio {names[0]} / {names[-1]} "
+                 f"{meds[names[0]]['envelopes/s'] / meds[names[-1]]['envelopes/s']:.2f}x"
+                 if len(names) > 1 else "")
         print(f"{backend}, median of {args.runs}: {line}{ratio}", flush=True)
 
 

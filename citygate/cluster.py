@@ -100,10 +100,11 @@ class NatsNode:
             # Each node its own store: a replica lost with its disk is rebuilt from the others.
             f'jetstream {{ store_dir: "{self.data_dir / "js"}", max_memory_store: 256MB, '
             f"max_file_store: 4GB }}\n"
-            f'cluster {{ name: "{CLUSTER_NAME}", listen: 127.0.0.1:{self.route_port}, '
-            f"routes: [{route_urls}] }}\n"
+            # A node alone runs standalone (JetStream refuses a cluster without routes).
+            + (f'cluster {{ name: "{CLUSTER_NAME}", listen: 127.0.0.1:{self.route_port}, '
+               f"routes: [{route_urls}] }}\n" if routes else "")
             # stream_replicas: the PUBACK to a gateway means "stored on this many nodes".
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, stream_replicas: {stream_replicas} }}\n"
+            + f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port}, stream_replicas: {stream_replicas} }}\n"
         )
 
     def start(self, routes: list[int], stream_replicas: int) -> None:
