@@ -85,7 +85,8 @@ def cmd_collector_run(args: argparse.Namespace) -> int:
                                   config=config, share_group=args.share,
                                   config_source=str(args.config or "defaults"),
                                   workers=WorkerPlan(workers, _worker_argv(args),
-                                                     sessions=args.ingest == "mqtt")))
+                                                     sessions=args.ingest == "mqtt"),
+                                  source=args.ingest))
     except CollectorConfigError as exc:  # a feature's own section, checked as it starts
         print(str(exc), file=sys.stderr)
         return 2
@@ -149,7 +150,7 @@ def cmd_collector_worker(args: argparse.Namespace) -> int:
     try:
         config = load_collector_config(args.config)
         settings = IngestSettings.from_section(config.ingest)
-        writers = settings.writers_for(args.db)
+        writers = settings.writers_for(args.db, args.ingest)
         retention = HubFeedSettings.from_section(config.hub_feed).retention
     except (CollectorConfigError, ValueError) as exc:
         print(str(exc), file=sys.stderr)

@@ -109,13 +109,15 @@ class IngestSettings:
         store.clock_policy = self.clock
         store.max_devices_per_gateway = self.max_devices_per_gateway
 
-    def writers_for(self, db_url: str) -> int:
+    def writers_for(self, db_url: str, source: str = "mqtt") -> int:
         """Writer threads for the database at `db_url`: as set, else WRITERS_PG on PostgreSQL
         and one on SQLite (ValueError: more than one set on SQLite, whose one write lock they
-        would only queue on), known before the database is opened."""
+        would only queue on), known before the database is opened. NATS ingest (`source`
+        "nats") takes one unless set: there more writers only split its batches, the NATS
+        client's own work per message bounds it (docs/deployment.md)."""
         is_pg = db_url.startswith("postgresql")
         if self.writers is None:
-            return WRITERS_PG if is_pg else 1
+            return WRITERS_PG if is_pg and source == "mqtt" else 1
         if self.writers > 1 and not is_pg:
             raise ValueError(f"ingest.writers = {self.writers} needs PostgreSQL: SQLite takes "
                              "one writer at a time; remove the key or set it to 1")

@@ -96,7 +96,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
                         make_ingest: MakeIngest | None = None,
                         config: CollectorConfig | None = None, share_group: str | None = None,
                         config_source: str = "collector.toml",
-                        workers: WorkerPlan | None = None) -> None:
+                        workers: WorkerPlan | None = None, source: str = "mqtt") -> None:
     """Serve until the process is asked to stop (SIGINT/SIGTERM).
 
     With a worker plan of more than one worker, ingest runs in worker processes and this
@@ -104,7 +104,7 @@ async def run_collector(db_url: str, broker_url: str, host: str, port: int, *,
     """
     try:
         settings = IngestSettings.from_section((config or CollectorConfig()).ingest)
-        writers = settings.writers_for(db_url)
+        writers = settings.writers_for(db_url, source)
     except ValueError as exc:
         raise CollectorConfigError(f"{config_source}: {exc}") from None
     if workers is not None and workers.count > 1:

@@ -142,9 +142,11 @@ def test_writers_are_read_from_the_ingest_section(store: Store) -> None:  # noqa
     for bad in (0, 9, True, "2", 1.5):
         with pytest.raises(ValueError, match=r"ingest\.writers: .* is not a whole number"):
             IngestSettings.from_section({"writers": bad})
+    # NATS ingest takes one writer unless told otherwise (docs/deployment.md)
+    assert IngestSettings.from_section({}).writers_for(url, "nats") == 1
     three = IngestSettings.from_section({"writers": 3})
     if store.is_pg:
-        assert three.writers_for(url) == 3
+        assert three.writers_for(url) == 3 and three.writers_for(url, "nats") == 3
     else:
         with pytest.raises(ValueError, match=r"ingest\.writers = 3 needs PostgreSQL"):
             three.writers_for(url)
