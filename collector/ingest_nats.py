@@ -91,10 +91,6 @@ def backoff(attempt: int, tuning: ConsumerTuning) -> float:
     return random.uniform(0, min(tuning.retry_max, tuning.retry_min * 2 ** min(attempt, 20)))
 
 
-SHARES_QUEUED = 2  # fetched batches' shares a writer holds before the next fetch waits for it
-_Share = tuple[list[Any], list[Entry]]  # messages of some gateways, and what to store of them
-
-
 @dataclass
 class NatsIngestStats(IngestStats):
     """IngestStats plus what only a shared JetStream consumer has."""
@@ -192,14 +188,10 @@ class NatsIngest(IngestCore):
         nc = await self._connect()
         if nc is None:
             return
-        shares: list[asyncio.Queue[_Share | None]] = [
-            asyncio.Queue(SHARES_QUEUED) for _ in range(self.stats.writers)]
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pull_loop(nc, shares), name="nats-pull")
+                tg.create_task(self._pull_loop(nc), name="nats-pull")
                 tg.create_task(self._lag_loop(nc), name="nats-lag")
-                for k, share in enumerate(shares):
-                    tg.create_task(self._write_loop(share), name=f"nats-writer-{k}")
         finally:
             # Acks already went out with the batch; flush them, then close (a drain would wait
             # for the pull subscription's pending requests to expire).
@@ -253,14 +245,7 @@ class NatsIngest(IngestCore):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    async def _pull_loop(self, nc: Any, shares: list[asyncio.Queue[_Share | None]]) -> None:
-        try:
-            await self._pull(nc, shares)
-        finally:  # the writers end after what they hold (stopping: left unacknowledged)
-            for share in shares:
-                await share.put(None)
-
-    async def _pull(self, nc: Any, shares: list[asyncio.Queue[_Share | None]]) -> None:
+    async def _pull_loop(self, nc: Any) -> None:
         assert self._stopping is not None
         js = nc.jetstream(timeout=3)
         attempt = 0
@@ -284,7 +269,7 @@ class NatsIngest(IngestCore):
             if attempt:
                 log.info("collector: pulling from %s/%s again", STREAM, self.durable)
                 attempt = 0
-            await self._dispatch(msgs, shares)
+            await self._handle(msgs)
 
     async def _next_batch(self, sub: Any) -> list[Any]:
         """What is ready now (up to max_batch); when idle, long-poll for the next message.
@@ -325,44 +310,39 @@ class NatsIngest(IngestCore):
 
     # --- one batch: validate, store, then acknowledge --------------------------------------------
 
-    async def _dispatch(self, msgs: list[Any],
-                        shares: list[asyncio.Queue[_Share | None]]) -> None:
-        """Give each writer its gateways' share of a fetched batch (a gateway's messages in
-        order, always to the same writer), and go on fetching while they store: a writer holds
-        up to SHARES_QUEUED shares before the next fetch waits for it."""
-        lanes: dict[int, _Share] = {}
+    async def _handle(self, msgs: list[Any]) -> None:
+        """Store a fetched batch, each writer its share of the gateways (a gateway's messages
+        in order, by one writer), and acknowledge each share once it is stored."""
+        lanes: dict[int, tuple[list[Any], list[Entry]]] = {}
         for msg in msgs:
             self.stats.received += 1
             if msg.metadata.num_delivered > 1:
                 self.stats.redelivered += 1
             entry, gateway = self._entry(msg)
-            share = lanes.setdefault(hash(gateway) % len(shares), ([], []))
+            share = lanes.setdefault(hash(gateway) % self.stats.writers, ([], []))
             share[0].append(msg)
             if entry is not None:
                 share[1].append(entry)
-        for k, share in lanes.items():
-            await shares[k].put(share)
-
-    async def _write_loop(self, shares: asyncio.Queue[_Share | None]) -> None:
-        """One writer: store each share in a transaction, then acknowledge its messages."""
-        assert self._stopping is not None
         loop = asyncio.get_running_loop()
-        while (share := await shares.get()) is not None:
-            msgs, entries = share
-            if self._stopping.is_set():
-                continue  # unacknowledged: redelivered, to this collector or another
-            stored = await loop.run_in_executor(self._writers, self.store_entries, entries,
-                                                lambda s, m=msgs: self._wait_in_thread(loop, m, s))
-            if not stored:
-                continue  # stopping with the database down: unacknowledged, as above
+        stored = await asyncio.gather(*(self._store_share(loop, share_msgs, entries)
+                                        for share_msgs, entries in lanes.values()))
+        if not all(stored):
+            return  # stopping with the database down: unacked, redelivered to another collector
+        self.stats.handled += len(msgs)
+        self.stats.last_progress = time.monotonic()
+        if self.memory.due():  # off the event loop: a trim takes tens of milliseconds
+            await asyncio.to_thread(self.memory.maybe)
+
+    async def _store_share(self, loop: asyncio.AbstractEventLoop, msgs: list[Any],
+                           entries: list[Entry]) -> bool:
+        stored = await loop.run_in_executor(self._writers, self.store_entries, entries,
+                                            lambda s: self._wait_in_thread(loop, msgs, s))
+        if stored:
             for msg in msgs:
                 with contextlib.suppress(Exception):
                     await msg.ack()
                     self.stats.acked += 1
-            self.stats.handled += len(msgs)
-            self.stats.last_progress = time.monotonic()
-            if self.memory.due():  # off the event loop: a trim takes tens of milliseconds
-                await asyncio.to_thread(self.memory.maybe)
+        return bool(stored)
 
     def _entry(self, msg: Any) -> tuple[Entry | None, str]:
         """What to store of a message (None: nothing, only acknowledge), and its gateway."""

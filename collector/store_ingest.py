@@ -217,19 +217,19 @@ class IngestTx:
             return {}
         ids = sorted(first)
         registered = self._registered(ids)
-        # Those stored already (nearly all, past a gateway's first minutes), locked; then the
-        # rest created, and locked too (one created meanwhile by another writer is waited for).
-        owners = self._owners(ids)
-        missing = [d for d in ids if d not in owners]
-        if missing:
-            rows = [(d, _registry_owner(registered.get(d), None, first[d]) or first[d])
-                    for d in missing]
-            created = self._create_devices(rows)
-            if created:
-                self.over_limit = self._beyond_limit(
-                    [d for d in first if d in created and d not in registered], created)
-                ids = [d for d in ids if d not in self.over_limit]
-            owners.update(self._owners([d for d in missing if d not in self.over_limit]))
+        rows = [(d, _registry_owner(registered.get(d), None, first[d]) or first[d])
+                for d in ids]
+        created = self._create_devices(rows)
+        if created:
+            self.over_limit = self._beyond_limit(
+                [d for d in first if d in created and d not in registered], created)
+            ids = [d for d in ids if d not in self.over_limit]
+        owners: dict[str, str] = {}
+        lock = " ORDER BY device_id FOR UPDATE" if self.store.is_pg else ""
+        for cond, params in self._in(ids):
+            self.cur.execute(self.store.sql(
+                f"SELECT device_id, gateway_id FROM devices WHERE device_id {cond}{lock}"), params)
+            owners.update(self.cur.fetchall())
         # The registry outranks a first claim made before the device was registered.
         moved = {}
         for d in ids:
@@ -240,16 +240,6 @@ class IngestTx:
             self.cur.executemany(self.store.sql(
                 "UPDATE devices SET gateway_id = ? WHERE device_id = ?"),
                 [(gw, d) for d, gw in sorted(moved.items())])
-        return owners
-
-    def _owners(self, ids: Sequence[str]) -> dict[str, str]:
-        """The stored devices of `ids` (sorted), locked in id order: device -> owner."""
-        owners: dict[str, str] = {}
-        lock = " ORDER BY device_id FOR UPDATE" if self.store.is_pg else ""
-        for cond, params in self._in(ids):
-            self.cur.execute(self.store.sql(
-                f"SELECT device_id, gateway_id FROM devices WHERE device_id {cond}{lock}"), params)
-            owners.update(self.cur.fetchall())
         return owners
 
     def _create_devices(self, rows: list[Row]) -> dict[str, str]:
