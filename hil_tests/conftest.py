@@ -37,16 +37,6 @@ def pg_db() -> Iterator[str]:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A private MQTT broker on a free port, stopped after the test."""
-    b = Broker(tmp_path / "broker").start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@pytest.fixture
 def secure(tmp_path: Path) -> Iterator[SecureBroker]:
     """A private broker with TLS, per-gateway credentials and ACLs (hil_tests/secure_rig.py)."""
     b = SecureBroker(tmp_path / "broker")

@@ -1,5 +1,5 @@
-"""Store fixtures: every store test runs on SQLite and on a fresh PostgreSQL database; a private
-broker for ingest tests."""
+"""Store fixtures: every store test runs on SQLite and on a fresh PostgreSQL database (the
+private broker of ingest tests is the repository's conftest.py `broker`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from citygate.rig import Broker, pg_database, pg_problem
+from citygate.rig import pg_database, pg_problem
 from collector.features import open_store
 from collector.store import Store
 
@@ -40,13 +40,3 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield s
     finally:
         s.close()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """A private Mosquitto on a free port, stopped after the test."""
-    b = Broker(tmp_path / "broker").start()
-    try:
-        yield b
-    finally:
-        b.stop()

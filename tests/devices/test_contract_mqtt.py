@@ -12,7 +12,7 @@ from citygate.rig import Broker, wait_for
 from collector.ingest import Ingest
 from collector.store import Store
 from devices import contract
-from tests.collector.conftest import broker, pg_server, pg_url, store  # noqa: F401  (fixtures)
+from tests.collector.conftest import pg_server, pg_url, store  # noqa: F401  (fixtures)
 
 T0 = 1_763_690_000_000
 
