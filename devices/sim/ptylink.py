@@ -79,6 +79,14 @@ class PtyLink:
         self._babble = threading.Thread(target=babble, name="ptylink-babble", daemon=True)
         self._babble.start()
 
+    def stop_babble(self) -> None:
+        """Stop injecting noise; the line stays up (idempotent)."""
+        self._babble_stop.set()
+        if self._babble is not None:
+            self._babble.join(timeout=2)
+            self._babble = None
+        self._babble_stop = threading.Event()
+
     def wire_time(self, nbytes: int) -> float:
         """Seconds `nbytes` take on the emulated wire (0 without pacing)."""
         return 0.0 if not self.baudrate else nbytes * self.bits_per_char / self.baudrate
@@ -105,10 +113,7 @@ class PtyLink:
 
     def close(self) -> None:
         """Stop forwarding and close both ends (idempotent)."""
-        self._babble_stop.set()
-        if self._babble is not None:
-            self._babble.join(timeout=2)
-            self._babble = None
+        self.stop_babble()
         if self._stop_w >= 0:
             os.write(self._stop_w, b"x")
             if self._thread is not None:
