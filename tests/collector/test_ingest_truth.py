@@ -189,6 +189,33 @@ def test_a_state_before_or_with_the_first_data_leaves_the_inventory_kind(store: 
                      "l2": ("elevator", "elevator-gbt24476"), "l3": ("unknown", "")}
 
 
+def test_a_devices_last_seen_moves_in_steps_and_an_inventory_still_lands(store: Store) -> None:
+    """A device reporting every second would rewrite its row per envelope for a figure read in
+    seconds: last_seen moves when a report is LAST_SEEN_STEP_MS or more past the stored one."""
+    from collector.store_ingest import LAST_SEEN_STEP_MS as STEP
+
+    def seen() -> tuple[int, int]:
+        d = store.device("l1")
+        assert d is not None
+        return d["first_seen"], d["last_seen"]
+
+    r0 = T0 + 50
+    for seq, received in enumerate((r0, r0 + 1000, r0 + STEP - 1), start=1):
+        store.ingest([data("gw1", seq, [{"device": "l1", "ts": T0 + seq, "values": {"floor": seq}}],
+                           received=received)])
+        assert seen() == (r0, r0), seq
+    assert len(ts_of(store, "l1")) == 3  # every reading is stored all the same
+    store.ingest([state("gw1", {"l1": {"kind": "elevator", "profile": "elevator-gbt24476"}},
+                        received=r0 + 2000)])
+    assert (store.device("l1") or {})["kind"] == "elevator"  # an inventory is never held back
+    store.ingest([data("gw1", 4, [{"device": "l1", "ts": T0 + 4, "values": {"floor": 4}}],
+                       received=r0 + STEP)])
+    assert seen() == (r0, r0 + STEP)
+    store.ingest([data("gw1", 5, [{"device": "l1", "ts": T0 + 5, "values": {"floor": 5}}],
+                       received=r0)])  # a late delivery never moves it back
+    assert seen() == (r0, r0 + STEP)
+
+
 def test_inventory_text_and_every_gateways_clock_are_stored_as_sent(store: Store) -> None:
     """Kinds and profiles with quotes, braces, commas, backslashes or the word NULL, and a
     batch of many gateways and devices, are stored exactly (PostgreSQL writes each batch
