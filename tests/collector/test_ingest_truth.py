@@ -214,6 +214,11 @@ def test_a_devices_last_seen_moves_in_steps_and_an_inventory_still_lands(store: 
     store.ingest([data("gw1", 5, [{"device": "l1", "ts": T0 + 5, "values": {"floor": 5}}],
                        received=r0)])  # a late delivery never moves it back
     assert seen() == (r0, r0 + STEP)
+    lift = {"kind": "elevator", "profile": "elevator-gbt24476"}
+    store.ingest([state("gw1", {"l1": lift}, received=r0 + STEP + 5),  # with its inventory
+                  data("gw1", 6, [{"device": "l1", "ts": T0 + 6, "values": {"floor": 6}}],
+                       received=r0 + STEP + 5)])
+    assert seen() == (r0, r0 + STEP + 5)
 
 
 def test_inventory_text_and_every_gateways_clock_are_stored_as_sent(store: Store) -> None:
