@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -203,7 +204,7 @@ class IngestTx:
                 "INSERT INTO batches (gateway_id, seq, channel, sent, received, n, replay)"
                 " VALUES " + ",".join(["(?,?,?,?,?,?,?)"] * len(rows))
                 + " ON CONFLICT DO NOTHING RETURNING gateway_id, seq",
-                [v for row in rows for v in row])
+                list(chain.from_iterable(rows)))
         return [(gw, int(seq)) for gw, seq in self.cur.fetchall()]
 
     # --- 3. devices and their owners ---------------------------------------------------------
@@ -212,9 +213,15 @@ class IngestTx:
                       items: Sequence[Accepted | GatewayMessage]) -> dict[str, str]:
         """Create unknown devices, lock every device of the batch in id order; their owners."""
         first: dict[str, str] = {}  # device -> first gateway reporting it in this batch
+        claim = first.setdefault
         for it in items:
-            for dev in _devices_of(it, fresh):
-                first.setdefault(dev, it.gateway)
+            if id(it) in fresh:  # a data or events envelope stored now
+                env = it.envelope  # type: ignore[union-attr]
+                for e in env.readings if isinstance(env, DataEnvelope) else env.events:
+                    claim(e.device, it.gateway)
+            elif isinstance(msg := getattr(it, "message", None), StateMessage):
+                for dev in msg.devices:
+                    claim(dev, it.gateway)
         if not first:
             return {}
         ids = sorted(first)
@@ -260,7 +267,7 @@ class IngestTx:
             self.cur.execute("INSERT INTO devices (device_id, gateway_id, kind, profile) VALUES "
                              + ",".join(["(?,?,'unknown','')"] * len(part))
                              + " ON CONFLICT (device_id) DO NOTHING RETURNING device_id,"
-                             " gateway_id", [v for row in part for v in row])
+                             " gateway_id", list(chain.from_iterable(part)))
             created.update(self.cur.fetchall())
         return created
 
@@ -351,10 +358,13 @@ class IngestTx:
         """Readings and events rows, placed in time; every message updates its gateway's clock."""
         policy = self.store.clock_policy
         rows: list[Row] = []
+        append = rows.append
         events: list[Row] = []
         r = self.result
+        quantities = QUANTITIES
+        unknown = GatewayClock()
         for it in items:
-            known = clocks.get(it.gateway, GatewayClock())
+            known = clocks.get(it.gateway, unknown)
             msg = it.envelope if hasattr(it, "envelope") else it.message
             if isinstance(msg, HealthMessage):
                 clocks[it.gateway] = judge(known, msg.sent, it.received, it.live, policy)
@@ -367,6 +377,7 @@ class IngestTx:
             # readings skip place_in_time (which gives the same answer).
             keep = msg.clock.synced and trusted
             latest = it.received + policy.max_future_ms
+            gateway, seq, replay = it.gateway, msg.seq, msg.replay
             for e in msg.events if isinstance(msg, EventsEnvelope) else ():
                 ts, _ = self._placed(e.ts, e.mono, msg, it.received, trusted)
                 events.append((e.device, it.gateway, msg.seq, ts, e.kind, e.action, e.severity,
@@ -379,16 +390,18 @@ class IngestTx:
                     ts, clamped = self._placed(rd.ts, rd.mono, msg, it.received, trusted,
                                                rd.station_time)
                     quality = "uncertain" if clamped and rd.q == "good" else rd.q
+                device = rd.device
                 for q, v in rd.values.items():
                     if v is None:
                         continue
-                    if q not in QUANTITIES:
+                    if q not in quantities:
                         r.dropped_values["unknown_quantity"] = \
                             r.dropped_values.get("unknown_quantity", 0) + 1
                         continue
-                    num, text = (None, v) if isinstance(v, str) else (float(v), None)
-                    rows.append((rd.device, q, ts, num, text, quality, it.gateway, msg.seq,
-                                 msg.replay))
+                    if isinstance(v, str):
+                        append((device, q, ts, None, v, quality, gateway, seq, replay))
+                    else:
+                        append((device, q, ts, float(v), None, quality, gateway, seq, replay))
         return rows, events
 
     def _without_stored_averages(self, rows: list[Row]) -> list[Row]:
@@ -551,18 +564,6 @@ def pg_array(values: Sequence[Any]) -> str:
         else:
             out.append(repr(v))
     return "{" + ",".join(out) + "}"
-
-
-def _devices_of(it: Accepted | GatewayMessage, fresh: set[int]) -> list[str]:
-    msg = it.envelope if hasattr(it, "envelope") else it.message
-    if isinstance(msg, DataEnvelope | EventsEnvelope):
-        if id(it) not in fresh:
-            return []
-        entries = msg.readings if isinstance(msg, DataEnvelope) else msg.events
-        return [e.device for e in entries]
-    if isinstance(msg, StateMessage):
-        return list(msg.devices)
-    return []
 
 
 def _registry_owner(registered: set[str] | None, current: str | None,

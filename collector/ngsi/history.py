@@ -37,6 +37,7 @@ from devices.quantities import QUANTITIES, ValueKind
 log = logging.getLogger(__name__)
 MINUTE_MS, HOUR_MS = 60_000, 3_600_000
 NUMERIC = {ValueKind.NUMBER, ValueKind.INTEGER}
+NUMERIC_QUANTITIES = frozenset(q for q, info in QUANTITIES.items() if info.kind in NUMERIC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +57,10 @@ Key = tuple[str, str, int]
 def fold(rows: Iterable[Row], width_ms: int) -> dict[Key, list[float]]:
     """(device, quantity, bucket) -> [n, sum, min, max] of stored rows' numeric values."""
     acc: dict[Key, list[float]] = {}
-    for device, q, ts, x, *_rest in rows:
-        if x is None:
-            continue
-        info = QUANTITIES.get(q)
-        if info is None or info.kind not in NUMERIC:
+    numeric = NUMERIC_QUANTITIES
+    for row in rows:
+        device, q, ts, x = row[0], row[1], row[2], row[3]
+        if x is None or q not in numeric:
             continue
         key = (device, q, ts - ts % width_ms)
         cur = acc.get(key)
@@ -69,8 +69,10 @@ def fold(rows: Iterable[Row], width_ms: int) -> dict[Key, list[float]]:
         else:
             cur[0] += 1
             cur[1] += x
-            cur[2] = min(cur[2], x)
-            cur[3] = max(cur[3], x)
+            if x < cur[2]:
+                cur[2] = x
+            if x > cur[3]:
+                cur[3] = x
     return acc
 
 

@@ -200,15 +200,19 @@ class ParkingService:
         """Ingest hook: apply the parking readings of a committed batch."""
         out = Changes()
         now = self.clock()
+        is_parking = self.model.is_parking
         with self.lock:
             for a in items:
                 env = a.envelope
                 if not isinstance(env, DataEnvelope):
                     continue
-                for r in sorted((r for r in env.readings if self.model.is_parking(r.device)),
-                                key=lambda r: r.ts):
+                mine = [r for r in env.readings if is_parking(r.device)]
+                if not mine:
+                    continue
+                mine.sort(key=lambda r: r.ts)
+                for r in mine:
                     self.model.observe(r.device, r.ts, r.values, now, out)
-                    self.stats["readings"] += 1
+                self.stats["readings"] += len(mine)
             if out.spots:
                 try:
                     self._persist(out)

@@ -71,11 +71,15 @@ def series_id(device: str, interval: Interval) -> str:
     return device if interval is Interval.REALTIME else f"{device}{SERIES_SEP}{interval.value}"
 
 
+_AVERAGED: Final = {i.value: i for i in Interval if i is not Interval.REALTIME}
+
+
 def split_series_id(series: str) -> tuple[str, Interval]:
     """Inverse of series_id: (device, interval); ids without a known suffix are real-time."""
     device, sep, suffix = series.rpartition(SERIES_SEP)
-    if sep and suffix in {i.value for i in Interval} and suffix != Interval.REALTIME.value:
-        return device, Interval(suffix)
+    interval = _AVERAGED.get(suffix) if sep else None
+    if interval is not None:
+        return device, interval
     return series, Interval.REALTIME
 
 
