@@ -241,3 +241,19 @@ def test_health_counts_large_tables_from_statistics_and_small_ones_exactly(
     # The planner's figure (50, until the next ANALYZE) is the larger: an estimate, not a scan.
     assert store.row_counts(exact_below=10)[0]["readings"] == 50
     assert store.counts()["readings"] == 46
+
+
+def test_sqlite_connections_checkpoint_the_wal_every_4000_pages(tmp_path) -> None:
+    """Every connection of an SQLite store, the ingest writer's and the API's alike, lets the
+    WAL grow to WAL_AUTOCHECKPOINT_PAGES before a commit copies it into the database."""
+    from collector.store import WAL_AUTOCHECKPOINT_PAGES
+
+    store = open_store(f"sqlite:///{tmp_path}/hub.db")
+    try:
+        with store.engine.connect() as a, store.engine.connect() as b:
+            for conn in (a, b):
+                assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == \
+                    WAL_AUTOCHECKPOINT_PAGES == 4000
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        store.close()
