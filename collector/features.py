@@ -258,7 +258,7 @@ class HubFeeds(BaseFeature):
         self.feeds.on_stored(items)
 
     def tasks(self) -> Sequence[Task]:
-        """The context-broker and webhook worker, and history retention."""
+        """The context-broker and webhook worker, history retention and the hourly roll-up."""
         return self.feeds.tasks()
 
     async def close(self) -> None:

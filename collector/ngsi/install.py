@@ -90,8 +90,8 @@ class HubFeeds:
                 self.bus.publish(channel, item)
 
     def tasks(self) -> tuple[Callable[[], Coroutine[Any, Any, None]], ...]:
-        """The context-broker/webhook worker and history retention."""
-        return (self.worker.run, self.keeper.run_retention)
+        """The context-broker/webhook worker, history retention and the hourly roll-up."""
+        return (self.worker.run, self.keeper.run_retention, self.keeper.run_rollup)
 
     def close(self) -> None:
         """Stop the worker."""
