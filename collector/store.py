@@ -102,7 +102,10 @@ def make_engine(url: str) -> sa.Engine:
     # features' threads. A connection beyond the pool is closed when returned, and opening one
     # costs PostgreSQL a new backend: 5 kept open made 7-10 new connections in 30 s of the
     # busiest hour with 2-4 writers (`python -m bench city_hour --workers 1 --writers 1,2,3,4`).
-    return sa.create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # READ COMMITTED whatever the server's default: the ingest and the history roll-up rely
+    # on each statement seeing what committed before it (collector.ngsi.history).
+    return sa.create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True,
+                            isolation_level="READ COMMITTED")
 
 
 Row = tuple[Any, ...]  # device, quantity, ts, value, vtext, quality, gateway, seq, replay

@@ -170,18 +170,26 @@ class HistoryKeeper:
         """PostgreSQL: the hour accumulators of hours rolled up already (late data), which the
         transaction adds to history_1h itself; the others reach it by `roll_up`.
 
-        The transaction holds each of its hours' lock shared until it commits, and reads the
-        roll-up mark only then: an hour's roll-up (the lock exclusive) waits for it and reads
-        its minutes, or it waits for the roll-up and sees the hour done. Either way each value
-        is counted in history_1h exactly once.
+        The mark only moves forward, so an hour before it as first read is done for good. The
+        transaction holds the lock of each later hour it writes (the hour running, one or two
+        around it: the roll-up trails the clock by ROLLUP_GRACE_MS) shared until it commits,
+        and reads the mark again after taking them: an hour's roll-up (the lock exclusive)
+        waits for it and reads its minutes, or it waits for the roll-up and sees the hour done.
+        Either way each value is counted in history_1h exactly once.
         """
-        hours = sorted({b // HOUR_MS for _d, _q, b in hour})
-        cur.execute("SELECT pg_advisory_xact_lock_shared(%s, h) FROM unnest(%s::integer[]) h",
-                    (ROLLUP_LOCK, "{" + ",".join(map(str, hours)) + "}"))
+        done = self._mark(cur)
+        hours = sorted({b // HOUR_MS for _d, _q, b in hour if b >= done})
+        if hours:
+            cur.execute("SELECT pg_advisory_xact_lock_shared(%s, h) FROM unnest(%s::integer[]) h",
+                        (ROLLUP_LOCK, "{" + ",".join(map(str, hours)) + "}"))
+            done = self._mark(cur)
+        return {k: v for k, v in hour.items() if k[2] < done}
+
+    @staticmethod
+    def _mark(cur: Any) -> int:
         cur.execute("SELECT done_until FROM history_rollup WHERE name = %s", (ROLLUP_NAME,))
         found = cur.fetchone()
-        done = ROLLUP_NEVER if found is None else found[0]
-        return {k: v for k, v in hour.items() if k[2] < done}
+        return ROLLUP_NEVER if found is None else int(found[0])
 
     # --- roll-up of history_1h (PostgreSQL) ----------------------------------------------------
 

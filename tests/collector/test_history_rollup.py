@@ -148,3 +148,84 @@ def test_a_roll_up_waits_for_an_ingest_writing_its_hour(store: Store) -> None:
     assert rolled == [1]
     assert hour_rows(store)[H0] == (1, 2.0, 2.0, 2.0)
     assert series(keeper) == truth(store)
+
+
+@pytest.mark.postgres
+def test_an_ingest_waits_for_the_roll_up_of_its_hour_and_then_adds_to_it(store: Store) -> None:
+    """The reverse order: an hour's roll-up is under way (its lock held, the mark moved, not
+    committed) when a value of that hour arrives. The ingest waits, then sees the hour done
+    and adds the value to history_1h itself; reading the mark before the lock would lose it."""
+    if not store.is_pg:
+        pytest.skip("SQLite keeps history_1h in the ingest transaction")
+    from collector.ngsi.history import ROLLUP_LOCK
+
+    keeper = keeper_on(store, H0)
+    roll = store.engine.connect()
+    tx = roll.begin()
+    roll.execute(sa.text("SELECT pg_advisory_xact_lock(:k, :h)"),
+                 {"k": ROLLUP_LOCK, "h": H0 // HOUR_MS})
+    roll.execute(sa.update(history_rollup).values(done_until=H0 + HOUR_MS))
+    ingest = threading.Thread(target=store.ingest, args=([Gateway().send((H0 + 10_000, 2.0))],))
+    ingest.start()
+
+    def waiting() -> bool:
+        with store.engine.connect() as conn:
+            return bool(conn.scalar(sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND objid = :h"), {"h": H0 // HOUR_MS}))
+
+    wait_for(waiting, 10, "the ingest waiting for the hour's lock")
+    assert ingest.is_alive()
+    tx.commit()  # the roll-up found no minutes of H0: history_1h holds none of it yet
+    roll.close()
+    ingest.join(30)
+    assert hour_rows(store)[H0] == (1, 2.0, 2.0, 2.0)
+    assert series(keeper) == truth(store)
+
+
+def test_one_roll_up_catches_up_hour_by_hour_and_series_cut_at_any_time(store: Store) -> None:
+    keeper = keeper_on(store, H0)
+    gw = Gateway()
+    store.ingest([gw.send(*[(H0 + h * HOUR_MS + m * 60_000, float(h * 10 + m))
+                            for h in range(4) for m in (1, 30)])])
+    rolled = keeper.roll_up(now=H0 + 3 * HOUR_MS + ROLLUP_GRACE_MS)
+    assert rolled == (3 if store.is_pg else 0)
+    if store.is_pg:
+        assert keeper.rolled_until() == H0 + 3 * HOUR_MS  # the fourth hour from its minutes
+        assert sorted(hour_rows(store)) == [H0, H0 + HOUR_MS, H0 + 2 * HOUR_MS]
+
+    def cut(since: int, until: int, limit: int = 100) -> list[Any]:
+        return [(p["t"], p["count"], p["avg"], p["min"], p["max"])
+                for p in keeper.series("d", "speed", since, until, "1h", limit)]
+
+    every = truth(store)
+    assert cut(H0 - HOUR_MS, H0 + 5 * HOUR_MS) == every and len(every) == 4
+
+    # an hour is in a series when it starts in [since, until): not on hour boundaries too
+    assert cut(H0 - HOUR_MS // 2, H0 + HOUR_MS + HOUR_MS // 2) == every[:2]
+    assert cut(H0 + 1, H0 + 3 * HOUR_MS + 1) == every[1:4]
+    assert cut(H0 + 2 * HOUR_MS + 1, H0 + 4 * HOUR_MS) == every[3:]
+    assert cut(H0, H0 + 4 * HOUR_MS, limit=3) == every[:3]
+
+
+@pytest.mark.postgres
+def test_an_ingest_locks_only_the_hours_not_rolled_up(store: Store) -> None:
+    """A gateway's backlog of 500 past hours takes no lock (PostgreSQL's lock table is
+    shared by the whole server); a value of the hour running takes one."""
+    if not store.is_pg:
+        pytest.skip("SQLite keeps history_1h in the ingest transaction")
+    keeper_on(store, H0)
+    held: list[int] = []
+
+    def count(cur: Any, _rows: list[Any]) -> None:  # runs after the history writer
+        cur.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND pid = pg_backend_pid()")
+        held.append(cur.fetchone()[0])
+
+    store.row_writers.append(count)
+    gw = Gateway()
+    backlog = gw.send(*[(H0 - h * HOUR_MS, float(h)) for h in range(1, 501)])
+    store.ingest([backlog])
+    store.ingest([gw.send((H0 + 10_000, 1.0), (H0 - HOUR_MS + 20_000, 2.0))])
+    assert held == [0, 1]
+    assert len(hour_rows(store)) == 500  # the backlog's hours, each added once
