@@ -60,6 +60,14 @@ def truth(store: Store) -> list[tuple[str | None, int, float, float, float]]:
     return [(iso(h), len(v), sum(v) / len(v), min(v), max(v)) for h, v in sorted(hours.items())]
 
 
+def waiting_for_hour(store: Store, hour: int) -> bool:
+    """Is a session waiting for the roll-up lock of the hour starting at `hour`?"""
+    with store.engine.connect() as conn:
+        return bool(conn.scalar(sa.text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND objid = :h"), {"h": hour // HOUR_MS}))
+
+
 def series(keeper: HistoryKeeper) -> list[tuple[Any, ...]]:
     return [(p["t"], p["count"], p["avg"], p["min"], p["max"])
             for p in keeper.series("d", "speed", H0 - 2 * HOUR_MS, H0 + 3 * HOUR_MS, "1h", 100)]
@@ -134,13 +142,7 @@ def test_a_roll_up_waits_for_an_ingest_writing_its_hour(store: Store) -> None:
         keeper.roll_up(now=H0 + HOUR_MS + ROLLUP_GRACE_MS)))
     roll.start()
 
-    def waiting() -> bool:
-        with store.engine.connect() as conn:
-            return bool(conn.scalar(sa.text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                " AND objid = :h"), {"h": H0 // HOUR_MS}))
-
-    wait_for(waiting, 10, "the roll-up waiting for the hour's lock")
+    wait_for(lambda: waiting_for_hour(store, H0), 10, "the roll-up waiting for the hour's lock")
     assert roll.is_alive() and not rolled
     release.set()
     ingest.join(30)
@@ -168,13 +170,7 @@ def test_an_ingest_waits_for_the_roll_up_of_its_hour_and_then_adds_to_it(store: 
     ingest = threading.Thread(target=store.ingest, args=([Gateway().send((H0 + 10_000, 2.0))],))
     ingest.start()
 
-    def waiting() -> bool:
-        with store.engine.connect() as conn:
-            return bool(conn.scalar(sa.text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                " AND objid = :h"), {"h": H0 // HOUR_MS}))
-
-    wait_for(waiting, 10, "the ingest waiting for the hour's lock")
+    wait_for(lambda: waiting_for_hour(store, H0), 10, "the ingest waiting for the hour's lock")
     assert ingest.is_alive()
     tx.commit()  # the roll-up found no minutes of H0: history_1h holds none of it yet
     roll.close()
