@@ -4,6 +4,7 @@ every ingest transaction on SQLite, and exact either way (collector.ngsi.history
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import sqlalchemy as sa
 
 from citygate.rig import wait_for
 from collector.clock import iso
+from collector.features import open_store
 from collector.ngsi.history import HOUR_MS, ROLLUP_GRACE_MS, HistoryKeeper, Retention
 from collector.ngsi.tables import ROLLUP_NEVER, history_rollup
 from collector.store import Accepted, Store
@@ -33,6 +35,17 @@ class Gateway:
             "v": 1, "gateway": "g", "seq": self.seq, "sent": H0 + 3 * HOUR_MS,
             "readings": [{"device": "d", "ts": ts, "values": {"speed": v}} for ts, v in points]})
         return Accepted("g", env, H0 + 3 * HOUR_MS)
+
+
+@pytest.fixture
+def pg_store(pg_url: str) -> Iterator[Store]:
+    """A migrated PostgreSQL store: the roll-up and its locks exist only there (SQLite keeps
+    history_1h inside every ingest transaction)."""
+    s = open_store(pg_url)
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 def keeper_on(store: Store, done_until: int) -> HistoryKeeper:
@@ -121,11 +134,10 @@ def test_retention_keeps_the_minutes_of_hours_not_rolled_up(store: Store) -> Non
 
 
 @pytest.mark.postgres
-def test_a_roll_up_waits_for_an_ingest_writing_its_hour(store: Store) -> None:
+def test_a_roll_up_waits_for_an_ingest_writing_its_hour(pg_store: Store) -> None:
     """An ingest transaction holds its hours' lock until it commits: the hour's roll-up waits
     for it and counts its minutes, where without the lock they would be lost to history_1h."""
-    if not store.is_pg:
-        pytest.skip("SQLite keeps history_1h in the ingest transaction")
+    store = pg_store
     keeper = keeper_on(store, H0)
     entered, release = threading.Event(), threading.Event()
 
@@ -153,12 +165,11 @@ def test_a_roll_up_waits_for_an_ingest_writing_its_hour(store: Store) -> None:
 
 
 @pytest.mark.postgres
-def test_an_ingest_waits_for_the_roll_up_of_its_hour_and_then_adds_to_it(store: Store) -> None:
+def test_an_ingest_waits_for_the_roll_up_of_its_hour_and_adds_to_it(pg_store: Store) -> None:
     """The reverse order: an hour's roll-up is under way (its lock held, the mark moved, not
     committed) when a value of that hour arrives. The ingest waits, then sees the hour done
     and adds the value to history_1h itself; reading the mark before the lock would lose it."""
-    if not store.is_pg:
-        pytest.skip("SQLite keeps history_1h in the ingest transaction")
+    store = pg_store
     from collector.ngsi.history import ROLLUP_LOCK
 
     keeper = keeper_on(store, H0)
@@ -205,11 +216,10 @@ def test_one_roll_up_catches_up_hour_by_hour_and_series_cut_at_any_time(store: S
 
 
 @pytest.mark.postgres
-def test_an_ingest_locks_only_the_hours_not_rolled_up(store: Store) -> None:
+def test_an_ingest_locks_only_the_hours_not_rolled_up(pg_store: Store) -> None:
     """A gateway's backlog of 500 past hours takes no lock (PostgreSQL's lock table is
     shared by the whole server); a value of the hour running takes one."""
-    if not store.is_pg:
-        pytest.skip("SQLite keeps history_1h in the ingest transaction")
+    store = pg_store
     keeper_on(store, H0)
     held: list[int] = []
 
