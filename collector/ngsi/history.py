@@ -38,6 +38,7 @@ from collector import partitions, schema
 from collector.clock import iso, now_ms
 from collector.ngsi.tables import (
     DAY_MS,
+    HOUR_MS,
     ROLLUP_NAME,
     ROLLUP_NEVER,
     history_1h,
@@ -50,7 +51,7 @@ from collector.store_ingest import pg_columns
 from devices.quantities import QUANTITIES, ValueKind
 
 log = logging.getLogger(__name__)
-MINUTE_MS, HOUR_MS = 60_000, 3_600_000
+MINUTE_MS = 60_000
 ROLLUP_LOCK = 7212043  # advisory lock class of an hour's roll-up (key 2: the hour's number)
 ROLLUP_GRACE_MS = 120_000  # an hour is rolled up this long after its end
 ROLLUP_EVERY_S = 60.0
@@ -125,6 +126,8 @@ _UPSERT = ("INSERT INTO {t} (device_id, quantity, bucket, n, vsum, vmin, vmax) "
 
 # The hour's roll-up: its minutes summed into one row per device and quantity, replacing what
 # history_1h held of that hour (the part an ingest wrote before the roll-up existed).
+# How far history_1h is complete (None: the mark is missing, read as ROLLUP_NEVER)
+_MARK = sa.select(history_rollup.c.done_until).where(history_rollup.c.name == ROLLUP_NAME)
 _ROLLUP_PG = ("INSERT INTO history_1h (device_id, quantity, bucket, n, vsum, vmin, vmax)"
               " SELECT device_id, quantity, :lo, sum(n), sum(vsum), min(vmin), max(vmax)"
               " FROM history_1m WHERE bucket >= :lo AND bucket < :hi"
@@ -196,8 +199,7 @@ class HistoryKeeper:
     def rolled_until(self) -> int:
         """Every hour before this one is complete in history_1h."""
         with self.store.engine.connect() as conn:
-            done = conn.scalar(sa.select(history_rollup.c.done_until).where(
-                history_rollup.c.name == ROLLUP_NAME))
+            done = conn.scalar(_MARK)
         return ROLLUP_NEVER if done is None else int(done)
 
     def roll_up(self, now: int | None = None) -> int:
@@ -209,15 +211,14 @@ class HistoryKeeper:
             return 0
         now = now_ms() if now is None else now
         rolled = 0
-        mark = sa.select(history_rollup.c.done_until).where(history_rollup.c.name == ROLLUP_NAME)
         while True:
             with self.store.engine.begin() as conn:
-                done = conn.scalar(mark)
+                done = conn.scalar(_MARK)
                 if done is None or done + HOUR_MS + ROLLUP_GRACE_MS > now:
                     break
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k, :h)"),
                              {"k": ROLLUP_LOCK, "h": done // HOUR_MS})
-                if conn.scalar(mark.with_for_update()) != done:
+                if conn.scalar(_MARK.with_for_update()) != done:
                     continue  # another collector rolled it up meanwhile
                 conn.execute(sa.text(_ROLLUP_PG), {"lo": done, "hi": done + HOUR_MS})
                 conn.execute(sa.update(history_rollup).where(
@@ -339,11 +340,10 @@ def _hours(device: str, quantity: str, since: int, until: int, limit: int) -> sa
     rolled up, summed from history_1m for the later ones, in one statement (one snapshot, so a
     roll-up committing meanwhile neither hides nor repeats an hour)."""
     h, m = history_1h, history_1m
-    done = sa.select(history_rollup.c.done_until).where(
-        history_rollup.c.name == ROLLUP_NAME).scalar_subquery()
+    done = sa.func.coalesce(_MARK.scalar_subquery(), ROLLUP_NEVER)
     rolled = sa.select(h.c.bucket, h.c.n, h.c.vsum, h.c.vmin, h.c.vmax).where(
         h.c.device_id == device, h.c.quantity == quantity, h.c.bucket >= since,
-        h.c.bucket < until, h.c.bucket < sa.func.coalesce(done, ROLLUP_NEVER))
+        h.c.bucket < until, h.c.bucket < done)
     hour = (m.c.bucket - m.c.bucket % HOUR_MS).label("bucket")
     first, end = -(-since // HOUR_MS) * HOUR_MS, -(-until // HOUR_MS) * HOUR_MS
     recent = sa.select(hour, sa.cast(sa.func.sum(m.c.n), sa.BigInteger).label("n"),
@@ -351,7 +351,7 @@ def _hours(device: str, quantity: str, since: int, until: int, limit: int) -> sa
                        sa.func.max(m.c.vmax).label("vmax"),
                        ).where(m.c.device_id == device, m.c.quantity == quantity,
                                m.c.bucket >= first, m.c.bucket < end,
-                               m.c.bucket >= sa.func.coalesce(done, ROLLUP_NEVER),
+                               m.c.bucket >= done,
                                ).group_by(hour)
     both = sa.union_all(rolled, recent).subquery()
     return sa.select(both).order_by(both.c.bucket).limit(limit)

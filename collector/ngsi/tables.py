@@ -18,6 +18,7 @@ from collector.migrations import MigrationSet, creates
 metadata = sa.MetaData()
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
 
 ngsi_outbox = sa.Table(
     "ngsi_outbox", metadata,
@@ -111,7 +112,7 @@ def _create_rollup(conn: sa.Connection) -> None:
         conn.execute(sa.text("CREATE INDEX IF NOT EXISTS history_1m_by_bucket"
                              " ON history_1m (bucket)"))
         now = now_ms()
-        done = now - now % 3_600_000
+        done = now - now % HOUR_MS
     else:
         done = ROLLUP_NEVER
     conn.execute(sa.insert(history_rollup).values(name=ROLLUP_NAME, done_until=done))
